@@ -1,0 +1,517 @@
+//! The domain event model and its checked conversions to and from the wire types.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::pb;
+
+/// 1 紧急 critical … 4 提示 info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Critical = 1,
+    Major = 2,
+    Minor = 3,
+    Info = 4,
+}
+
+impl Severity {
+    /// Which forwarding lane events of this severity travel in.
+    pub fn lane(self) -> Lane {
+        match self {
+            Severity::Critical | Severity::Major => Lane::Alarms,
+            Severity::Minor | Severity::Info => Lane::Events,
+        }
+    }
+
+    pub fn from_level(level: u8) -> Option<Self> {
+        Some(match level {
+            1 => Severity::Critical,
+            2 => Severity::Major,
+            3 => Severity::Minor,
+            4 => Severity::Info,
+            _ => return None,
+        })
+    }
+
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The two forwarding lanes: alarms always drain before the event backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    Alarms,
+    Events,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Alarms, Lane::Events];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Alarms => "alarms",
+            Lane::Events => "events",
+        }
+    }
+
+    /// One byte used as a key prefix in the store.
+    pub fn tag(self) -> u8 {
+        match self {
+            Lane::Alarms => b'a',
+            Lane::Events => b'e',
+        }
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    #[default]
+    Active,
+    Cleared,
+}
+
+impl FromStr for EventState {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        match s {
+            "active" => Ok(EventState::Active),
+            "cleared" => Ok(EventState::Cleared),
+            _ => Err(UnknownName(s.to_owned())),
+        }
+    }
+}
+
+macro_rules! device_kinds {
+    ($($variant:ident = $name:literal),+ $(,)?) => {
+        /// The class of a device. Names are the snake_case strings used in config and topics.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum DeviceKind { $($variant),+ }
+
+        impl DeviceKind {
+            pub const ALL: &'static [DeviceKind] = &[$(DeviceKind::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $(DeviceKind::$variant => $name),+ }
+            }
+        }
+
+        impl FromStr for DeviceKind {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
+                match s {
+                    $($name => Ok(DeviceKind::$variant),)+
+                    _ => Err(UnknownName(s.to_owned())),
+                }
+            }
+        }
+    };
+}
+
+device_kinds! {
+    AccessControl = "access_control",
+    Smoke = "smoke",
+    WaterLeak = "water_leak",
+    Gas = "gas",
+    Camera = "camera",
+    FirePanel = "fire_panel",
+    ManualCallPoint = "manual_call_point",
+    Elevator = "elevator",
+    EmergencyButton = "emergency_button",
+    Valve = "valve",
+    Sounder = "sounder",
+    Gateway = "gateway",
+}
+
+impl DeviceKind {
+    /// Devices whose silence may hide a life-threatening condition.
+    pub fn is_life_safety(self) -> bool {
+        matches!(
+            self,
+            DeviceKind::Smoke
+                | DeviceKind::Gas
+                | DeviceKind::FirePanel
+                | DeviceKind::ManualCallPoint
+                | DeviceKind::EmergencyButton
+                | DeviceKind::Elevator
+        )
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not one of the accepted values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown name {0:?}")]
+pub struct UnknownName(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Location {
+    pub building: String,
+    pub unit: String,
+    pub floor: String,
+    pub room: String,
+    pub zone: String,
+}
+
+impl Location {
+    pub fn is_empty(&self) -> bool {
+        self == &Location::default()
+    }
+}
+
+impl fmt::Display for Location {
+    /// "building 3 / unit 2 / floor 11 / room 1102", leaving out unknown parts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts = [
+            ("building", &self.building),
+            ("unit", &self.unit),
+            ("floor", &self.floor),
+            ("room", &self.room),
+            ("zone", &self.zone),
+        ];
+        let mut first = true;
+        for (label, v) in parts.iter().filter(|(_, v)| !v.is_empty()) {
+            if !first {
+                f.write_str(" / ")?;
+            }
+            first = false;
+            write!(f, "{label} {v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub value: f64,
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Source {
+    /// "mqtt", "modbus" or "gateway".
+    pub protocol: String,
+    /// The MQTT topic, or "unit/register" for Modbus.
+    pub reference: String,
+}
+
+/// One normalized event. `seq` is 0 until the store commits it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    pub event_id: String,
+    pub gateway_id: String,
+    pub estate_id: String,
+    pub device_id: String,
+    pub device_kind: Option<DeviceKind>,
+    pub code: String,
+    pub severity: Severity,
+    pub state: EventState,
+    pub location: Location,
+    pub device_time_ms: Option<i64>,
+    pub gateway_time_ms: i64,
+    pub value: Option<Reading>,
+    pub source: Source,
+    pub raw: Bytes,
+    pub raw_truncated: bool,
+    pub registered: bool,
+    pub device_seq: Option<u64>,
+}
+
+impl Event {
+    pub fn lane(&self) -> Lane {
+        self.severity.lane()
+    }
+}
+
+/// Why a wire event is not a valid domain event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversionError {
+    #[error("field `{0}` is unspecified")]
+    Unspecified(&'static str),
+    #[error("field `{field}` has unknown value {value}")]
+    UnknownEnum { field: &'static str, value: i32 },
+    #[error("field `code` is empty")]
+    EmptyCode,
+}
+
+impl From<Severity> for pb::Severity {
+    fn from(s: Severity) -> Self {
+        match s {
+            Severity::Critical => pb::Severity::Critical,
+            Severity::Major => pb::Severity::Major,
+            Severity::Minor => pb::Severity::Minor,
+            Severity::Info => pb::Severity::Info,
+        }
+    }
+}
+
+impl From<Lane> for pb::Lane {
+    fn from(l: Lane) -> Self {
+        match l {
+            Lane::Alarms => pb::Lane::Alarms,
+            Lane::Events => pb::Lane::Events,
+        }
+    }
+}
+
+impl From<EventState> for pb::EventState {
+    fn from(s: EventState) -> Self {
+        match s {
+            EventState::Active => pb::EventState::Active,
+            EventState::Cleared => pb::EventState::Cleared,
+        }
+    }
+}
+
+impl From<DeviceKind> for pb::DeviceKind {
+    fn from(k: DeviceKind) -> Self {
+        match k {
+            DeviceKind::AccessControl => pb::DeviceKind::AccessControl,
+            DeviceKind::Smoke => pb::DeviceKind::Smoke,
+            DeviceKind::WaterLeak => pb::DeviceKind::WaterLeak,
+            DeviceKind::Gas => pb::DeviceKind::Gas,
+            DeviceKind::Camera => pb::DeviceKind::Camera,
+            DeviceKind::FirePanel => pb::DeviceKind::FirePanel,
+            DeviceKind::ManualCallPoint => pb::DeviceKind::ManualCallPoint,
+            DeviceKind::Elevator => pb::DeviceKind::Elevator,
+            DeviceKind::EmergencyButton => pb::DeviceKind::EmergencyButton,
+            DeviceKind::Valve => pb::DeviceKind::Valve,
+            DeviceKind::Sounder => pb::DeviceKind::Sounder,
+            DeviceKind::Gateway => pb::DeviceKind::Gateway,
+        }
+    }
+}
+
+fn device_kind_from_pb(k: pb::DeviceKind) -> Option<DeviceKind> {
+    Some(match k {
+        pb::DeviceKind::Unspecified => return None,
+        pb::DeviceKind::AccessControl => DeviceKind::AccessControl,
+        pb::DeviceKind::Smoke => DeviceKind::Smoke,
+        pb::DeviceKind::WaterLeak => DeviceKind::WaterLeak,
+        pb::DeviceKind::Gas => DeviceKind::Gas,
+        pb::DeviceKind::Camera => DeviceKind::Camera,
+        pb::DeviceKind::FirePanel => DeviceKind::FirePanel,
+        pb::DeviceKind::ManualCallPoint => DeviceKind::ManualCallPoint,
+        pb::DeviceKind::Elevator => DeviceKind::Elevator,
+        pb::DeviceKind::EmergencyButton => DeviceKind::EmergencyButton,
+        pb::DeviceKind::Valve => DeviceKind::Valve,
+        pb::DeviceKind::Sounder => DeviceKind::Sounder,
+        pb::DeviceKind::Gateway => DeviceKind::Gateway,
+    })
+}
+
+impl From<&Event> for pb::Event {
+    fn from(e: &Event) -> Self {
+        pb::Event {
+            seq: e.seq,
+            event_id: e.event_id.clone(),
+            gateway_id: e.gateway_id.clone(),
+            estate_id: e.estate_id.clone(),
+            device_id: e.device_id.clone(),
+            device_kind: e
+                .device_kind
+                .map_or(pb::DeviceKind::Unspecified, Into::into)
+                .into(),
+            code: e.code.clone(),
+            severity: pb::Severity::from(e.severity).into(),
+            state: pb::EventState::from(e.state).into(),
+            location: (!e.location.is_empty()).then(|| pb::Location {
+                building: e.location.building.clone(),
+                unit: e.location.unit.clone(),
+                floor: e.location.floor.clone(),
+                room: e.location.room.clone(),
+                zone: e.location.zone.clone(),
+            }),
+            device_time_ms: e.device_time_ms,
+            gateway_time_ms: e.gateway_time_ms,
+            value: e.value.as_ref().map(|r| pb::Reading {
+                value: r.value,
+                unit: r.unit.clone(),
+            }),
+            source: Some(pb::Source {
+                protocol: e.source.protocol.clone(),
+                reference: e.source.reference.clone(),
+            }),
+            raw: e.raw.clone(),
+            raw_truncated: e.raw_truncated,
+            registered: e.registered,
+            device_seq: e.device_seq,
+        }
+    }
+}
+
+impl TryFrom<pb::Event> for Event {
+    type Error = ConversionError;
+
+    fn try_from(e: pb::Event) -> Result<Self, ConversionError> {
+        let severity = match pb::Severity::try_from(e.severity) {
+            Ok(pb::Severity::Unspecified) => return Err(ConversionError::Unspecified("severity")),
+            Ok(pb::Severity::Critical) => Severity::Critical,
+            Ok(pb::Severity::Major) => Severity::Major,
+            Ok(pb::Severity::Minor) => Severity::Minor,
+            Ok(pb::Severity::Info) => Severity::Info,
+            Err(_) => {
+                return Err(ConversionError::UnknownEnum {
+                    field: "severity",
+                    value: e.severity,
+                })
+            }
+        };
+        let state = match pb::EventState::try_from(e.state) {
+            Ok(pb::EventState::Unspecified) => return Err(ConversionError::Unspecified("state")),
+            Ok(pb::EventState::Active) => EventState::Active,
+            Ok(pb::EventState::Cleared) => EventState::Cleared,
+            Err(_) => {
+                return Err(ConversionError::UnknownEnum {
+                    field: "state",
+                    value: e.state,
+                })
+            }
+        };
+        // An unknown device kind from a newer gateway is read as "unknown", not an error:
+        // the enum only grows.
+        let device_kind = pb::DeviceKind::try_from(e.device_kind)
+            .ok()
+            .and_then(device_kind_from_pb);
+        if e.code.is_empty() {
+            return Err(ConversionError::EmptyCode);
+        }
+        let location = e.location.map_or_else(Location::default, |l| Location {
+            building: l.building,
+            unit: l.unit,
+            floor: l.floor,
+            room: l.room,
+            zone: l.zone,
+        });
+        let source = e.source.map_or_else(Source::default, |s| Source {
+            protocol: s.protocol,
+            reference: s.reference,
+        });
+        Ok(Event {
+            seq: e.seq,
+            event_id: e.event_id,
+            gateway_id: e.gateway_id,
+            estate_id: e.estate_id,
+            device_id: e.device_id,
+            device_kind,
+            code: e.code,
+            severity,
+            state,
+            location,
+            device_time_ms: e.device_time_ms,
+            gateway_time_ms: e.gateway_time_ms,
+            value: e.value.map(|r| Reading {
+                value: r.value,
+                unit: r.unit,
+            }),
+            source,
+            raw: e.raw,
+            raw_truncated: e.raw_truncated,
+            registered: e.registered,
+            device_seq: e.device_seq,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn sample() -> Event {
+        Event {
+            seq: 42,
+            event_id: "01JDXW0000000000000000000A".into(),
+            gateway_id: "gw-1".into(),
+            estate_id: "31011500000000000001".into(),
+            device_id: "smoke-3-2-11".into(),
+            device_kind: Some(DeviceKind::Smoke),
+            code: "SMOKE.ALARM".into(),
+            severity: Severity::Critical,
+            state: EventState::Active,
+            location: Location {
+                building: "3".into(),
+                unit: "2".into(),
+                floor: "11".into(),
+                room: "1102".into(),
+                zone: String::new(),
+            },
+            device_time_ms: Some(1_700_000_000_000),
+            gateway_time_ms: 1_700_000_000_050,
+            value: Some(Reading {
+                value: 12.5,
+                unit: "m".into(),
+            }),
+            source: Source {
+                protocol: "mqtt".into(),
+                reference: "estate/x/smoke/smoke-3-2-11/event".into(),
+            },
+            raw: Bytes::from_static(br#"{"code":"SMOKE.ALARM"}"#),
+            raw_truncated: false,
+            registered: true,
+            device_seq: Some(7),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_the_wire_encoding() {
+        let e = sample();
+        let bytes = pb::Event::from(&e).encode_to_vec();
+        let back = Event::try_from(pb::Event::decode(bytes.as_slice()).expect("decodes"))
+            .expect("converts");
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn rejects_unspecified_and_unknown_severity() {
+        let mut p = pb::Event::from(&sample());
+        p.severity = 0;
+        assert_eq!(
+            Event::try_from(p.clone()),
+            Err(ConversionError::Unspecified("severity"))
+        );
+        p.severity = 99;
+        assert_eq!(
+            Event::try_from(p),
+            Err(ConversionError::UnknownEnum {
+                field: "severity",
+                value: 99
+            })
+        );
+    }
+
+    #[test]
+    fn severity_picks_the_lane() {
+        assert_eq!(Severity::Critical.lane(), Lane::Alarms);
+        assert_eq!(Severity::Major.lane(), Lane::Alarms);
+        assert_eq!(Severity::Minor.lane(), Lane::Events);
+        assert_eq!(Severity::Info.lane(), Lane::Events);
+    }
+
+    #[test]
+    fn location_reads_like_an_address() {
+        assert_eq!(
+            sample().location.to_string(),
+            "building 3 / unit 2 / floor 11 / room 1102"
+        );
+    }
+}

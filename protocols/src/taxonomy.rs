@@ -1,0 +1,118 @@
+//! The event-code taxonomy (DESIGN.md): every code the gateway accepts, its default
+//! severity, and whether it names a condition that has an end (`state` may be `cleared`).
+//!
+//! Extend, never rename: codes are part of the uplink contract.
+
+use crate::model::{DeviceKind, Severity};
+
+/// What the gateway knows about one event code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeInfo {
+    pub code: &'static str,
+    pub severity: Severity,
+    /// True for conditions that end (a leak, a fault); false for momentary events.
+    pub stateful: bool,
+    /// The device kind the code usually comes from, used when a device is unregistered.
+    pub kind: Option<DeviceKind>,
+}
+
+const fn c(
+    code: &'static str,
+    severity: Severity,
+    stateful: bool,
+    kind: Option<DeviceKind>,
+) -> CodeInfo {
+    CodeInfo {
+        code,
+        severity,
+        stateful,
+        kind,
+    }
+}
+
+use DeviceKind as K;
+use Severity::{Critical as S1, Info as S4, Major as S2, Minor as S3};
+
+/// Every known code. Sorted by family as in DESIGN.md.
+pub const CODES: &[CodeInfo] = &[
+    c("FIRE.ALARM", S1, true, Some(K::FirePanel)),
+    c("FIRE.MANUAL_CALL", S1, true, Some(K::ManualCallPoint)),
+    c("SMOKE.ALARM", S1, true, Some(K::Smoke)),
+    c("FIRE.SUPERVISORY", S2, true, Some(K::FirePanel)),
+    c("SMOKE.TAMPER", S2, true, Some(K::Smoke)),
+    c("FIRE.FAULT", S3, true, Some(K::FirePanel)),
+    c("FIRE.POWER_FAULT", S3, true, Some(K::FirePanel)),
+    c("FIRE.DISABLED", S3, true, Some(K::FirePanel)),
+    c("SMOKE.LOW_BATT", S3, true, Some(K::Smoke)),
+    c("SMOKE.DUST", S3, true, Some(K::Smoke)),
+    c("SMOKE.TEST", S4, false, Some(K::Smoke)),
+    c("SMOKE.SILENCED", S4, false, Some(K::Smoke)),
+    c("GAS.AL2", S1, true, Some(K::Gas)),
+    c("GAS.AL1", S2, true, Some(K::Gas)),
+    c("GAS.FAULT", S3, true, Some(K::Gas)),
+    c("LEAK.ALARM", S2, true, Some(K::WaterLeak)),
+    c("LEAK.CABLE_BREAK", S3, true, Some(K::WaterLeak)),
+    c("ACS.FORCED_OPEN", S1, true, Some(K::AccessControl)),
+    c("ACS.DURESS", S1, false, Some(K::AccessControl)),
+    c("ACS.TAMPER", S2, true, Some(K::AccessControl)),
+    c("ACS.HELD_OPEN", S3, true, Some(K::AccessControl)),
+    c("ACS.TAILGATE", S3, false, Some(K::AccessControl)),
+    c("ACS.INVALID_CRED", S4, false, Some(K::AccessControl)),
+    c("ACS.OPEN", S4, true, Some(K::AccessControl)),
+    c("VID.INTRUSION", S2, true, Some(K::Camera)),
+    c("VID.LINE_CROSS", S2, false, Some(K::Camera)),
+    c("VID.FIRE_LANE", S2, true, Some(K::Camera)),
+    c("VID.TAMPER", S2, true, Some(K::Camera)),
+    c("VID.LOITER", S3, true, Some(K::Camera)),
+    c("VID.LOSS", S3, true, Some(K::Camera)),
+    c("ELEV.TRAPPED", S1, true, Some(K::Elevator)),
+    c("ELEV.FAULT", S3, true, Some(K::Elevator)),
+    c("SOS.PRESSED", S1, false, Some(K::EmergencyButton)),
+    c("SOS.LOW_BATT", S3, true, Some(K::EmergencyButton)),
+    c("DEV.OFFLINE", S3, true, None),
+    c("DEV.ONLINE", S4, false, None),
+    c("DEV.HEARTBEAT", S4, false, None),
+    c("GW.UPLINK_DOWN", S2, true, Some(K::Gateway)),
+    c("GW.STORE_EVICTED", S2, false, Some(K::Gateway)),
+    c("GW.DISK_LOW", S2, true, Some(K::Gateway)),
+];
+
+/// Looks up a code; `None` for codes not in the taxonomy.
+pub fn lookup(code: &str) -> Option<&'static CodeInfo> {
+    CODES.iter().find(|i| i.code == code)
+}
+
+/// Default severity of `code` raised by a device of `kind`. `DEV.OFFLINE` is major (2)
+/// for life-safety devices and minor (3) otherwise.
+pub fn default_severity(info: &CodeInfo, kind: Option<DeviceKind>) -> Severity {
+    if info.code == "DEV.OFFLINE" && kind.is_some_and(DeviceKind::is_life_safety) {
+        Severity::Major
+    } else {
+        info.severity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_well_formed() {
+        for (i, a) in CODES.iter().enumerate() {
+            assert!(a.code.split_once('.').is_some(), "{} has no family", a.code);
+            assert!(
+                CODES[i + 1..].iter().all(|b| b.code != a.code),
+                "{} listed twice",
+                a.code
+            );
+        }
+    }
+
+    #[test]
+    fn offline_is_major_for_life_safety_devices() {
+        let off = lookup("DEV.OFFLINE").expect("known");
+        assert_eq!(default_severity(off, Some(K::Smoke)), Severity::Major);
+        assert_eq!(default_severity(off, Some(K::Camera)), Severity::Minor);
+        assert_eq!(default_severity(off, None), Severity::Minor);
+    }
+}
