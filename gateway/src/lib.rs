@@ -1,1 +1,155 @@
-//! placeholder
+//! # estate-gateway
+//!
+//! The edge daemon of a residential estate: sensors in, durable store, city platform out.
+//!
+//! ```text
+//!  sensors ──MQTT──▶ ingest ──▶ store (sled, group commit, fdatasync) ──▶ forward ──MQTT──▶ city/v1/{estate}/alarms|events
+//!                      │  ack only after commit          │  the store is the outbox
+//!                      └─ malformed → dead letters       └─ api: /healthz, /metrics
+//! ```
+//!
+//! Layout (one purpose per room):
+//! - [`ingest`] — MQTT subscriber with manual acks; [`ingest::native`] is the pure decoder.
+//! - [`store`] — the one writer, lanes, cursors, dead letters, disk budget.
+//! - [`forward`] — uplink publisher, alarms first, cursors move on PUBACK only.
+//! - [`api`] — local HTTP: health and Prometheus metrics.
+//! - [`broker`] — embedded rumqttd for the demo and tests.
+//! - [`demo`] — the whole estate on one machine, nothing installed.
+//! - [`telemetry`] — metrics and logging.
+//!
+//! Shutdown order: stop ingest (acknowledging what is committed) → forward gets one last
+//! attempt within the grace period → the store writer drains, flushes, exits.
+
+pub mod api;
+pub mod broker;
+pub mod demo;
+pub mod events;
+pub mod forward;
+pub mod ingest;
+pub mod mqtt;
+pub mod store;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use estate_config::Config;
+
+use crate::store::StoreReader;
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    #[error(transparent)]
+    Forward(#[from] forward::ForwardError),
+    #[error("API listener: {0}")]
+    Api(std::io::Error),
+    #[error("a stage panicked: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// How to run, besides the config.
+#[derive(Debug)]
+pub struct RunOptions {
+    pub data_dir: PathBuf,
+    /// How long forward may keep delivering after shutdown is requested.
+    pub grace: Duration,
+    /// A listener for the API, already bound (tests and the demo bind port 0). `None`
+    /// binds `api.listen` from the config.
+    pub api_listener: Option<std::net::TcpListener>,
+    /// Told once the store is open and every stage is started.
+    pub on_ready: Option<oneshot::Sender<Running>>,
+}
+
+/// Handles to a running gateway, for the demo, benches and tests.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub reader: StoreReader,
+    pub boot_id: String,
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then stops in order and returns.
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let metrics = Arc::new(Metrics::new());
+    let boot_id = ulid::Ulid::new().to_string();
+    let ingest = ingest::MqttIngest::new(&cfg)?;
+    let forwarder = forward::Forwarder::new(&cfg, &boot_id)?;
+    let api_listener = match opts.api_listener {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(cfg.api.listen).map_err(GatewayError::Api)?,
+    };
+    api_listener.set_nonblocking(true).map_err(GatewayError::Api)?;
+    let api_addr = api_listener.local_addr().map_err(GatewayError::Api)?;
+    let api_listener = tokio::net::TcpListener::from_std(api_listener).map_err(GatewayError::Api)?;
+
+    let store_opts = store::StoreOptions::from_config(&cfg);
+    let dir = opts.data_dir.join("store");
+    let (handle, reader, writer) = tokio::task::spawn_blocking({
+        let metrics = metrics.clone();
+        move || store::open(&dir, store_opts, metrics)
+    })
+    .await??;
+    let writer = tokio::task::spawn_blocking(move || writer.run());
+
+    // The API outlives the stages so health stays visible while draining.
+    let api_stop = CancellationToken::new();
+    let api = tokio::spawn(api::run(
+        api_listener,
+        api::ApiState {
+            metrics: metrics.clone(),
+            reader: reader.clone(),
+            gateway_id: cfg.gateway.id.clone(),
+            estate_id: cfg.gateway.estate_id.clone(),
+        },
+        api_stop.clone(),
+    ));
+    let ingest = tokio::spawn(ingest.run(handle.clone(), metrics.clone(), shutdown.clone()));
+    let forward = tokio::spawn(forwarder.run(
+        reader.clone(),
+        handle.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+        opts.grace,
+    ));
+    drop(handle);
+    info!(gateway_id = %cfg.gateway.id, estate_id = %cfg.gateway.estate_id, %api_addr, epoch = reader.epoch(), %boot_id, "Gateway running.");
+    if let Some(tx) = opts.on_ready {
+        let _ = tx.send(Running {
+            api_addr,
+            metrics: metrics.clone(),
+            reader: reader.clone(),
+            boot_id,
+        });
+    }
+
+    let ingest_result = ingest.await;
+    let forward_result = forward.await;
+    // Every StoreHandle is gone now: the writer commits what is queued and exits.
+    let writer_result = writer.await;
+    api_stop.cancel();
+    let _ = api.await;
+    if let Ok(Err(err)) = &writer_result {
+        error!(error = %err, "Store writer failed while stopping.");
+    }
+    ingest_result??;
+    forward_result??;
+    writer_result??;
+    info!("Gateway stopped.");
+    Ok(())
+}

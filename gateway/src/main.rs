@@ -1,1 +1,147 @@
-fn main() {}
+//! `estate-gateway` — thin CLI over the library: parse flags, load config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use estate_config::Config;
+use estate_gateway::telemetry::{init_logging, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "estate-gateway", version, about = "Edge gateway for residential-estate safety sensors")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "info,rumqttd=warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = "/etc/estate-gateway/gateway.toml")]
+        config: PathBuf,
+        /// Where the store lives (overrides gateway.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// After SIGTERM/SIGINT, how long forwarding may continue before exit.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Listen address for the local API (overrides api.listen).
+        #[arg(long)]
+        api_listen: Option<std::net::SocketAddr>,
+    },
+    /// Validate a configuration file; report every problem with its location.
+    CheckConfig {
+        /// Configuration file.
+        file: PathBuf,
+    },
+    /// Run a whole simulated estate on this machine: embedded broker, gateway, devices,
+    /// and a reference city-platform subscriber. Nothing to install.
+    Demo(estate_gateway::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Run {
+            config,
+            data_dir,
+            grace,
+            api_listen,
+        } => runtime().and_then(|rt| rt.block_on(run(config, data_dir, grace, api_listen))),
+        Command::Demo(args) => {
+            runtime().and_then(|rt| rt.block_on(estate_gateway::demo::run(args)).map_err(|e| format!("demo failed: {e:#}")))
+        }
+    }
+    .map_or_else(
+        |msg| {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        },
+        |()| ExitCode::SUCCESS,
+    )
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn check_config(file: &std::path::Path) -> Result<(), String> {
+    match Config::load(file) {
+        Ok(cfg) => {
+            println!(
+                "{}: OK (gateway {}, estate {}, {} devices)",
+                file.display(),
+                cfg.gateway.id,
+                cfg.gateway.estate_id,
+                cfg.devices.len()
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            for p in &errors.0 {
+                println!("{p}");
+            }
+            Err(format!("{} problem(s) in {}", errors.0.len(), file.display()))
+        }
+    }
+}
+
+async fn run(
+    config: PathBuf,
+    data_dir: Option<PathBuf>,
+    grace: Duration,
+    api_listen: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let cfg = Config::load(&config).map_err(|e| format!("invalid config:\n{e}"))?;
+    let data_dir = data_dir
+        .or_else(|| cfg.gateway.data_dir.clone())
+        .ok_or("no data directory: pass --data-dir or set gateway.data_dir")?;
+    let api_listener = match api_listen {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| format!("cannot bind the API on {addr}: {e}"))?),
+        None => None,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    estate_gateway::run(
+        cfg,
+        estate_gateway::RunOptions {
+            data_dir,
+            grace,
+            api_listener,
+            on_ready: None,
+        },
+        shutdown,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// SIGTERM or SIGINT → orderly shutdown.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("Cannot install signal handlers; stop with SIGKILL only.");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping."),
+        _ = int.recv() => tracing::info!("SIGINT: stopping."),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,249 @@
+//! Ingest: sensors → events. MQTT is here; Modbus joins later.
+//!
+//! The MQTT stage keeps a persistent session (stable client id, `clean_session = false`),
+//! subscribes QoS 1 and acknowledges each message only after what it produced (an event,
+//! or a dead letter for malformed input) is durable in the store. Nothing is dropped:
+//! unregistered devices are accepted and counted; bad input is dead-lettered and acked so
+//! it cannot loop.
+//!
+//! ```text
+//! broker ─▶ EventLoop::poll ─▶ native::decode ─▶ StoreHandle::append ─▶ (Pending, Publish) ─▶ ack task ─▶ PUBACK
+//! ```
+
+pub mod native;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event as MqttEvent, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use estate_config::Config;
+
+use crate::events::now_ms;
+use crate::store::{DeadLetter, Pending, StoreHandle};
+use crate::telemetry::Metrics;
+use native::{DecodeContext, DeviceInfo};
+
+/// Largest packet the client accepts. Payloads above `ingest.max_payload` are received
+/// whole and dead-lettered; only a packet above this would make rumqttc drop the
+/// connection (and the broker redeliver it), so keep the broker's `message_size_limit`
+/// at or below it.
+pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("ingest broker TLS: {0}")]
+    Tls(#[from] crate::mqtt::TlsError),
+}
+
+/// The MQTT ingest stage, built from config, consumed by [`MqttIngest::run`].
+#[derive(Debug)]
+pub struct MqttIngest {
+    options: rumqttc::MqttOptions,
+    gateway_id: String,
+    estate_id: String,
+    prefix: String,
+    max_payload: usize,
+    raw_limit: usize,
+    devices: HashMap<String, DeviceInfo>,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+impl MqttIngest {
+    pub fn new(cfg: &Config) -> Result<Self, IngestError> {
+        let mut options = crate::mqtt::options(&cfg.ingest.mqtt, &cfg.ingest_client_id())?;
+        options
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(MAX_INCOMING_PACKET, 64 * 1024);
+        Ok(MqttIngest {
+            options,
+            gateway_id: cfg.gateway.id.clone(),
+            estate_id: cfg.gateway.estate_id.clone(),
+            prefix: cfg.ingest.topic_prefix.clone(),
+            max_payload: cfg.ingest.max_payload.as_usize(),
+            raw_limit: cfg.ingest.raw_limit.as_usize(),
+            devices: cfg
+                .devices
+                .iter()
+                .map(|d| {
+                    (
+                        d.id.clone(),
+                        DeviceInfo {
+                            kind: d.kind,
+                            location: d.location.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            reconnect_min: cfg.ingest.mqtt.reconnect_min,
+            reconnect_max: cfg.ingest.mqtt.reconnect_max,
+        })
+    }
+
+    fn filters(&self) -> Vec<rumqttc::SubscribeFilter> {
+        ["event", "heartbeat"]
+            .iter()
+            .map(|leaf| {
+                rumqttc::SubscribeFilter::new(
+                    format!("{}/{}/+/+/{leaf}", self.prefix, self.estate_id),
+                    QoS::AtLeastOnce,
+                )
+            })
+            .collect()
+    }
+
+    /// Runs until `shutdown`, then acknowledges what is already committed and disconnects.
+    /// Connection errors never end it: it reconnects with backoff.
+    pub async fn run(
+        self,
+        store: StoreHandle,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<(), IngestError> {
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 4096);
+        // (pending commit, message) in arrival order. Bounded: when full, receiving waits,
+        // which stops reading from the broker (back-pressure), never drops.
+        let (ack_tx, ack_rx) = mpsc::channel::<(Pending, Publish)>(8192);
+        let acker = tokio::spawn(ack_in_order(client.clone(), ack_rx, metrics.clone()));
+        let mut backoff = self.reconnect_min;
+        info!(broker = ?self.options.broker_address(), client_id = %self.options.client_id(), "MQTT ingest starting.");
+        loop {
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = eventloop.poll() => p,
+            };
+            match polled {
+                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                    metrics.ingest_received.inc();
+                    let pending = match self.accept(&publish, &store, &metrics).await {
+                        Ok(p) => p,
+                        Err(_) => {
+                            error!("Store writer stopped; ingest cannot continue.");
+                            break;
+                        }
+                    };
+                    if ack_tx.send((pending, publish)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+                    info!(session_present = ack.session_present, "Connected to the ingest broker.");
+                    metrics.ingest_connected.set(1);
+                    backoff = self.reconnect_min;
+                    if let Err(err) = client.try_subscribe_many(self.filters()) {
+                        warn!(error = %err, "Could not queue the subscription.");
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                    debug!(codes = ?ack.return_codes, "Subscribed.");
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    metrics.ingest_connected.set(0);
+                    warn!(error = %err, retry_in = ?backoff, "Ingest broker connection failed; reconnecting.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.reconnect_max);
+                }
+            }
+        }
+        // Drain: acknowledge what is already committed, then leave cleanly. Messages that
+        // arrive now are not acknowledged; the persistent session redelivers them.
+        drop(ack_tx);
+        let drain = async {
+            let mut acker = acker;
+            loop {
+                tokio::select! {
+                    _ = &mut acker => break,
+                    p = eventloop.poll() => if p.is_err() { break },
+                }
+            }
+            let _ = client.try_disconnect();
+            while let Ok(ev) = eventloop.poll().await {
+                if matches!(ev, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+            warn!("Ingest drain timed out; unacknowledged messages will be redelivered.");
+        }
+        metrics.ingest_connected.set(0);
+        info!("MQTT ingest stopped.");
+        Ok(())
+    }
+
+    /// Decodes one message and submits the event or dead letter to the store.
+    async fn accept(
+        &self,
+        publish: &Publish,
+        store: &StoreHandle,
+        metrics: &Metrics,
+    ) -> Result<Pending, crate::store::StoreError> {
+        let now = now_ms();
+        let ctx = DecodeContext {
+            gateway_id: &self.gateway_id,
+            estate_id: &self.estate_id,
+            prefix: &self.prefix,
+            max_payload: self.max_payload,
+            raw_limit: self.raw_limit,
+            devices: &self.devices,
+            now_ms: now,
+            event_id: ulid::Ulid::new().to_string(),
+        };
+        match native::decode(&publish.topic, &publish.payload, &ctx) {
+            Ok(event) => {
+                if !event.registered {
+                    metrics.ingest_unregistered.inc();
+                    debug!(device_id = %event.device_id, "Event from an unregistered device accepted.");
+                }
+                store.append(event).await
+            }
+            Err(e) => {
+                metrics.dead_letter(e.reason);
+                warn!(topic = %publish.topic, reason = e.reason, error = %e.detail, "Malformed input dead-lettered.");
+                let (raw, _) = native::bounded_raw(&publish.payload, self.raw_limit);
+                store
+                    .dead_letter(DeadLetter {
+                        received_ms: now,
+                        source: publish.topic.clone(),
+                        reason: e.to_string(),
+                        raw,
+                        original_len: publish.payload.len(),
+                    })
+                    .await
+            }
+        }
+    }
+}
+
+/// Acknowledges messages in arrival order as their commits land. A failed commit leaves
+/// its message unacknowledged: the broker redelivers it on the next session.
+async fn ack_in_order(
+    client: AsyncClient,
+    mut rx: mpsc::Receiver<(Pending, Publish)>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some((pending, publish)) = rx.recv().await {
+        match pending.await {
+            Ok(Ok(_)) => {
+                if client.ack(&publish).await.is_err() {
+                    return;
+                }
+                metrics.ingest_acked.inc();
+            }
+            Ok(Err(err)) => {
+                error!(topic = %publish.topic, error = %err, "Event not committed; not acknowledging it.");
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The native sensor protocol (our own firmware): pure decoding from (topic, payload) to
+//! an [`Event`] or a precise [`DecodeError`]. No I/O, no clock: the caller passes `now_ms`.
+//!
+//! Topics: `{prefix}/{estate_id}/{device_kind}/{device_id}/event` and `…/heartbeat`.
+//! Event body: `{"code":"SMOKE.ALARM","state":"active","ts":"2026-11-26T20:00:00Z","value":12.5,"unit":"m","seq":17}`;
+//! only `code` is required. `ts` is RFC 3339 or epoch milliseconds. Unknown fields are
+//! ignored so newer firmware keeps working. Heartbeat body: empty, or `{"ts":…,"battery":97}`.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use estate_protocols::model::{DeviceKind, Event, EventState, Location, Reading, Source};
+use estate_protocols::taxonomy;
+
+/// What the gateway knows about a configured device.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub kind: DeviceKind,
+    pub location: Location,
+}
+
+/// Everything decoding needs besides the message itself.
+#[derive(Debug)]
+pub struct DecodeContext<'a> {
+    pub gateway_id: &'a str,
+    pub estate_id: &'a str,
+    pub prefix: &'a str,
+    pub max_payload: usize,
+    pub raw_limit: usize,
+    pub devices: &'a HashMap<String, DeviceInfo>,
+    pub now_ms: i64,
+    pub event_id: String,
+}
+
+/// Why an input was dead-lettered. `reason` is a stable label (also the metric label),
+/// `detail` says exactly what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct DecodeError {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+fn err(reason: &'static str, detail: impl Into<String>) -> DecodeError {
+    DecodeError {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Raw bytes as kept with an event or dead letter: at most `limit` bytes.
+pub fn bounded_raw(payload: &[u8], limit: usize) -> (Bytes, bool) {
+    if payload.len() > limit {
+        (Bytes::copy_from_slice(&payload[..limit]), true)
+    } else {
+        (Bytes::copy_from_slice(payload), false)
+    }
+}
+
+enum Leaf {
+    Event,
+    Heartbeat,
+}
+
+/// Decodes one native message.
+pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Event, DecodeError> {
+    if payload.len() > ctx.max_payload {
+        return Err(err(
+            "too_large",
+            format!(
+                "payload of {} bytes exceeds ingest.max_payload ({} bytes)",
+                payload.len(),
+                ctx.max_payload
+            ),
+        ));
+    }
+    let rest = topic
+        .strip_prefix(ctx.prefix)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| err("bad_topic", format!("topic {topic:?} is not under {:?}", ctx.prefix)))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [estate, kind, device_id, leaf] = parts[..] else {
+        return Err(err(
+            "bad_topic",
+            format!("topic {topic:?} is not {}/{{estate_id}}/{{device_kind}}/{{device_id}}/event|heartbeat", ctx.prefix),
+        ));
+    };
+    if estate != ctx.estate_id {
+        return Err(err(
+            "bad_topic",
+            format!("topic {topic:?} names estate {estate:?}, this gateway serves {:?}", ctx.estate_id),
+        ));
+    }
+    if device_id.is_empty() {
+        return Err(err("bad_topic", format!("topic {topic:?} has an empty device id")));
+    }
+    let leaf = match leaf {
+        "event" => Leaf::Event,
+        "heartbeat" => Leaf::Heartbeat,
+        other => {
+            return Err(err(
+                "bad_topic",
+                format!("topic {topic:?} ends in {other:?}, expected \"event\" or \"heartbeat\""),
+            ))
+        }
+    };
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        err(
+            "invalid_utf8",
+            format!("payload is not UTF-8 (first bad byte at offset {})", e.valid_up_to()),
+        )
+    })?;
+
+    let body: Map<String, Value> = if text.trim().is_empty() {
+        if matches!(leaf, Leaf::Event) {
+            return Err(err("bad_json", "event payload is empty; `code` is required"));
+        }
+        Map::new()
+    } else {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            Ok(other) => {
+                return Err(err(
+                    "bad_json",
+                    format!("payload is JSON {} but must be an object", json_type(&other)),
+                ))
+            }
+            Err(e) => return Err(err("bad_json", format!("payload is not JSON: {e}"))),
+        }
+    };
+
+    let code = match leaf {
+        Leaf::Heartbeat => "DEV.HEARTBEAT".to_owned(),
+        Leaf::Event => match body.get("code") {
+            Some(Value::String(c)) => c.clone(),
+            Some(other) => return Err(wrong_type("code", "a string", other)),
+            None => return Err(err("bad_field", "field `code` is missing")),
+        },
+    };
+    let info = taxonomy::lookup(&code)
+        .ok_or_else(|| err("unknown_code", format!("event code {code:?} is not in the taxonomy")))?;
+    let state = match body.get("state") {
+        None | Some(Value::Null) => EventState::Active,
+        Some(Value::String(s)) => s.parse().map_err(|_| {
+            err(
+                "bad_field",
+                format!("field `state` is {s:?}, expected \"active\" or \"cleared\""),
+            )
+        })?,
+        Some(other) => return Err(wrong_type("state", "a string", other)),
+    };
+    let device_time_ms = match body.get("ts") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
+            err("bad_field", format!("field `ts` is {n}, expected epoch milliseconds as an integer"))
+        })?),
+        Some(Value::String(s)) => Some(parse_rfc3339_ms(s).ok_or_else(|| {
+            err("bad_field", format!("field `ts` is {s:?}, expected RFC 3339 or epoch milliseconds"))
+        })?),
+        Some(other) => return Err(wrong_type("ts", "a string or an integer", other)),
+    };
+    let unit = match body.get("unit") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => return Err(wrong_type("unit", "a string", other)),
+    };
+    let value_field = if matches!(leaf, Leaf::Heartbeat) { "battery" } else { "value" };
+    let value = match body.get(value_field) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(Reading {
+            value: n.as_f64().unwrap_or_default(),
+            unit: unit.unwrap_or_else(|| {
+                if matches!(leaf, Leaf::Heartbeat) { "%".into() } else { String::new() }
+            }),
+        }),
+        Some(other) => return Err(wrong_type(value_field, "a number", other)),
+    };
+    let device_seq = match body.get("seq") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+            err("bad_field", format!("field `seq` is {n}, expected a non-negative integer"))
+        })?),
+        Some(other) => return Err(wrong_type("seq", "an integer", other)),
+    };
+
+    let registered = ctx.devices.get(device_id);
+    // The config is the authority on a registered device's kind; for an unregistered one
+    // the topic says it (or nothing, when the topic's kind is unknown).
+    let device_kind = registered
+        .map(|d| d.kind)
+        .or_else(|| kind.parse::<DeviceKind>().ok());
+    let (raw, raw_truncated) = bounded_raw(payload, ctx.raw_limit);
+    Ok(Event {
+        seq: 0,
+        event_id: ctx.event_id.clone(),
+        gateway_id: ctx.gateway_id.to_owned(),
+        estate_id: ctx.estate_id.to_owned(),
+        device_id: device_id.to_owned(),
+        device_kind,
+        code,
+        severity: taxonomy::default_severity(info, device_kind),
+        state,
+        location: registered.map(|d| d.location.clone()).unwrap_or_default(),
+        device_time_ms,
+        gateway_time_ms: ctx.now_ms,
+        value,
+        source: Source {
+            protocol: "mqtt".into(),
+            reference: topic.to_owned(),
+        },
+        raw,
+        raw_truncated,
+        registered: registered.is_some(),
+        device_seq,
+    })
+}
+
+fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong_type(field: &str, expected: &str, got: &Value) -> DecodeError {
+    err(
+        "bad_field",
+        format!("field `{field}` is {}, expected {expected}", json_type(got)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use estate_protocols::model::Severity;
+
+    fn devices() -> HashMap<String, DeviceInfo> {
+        HashMap::from([(
+            "smoke-1".to_owned(),
+            DeviceInfo {
+                kind: DeviceKind::Smoke,
+                location: Location {
+                    building: "1".into(),
+                    ..Default::default()
+                },
+            },
+        )])
+    }
+
+    fn run(topic: &str, payload: &[u8]) -> Result<Event, DecodeError> {
+        let d = devices();
+        let ctx = DecodeContext {
+            gateway_id: "gw",
+            estate_id: "E1",
+            prefix: "estate",
+            max_payload: 1024,
+            raw_limit: 16,
+            devices: &d,
+            now_ms: 1_000,
+            event_id: "id".into(),
+        };
+        decode(topic, payload, &ctx)
+    }
+
+    #[test]
+    fn full_event_decodes_with_registry_location_and_severity() {
+        let e = run(
+            "estate/E1/smoke/smoke-1/event",
+            br#"{"code":"SMOKE.ALARM","state":"active","ts":"2026-11-26T20:00:00.123Z","value":3.5,"unit":"dB/m","seq":17}"#,
+        )
+        .expect("decodes");
+        assert_eq!(e.code, "SMOKE.ALARM");
+        assert_eq!(e.severity, Severity::Critical);
+        assert_eq!(e.state, EventState::Active);
+        assert_eq!(e.device_time_ms, Some(1_795_723_200_123));
+        assert_eq!(e.value, Some(Reading { value: 3.5, unit: "dB/m".into() }));
+        assert_eq!(e.device_seq, Some(17));
+        assert!(e.registered);
+        assert_eq!(e.location.building, "1");
+        assert!(e.raw_truncated, "raw is bounded to raw_limit");
+        assert_eq!(e.raw.len(), 16);
+    }
+
+    #[test]
+    fn only_code_is_required_and_epoch_ms_is_accepted() {
+        let e = run("estate/E1/gas/g-9/event", br#"{"code":"GAS.AL1","ts":1700000000000}"#)
+            .expect("decodes");
+        assert_eq!(e.state, EventState::Active);
+        assert_eq!(e.device_time_ms, Some(1_700_000_000_000));
+        assert!(!e.registered, "unregistered devices are accepted");
+        assert_eq!(e.device_kind, Some(DeviceKind::Gas));
+        assert_eq!(e.severity, Severity::Major);
+    }
+
+    #[test]
+    fn heartbeat_becomes_dev_heartbeat_with_battery() {
+        let e = run("estate/E1/smoke/smoke-1/heartbeat", br#"{"battery":97}"#).expect("decodes");
+        assert_eq!(e.code, "DEV.HEARTBEAT");
+        assert_eq!(e.value, Some(Reading { value: 97.0, unit: "%".into() }));
+        let e = run("estate/E1/smoke/smoke-1/heartbeat", b"").expect("empty heartbeat");
+        assert_eq!(e.severity, Severity::Info);
+    }
+
+    #[test]
+    fn malformed_inputs_name_the_problem() {
+        let cases: &[(&str, &[u8], &str, &str)] = &[
+            ("estate/E1/smoke/s/event", b"{not json", "bad_json", "not JSON"),
+            ("estate/E1/smoke/s/event", b"[1]", "bad_json", "an array"),
+            ("estate/E1/smoke/s/event", b"{}", "bad_field", "`code` is missing"),
+            ("estate/E1/smoke/s/event", br#"{"code":5}"#, "bad_field", "`code` is a number"),
+            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARMED"}"#, "unknown_code", "SMOKE.ALARMED"),
+            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARM","state":"on"}"#, "bad_field", "`state`"),
+            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARM","ts":"yesterday"}"#, "bad_field", "`ts`"),
+            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARM","seq":-1}"#, "bad_field", "`seq`"),
+            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARM","value":"high"}"#, "bad_field", "`value`"),
+            ("estate/E1/smoke/s/event", b"\xff\xfe{}", "invalid_utf8", "offset 0"),
+            ("estate/E1/smoke/s/status", b"{}", "bad_topic", "\"status\""),
+            ("estate/E2/smoke/s/event", br#"{"code":"SMOKE.ALARM"}"#, "bad_topic", "\"E2\""),
+            ("estate/E1/smoke/event", br#"{"code":"SMOKE.ALARM"}"#, "bad_topic", "is not"),
+        ];
+        for (topic, payload, reason, needle) in cases {
+            let e = run(topic, payload).expect_err("must fail");
+            assert_eq!(e.reason, *reason, "{topic} {payload:?}: {e}");
+            assert!(e.detail.contains(needle), "{e} should mention {needle}");
+        }
+        let big = vec![b' '; 2000];
+        assert_eq!(run("estate/E1/smoke/s/event", &big).expect_err("too big").reason, "too_large");
+    }
+}

@@ -1,0 +1,423 @@
+//! The durable event store: one sled tree, one writer, group commit.
+//!
+//! ```text
+//!  ingest ──StoreHandle::append──▶ [bounded channel] ──▶ writer thread ──▶ sled (apply_batch, flush, fdatasync)
+//!  forward ─StoreHandle::forwarded─┘                         │
+//!                                                            └──▶ committed watch ──▶ forward (StoreReader)
+//! ```
+//!
+//! - **Acked means durable.** [`StoreHandle::append`] returns a [`Pending`] that resolves
+//!   with the event's `seq` only after its whole group is in sled, flushed, and the log
+//!   file fdatasync'ed (sled's own `flush()` alone does not survive a power cut, see
+//!   DESIGN.md). Ingest acknowledges the MQTT message only then.
+//! - **Group commit.** The writer takes every command already queued (up to
+//!   `batch_max_events`), optionally lingers, and commits them with one `apply_batch` and one
+//!   flush. With acks held until commit, the queue *is* the batch: waiting longer would only
+//!   hold back the acks the broker is waiting for.
+//! - **Records, not tiny keys.** A group's events are encoded per lane into records (prost
+//!   `EventBatch`es) of at most `record_max_bytes`, well under sled's 128 KiB blob size.
+//! - **Lanes.** Severity 1–2 events go to the alarms lane, the rest to the events lane;
+//!   `seq` is one counter across both. Each lane has a forward cursor.
+//! - **Disk budget.** When stored bytes exceed the budget the writer evicts, in order:
+//!   already forwarded records, the oldest unforwarded telemetry, alarms last. Every
+//!   eviction is counted; unforwarded ones raise a `GW.STORE_EVICTED` event.
+
+mod keys;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use estate_config::Config;
+use estate_protocols::model::{Event, Lane};
+use estate_protocols::pb;
+
+use crate::telemetry::Metrics;
+
+pub use writer::StoreWriter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("I/O on the store's files: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored record {key:?} does not decode: {source}")]
+    Corrupt {
+        key: Vec<u8>,
+        source: prost::DecodeError,
+    },
+    #[error("the store writer has stopped")]
+    Closed,
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+}
+
+/// Store settings, built from the config.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub gateway_id: String,
+    pub estate_id: String,
+    pub batch_max_events: usize,
+    pub batch_linger: Duration,
+    pub disk_budget: u64,
+    pub cache_capacity: u64,
+    pub record_max_bytes: usize,
+    pub dead_letter_max: usize,
+    pub keep_forwarded: bool,
+    /// Capacity of the command channel. Ingest blocks (back-pressure to the broker) when
+    /// it is full; it never drops.
+    pub queue_capacity: usize,
+}
+
+impl StoreOptions {
+    pub fn from_config(cfg: &Config) -> Self {
+        let s = &cfg.store;
+        StoreOptions {
+            gateway_id: cfg.gateway.id.clone(),
+            estate_id: cfg.gateway.estate_id.clone(),
+            batch_max_events: s.batch_max_events,
+            batch_linger: s.batch_linger,
+            disk_budget: s.disk_budget.as_u64(),
+            cache_capacity: s.cache_capacity.as_u64(),
+            record_max_bytes: s.record_max_bytes.as_usize(),
+            dead_letter_max: s.dead_letter_max,
+            keep_forwarded: s.keep_forwarded,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+/// Input that could not become an event, kept with its raw bytes and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub received_ms: i64,
+    /// Where it came from (the MQTT topic).
+    pub source: String,
+    pub reason: String,
+    /// The raw bytes, truncated to `ingest.raw_limit`.
+    pub raw: Bytes,
+    /// Size of the original input in bytes.
+    pub original_len: usize,
+}
+
+impl DeadLetter {
+    fn encode(&self) -> Vec<u8> {
+        // A JSON header line, then the raw bytes as they came.
+        let header = serde_json::json!({
+            "received_ms": self.received_ms,
+            "source": self.source,
+            "reason": self.reason,
+            "original_len": self.original_len,
+        });
+        let mut out = header.to_string().into_bytes();
+        out.push(b'\n');
+        out.extend_from_slice(&self.raw);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<DeadLetter> {
+        let nl = bytes.iter().position(|b| *b == b'\n')?;
+        let h: serde_json::Value = serde_json::from_slice(&bytes[..nl]).ok()?;
+        Some(DeadLetter {
+            received_ms: h.get("received_ms")?.as_i64()?,
+            source: h.get("source")?.as_str()?.to_owned(),
+            reason: h.get("reason")?.as_str()?.to_owned(),
+            original_len: usize::try_from(h.get("original_len")?.as_u64()?).ok()?,
+            raw: Bytes::copy_from_slice(&bytes[nl + 1..]),
+        })
+    }
+}
+
+pub(crate) enum Command {
+    Append {
+        event: Box<Event>,
+        received: Instant,
+        done: Option<oneshot::Sender<Result<u64, StoreError>>>,
+    },
+    DeadLetter {
+        letter: DeadLetter,
+        received: Instant,
+        done: Option<oneshot::Sender<Result<u64, StoreError>>>,
+    },
+    /// The uplink acknowledged every event of `lane` up to `seq` (`count` events).
+    Forwarded { lane: Lane, seq: u64, count: u64 },
+}
+
+/// Per-lane counters shared between the writer and readers.
+#[derive(Debug, Default)]
+struct LaneState {
+    /// Highest seq committed in this lane.
+    last_seq: AtomicU64,
+    /// Highest seq acknowledged upstream.
+    cursor: AtomicU64,
+    /// Events committed but neither forwarded nor evicted.
+    backlog: AtomicU64,
+    /// Logical bytes of records kept.
+    stored_bytes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    epoch: u64,
+    lanes: [LaneState; 2],
+    /// Highest seq committed in any lane; forward waits on it.
+    committed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn lane(&self, lane: Lane) -> &LaneState {
+        &self.lanes[lane_index(lane)]
+    }
+}
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::Alarms => 0,
+        Lane::Events => 1,
+    }
+}
+
+/// A handle for submitting to the writer. Cheap to clone; the writer stops once every
+/// handle is dropped and the queue is drained.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    /// To the writer thread. Bounded by `queue_capacity`; senders wait when it is full.
+    tx: mpsc::Sender<Command>,
+}
+
+/// Resolves once the submitted input is durable (`Ok(seq)`, or the dead letter's id).
+pub type Pending = oneshot::Receiver<Result<u64, StoreError>>;
+
+impl StoreHandle {
+    /// Queues an event for the next group commit. Waits while the queue is full.
+    pub async fn append(&self, event: Event) -> Result<Pending, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                event: Box::new(event),
+                received: Instant::now(),
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Queues an event without waiting for its commit (gateway-raised events).
+    pub async fn append_nowait(&self, event: Event) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Append {
+                event: Box::new(event),
+                received: Instant::now(),
+                done: None,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    pub async fn dead_letter(&self, letter: DeadLetter) -> Result<Pending, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::DeadLetter {
+                letter,
+                received: Instant::now(),
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Records that the uplink acknowledged `lane` up to `seq`.
+    pub async fn forwarded(&self, lane: Lane, seq: u64, count: u64) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::Forwarded { lane, seq, count })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+}
+
+/// Read access for forward and the API. Reads go straight to sled (it is safe to read
+/// while the writer writes); only committed records are visible.
+#[derive(Debug, Clone)]
+pub struct StoreReader {
+    db: sled::Db,
+    shared: Arc<Shared>,
+}
+
+impl StoreReader {
+    /// The store's epoch: `seq` is unique within it.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    pub fn cursor(&self, lane: Lane) -> u64 {
+        self.shared.lane(lane).cursor.load(Ordering::Acquire)
+    }
+
+    pub fn last_seq(&self, lane: Lane) -> u64 {
+        self.shared.lane(lane).last_seq.load(Ordering::Acquire)
+    }
+
+    /// Committed events of `lane` not yet acknowledged upstream.
+    pub fn backlog(&self, lane: Lane) -> u64 {
+        self.shared.lane(lane).backlog.load(Ordering::Acquire)
+    }
+
+    pub fn stored_bytes(&self, lane: Lane) -> u64 {
+        self.shared.lane(lane).stored_bytes.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever a group commit lands; holds the highest committed seq.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.shared.committed.subscribe()
+    }
+
+    /// Up to `max_events` events of `lane` with `seq > after`, in seq order, stopping before
+    /// the encoded size would pass `max_bytes` (at least one event is returned if any).
+    pub fn read_lane(
+        &self,
+        lane: Lane,
+        after: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<pb::Event>, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self
+            .db
+            .range(keys::records_from(lane, after.saturating_add(1)))
+        {
+            let (k, v) = item?;
+            let rec = pb::EventBatch::decode(v.as_ref()).map_err(|source| StoreError::Corrupt {
+                key: k.to_vec(),
+                source,
+            })?;
+            for e in rec.events.into_iter().filter(|e| e.seq > after) {
+                let len = e.encoded_len() + 4;
+                if out.len() >= max_events || (!out.is_empty() && bytes + len > max_bytes) {
+                    return Ok(out);
+                }
+                bytes += len;
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest dead letters, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.range(keys::DEAD_LETTERS).rev().take(limit) {
+            let (_, v) = item?;
+            if let Some(d) = DeadLetter::decode(&v) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Opens (or creates) the store under `dir`. Returns the handle for writers, the reader,
+/// and the writer itself, which the caller runs on a blocking thread.
+pub fn open(
+    dir: &Path,
+    opts: StoreOptions,
+    metrics: Arc<Metrics>,
+) -> Result<(StoreHandle, StoreReader, StoreWriter), StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(opts.cache_capacity)
+        .mode(sled::Mode::LowSpace)
+        // The writer flushes and fsyncs every group itself.
+        .flush_every_ms(None)
+        .open()?;
+    // fsync applies to the inode: a read-only handle on sled's log file lets the writer
+    // make each group commit power-loss durable.
+    let log_path: PathBuf = dir.join("db");
+    let log_file = std::fs::File::open(&log_path)?;
+
+    let epoch = match db.get(keys::EPOCH)? {
+        Some(v) => keys::u64_value(Some(v)),
+        None => {
+            // A fresh store: a new epoch tells receivers that seq starts again.
+            let epoch = loop {
+                let e: u64 = rand::random();
+                if e != 0 {
+                    break e;
+                }
+            };
+            db.insert(keys::EPOCH, &epoch.to_be_bytes())?;
+            db.insert(keys::NEXT_SEQ, &1u64.to_be_bytes())?;
+            db.flush()?;
+            log_file.sync_all()?;
+            epoch
+        }
+    };
+
+    let lanes: [LaneState; 2] = Default::default();
+    for lane in Lane::ALL {
+        let st = &lanes[lane_index(lane)];
+        st.cursor
+            .store(keys::u64_value(db.get(keys::cursor(lane))?), Ordering::Release);
+        st.stored_bytes.store(
+            keys::u64_value(db.get(keys::stored_bytes(lane))?),
+            Ordering::Release,
+        );
+        let last = db
+            .range(keys::records_from(lane, 0))
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| keys::seq_of_record_key(&k))
+            .unwrap_or(0);
+        st.last_seq.store(last, Ordering::Release);
+        metrics
+            .store_stored_bytes
+            .get_or_create(&lane.into())
+            .set(st.stored_bytes.load(Ordering::Acquire) as i64);
+    }
+    let next_seq = keys::u64_value(db.get(keys::NEXT_SEQ)?).max(1);
+    let (committed, _) = watch::channel(next_seq - 1);
+    let shared = Arc::new(Shared {
+        epoch,
+        lanes,
+        committed,
+    });
+    let reader = StoreReader {
+        db: db.clone(),
+        shared: shared.clone(),
+    };
+    // Count the backlog once at start-up (decodes only records after each cursor).
+    for lane in Lane::ALL {
+        let cursor = reader.cursor(lane);
+        let mut n = 0u64;
+        for item in db.range(keys::records_from(lane, cursor.saturating_add(1))) {
+            let (k, v) = item?;
+            let rec = pb::EventBatch::decode(v.as_ref())
+                .map_err(|source| StoreError::Corrupt {
+                    key: k.to_vec(),
+                    source,
+                })?;
+            n += rec.events.iter().filter(|e| e.seq > cursor).count() as u64;
+        }
+        shared.lane(lane).backlog.store(n, Ordering::Release);
+        metrics
+            .forward_backlog
+            .get_or_create(&lane.into())
+            .set(n as i64);
+    }
+    let (tx, rx) = mpsc::channel(opts.queue_capacity);
+    let writer = StoreWriter::new(db, log_file, shared, rx, opts, metrics, next_seq)?;
+    Ok((StoreHandle { tx }, reader, writer))
+}
+
+#[cfg(test)]
+mod tests;

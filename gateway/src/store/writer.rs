@@ -1,0 +1,433 @@
+//! The store's single writer: group commit, cursors, dead letters and eviction.
+
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use estate_protocols::model::{Event, EventState, Lane, Reading};
+use estate_protocols::pb;
+
+use super::{keys, lane_index, Command, Shared, StoreError, StoreOptions};
+use crate::telemetry::{EvictLabel, Metrics};
+
+type Done = Option<oneshot::Sender<Result<u64, StoreError>>>;
+
+/// Owns the sled tree for writing. Run it with [`StoreWriter::run`] on a blocking thread;
+/// it returns once every [`super::StoreHandle`] is dropped and the queue is committed.
+#[derive(Debug)]
+pub struct StoreWriter {
+    db: sled::Db,
+    log_file: File,
+    shared: Arc<Shared>,
+    /// From every `StoreHandle`. Closed when the last handle is dropped.
+    rx: mpsc::Receiver<Command>,
+    opts: StoreOptions,
+    metrics: Arc<Metrics>,
+    next_seq: u64,
+    next_dead_letter: u64,
+}
+
+impl StoreWriter {
+    pub(super) fn new(
+        db: sled::Db,
+        log_file: File,
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Command>,
+        opts: StoreOptions,
+        metrics: Arc<Metrics>,
+        next_seq: u64,
+    ) -> Result<Self, StoreError> {
+        let next_dead_letter = keys::u64_value(db.get(keys::NEXT_DEAD_LETTER)?);
+        Ok(StoreWriter {
+            db,
+            log_file,
+            shared,
+            rx,
+            opts,
+            metrics,
+            next_seq,
+            next_dead_letter,
+        })
+    }
+
+    /// The writer loop. Blocks the calling thread; call from `spawn_blocking`.
+    pub fn run(mut self) -> Result<(), StoreError> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let max = self.opts.batch_max_events.max(1);
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut group = Vec::with_capacity(max.min(1024));
+            group.push(first);
+            while group.len() < max {
+                match self.rx.try_recv() {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            if let (Some(rt), false) = (&runtime, self.opts.batch_linger.is_zero()) {
+                let deadline = tokio::time::Instant::now() + self.opts.batch_linger;
+                while group.len() < max {
+                    match rt.block_on(tokio::time::timeout_at(deadline, self.rx.recv())) {
+                        Ok(Some(c)) => group.push(c),
+                        _ => break,
+                    }
+                }
+            }
+            self.commit(group);
+            if self.total_stored() > self.opts.disk_budget {
+                if let Err(err) = self.evict() {
+                    error!(error = %err, "Eviction failed; the store may grow past its disk budget.");
+                }
+            }
+        }
+        // Cursor-only groups are not flushed on their own; make them durable on the way out.
+        self.db.flush()?;
+        self.log_file.sync_data()?;
+        debug!("Store writer stopped.");
+        Ok(())
+    }
+
+    fn total_stored(&self) -> u64 {
+        Lane::ALL
+            .iter()
+            .map(|l| self.lane(*l).stored_bytes.load(Ordering::Acquire))
+            .sum()
+    }
+
+    fn lane(&self, lane: Lane) -> &super::LaneState {
+        &self.shared.lanes[lane_index(lane)]
+    }
+
+    /// Commits one group: every append, dead letter and cursor move in one sled batch,
+    /// then flush + fdatasync, then the waiting submitters are answered.
+    fn commit(&mut self, group: Vec<Command>) {
+        let mut batch = sled::Batch::default();
+        let mut lanes: [Vec<pb::Event>; 2] = [Vec::new(), Vec::new()];
+        let mut answers: Vec<(Done, u64, Option<Instant>)> = Vec::with_capacity(group.len());
+        let mut cursor_moves: [Option<u64>; 2] = [None, None];
+        let mut forwarded: [u64; 2] = [0, 0];
+        let mut seq = self.next_seq;
+        let mut dead_letter_id = self.next_dead_letter;
+        let mut needs_sync = false;
+        for cmd in group {
+            match cmd {
+                Command::Append {
+                    mut event,
+                    received,
+                    done,
+                } => {
+                    event.seq = seq;
+                    lanes[lane_index(event.lane())].push(pb::Event::from(&*event));
+                    answers.push((done, seq, Some(received)));
+                    seq += 1;
+                    needs_sync = true;
+                }
+                Command::DeadLetter {
+                    letter,
+                    received,
+                    done,
+                } => {
+                    batch.insert(&keys::dead_letter(dead_letter_id), letter.encode());
+                    if let Some(old) = dead_letter_id.checked_sub(self.opts.dead_letter_max as u64)
+                    {
+                        batch.remove(&keys::dead_letter(old));
+                    }
+                    answers.push((done, dead_letter_id, Some(received)));
+                    dead_letter_id += 1;
+                    needs_sync = true;
+                }
+                Command::Forwarded { lane, seq, count } => {
+                    let i = lane_index(lane);
+                    cursor_moves[i] = Some(cursor_moves[i].unwrap_or(0).max(seq));
+                    forwarded[i] += count;
+                }
+            }
+        }
+
+        let mut added_bytes = [0u64; 2];
+        let mut added_events = [0u64; 2];
+        let mut last_added = [None; 2];
+        for lane in Lane::ALL {
+            let events = std::mem::take(&mut lanes[lane_index(lane)]);
+            added_events[lane_index(lane)] = events.len() as u64;
+            last_added[lane_index(lane)] = events.last().map(|e| e.seq);
+            for rec in split_records(lane, events, self.opts.record_max_bytes) {
+                let value = rec.encode_to_vec();
+                added_bytes[lane_index(lane)] += value.len() as u64;
+                batch.insert(&keys::record(lane, rec.last_seq), value);
+            }
+        }
+
+        // Drop records that are forwarded when the config says not to keep them.
+        let mut freed = [0u64; 2];
+        for lane in Lane::ALL {
+            let i = lane_index(lane);
+            let Some(c) = cursor_moves[i] else { continue };
+            batch.insert(keys::cursor(lane), &c.to_be_bytes());
+            if !self.opts.keep_forwarded {
+                match self.forwarded_records(lane, c) {
+                    Ok(recs) => {
+                        for (k, len) in recs {
+                            batch.remove(k);
+                            freed[i] += len;
+                        }
+                    }
+                    Err(err) => warn!(%lane, error = %err, "Could not list forwarded records."),
+                }
+            }
+        }
+        let mut new_bytes = [0u64; 2];
+        for lane in Lane::ALL {
+            let i = lane_index(lane);
+            new_bytes[i] = (self.lane(lane).stored_bytes.load(Ordering::Acquire) + added_bytes[i])
+                .saturating_sub(freed[i]);
+            batch.insert(keys::stored_bytes(lane), &new_bytes[i].to_be_bytes());
+        }
+        batch.insert(keys::NEXT_SEQ, &seq.to_be_bytes());
+        batch.insert(keys::NEXT_DEAD_LETTER, &dead_letter_id.to_be_bytes());
+
+        let result = self.db.apply_batch(batch).map_err(StoreError::from).and_then(|()| {
+            if needs_sync {
+                self.db.flush()?;
+                self.log_file.sync_data()?;
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            self.metrics.store_errors.inc();
+            error!(error = %err, inputs = answers.len(), "Group commit failed; inputs not acknowledged, the broker will redeliver them.");
+            let msg = err.to_string();
+            for (done, _, _) in answers {
+                if let Some(done) = done {
+                    let _ = done.send(Err(StoreError::CommitFailed(msg.clone())));
+                }
+            }
+            // A failing disk would otherwise spin this loop.
+            std::thread::sleep(Duration::from_millis(200));
+            return;
+        }
+
+        self.next_seq = seq;
+        self.next_dead_letter = dead_letter_id;
+        for lane in Lane::ALL {
+            let i = lane_index(lane);
+            let st = self.lane(lane);
+            st.stored_bytes.store(new_bytes[i], Ordering::Release);
+            if let Some(c) = cursor_moves[i] {
+                st.cursor.fetch_max(c, Ordering::AcqRel);
+            }
+            if let Some(last) = last_added[i] {
+                st.last_seq.store(last, Ordering::Release);
+            }
+            let backlog = st.backlog.load(Ordering::Acquire) + added_events[i];
+            let backlog = backlog.saturating_sub(forwarded[i]);
+            st.backlog.store(backlog, Ordering::Release);
+            self.metrics
+                .forward_backlog
+                .get_or_create(&lane.into())
+                .set(backlog as i64);
+            self.metrics
+                .store_stored_bytes
+                .get_or_create(&lane.into())
+                .set(new_bytes[i] as i64);
+            self.metrics
+                .store_committed
+                .get_or_create(&lane.into())
+                .inc_by(added_events[i]);
+        }
+        if seq > 1 {
+            self.shared.committed.send_replace(seq - 1);
+        }
+        let now = Instant::now();
+        self.metrics.store_group_size.observe(answers.len() as f64);
+        for (done, id, received) in answers {
+            if let Some(r) = received {
+                self.metrics
+                    .store_commit_latency
+                    .observe(now.duration_since(r).as_secs_f64());
+            }
+            if let Some(done) = done {
+                let _ = done.send(Ok(id));
+            }
+        }
+    }
+
+    /// Records of `lane` whose events are all at or below `cursor`, with their sizes.
+    fn forwarded_records(
+        &self,
+        lane: Lane,
+        cursor: u64,
+    ) -> Result<Vec<(sled::IVec, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.range(keys::record(lane, 0)..=keys::record(lane, cursor)) {
+            let (k, v) = item?;
+            out.push((k, v.len() as u64));
+        }
+        Ok(out)
+    }
+
+    /// Brings stored bytes back under 90 % of the budget: forwarded records first, then
+    /// the oldest unforwarded telemetry, alarms last. Unforwarded evictions raise
+    /// `GW.STORE_EVICTED` (one event per lane, with the seq range and count).
+    fn evict(&mut self) -> Result<(), StoreError> {
+        let budget = self.opts.disk_budget;
+        let target = budget - budget / 10;
+        let mut total = self.total_stored();
+        let mut batch = sled::Batch::default();
+        let mut freed = [0u64; 2];
+        let mut lost: Vec<(Lane, u64, u64, u64)> = Vec::new();
+
+        // 1. Already forwarded: housekeeping, nothing is lost.
+        for lane in [Lane::Events, Lane::Alarms] {
+            let cursor = self.lane(lane).cursor.load(Ordering::Acquire);
+            for (k, len) in self.forwarded_records(lane, cursor)? {
+                if total <= target {
+                    break;
+                }
+                let n = pb::EventBatch::decode(self.db.get(&k)?.unwrap_or_default().as_ref())
+                    .map(|r| r.events.len() as u64)
+                    .unwrap_or(0);
+                batch.remove(k);
+                total = total.saturating_sub(len);
+                freed[lane_index(lane)] += len;
+                self.metrics
+                    .store_evicted
+                    .get_or_create(&EvictLabel {
+                        lane: lane.into(),
+                        kind: "forwarded",
+                    })
+                    .inc_by(n);
+            }
+        }
+        // 2. Not yet forwarded: telemetry first, alarms last.
+        for lane in [Lane::Events, Lane::Alarms] {
+            if total <= target {
+                break;
+            }
+            let cursor = self.lane(lane).cursor.load(Ordering::Acquire);
+            let mut range: Option<(u64, u64, u64)> = None;
+            for item in self
+                .db
+                .range(keys::records_from(lane, cursor.saturating_add(1)))
+            {
+                if total <= target {
+                    break;
+                }
+                let (k, v) = item?;
+                let rec = pb::EventBatch::decode(v.as_ref()).map_err(|source| {
+                    StoreError::Corrupt {
+                        key: k.to_vec(),
+                        source,
+                    }
+                })?;
+                let unforwarded: Vec<u64> = rec
+                    .events
+                    .iter()
+                    .map(|e| e.seq)
+                    .filter(|s| *s > cursor)
+                    .collect();
+                if let (Some(first), Some(last)) = (unforwarded.first(), unforwarded.last()) {
+                    let r = range.get_or_insert((*first, *last, 0));
+                    r.1 = *last;
+                    r.2 += unforwarded.len() as u64;
+                }
+                batch.remove(k);
+                total = total.saturating_sub(v.len() as u64);
+                freed[lane_index(lane)] += v.len() as u64;
+            }
+            if let Some((first, last, n)) = range {
+                lost.push((lane, first, last, n));
+            }
+        }
+        for lane in Lane::ALL {
+            let st = self.lane(lane);
+            let bytes = st
+                .stored_bytes
+                .load(Ordering::Acquire)
+                .saturating_sub(freed[lane_index(lane)]);
+            batch.insert(keys::stored_bytes(lane), &bytes.to_be_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        self.log_file.sync_data()?;
+        for lane in Lane::ALL {
+            let st = self.lane(lane);
+            let bytes = st
+                .stored_bytes
+                .load(Ordering::Acquire)
+                .saturating_sub(freed[lane_index(lane)]);
+            st.stored_bytes.store(bytes, Ordering::Release);
+            self.metrics
+                .store_stored_bytes
+                .get_or_create(&lane.into())
+                .set(bytes as i64);
+        }
+        let mut raised = Vec::new();
+        for (lane, first, last, n) in lost {
+            let st = self.lane(lane);
+            let backlog = st.backlog.load(Ordering::Acquire).saturating_sub(n);
+            st.backlog.store(backlog, Ordering::Release);
+            self.metrics
+                .store_evicted
+                .get_or_create(&EvictLabel {
+                    lane: lane.into(),
+                    kind: "unforwarded",
+                })
+                .inc_by(n);
+            warn!(%lane, first_seq = first, last_seq = last, events = n, budget, "Disk budget reached; evicted events that were not yet forwarded.");
+            let ev: Event = crate::events::gateway_event(
+                &self.opts.gateway_id,
+                &self.opts.estate_id,
+                "GW.STORE_EVICTED",
+                EventState::Active,
+                Some(Reading {
+                    value: n as f64,
+                    unit: "events".into(),
+                }),
+                serde_json::json!({"lane": lane.as_str(), "first_seq": first, "last_seq": last, "events": n, "disk_budget": budget}),
+            );
+            raised.push(Command::Append {
+                event: Box::new(ev),
+                received: Instant::now(),
+                done: None,
+            });
+        }
+        if !raised.is_empty() {
+            self.commit(raised);
+        }
+        Ok(())
+    }
+}
+
+/// Splits one lane's events of a group into records of at most `max_bytes` encoded.
+fn split_records(lane: Lane, events: Vec<pb::Event>, max_bytes: usize) -> Vec<pb::EventBatch> {
+    let mut out = Vec::new();
+    let mut cur: Vec<pb::Event> = Vec::new();
+    let mut size = 0usize;
+    let flush = |cur: &mut Vec<pb::Event>, out: &mut Vec<pb::EventBatch>| {
+        if let (Some(f), Some(l)) = (cur.first(), cur.last()) {
+            out.push(pb::EventBatch {
+                lane: pb::Lane::from(lane).into(),
+                first_seq: f.seq,
+                last_seq: l.seq,
+                events: std::mem::take(cur),
+                ..Default::default()
+            });
+        }
+    };
+    for e in events {
+        let len = e.encoded_len() + 4;
+        if !cur.is_empty() && size + len > max_bytes {
+            flush(&mut cur, &mut out);
+            size = 0;
+        }
+        size += len;
+        cur.push(e);
+    }
+    flush(&mut cur, &mut out);
+    out
+}

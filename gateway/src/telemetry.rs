@@ -1,0 +1,217 @@
+//! Metrics (Prometheus text via prometheus-client) and log set-up.
+//!
+//! One [`Metrics`] is created at start-up and shared by every stage through an `Arc`;
+//! stages only increment, `/metrics` encodes.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use estate_protocols::model::Lane;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum LaneValue {
+    Alarms,
+    Events,
+}
+
+impl From<Lane> for LaneValue {
+    fn from(l: Lane) -> Self {
+        match l {
+            Lane::Alarms => LaneValue::Alarms,
+            Lane::Events => LaneValue::Events,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    pub lane: LaneValue,
+}
+
+impl From<Lane> for LaneLabel {
+    fn from(l: Lane) -> Self {
+        LaneLabel { lane: l.into() }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictLabel {
+    pub lane: LaneValue,
+    /// `forwarded` (already delivered upstream: housekeeping) or `unforwarded` (data loss).
+    pub kind: &'static str,
+}
+
+/// Every metric the gateway exports. Names are prefixed `estate_` on export.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub ingest_received: Counter,
+    pub ingest_unregistered: Counter,
+    pub ingest_acked: Counter,
+    pub ingest_connected: Gauge,
+    pub dead_lettered: Family<ReasonLabel, Counter>,
+    pub store_committed: Family<LaneLabel, Counter>,
+    pub store_evicted: Family<EvictLabel, Counter>,
+    pub store_errors: Counter,
+    pub store_commit_latency: Histogram,
+    pub store_group_size: Histogram,
+    pub store_stored_bytes: Family<LaneLabel, Gauge>,
+    pub forward_events: Family<LaneLabel, Counter>,
+    pub forward_batches: Family<LaneLabel, Counter>,
+    pub forward_backlog: Family<LaneLabel, Gauge>,
+    pub uplink_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("estate");
+        let m = Metrics {
+            ingest_received: Counter::default(),
+            ingest_unregistered: Counter::default(),
+            ingest_acked: Counter::default(),
+            ingest_connected: Gauge::default(),
+            dead_lettered: Family::default(),
+            store_committed: Family::default(),
+            store_evicted: Family::default(),
+            store_errors: Counter::default(),
+            // 50 µs … ~3 s
+            store_commit_latency: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
+            ),
+            store_group_size: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12),
+            ),
+            store_stored_bytes: Family::default(),
+            forward_events: Family::default(),
+            forward_batches: Family::default(),
+            forward_backlog: Family::default(),
+            uplink_connected: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "ingest_received",
+            "MQTT messages received from sensors",
+            m.ingest_received.clone(),
+        );
+        r.register(
+            "ingest_unregistered",
+            "Events from devices that are not in the config (accepted anyway)",
+            m.ingest_unregistered.clone(),
+        );
+        r.register(
+            "ingest_acked",
+            "MQTT messages acknowledged to the broker after their event or dead letter was durable",
+            m.ingest_acked.clone(),
+        );
+        r.register(
+            "ingest_connected",
+            "1 while the ingest broker connection is up",
+            m.ingest_connected.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Inputs kept in the dead-letter tree instead of becoming events, by reason",
+            m.dead_lettered.clone(),
+        );
+        r.register(
+            "store_committed",
+            "Events committed (flushed and fsynced) to the store, by lane",
+            m.store_committed.clone(),
+        );
+        r.register(
+            "store_evicted",
+            "Events evicted to respect the disk budget, by lane and whether they had been forwarded",
+            m.store_evicted.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Group commits that failed (events not acknowledged; the broker redelivers)",
+            m.store_errors.clone(),
+        );
+        r.register(
+            "store_commit_latency_seconds",
+            "Time from receipt of an input to its durable commit",
+            m.store_commit_latency.clone(),
+        );
+        r.register(
+            "store_group_size",
+            "Inputs per group commit (one flush + fdatasync each)",
+            m.store_group_size.clone(),
+        );
+        r.register(
+            "store_stored_bytes",
+            "Logical bytes of stored events, by lane (the disk budget counts these)",
+            m.store_stored_bytes.clone(),
+        );
+        r.register(
+            "forward_events",
+            "Events acknowledged (PUBACK) by the uplink broker, by lane",
+            m.forward_events.clone(),
+        );
+        r.register(
+            "forward_batches",
+            "EventBatch messages acknowledged by the uplink broker, by lane",
+            m.forward_batches.clone(),
+        );
+        r.register(
+            "forward_backlog",
+            "Committed events not yet acknowledged upstream, by lane",
+            m.forward_backlog.clone(),
+        );
+        r.register(
+            "uplink_connected",
+            "1 while the uplink (city broker) connection is up",
+            m.uplink_connected.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn dead_letter(&self, reason: &'static str) {
+        self.dead_lettered.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// Log output format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides `level`.
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
