@@ -3,7 +3,7 @@
 //! One [`Metrics`] is created at start-up and shared by every stage through an `Arc`;
 //! stages only increment, `/metrics` encodes.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -12,29 +12,14 @@ use prometheus_client::registry::Registry;
 
 use estate_protocols::model::Lane;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum LaneValue {
-    Alarms,
-    Events,
-}
-
-impl From<Lane> for LaneValue {
-    fn from(l: Lane) -> Self {
-        match l {
-            Lane::Alarms => LaneValue::Alarms,
-            Lane::Events => LaneValue::Events,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LaneLabel {
-    pub lane: LaneValue,
+    pub lane: &'static str,
 }
 
 impl From<Lane> for LaneLabel {
     fn from(l: Lane) -> Self {
-        LaneLabel { lane: l.into() }
+        LaneLabel { lane: l.as_str() }
     }
 }
 
@@ -45,7 +30,7 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EvictLabel {
-    pub lane: LaneValue,
+    pub lane: &'static str,
     /// `forwarded` (already delivered upstream: housekeeping) or `unforwarded` (data loss).
     pub kind: &'static str,
 }

@@ -1,0 +1,267 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use estate_protocols::model::{DeviceKind, Event, EventState, Lane, Severity, Source};
+
+use super::*;
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        gateway_id: "gw".into(),
+        estate_id: "E1".into(),
+        batch_max_events: 256,
+        batch_linger: Duration::ZERO,
+        disk_budget: 64 * 1024 * 1024,
+        cache_capacity: 1024 * 1024,
+        record_max_bytes: 48 * 1024,
+        dead_letter_max: 100,
+        keep_forwarded: true,
+        queue_capacity: 1024,
+    }
+}
+
+fn event(code: &str, severity: Severity, raw_len: usize) -> Event {
+    Event {
+        seq: 0,
+        event_id: ulid::Ulid::new().to_string(),
+        gateway_id: "gw".into(),
+        estate_id: "E1".into(),
+        device_id: "d1".into(),
+        device_kind: Some(DeviceKind::Smoke),
+        code: code.into(),
+        severity,
+        state: EventState::Active,
+        location: Default::default(),
+        device_time_ms: None,
+        gateway_time_ms: 1,
+        value: None,
+        source: Source::default(),
+        raw: Bytes::from(vec![b'x'; raw_len]),
+        raw_truncated: false,
+        registered: true,
+        device_seq: None,
+    }
+}
+
+struct Opened {
+    handle: StoreHandle,
+    reader: StoreReader,
+    writer: tokio::task::JoinHandle<Result<(), StoreError>>,
+    metrics: Arc<Metrics>,
+}
+
+fn start(dir: &Path, o: StoreOptions) -> Opened {
+    let metrics = Arc::new(Metrics::new());
+    let (handle, reader, writer) = open(dir, o, metrics.clone()).expect("opens");
+    let writer = tokio::task::spawn_blocking(move || writer.run());
+    Opened {
+        handle,
+        reader,
+        writer,
+        metrics,
+    }
+}
+
+impl Opened {
+    async fn close(self) -> StoreReader {
+        drop(self.handle);
+        self.writer.await.expect("joins").expect("writer ok");
+        self.reader
+    }
+}
+
+async fn append_all(h: &StoreHandle, events: Vec<Event>) -> Vec<u64> {
+    let mut pending = Vec::new();
+    for e in events {
+        pending.push(h.append(e).await.expect("queued"));
+    }
+    let mut seqs = Vec::new();
+    for p in pending {
+        seqs.push(p.await.expect("answered").expect("committed"));
+    }
+    seqs
+}
+
+fn all(reader: &StoreReader, lane: Lane) -> Vec<pb::Event> {
+    reader
+        .read_lane(lane, 0, usize::MAX, usize::MAX)
+        .expect("reads")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seq_is_contiguous_across_lanes_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), opts());
+    let events: Vec<Event> = (0..1000)
+        .map(|i| {
+            if i % 10 == 0 {
+                event("SMOKE.ALARM", Severity::Critical, 10)
+            } else {
+                event("DEV.HEARTBEAT", Severity::Info, 10)
+            }
+        })
+        .collect();
+    let seqs = append_all(&s.handle, events).await;
+    assert_eq!(seqs, (1..=1000).collect::<Vec<u64>>());
+    let epoch = s.reader.epoch();
+    let reader = s.close().await;
+    let alarms = all(&reader, Lane::Alarms);
+    let events = all(&reader, Lane::Events);
+    assert_eq!(alarms.len(), 100);
+    assert_eq!(events.len(), 900);
+    assert!(alarms.iter().all(|e| e.code == "SMOKE.ALARM"));
+    let mut union: Vec<u64> = alarms.iter().chain(&events).map(|e| e.seq).collect();
+    union.sort_unstable();
+    assert_eq!(union, (1..=1000).collect::<Vec<u64>>());
+    drop(reader);
+
+    let s = start(dir.path(), opts());
+    assert_eq!(s.reader.epoch(), epoch, "epoch is kept across restarts");
+    assert_eq!(s.reader.backlog(Lane::Alarms), 100);
+    assert_eq!(s.reader.backlog(Lane::Events), 900);
+    let next = append_all(&s.handle, vec![event("GAS.AL2", Severity::Critical, 1)]).await;
+    assert_eq!(next, vec![1001], "seq continues after a restart");
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cursors_persist_and_reads_resume_after_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), opts());
+    append_all(
+        &s.handle,
+        (0..50).map(|_| event("ACS.OPEN", Severity::Info, 5)).collect(),
+    )
+    .await;
+    s.handle.forwarded(Lane::Events, 20, 20).await.expect("queued");
+    let reader = s.close().await;
+    drop(reader);
+    let s = start(dir.path(), opts());
+    assert_eq!(s.reader.cursor(Lane::Events), 20);
+    assert_eq!(s.reader.backlog(Lane::Events), 30);
+    let rest = s
+        .reader
+        .read_lane(Lane::Events, 20, 1000, usize::MAX)
+        .expect("reads");
+    assert_eq!(rest.first().map(|e| e.seq), Some(21));
+    assert_eq!(rest.len(), 30);
+    // Batch limits: events and bytes.
+    assert_eq!(
+        s.reader
+            .read_lane(Lane::Events, 20, 7, usize::MAX)
+            .expect("reads")
+            .len(),
+        7
+    );
+    let one = s.reader.read_lane(Lane::Events, 20, 1000, 1).expect("reads");
+    assert_eq!(one.len(), 1, "at least one event even when it exceeds max_bytes");
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_groups_are_split_into_records_below_the_blob_threshold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = opts();
+    o.record_max_bytes = 16 * 1024;
+    let s = start(dir.path(), o);
+    append_all(
+        &s.handle,
+        (0..200)
+            .map(|_| event("DEV.HEARTBEAT", Severity::Info, 1000))
+            .collect(),
+    )
+    .await;
+    let reader = s.close().await;
+    let mut records = 0;
+    for item in reader.db.range(keys::records_from(Lane::Events, 0)) {
+        let (_, v) = item.expect("reads");
+        assert!(v.len() <= 16 * 1024, "record of {} bytes", v.len());
+        records += 1;
+    }
+    assert!(records >= 12, "200 KB of events need at least 12 records, got {records}");
+    assert_eq!(all(&reader, Lane::Events).len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eviction_takes_forwarded_then_telemetry_and_keeps_alarms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = opts();
+    o.disk_budget = 200 * 1024;
+    o.record_max_bytes = 8 * 1024;
+    let s = start(dir.path(), o);
+    // 40 alarms first, then plenty of telemetry: ~1 KB each.
+    append_all(
+        &s.handle,
+        (0..40)
+            .map(|_| event("SMOKE.ALARM", Severity::Critical, 1000))
+            .collect(),
+    )
+    .await;
+    append_all(
+        &s.handle,
+        (0..100)
+            .map(|_| event("DEV.HEARTBEAT", Severity::Info, 1000))
+            .collect(),
+    )
+    .await;
+    // The first 60 telemetry events were forwarded upstream.
+    s.handle.forwarded(Lane::Events, 100, 60).await.expect("queued");
+    append_all(
+        &s.handle,
+        (0..200)
+            .map(|_| event("DEV.HEARTBEAT", Severity::Info, 1000))
+            .collect(),
+    )
+    .await;
+    let metrics = s.metrics.clone();
+    let reader = s.close().await;
+    let total = reader.stored_bytes(Lane::Alarms) + reader.stored_bytes(Lane::Events);
+    assert!(total <= 200 * 1024, "stored {total} bytes over the budget");
+    let alarms = all(&reader, Lane::Alarms);
+    let smoke: Vec<_> = alarms.iter().filter(|e| e.code == "SMOKE.ALARM").collect();
+    assert_eq!(smoke.len(), 40, "no alarm is evicted while telemetry remains");
+    let evicted: Vec<_> = alarms
+        .iter()
+        .filter(|e| e.code == "GW.STORE_EVICTED")
+        .collect();
+    assert!(!evicted.is_empty(), "unforwarded eviction raises GW.STORE_EVICTED");
+    let text = metrics.encode();
+    assert!(text.contains(r#"estate_store_evicted_total{lane="events",kind="forwarded"} 60"#), "{text}");
+    let lost: u64 = evicted
+        .iter()
+        .map(|e| e.value.as_ref().map_or(0.0, |v| v.value) as u64)
+        .sum();
+    let kept_telemetry = all(&reader, Lane::Events).len() as u64;
+    assert_eq!(
+        kept_telemetry + lost + 60,
+        300,
+        "every telemetry event is either kept, forwarded-and-evicted, or reported lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_keep_raw_bytes_and_reason_bounded_in_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = opts();
+    o.dead_letter_max = 5;
+    let s = start(dir.path(), o);
+    for i in 0..8u8 {
+        let p = s
+            .handle
+            .dead_letter(DeadLetter {
+                received_ms: i64::from(i),
+                source: "estate/E1/smoke/x/event".into(),
+                reason: format!("bad_json: case {i}"),
+                raw: Bytes::from(vec![0xff, i]),
+                original_len: 2,
+            })
+            .await
+            .expect("queued");
+        p.await.expect("answered").expect("committed");
+    }
+    let reader = s.close().await;
+    let letters = reader.dead_letters(100).expect("reads");
+    assert_eq!(letters.len(), 5, "only the newest dead_letter_max are kept");
+    assert_eq!(letters[0].reason, "bad_json: case 7");
+    assert_eq!(letters[0].raw.as_ref(), &[0xff, 7]);
+}

@@ -297,7 +297,7 @@ impl StoreWriter {
                 self.metrics
                     .store_evicted
                     .get_or_create(&EvictLabel {
-                        lane: lane.into(),
+                        lane: lane.as_str(),
                         kind: "forwarded",
                     })
                     .inc_by(n);
@@ -330,6 +330,16 @@ impl StoreWriter {
                     .map(|e| e.seq)
                     .filter(|s| *s > cursor)
                     .collect();
+                let already_forwarded = (rec.events.len() - unforwarded.len()) as u64;
+                if already_forwarded > 0 {
+                    self.metrics
+                        .store_evicted
+                        .get_or_create(&EvictLabel {
+                            lane: lane.as_str(),
+                            kind: "forwarded",
+                        })
+                        .inc_by(already_forwarded);
+                }
                 if let (Some(first), Some(last)) = (unforwarded.first(), unforwarded.last()) {
                     let r = range.get_or_insert((*first, *last, 0));
                     r.1 = *last;
@@ -374,7 +384,7 @@ impl StoreWriter {
             self.metrics
                 .store_evicted
                 .get_or_create(&EvictLabel {
-                    lane: lane.into(),
+                    lane: lane.as_str(),
                     kind: "unforwarded",
                 })
                 .inc_by(n);

@@ -1,0 +1,305 @@
+//! The config file's sections and fields, with their defaults.
+//!
+//! Every default lives in the `Default` impl of its struct (plus `#[serde(default)]`),
+//! and the doc comment of each field is the user documentation of that key.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use estate_protocols::model::{DeviceKind, Location};
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Secret};
+
+/// The whole gateway configuration, one field per section of the file.
+///
+/// Only `[gateway]` is required; every other section may be left out and then takes
+/// the defaults documented on its fields.
+///
+/// Load it with [`Config::load`] or [`Config::from_toml_str`], which validate it and
+/// report every problem at once. (The `Deserialize` impl is plain serde: it stops at the
+/// first error and skips the semantic checks.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[gateway]`: who this gateway is.
+    pub gateway: GatewayConfig,
+    /// `[ingest]`: where sensor data comes from.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// `[store]`: the durable local event store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[uplink]`: forwarding to the city platform.
+    #[serde(default)]
+    pub uplink: UplinkConfig,
+    /// `[api]`: the local HTTP API and console.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// `[[devices]]`: the devices this gateway knows, one `[[devices]]` table each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[gateway]`: the identity of this gateway. Both ids end up in every forwarded event
+/// and in MQTT topics, so they may only contain letters, digits, `-` and `_`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Required. This gateway's id, unique among the gateways that report to one city
+    /// platform, e.g. `"gw-demo-01"`. Together with an event's `seq` it is the key the
+    /// city platform deduplicates on, so never reuse it for another gateway, and never
+    /// change it on a running installation. Letters, digits, `-`, `_`; at most 64
+    /// characters.
+    pub id: String,
+    /// Required. The estate (community, 小区) this gateway serves. Use the 20-digit
+    /// community code where one is assigned (e.g. `"31011500000000000001"`); otherwise
+    /// any id agreed with the city platform. It appears in uplink topics
+    /// (`city/v1/{estate_id}/events`), so letters, digits, `-`, `_` only.
+    pub estate_id: String,
+    /// Folder for the event store, cursors and alert state. Relative paths resolve
+    /// against the daemon's working directory. When unset, the daemon's own default
+    /// (its `--data-dir` flag) applies. Put it on persistent storage, not tmpfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `[ingest]`: the local MQTT broker the sensors publish to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// `[ingest.mqtt]`: the broker to subscribe to. Default: `127.0.0.1:1883`.
+    pub mqtt: BrokerConfig,
+    /// Topic prefix devices publish under, e.g. `estate` → `estate/{kind}/{device_id}/…`.
+    /// MQTT topic levels separated by `/`; no wildcards (`+`, `#`), no leading or
+    /// trailing `/`. Default: `"estate"`.
+    pub topic_prefix: String,
+    /// Largest MQTT payload accepted; bigger messages go to the dead-letter store
+    /// (truncated to `raw_limit`). Default: `"64 KiB"`.
+    pub max_payload: ByteSize,
+    /// How many raw payload bytes are kept with each event and each dead letter, for
+    /// audit and debugging. Must be below `store.record_max_bytes`. Default: `"2 KiB"`.
+    pub raw_limit: ByteSize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            mqtt: BrokerConfig::default(),
+            topic_prefix: "estate".to_owned(),
+            max_payload: ByteSize::kib(64),
+            raw_limit: ByteSize::kib(2),
+        }
+    }
+}
+
+/// An MQTT broker connection (`[ingest.mqtt]`, `[uplink.mqtt]`). QoS 1 throughout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Broker host name or IP address. Default: `"127.0.0.1"`.
+    pub host: String,
+    /// Broker TCP port, 1–65535. Default: `1883` (use `8883` with `tls`).
+    #[serde(deserialize_with = "crate::units::port")]
+    pub port: u16,
+    /// MQTT client id. Leave unset: the default, `estate-gw-{gateway.id}-ingest` or
+    /// `…-uplink`, is stable across restarts, which the broker needs to keep this
+    /// gateway's persistent session (and the QoS 1 messages queued while it was away).
+    /// Two gateways must never share a client id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// MQTT keep-alive: how long the connection may be idle before the client pings and
+    /// a dead link is detected. Whole seconds, 1 s to 65535 s. Default: `"30s"`.
+    #[serde(with = "crate::units::duration")]
+    pub keep_alive: Duration,
+    /// User name for broker authentication. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password for broker authentication; requires `username`. Never printed in logs.
+    /// Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// `[….mqtt.tls]`: connect with TLS. When absent the connection is plain TCP, which
+    /// is only acceptable on loopback or a trusted LAN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// First delay before reconnecting after the connection drops; doubled on every
+    /// failed attempt up to `reconnect_max`. Default: `"200ms"`.
+    #[serde(with = "crate::units::duration")]
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnect attempts. Must not be less than
+    /// `reconnect_min`. Default: `"30s"`.
+    #[serde(with = "crate::units::duration")]
+    pub reconnect_max: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+            client_id: None,
+            keep_alive: Duration::from_secs(30),
+            username: None,
+            password: None,
+            tls: None,
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[….mqtt.tls]`: TLS for a broker connection. Files are PEM. The paths are checked
+/// when the gateway starts, not when the config is validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Required. CA certificate(s) that the broker's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Client certificate, for brokers that authenticate gateways by certificate (the
+    /// city platform does). Set together with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key of `cert_file`. Set together with `cert_file`; keep it readable only
+    /// by the gateway's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[store]`: the local event store (sled) that makes an acknowledged event durable and
+/// buffers everything while the uplink is down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Most events written and flushed to disk in one group commit. Larger batches give
+    /// more throughput; 1 means one disk flush per event. At least 1. Default: `256`.
+    pub batch_max_events: usize,
+    /// How long a group commit waits for more events after the first one arrives before
+    /// it flushes. This delay is added to every alarm, so keep it small; at most 1 s.
+    /// `"0s"` flushes immediately. Default: `"2ms"`.
+    #[serde(with = "crate::units::duration")]
+    pub batch_linger: Duration,
+    /// Disk space the stored events may use (logical bytes). When it is reached, the
+    /// oldest telemetry is evicted before any alarm, and every eviction raises a
+    /// `GW.STORE_EVICTED` alert. Size it for the longest uplink outage you must ride
+    /// out. At least 1 MiB. Default: `"256 MiB"`.
+    pub disk_budget: ByteSize,
+    /// Memory for the store's page cache. On a 256 MB gateway keep the default.
+    /// At least 64 KiB. Default: `"8 MiB"`.
+    pub cache_capacity: ByteSize,
+    /// Largest stored record (one event with its raw bytes). Must stay below 128 KiB:
+    /// bigger values are written outside the store's log, where the power-loss flush
+    /// does not cover them. Must exceed `ingest.raw_limit`. Default: `"48 KiB"`.
+    pub record_max_bytes: ByteSize,
+    /// How many dead letters (malformed input, with raw bytes and reason) are kept; the
+    /// oldest are dropped beyond this, and each drop is counted. At least 1.
+    /// Default: `10000`.
+    pub dead_letter_max: usize,
+    /// Keep events after they were forwarded, until the disk budget needs the room
+    /// (useful for local history and re-sending). `false` deletes them once the city
+    /// platform has acknowledged them. Default: `true`.
+    pub keep_forwarded: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            batch_max_events: 256,
+            batch_linger: Duration::from_millis(2),
+            disk_budget: ByteSize::mib(256),
+            cache_capacity: ByteSize::mib(8),
+            record_max_bytes: ByteSize::kib(48),
+            dead_letter_max: 10_000,
+            keep_forwarded: true,
+        }
+    }
+}
+
+/// `[uplink]`: forwarding events and alerts to the city platform as protobuf batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// `[uplink.mqtt]`: the city platform's broker. In the field this is the city
+    /// broker with `tls` and a client certificate. Default: `127.0.0.1:1883`.
+    pub mqtt: BrokerConfig,
+    /// Topic prefix on the city broker; batches go to
+    /// `{topic_prefix}/{gateway.estate_id}/events` and `…/alerts`. No wildcards
+    /// (`+`, `#`), no leading or trailing `/`. Default: `"city/v1"`.
+    pub topic_prefix: String,
+    /// Most events in one batch. At least 1. Default: `500`.
+    pub max_batch_events: usize,
+    /// Largest encoded batch. More than 1 KiB. Default: `"256 KiB"`.
+    pub max_batch_bytes: ByteSize,
+    /// Batches published but not yet acknowledged by the broker. More hides the uplink's
+    /// round-trip time; 1 sends strictly one at a time. 1–65535. Default: `8`.
+    pub max_inflight_batches: usize,
+    /// Raise a `GW.UPLINK_DOWN` alert when the uplink has been disconnected this long.
+    /// More than 0 s. Default: `"30s"`.
+    #[serde(with = "crate::units::duration")]
+    pub down_alert_after: Duration,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            mqtt: BrokerConfig::default(),
+            topic_prefix: "city/v1".to_owned(),
+            max_batch_events: 500,
+            max_batch_bytes: ByteSize::kib(256),
+            max_inflight_batches: 8,
+            down_alert_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[api]`: the local HTTP API, server-sent events, metrics and web console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address and port to listen on. The API has no authentication of its own: keep it
+    /// on loopback (or the property-management LAN behind a firewall). Port 0 picks a
+    /// free port. Default: `"127.0.0.1:8080"`.
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+        }
+    }
+}
+
+/// `[[devices]]`: one configured device. Events from devices that are not listed are
+/// still stored, but without name and location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Required. The device's id as it appears in its MQTT topic, unique within this
+    /// gateway and different from `gateway.id`. Letters, digits, `-`, `_`, `.`; at most
+    /// 128 characters.
+    pub id: String,
+    /// Required. The device class: one of `access_control`, `smoke`, `water_leak`, `gas`,
+    /// `camera`, `fire_panel`, `manual_call_point`, `elevator`, `emergency_button`,
+    /// `valve`, `sounder`, `gateway`.
+    pub kind: DeviceKind,
+    /// A human-readable name shown to the operator on duty, e.g. `"3F corridor smoke"`.
+    /// Default: empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Where the device is: `{ building = "1", unit = "1", floor = "3", room = "301" }`,
+    /// or a `zone` for outdoor and shared areas. Shown with every alert; all parts
+    /// optional. Default: empty.
+    #[serde(default, skip_serializing_if = "Location::is_empty")]
+    pub location: Location,
+    /// How often the device reports when nothing happens. When set, the device is
+    /// reported offline (`DEV.OFFLINE`) after missing heartbeats; when unset, it is never
+    /// reported offline. At least 1 s. Default: unset.
+    #[serde(
+        default,
+        with = "crate::units::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_interval: Option<Duration>,
+}

@@ -1,0 +1,482 @@
+//! Semantic rules: what a well-typed config must also satisfy.
+//!
+//! Pure: the rules see typed sections and return findings named by key path; the loader
+//! turns paths into file locations. A section that failed to deserialize is `None` and
+//! its rules are skipped (its type errors were already reported).
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use crate::schema::{
+    ApiConfig, BrokerConfig, DeviceConfig, GatewayConfig, IngestConfig, StoreConfig, UplinkConfig,
+};
+use crate::units::ByteSize;
+
+/// Values above this go to sled's blob files, which the store's fdatasync of `db` does
+/// not cover (DESIGN.md, "Durable means power-loss durable").
+pub const SLED_BLOB_THRESHOLD: ByteSize = ByteSize::kib(128);
+
+/// MQTT's largest packet (remaining length is at most 268,435,455 bytes).
+const MQTT_MAX_PACKET: u64 = 268_435_455;
+
+/// The sections as far as they deserialized.
+#[derive(Debug, Default)]
+pub(crate) struct Parts {
+    pub gateway: Option<GatewayConfig>,
+    pub ingest: Option<IngestConfig>,
+    pub store: Option<StoreConfig>,
+    pub uplink: Option<UplinkConfig>,
+    pub api: Option<ApiConfig>,
+    /// Devices that deserialized, with their index in `[[devices]]`.
+    pub devices: Vec<(usize, DeviceConfig)>,
+    /// Every device id that is at least a string, including devices that failed to
+    /// deserialize for another reason, so duplicates are found among all of them.
+    pub device_ids: Vec<(usize, String)>,
+}
+
+/// One rule violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finding {
+    /// Where to point the user.
+    pub path: String,
+    /// Other keys the rule read. The finding is reported at the first of `path` and
+    /// these that the file actually sets; and if any of them was already reported as
+    /// broken (and so replaced by its default), it is dropped as a likely consequence.
+    pub involves: Vec<String>,
+    /// Another place the message refers to (shown with its line by the loader).
+    pub related: Option<String>,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn at(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Finding {
+            path: path.into(),
+            involves: Vec::new(),
+            related: None,
+            message: message.into(),
+        });
+    }
+
+    /// A finding whose rule also read `other` keys.
+    fn across(&mut self, path: impl Into<String>, other: &[String], message: impl Into<String>) {
+        self.0.push(Finding {
+            path: path.into(),
+            involves: other.to_vec(),
+            related: None,
+            message: message.into(),
+        });
+    }
+}
+
+pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
+    let mut f = Findings::default();
+    if let Some(gateway) = &parts.gateway {
+        check_gateway(gateway, &mut f);
+    }
+    if let Some(ingest) = &parts.ingest {
+        check_broker("ingest.mqtt", &ingest.mqtt, &mut f);
+        check_topic_prefix("ingest.topic_prefix", &ingest.topic_prefix, &mut f);
+        if ingest.max_payload.as_u64() == 0 || ingest.max_payload.as_u64() > MQTT_MAX_PACKET {
+            f.at(
+                "ingest.max_payload",
+                format!(
+                    "must be between 1 B and {} (the MQTT packet limit), found {}",
+                    ByteSize(MQTT_MAX_PACKET),
+                    ingest.max_payload
+                ),
+            );
+        }
+    }
+    if let Some(store) = &parts.store {
+        check_store(store, &mut f);
+    }
+    if let (Some(ingest), Some(store)) = (&parts.ingest, &parts.store) {
+        let room = store.record_max_bytes.as_u64().saturating_sub(1024);
+        if store.record_max_bytes < SLED_BLOB_THRESHOLD && ingest.raw_limit.as_u64() > room {
+            f.across(
+                "ingest.raw_limit",
+                &["store.record_max_bytes".into()],
+                format!(
+                    "{} does not fit in a stored record: must be at most store.record_max_bytes ({}) minus 1 KiB for the event's other fields",
+                    ingest.raw_limit, store.record_max_bytes
+                ),
+            );
+        }
+    }
+    if let Some(uplink) = &parts.uplink {
+        check_uplink(uplink, &mut f);
+    }
+    if let (Some(gateway), Some(ingest), Some(uplink)) =
+        (&parts.gateway, &parts.ingest, &parts.uplink)
+    {
+        let ingest_id = effective_client_id(&ingest.mqtt, &gateway.id, "ingest");
+        let uplink_id = effective_client_id(&uplink.mqtt, &gateway.id, "uplink");
+        if ingest_id == uplink_id {
+            f.across(
+                "uplink.mqtt.client_id",
+                &["ingest.mqtt.client_id".into()],
+                format!(
+                    "client id {uplink_id:?} is also the ingest client id; on one broker the two connections would keep disconnecting each other"
+                ),
+            );
+        }
+    }
+    check_devices(parts, &mut f);
+    f.0
+}
+
+/// `client_id` if set, else `estate-gw-{gateway_id}-{role}`.
+pub(crate) fn effective_client_id(broker: &BrokerConfig, gateway_id: &str, role: &str) -> String {
+    match &broker.client_id {
+        Some(id) => id.clone(),
+        None => format!("estate-gw-{gateway_id}-{role}"),
+    }
+}
+
+/// The first character of `s` that is not an ASCII letter, digit or one of `extra`.
+fn bad_char(s: &str, extra: &[char]) -> Option<char> {
+    s.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c)))
+}
+
+fn check_id(path: &str, value: &str, extra: &[char], max_len: usize, f: &mut Findings) {
+    let allowed = if extra.contains(&'.') {
+        "letters, digits, '-', '_' and '.'"
+    } else {
+        "letters, digits, '-' and '_'"
+    };
+    if value.is_empty() {
+        f.at(path, "must not be empty");
+    } else if let Some(c) = bad_char(value, extra) {
+        f.at(
+            path,
+            format!("{value:?} contains {c:?}; it is used in MQTT topics, so only {allowed} are allowed"),
+        );
+    } else if value.len() > max_len {
+        f.at(
+            path,
+            format!(
+                "must be at most {max_len} characters, found {}",
+                value.len()
+            ),
+        );
+    }
+}
+
+fn check_gateway(g: &GatewayConfig, f: &mut Findings) {
+    check_id("gateway.id", &g.id, &['-', '_'], 64, f);
+    check_id("gateway.estate_id", &g.estate_id, &['-', '_'], 64, f);
+    if g.data_dir
+        .as_ref()
+        .is_some_and(|d| d.as_os_str().is_empty())
+    {
+        f.at(
+            "gateway.data_dir",
+            "must not be empty; leave it out to use the daemon's default",
+        );
+    }
+}
+
+fn check_broker(prefix: &str, b: &BrokerConfig, f: &mut Findings) {
+    let key = |k: &str| format!("{prefix}.{k}");
+    if b.host.trim().is_empty() {
+        f.at(key("host"), "must not be empty");
+    } else if b.host.contains("://") {
+        f.at(
+            key("host"),
+            format!("{:?} is a URL; give only the host name or address (and the port in `port`, TLS in `tls`)", b.host),
+        );
+    } else if b.host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        f.at(
+            key("host"),
+            format!("{:?} contains spaces or control characters", b.host),
+        );
+    } else if b.host.contains(':') && b.host.parse::<Ipv6Addr>().is_err() {
+        f.at(
+            key("host"),
+            format!(
+                "{:?} is not a host name or address; put the port in `port`",
+                b.host
+            ),
+        );
+    }
+
+    let ka = b.keep_alive;
+    if ka.subsec_nanos() != 0 || ka < Duration::from_secs(1) || ka > Duration::from_secs(65_535) {
+        f.at(
+            key("keep_alive"),
+            format!(
+                "must be whole seconds between 1s and 65535s, found {}",
+                humantime::format_duration(ka)
+            ),
+        );
+    }
+
+    if let Some(id) = &b.client_id {
+        if id.is_empty() {
+            f.at(
+                key("client_id"),
+                "must not be empty; leave it out to use the default",
+            );
+        } else if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            f.at(
+                key("client_id"),
+                format!("{id:?} contains spaces or control characters"),
+            );
+        }
+    }
+
+    match (&b.username, &b.password) {
+        (Some(u), _) if u.is_empty() => f.at(
+            key("username"),
+            "must not be empty; leave it out to connect without authentication",
+        ),
+        (None, Some(_)) => f.at(
+            key("password"),
+            "is set but `username` is not; MQTT does not allow a password without a user name",
+        ),
+        _ => {}
+    }
+
+    if let Some(tls) = &b.tls {
+        if tls.ca_file.as_os_str().is_empty() {
+            f.at(key("tls.ca_file"), "must not be empty");
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => f.at(
+                key("tls.cert_file"),
+                "is set but `key_file` is not; a client certificate needs its private key",
+            ),
+            (None, Some(_)) => f.at(
+                key("tls.key_file"),
+                "is set but `cert_file` is not; a private key needs its client certificate",
+            ),
+            _ => {}
+        }
+    }
+
+    if b.reconnect_min.is_zero() {
+        f.at(
+            key("reconnect_min"),
+            "must be more than 0s, or a broken broker gets reconnect attempts in a tight loop",
+        );
+    }
+    if b.reconnect_max < b.reconnect_min {
+        f.across(
+            key("reconnect_min"),
+            &[key("reconnect_max")],
+            format!(
+                "reconnect_min ({}) must not exceed reconnect_max ({})",
+                humantime::format_duration(b.reconnect_min),
+                humantime::format_duration(b.reconnect_max)
+            ),
+        );
+    }
+}
+
+/// Why `prefix` is not usable as the first levels of an MQTT topic name.
+pub(crate) fn topic_prefix_problem(prefix: &str) -> Option<&'static str> {
+    if prefix.is_empty() {
+        Some("must not be empty")
+    } else if prefix.contains(['+', '#']) {
+        Some("must not contain the MQTT wildcards '+' or '#'")
+    } else if prefix.starts_with('/') || prefix.ends_with('/') {
+        Some("must not start or end with '/'")
+    } else if prefix.contains("//") {
+        Some("must not contain an empty topic level ('//')")
+    } else if prefix.starts_with('$') {
+        Some("must not start with '$', which brokers reserve for their own topics")
+    } else if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("must not contain spaces or control characters")
+    } else {
+        None
+    }
+}
+
+fn check_topic_prefix(path: &str, prefix: &str, f: &mut Findings) {
+    if let Some(why) = topic_prefix_problem(prefix) {
+        f.at(path, format!("{prefix:?} {why}"));
+    }
+}
+
+fn check_store(s: &StoreConfig, f: &mut Findings) {
+    if s.batch_max_events == 0 {
+        f.at("store.batch_max_events", "must be at least 1");
+    } else if s.batch_max_events > 65_536 {
+        f.at(
+            "store.batch_max_events",
+            format!(
+                "must be at most 65536 (one batch is held in memory), found {}",
+                s.batch_max_events
+            ),
+        );
+    }
+    if s.batch_linger > Duration::from_secs(1) {
+        f.at(
+            "store.batch_linger",
+            format!(
+                "must be at most 1s: every alarm may wait this long before it is stored, found {}",
+                humantime::format_duration(s.batch_linger)
+            ),
+        );
+    }
+    if s.disk_budget < ByteSize::mib(1) {
+        f.at(
+            "store.disk_budget",
+            format!("must be at least 1 MiB, found {}", s.disk_budget),
+        );
+    }
+    if s.cache_capacity < ByteSize::kib(64) {
+        f.at(
+            "store.cache_capacity",
+            format!("must be at least 64 KiB, found {}", s.cache_capacity),
+        );
+    }
+    if s.record_max_bytes >= SLED_BLOB_THRESHOLD {
+        f.at(
+            "store.record_max_bytes",
+            format!(
+                "must be less than {SLED_BLOB_THRESHOLD}: larger records are stored as separate blob files that the power-loss flush does not cover, found {}",
+                s.record_max_bytes
+            ),
+        );
+    } else if s.record_max_bytes < ByteSize::kib(1) {
+        f.at(
+            "store.record_max_bytes",
+            format!("must be at least 1 KiB, found {}", s.record_max_bytes),
+        );
+    }
+    if s.dead_letter_max == 0 {
+        f.at(
+            "store.dead_letter_max",
+            "must be at least 1, or malformed input would be dropped without a trace",
+        );
+    }
+}
+
+fn check_uplink(u: &UplinkConfig, f: &mut Findings) {
+    check_broker("uplink.mqtt", &u.mqtt, f);
+    check_topic_prefix("uplink.topic_prefix", &u.topic_prefix, f);
+    if u.max_batch_events == 0 {
+        f.at("uplink.max_batch_events", "must be at least 1");
+    }
+    if u.max_batch_bytes <= ByteSize::kib(1) || u.max_batch_bytes.as_u64() > MQTT_MAX_PACKET {
+        f.at(
+            "uplink.max_batch_bytes",
+            format!(
+                "must be more than 1 KiB and at most {} (the MQTT packet limit), found {}",
+                ByteSize(MQTT_MAX_PACKET),
+                u.max_batch_bytes
+            ),
+        );
+    }
+    if u.max_inflight_batches == 0 || u.max_inflight_batches > 65_535 {
+        f.at(
+            "uplink.max_inflight_batches",
+            format!(
+                "must be between 1 and 65535, found {}",
+                u.max_inflight_batches
+            ),
+        );
+    }
+    if u.down_alert_after.is_zero() {
+        f.at("uplink.down_alert_after", "must be more than 0s");
+    }
+}
+
+fn check_devices(parts: &Parts, f: &mut Findings) {
+    // First index of each id.
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(parts.device_ids.len());
+    for (i, id) in &parts.device_ids {
+        let path = format!("devices[{i}].id");
+        check_id(&path, id, &['-', '_', '.'], 128, f);
+        if id.is_empty() {
+            continue;
+        }
+        match seen.entry(id.as_str()) {
+            Entry::Occupied(first) => {
+                let first = *first.get();
+                f.0.push(Finding {
+                    path,
+                    involves: Vec::new(),
+                    related: Some(format!("devices[{first}].id")),
+                    message: format!(
+                        "duplicate device id {id:?}, already used by devices[{first}]"
+                    ),
+                });
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(*i);
+            }
+        }
+        if let Some(gateway) = &parts.gateway {
+            if !id.is_empty() && *id == gateway.id {
+                f.across(
+                    format!("devices[{i}].id"),
+                    &["gateway.id".into()],
+                    format!("{id:?} is the gateway's own id (gateway.id); device ids must differ from it"),
+                );
+            }
+        }
+    }
+    for (i, d) in &parts.devices {
+        if let Some(hb) = d.heartbeat_interval {
+            if hb < Duration::from_secs(1) {
+                f.at(
+                    format!("devices[{i}].heartbeat_interval"),
+                    format!(
+                        "must be at least 1s, found {}; leave it out for devices without heartbeats",
+                        humantime::format_duration(hb)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_prefixes_must_be_plain_topic_levels() {
+        for good in ["estate", "city/v1", "a/b-c/d_e"] {
+            assert_eq!(topic_prefix_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "city/+",
+            "city/#",
+            "/city",
+            "city/",
+            "a//b",
+            "$SYS",
+            "my estate",
+        ] {
+            assert!(topic_prefix_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_pass_every_rule() {
+        let parts = Parts {
+            gateway: Some(GatewayConfig {
+                id: "gw-1".into(),
+                estate_id: "31011500000000000001".into(),
+                data_dir: None,
+            }),
+            ingest: Some(IngestConfig::default()),
+            store: Some(StoreConfig::default()),
+            uplink: Some(UplinkConfig::default()),
+            api: Some(ApiConfig::default()),
+            devices: Vec::new(),
+            device_ids: Vec::new(),
+        };
+        assert_eq!(validate(&parts), Vec::new());
+    }
+}
