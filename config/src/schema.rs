@@ -176,8 +176,11 @@ pub struct StoreConfig {
     /// more throughput; 1 means one disk flush per event. At least 1. Default: `256`.
     pub batch_max_events: usize,
     /// How long a group commit waits for more events after the first one arrives before
-    /// it flushes. This delay is added to every alarm, so keep it small; at most 1 s.
-    /// `"0s"` flushes immediately. Default: `"2ms"`.
+    /// it flushes. A group always takes every event already queued, and events queue up
+    /// while the previous flush runs, so batching happens without waiting. Because MQTT
+    /// messages are acknowledged only after their commit, the broker sends few new ones
+    /// while a group waits: lingering mostly delays acks and every alarm. At most 1 s.
+    /// Default: `"0s"` (flush as soon as the queue is empty).
     #[serde(with = "crate::units::duration")]
     pub batch_linger: Duration,
     /// Disk space the stored events may use (logical bytes). When it is reached, the
@@ -206,7 +209,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             batch_max_events: 256,
-            batch_linger: Duration::from_millis(2),
+            batch_linger: Duration::ZERO,
             disk_budget: ByteSize::mib(256),
             cache_capacity: ByteSize::mib(8),
             record_max_bytes: ByteSize::kib(48),

@@ -110,7 +110,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.ingest.raw_limit.as_usize(), 2 * 1024);
 
     assert_eq!(c.store.batch_max_events, 256);
-    assert_eq!(c.store.batch_linger, Duration::from_millis(2));
+    assert_eq!(c.store.batch_linger, Duration::ZERO);
     assert_eq!(c.store.disk_budget, ByteSize::mib(256));
     assert_eq!(c.store.cache_capacity, ByteSize::mib(8));
     assert_eq!(c.store.record_max_bytes, ByteSize::kib(48));
