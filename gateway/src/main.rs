@@ -118,13 +118,27 @@ async fn run(
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let shown_dir = data_dir.display().to_string();
+    tokio::spawn(async move {
+        if let Ok(r) = ready_rx.await {
+            // One machine-readable line on stdout for supervisors and tests.
+            println!(
+                "estate-gateway ready api=http://{} data_dir={} store_epoch={} boot_id={}",
+                r.api_addr,
+                shown_dir,
+                r.reader.epoch(),
+                r.boot_id
+            );
+        }
+    });
     estate_gateway::run(
         cfg,
         estate_gateway::RunOptions {
             data_dir,
             grace,
             api_listener,
-            on_ready: None,
+            on_ready: Some(ready_tx),
         },
         shutdown,
     )
