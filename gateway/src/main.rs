@@ -118,7 +118,7 @@ async fn run(
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<estate_gateway::Running>();
     let shown_dir = data_dir.display().to_string();
     tokio::spawn(async move {
         if let Ok(r) = ready_rx.await {
