@@ -1,0 +1,599 @@
+//! The load generator / scenario runner: publishes a [`Plan`] over one real MQTT
+//! connection and reports which messages the broker acknowledged.
+//!
+//! One task owns both halves of the rumqttc client. It tops up the client's request
+//! channel between polls of the `EventLoop` (without ever cancelling a poll that is in
+//! progress), so it always knows which requests are still in the channel. That makes the
+//! PUBACK → `seq` mapping exact ([`AckTracker`]), even across a reconnect: rumqttc drops
+//! its pending requests when the broker starts a fresh session, and the tracker then
+//! queues those messages for publishing again (counted in
+//! [`PublishReport::republished`]).
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::estate::{demo_devices, SimDevice};
+use crate::native::{event_topic, now_ms};
+use crate::scenario::Plan;
+pub use crate::scenario::Scenario;
+
+/// What to publish, where, and how fast.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    pub broker_host: String,
+    pub broker_port: u16,
+    /// MQTT client id; the default is random (`estate-sim-pub-…`).
+    pub client_id: String,
+    /// First topic level of the native protocol.
+    pub prefix: String,
+    pub estate_id: String,
+    /// How many event messages to publish; their payload `seq` runs `1..=count`.
+    pub count: u64,
+    /// Messages per second; `None` publishes as fast as PUBACK flow control allows.
+    pub rate: Option<f64>,
+    /// How many of `count` are `SMOKE.ALARM`, spread evenly over the run.
+    pub alarms: u64,
+    pub scenario: Scenario,
+    /// QoS1 publishes awaiting PUBACK at once (also the request channel's capacity).
+    pub max_inflight: u16,
+    /// The simulated estate. Defaults to [`demo_devices`].
+    pub devices: Vec<SimDevice>,
+    /// After the last message has been handed over, how long to wait for outstanding
+    /// PUBACKs (and reconnects) before returning a partial report.
+    pub drain_timeout: Duration,
+    pub keep_alive: Duration,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            broker_host: "127.0.0.1".into(),
+            broker_port: 1883,
+            client_id: random_client_id("estate-sim-pub"),
+            prefix: "estate".into(),
+            estate_id: "demo".into(),
+            count: 1000,
+            rate: None,
+            alarms: 0,
+            scenario: Scenario::Telemetry,
+            max_inflight: 100,
+            devices: demo_devices(),
+            drain_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `{prefix}-{16 hex digits}`.
+pub fn random_client_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// What a run achieved.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PublishReport {
+    /// Distinct messages written to the broker connection at least once.
+    pub sent: u64,
+    /// Distinct messages whose PUBACK arrived.
+    pub acked: u64,
+    /// Payload `seq` of every acknowledged message, ascending.
+    pub acked_seqs: Vec<u64>,
+    /// From the first CONNACK to the last PUBACK (or to the end of the run).
+    #[serde(serialize_with = "ser_secs")]
+    pub elapsed: Duration,
+    /// Connections lost during the run.
+    pub reconnects: u64,
+    /// Messages published again because a reconnect lost them before their PUBACK.
+    pub republished: u64,
+    /// True when the run stopped before every message was acknowledged (cancelled, or
+    /// `drain_timeout` passed).
+    pub incomplete: bool,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl PublishReport {
+    /// Acknowledged messages per second over `elapsed`.
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.acked as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for PublishReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sent {} acked {} in {:.3}s ({:.0} msg/s)",
+            self.sent,
+            self.acked,
+            self.elapsed.as_secs_f64(),
+            self.rate()
+        )?;
+        if self.reconnects > 0 {
+            write!(
+                f,
+                ", {} reconnects, {} republished",
+                self.reconnects, self.republished
+            )?;
+        }
+        if self.incomplete {
+            write!(
+                f,
+                ", INCOMPLETE ({} unacknowledged)",
+                self.sent.saturating_sub(self.acked)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Maps rumqttc's packet ids back to payload `seq`s. Pure state machine, fed with what
+/// the task hands to the request channel and the events the `EventLoop` yields.
+///
+/// Invariant: `queued` holds, in order, the `seq`s of the publish requests that are in
+/// rumqttc's request channel (or its pending queue) and have not yet been given a packet
+/// id. rumqttc processes requests in order, so the next fresh `Outgoing::Publish(pkid)`
+/// belongs to `queued.front()`.
+#[derive(Debug, Default)]
+pub struct AckTracker {
+    queued: VecDeque<u64>,
+    /// Written to the connection, awaiting PUBACK: pkid → seq.
+    inflight: HashMap<u16, u64>,
+    /// A publish rumqttc held back because its pkid was still in flight (broker acking
+    /// out of order); it is written when that pkid is acknowledged.
+    collision: Option<(u16, u64)>,
+    /// Messages to publish again (a fresh session lost them), lowest first.
+    resend: BTreeSet<u64>,
+    /// Resent messages that had already been written once (so `sent` counts them once).
+    rewritten: HashSet<u64>,
+    sent: u64,
+    acked: Vec<u64>,
+    republished: u64,
+}
+
+impl AckTracker {
+    /// A publish request for `seq` was put into the request channel.
+    pub fn queued(&mut self, seq: u64) {
+        self.queued.push_back(seq);
+    }
+
+    /// Requests in the channel not yet taken by the event loop.
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Next message that must be published again, if any.
+    pub fn take_resend(&mut self) -> Option<u64> {
+        let seq = self.resend.pop_first()?;
+        self.republished += 1;
+        Some(seq)
+    }
+
+    /// Puts back a message that could not be handed over after `take_resend`.
+    pub fn untake_resend(&mut self, seq: u64) {
+        self.republished -= 1;
+        self.resend.insert(seq);
+    }
+
+    pub fn on_outgoing_publish(&mut self, pkid: u16) {
+        if self.inflight.contains_key(&pkid) {
+            // A retransmission of a message already in flight (same pkid).
+            return;
+        }
+        let seq = match self.collision {
+            Some((p, seq)) if p == pkid => {
+                self.collision = None;
+                Some(seq)
+            }
+            _ => self.queued.pop_front(),
+        };
+        match seq {
+            Some(seq) => {
+                if !self.rewritten.remove(&seq) {
+                    self.sent += 1;
+                }
+                self.inflight.insert(pkid, seq);
+            }
+            None => warn!(
+                pkid,
+                "Publish with no queued message; ack accounting may be off."
+            ),
+        }
+    }
+
+    pub fn on_await_ack(&mut self, pkid: u16) {
+        match self.queued.pop_front() {
+            Some(seq) => self.collision = Some((pkid, seq)),
+            None => warn!(pkid, "Held-back publish with no queued message."),
+        }
+    }
+
+    pub fn on_puback(&mut self, pkid: u16) {
+        match self.inflight.remove(&pkid) {
+            Some(seq) => self.acked.push(seq),
+            None => debug!(pkid, "PUBACK for a packet id not in flight."),
+        }
+    }
+
+    /// The broker started a fresh session: rumqttc dropped every pending request, so all
+    /// unacknowledged messages must be published again.
+    pub fn on_session_lost(&mut self) {
+        for (_, seq) in self.inflight.drain() {
+            self.rewritten.insert(seq);
+            self.resend.insert(seq);
+        }
+        if let Some((_, seq)) = self.collision.take() {
+            self.resend.insert(seq);
+        }
+        self.resend.extend(self.queued.drain(..));
+    }
+
+    /// Nothing queued, in flight or waiting to be resent.
+    pub fn idle(&self) -> bool {
+        self.queued.is_empty()
+            && self.inflight.is_empty()
+            && self.collision.is_none()
+            && self.resend.is_empty()
+    }
+
+    pub fn has_resend(&self) -> bool {
+        !self.resend.is_empty()
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    pub fn acked(&self) -> &[u64] {
+        &self.acked
+    }
+}
+
+/// Publishes the whole plan and waits for its PUBACKs. See [`run_until`].
+pub async fn run(opts: PublishOptions) -> Result<PublishReport> {
+    run_until(opts, CancellationToken::new()).await
+}
+
+/// What the inner select loop woke up for.
+enum Step {
+    Event(std::result::Result<Event, rumqttc::ConnectionError>),
+    Cancelled,
+    DrainTimeout,
+}
+
+/// Publishes the plan until every message is acknowledged, `stop` is cancelled or the
+/// drain timeout passes; then disconnects and reports. Fails only when the first
+/// connection attempt fails or the options are unusable.
+pub async fn run_until(opts: PublishOptions, stop: CancellationToken) -> Result<PublishReport> {
+    let plan = Plan::new(
+        &opts.scenario,
+        opts.devices.clone(),
+        opts.count,
+        opts.alarms,
+    )?;
+    if let Some(rate) = opts.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "rate must be a positive number, got {rate}"
+        );
+    }
+    // Topics are the same for every message of a device: build them once.
+    let topics: Vec<String> = plan
+        .devices()
+        .iter()
+        .map(|d| event_topic(&opts.prefix, &opts.estate_id, d.kind, &d.id))
+        .collect();
+
+    let max_inflight = opts.max_inflight.max(1);
+    let cap = usize::from(max_inflight);
+    let mut mqtt = MqttOptions::new(&opts.client_id, &opts.broker_host, opts.broker_port);
+    mqtt.set_clean_session(true)
+        .set_keep_alive(opts.keep_alive)
+        .set_inflight(max_inflight)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_request_channel_capacity(cap);
+    // The request channel holds at most `cap` publishes: this task never hands over more
+    // than fit (try_publish), so it never blocks and never loses track of what is queued.
+    let (client, mut eventloop) = AsyncClient::new(mqtt, cap);
+
+    let mut tracker = AckTracker::default();
+    let mut next_seq = 1u64; // next fresh message of the plan
+    let mut handed = 0u64; // fresh + resent messages handed over, for rate pacing
+    let mut connected = false;
+    let mut ever_connected = false;
+    let mut started: Option<Instant> = None;
+    let mut last_ack: Option<Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut reconnects = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    let mut incomplete = false;
+
+    info!(
+        broker = %format_args!("{}:{}", opts.broker_host, opts.broker_port),
+        client_id = %opts.client_id,
+        count = opts.count,
+        scenario = opts.scenario.name(),
+        "Publishing."
+    );
+
+    loop {
+        let all_handed = next_seq > opts.count && !tracker.has_resend();
+        if ever_connected && all_handed && tracker.idle() {
+            break;
+        }
+        if all_handed && drain_deadline.is_none() {
+            drain_deadline = Some(Instant::now() + opts.drain_timeout);
+        }
+
+        let step = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                // Top up the request channel while connected and within the rate.
+                let mut wake: Option<Instant> = None;
+                if connected && !stop.is_cancelled() {
+                    while tracker.queued_len() < cap {
+                        if let (Some(rate), Some(t0)) = (opts.rate, started) {
+                            let due = t0 + Duration::from_secs_f64(handed as f64 / rate);
+                            if due > Instant::now() {
+                                wake = Some(due);
+                                break;
+                            }
+                        }
+                        let (seq, resend) = match tracker.take_resend() {
+                            Some(seq) => (seq, true),
+                            None if next_seq <= opts.count => (next_seq, false),
+                            None => break,
+                        };
+                        let planned = plan.message(seq);
+                        let mut event = planned.event;
+                        event.ts_ms = Some(now_ms());
+                        let topic = &topics[planned.index];
+                        match client.try_publish(
+                            topic.as_str(),
+                            QoS::AtLeastOnce,
+                            false,
+                            event.to_json(),
+                        ) {
+                            Ok(()) => {
+                                tracker.queued(seq);
+                                handed += 1;
+                                if !resend {
+                                    next_seq += 1;
+                                }
+                            }
+                            Err(err) => {
+                                // Full cannot happen (we count what is queued); a closed
+                                // channel means the event loop is gone. Retry on next wake.
+                                if resend {
+                                    tracker.untake_resend(seq);
+                                }
+                                debug!(seq, error = %err, "Request channel refused a publish; retrying.");
+                                break;
+                            }
+                        }
+                    }
+                }
+                let wake = wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                let deadline =
+                    drain_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    biased;
+                    ev = &mut poll => break Step::Event(ev),
+                    _ = stop.cancelled() => break Step::Cancelled,
+                    _ = sleep_until(deadline), if drain_deadline.is_some() => break Step::DrainTimeout,
+                    _ = sleep_until(wake) => {}
+                }
+            }
+        };
+
+        match step {
+            Step::Event(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
+                if ever_connected && !ack.session_present {
+                    // rumqttc dropped its pending requests; so does the tracker, which
+                    // queues them for publishing again. A held-back publish would be
+                    // written by rumqttc later under a stale packet id: forget it.
+                    eventloop.state.collision = None;
+                    tracker.on_session_lost();
+                }
+                if !ever_connected {
+                    started = Some(Instant::now());
+                    info!(client_id = %opts.client_id, "Connected.");
+                } else {
+                    info!(client_id = %opts.client_id, "Reconnected.");
+                }
+                ever_connected = true;
+                connected = true;
+                backoff = Duration::from_millis(100);
+            }
+            Step::Event(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                tracker.on_outgoing_publish(pkid)
+            }
+            Step::Event(Ok(Event::Outgoing(Outgoing::AwaitAck(pkid)))) => {
+                tracker.on_await_ack(pkid)
+            }
+            Step::Event(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
+                tracker.on_puback(ack.pkid);
+                last_ack = Some(Instant::now());
+            }
+            Step::Event(Ok(_)) => {}
+            Step::Event(Err(err)) => {
+                if !ever_connected {
+                    return Err(anyhow!(err)).with_context(|| {
+                        format!(
+                            "connecting to MQTT broker {}:{}",
+                            opts.broker_host, opts.broker_port
+                        )
+                    });
+                }
+                if connected {
+                    reconnects += 1;
+                }
+                connected = false;
+                warn!(error = %err, retry_in = ?backoff, "MQTT connection lost; reconnecting.");
+                tokio::select! {
+                    _ = sleep(backoff) => {}
+                    _ = stop.cancelled() => { incomplete = true; break; }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Step::Cancelled => {
+                info!("Stopped before every message was acknowledged.");
+                incomplete = true;
+                break;
+            }
+            Step::DrainTimeout => {
+                warn!(timeout = ?opts.drain_timeout, "Gave up waiting for PUBACKs.");
+                incomplete = true;
+                break;
+            }
+        }
+    }
+
+    if connected {
+        // A clean DISCONNECT; ignore failures, the report is already settled.
+        if client.try_disconnect().is_ok() {
+            let _ = timeout(Duration::from_secs(2), async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                        Ok(Event::Incoming(Incoming::PubAck(ack))) => tracker.on_puback(ack.pkid),
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    let end = if incomplete {
+        Some(Instant::now())
+    } else {
+        last_ack
+    };
+    let elapsed = match (started, end) {
+        (Some(s), Some(e)) => e.saturating_duration_since(s),
+        _ => Duration::ZERO,
+    };
+    let mut acked_seqs = tracker.acked().to_vec();
+    acked_seqs.sort_unstable();
+    let report = PublishReport {
+        sent: tracker.sent(),
+        acked: acked_seqs.len() as u64,
+        acked_seqs,
+        elapsed,
+        reconnects,
+        republished: tracker.republished,
+        incomplete: incomplete || tracker.acked().len() as u64 != opts.count,
+    };
+    info!(%report, "Publishing done.");
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_map_back_to_payload_seqs_in_order() {
+        let mut t = AckTracker::default();
+        for seq in 1..=3 {
+            t.queued(seq);
+        }
+        t.on_outgoing_publish(1);
+        t.on_outgoing_publish(2);
+        t.on_outgoing_publish(3);
+        assert_eq!(t.queued_len(), 0);
+        t.on_puback(2);
+        t.on_puback(1);
+        t.on_puback(7); // unknown pkid: ignored
+        assert_eq!(t.acked(), [2, 1]);
+        assert_eq!(t.sent(), 3);
+        assert!(!t.idle());
+        t.on_puback(3);
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn packet_ids_are_reused_after_their_ack() {
+        let mut t = AckTracker::default();
+        t.queued(1);
+        t.queued(2);
+        t.on_outgoing_publish(1);
+        t.on_puback(1);
+        t.on_outgoing_publish(1);
+        t.on_puback(1);
+        assert_eq!(t.acked(), [1, 2]);
+    }
+
+    #[test]
+    fn retransmissions_keep_their_seq() {
+        let mut t = AckTracker::default();
+        t.queued(1);
+        t.queued(2);
+        t.on_outgoing_publish(5);
+        t.on_outgoing_publish(5); // resent with the same pkid after a reconnect
+        t.on_outgoing_publish(6);
+        t.on_puback(5);
+        t.on_puback(6);
+        assert_eq!(t.acked(), [1, 2]);
+        assert_eq!(t.sent(), 2);
+    }
+
+    #[test]
+    fn a_held_back_publish_gets_its_own_seq() {
+        let mut t = AckTracker::default();
+        for seq in 1..=3 {
+            t.queued(seq);
+        }
+        t.on_outgoing_publish(1);
+        t.on_outgoing_publish(2);
+        t.on_await_ack(1); // seq 3 collides with pkid 1
+        t.on_puback(1);
+        t.on_outgoing_publish(1); // rumqttc now writes seq 3
+        t.on_puback(1);
+        t.on_puback(2);
+        assert_eq!(t.acked(), [1, 3, 2]);
+    }
+
+    #[test]
+    fn a_fresh_session_resends_everything_unacknowledged() {
+        let mut t = AckTracker::default();
+        for seq in 1..=4 {
+            t.queued(seq);
+        }
+        t.on_outgoing_publish(1);
+        t.on_outgoing_publish(2);
+        t.on_puback(1);
+        t.on_session_lost(); // 2 was in flight, 3 and 4 still queued
+        assert_eq!(t.queued_len(), 0);
+        let mut again = Vec::new();
+        while let Some(seq) = t.take_resend() {
+            t.queued(seq);
+            again.push(seq);
+        }
+        assert_eq!(again, [2, 3, 4]);
+        for pkid in 2..=4 {
+            t.on_outgoing_publish(pkid);
+            t.on_puback(pkid);
+        }
+        assert_eq!(t.acked(), [1, 2, 3, 4]);
+        assert_eq!(t.sent(), 4, "each message counts once");
+        assert_eq!(t.republished, 3);
+        assert!(t.idle());
+    }
+}
