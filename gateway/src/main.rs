@@ -17,7 +17,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Log level or filter (RUST_LOG overrides it).
-    #[arg(long, global = true, default_value = "info,rumqttd=warn")]
+    #[arg(long, global = true, default_value = "info,rumqttd=off")]
     log_level: String,
     #[command(subcommand)]
     command: Command,
