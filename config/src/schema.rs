@@ -71,7 +71,7 @@ pub struct GatewayConfig {
 pub struct IngestConfig {
     /// `[ingest.mqtt]`: the broker to subscribe to. Default: `127.0.0.1:1883`.
     pub mqtt: BrokerConfig,
-    /// Topic prefix devices publish under, e.g. `estate` → `estate/{kind}/{device_id}/…`.
+    /// Topic prefix devices publish under: `estate` → `estate/{estate_id}/{kind}/{device_id}/event`.
     /// MQTT topic levels separated by `/`; no wildcards (`+`, `#`), no leading or
     /// trailing `/`. Default: `"estate"`.
     pub topic_prefix: String,
@@ -227,7 +227,7 @@ pub struct UplinkConfig {
     /// broker with `tls` and a client certificate. Default: `127.0.0.1:1883`.
     pub mqtt: BrokerConfig,
     /// Topic prefix on the city broker; batches go to
-    /// `{topic_prefix}/{gateway.estate_id}/events` and `…/alerts`. No wildcards
+    /// `{topic_prefix}/{gateway.estate_id}/alarms` and `…/events`. No wildcards
     /// (`+`, `#`), no leading or trailing `/`. Default: `"city/v1"`.
     pub topic_prefix: String,
     /// Most events in one batch. At least 1. Default: `500`.
