@@ -38,7 +38,11 @@ fn topic(i: u64) -> String {
 }
 
 fn payload(i: u64) -> Vec<u8> {
-    format!(r#"{{"code":"DEV.HEARTBEAT","value":{},"unit":"%","seq":{i}}}"#, i % 100).into_bytes()
+    format!(
+        r#"{{"code":"DEV.HEARTBEAT","value":{},"unit":"%","seq":{i}}}"#,
+        i % 100
+    )
+    .into_bytes()
 }
 
 /// Publishes `n` QoS 1 messages, optionally at `rate` per second; returns send instants.
@@ -46,9 +50,7 @@ async fn publish(host: &str, port: u16, n: u64, rate: Option<f64>) -> Vec<Instan
     let mut o = MqttOptions::new(format!("bench-pub-{:x}", rand_id()), host, port);
     o.set_inflight(100).set_keep_alive(Duration::from_secs(30));
     let (client, mut el) = AsyncClient::new(o, 1000);
-    let poller = tokio::spawn(async move {
-        while el.poll().await.is_ok() {}
-    });
+    let poller = tokio::spawn(async move { while el.poll().await.is_ok() {} });
     let mut sent = Vec::with_capacity(n as usize);
     let start = Instant::now();
     for i in 1..=n {
@@ -109,7 +111,15 @@ async fn baseline(host: &str, port: u16, n: u64) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
 
-async fn start_gateway(host: &str, port: u16) -> (Running, CancellationToken, tokio::task::JoinHandle<()>, tempfile::TempDir) {
+async fn start_gateway(
+    host: &str,
+    port: u16,
+) -> (
+    Running,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    tempfile::TempDir,
+) {
     let mut cfg = Config::from_toml_str(
         &format!(
             "[gateway]\nid = \"bench-gw\"\nestate_id = \"{ESTATE}\"\n[ingest.mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"bench-gw-{:x}\"\n[uplink.mqtt]\nhost = \"127.0.0.1\"\nport = 9\n",
@@ -131,7 +141,9 @@ async fn start_gateway(host: &str, port: u16) -> (Running, CancellationToken, to
     };
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
-        estate_gateway::run(cfg, opts, s).await.expect("gateway runs");
+        estate_gateway::run(cfg, opts, s)
+            .await
+            .expect("gateway runs");
     });
     let running = rx.await.expect("gateway ready");
     // Wait for the subscription to be in place.
@@ -155,8 +167,15 @@ async fn watch_commits(running: &Running, n: u64) -> Vec<(u64, Instant)> {
         if s >= n {
             return out;
         }
-        if tokio::time::timeout(Duration::from_secs(60), rx.changed()).await.is_err() {
-            panic!("gateway stalled at seq {s} of {n}");
+        if tokio::time::timeout(Duration::from_secs(30), rx.changed())
+            .await
+            .is_err()
+        {
+            panic!(
+                "gateway stalled at seq {s} of {n}: the broker took every message (PUBACK) but \
+                 never delivered the rest. Mosquitto drops QoS 1 messages queued for a client \
+                 beyond max_queued_messages (default 1000); use config/mosquitto/estate-broker.conf"
+            );
         }
     }
 }
@@ -170,7 +189,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let n: u64 = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let n: u64 = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
     let (host, port) = broker();
     println!("ingest bench: {n} QoS1 messages through {host}:{port}");
 
@@ -182,15 +204,25 @@ async fn main() {
     let publisher = tokio::spawn(async move { publish(&h, p, n, None).await });
     let commits = watch_commits(&running, n).await;
     publisher.await.expect("publisher");
-    let first = commits.iter().find(|(s, _)| *s >= 1).map(|(_, t)| *t).expect("commits");
+    let first = commits
+        .iter()
+        .find(|(s, _)| *s >= 1)
+        .map(|(_, t)| *t)
+        .expect("commits");
     let last = commits.last().map(|(_, t)| *t).expect("commits");
     let gw = (n - 1) as f64 / last.duration_since(first).as_secs_f64();
     let acked_deadline = Instant::now() + Duration::from_secs(30);
     while running.metrics.ingest_acked.get() < n && Instant::now() < acked_deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    println!("gateway   durable acked ingest          : {gw:>9.0} msg/s  (acked {})", running.metrics.ingest_acked.get());
-    println!("ratio     gateway / baseline            : {:>9.2}", gw / bare);
+    println!(
+        "gateway   durable acked ingest          : {gw:>9.0} msg/s  (acked {})",
+        running.metrics.ingest_acked.get()
+    );
+    println!(
+        "ratio     gateway / baseline            : {:>9.2}",
+        gw / bare
+    );
 
     // Latency at a steady rate, on top of what is already committed.
     let m = 3_000u64;

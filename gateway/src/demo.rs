@@ -86,7 +86,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     println!("estate-gateway demo: a simulated estate on this machine");
     println!("  broker (embedded)   mqtt://{}", broker.addr);
-    println!("  gateway API         http://{}/healthz  http://{}/metrics", running.api_addr, running.api_addr);
+    println!(
+        "  gateway API         http://{}/healthz  http://{}/metrics",
+        running.api_addr, running.api_addr
+    );
     println!("  store               {}", data.path().display());
     println!("  sensors publish to  estate/{estate}/<kind>/<device>/event");
     println!("  city stream         city/v1/{estate}/alarms|events");
@@ -144,8 +147,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn dead_letters(m: &crate::telemetry::Metrics) -> u64 {
-    ["too_large", "invalid_utf8", "bad_json", "bad_field", "unknown_code", "bad_topic"]
-        .iter()
-        .map(|r| m.dead_lettered.get_or_create(&crate::telemetry::ReasonLabel { reason: r }).get())
-        .sum()
+    [
+        "too_large",
+        "invalid_utf8",
+        "bad_json",
+        "bad_field",
+        "unknown_code",
+        "bad_topic",
+    ]
+    .iter()
+    .map(|r| {
+        m.dead_lettered
+            .get_or_create(&crate::telemetry::ReasonLabel { reason: r })
+            .get()
+    })
+    .sum()
 }

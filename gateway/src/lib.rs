@@ -94,9 +94,12 @@ pub async fn run(
         Some(l) => l,
         None => std::net::TcpListener::bind(cfg.api.listen).map_err(GatewayError::Api)?,
     };
-    api_listener.set_nonblocking(true).map_err(GatewayError::Api)?;
+    api_listener
+        .set_nonblocking(true)
+        .map_err(GatewayError::Api)?;
     let api_addr = api_listener.local_addr().map_err(GatewayError::Api)?;
-    let api_listener = tokio::net::TcpListener::from_std(api_listener).map_err(GatewayError::Api)?;
+    let api_listener =
+        tokio::net::TcpListener::from_std(api_listener).map_err(GatewayError::Api)?;
 
     let store_opts = store::StoreOptions::from_config(&cfg);
     let dir = opts.data_dir.join("store");

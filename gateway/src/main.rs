@@ -11,7 +11,11 @@ use estate_config::Config;
 use estate_gateway::telemetry::{init_logging, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "estate-gateway", version, about = "Edge gateway for residential-estate safety sensors")]
+#[command(
+    name = "estate-gateway",
+    version,
+    about = "Edge gateway for residential-estate safety sensors"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -61,9 +65,10 @@ fn main() -> ExitCode {
             grace,
             api_listen,
         } => runtime().and_then(|rt| rt.block_on(run(config, data_dir, grace, api_listen))),
-        Command::Demo(args) => {
-            runtime().and_then(|rt| rt.block_on(estate_gateway::demo::run(args)).map_err(|e| format!("demo failed: {e:#}")))
-        }
+        Command::Demo(args) => runtime().and_then(|rt| {
+            rt.block_on(estate_gateway::demo::run(args))
+                .map_err(|e| format!("demo failed: {e:#}"))
+        }),
     }
     .map_or_else(
         |msg| {
@@ -97,7 +102,11 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
             for p in &errors.0 {
                 println!("{p}");
             }
-            Err(format!("{} problem(s) in {}", errors.0.len(), file.display()))
+            Err(format!(
+                "{} problem(s) in {}",
+                errors.0.len(),
+                file.display()
+            ))
         }
     }
 }
@@ -113,7 +122,10 @@ async fn run(
         .or_else(|| cfg.gateway.data_dir.clone())
         .ok_or("no data directory: pass --data-dir or set gateway.data_dir")?;
     let api_listener = match api_listen {
-        Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| format!("cannot bind the API on {addr}: {e}"))?),
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot bind the API on {addr}: {e}"))?,
+        ),
         None => None,
     };
     let shutdown = CancellationToken::new();
@@ -149,7 +161,10 @@ async fn run(
 /// SIGTERM or SIGINT → orderly shutdown.
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("Cannot install signal handlers; stop with SIGKILL only.");
         return;
     };

@@ -176,7 +176,9 @@ impl Metrics {
     }
 
     pub fn dead_letter(&self, reason: &'static str) {
-        self.dead_lettered.get_or_create(&ReasonLabel { reason }).inc();
+        self.dead_lettered
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 }
 

@@ -123,12 +123,22 @@ mod tests {
         // The alarm batch advances its own lane independently.
         assert_eq!(
             f.on_puback(2),
-            vec![Advance { lane: Lane::Alarms, cursor: 11, events: 1, batches: 1 }]
+            vec![Advance {
+                lane: Lane::Alarms,
+                cursor: 11,
+                events: 1,
+                batches: 1
+            }]
         );
         // Now the first events batch: both events batches become final together.
         assert_eq!(
             f.on_puback(1),
-            vec![Advance { lane: Lane::Events, cursor: 20, events: 19, batches: 2 }]
+            vec![Advance {
+                lane: Lane::Events,
+                cursor: 20,
+                events: 19,
+                batches: 2
+            }]
         );
         assert!(f.is_empty());
     }

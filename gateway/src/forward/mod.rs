@@ -121,7 +121,8 @@ impl Forwarder {
                 }
             }
 
-            let (client, mut eventloop) = AsyncClient::new(self.options.clone(), self.max_inflight * 2 + 16);
+            let (client, mut eventloop) =
+                AsyncClient::new(self.options.clone(), self.max_inflight * 2 + 16);
             let mut inflight = InFlight::default();
             let mut sent = [reader.cursor(Lane::Alarms), reader.cursor(Lane::Events)];
             let mut connected = false;
@@ -133,7 +134,12 @@ impl Forwarder {
                         };
                         let last = batch.last_seq;
                         let n = batch.events.len() as u64;
-                        if let Err(err) = client.try_publish(self.topic(lane), QoS::AtLeastOnce, false, batch.encode_to_vec()) {
+                        if let Err(err) = client.try_publish(
+                            self.topic(lane),
+                            QoS::AtLeastOnce,
+                            false,
+                            batch.encode_to_vec(),
+                        ) {
                             warn!(error = %err, "Could not hand a batch to the uplink client.");
                             break;
                         }
@@ -146,7 +152,8 @@ impl Forwarder {
                 {
                     info!("Everything committed was forwarded; uplink done.");
                     let _ = client.try_disconnect();
-                    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
                     return Ok(());
                 }
                 let alert_at = down_since.map(|t| t + self.down_alert_after);
@@ -217,7 +224,8 @@ impl Forwarder {
             if reader.last_seq(lane) <= sent[i] {
                 continue;
             }
-            let events = reader.read_lane(lane, sent[i], self.max_batch_events, self.max_batch_bytes)?;
+            let events =
+                reader.read_lane(lane, sent[i], self.max_batch_events, self.max_batch_bytes)?;
             let (Some(first), Some(last)) = (events.first(), events.last()) else {
                 continue;
             };
@@ -249,15 +257,24 @@ impl Forwarder {
     ) -> Result<(), ForwardError> {
         let down_for = since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
         match state {
-            EventState::Active => warn!(down_for_s = down_for, "Uplink down past its alert threshold; raising GW.UPLINK_DOWN."),
-            EventState::Cleared => info!(down_for_s = down_for, "Uplink back; clearing GW.UPLINK_DOWN."),
+            EventState::Active => warn!(
+                down_for_s = down_for,
+                "Uplink down past its alert threshold; raising GW.UPLINK_DOWN."
+            ),
+            EventState::Cleared => info!(
+                down_for_s = down_for,
+                "Uplink back; clearing GW.UPLINK_DOWN."
+            ),
         }
         let ev = gateway_event(
             &self.gateway_id,
             &self.estate_id,
             "GW.UPLINK_DOWN",
             state,
-            Some(estate_protocols::model::Reading { value: down_for, unit: "s".into() }),
+            Some(estate_protocols::model::Reading {
+                value: down_for,
+                unit: "s".into(),
+            }),
             serde_json::json!({"broker": format!("{}:{}", self.options.broker_address().0, self.options.broker_address().1), "down_for_s": down_for}),
         );
         store.append_nowait(ev).await?;

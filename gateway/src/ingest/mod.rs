@@ -133,7 +133,10 @@ impl MqttIngest {
                     }
                 }
                 Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                    info!(session_present = ack.session_present, "Connected to the ingest broker.");
+                    info!(
+                        session_present = ack.session_present,
+                        "Connected to the ingest broker."
+                    );
                     metrics.ingest_connected.set(1);
                     backoff = self.reconnect_min;
                     if let Err(err) = client.try_subscribe_many(self.filters()) {
@@ -173,7 +176,10 @@ impl MqttIngest {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
             warn!("Ingest drain timed out; unacknowledged messages will be redelivered.");
         }
         metrics.ingest_connected.set(0);

@@ -79,7 +79,12 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
     let rest = topic
         .strip_prefix(ctx.prefix)
         .and_then(|r| r.strip_prefix('/'))
-        .ok_or_else(|| err("bad_topic", format!("topic {topic:?} is not under {:?}", ctx.prefix)))?;
+        .ok_or_else(|| {
+            err(
+                "bad_topic",
+                format!("topic {topic:?} is not under {:?}", ctx.prefix),
+            )
+        })?;
     let parts: Vec<&str> = rest.split('/').collect();
     let [estate, kind, device_id, leaf] = parts[..] else {
         return Err(err(
@@ -90,11 +95,17 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
     if estate != ctx.estate_id {
         return Err(err(
             "bad_topic",
-            format!("topic {topic:?} names estate {estate:?}, this gateway serves {:?}", ctx.estate_id),
+            format!(
+                "topic {topic:?} names estate {estate:?}, this gateway serves {:?}",
+                ctx.estate_id
+            ),
         ));
     }
     if device_id.is_empty() {
-        return Err(err("bad_topic", format!("topic {topic:?} has an empty device id")));
+        return Err(err(
+            "bad_topic",
+            format!("topic {topic:?} has an empty device id"),
+        ));
     }
     let leaf = match leaf {
         "event" => Leaf::Event,
@@ -109,13 +120,19 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
     let text = std::str::from_utf8(payload).map_err(|e| {
         err(
             "invalid_utf8",
-            format!("payload is not UTF-8 (first bad byte at offset {})", e.valid_up_to()),
+            format!(
+                "payload is not UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
         )
     })?;
 
     let body: Map<String, Value> = if text.trim().is_empty() {
         if matches!(leaf, Leaf::Event) {
-            return Err(err("bad_json", "event payload is empty; `code` is required"));
+            return Err(err(
+                "bad_json",
+                "event payload is empty; `code` is required",
+            ));
         }
         Map::new()
     } else {
@@ -124,7 +141,10 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
             Ok(other) => {
                 return Err(err(
                     "bad_json",
-                    format!("payload is JSON {} but must be an object", json_type(&other)),
+                    format!(
+                        "payload is JSON {} but must be an object",
+                        json_type(&other)
+                    ),
                 ))
             }
             Err(e) => return Err(err("bad_json", format!("payload is not JSON: {e}"))),
@@ -139,8 +159,12 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
             None => return Err(err("bad_field", "field `code` is missing")),
         },
     };
-    let info = taxonomy::lookup(&code)
-        .ok_or_else(|| err("unknown_code", format!("event code {code:?} is not in the taxonomy")))?;
+    let info = taxonomy::lookup(&code).ok_or_else(|| {
+        err(
+            "unknown_code",
+            format!("event code {code:?} is not in the taxonomy"),
+        )
+    })?;
     let state = match body.get("state") {
         None | Some(Value::Null) => EventState::Active,
         Some(Value::String(s)) => s.parse().map_err(|_| {
@@ -154,10 +178,16 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
     let device_time_ms = match body.get("ts") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| {
-            err("bad_field", format!("field `ts` is {n}, expected epoch milliseconds as an integer"))
+            err(
+                "bad_field",
+                format!("field `ts` is {n}, expected epoch milliseconds as an integer"),
+            )
         })?),
         Some(Value::String(s)) => Some(parse_rfc3339_ms(s).ok_or_else(|| {
-            err("bad_field", format!("field `ts` is {s:?}, expected RFC 3339 or epoch milliseconds"))
+            err(
+                "bad_field",
+                format!("field `ts` is {s:?}, expected RFC 3339 or epoch milliseconds"),
+            )
         })?),
         Some(other) => return Err(wrong_type("ts", "a string or an integer", other)),
     };
@@ -166,13 +196,21 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => return Err(wrong_type("unit", "a string", other)),
     };
-    let value_field = if matches!(leaf, Leaf::Heartbeat) { "battery" } else { "value" };
+    let value_field = if matches!(leaf, Leaf::Heartbeat) {
+        "battery"
+    } else {
+        "value"
+    };
     let value = match body.get(value_field) {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(Reading {
             value: n.as_f64().unwrap_or_default(),
             unit: unit.unwrap_or_else(|| {
-                if matches!(leaf, Leaf::Heartbeat) { "%".into() } else { String::new() }
+                if matches!(leaf, Leaf::Heartbeat) {
+                    "%".into()
+                } else {
+                    String::new()
+                }
             }),
         }),
         Some(other) => return Err(wrong_type(value_field, "a number", other)),
@@ -180,7 +218,10 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
     let device_seq = match body.get("seq") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
-            err("bad_field", format!("field `seq` is {n}, expected a non-negative integer"))
+            err(
+                "bad_field",
+                format!("field `seq` is {n}, expected a non-negative integer"),
+            )
         })?),
         Some(other) => return Err(wrong_type("seq", "an integer", other)),
     };
@@ -284,7 +325,13 @@ mod tests {
         assert_eq!(e.severity, Severity::Critical);
         assert_eq!(e.state, EventState::Active);
         assert_eq!(e.device_time_ms, Some(1_795_723_200_123));
-        assert_eq!(e.value, Some(Reading { value: 3.5, unit: "dB/m".into() }));
+        assert_eq!(
+            e.value,
+            Some(Reading {
+                value: 3.5,
+                unit: "dB/m".into()
+            })
+        );
         assert_eq!(e.device_seq, Some(17));
         assert!(e.registered);
         assert_eq!(e.location.building, "1");
@@ -294,8 +341,11 @@ mod tests {
 
     #[test]
     fn only_code_is_required_and_epoch_ms_is_accepted() {
-        let e = run("estate/E1/gas/g-9/event", br#"{"code":"GAS.AL1","ts":1700000000000}"#)
-            .expect("decodes");
+        let e = run(
+            "estate/E1/gas/g-9/event",
+            br#"{"code":"GAS.AL1","ts":1700000000000}"#,
+        )
+        .expect("decodes");
         assert_eq!(e.state, EventState::Active);
         assert_eq!(e.device_time_ms, Some(1_700_000_000_000));
         assert!(!e.registered, "unregistered devices are accepted");
@@ -307,7 +357,13 @@ mod tests {
     fn heartbeat_becomes_dev_heartbeat_with_battery() {
         let e = run("estate/E1/smoke/smoke-1/heartbeat", br#"{"battery":97}"#).expect("decodes");
         assert_eq!(e.code, "DEV.HEARTBEAT");
-        assert_eq!(e.value, Some(Reading { value: 97.0, unit: "%".into() }));
+        assert_eq!(
+            e.value,
+            Some(Reading {
+                value: 97.0,
+                unit: "%".into()
+            })
+        );
         let e = run("estate/E1/smoke/smoke-1/heartbeat", b"").expect("empty heartbeat");
         assert_eq!(e.severity, Severity::Info);
     }
@@ -315,19 +371,74 @@ mod tests {
     #[test]
     fn malformed_inputs_name_the_problem() {
         let cases: &[(&str, &[u8], &str, &str)] = &[
-            ("estate/E1/smoke/s/event", b"{not json", "bad_json", "not JSON"),
+            (
+                "estate/E1/smoke/s/event",
+                b"{not json",
+                "bad_json",
+                "not JSON",
+            ),
             ("estate/E1/smoke/s/event", b"[1]", "bad_json", "an array"),
-            ("estate/E1/smoke/s/event", b"{}", "bad_field", "`code` is missing"),
-            ("estate/E1/smoke/s/event", br#"{"code":5}"#, "bad_field", "`code` is a number"),
-            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARMED"}"#, "unknown_code", "SMOKE.ALARMED"),
-            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARM","state":"on"}"#, "bad_field", "`state`"),
-            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARM","ts":"yesterday"}"#, "bad_field", "`ts`"),
-            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARM","seq":-1}"#, "bad_field", "`seq`"),
-            ("estate/E1/smoke/s/event", br#"{"code":"SMOKE.ALARM","value":"high"}"#, "bad_field", "`value`"),
-            ("estate/E1/smoke/s/event", b"\xff\xfe{}", "invalid_utf8", "offset 0"),
+            (
+                "estate/E1/smoke/s/event",
+                b"{}",
+                "bad_field",
+                "`code` is missing",
+            ),
+            (
+                "estate/E1/smoke/s/event",
+                br#"{"code":5}"#,
+                "bad_field",
+                "`code` is a number",
+            ),
+            (
+                "estate/E1/smoke/s/event",
+                br#"{"code":"SMOKE.ALARMED"}"#,
+                "unknown_code",
+                "SMOKE.ALARMED",
+            ),
+            (
+                "estate/E1/smoke/s/event",
+                br#"{"code":"SMOKE.ALARM","state":"on"}"#,
+                "bad_field",
+                "`state`",
+            ),
+            (
+                "estate/E1/smoke/s/event",
+                br#"{"code":"SMOKE.ALARM","ts":"yesterday"}"#,
+                "bad_field",
+                "`ts`",
+            ),
+            (
+                "estate/E1/smoke/s/event",
+                br#"{"code":"SMOKE.ALARM","seq":-1}"#,
+                "bad_field",
+                "`seq`",
+            ),
+            (
+                "estate/E1/smoke/s/event",
+                br#"{"code":"SMOKE.ALARM","value":"high"}"#,
+                "bad_field",
+                "`value`",
+            ),
+            (
+                "estate/E1/smoke/s/event",
+                b"\xff\xfe{}",
+                "invalid_utf8",
+                "offset 0",
+            ),
             ("estate/E1/smoke/s/status", b"{}", "bad_topic", "\"status\""),
-            ("estate/E2/smoke/s/event", br#"{"code":"SMOKE.ALARM"}"#, "bad_topic", "\"E2\""),
-            ("estate/E1/smoke/event", br#"{"code":"SMOKE.ALARM"}"#, "bad_topic", "is not"),
+            (
+                "estate/E2/smoke/s/event",
+                br#"{"code":"SMOKE.ALARM"}"#,
+                "bad_topic",
+                "\"E2\"",
+            ),
+            (
+                "estate/E1/smoke/event",
+                br#"{"code":"SMOKE.ALARM"}"#,
+                "bad_topic",
+                "is not",
+            ),
         ];
         for (topic, payload, reason, needle) in cases {
             let e = run(topic, payload).expect_err("must fail");
@@ -335,6 +446,11 @@ mod tests {
             assert!(e.detail.contains(needle), "{e} should mention {needle}");
         }
         let big = vec![b' '; 2000];
-        assert_eq!(run("estate/E1/smoke/s/event", &big).expect_err("too big").reason, "too_large");
+        assert_eq!(
+            run("estate/E1/smoke/s/event", &big)
+                .expect_err("too big")
+                .reason,
+            "too_large"
+        );
     }
 }

@@ -366,8 +366,10 @@ pub fn open(
     let lanes: [LaneState; 2] = Default::default();
     for lane in Lane::ALL {
         let st = &lanes[lane_index(lane)];
-        st.cursor
-            .store(keys::u64_value(db.get(keys::cursor(lane))?), Ordering::Release);
+        st.cursor.store(
+            keys::u64_value(db.get(keys::cursor(lane))?),
+            Ordering::Release,
+        );
         st.stored_bytes.store(
             keys::u64_value(db.get(keys::stored_bytes(lane))?),
             Ordering::Release,
@@ -401,11 +403,10 @@ pub fn open(
         let mut n = 0u64;
         for item in db.range(keys::records_from(lane, cursor.saturating_add(1))) {
             let (k, v) = item?;
-            let rec = pb::EventBatch::decode(v.as_ref())
-                .map_err(|source| StoreError::Corrupt {
-                    key: k.to_vec(),
-                    source,
-                })?;
+            let rec = pb::EventBatch::decode(v.as_ref()).map_err(|source| StoreError::Corrupt {
+                key: k.to_vec(),
+                source,
+            })?;
             n += rec.events.iter().filter(|e| e.seq > cursor).count() as u64;
         }
         shared.lane(lane).backlog.store(n, Ordering::Release);

@@ -130,10 +130,15 @@ async fn cursors_persist_and_reads_resume_after_them() {
     let s = start(dir.path(), opts());
     append_all(
         &s.handle,
-        (0..50).map(|_| event("ACS.OPEN", Severity::Info, 5)).collect(),
+        (0..50)
+            .map(|_| event("ACS.OPEN", Severity::Info, 5))
+            .collect(),
     )
     .await;
-    s.handle.forwarded(Lane::Events, 20, 20).await.expect("queued");
+    s.handle
+        .forwarded(Lane::Events, 20, 20)
+        .await
+        .expect("queued");
     let reader = s.close().await;
     drop(reader);
     let s = start(dir.path(), opts());
@@ -153,8 +158,15 @@ async fn cursors_persist_and_reads_resume_after_them() {
             .len(),
         7
     );
-    let one = s.reader.read_lane(Lane::Events, 20, 1000, 1).expect("reads");
-    assert_eq!(one.len(), 1, "at least one event even when it exceeds max_bytes");
+    let one = s
+        .reader
+        .read_lane(Lane::Events, 20, 1000, 1)
+        .expect("reads");
+    assert_eq!(
+        one.len(),
+        1,
+        "at least one event even when it exceeds max_bytes"
+    );
     s.close().await;
 }
 
@@ -178,7 +190,10 @@ async fn large_groups_are_split_into_records_below_the_blob_threshold() {
         assert!(v.len() <= 16 * 1024, "record of {} bytes", v.len());
         records += 1;
     }
-    assert!(records >= 12, "200 KB of events need at least 12 records, got {records}");
+    assert!(
+        records >= 12,
+        "200 KB of events need at least 12 records, got {records}"
+    );
     assert_eq!(all(&reader, Lane::Events).len(), 200);
 }
 
@@ -205,7 +220,10 @@ async fn eviction_takes_forwarded_then_telemetry_and_keeps_alarms() {
     )
     .await;
     // The first 60 telemetry events were forwarded upstream.
-    s.handle.forwarded(Lane::Events, 100, 60).await.expect("queued");
+    s.handle
+        .forwarded(Lane::Events, 100, 60)
+        .await
+        .expect("queued");
     append_all(
         &s.handle,
         (0..200)
@@ -219,14 +237,24 @@ async fn eviction_takes_forwarded_then_telemetry_and_keeps_alarms() {
     assert!(total <= 200 * 1024, "stored {total} bytes over the budget");
     let alarms = all(&reader, Lane::Alarms);
     let smoke: Vec<_> = alarms.iter().filter(|e| e.code == "SMOKE.ALARM").collect();
-    assert_eq!(smoke.len(), 40, "no alarm is evicted while telemetry remains");
+    assert_eq!(
+        smoke.len(),
+        40,
+        "no alarm is evicted while telemetry remains"
+    );
     let evicted: Vec<_> = alarms
         .iter()
         .filter(|e| e.code == "GW.STORE_EVICTED")
         .collect();
-    assert!(!evicted.is_empty(), "unforwarded eviction raises GW.STORE_EVICTED");
+    assert!(
+        !evicted.is_empty(),
+        "unforwarded eviction raises GW.STORE_EVICTED"
+    );
     let text = metrics.encode();
-    assert!(text.contains(r#"estate_store_evicted_total{lane="events",kind="forwarded"} 60"#), "{text}");
+    assert!(
+        text.contains(r#"estate_store_evicted_total{lane="events",kind="forwarded"} 60"#),
+        "{text}"
+    );
     let lost: u64 = evicted
         .iter()
         .map(|e| e.value.as_ref().map_or(0.0, |v| v.value) as u64)

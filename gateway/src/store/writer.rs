@@ -190,13 +190,17 @@ impl StoreWriter {
         batch.insert(keys::NEXT_SEQ, &seq.to_be_bytes());
         batch.insert(keys::NEXT_DEAD_LETTER, &dead_letter_id.to_be_bytes());
 
-        let result = self.db.apply_batch(batch).map_err(StoreError::from).and_then(|()| {
-            if needs_sync {
-                self.db.flush()?;
-                self.log_file.sync_data()?;
-            }
-            Ok(())
-        });
+        let result = self
+            .db
+            .apply_batch(batch)
+            .map_err(StoreError::from)
+            .and_then(|()| {
+                if needs_sync {
+                    self.db.flush()?;
+                    self.log_file.sync_data()?;
+                }
+                Ok(())
+            });
         if let Err(err) = result {
             self.metrics.store_errors.inc();
             error!(error = %err, inputs = answers.len(), "Group commit failed; inputs not acknowledged, the broker will redeliver them.");
@@ -263,7 +267,10 @@ impl StoreWriter {
         cursor: u64,
     ) -> Result<Vec<(sled::IVec, u64)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.range(keys::record(lane, 0)..=keys::record(lane, cursor)) {
+        for item in self
+            .db
+            .range(keys::record(lane, 0)..=keys::record(lane, cursor))
+        {
             let (k, v) = item?;
             out.push((k, v.len() as u64));
         }
@@ -318,12 +325,11 @@ impl StoreWriter {
                     break;
                 }
                 let (k, v) = item?;
-                let rec = pb::EventBatch::decode(v.as_ref()).map_err(|source| {
-                    StoreError::Corrupt {
+                let rec =
+                    pb::EventBatch::decode(v.as_ref()).map_err(|source| StoreError::Corrupt {
                         key: k.to_vec(),
                         source,
-                    }
-                })?;
+                    })?;
                 let unforwarded: Vec<u64> = rec
                     .events
                     .iter()
