@@ -359,24 +359,24 @@ impl StoreWriter {
                 lost.push((lane, first, last, n));
             }
         }
-        for lane in Lane::ALL {
-            let st = self.lane(lane);
-            let bytes = st
+        let remaining = Lane::ALL.map(|lane| {
+            self.lane(lane)
                 .stored_bytes
                 .load(Ordering::Acquire)
-                .saturating_sub(freed[lane_index(lane)]);
-            batch.insert(keys::stored_bytes(lane), &bytes.to_be_bytes());
+                .saturating_sub(freed[lane_index(lane)])
+        });
+        for lane in Lane::ALL {
+            batch.insert(
+                keys::stored_bytes(lane),
+                &remaining[lane_index(lane)].to_be_bytes(),
+            );
         }
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         self.log_file.sync_data()?;
         for lane in Lane::ALL {
-            let st = self.lane(lane);
-            let bytes = st
-                .stored_bytes
-                .load(Ordering::Acquire)
-                .saturating_sub(freed[lane_index(lane)]);
-            st.stored_bytes.store(bytes, Ordering::Release);
+            let bytes = remaining[lane_index(lane)];
+            self.lane(lane).stored_bytes.store(bytes, Ordering::Release);
             self.metrics
                 .store_stored_bytes
                 .get_or_create(&lane.into())
