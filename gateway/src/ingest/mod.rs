@@ -170,11 +170,11 @@ impl MqttIngest {
                 }
             }
             let _ = client.try_disconnect();
-            while let Ok(ev) = eventloop.poll().await {
-                if matches!(ev, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                    break;
-                }
-            }
+            // Read until the broker closes the connection. Closing our end first while
+            // its publishes still sit unread in the socket makes the kernel send a reset,
+            // and the broker then discards the final PUBACKs it has not read yet: those
+            // messages would come back after a restart as new events under new seqs.
+            while eventloop.poll().await.is_ok() {}
         };
         if tokio::time::timeout(Duration::from_secs(5), drain)
             .await

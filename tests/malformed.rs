@@ -1,0 +1,168 @@
+//! Malformed sensor input is dead-lettered with the right reason, acknowledged once (no
+//! redelivery loop), and never blocks the valid events behind it.
+
+mod common;
+
+use std::time::Duration;
+
+use estate_protocols::model::Lane;
+
+use common::{Broker, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_dead_lettered_and_valid_events_still_flow() {
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    let city = env.city().await;
+    let mut gw = env.start_gateway();
+    gw.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
+        m.n("estate_ingest_connected", &[]) == 1 && m.n("estate_uplink_connected", &[]) == 1
+    })
+    .await;
+
+    let topic = format!("estate/{}/smoke/smoke-1-1-3/event", env.estate_id);
+    // 100 KiB: over the default ingest.max_payload (64 KiB), under the embedded broker's
+    // 1 MiB limit. Valid JSON, so only its size is wrong.
+    let oversized = format!(
+        r#"{{"code":"SMOKE.ALARM","pad":"{}"}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad JSON", br#"{"code":"SMOKE.ALARM""#.to_vec(), "bad_json"),
+        (
+            "invalid UTF-8",
+            b"{\"code\":\"SMOKE.\xff\xfeALARM\"}".to_vec(),
+            "invalid_utf8",
+        ),
+        (
+            "unknown code",
+            br#"{"code":"SMOKE.NO_SUCH_THING"}"#.to_vec(),
+            "unknown_code",
+        ),
+        (
+            "wrong-typed field",
+            br#"{"code":"SMOKE.ALARM","seq":"seventeen"}"#.to_vec(),
+            "bad_field",
+        ),
+        (
+            "JSON array",
+            br#"[{"code":"SMOKE.ALARM"}]"#.to_vec(),
+            "bad_json",
+        ),
+        ("empty event payload", Vec::new(), "bad_json"),
+        ("oversized payload", oversized.into_bytes(), "too_large"),
+    ];
+    let mut raw = env.raw_client().await;
+    for (_, payload, _) in &bad {
+        raw.publish(&topic, payload.clone()).await;
+    }
+    raw.publish(
+        &topic,
+        br#"{"code":"SMOKE.ALARM","state":"active","seq":1}"#.to_vec(),
+    )
+    .await;
+    let published = bad.len() as u64 + 1;
+
+    let r = match city
+        .wait_for(|r| r.unique >= 1, Duration::from_secs(30))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "the valid alarm never arrived: {e:#}\n{}",
+            gw.diagnostics().await
+        ),
+    };
+    let alarm = &r.received[0];
+    assert_eq!(
+        (alarm.code.as_str(), alarm.lane, alarm.device_seq),
+        ("SMOKE.ALARM", Lane::Alarms, Some(1)),
+        "{alarm:?}"
+    );
+
+    let m = gw
+        .wait_metrics("every input acknowledged", Duration::from_secs(30), |m| {
+            m.n("estate_ingest_acked_total", &[]) >= published
+        })
+        .await;
+    let check = |m: &common::Metrics, published: u64| {
+        assert_eq!(
+            m.n("estate_ingest_received_total", &[]),
+            published,
+            "each input received exactly once (no redelivery loop):\n{}",
+            m.summary()
+        );
+        assert_eq!(
+            m.n("estate_ingest_acked_total", &[]),
+            published,
+            "{}",
+            m.summary()
+        );
+        assert_eq!(
+            m.n("estate_dead_lettered_total", &[]),
+            bad.len() as u64,
+            "every bad input dead-lettered, nothing else:\n{}",
+            m.summary()
+        );
+        for reason in [
+            "bad_json",
+            "invalid_utf8",
+            "unknown_code",
+            "bad_field",
+            "too_large",
+        ] {
+            let want = bad.iter().filter(|(_, _, r)| *r == reason).count() as u64;
+            let got = m.n("estate_dead_lettered_total", &[("reason", reason)]);
+            let inputs: Vec<&str> = bad
+                .iter()
+                .filter(|(_, _, r)| *r == reason)
+                .map(|(what, _, _)| *what)
+                .collect();
+            assert_eq!(
+                got,
+                want,
+                "reason {reason:?} (for {inputs:?}):\n{}",
+                m.summary()
+            );
+        }
+        assert_eq!(
+            m.n("estate_ingest_connected", &[]),
+            1,
+            "ingest stays connected"
+        );
+        assert_eq!(
+            m.n("estate_store_committed_total", &[]),
+            published - bad.len() as u64
+        );
+    };
+    check(&m, published);
+
+    // A round trip later, still nothing redelivered: a marker event goes through, and the
+    // counts moved by exactly that one message.
+    raw.publish(
+        &format!("estate/{}/smoke/smoke-1-1-3/heartbeat", env.estate_id),
+        br#"{"battery":88}"#.to_vec(),
+    )
+    .await;
+    let r = match city
+        .wait_for(|r| r.unique >= 2, Duration::from_secs(30))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "the marker never arrived: {e:#}\n{}",
+            gw.diagnostics().await
+        ),
+    };
+    assert_eq!(r.received[1].code, "DEV.HEARTBEAT");
+    let m = gw
+        .wait_metrics("the marker acknowledged", Duration::from_secs(30), |m| {
+            m.n("estate_ingest_acked_total", &[]) > published
+        })
+        .await;
+    check(&m, published + 1);
+    let h = gw.healthz().await.expect("/healthz");
+    assert_eq!(h["ingest_connected"], true, "{h}");
+    assert_eq!(r.unique, 2, "only the two valid events went upstream: {r}");
+    city.shutdown().await;
+}
