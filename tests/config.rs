@@ -85,3 +85,17 @@ fn shipped_config_passes_check_config() {
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.starts_with("config/gateway.toml: OK"), "{stdout}");
 }
+
+#[test]
+fn shipped_configs_pass_check_config() {
+    // The default and the Modbus demo estate (with its profile files in config/profiles/).
+    for file in ["config/gateway.toml", "config/estate-demo.toml"] {
+        let (code, stdout, stderr) = check_config(file);
+        assert_eq!(
+            code,
+            Some(0),
+            "check-config {file}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(stdout.contains("OK"), "{file}: {stdout}");
+    }
+}

@@ -24,6 +24,14 @@
 //! - `load.rs`: text → document → sections, collecting type errors per key.
 //! - `validate.rs`: semantic rules over the typed sections (ranges, cross-field checks,
 //!   topic-safe ids, duplicate devices).
+//! - `secrets.rs`: `password_file` / `password_env` / `token_file` / `token_env`, read
+//!   into their [`Secret`] field at load time.
+//! - `warnings.rs`: [`Config::warnings`] — insecure but valid settings (a key file others
+//!   can read, an uplink without TLS, an API beyond loopback without a token).
+//! - `modbus.rs`: `[modbus]` buses, the devices' `modbus` table, and device profiles
+//!   ([`ModbusConfig`], [`BusConfig`], [`DeviceModbusConfig`], [`Profile`], [`Point`]);
+//!   `validate_modbus.rs` their rules. Profile files named in `modbus.profile_files` are
+//!   read relative to the config file's folder, and their problems are located in them.
 //! - `error.rs`: [`ConfigErrors`] / [`ConfigProblem`].
 //!
 //! # Flow
@@ -52,20 +60,29 @@
 
 mod error;
 mod load;
+mod modbus;
 mod schema;
+mod secrets;
 mod units;
 mod validate;
+mod validate_modbus;
+mod warnings;
 
 use std::path::Path;
 
 pub use error::{ConfigErrors, ConfigProblem};
 pub use load::SECTIONS;
+pub use modbus::{
+    BitField, BusConfig, BusTransport, DataType, DeviceModbusConfig, ModbusConfig, Order, Parity,
+    Point, Profile, Report, Table, Threshold, MAX_READ_BITS, MAX_READ_REGISTERS,
+};
 pub use schema::{
     ApiConfig, BrokerConfig, Config, DeviceConfig, GatewayConfig, IngestConfig, StoreConfig,
     TlsConfig, UplinkConfig,
 };
 pub use units::{ByteSize, ByteSizeError, Secret};
 pub use validate::SLED_BLOB_THRESHOLD;
+pub use warnings::ConfigWarning;
 
 impl Config {
     /// Reads and validates the config file at `path`. Problems are located by `path` as
@@ -112,3 +129,5 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_modbus;

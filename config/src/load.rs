@@ -21,8 +21,12 @@ use crate::error::{ConfigErrors, ConfigProblem};
 use crate::schema::{Config, DeviceConfig};
 use crate::validate::{validate, Parts};
 
+mod modbus;
+
 /// The top-level sections, in the order they are documented.
-pub const SECTIONS: &[&str] = &["gateway", "ingest", "store", "uplink", "api", "devices"];
+pub const SECTIONS: &[&str] = &[
+    "gateway", "ingest", "store", "uplink", "api", "devices", "modbus",
+];
 
 /// Guards the retry loop of [`Loader::section`]; each round removes one key, so a real
 /// file never comes near it.
@@ -146,8 +150,13 @@ impl<'a> Loader<'a> {
             ..Parts::default()
         };
         self.devices(&mut parts);
+        let modbus = self.modbus();
 
-        for finding in validate(&parts) {
+        let mut findings = validate(&parts);
+        findings.extend(self.modbus_findings(&parts.devices, &modbus));
+        // Secrets from files and environment variables (never part of any message).
+        findings.extend(crate::secrets::resolve(&mut parts));
+        for finding in findings {
             let involved = std::iter::once(&finding.path).chain(&finding.involves);
             if involved.clone().any(|p| self.is_broken(p)) {
                 continue;
@@ -169,13 +178,21 @@ impl<'a> Loader<'a> {
                 .push(self.src.problem(span, path.clone(), message));
         }
 
-        if self.problems.is_empty() {
-            if let (Some(gateway), Some(ingest), Some(store), Some(uplink), Some(api)) = (
+        if self.problems.is_empty() && modbus.profile_problems.is_empty() {
+            if let (
+                Some(gateway),
+                Some(ingest),
+                Some(store),
+                Some(uplink),
+                Some(api),
+                Some(modbus),
+            ) = (
                 parts.gateway,
                 parts.ingest,
                 parts.store,
                 parts.uplink,
                 parts.api,
+                modbus.config,
             ) {
                 return Ok(Config {
                     gateway,
@@ -184,6 +201,7 @@ impl<'a> Loader<'a> {
                     uplink,
                     api,
                     devices: parts.devices.into_iter().map(|(_, d)| d).collect(),
+                    modbus,
                 });
             }
             // Unreachable in practice: a section is only `None` after a reported problem.
@@ -194,6 +212,8 @@ impl<'a> Loader<'a> {
         // File order; problems without a line (missing section) first. Stable, so
         // problems at one spot keep the order they were found in.
         problems.sort_by_key(|p| (p.line.unwrap_or(0), p.column.unwrap_or(0)));
+        // Then the problems found in profile files, file by file.
+        problems.extend(modbus.profile_problems);
         Err(ConfigErrors(problems))
     }
 

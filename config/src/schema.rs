@@ -10,6 +10,7 @@ use std::time::Duration;
 use estate_protocols::model::{DeviceKind, Location};
 use serde::{Deserialize, Serialize};
 
+use crate::modbus::{DeviceModbusConfig, ModbusConfig};
 use crate::units::{ByteSize, Secret};
 
 /// The whole gateway configuration, one field per section of the file.
@@ -40,6 +41,9 @@ pub struct Config {
     /// `[[devices]]`: the devices this gateway knows, one `[[devices]]` table each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceConfig>,
+    /// `[modbus]`: Modbus buses and device profiles (see [`crate::ModbusConfig`]).
+    #[serde(default, skip_serializing_if = "ModbusConfig::is_empty")]
+    pub modbus: ModbusConfig,
 }
 
 /// `[gateway]`: the identity of this gateway. Both ids end up in every forwarded event
@@ -117,9 +121,21 @@ pub struct BrokerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Password for broker authentication; requires `username`. Never printed in logs.
-    /// Default: none.
+    /// Prefer `password_file` or `password_env` so the config file holds no secret.
+    /// At most one of the three. Default: none (there is no default password).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
+    /// Read the password from this file when the config is loaded (its content, without
+    /// the trailing newline), e.g. `"/etc/estate-gateway/uplink.pass"`. Keep the file
+    /// `0600`, owned by the gateway's user: `check-config` warns otherwise. Relative
+    /// paths resolve against the working directory. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Read the password from this environment variable when the config is loaded, e.g.
+    /// `"ESTATE_UPLINK_PASSWORD"` (systemd: `EnvironmentFile=` or `LoadCredential=`).
+    /// Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
     /// `[….mqtt.tls]`: connect with TLS. When absent the connection is plain TCP, which
     /// is only acceptable on loopback or a trusted LAN.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,6 +159,8 @@ impl Default for BrokerConfig {
             keep_alive: Duration::from_secs(30),
             username: None,
             password: None,
+            password_file: None,
+            password_env: None,
             tls: None,
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
@@ -264,12 +282,30 @@ pub struct ApiConfig {
     /// on loopback (or the property-management LAN behind a firewall). Port 0 picks a
     /// free port. Default: `"127.0.0.1:8080"`.
     pub listen: SocketAddr,
+    /// Bearer token for API clients on the network. Reserved for the authenticated API
+    /// (console, alert actions): this version serves only `/healthz` and `/metrics` and
+    /// does not check it yet. `check-config` warns when `listen` is beyond loopback and
+    /// no token is set. At most one of `token`, `token_file`, `token_env`. Never
+    /// printed. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Read `token` from this file when the config is loaded (without the trailing
+    /// newline). Keep it `0600`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Read `token` from this environment variable when the config is loaded.
+    /// Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            token: None,
+            token_file: None,
+            token_env: None,
         }
     }
 }
@@ -305,4 +341,10 @@ pub struct DeviceConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub heartbeat_interval: Option<Duration>,
+    /// `modbus = { bus = "rs485-1", unit = 3, profile = "rope-leak", poll_interval = "1s",
+    /// timeout = "500ms", offline_after = 3 }`: the gateway polls this device over
+    /// Modbus (see [`crate::DeviceModbusConfig`]). Default: unset (the device publishes
+    /// over MQTT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modbus: Option<DeviceModbusConfig>,
 }

@@ -25,6 +25,25 @@ pub enum Command {
     Publish(PublishArgs),
     /// Subscribe to the gateway's uplink like the city platform and check it.
     City(CityArgs),
+    /// Serve the simulated Modbus devices; control them with line commands on stdin.
+    Modbus(ModbusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ModbusArgs {
+    /// First port: rope-leak, gas-pt495, gas-toc635, fire-notifier, smoke-gb26875, valve,
+    /// sounder listen on this port and the next six (unit 1 each).
+    #[arg(long, default_value_t = 15020)]
+    pub base_port: u16,
+    /// Listen on this address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// RTU framing (with CRC) over TCP instead of Modbus TCP.
+    #[arg(long)]
+    pub rtu_over_tcp: bool,
+    /// Valve travel time: its closed feedback follows the coil after this long.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub valve_travel: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -137,7 +156,58 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Publish(a) => run_publish(a).await,
         Command::City(a) => run_city(a).await,
+        Command::Modbus(a) => run_modbus(a).await,
     }
+}
+
+async fn run_modbus(a: ModbusArgs) -> Result<()> {
+    use estate_sim::modbus::{demo_fleet, fleet, DeviceType, Framing, SimFleet};
+    let framing = if a.rtu_over_tcp {
+        Framing::RtuOverTcp
+    } else {
+        Framing::Tcp
+    };
+    let mut specs = demo_fleet(a.base_port, framing);
+    for s in &mut specs {
+        s.bind.set_ip(a.host);
+    }
+    let fleet = SimFleet::start(specs)
+        .await
+        .context("start the simulated Modbus devices")?;
+    for d in &fleet.devices {
+        if d.device_type == DeviceType::Valve {
+            d.set_travel(a.valve_travel);
+        }
+        println!("{:<14} {:?} {} unit {}", d.name, framing, d.addr(), d.unit);
+    }
+    println!("{}", fleet::HELP);
+    // Stdin on a plain thread (one line at a time); EOF just stops the control channel.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stop = ctrl_c_token();
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            line = rx.recv(), if stdin_open => match line {
+                None => stdin_open = false,
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => match fleet::parse_command(&line).and_then(|c| fleet.apply(&c)) {
+                    Ok(out) => println!("{out}"),
+                    Err(e) => println!("error: {e}"),
+                },
+            },
+        }
+    }
+    println!("{}", fleet.status());
+    Ok(())
 }
 
 async fn run_publish(a: PublishArgs) -> Result<()> {

@@ -16,6 +16,9 @@
 //!   is the pure packet-id bookkeeping).
 //! - [`city`] — the city-platform subscriber: [`city::Ledger`] (pure dedup / gap / lane
 //!   accounting of `EventBatch`es) behind [`city::CityRecorder`] (the MQTT task).
+//! - [`modbus`] — simulated Modbus devices (rope leak, gas, fire panel, smoke loop, valve,
+//!   sounder) over Modbus TCP and RTU over TCP, scriptable faults, and a record of every
+//!   transaction (merged reads, overlapping transactions on a bus).
 //!
 //! ## Data flow
 //!
@@ -33,6 +36,7 @@
 
 pub mod city;
 pub mod estate;
+pub mod modbus;
 pub mod native;
 pub mod publish;
 pub mod scenario;

@@ -9,13 +9,15 @@
 //! ```
 //!
 //! Layout (one purpose per room):
-//! - [`ingest`] — MQTT subscriber with manual acks; [`ingest::native`] is the pure decoder.
+//! - [`ingest`] — MQTT subscriber with manual acks; [`ingest::native`] is the pure decoder;
+//!   [`ingest::modbus`] polls Modbus devices (TCP, RTU, RTU over TCP) and writes for linkage.
 //! - [`store`] — the one writer, lanes, cursors, dead letters, disk budget.
 //! - [`forward`] — uplink publisher, alarms first, cursors move on PUBACK only.
 //! - [`api`] — local HTTP: health and Prometheus metrics.
 //! - [`broker`] — embedded rumqttd for the demo and tests.
 //! - [`demo`] — the whole estate on one machine, nothing installed.
 //! - [`telemetry`] — metrics and logging.
+//! - [`systemd`] — `sd_notify` readiness and the watchdog (a no-op outside systemd).
 //!
 //! Shutdown order: stop ingest (acknowledging what is committed) → forward gets one last
 //! attempt within the grace period → the store writer drains, flushes, exits.
@@ -28,6 +30,7 @@ pub mod forward;
 pub mod ingest;
 pub mod mqtt;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -52,6 +55,8 @@ pub enum GatewayError {
     Ingest(#[from] ingest::IngestError),
     #[error(transparent)]
     Forward(#[from] forward::ForwardError),
+    #[error("modbus: {0}")]
+    Modbus(#[from] ingest::modbus::ModbusError),
     #[error("API listener: {0}")]
     Api(std::io::Error),
     #[error("a stage panicked: {0}")]
@@ -76,6 +81,8 @@ pub struct RunOptions {
 pub struct Running {
     pub api_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// Writes to Modbus devices (linkage), through their buses' schedulers.
+    pub modbus: ingest::modbus::ModbusHandle,
     pub reader: StoreReader,
     pub boot_id: String,
 }
@@ -90,6 +97,8 @@ pub async fn run(
     let boot_id = ulid::Ulid::new().to_string();
     let ingest = ingest::MqttIngest::new(&cfg)?;
     let forwarder = forward::Forwarder::new(&cfg, &boot_id)?;
+    let modbus = ingest::modbus::Modbus::new(&cfg)?;
+    let modbus_handle = modbus.handle();
     let api_listener = match opts.api_listener {
         Some(l) => l,
         None => std::net::TcpListener::bind(cfg.api.listen).map_err(GatewayError::Api)?,
@@ -122,26 +131,56 @@ pub async fn run(
         },
         api_stop.clone(),
     ));
-    let ingest = tokio::spawn(ingest.run(handle.clone(), metrics.clone(), shutdown.clone()));
-    let forward = tokio::spawn(forwarder.run(
-        reader.clone(),
-        handle.clone(),
-        metrics.clone(),
+    let ingest = tokio::spawn(stop_all_when_done(
+        "ingest",
+        ingest.run(handle.clone(), metrics.clone(), shutdown.clone()),
         shutdown.clone(),
-        opts.grace,
     ));
+    let forward = tokio::spawn(stop_all_when_done(
+        "forward",
+        forwarder.run(
+            reader.clone(),
+            handle.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            opts.grace,
+        ),
+        shutdown.clone(),
+    ));
+    // Modbus polling; each bus task restarts itself after a bug (see ingest::modbus).
+    let modbus = tokio::spawn(modbus.run(handle.clone(), metrics.clone(), shutdown.clone()));
+    if let Some(interval) = systemd::watchdog_interval() {
+        tokio::spawn(systemd::watchdog(
+            interval,
+            handle.clone(),
+            shutdown.clone(),
+        ));
+    }
     drop(handle);
     info!(gateway_id = %cfg.gateway.id, estate_id = %cfg.gateway.estate_id, %api_addr, epoch = reader.epoch(), %boot_id, "Gateway running.");
+    // Ready means the store is open and every stage runs; brokers connect (and reconnect)
+    // on their own, and an uplink that is down at boot is exactly what the store is for.
+    systemd::notify_or_log("READY=1");
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            systemd::notify_or_log("STOPPING=1");
+        }
+    });
     if let Some(tx) = opts.on_ready {
         let _ = tx.send(Running {
             api_addr,
             metrics: metrics.clone(),
+            modbus: modbus_handle,
             reader: reader.clone(),
             boot_id,
         });
     }
 
     let ingest_result = ingest.await;
+    // Modbus stops polling at a safe point and drops its StoreHandle before the store drains.
+    let modbus_result = modbus.await;
     let forward_result = forward.await;
     // Every StoreHandle is gone now: the writer commits what is queued and exits.
     let writer_result = writer.await;
@@ -151,8 +190,34 @@ pub async fn run(
         error!(error = %err, "Store writer failed while stopping.");
     }
     ingest_result??;
+    modbus_result?;
     forward_result??;
     writer_result??;
     info!("Gateway stopped.");
     Ok(())
+}
+
+/// Runs a stage; when it ends while the gateway is not stopping (a fatal error, or a
+/// panic: the release profile unwinds, so this guard still runs), it stops the whole
+/// gateway in order, so the process exits non-zero and its supervisor restarts it
+/// instead of leaving it running half-alive.
+async fn stop_all_when_done<F: std::future::Future>(
+    stage: &'static str,
+    stage_future: F,
+    shutdown: CancellationToken,
+) -> F::Output {
+    struct Guard(&'static str, CancellationToken);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if !self.1.is_cancelled() {
+                error!(
+                    stage = self.0,
+                    "Stage stopped while the gateway was running; stopping the gateway."
+                );
+                self.1.cancel();
+            }
+        }
+    }
+    let _guard = Guard(stage, shutdown);
+    stage_future.await
 }

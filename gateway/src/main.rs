@@ -44,7 +44,8 @@ enum Command {
         #[arg(long)]
         api_listen: Option<std::net::SocketAddr>,
     },
-    /// Validate a configuration file; report every problem with its location.
+    /// Validate a configuration file; report every problem with its location, then the
+    /// warnings (insecure but valid settings; they do not fail the check).
     CheckConfig {
         /// Configuration file.
         file: PathBuf,
@@ -52,6 +53,9 @@ enum Command {
     /// Run a whole simulated estate on this machine: embedded broker, gateway, devices,
     /// and a reference city-platform subscriber. Nothing to install.
     Demo(estate_gateway::demo::DemoArgs),
+    /// Modbus tools for installers: `probe` reads a configured device once and prints
+    /// every decoded point; `write` writes one coil or register. No daemon needed.
+    Modbus(estate_gateway::ingest::modbus::cli::ModbusArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| {
             rt.block_on(estate_gateway::demo::run(args))
                 .map_err(|e| format!("demo failed: {e:#}"))
+        }),
+        Command::Modbus(args) => runtime().and_then(|rt| {
+            rt.block_on(estate_gateway::ingest::modbus::cli::run(args))
+                .map(|text| print!("{text}"))
         }),
     }
     .map_or_else(
@@ -89,13 +97,23 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn check_config(file: &std::path::Path) -> Result<(), String> {
     match Config::load(file) {
         Ok(cfg) => {
+            // The verdict first, then the warnings. Secrets never reach this output:
+            // warnings name keys and files, not values.
+            let warnings = cfg.warnings();
             println!(
-                "{}: OK (gateway {}, estate {}, {} devices)",
+                "{}: OK (gateway {}, estate {}, {} devices{})",
                 file.display(),
                 cfg.gateway.id,
                 cfg.gateway.estate_id,
-                cfg.devices.len()
+                cfg.devices.len(),
+                match warnings.len() {
+                    0 => String::new(),
+                    n => format!(", {n} warning(s)"),
+                }
             );
+            for w in &warnings {
+                println!("warning: {w}");
+            }
             Ok(())
         }
         Err(errors) => {
@@ -118,6 +136,9 @@ async fn run(
     api_listen: Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
     let cfg = Config::load(&config).map_err(|e| format!("invalid config:\n{e}"))?;
+    for w in cfg.warnings() {
+        tracing::warn!(key = %w.path, "{}", w.message);
+    }
     let data_dir = data_dir
         .or_else(|| cfg.gateway.data_dir.clone())
         .ok_or("no data directory: pass --data-dir or set gateway.data_dir")?;

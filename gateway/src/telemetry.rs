@@ -35,6 +35,45 @@ pub struct EvictLabel {
     pub kind: &'static str,
 }
 
+/// A Modbus device: its bus and id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModbusDeviceLabel {
+    pub bus: String,
+    pub device: String,
+}
+
+/// A failed Modbus transaction: `kind` is `timeout`, `exception` (the device answered
+/// with an exception code), `transport` (connection or port failure) or `decode` (an
+/// answer that does not fit the request or the profile).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModbusErrorLabel {
+    pub bus: String,
+    pub device: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModbusBusLabel {
+    pub bus: String,
+}
+
+/// A Modbus write: `result` is `ok`, `exception`, `timeout`, `transport` or `decode`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModbusWriteLabel {
+    pub bus: String,
+    pub device: String,
+    pub result: &'static str,
+}
+
+/// Constructor of the Modbus round-trip histograms: 1 ms … ~4 s.
+pub type HistogramFn = fn() -> Histogram;
+
+fn modbus_round_trip_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 13,
+    ))
+}
+
 /// Every metric the gateway exports. Names are prefixed `estate_` on export.
 #[derive(Debug)]
 pub struct Metrics {
@@ -54,6 +93,22 @@ pub struct Metrics {
     pub forward_batches: Family<LaneLabel, Counter>,
     pub forward_backlog: Family<LaneLabel, Gauge>,
     pub uplink_connected: Gauge,
+    /// Completed Modbus polls (every read of the device succeeded and decoded).
+    pub modbus_polls: Family<ModbusDeviceLabel, Counter>,
+    /// Failed Modbus transactions, by kind.
+    pub modbus_errors: Family<ModbusErrorLabel, Counter>,
+    /// Round trip of one Modbus transaction, per bus.
+    pub modbus_round_trip: Family<ModbusBusLabel, Histogram, HistogramFn>,
+    /// Duration of one whole poll of a device (all its reads), per device.
+    pub modbus_poll_duration: Family<ModbusDeviceLabel, Histogram, HistogramFn>,
+    /// 1 while the device answers, 0 once it is reported offline.
+    pub modbus_device_online: Family<ModbusDeviceLabel, Gauge>,
+    /// 1 while the bus has an open connection or serial port.
+    pub modbus_bus_connected: Family<ModbusBusLabel, Gauge>,
+    /// Connections or serial ports (re)opened, per bus.
+    pub modbus_connects: Family<ModbusBusLabel, Counter>,
+    /// Writes (linkage), by result.
+    pub modbus_writes: Family<ModbusWriteLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,6 +141,14 @@ impl Metrics {
             forward_batches: Family::default(),
             forward_backlog: Family::default(),
             uplink_connected: Gauge::default(),
+            modbus_polls: Family::default(),
+            modbus_errors: Family::default(),
+            modbus_round_trip: Family::new_with_constructor(modbus_round_trip_histogram),
+            modbus_poll_duration: Family::new_with_constructor(modbus_round_trip_histogram),
+            modbus_device_online: Family::default(),
+            modbus_bus_connected: Family::default(),
+            modbus_connects: Family::default(),
+            modbus_writes: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -163,6 +226,46 @@ impl Metrics {
             "uplink_connected",
             "1 while the uplink (city broker) connection is up",
             m.uplink_connected.clone(),
+        );
+        r.register(
+            "modbus_polls",
+            "Modbus polls that read and decoded every point of the device",
+            m.modbus_polls.clone(),
+        );
+        r.register(
+            "modbus_errors",
+            "Failed Modbus transactions, by kind (timeout, exception, transport, decode)",
+            m.modbus_errors.clone(),
+        );
+        r.register(
+            "modbus_round_trip_seconds",
+            "Round trip of one Modbus transaction, per bus",
+            m.modbus_round_trip.clone(),
+        );
+        r.register(
+            "modbus_poll_duration_seconds",
+            "One whole poll of a Modbus device (all its reads)",
+            m.modbus_poll_duration.clone(),
+        );
+        r.register(
+            "modbus_device_online",
+            "1 while the Modbus device answers, 0 once it is reported offline",
+            m.modbus_device_online.clone(),
+        );
+        r.register(
+            "modbus_bus_connected",
+            "1 while the Modbus bus has an open connection or serial port",
+            m.modbus_bus_connected.clone(),
+        );
+        r.register(
+            "modbus_connects",
+            "Modbus connections or serial ports opened, per bus",
+            m.modbus_connects.clone(),
+        );
+        r.register(
+            "modbus_writes",
+            "Modbus writes (linkage), by result",
+            m.modbus_writes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -72,6 +72,8 @@ pub const CODES: &[CodeInfo] = &[
     c("DEV.OFFLINE", S3, true, None),
     c("DEV.ONLINE", S4, false, None),
     c("DEV.HEARTBEAT", S4, false, None),
+    // A value report (Modbus point reading), not an alert.
+    c("DEV.READING", S4, false, None),
     c("GW.UPLINK_DOWN", S2, true, Some(K::Gateway)),
     c("GW.STORE_EVICTED", S2, false, Some(K::Gateway)),
     c("GW.DISK_LOW", S2, true, Some(K::Gateway)),

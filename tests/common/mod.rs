@@ -907,3 +907,186 @@ pub async fn start_proxy(port: u16, target: String) -> tokio::task::JoinHandle<(
         }
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// Modbus (issue 3): configs with extra sections, full events upstream, the CLI
+// ---------------------------------------------------------------------------------------
+
+/// Writes this test's config followed by `extra` TOML (e.g. `[modbus]`, Modbus
+/// `[[devices]]`) and returns its path.
+pub fn write_config_with(env: &TestEnv, extra: &str) -> PathBuf {
+    let path = env.dir().join("gateway.toml");
+    std::fs::write(&path, format!("{}\n{extra}", env.config_toml())).expect("write config");
+    path
+}
+
+/// Starts the gateway on [`write_config_with`]`(env, extra)`.
+pub fn start_gateway_with(env: &TestEnv, extra: &str) -> Gateway {
+    let config = write_config_with(env, extra);
+    Gateway::start(&config, &env.data_dir(), &env.log_path())
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", log_tail(&env.log_path(), 60)))
+}
+
+/// The shipped profile files (`config/profiles/*.toml`), absolute, sorted.
+pub fn shipped_profile_files() -> Vec<PathBuf> {
+    let dir = workspace_root().join("config").join("profiles");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs `estate-gateway ARGS…` to completion (60 s at most): exit status, stdout, stderr.
+pub fn run_gateway_cli(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(GATEWAY_BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn estate-gateway");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every forwarded event as decoded from the wire, complete (value, device, state).
+#[derive(Debug)]
+pub struct EventTap {
+    events: std::sync::Arc<std::sync::Mutex<Vec<(String, estate_protocols::pb::Event)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventTap {
+    /// Subscribes to `city/v1/{estate_id}/#`; returns once subscribed.
+    pub async fn start(broker: &Broker, estate_id: &str) -> EventTap {
+        use prost::Message as _;
+        use rumqttc::{Event, Incoming, QoS};
+        let mut o =
+            rumqttc::MqttOptions::new(random_client_id("e2e-etap"), &broker.host, broker.port);
+        o.set_clean_session(true)
+            .set_max_packet_size(4 << 20, 64 << 10);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 16);
+        let filter = format!("city/v1/{estate_id}/#");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        let _ = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let Ok(batch) =
+                            estate_protocols::pb::EventBatch::decode(p.payload.as_ref())
+                        else {
+                            continue;
+                        };
+                        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+                        for e in batch.events {
+                            sink.push((p.topic.clone(), e));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("event tap: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("event tap subscribes within 10 s")
+            .expect("event tap task alive");
+        EventTap { events, task }
+    }
+
+    /// (topic, event) in arrival order, duplicates included.
+    pub fn events(&self) -> Vec<(String, estate_protocols::pb::Event)> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Events of `device` with `code` so far (deduplicated on seq).
+    pub fn of(&self, device: &str, code: &str) -> Vec<(String, estate_protocols::pb::Event)> {
+        let mut seen = std::collections::HashSet::new();
+        self.events()
+            .into_iter()
+            .filter(|(_, e)| e.device_id == device && e.code == code && seen.insert(e.seq))
+            .collect()
+    }
+
+    /// Polls every 20 ms until `pred` holds; panics after `timeout` with `what` and the
+    /// events seen (code, device, state, value).
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[(String, estate_protocols::pb::Event)]) -> bool,
+    ) -> Vec<(String, estate_protocols::pb::Event)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events();
+            if pred(&events) {
+                return events;
+            }
+            if Instant::now() >= deadline {
+                let shown: Vec<String> = events
+                    .iter()
+                    .rev()
+                    .take(40)
+                    .rev()
+                    .map(|(t, e)| {
+                        format!(
+                            "  {t} seq {} {} {} {:?} {:?}",
+                            e.seq,
+                            e.device_id,
+                            e.code,
+                            e.state(),
+                            e.value.as_ref().map(|v| (v.value, v.unit.clone()))
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "event tap: timed out after {timeout:?} waiting for {what}; last events:\n{}",
+                    shown.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for EventTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,4 +1,4 @@
-//! Ingest: sensors → events. MQTT is here; Modbus joins later.
+//! Ingest: sensors → events. MQTT is here; Modbus polling is in [`modbus`].
 //!
 //! The MQTT stage keeps a persistent session (stable client id, `clean_session = false`),
 //! subscribes QoS 1 and acknowledges each message only after what it produced (an event,
@@ -10,21 +10,22 @@
 //! broker ─▶ EventLoop::poll ─▶ native::decode ─▶ StoreHandle::append ─▶ (Pending, Publish) ─▶ ack task ─▶ PUBACK
 //! ```
 
+pub mod modbus;
 pub mod native;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event as MqttEvent, Packet, Publish, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use estate_config::Config;
 
 use crate::events::now_ms;
-use crate::store::{DeadLetter, Pending, StoreHandle};
+use crate::store::{DeadLetter, Pending, StoreError, StoreHandle};
 use crate::telemetry::Metrics;
 use native::{DecodeContext, DeviceInfo};
 
@@ -33,6 +34,14 @@ use native::{DecodeContext, DeviceInfo};
 /// connection (and the broker redeliver it), so keep the broker's `message_size_limit`
 /// at or below it.
 pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+
+/// Messages received but not yet committed before ingest stops reading from the broker.
+/// The broker's own in-flight window (Mosquitto's `max_inflight_messages`) normally
+/// stays far below it.
+const MAX_UNACKED: usize = 8192;
+
+/// The MQTT client's request channel: PUBACKs queue here until the event loop writes them.
+const REQUEST_CAPACITY: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -100,73 +109,74 @@ impl MqttIngest {
 
     /// Runs until `shutdown`, then acknowledges what is already committed and disconnects.
     /// Connection errors never end it: it reconnects with backoff.
+    ///
+    /// One task does everything, so nothing it waits on can wait on it: it polls the
+    /// event loop (which also writes the PUBACKs out), and acknowledges messages in arrival
+    /// order as their commits land. While [`MAX_UNACKED`] messages await their commit it
+    /// stops reading new ones (back-pressure to the broker); commits land without the event
+    /// loop, so that wait always ends.
     pub async fn run(
         self,
         store: StoreHandle,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), 4096);
-        // (pending commit, message) in arrival order. Bounded: when full, receiving waits,
-        // which stops reading from the broker (back-pressure), never drops.
-        let (ack_tx, ack_rx) = mpsc::channel::<(Pending, Publish)>(8192);
-        let acker = tokio::spawn(ack_in_order(client.clone(), ack_rx, metrics.clone()));
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+        let mut acks = AckQueue::default();
         let mut backoff = self.reconnect_min;
         info!(broker = ?self.options.broker_address(), client_id = %self.options.client_id(), "MQTT ingest starting.");
         loop {
-            let polled = tokio::select! {
+            acks.flush(&client, &metrics);
+            let reading = acks.waiting.len() < MAX_UNACKED;
+            tokio::select! {
                 _ = shutdown.cancelled() => break,
-                p = eventloop.poll() => p,
-            };
-            match polled {
-                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
-                    metrics.ingest_received.inc();
-                    let pending = match self.accept(&publish, &store, &metrics).await {
-                        Ok(p) => p,
-                        Err(_) => {
-                            error!("Store writer stopped; ingest cannot continue.");
-                            break;
+                done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
+                polled = eventloop.poll(), if reading => match polled {
+                    Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                        metrics.ingest_received.inc();
+                        match self.accept(&publish, &store, &metrics).await {
+                            Ok(pending) => acks.waiting.push_back((pending, publish)),
+                            Err(_) => {
+                                error!("Store writer stopped; ingest cannot continue.");
+                                break;
+                            }
                         }
-                    };
-                    if ack_tx.send((pending, publish)).await.is_err() {
-                        break;
                     }
-                }
-                Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                    info!(
-                        session_present = ack.session_present,
-                        "Connected to the ingest broker."
-                    );
-                    metrics.ingest_connected.set(1);
-                    backoff = self.reconnect_min;
-                    if let Err(err) = client.try_subscribe_many(self.filters()) {
-                        warn!(error = %err, "Could not queue the subscription.");
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+                        info!(session_present = ack.session_present, "Connected to the ingest broker.");
+                        metrics.ingest_connected.set(1);
+                        backoff = self.reconnect_min;
+                        if let Err(err) = client.try_subscribe_many(self.filters()) {
+                            warn!(error = %err, "Could not queue the subscription.");
+                        }
                     }
-                }
-                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                    debug!(codes = ?ack.return_codes, "Subscribed.");
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    metrics.ingest_connected.set(0);
-                    warn!(error = %err, retry_in = ?backoff, "Ingest broker connection failed; reconnecting.");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                    Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                        debug!(codes = ?ack.return_codes, "Subscribed.");
                     }
-                    backoff = (backoff * 2).min(self.reconnect_max);
-                }
+                    Ok(_) => {}
+                    Err(err) => {
+                        metrics.ingest_connected.set(0);
+                        warn!(error = %err, retry_in = ?backoff, "Ingest broker connection failed; reconnecting.");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(self.reconnect_max);
+                    }
+                },
             }
         }
-        // Drain: acknowledge what is already committed, then leave cleanly. Messages that
-        // arrive now are not acknowledged; the persistent session redelivers them.
-        drop(ack_tx);
+        // Drain: acknowledge what is committed, then leave cleanly. Messages that arrive
+        // now are not acknowledged; the persistent session redelivers them.
         let drain = async {
-            let mut acker = acker;
             loop {
+                acks.flush(&client, &metrics);
+                if acks.waiting.is_empty() && acks.ready.is_empty() {
+                    break;
+                }
                 tokio::select! {
-                    _ = &mut acker => break,
-                    p = eventloop.poll() => if p.is_err() { break },
+                    done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
+                    p = eventloop.poll() => if p.is_err() { return },
                 }
             }
             let _ = client.try_disconnect();
@@ -231,25 +241,47 @@ impl MqttIngest {
     }
 }
 
-/// Acknowledges messages in arrival order as their commits land. A failed commit leaves
-/// its message unacknowledged: the broker redelivers it on the next session.
-async fn ack_in_order(
-    client: AsyncClient,
-    mut rx: mpsc::Receiver<(Pending, Publish)>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some((pending, publish)) = rx.recv().await {
-        match pending.await {
-            Ok(Ok(_)) => {
-                if client.ack(&publish).await.is_err() {
-                    return;
-                }
-                metrics.ingest_acked.inc();
-            }
+/// Messages waiting for their commit, then for their PUBACK to be handed to the client,
+/// both in arrival order. A failed commit leaves its message unacknowledged: the broker
+/// redelivers it on the next session.
+#[derive(Debug, Default)]
+struct AckQueue {
+    waiting: VecDeque<(Pending, Publish)>,
+    /// Committed; PUBACK not yet accepted by the client's request channel.
+    ready: VecDeque<Publish>,
+}
+
+impl AckQueue {
+    /// Resolves when the oldest waiting message's commit is answered.
+    async fn next_commit(&mut self) -> Result<Result<u64, StoreError>, oneshot::error::RecvError> {
+        match self.waiting.front_mut() {
+            Some((pending, _)) => pending.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn committed(&mut self, done: Result<Result<u64, StoreError>, oneshot::error::RecvError>) {
+        let Some((_, publish)) = self.waiting.pop_front() else {
+            return;
+        };
+        match done {
+            Ok(Ok(_)) => self.ready.push_back(publish),
             Ok(Err(err)) => {
                 error!(topic = %publish.topic, error = %err, "Event not committed; not acknowledging it.");
             }
-            Err(_) => return,
+            Err(_) => error!(topic = %publish.topic, "Store writer gone; not acknowledging."),
+        }
+    }
+
+    /// Hands ready PUBACKs to the client until its request channel is full; the event
+    /// loop writes them out as it is polled.
+    fn flush(&mut self, client: &AsyncClient, metrics: &Metrics) {
+        while let Some(publish) = self.ready.front() {
+            if client.try_ack(publish).is_err() {
+                return;
+            }
+            self.ready.pop_front();
+            metrics.ingest_acked.inc();
         }
     }
 }

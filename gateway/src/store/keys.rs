@@ -33,6 +33,12 @@ pub fn cursor(lane: Lane) -> Vec<u8> {
     format!("m/cursor/{lane}").into_bytes()
 }
 
+/// Events of the lane committed but neither forwarded nor evicted, kept with every
+/// commit so that opening a store with a large backlog does not have to count it.
+pub fn backlog(lane: Lane) -> Vec<u8> {
+    format!("m/backlog/{lane}").into_bytes()
+}
+
 pub fn stored_bytes(lane: Lane) -> Vec<u8> {
     format!("m/bytes/{lane}").into_bytes()
 }

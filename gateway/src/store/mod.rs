@@ -148,6 +148,9 @@ pub(crate) enum Command {
     },
     /// The uplink acknowledged every event of `lane` up to `seq` (`count` events).
     Forwarded { lane: Lane, seq: u64, count: u64 },
+    /// Liveness probe (the systemd watchdog): answered once the group it joined has
+    /// committed; dropped unanswered when that commit fails.
+    Ping { done: oneshot::Sender<()> },
 }
 
 /// Per-lane counters shared between the writer and readers.
@@ -233,6 +236,17 @@ impl StoreHandle {
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(rx)
+    }
+
+    /// Resolves once the writer has committed a group after this call: the writer thread
+    /// is alive and its disk writes complete. Used by the systemd watchdog.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Ping { done })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
     }
 
     /// Records that the uplink acknowledged `lane` up to `seq`.
@@ -397,18 +411,11 @@ pub fn open(
         db: db.clone(),
         shared: shared.clone(),
     };
-    // Count the backlog once at start-up (decodes only records after each cursor).
     for lane in Lane::ALL {
-        let cursor = reader.cursor(lane);
-        let mut n = 0u64;
-        for item in db.range(keys::records_from(lane, cursor.saturating_add(1))) {
-            let (k, v) = item?;
-            let rec = pb::EventBatch::decode(v.as_ref()).map_err(|source| StoreError::Corrupt {
-                key: k.to_vec(),
-                source,
-            })?;
-            n += rec.events.iter().filter(|e| e.seq > cursor).count() as u64;
-        }
+        let n = match db.get(keys::backlog(lane))? {
+            Some(v) => keys::u64_value(Some(v)),
+            None => count_backlog(&db, lane, reader.cursor(lane))?,
+        };
         shared.lane(lane).backlog.store(n, Ordering::Release);
         metrics
             .forward_backlog
@@ -418,6 +425,21 @@ pub fn open(
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
     let writer = StoreWriter::new(db, log_file, shared, rx, opts, metrics, next_seq)?;
     Ok((StoreHandle { tx }, reader, writer))
+}
+
+/// Counts a lane's events after its cursor by decoding its records; only for a store
+/// written before the backlog was kept in its metadata.
+fn count_backlog(db: &sled::Db, lane: Lane, cursor: u64) -> Result<u64, StoreError> {
+    let mut n = 0u64;
+    for item in db.range(keys::records_from(lane, cursor.saturating_add(1))) {
+        let (k, v) = item?;
+        let rec = pb::EventBatch::decode(v.as_ref()).map_err(|source| StoreError::Corrupt {
+            key: k.to_vec(),
+            source,
+        })?;
+        n += rec.events.iter().filter(|e| e.seq > cursor).count() as u64;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -113,6 +113,7 @@ impl StoreWriter {
         let mut seq = self.next_seq;
         let mut dead_letter_id = self.next_dead_letter;
         let mut needs_sync = false;
+        let mut pings = Vec::new();
         for cmd in group {
             match cmd {
                 Command::Append {
@@ -145,6 +146,7 @@ impl StoreWriter {
                     cursor_moves[i] = Some(cursor_moves[i].unwrap_or(0).max(seq));
                     forwarded[i] += count;
                 }
+                Command::Ping { done } => pings.push(done),
             }
         }
 
@@ -181,11 +183,16 @@ impl StoreWriter {
             }
         }
         let mut new_bytes = [0u64; 2];
+        let mut new_backlog = [0u64; 2];
         for lane in Lane::ALL {
             let i = lane_index(lane);
-            new_bytes[i] = (self.lane(lane).stored_bytes.load(Ordering::Acquire) + added_bytes[i])
-                .saturating_sub(freed[i]);
+            let st = self.lane(lane);
+            new_bytes[i] =
+                (st.stored_bytes.load(Ordering::Acquire) + added_bytes[i]).saturating_sub(freed[i]);
+            new_backlog[i] =
+                (st.backlog.load(Ordering::Acquire) + added_events[i]).saturating_sub(forwarded[i]);
             batch.insert(keys::stored_bytes(lane), &new_bytes[i].to_be_bytes());
+            batch.insert(keys::backlog(lane), &new_backlog[i].to_be_bytes());
         }
         batch.insert(keys::NEXT_SEQ, &seq.to_be_bytes());
         batch.insert(keys::NEXT_DEAD_LETTER, &dead_letter_id.to_be_bytes());
@@ -227,8 +234,7 @@ impl StoreWriter {
             if let Some(last) = last_added[i] {
                 st.last_seq.store(last, Ordering::Release);
             }
-            let backlog = st.backlog.load(Ordering::Acquire) + added_events[i];
-            let backlog = backlog.saturating_sub(forwarded[i]);
+            let backlog = new_backlog[i];
             st.backlog.store(backlog, Ordering::Release);
             self.metrics
                 .forward_backlog
@@ -245,6 +251,9 @@ impl StoreWriter {
         }
         if seq > 1 {
             self.shared.committed.send_replace(seq - 1);
+        }
+        for done in pings {
+            let _ = done.send(());
         }
         let now = Instant::now();
         self.metrics.store_group_size.observe(answers.len() as f64);
@@ -365,18 +374,28 @@ impl StoreWriter {
                 .load(Ordering::Acquire)
                 .saturating_sub(freed[lane_index(lane)])
         });
+        let mut backlog = Lane::ALL.map(|lane| self.lane(lane).backlog.load(Ordering::Acquire));
+        for (lane, _, _, n) in &lost {
+            let i = lane_index(*lane);
+            backlog[i] = backlog[i].saturating_sub(*n);
+        }
         for lane in Lane::ALL {
-            batch.insert(
-                keys::stored_bytes(lane),
-                &remaining[lane_index(lane)].to_be_bytes(),
-            );
+            let i = lane_index(lane);
+            batch.insert(keys::stored_bytes(lane), &remaining[i].to_be_bytes());
+            batch.insert(keys::backlog(lane), &backlog[i].to_be_bytes());
         }
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         self.log_file.sync_data()?;
         for lane in Lane::ALL {
-            let bytes = remaining[lane_index(lane)];
+            let i = lane_index(lane);
+            let bytes = remaining[i];
             self.lane(lane).stored_bytes.store(bytes, Ordering::Release);
+            self.lane(lane).backlog.store(backlog[i], Ordering::Release);
+            self.metrics
+                .forward_backlog
+                .get_or_create(&lane.into())
+                .set(backlog[i] as i64);
             self.metrics
                 .store_stored_bytes
                 .get_or_create(&lane.into())
@@ -384,9 +403,6 @@ impl StoreWriter {
         }
         let mut raised = Vec::new();
         for (lane, first, last, n) in lost {
-            let st = self.lane(lane);
-            let backlog = st.backlog.load(Ordering::Acquire).saturating_sub(n);
-            st.backlog.store(backlog, Ordering::Release);
             self.metrics
                 .store_evicted
                 .get_or_create(&EvictLabel {

@@ -1,0 +1,128 @@
+//! Deployment warnings: things a config may do that work but expose the gateway.
+//!
+//! Not errors — a lab set-up may do all of them on purpose — so `check-config` prints
+//! them and still exits 0, and `run` logs them at start. Checked here:
+//!
+//! - a TLS private key or a secret file (`password_file`, `token_file`) that the
+//!   file's group or other users can access;
+//! - an uplink (or a non-loopback ingest broker) without TLS;
+//! - an API listening beyond loopback without `api.token`.
+//!
+//! Reads file metadata only, never file contents; messages never contain a secret.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::schema::{BrokerConfig, Config};
+
+/// One warning, named by the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// Key path, e.g. `uplink.mqtt.tls.key_file`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl Config {
+    /// Everything about this config that is insecure for a field deployment.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut w = Vec::new();
+        broker_warnings("ingest.mqtt", &self.ingest.mqtt, false, &mut w);
+        broker_warnings("uplink.mqtt", &self.uplink.mqtt, true, &mut w);
+        if let Some(file) = &self.api.token_file {
+            private_file("api.token_file", file, &mut w);
+        }
+        let ip = self.api.listen.ip();
+        if !ip.is_loopback() && self.api.token.is_none() {
+            w.push(ConfigWarning {
+                path: "api.listen".to_owned(),
+                message: format!(
+                    "{} is reachable beyond loopback and `api.token` is not set: anyone on \
+                     that network can use the API; listen on 127.0.0.1 or set a token",
+                    self.api.listen
+                ),
+            });
+        }
+        w
+    }
+}
+
+fn broker_warnings(prefix: &str, b: &BrokerConfig, uplink: bool, w: &mut Vec<ConfigWarning>) {
+    match &b.tls {
+        None => {
+            let loopback = b
+                .host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(b.host == "localhost");
+            if uplink {
+                w.push(ConfigWarning {
+                    path: format!("{prefix}.tls"),
+                    message: format!(
+                        "the uplink to {}:{} is not TLS: events{} travel in clear text and \
+                         the broker is not authenticated; set [uplink.mqtt.tls]",
+                        b.host,
+                        b.port,
+                        if b.username.is_some() {
+                            " and the password"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            } else if !loopback {
+                w.push(ConfigWarning {
+                    path: format!("{prefix}.tls"),
+                    message: format!(
+                        "the ingest broker {}:{} is not on loopback and not TLS; use TLS \
+                         unless it is on a trusted LAN",
+                        b.host, b.port
+                    ),
+                });
+            }
+        }
+        Some(tls) => {
+            if let Some(key) = &tls.key_file {
+                private_file(&format!("{prefix}.tls.key_file"), key, w);
+            }
+        }
+    }
+    if let Some(file) = &b.password_file {
+        private_file(&format!("{prefix}.password_file"), file, w);
+    }
+}
+
+/// Warns when `file` is accessible by its group or by others.
+fn private_file(path: &str, file: &Path, w: &mut Vec<ConfigWarning>) {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(file) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                w.push(ConfigWarning {
+                    path: path.to_owned(),
+                    message: format!(
+                        "{} is accessible by {} (mode {mode:04o}); `chmod 600` it and make \
+                         the gateway's user its owner",
+                        file.display(),
+                        match (mode & 0o070 != 0, mode & 0o007 != 0) {
+                            (true, true) => "its group and other users",
+                            (true, false) => "its group",
+                            _ => "other users",
+                        }
+                    ),
+                });
+            }
+        }
+        Err(err) => w.push(ConfigWarning {
+            path: path.to_owned(),
+            message: format!("cannot check {}: {err}", file.display()),
+        }),
+    }
+}

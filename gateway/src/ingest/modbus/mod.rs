@@ -1,0 +1,260 @@
+//! Modbus ingest: the gateway as a Modbus master (TCP, RTU on RS-485, RTU over TCP).
+//!
+//! ```text
+//!  config ─▶ Modbus::new ─▶ per bus: supervise ─▶ run_bus (one task, owns the Link)
+//!                                                    │ due device ─▶ plan ─▶ Link::transact ─▶ decode ─▶ Tracker ─▶ StoreHandle::append_nowait
+//!  ModbusHandle::write ──[bounded queue per bus]─────┘ (writes go first, between transactions)
+//! ```
+//!
+//! Strict layers, each testable on its own:
+//! - [`plan`] — pure: a profile's points → the fewest reads (adjacent points merged up to
+//!   125 registers / 2000 bits).
+//! - [`decode`] — pure: answers → typed values (byte/word order, scale, offset) → events
+//!   (bit edges, thresholds with hysteresis, deadband / max-interval reports). No I/O,
+//!   no clock.
+//! - [`health`] — pure: consecutive failures → `DEV.OFFLINE` / `DEV.ONLINE`; the backoff of
+//!   a failing device.
+//! - [`link`] — the one connection of a bus and one transaction at a time on it: the
+//!   inter-frame gap, per-device timeouts, reconnect with backoff, and exceptions kept
+//!   apart from transport failures.
+//! - `bus` — the scheduler task per bus and its supervisor.
+//! - [`cli`] — `estate-gateway modbus probe` and `modbus write`, through the same plan →
+//!   link → decode path, without a running daemon.
+//!
+//! Events carry `source.protocol = "modbus"` and `source.reference = "bus/unit/table:address"`
+//! (`"bus/unit"` for `DEV.OFFLINE` / `DEV.ONLINE`).
+
+mod bus;
+pub mod cli;
+pub mod decode;
+pub mod health;
+pub mod link;
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use estate_config::Config;
+
+use crate::store::StoreHandle;
+use crate::telemetry::Metrics;
+use bus::{BusSpec, DeviceSpec, Env, WriteCommand};
+use link::TxError;
+
+/// Writes queued per bus before [`ModbusHandle::write`] waits for room.
+const WRITE_QUEUE: usize = 32;
+
+/// A write for linkage: one coil (FC05) or one holding register (FC06).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Coil { address: u16, value: bool },
+    Register { address: u16, value: u16 },
+}
+
+/// A write the device confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// From sending the request to its answer (not counting the wait for the bus).
+    pub round_trip: Duration,
+}
+
+/// Why a write did not happen (or was not confirmed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("no Modbus device {0:?} is configured")]
+    UnknownDevice(String),
+    /// The device answered with an exception code: it refused the write.
+    #[error("the device answered with exception {code:#04x} ({name})")]
+    Exception { code: u8, name: &'static str },
+    /// No answer within the device's timeout: the write may or may not have happened.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("bad answer: {0}")]
+    Protocol(String),
+    /// The gateway is stopping (or Modbus is not running).
+    #[error("Modbus is not running")]
+    Stopped,
+}
+
+impl WriteError {
+    /// The metric label: `exception`, `timeout`, `transport`, `decode`, `unknown`, `stopped`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteError::UnknownDevice(_) => "unknown",
+            WriteError::Exception { .. } => "exception",
+            WriteError::Timeout(_) => "timeout",
+            WriteError::Transport(_) => "transport",
+            WriteError::Protocol(_) => "decode",
+            WriteError::Stopped => "stopped",
+        }
+    }
+}
+
+impl From<TxError> for WriteError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Timeout(d) => WriteError::Timeout(d),
+            TxError::Exception { code, name } => WriteError::Exception { code, name },
+            TxError::Transport(s) => WriteError::Transport(s),
+            TxError::Protocol(s) => WriteError::Protocol(s),
+        }
+    }
+}
+
+/// A configuration the Modbus stage cannot run (config validation rules these out; this
+/// guards a `Config` built in code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModbusError {
+    #[error("device {device:?}: unknown Modbus bus {bus:?}")]
+    UnknownBus { device: String, bus: String },
+    #[error("device {device:?}: unknown Modbus profile {profile:?}")]
+    UnknownProfile { device: String, profile: String },
+    #[error("no Modbus device {0:?} is configured")]
+    UnknownDevice(String),
+}
+
+/// Handle for writing to Modbus devices through their bus's scheduler. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ModbusHandle {
+    /// device id → (its bus's queue, its index on the bus). The bus task holds the
+    /// receiving end; the queue is bounded ([`WRITE_QUEUE`]) and a full one makes
+    /// `write` wait (a linkage command is never dropped).
+    devices: Arc<HashMap<String, (mpsc::Sender<WriteCommand>, usize)>>,
+}
+
+impl ModbusHandle {
+    /// Writes one coil or register on a configured Modbus device, in turn with the
+    /// polls of its bus (ahead of them), and returns what the device said. Waits while
+    /// the bus's write queue is full; wrap it in a timeout if the caller cannot wait.
+    pub async fn write(&self, device_id: &str, write: Write) -> Result<WriteOutcome, WriteError> {
+        let (tx, device) = self
+            .devices
+            .get(device_id)
+            .ok_or_else(|| WriteError::UnknownDevice(device_id.to_owned()))?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(WriteCommand {
+            device: *device,
+            write,
+            reply,
+        })
+        .await
+        .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// The ids of the Modbus devices this handle can write to.
+    pub fn device_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.devices.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// The Modbus stage, built from the config and consumed by [`Modbus::run`].
+#[derive(Debug)]
+pub struct Modbus {
+    buses: Vec<(Arc<BusSpec>, mpsc::Receiver<WriteCommand>)>,
+    handle: ModbusHandle,
+    gateway_id: String,
+    estate_id: String,
+}
+
+impl Modbus {
+    /// Builds the buses (those with at least one device) from the config.
+    pub fn new(cfg: &Config) -> Result<Modbus, ModbusError> {
+        let mut by_bus: Vec<(estate_config::BusConfig, Vec<DeviceSpec>)> = Vec::new();
+        for d in &cfg.devices {
+            let Some(m) = &d.modbus else { continue };
+            let bus = cfg
+                .modbus
+                .bus(&m.bus)
+                .ok_or_else(|| ModbusError::UnknownBus {
+                    device: d.id.clone(),
+                    bus: m.bus.clone(),
+                })?;
+            let profile =
+                cfg.modbus
+                    .profile(&m.profile)
+                    .ok_or_else(|| ModbusError::UnknownProfile {
+                        device: d.id.clone(),
+                        profile: m.profile.clone(),
+                    })?;
+            let spec = DeviceSpec::new(&d.id, d.kind, &d.location, m, Arc::new(profile.clone()));
+            match by_bus.iter_mut().find(|(b, _)| b.name == bus.name) {
+                Some((_, devices)) => devices.push(spec),
+                None => by_bus.push((bus.clone(), vec![spec])),
+            }
+        }
+        let mut buses = Vec::new();
+        let mut devices = HashMap::new();
+        for (config, specs) in by_bus {
+            let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+            for (i, d) in specs.iter().enumerate() {
+                devices.insert(d.id.clone(), (tx.clone(), i));
+            }
+            buses.push((
+                Arc::new(BusSpec {
+                    config,
+                    devices: specs,
+                }),
+                rx,
+            ));
+        }
+        Ok(Modbus {
+            buses,
+            handle: ModbusHandle {
+                devices: Arc::new(devices),
+            },
+            gateway_id: cfg.gateway.id.clone(),
+            estate_id: cfg.gateway.estate_id.clone(),
+        })
+    }
+
+    /// No bus has a device: nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.buses.is_empty()
+    }
+
+    /// The write handle (valid while [`Modbus::run`] runs).
+    pub fn handle(&self) -> ModbusHandle {
+        self.handle.clone()
+    }
+
+    /// Polls every bus until `shutdown`; each bus stops at a safe point (between
+    /// transactions, or abandoning the one in flight) and drops its `StoreHandle`, so
+    /// the store can drain after this returns.
+    pub async fn run(self, store: StoreHandle, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+        let Modbus {
+            buses,
+            handle,
+            gateway_id,
+            estate_id,
+        } = self;
+        drop(handle);
+        if buses.is_empty() {
+            return;
+        }
+        let env = Env {
+            gateway_id,
+            estate_id,
+            store,
+            metrics,
+        };
+        info!(buses = buses.len(), "Modbus ingest starting.");
+        let mut tasks = JoinSet::new();
+        for (spec, rx) in buses {
+            tasks.spawn(bus::supervise(spec, rx, env.clone(), shutdown.clone()));
+        }
+        drop(env);
+        while tasks.join_next().await.is_some() {}
+        info!("Modbus ingest stopped.");
+    }
+}

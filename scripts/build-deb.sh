@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Builds the estate-gateway .deb with dpkg-deb (nothing else to install).
+#
+#   scripts/build-deb.sh [TARGET]          # default: aarch64-unknown-linux-gnu
+#   scripts/build-deb.sh x86_64-unknown-linux-gnu
+#
+# Cross-builds first (scripts/cross-build.sh) unless the binary exists and
+# ESTATE_DEB_NO_BUILD=1. Output: target/deb/estate-gateway_VERSION_ARCH.deb
+#
+# The package installs
+#   /usr/bin/estate-gateway
+#   /lib/systemd/system/estate-gateway.service
+#   /etc/estate-gateway/gateway.toml            (conffile: upgrades keep local edits)
+#   /usr/share/doc/estate-gateway/{README.md,copyright}
+# and on install creates the system user `estate-gateway`, /var/lib/estate-gateway
+# (0750, owned by it), gives the group read access to /etc/estate-gateway, and enables
+# the service. It is started only if the config passes `check-config` (a fresh install
+# ships the demo config, which must be edited first: gateway id, estate id, brokers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target="${1:-aarch64-unknown-linux-gnu}"
+case "$target" in
+    aarch64-unknown-linux-gnu | aarch64-unknown-linux-musl) arch=arm64 ;;
+    armv7-unknown-linux-gnueabihf) arch=armhf ;;
+    x86_64-unknown-linux-gnu | x86_64-unknown-linux-musl) arch=amd64 ;;
+    *) echo "usage: $0 [aarch64-unknown-linux-gnu|armv7-unknown-linux-gnueabihf|aarch64-unknown-linux-musl|x86_64-unknown-linux-gnu]" >&2; exit 2 ;;
+esac
+command -v dpkg-deb >/dev/null || { echo "error: dpkg-deb is missing (apt-get install dpkg)" >&2; exit 1; }
+
+bin="target/$target/release/estate-gateway"
+if [ "${ESTATE_DEB_NO_BUILD:-}" != 1 ] || [ ! -x "$bin" ]; then
+    if [[ "$target" == x86_64-* ]]; then
+        cargo build --release --locked --target "$target" -p estate-gateway --bin estate-gateway
+    else
+        scripts/cross-build.sh "$target"
+    fi
+fi
+
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+version="${ESTATE_DEB_VERSION:-$version}"
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+pkg="$root/pkg"
+install -D -m 0755 "$bin" "$pkg/usr/bin/estate-gateway"
+install -D -m 0644 packaging/estate-gateway.service "$pkg/lib/systemd/system/estate-gateway.service"
+install -D -m 0640 config/gateway.toml "$pkg/etc/estate-gateway/gateway.toml"
+install -D -m 0644 README.md "$pkg/usr/share/doc/estate-gateway/README.md"
+install -D -m 0644 /dev/null "$pkg/usr/share/doc/estate-gateway/copyright"
+cat > "$pkg/usr/share/doc/estate-gateway/copyright" <<COPYRIGHT
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: estate-gateway
+License: Apache-2.0
+COPYRIGHT
+
+mkdir -p "$pkg/DEBIAN"
+depends=""
+[[ "$target" == *gnu* ]] && depends="Depends: libc6 (>= 2.31)"
+size_kb=$(du -sk "$pkg" | cut -f1)
+cat > "$pkg/DEBIAN/control" <<CONTROL
+Package: estate-gateway
+Version: $version
+Architecture: $arch
+Maintainer: estate-gateway maintainers <ops@example.invalid>
+Section: net
+Priority: optional
+Installed-Size: $size_kb
+${depends:+$depends
+}Recommends: mosquitto
+Description: Edge gateway for residential-estate safety sensors
+ Ingests smoke, leak, gas, door and camera alarms over MQTT, keeps every event
+ durably on local disk (sled), and forwards protobuf batches to the city platform
+ over MQTT with mutual TLS. Runs as the hardened systemd service estate-gateway.
+CONTROL
+printf '/etc/estate-gateway/gateway.toml\n' > "$pkg/DEBIAN/conffiles"
+
+cat > "$pkg/DEBIAN/postinst" <<'POSTINST'
+#!/bin/sh
+set -e
+if [ "$1" = configure ]; then
+    if ! getent passwd estate-gateway >/dev/null; then
+        adduser --system --group --home /var/lib/estate-gateway --no-create-home \
+            --shell /usr/sbin/nologin --gecos "estate gateway" estate-gateway >/dev/null
+    fi
+    # Serial ports for Modbus RTU.
+    if getent group dialout >/dev/null; then adduser estate-gateway dialout >/dev/null || true; fi
+    install -d -o estate-gateway -g estate-gateway -m 0750 /var/lib/estate-gateway
+    # Config, CA, keys and password files: root writes, the service's group reads.
+    chown root:estate-gateway /etc/estate-gateway /etc/estate-gateway/gateway.toml
+    chmod 0750 /etc/estate-gateway
+    chmod 0640 /etc/estate-gateway/gateway.toml
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload || true
+        systemctl enable estate-gateway.service >/dev/null || true
+        if /usr/bin/estate-gateway check-config /etc/estate-gateway/gateway.toml >/dev/null 2>&1; then
+            # Upgrade: restart into the new binary (SIGTERM drains; nothing acked is lost).
+            systemctl restart estate-gateway.service || true
+        else
+            echo "estate-gateway: /etc/estate-gateway/gateway.toml does not pass check-config;" >&2
+            echo "  fix it, then: systemctl start estate-gateway" >&2
+        fi
+    fi
+fi
+exit 0
+POSTINST
+
+cat > "$pkg/DEBIAN/prerm" <<'PRERM'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
+    systemctl stop estate-gateway.service || true
+    systemctl disable estate-gateway.service >/dev/null || true
+fi
+exit 0
+PRERM
+
+cat > "$pkg/DEBIAN/postrm" <<'POSTRM'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+if [ "$1" = purge ]; then
+    # The event store goes only on purge; `remove` keeps it (and the config) for a
+    # reinstall or a rollback to an older version.
+    rm -rf /var/lib/estate-gateway
+fi
+exit 0
+POSTRM
+chmod 0755 "$pkg/DEBIAN/postinst" "$pkg/DEBIAN/prerm" "$pkg/DEBIAN/postrm"
+
+mkdir -p target/deb
+out="target/deb/estate-gateway_${version}_${arch}.deb"
+dpkg-deb --root-owner-group --build "$pkg" "$out" >/dev/null
+echo "built $out ($(stat -c %s "$out") bytes)"
+dpkg-deb --info "$out" | sed -n '/Package:/,$p'
+dpkg-deb --contents "$out"

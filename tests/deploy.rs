@@ -1,0 +1,320 @@
+//! Field deployment, as an installer meets it (issue 6):
+//!
+//! - secrets (inline, from a file, from an environment variable) never appear in
+//!   `check-config` output, nor in the logs of a gateway run at `--log-level debug`;
+//! - `check-config` warns, and still exits 0, about a private key or password file that
+//!   others can read, an uplink without TLS, and an API beyond loopback without a token;
+//! - the shipped systemd unit passes `systemd-analyze verify`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{unique_id, workspace_root, Broker, Metrics, GATEWAY_BIN};
+
+const INLINE_SECRET: &str = "inline-S3CRET-a1b2c3";
+const FILE_SECRET: &str = "file-S3CRET-d4e5f6";
+const ENV_SECRET: &str = "env-S3CRET-g7h8i9";
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn check_config(path: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(GATEWAY_BIN)
+        .arg("check-config")
+        .arg(path)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run estate-gateway check-config");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn warnings(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect()
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in [INLINE_SECRET, FILE_SECRET, ENV_SECRET] {
+        assert!(
+            !text.contains(secret),
+            "{what} shows the secret {secret:?}:\n{text}"
+        );
+    }
+}
+
+/// A config with one secret of each kind, against `broker` for both connections.
+fn secrets_config(dir: &Path, broker: &Broker, env_var: &str) -> PathBuf {
+    let pass_file = dir.join("uplink.pass");
+    std::fs::write(&pass_file, format!("{FILE_SECRET}\n")).expect("write password file");
+    chmod(&pass_file, 0o600);
+    let config = format!(
+        r#"[gateway]
+id = "{gw}"
+estate_id = "{estate}"
+
+[ingest.mqtt]
+host = "{host}"
+port = {port}
+username = "sensor-bus"
+password = "{INLINE_SECRET}"
+
+[uplink.mqtt]
+host = "{host}"
+port = {port}
+username = "gw"
+password_file = {pass_file:?}
+
+[api]
+listen = "127.0.0.1:0"
+token_env = "{env_var}"
+"#,
+        gw = unique_id("gw-sec"),
+        estate = unique_id("sec"),
+        host = broker.host,
+        port = broker.port,
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).expect("write config");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_check_config_output_or_debug_logs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::embedded();
+    let env_var = format!("ESTATE_TEST_TOKEN_{}", unique_id("x"));
+    let config = secrets_config(dir.path(), &broker, &env_var);
+
+    let (code, output) = check_config(&config, &[(&env_var, ENV_SECRET)]);
+    assert_eq!(code, Some(0), "check-config passes:\n{output}");
+    assert!(output.contains(": OK ("), "{output}");
+    assert_no_secret("check-config", &output);
+
+    // Without the variable, check-config names it (and still not a secret).
+    let (code, output) = check_config(&config, &[]);
+    assert_ne!(code, Some(0), "a missing secret variable fails:\n{output}");
+    assert!(
+        output.contains(&format!("environment variable {env_var} is not set")),
+        "{output}"
+    );
+    assert_no_secret("check-config", &output);
+
+    // A short run with debug logging: connect both brokers (with the credentials),
+    // then stop.
+    let log = dir.path().join("gateway.log");
+    let mut child = Command::new(GATEWAY_BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--log-level", "debug", "--grace", "1s"])
+        .env(&env_var, ENV_SECRET)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+        .spawn()
+        .expect("spawn gateway");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no ready line\n{}", common::log_tail(&log, 40)));
+    assert!(ready.starts_with("estate-gateway ready "), "{ready}");
+    let api: std::net::SocketAddr = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api=http://"))
+        .expect("api in ready line")
+        .parse()
+        .expect("api address");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, body)) = common::http_get(api, "/metrics").await {
+            let m = Metrics::parse(&body);
+            if m.n("estate_ingest_connected", &[]) == 1 && m.n("estate_uplink_connected", &[]) == 1
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both connections up within 20 s\n{}",
+            common::log_tail(&log, 40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait for the gateway");
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    let text = std::fs::read_to_string(&log).expect("read log");
+    assert!(
+        text.contains("DEBUG"),
+        "the run logged at debug level:\n{text}"
+    );
+    assert_no_secret("the debug log", &text);
+    assert_no_secret("stdout", &ready);
+}
+
+#[test]
+fn check_config_warns_about_readable_keys_plain_uplink_and_an_open_api() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    for f in ["ca.pem", "gw.crt", "gw.key", "uplink.pass"] {
+        std::fs::write(d.join(f), "x\n").expect("write");
+    }
+    chmod(&d.join("gw.key"), 0o644);
+    chmod(&d.join("uplink.pass"), 0o640);
+    let tls = format!(
+        "[uplink.mqtt.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        d.join("ca.pem"),
+        d.join("gw.crt"),
+        d.join("gw.key")
+    );
+    let write = |name: &str, body: &str| -> PathBuf {
+        let path = d.join(name);
+        std::fs::write(
+            &path,
+            format!("[gateway]\nid = \"gw-1\"\nestate_id = \"e1\"\n\n{body}"),
+        )
+        .expect("write config");
+        path
+    };
+
+    // A readable key and password file, and the API on every interface without a token.
+    let exposed = write(
+        "exposed.toml",
+        &format!(
+            "[api]\nlisten = \"0.0.0.0:8080\"\n\n[uplink.mqtt]\nhost = \"mqtt.city.example\"\nport = 8883\nusername = \"gw-1\"\npassword_file = {:?}\n{tls}",
+            d.join("uplink.pass")
+        ),
+    );
+    let (code, output) = check_config(&exposed, &[]);
+    assert_eq!(code, Some(0), "warnings alone do not fail:\n{output}");
+    let w = warnings(&output);
+    let key = d.join("gw.key").display().to_string();
+    assert!(
+        w.iter().any(|l| l.contains("uplink.mqtt.tls.key_file")
+            && l.contains(&key)
+            && l.contains("0644")),
+        "a warning names the readable key file {key}: {w:#?}"
+    );
+    let pass = d.join("uplink.pass").display().to_string();
+    assert!(
+        w.iter()
+            .any(|l| l.contains("uplink.mqtt.password_file") && l.contains(&pass)),
+        "a warning names the readable password file: {w:#?}"
+    );
+    assert!(
+        w.iter().any(|l| l.contains("api.listen")
+            && l.contains("0.0.0.0:8080")
+            && l.contains("api.token")),
+        "a warning about the open API: {w:#?}"
+    );
+    assert!(
+        !w.iter().any(|l| l.contains("not TLS")),
+        "the uplink is TLS: {w:#?}"
+    );
+    assert!(output.contains("3 warning(s)"), "{output}");
+
+    // The same with the files locked down and a token: no warning at all.
+    chmod(&d.join("gw.key"), 0o600);
+    chmod(&d.join("uplink.pass"), 0o600);
+    let token = d.join("api.token");
+    std::fs::write(&token, "t0ken\n").expect("write token");
+    chmod(&token, 0o600);
+    let tight = write(
+        "tight.toml",
+        &format!(
+            "[api]\nlisten = \"0.0.0.0:8080\"\ntoken_file = {token:?}\n\n[uplink.mqtt]\nhost = \"mqtt.city.example\"\nport = 8883\nusername = \"gw-1\"\npassword_file = {:?}\n{tls}",
+            d.join("uplink.pass")
+        ),
+    );
+    let (code, output) = check_config(&tight, &[]);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(warnings(&output).is_empty(), "no warnings:\n{output}");
+    assert!(!output.contains("t0ken"), "{output}");
+
+    // An uplink without TLS.
+    let plain = write(
+        "plain.toml",
+        "[uplink.mqtt]\nhost = \"mqtt.city.example\"\nport = 1883\n",
+    );
+    let (code, output) = check_config(&plain, &[]);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        warnings(&output)
+            .iter()
+            .any(|l| l.contains("uplink.mqtt.tls") && l.contains("not TLS")),
+        "a warning about the plain uplink:\n{output}"
+    );
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = workspace_root().join("packaging/estate-gateway.service");
+    let text = std::fs::read_to_string(&unit).expect("read the unit");
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=30",
+        "User=estate-gateway",
+        "StateDirectory=estate-gateway",
+        "ConfigurationDirectory=estate-gateway",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "\nCapabilityBoundingSet=\n",
+        "Restart=on-failure",
+        "ExecStart=/usr/bin/estate-gateway run --config /etc/estate-gateway/gateway.toml --data-dir /var/lib/estate-gateway --log-format json",
+    ] {
+        assert!(text.contains(needed), "the unit has {needed:?}");
+    }
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if !analyze.is_ok_and(|o| o.status.success()) {
+        println!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+        return;
+    }
+    // verify checks that ExecStart's binary exists: point it at the one under test.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("estate-gateway.service");
+    std::fs::write(&copy, text.replace("/usr/bin/estate-gateway", GATEWAY_BIN))
+        .expect("write the unit copy");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("run systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Other units on this machine may draw remarks; ours must draw none.
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("estate-gateway"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {}\n{stderr}",
+        out.status
+    );
+}
