@@ -10,7 +10,7 @@ use estate_protocols::model::Lane;
 use estate_protocols::pb::EventState;
 use estate_sim::publish;
 
-use common::{reserve_port, start_proxy, Broker, TestEnv, UplinkTap};
+use common::{reserve_port, start_proxy, Broker, EventTap, TestEnv};
 
 const COUNT: u64 = 5_000;
 const ALARMS: u64 = 25;
@@ -30,7 +30,7 @@ async fn events_committed_during_an_uplink_outage_are_delivered_alarms_first() {
     let env = TestEnv::new(ingest, uplink);
     assert_eq!(env.down_alert_after, "1s");
     let city = env.city_on(&city_broker).await;
-    let tap = UplinkTap::start(&city_broker, &env.estate_id).await;
+    let tap = EventTap::start(&city_broker, &env.estate_id).await;
     let mut gw = env.start_gateway();
     gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
         m.n("estate_ingest_connected", &[]) == 1
@@ -121,33 +121,33 @@ async fn events_committed_during_an_uplink_outage_are_delivered_alarms_first() {
         .wait_for(
             "GW.UPLINK_DOWN active and cleared",
             Duration::from_secs(30),
-            |t| t.iter().filter(|e| e.code == "GW.UPLINK_DOWN").count() >= 2,
+            |t| t.iter().filter(|(_, e)| e.code == "GW.UPLINK_DOWN").count() >= 2,
         )
         .await;
     let down: Vec<_> = tapped
         .iter()
-        .filter(|e| e.code == "GW.UPLINK_DOWN")
+        .filter(|(_, e)| e.code == "GW.UPLINK_DOWN")
         .collect();
     let active: Vec<_> = down
         .iter()
-        .filter(|e| e.state == EventState::Active)
+        .filter(|(_, e)| e.state() == EventState::Active)
         .collect();
     let cleared: Vec<_> = down
         .iter()
-        .filter(|e| e.state == EventState::Cleared)
+        .filter(|(_, e)| e.state() == EventState::Cleared)
         .collect();
     assert_eq!(active.len(), 1, "one GW.UPLINK_DOWN active: {down:?}");
     assert_eq!(cleared.len(), 1, "one GW.UPLINK_DOWN cleared: {down:?}");
     assert!(
-        active[0].seq <= outage_last_seq,
+        active[0].1.seq <= outage_last_seq,
         "raised during the outage: {down:?}"
     );
     assert!(
-        cleared[0].seq > active[0].seq,
+        cleared[0].1.seq > active[0].1.seq,
         "cleared after it was raised: {down:?}"
     );
     assert!(
-        down.iter().all(|e| e.topic.ends_with("/alarms")),
+        down.iter().all(|(topic, _)| topic.ends_with("/alarms")),
         "GW.UPLINK_DOWN goes on the alarms topic: {down:?}"
     );
     city.shutdown().await;

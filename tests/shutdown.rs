@@ -36,7 +36,7 @@ async fn sigterm_with_events_in_flight_exits_cleanly_and_loses_nothing() {
     let mut env = TestEnv::new(broker.clone(), broker.clone());
     env.down_alert_after = "1h".into();
     let city = env.city().await;
-    let tap = common::UplinkTap::start(&env.uplink, &env.estate_id).await;
+    let tap = common::EventTap::start(&env.uplink, &env.estate_id).await;
     let mut gw = env.start_gateway();
     let epoch = gw.store_epoch;
     gw.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
@@ -112,9 +112,12 @@ async fn sigterm_with_events_in_flight_exits_cleanly_and_loses_nothing() {
     // Allowed by the contract (at-least-once) after a SIGKILL; an orderly stop makes none
     // (see the test below).
     eprintln!("city: {r}; device messages stored twice (device seq, [gateway seqs]): {restored:?}");
-    for e in tap.events() {
+    for (topic, e) in tap.events() {
         if restored.iter().any(|(d, _)| Some(*d) == e.device_seq) {
-            eprintln!("  {e:?}");
+            eprintln!(
+                "  {topic} seq {} device seq {:?} {}",
+                e.seq, e.device_seq, e.code
+            );
         }
     }
     assert_eq!(r.streams.len(), 1, "{:?}", r.streams);
