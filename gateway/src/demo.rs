@@ -131,8 +131,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     stop_publishing.cancel();
     let report = publisher.await??;
-    // Let the last events reach the city before stopping.
-    let committed_total = running.reader.committed().borrow().to_owned();
+    // Let the last events reach the city before stopping: first everything the sensors
+    // got a PUBACK for is committed, then the city has received it all.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(10);
+    while m.ingest_acked.get() < report.acked && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let committed_total = *running.reader.committed().borrow();
     let _ = city
         .wait_for(|r| r.unique >= committed_total, Duration::from_secs(10))
         .await;
