@@ -66,6 +66,7 @@ reconnect_max = "1s"
 [store]
 # room for the whole backlog: nothing is evicted during the measurement
 disk_budget = "2 GiB"
+cache_capacity = "${ESTATE_FOOTPRINT_CACHE:-8 MiB}"
 [uplink.mqtt]
 port = $1
 reconnect_min = "100ms"
