@@ -156,27 +156,7 @@ impl<'a> Loader<'a> {
         findings.extend(self.modbus_findings(&parts.devices, &modbus));
         // Secrets from files and environment variables (never part of any message).
         findings.extend(crate::secrets::resolve(&mut parts));
-        for finding in findings {
-            let involved = std::iter::once(&finding.path).chain(&finding.involves);
-            if involved.clone().any(|p| self.is_broken(p)) {
-                continue;
-            }
-            let mut message = finding.message;
-            if let Some(related) = &finding.related {
-                if let Some((line, _)) = self.locate(related).0.map(|s| self.src.line_col(s.start))
-                {
-                    message.push_str(&format!(" (line {line})"));
-                }
-            }
-            // Point at a key the user wrote, not at one left to its default.
-            let path = std::iter::once(&finding.path)
-                .chain(&finding.involves)
-                .find(|p| self.locate(p).1)
-                .unwrap_or(&finding.path);
-            let span = self.locate(path).0;
-            self.problems
-                .push(self.src.problem(span, path.clone(), message));
-        }
+        self.report(findings);
 
         if self.problems.is_empty() && modbus.profile_problems.is_empty() {
             if let (

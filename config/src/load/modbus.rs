@@ -185,8 +185,9 @@ impl Loader<'_> {
         out
     }
 
-    /// Turns findings into located problems (skipping those about broken keys).
-    fn report(&mut self, findings: Vec<Finding>) {
+    /// Turns findings into located problems, skipping those about keys already reported
+    /// as broken, and pointing at a key the user wrote rather than one left to its default.
+    pub(super) fn report(&mut self, findings: Vec<Finding>) {
         for finding in findings {
             let involved = std::iter::once(&finding.path).chain(&finding.involves);
             if involved.clone().any(|p| self.is_broken(p)) {
