@@ -204,6 +204,12 @@ async fn sigterm_acknowledges_everything_it_committed() {
     env.down_alert_after = "1h".into();
     let city = env.city().await;
     let mut gw = env.start_gateway();
+    // Before its first subscription the broker keeps nothing for the gateway's session:
+    // a sensor message published then reaches no one (MQTT, not the gateway).
+    gw.wait_metrics("ingest subscribed", Duration::from_secs(30), |m| {
+        m.n("estate_ingest_connected", &[]) == 1
+    })
+    .await;
     let mut opts = env.publish_options(COUNT, 10);
     opts.rate = Some(1_000.0);
     let publisher = tokio::spawn(publish::run_until(opts, CancellationToken::new()));

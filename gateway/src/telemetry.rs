@@ -169,7 +169,7 @@ impl Metrics {
         );
         r.register(
             "ingest_connected",
-            "1 while the ingest broker connection is up",
+            "1 while connected to the ingest broker and subscribed",
             m.ingest_connected.clone(),
         );
         r.register(

@@ -144,7 +144,6 @@ impl MqttIngest {
                     }
                     Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                         info!(session_present = ack.session_present, "Connected to the ingest broker.");
-                        metrics.ingest_connected.set(1);
                         backoff = self.reconnect_min;
                         if let Err(err) = client.try_subscribe_many(self.filters()) {
                             warn!(error = %err, "Could not queue the subscription.");
@@ -152,6 +151,9 @@ impl MqttIngest {
                     }
                     Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
                         debug!(codes = ?ack.return_codes, "Subscribed.");
+                        // Connected *and* subscribed: from here on the broker keeps
+                        // what the sensors publish for this session.
+                        metrics.ingest_connected.set(1);
                     }
                     Ok(_) => {}
                     Err(err) => {
