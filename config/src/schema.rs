@@ -218,8 +218,10 @@ pub struct StoreConfig {
     /// Default: `10000`.
     pub dead_letter_max: usize,
     /// Keep events after they were forwarded, until the disk budget needs the room
-    /// (useful for local history and re-sending). `false` deletes them once the city
-    /// platform has acknowledged them. Default: `true`.
+    /// (local history). `false` deletes them once the city platform has acknowledged
+    /// them. Measured: with `true`, draining a large backlog makes sled hold the pages it
+    /// read (83 MB RSS for 200 k events, 150+ MB for 1 M), with `false` RSS stays under
+    /// 25 MB; keep `false` on a 256 MB gateway. Default: `false`.
     pub keep_forwarded: bool,
 }
 
@@ -232,7 +234,7 @@ impl Default for StoreConfig {
             cache_capacity: ByteSize::mib(8),
             record_max_bytes: ByteSize::kib(48),
             dead_letter_max: 10_000,
-            keep_forwarded: true,
+            keep_forwarded: false,
         }
     }
 }

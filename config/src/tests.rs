@@ -116,7 +116,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.store.record_max_bytes, ByteSize::kib(48));
     assert!(c.store.record_max_bytes < SLED_BLOB_THRESHOLD);
     assert_eq!(c.store.dead_letter_max, 10_000);
-    assert!(c.store.keep_forwarded);
+    assert!(!c.store.keep_forwarded);
 
     assert_eq!(c.uplink.topic_prefix, "city/v1");
     assert_eq!(c.uplink.max_batch_events, 500);
