@@ -310,10 +310,7 @@ impl StoreReader {
             .range(keys::records_from(lane, after.saturating_add(1)))
         {
             let (k, v) = item?;
-            let rec = pb::EventBatch::decode(v.as_ref()).map_err(|source| StoreError::Corrupt {
-                key: k.to_vec(),
-                source,
-            })?;
+            let rec = decode_record(&k, &v)?;
             for e in rec.events.into_iter().filter(|e| e.seq > after) {
                 let len = e.encoded_len() + 4;
                 if out.len() >= max_events || (!out.is_empty() && bytes + len > max_bytes) {
@@ -427,16 +424,21 @@ pub fn open(
     Ok((StoreHandle { tx }, reader, writer))
 }
 
+/// Decodes one stored record; a record that does not decode names its key.
+fn decode_record(key: &[u8], value: &[u8]) -> Result<pb::EventBatch, StoreError> {
+    pb::EventBatch::decode(value).map_err(|source| StoreError::Corrupt {
+        key: key.to_vec(),
+        source,
+    })
+}
+
 /// Counts a lane's events after its cursor by decoding its records; only for a store
 /// written before the backlog was kept in its metadata.
 fn count_backlog(db: &sled::Db, lane: Lane, cursor: u64) -> Result<u64, StoreError> {
     let mut n = 0u64;
     for item in db.range(keys::records_from(lane, cursor.saturating_add(1))) {
         let (k, v) = item?;
-        let rec = pb::EventBatch::decode(v.as_ref()).map_err(|source| StoreError::Corrupt {
-            key: k.to_vec(),
-            source,
-        })?;
+        let rec = decode_record(&k, &v)?;
         n += rec.events.iter().filter(|e| e.seq > cursor).count() as u64;
     }
     Ok(n)

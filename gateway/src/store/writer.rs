@@ -12,7 +12,7 @@ use tracing::{debug, error, warn};
 use estate_protocols::model::{Event, EventState, Lane, Reading};
 use estate_protocols::pb;
 
-use super::{keys, lane_index, Command, Shared, StoreError, StoreOptions};
+use super::{decode_record, keys, lane_index, Command, Shared, StoreError, StoreOptions};
 use crate::telemetry::{EvictLabel, Metrics};
 
 type Done = Option<oneshot::Sender<Result<u64, StoreError>>>;
@@ -173,9 +173,9 @@ impl StoreWriter {
             if !self.opts.keep_forwarded {
                 match self.forwarded_records(lane, c) {
                     Ok(recs) => {
-                        for (k, len) in recs {
+                        for (k, v) in recs {
                             batch.remove(k);
-                            freed[i] += len;
+                            freed[i] += v.len() as u64;
                         }
                     }
                     Err(err) => warn!(%lane, error = %err, "Could not list forwarded records."),
@@ -269,19 +269,19 @@ impl StoreWriter {
         }
     }
 
-    /// Records of `lane` whose events are all at or below `cursor`, with their sizes.
+    /// Records of `lane` whose events are all at or below `cursor` (key, value).
     fn forwarded_records(
         &self,
         lane: Lane,
         cursor: u64,
-    ) -> Result<Vec<(sled::IVec, u64)>, StoreError> {
+    ) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
         let mut out = Vec::new();
         for item in self
             .db
             .range(keys::record(lane, 0)..=keys::record(lane, cursor))
         {
             let (k, v) = item?;
-            out.push((k, v.len() as u64));
+            out.push((k, v));
         }
         Ok(out)
     }
@@ -300,13 +300,14 @@ impl StoreWriter {
         // 1. Already forwarded: housekeeping, nothing is lost.
         for lane in [Lane::Events, Lane::Alarms] {
             let cursor = self.lane(lane).cursor.load(Ordering::Acquire);
-            for (k, len) in self.forwarded_records(lane, cursor)? {
+            for (k, v) in self.forwarded_records(lane, cursor)? {
                 if total <= target {
                     break;
                 }
-                let n = pb::EventBatch::decode(self.db.get(&k)?.unwrap_or_default().as_ref())
+                let n = decode_record(&k, &v)
                     .map(|r| r.events.len() as u64)
                     .unwrap_or(0);
+                let len = v.len() as u64;
                 batch.remove(k);
                 total = total.saturating_sub(len);
                 freed[lane_index(lane)] += len;
@@ -334,11 +335,7 @@ impl StoreWriter {
                     break;
                 }
                 let (k, v) = item?;
-                let rec =
-                    pb::EventBatch::decode(v.as_ref()).map_err(|source| StoreError::Corrupt {
-                        key: k.to_vec(),
-                        source,
-                    })?;
+                let rec = decode_record(&k, &v)?;
                 let unforwarded: Vec<u64> = rec
                     .events
                     .iter()
