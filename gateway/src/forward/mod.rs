@@ -9,6 +9,7 @@
 
 mod inflight;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,29 +95,25 @@ impl Forwarder {
     ) -> Result<(), ForwardError> {
         let mut committed = reader.committed();
         let mut committed_open = true;
-        let mut down_since = Some(Instant::now());
-        let mut down_alert_raised = false;
+        let mut timers = Timers {
+            grace,
+            down_alert_after: self.down_alert_after,
+            deadline: None,
+            down_since: Some(Instant::now()),
+            down_alert_raised: false,
+        };
         let mut backoff = self.reconnect_min;
         let mut reconnect_at = Instant::now();
-        let mut deadline: Option<Instant> = None;
-        let far = Duration::from_secs(86_400 * 365);
 
         'connection: loop {
             // Wait out the backoff (still raising the outage alert and honouring shutdown).
             loop {
-                let alert_at = down_since.map(|t| t + self.down_alert_after);
                 tokio::select! {
-                    _ = shutdown.cancelled(), if deadline.is_none() => {
-                        deadline = Some(Instant::now() + grace);
-                    }
-                    _ = tokio::time::sleep_until(deadline.unwrap_or(Instant::now() + far)), if deadline.is_some() => {
+                    _ = shutdown.cancelled(), if timers.deadline.is_none() => timers.shutdown_requested(),
+                    timer = timers.next() => if self.on_timer(timer, &mut timers, &store).await?.is_break() {
                         info!("Uplink still down at the end of the shutdown grace period.");
                         return Ok(());
-                    }
-                    _ = tokio::time::sleep_until(alert_at.unwrap_or(Instant::now() + far)), if alert_at.is_some() && !down_alert_raised => {
-                        down_alert_raised = true;
-                        self.raise_uplink(&store, EventState::Active, down_since).await?;
-                    }
+                    },
                     _ = tokio::time::sleep_until(reconnect_at) => break,
                 }
             }
@@ -146,7 +143,7 @@ impl Forwarder {
                         inflight.push(lane, last, n);
                     }
                 }
-                if deadline.is_some()
+                if timers.deadline.is_some()
                     && inflight.is_empty()
                     && Lane::ALL.iter().all(|l| reader.backlog(*l) == 0)
                 {
@@ -156,19 +153,12 @@ impl Forwarder {
                         tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
                     return Ok(());
                 }
-                let alert_at = down_since.map(|t| t + self.down_alert_after);
                 tokio::select! {
-                    _ = shutdown.cancelled(), if deadline.is_none() => {
-                        deadline = Some(Instant::now() + grace);
-                    }
-                    _ = tokio::time::sleep_until(deadline.unwrap_or(Instant::now() + far)), if deadline.is_some() => {
+                    _ = shutdown.cancelled(), if timers.deadline.is_none() => timers.shutdown_requested(),
+                    timer = timers.next() => if self.on_timer(timer, &mut timers, &store).await?.is_break() {
                         info!(in_flight = inflight.len(), "Shutdown grace period over; undelivered events stay in the store.");
                         return Ok(());
-                    }
-                    _ = tokio::time::sleep_until(alert_at.unwrap_or(Instant::now() + far)), if alert_at.is_some() && !down_alert_raised => {
-                        down_alert_raised = true;
-                        self.raise_uplink(&store, EventState::Active, down_since).await?;
-                    }
+                    },
                     c = committed.changed(), if committed_open => {
                         if c.is_err() { committed_open = false; }
                     }
@@ -178,11 +168,11 @@ impl Forwarder {
                             connected = true;
                             metrics.uplink_connected.set(1);
                             backoff = self.reconnect_min;
-                            if down_alert_raised {
-                                down_alert_raised = false;
-                                self.raise_uplink(&store, EventState::Cleared, down_since).await?;
+                            if timers.down_alert_raised {
+                                timers.down_alert_raised = false;
+                                self.raise_uplink(&store, EventState::Cleared, timers.down_since).await?;
                             }
-                            down_since = None;
+                            timers.down_since = None;
                         }
                         Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => {
                             if !inflight.on_outgoing_publish(pkid) {
@@ -199,8 +189,8 @@ impl Forwarder {
                         Ok(_) => {}
                         Err(err) => {
                             metrics.uplink_connected.set(0);
-                            if connected || down_since.is_none() {
-                                down_since = Some(Instant::now());
+                            if connected || timers.down_since.is_none() {
+                                timers.down_since = Some(Instant::now());
                             }
                             warn!(error = %err, retry_in = ?backoff, in_flight = inflight.len(), "Uplink connection failed; will resend from the cursors.");
                             inflight.clear();
@@ -210,6 +200,25 @@ impl Forwarder {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Acts on a timer that fired: raises the outage alert, or says the grace period is
+    /// over (`Break`: stop now).
+    async fn on_timer(
+        &self,
+        timer: Timer,
+        timers: &mut Timers,
+        store: &StoreHandle,
+    ) -> Result<ControlFlow<()>, ForwardError> {
+        match timer {
+            Timer::GraceOver => Ok(ControlFlow::Break(())),
+            Timer::UplinkDownAlert => {
+                timers.down_alert_raised = true;
+                self.raise_uplink(store, EventState::Active, timers.down_since)
+                    .await?;
+                Ok(ControlFlow::Continue(()))
             }
         }
     }
@@ -279,5 +288,50 @@ impl Forwarder {
         );
         store.append_nowait(ev).await?;
         Ok(())
+    }
+}
+
+/// The forwarder's timers, shared by the backoff wait and the connected loop: the end of
+/// the shutdown grace period, and the outage alert `down_alert_after` into an outage.
+#[derive(Debug)]
+struct Timers {
+    grace: Duration,
+    down_alert_after: Duration,
+    /// When forwarding must stop; set once shutdown is requested.
+    deadline: Option<Instant>,
+    /// When the uplink went down; `None` while connected.
+    down_since: Option<Instant>,
+    down_alert_raised: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    GraceOver,
+    UplinkDownAlert,
+}
+
+impl Timers {
+    fn shutdown_requested(&mut self) {
+        self.deadline.get_or_insert(Instant::now() + self.grace);
+    }
+
+    /// Resolves when the earliest armed timer fires; never while none is armed.
+    async fn next(&self) -> Timer {
+        let alert = self
+            .down_since
+            .filter(|_| !self.down_alert_raised)
+            .map(|since| (since + self.down_alert_after, Timer::UplinkDownAlert));
+        let grace = self.deadline.map(|at| (at, Timer::GraceOver));
+        match [grace, alert]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
+        {
+            Some((at, timer)) => {
+                tokio::time::sleep_until(at).await;
+                timer
+            }
+            None => std::future::pending().await,
+        }
     }
 }
