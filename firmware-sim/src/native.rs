@@ -157,11 +157,7 @@ pub fn rfc3339_millis(ms: i64) -> Option<String> {
     ))
 }
 
-/// Wall-clock now, Unix epoch milliseconds.
-pub fn now_ms() -> i64 {
-    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
-}
+pub use estate_protocols::model::now_ms;
 
 #[cfg(test)]
 mod tests {

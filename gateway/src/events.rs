@@ -5,10 +5,7 @@ use bytes::Bytes;
 use estate_protocols::model::{DeviceKind, Event, EventState, Reading, Source};
 use estate_protocols::taxonomy;
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
-}
+pub use estate_protocols::model::now_ms;
 
 /// A gateway event with `code` from the taxonomy, `detail` kept as its raw JSON.
 pub fn gateway_event(

@@ -432,6 +432,14 @@ impl TryFrom<pb::Event> for Event {
     }
 }
 
+/// Wall-clock now, Unix epoch milliseconds (the unit of every timestamp in the model).
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
