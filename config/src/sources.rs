@@ -221,9 +221,7 @@ pub struct JsonMap {
 }
 
 fn default_active() -> Vec<String> {
-    ["true", "1", "active", "alarm"]
-        .map(String::from)
-        .to_vec()
+    ["true", "1", "active", "alarm"].map(String::from).to_vec()
 }
 
 fn default_cleared() -> Vec<String> {
@@ -467,13 +465,19 @@ fn check_map(base: &str, s: &SourceConfig, map: &JsonMap, f: &mut Findings) {
             if !p.starts_with('/') {
                 f.at(
                     key(k),
-                    format!("{p:?} is not a JSON pointer; write it like \"/object/{}\"", p.trim_start_matches('/')),
+                    format!(
+                        "{p:?} is not a JSON pointer; write it like \"/object/{}\"",
+                        p.trim_start_matches('/')
+                    ),
                 );
             }
         }
     }
     if map.codes.is_empty() {
-        f.at(key("codes"), "must map at least one source value to an event code");
+        f.at(
+            key("codes"),
+            "must map at least one source value to an event code",
+        );
     }
     for (value, code) in &map.codes {
         if estate_protocols::taxonomy::lookup(code).is_none() {
@@ -500,7 +504,9 @@ fn check_map(base: &str, s: &SourceConfig, map: &JsonMap, f: &mut Findings) {
         {
             f.at(
                 key("availability_topic"),
-                format!("{t:?} is not covered by this source's `topics`, so it would never be received"),
+                format!(
+                    "{t:?} is not covered by this source's `topics`, so it would never be received"
+                ),
             );
         }
     }
@@ -588,12 +594,18 @@ mod tests {
         assert!(filters_overlap("#", "x"));
         assert!(!filters_overlap("a/+", "a/b/c"));
         assert!(!filters_overlap("zigbee2mqtt/#", "frigate/events"));
-        assert!(!filters_overlap("estate/E/+/+/event", "estate/E/+/+/heartbeat"));
+        assert!(!filters_overlap(
+            "estate/E/+/+/event",
+            "estate/E/+/+/heartbeat"
+        ));
         assert!(topic_matches("a/#", "a/b/c"));
         assert!(topic_matches("a/#", "a"));
         assert!(topic_matches("a/+/c", "a/b/c"));
         assert!(!topic_matches("a/+", "a/b/c"));
         assert!(!topic_matches("#", "$SYS/x"));
-        assert!(topic_matches("zigbee2mqtt/#", "zigbee2mqtt/b1 leak/availability"));
+        assert!(topic_matches(
+            "zigbee2mqtt/#",
+            "zigbee2mqtt/b1 leak/availability"
+        ));
     }
 }

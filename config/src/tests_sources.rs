@@ -12,7 +12,11 @@ estate_id = "E1"
 
 fn problem_at<'a>(errs: &'a ConfigErrors, path: &str) -> &'a ConfigProblem {
     let found: Vec<_> = errs.iter().filter(|p| p.path == path).collect();
-    assert_eq!(found.len(), 1, "expected one problem at {path}, got:\n{errs}");
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one problem at {path}, got:\n{errs}"
+    );
     found[0]
 }
 
@@ -130,13 +134,20 @@ source = {{ name = "zigbee2mqtt", id = "a" }}
     let at = |path: &str, line: usize, word: &str| {
         let p = problem_at(&errs, path);
         assert_eq!(p.line, Some(line), "{path}: {p}\n{shown}");
-        assert!(p.message.contains(word), "{path}: {p} should mention {word}");
+        assert!(
+            p.message.contains(word),
+            "{path}: {p} should mention {word}"
+        );
     };
     at("ingest.sources[0].format", 7, "unknown variant `zigbee`");
     at("ingest.sources[1].topics[0]", 10, "'#'");
     at("ingest.sources[1].clear_after", 11, "camera-isapi-json");
     // [3] has a bad name and a filter overlapping [2]'s default.
-    at("ingest.sources[3].topics[0]", 16, "overlaps \"zigbee2mqtt/#\"");
+    at(
+        "ingest.sources[3].topics[0]",
+        16,
+        "overlaps \"zigbee2mqtt/#\"",
+    );
     at("ingest.sources[3].name", 17, "' '");
     at("ingest.sources[4].map.device_id", 22, "JSON pointer");
     at("ingest.sources[4].map.codes", 24, "LEAK.ALARMED");
@@ -194,7 +205,9 @@ fn json_map_needs_topics_and_a_map_and_an_empty_list_reads_nothing() {
         .collect();
     assert_eq!(found.len(), 2, "{errs}");
     assert!(found.iter().any(|p| p.message.contains("`topics`")));
-    assert!(found.iter().any(|p| p.message.contains("[ingest.sources.map]")));
+    assert!(found
+        .iter()
+        .any(|p| p.message.contains("[ingest.sources.map]")));
 
     let text = format!("{MINIMAL}\n[ingest]\nsources = []\n");
     let errs = Config::from_toml_str(&text, "t.toml").expect_err("rejected");

@@ -88,7 +88,12 @@ impl Findings {
     }
 
     /// A finding whose rule also read `other` keys.
-    pub(crate) fn across(&mut self, path: impl Into<String>, other: &[String], message: impl Into<String>) {
+    pub(crate) fn across(
+        &mut self,
+        path: impl Into<String>,
+        other: &[String],
+        message: impl Into<String>,
+    ) {
         self.0.push(Finding {
             path: path.into(),
             involves: other.to_vec(),
