@@ -402,6 +402,26 @@ source = {{ name = "nbiot", id = "{NBIOT_IMEI}" }}
 mod tests {
     use super::*;
 
+    /// The shipped demo config reads exactly what the mixed estate publishes.
+    #[test]
+    fn shipped_gateway_config_has_the_mixed_estate_sources_and_devices() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/gateway.toml");
+        let text = std::fs::read_to_string(path).expect("config/gateway.toml is readable");
+        let shipped: toml::Value = text.parse().expect("parses");
+        let ours: toml::Value = mixed_estate_config("", "5s").parse().expect("parses");
+        assert_eq!(shipped["ingest"]["sources"], ours["ingest"]["sources"]);
+        let with_source = |v: &toml::Value| -> Vec<toml::Value> {
+            v["devices"]
+                .as_array()
+                .expect("devices")
+                .iter()
+                .filter(|d| d.get("source").is_some())
+                .cloned()
+                .collect()
+        };
+        assert_eq!(with_source(&shipped), with_source(&ours));
+    }
+
     #[test]
     fn renders_the_formats_topics_and_payloads() {
         let m = zigbee_state(

@@ -612,12 +612,15 @@ pub async fn publish_steps(
     o.set_clean_session(true).set_inflight(1);
     let (client, mut eventloop) = AsyncClient::new(o, 16);
     let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let driver = tokio::spawn(async move {
+    let mut driver = tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Incoming::PubAck(_))) => {
                     let _ = ack_tx.send(());
                 }
+                // Leave only once the DISCONNECT is written: a connection that just
+                // vanishes can make a broker discard what it has not routed yet.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(e) => {
                     warn!(error = %e, "Format publisher connection failed; retrying.");
@@ -652,6 +655,8 @@ pub async fn publish_steps(
         }
     }
     let _ = client.disconnect().await;
-    driver.abort();
+    if timeout(Duration::from_secs(5), &mut driver).await.is_err() {
+        driver.abort();
+    }
     Ok(acked)
 }
