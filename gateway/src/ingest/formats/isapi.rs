@@ -47,6 +47,7 @@ pub struct Isapi {
 }
 
 impl Isapi {
+    /// Incidents clear after `clear_after_ms` of silence.
     pub fn new(clear_after_ms: i64) -> Self {
         Isapi {
             clear_after_ms,
@@ -54,6 +55,7 @@ impl Isapi {
         }
     }
 
+    /// The silence after which an incident clears.
     pub fn clear_after_ms(&self) -> i64 {
         self.clear_after_ms
     }

@@ -47,8 +47,11 @@ pub struct Observation {
     pub source_id: String,
     /// A taxonomy code.
     pub code: &'static str,
+    /// Active or cleared.
     pub state: EventState,
+    /// The device's own timestamp, when the payload has one.
     pub device_time_ms: Option<i64>,
+    /// A reading (battery %, distance), when the payload has one.
     pub value: Option<Reading>,
     /// Where within the device's area it happened (Frigate zones); added to the location.
     pub zone: Option<String>,
@@ -172,6 +175,7 @@ pub fn text(format: SourceFormat, payload: &[u8]) -> Result<&str, DecodeError> {
     })
 }
 
+/// "a string", "an object", … for error messages.
 pub fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -269,6 +273,7 @@ pub fn opt_time(
     }
 }
 
+/// Epoch milliseconds of an RFC 3339 time.
 pub fn rfc3339_ms(s: &str) -> Option<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
@@ -329,6 +334,7 @@ struct SourceRt {
 /// What one message decoded to.
 #[derive(Debug, Default)]
 pub struct Decoded {
+    /// In the order they are to be stored.
     pub events: Vec<Event>,
     /// How many of them come from devices the config does not list.
     pub unregistered: usize,
