@@ -32,6 +32,10 @@
 //!   ([`ModbusConfig`], [`BusConfig`], [`DeviceModbusConfig`], [`Profile`], [`Point`]);
 //!   `validate_modbus.rs` their rules. Profile files named in `modbus.profile_files` are
 //!   read relative to the config file's folder, and their problems are located in them.
+//! - `sources.rs`: `[[ingest.sources]]` ([`SourceConfig`], [`SourceFormat`], [`JsonMap`])
+//!   and a device's identity in its source ([`DeviceSource`]); MQTT topic-filter helpers.
+//!   Each source is deserialized on its own, like a device; `validate.rs` checks names,
+//!   filters (valid, not overlapping), format-specific keys and taxonomy codes.
 //! - `error.rs`: [`ConfigErrors`] / [`ConfigProblem`].
 //!
 //! # Flow
@@ -63,6 +67,7 @@ mod load;
 mod modbus;
 mod schema;
 mod secrets;
+mod sources;
 mod units;
 mod validate;
 mod validate_modbus;
@@ -79,6 +84,10 @@ pub use modbus::{
 pub use schema::{
     ApiConfig, BrokerConfig, Config, DeviceConfig, GatewayConfig, IngestConfig, StoreConfig,
     TlsConfig, UplinkConfig,
+};
+pub use sources::{
+    filters_overlap, topic_filter_problem, topic_matches, DeviceSource, JsonMap, SourceConfig,
+    SourceFormat, TimeFormat,
 };
 pub use units::{ByteSize, ByteSizeError, Secret};
 pub use validate::SLED_BLOB_THRESHOLD;
@@ -131,3 +140,5 @@ impl Config {
 mod tests;
 #[cfg(test)]
 mod tests_modbus;
+#[cfg(test)]
+mod tests_sources;

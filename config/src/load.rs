@@ -143,12 +143,13 @@ impl<'a> Loader<'a> {
         };
         let mut parts = Parts {
             gateway,
-            ingest: self.optional_section("ingest"),
+            ingest: None,
             store: self.optional_section("store"),
             uplink: self.optional_section("uplink"),
             api: self.optional_section("api"),
             ..Parts::default()
         };
+        self.ingest(&mut parts);
         self.devices(&mut parts);
         let modbus = self.modbus();
 
@@ -290,6 +291,47 @@ impl<'a> Loader<'a> {
             return None;
         }
         None
+    }
+
+    /// `[ingest]`, with each `[[ingest.sources]]` entry deserialized on its own so one bad
+    /// source does not hide the others (like `[[devices]]`).
+    fn ingest(&mut self, parts: &mut Parts) {
+        let (mut table, span) = match self.table("ingest") {
+            Section::Absent => {
+                parts.ingest = Some(Default::default());
+                return;
+            }
+            Section::Broken => return,
+            Section::Table(t, span) => (t, span),
+        };
+        let sources_item = table.remove("sources");
+        let Some(mut ingest) = self.section::<crate::schema::IngestConfig>(table, "ingest", span)
+        else {
+            return;
+        };
+        if let Some(item) = sources_item {
+            let mut sources = Vec::new();
+            for (i, t, span) in self.entries("ingest.sources", "source", &item) {
+                let base = format!("ingest.sources[{i}]");
+                if let Some(Item::Value(Value::String(name))) = t.get("name") {
+                    parts.source_names.push((i, name.value().clone()));
+                }
+                match self.section::<crate::sources::SourceConfig>(t, &base, span) {
+                    Some(source) => {
+                        if source.name.is_none() {
+                            parts
+                                .source_names
+                                .push((i, source.effective_name().to_owned()));
+                        }
+                        parts.sources.push((i, source.clone()));
+                        sources.push(source);
+                    }
+                    None => parts.sources_complete = false,
+                }
+            }
+            ingest.sources = Some(sources);
+        }
+        parts.ingest = Some(ingest);
     }
 
     fn devices(&mut self, parts: &mut Parts) {

@@ -11,6 +11,7 @@ use estate_protocols::model::{DeviceKind, Location};
 use serde::{Deserialize, Serialize};
 
 use crate::modbus::{DeviceModbusConfig, ModbusConfig};
+use crate::sources::{DeviceSource, SourceConfig};
 use crate::units::{ByteSize, Secret};
 
 /// The whole gateway configuration, one field per section of the file.
@@ -85,6 +86,12 @@ pub struct IngestConfig {
     /// How many raw payload bytes are kept with each event and each dead letter, for
     /// audit and debugging. Must be below `store.record_max_bytes`. Default: `"2 KiB"`.
     pub raw_limit: ByteSize,
+    /// `[[ingest.sources]]`: the payload formats to read and their topics (see the
+    /// README, "Device formats"). When absent, exactly one native source under
+    /// `topic_prefix`. When present, exactly the listed sources (list `format =
+    /// "native"` too to keep the native devices). Default: absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<SourceConfig>>,
 }
 
 impl Default for IngestConfig {
@@ -94,6 +101,7 @@ impl Default for IngestConfig {
             topic_prefix: "estate".to_owned(),
             max_payload: ByteSize::kib(64),
             raw_limit: ByteSize::kib(2),
+            sources: None,
         }
     }
 }
@@ -349,4 +357,10 @@ pub struct DeviceConfig {
     /// over MQTT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modbus: Option<DeviceModbusConfig>,
+    /// `source = { name = "zigbee", id = "b1-101 kitchen leak" }`: the device publishes
+    /// through the `[[ingest.sources]]` entry `name`, which knows it by `id` (a zigbee2mqtt
+    /// friendly name, a camera id, a door). Its events then carry this device's `id`,
+    /// kind and location. Default: unset (a native device, known by `id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<DeviceSource>,
 }

@@ -21,7 +21,7 @@ pub const SLED_BLOB_THRESHOLD: ByteSize = ByteSize::kib(128);
 const MQTT_MAX_PACKET: u64 = 268_435_455;
 
 /// The sections as far as they deserialized.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Parts {
     pub gateway: Option<GatewayConfig>,
     pub ingest: Option<IngestConfig>,
@@ -33,6 +33,31 @@ pub(crate) struct Parts {
     /// Every device id that is at least a string, including devices that failed to
     /// deserialize for another reason, so duplicates are found among all of them.
     pub device_ids: Vec<(usize, String)>,
+    /// `[[ingest.sources]]` entries that deserialized, with their index.
+    pub sources: Vec<(usize, crate::sources::SourceConfig)>,
+    /// Every source's effective name that is known, including sources that failed to
+    /// deserialize but have a `name`.
+    pub source_names: Vec<(usize, String)>,
+    /// False when some `[[ingest.sources]]` entry failed to deserialize (so a name not
+    /// found among them may still be meant).
+    pub sources_complete: bool,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Parts {
+            gateway: None,
+            ingest: None,
+            store: None,
+            uplink: None,
+            api: None,
+            devices: Vec::new(),
+            device_ids: Vec::new(),
+            sources: Vec::new(),
+            source_names: Vec::new(),
+            sources_complete: true,
+        }
+    }
 }
 
 /// One rule violation.
@@ -50,10 +75,10 @@ pub(crate) struct Finding {
 }
 
 #[derive(Default)]
-struct Findings(Vec<Finding>);
+pub(crate) struct Findings(pub(crate) Vec<Finding>);
 
 impl Findings {
-    fn at(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn at(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Finding {
             path: path.into(),
             involves: Vec::new(),
@@ -63,7 +88,12 @@ impl Findings {
     }
 
     /// A finding whose rule also read `other` keys.
-    fn across(&mut self, path: impl Into<String>, other: &[String], message: impl Into<String>) {
+    pub(crate) fn across(
+        &mut self,
+        path: impl Into<String>,
+        other: &[String],
+        message: impl Into<String>,
+    ) {
         self.0.push(Finding {
             path: path.into(),
             involves: other.to_vec(),
@@ -127,6 +157,7 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
         }
     }
     check_devices(parts, &mut f);
+    crate::sources::check(parts, &mut f);
     f.0
 }
 
@@ -144,7 +175,7 @@ fn bad_char(s: &str, extra: &[char]) -> Option<char> {
         .find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c)))
 }
 
-fn check_id(path: &str, value: &str, extra: &[char], max_len: usize, f: &mut Findings) {
+pub(crate) fn check_id(path: &str, value: &str, extra: &[char], max_len: usize, f: &mut Findings) {
     let allowed = if extra.contains(&'.') {
         "letters, digits, '-', '_' and '.'"
     } else {
@@ -474,8 +505,7 @@ mod tests {
             store: Some(StoreConfig::default()),
             uplink: Some(UplinkConfig::default()),
             api: Some(ApiConfig::default()),
-            devices: Vec::new(),
-            device_ids: Vec::new(),
+            ..Parts::default()
         };
         assert_eq!(validate(&parts), Vec::new());
     }

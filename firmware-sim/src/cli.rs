@@ -25,6 +25,9 @@ pub enum Command {
     Publish(PublishArgs),
     /// Subscribe to the gateway's uplink like the city platform and check it.
     City(CityArgs),
+    /// Publish the mixed estate in third-party formats (zigbee2mqtt, Frigate, ISAPI-style
+    /// camera, access-control SDK codes, NB-IoT smoke), as a real estate mixes them.
+    Formats(FormatsArgs),
     /// Serve the simulated Modbus devices; control them with line commands on stdin.
     Modbus(ModbusArgs),
 }
@@ -97,6 +100,51 @@ pub struct PublishArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Zigbee2mqtt,
+    Frigate,
+    CameraIsapiJson,
+    AccessControlJson,
+    NbiotSmokeJson,
+}
+
+impl FormatArg {
+    /// The first topic level (after the base) of this format's messages.
+    fn topic_root(self) -> &'static str {
+        match self {
+            FormatArg::Zigbee2mqtt => "zigbee2mqtt",
+            FormatArg::Frigate => "frigate",
+            FormatArg::CameraIsapiJson => "isapi",
+            FormatArg::AccessControlJson => "acs",
+            FormatArg::NbiotSmokeJson => "nbiot",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FormatsArgs {
+    /// Broker address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    /// Topic level put before every topic (e.g. "lab" → "lab/zigbee2mqtt/…"); default
+    /// none: the formats' real topics.
+    #[arg(long, default_value = "")]
+    pub base: String,
+    /// Only these formats (repeatable); default all.
+    #[arg(long = "format", value_enum)]
+    pub formats: Vec<FormatArg>,
+    /// Run the script this many times.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Print the gateway's [[ingest.sources]] and [[devices]] for this script and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// ISAPI silence before a camera alarm counts as cleared (with --print-config).
+    #[arg(long, default_value = "5s")]
+    pub clear_after: String,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct CityArgs {
     /// Broker address, HOST:PORT.
@@ -157,7 +205,51 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Publish(a) => run_publish(a).await,
         Command::City(a) => run_city(a).await,
         Command::Modbus(a) => run_modbus(a).await,
+        Command::Formats(a) => run_formats(a).await,
     }
+}
+
+async fn run_formats(a: FormatsArgs) -> Result<()> {
+    use estate_sim::formats::{mixed_estate, mixed_estate_config};
+    if a.print_config {
+        print!("{}", mixed_estate_config(&a.base, &a.clear_after));
+        return Ok(());
+    }
+    let (host, port) = parse_broker(&a.broker)?;
+    let prefix = if a.base.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", a.base)
+    };
+    let steps: Vec<_> = mixed_estate(&a.base)
+        .into_iter()
+        .filter(|s| {
+            a.formats.is_empty()
+                || a.formats.iter().any(|f| {
+                    s.msg
+                        .topic
+                        .strip_prefix(&prefix)
+                        .is_some_and(|t| t.starts_with(f.topic_root()))
+                })
+        })
+        .collect();
+    let stop = ctrl_c_token();
+    let mut acked = 0;
+    for _ in 0..a.repeat {
+        acked += publish::publish_steps(
+            &host,
+            port,
+            &random_client_id("estate-sim-formats"),
+            &steps,
+            stop.clone(),
+        )
+        .await?;
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    println!("published {acked} messages in third-party formats (acknowledged)");
+    Ok(())
 }
 
 async fn run_modbus(a: ModbusArgs) -> Result<()> {

@@ -9,6 +9,9 @@
 //! - [`estate`] — the simulated estate: devices with id, kind and location
 //!   ([`estate::demo_devices`] matches the shipped demo configuration).
 //! - [`native`] — pure topic and JSON payload building for the native protocol.
+//! - [`formats`] — pure rendering of third-party formats (zigbee2mqtt, Frigate, ISAPI-style
+//!   camera alarms, access-control SDK codes, NB-IoT smoke state codes) and the scripted
+//!   mixed estate ([`formats::mixed_estate`]) with the gateway config that reads it.
 //! - [`scenario`] — pure: which message is the `n`-th of a run (telemetry, fire, leak,
 //!   mixed, plus evenly spread `SMOKE.ALARM`s). Every message carries `seq = n`.
 //! - [`publish`] — the load generator: one MQTT connection, QoS1, PUBACK flow control or
@@ -36,6 +39,7 @@
 
 pub mod city;
 pub mod estate;
+pub mod formats;
 pub mod modbus;
 pub mod native;
 pub mod publish;

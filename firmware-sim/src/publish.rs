@@ -504,6 +504,69 @@ pub async fn run_until(opts: PublishOptions, stop: CancellationToken) -> Result<
     Ok(report)
 }
 
+/// Publishes a script of third-party-format messages ([`crate::formats::mixed_estate`])
+/// QoS 1, one at a time, waiting `step.after` before each and for its PUBACK after it.
+/// Returns how many were acknowledged; stops early on `stop`.
+pub async fn publish_steps(
+    broker_host: &str,
+    broker_port: u16,
+    client_id: &str,
+    steps: &[crate::formats::Step],
+    stop: CancellationToken,
+) -> anyhow::Result<u64> {
+    let mut o = MqttOptions::new(client_id, broker_host, broker_port);
+    o.set_clean_session(true).set_inflight(1);
+    let (client, mut eventloop) = AsyncClient::new(o, 16);
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut driver = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                    let _ = ack_tx.send(());
+                }
+                // Leave only once the DISCONNECT is written: a connection that just
+                // vanishes can make a broker discard what it has not routed yet.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "Format publisher connection failed; retrying.");
+                    sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    });
+    let mut acked = 0;
+    for step in steps {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = sleep(step.after) => {}
+        }
+        client
+            .publish(
+                step.msg.topic.as_str(),
+                QoS::AtLeastOnce,
+                step.msg.retain,
+                step.msg.payload.clone(),
+            )
+            .await?;
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            got = timeout(Duration::from_secs(30), acks.recv()) => {
+                if matches!(got, Ok(Some(()))) {
+                    acked += 1;
+                } else {
+                    anyhow::bail!("no PUBACK within 30 s for {}", step.msg.topic);
+                }
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    if timeout(Duration::from_secs(5), &mut driver).await.is_err() {
+        driver.abort();
+    }
+    Ok(acked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

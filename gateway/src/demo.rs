@@ -3,8 +3,12 @@
 //! Embedded broker (rumqttd, loopback, free port) → the gateway (the shipped
 //! `config/gateway.toml`, pointed at that broker, store in a temp folder) → uplink to the
 //! same broker → the reference city-platform subscriber. The simulator publishes the demo
-//! estate's devices (mixed scenario: telemetry, a fire, a leak). Every two seconds it
-//! prints what flows; at the end, a summary with what the city platform received.
+//! estate's devices (mixed scenario: telemetry, a fire, a leak) in the native format, and
+//! beside them, over and over, the mixed estate in third-party formats (zigbee2mqtt,
+//! Frigate, an ISAPI camera, an access controller, NB-IoT smoke: see
+//! `estate_sim::formats::mixed_estate`), which the shipped config's `[[ingest.sources]]`
+//! read. Every two seconds it prints what flows; at the end, a summary with what the city
+//! platform received.
 
 use std::time::{Duration, Instant};
 
@@ -84,6 +88,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         stop_publishing.clone(),
     ));
 
+    // Third-party formats beside the native devices, the script repeated until the end.
+    let formats = tokio::spawn({
+        let stop = stop_publishing.clone();
+        let host = broker.addr.ip().to_string();
+        let port = broker.addr.port();
+        async move {
+            // Not retained here (availability topics are, on a real broker): a retained
+            // publish is one more rumqttd path, and the demo's broker is rumqttd.
+            let mut steps = estate_sim::formats::mixed_estate("");
+            for s in &mut steps {
+                s.msg.retain = false;
+            }
+            let mut acked = 0u64;
+            while !stop.is_cancelled() {
+                let id = estate_sim::publish::random_client_id("demo-formats");
+                acked += estate_sim::publish::publish_steps(&host, port, &id, &steps, stop.clone())
+                    .await?;
+            }
+            anyhow::Ok(acked)
+        }
+    });
+
     println!("estate-gateway demo: a simulated estate on this machine");
     println!("  broker (embedded)   mqtt://{}", broker.addr);
     println!(
@@ -92,6 +118,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("  store               {}", data.path().display());
     println!("  sensors publish to  estate/{estate}/<kind>/<device>/event");
+    println!("  and third-party     zigbee2mqtt/#, frigate/events, isapi/#, acs/#, nbiot/#");
     println!("  city stream         city/v1/{estate}/alarms|events");
     println!("Press Ctrl-C to stop.\n");
 
@@ -131,10 +158,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     stop_publishing.cancel();
     let report = publisher.await??;
+    let formats_acked = formats.await??;
     // Let the last events reach the city before stopping: first everything the sensors
     // got a PUBACK for is committed, then the city has received it all.
     let settle = tokio::time::Instant::now() + Duration::from_secs(10);
-    while m.ingest_acked.get() < report.acked && tokio::time::Instant::now() < settle {
+    while m.ingest_acked.get() < report.acked + formats_acked
+        && tokio::time::Instant::now() < settle
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let committed_total = *running.reader.committed().borrow();
@@ -145,7 +175,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     gateway.await??;
     let c = city.summary();
     println!(
-        "\nSensors published {} (acknowledged {}); the city platform received {} unique events ({} alarms, {} events), {} duplicates, {} missing, {} decode errors.",
+        "\nSensors published {} (acknowledged {}) plus {formats_acked} in third-party formats; the city platform received {} unique events ({} alarms, {} events), {} duplicates, {} missing, {} decode errors.",
         report.sent, report.acked, c.unique, c.alarms, c.events, c.duplicates, c.missing(), c.decode_errors
     );
     Ok(())

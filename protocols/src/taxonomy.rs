@@ -45,6 +45,8 @@ pub const CODES: &[CodeInfo] = &[
     c("FIRE.DISABLED", S3, true, Some(K::FirePanel)),
     c("SMOKE.LOW_BATT", S3, true, Some(K::Smoke)),
     c("SMOKE.DUST", S3, true, Some(K::Smoke)),
+    // A detector's own fault (NB-IoT state code 5); added for issue 5.
+    c("SMOKE.FAULT", S3, true, Some(K::Smoke)),
     c("SMOKE.TEST", S4, false, Some(K::Smoke)),
     c("SMOKE.SILENCED", S4, false, Some(K::Smoke)),
     c("GAS.AL2", S1, true, Some(K::Gas)),
@@ -65,6 +67,8 @@ pub const CODES: &[CodeInfo] = &[
     c("VID.TAMPER", S2, true, Some(K::Camera)),
     c("VID.LOITER", S3, true, Some(K::Camera)),
     c("VID.LOSS", S3, true, Some(K::Camera)),
+    // Plain motion (camera VMD, an NVR's non-person object): information, not an alarm.
+    c("VID.MOTION", S4, true, Some(K::Camera)),
     c("ELEV.TRAPPED", S1, true, Some(K::Elevator)),
     c("ELEV.FAULT", S3, true, Some(K::Elevator)),
     c("SOS.PRESSED", S1, false, Some(K::EmergencyButton)),
@@ -72,6 +76,10 @@ pub const CODES: &[CodeInfo] = &[
     c("DEV.OFFLINE", S3, true, None),
     c("DEV.ONLINE", S4, false, None),
     c("DEV.HEARTBEAT", S4, false, None),
+    // Battery low / enclosure opened on a device whose family has no code of its own
+    // (zigbee sensors, third-party devices); added for issue 5.
+    c("DEV.LOW_BATT", S3, true, None),
+    c("DEV.TAMPER", S2, true, None),
     // A value report (Modbus point reading), not an alert.
     c("DEV.READING", S4, false, None),
     c("GW.UPLINK_DOWN", S2, true, Some(K::Gateway)),

@@ -145,7 +145,7 @@ impl Loader<'_> {
 
     /// The entries of an array of tables (`[[x]]` or `x = [{…}, …]`), with their index;
     /// entries that are not tables are reported and skipped.
-    fn entries(
+    pub(super) fn entries(
         &mut self,
         path: &str,
         what: &str,

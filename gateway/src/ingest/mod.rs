@@ -1,19 +1,24 @@
 //! Ingest: sensors → events. MQTT is here; Modbus polling is in [`modbus`].
 //!
 //! The MQTT stage keeps a persistent session (stable client id, `clean_session = false`),
-//! subscribes QoS 1 and acknowledges each message only after what it produced (an event,
-//! or a dead letter for malformed input) is durable in the store. Nothing is dropped:
-//! unregistered devices are accepted and counted; bad input is dead-lettered and acked so
-//! it cannot loop.
+//! subscribes QoS 1 to every configured source's topic filters, and acknowledges each
+//! message only after everything it produced (0..n events, or a dead letter for malformed
+//! input) is durable in the store. Nothing is dropped: unregistered devices are accepted
+//! and counted; bad input is dead-lettered and acked so it cannot loop.
 //!
 //! ```text
-//! broker ─▶ EventLoop::poll ─▶ native::decode ─▶ StoreHandle::append ─▶ (Pending, Publish) ─▶ ack task ─▶ PUBACK
+//! broker ─▶ EventLoop::poll ─▶ formats::Sources::decode ─▶ StoreHandle::append × n ─▶ ([Pending], Publish) ─▶ PUBACK in order
+//!            tick (camera silence) ─▶ Sources::tick ─▶ StoreHandle::append_nowait
 //! ```
+//!
+//! Which decoder reads a message is chosen by topic (see [`formats`]); the native
+//! protocol is [`native`].
 
+pub mod formats;
 pub mod modbus;
 pub mod native;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +32,7 @@ use estate_config::Config;
 use crate::events::now_ms;
 use crate::store::{DeadLetter, Pending, StoreError, StoreHandle};
 use crate::telemetry::Metrics;
-use native::{DecodeContext, DeviceInfo};
+use formats::Sources;
 
 /// Largest packet the client accepts. Payloads above `ingest.max_payload` are received
 /// whole and dead-lettered; only a packet above this would make rumqttc drop the
@@ -53,12 +58,9 @@ pub enum IngestError {
 #[derive(Debug)]
 pub struct MqttIngest {
     options: rumqttc::MqttOptions,
-    gateway_id: String,
-    estate_id: String,
-    prefix: String,
-    max_payload: usize,
+    /// Every configured source and its decoder state.
+    sources: Sources,
     raw_limit: usize,
-    devices: HashMap<String, DeviceInfo>,
     reconnect_min: Duration,
     reconnect_max: Duration,
 }
@@ -72,38 +74,18 @@ impl MqttIngest {
             .set_max_packet_size(MAX_INCOMING_PACKET, 64 * 1024);
         Ok(MqttIngest {
             options,
-            gateway_id: cfg.gateway.id.clone(),
-            estate_id: cfg.gateway.estate_id.clone(),
-            prefix: cfg.ingest.topic_prefix.clone(),
-            max_payload: cfg.ingest.max_payload.as_usize(),
+            sources: Sources::new(cfg),
             raw_limit: cfg.ingest.raw_limit.as_usize(),
-            devices: cfg
-                .devices
-                .iter()
-                .map(|d| {
-                    (
-                        d.id.clone(),
-                        DeviceInfo {
-                            kind: d.kind,
-                            location: d.location.clone(),
-                        },
-                    )
-                })
-                .collect(),
             reconnect_min: cfg.ingest.mqtt.reconnect_min,
             reconnect_max: cfg.ingest.mqtt.reconnect_max,
         })
     }
 
     fn filters(&self) -> Vec<rumqttc::SubscribeFilter> {
-        ["event", "heartbeat"]
-            .iter()
-            .map(|leaf| {
-                rumqttc::SubscribeFilter::new(
-                    format!("{}/{}/+/+/{leaf}", self.prefix, self.estate_id),
-                    QoS::AtLeastOnce,
-                )
-            })
+        self.sources
+            .filters()
+            .into_iter()
+            .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce))
             .collect()
     }
 
@@ -116,7 +98,7 @@ impl MqttIngest {
     /// stops reading new ones (back-pressure to the broker); commits land without the event
     /// loop, so that wait always ends.
     pub async fn run(
-        self,
+        mut self,
         store: StoreHandle,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -124,18 +106,31 @@ impl MqttIngest {
         let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
         let mut acks = AckQueue::default();
         let mut backoff = self.reconnect_min;
+        // Clears camera alarms after their silence; only sources that need it tick.
+        let tick_every = self.sources.tick_every_ms();
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            tick_every.unwrap_or(3_600_000).max(1) as u64,
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(broker = ?self.options.broker_address(), client_id = %self.options.client_id(), "MQTT ingest starting.");
         loop {
+            acks.promote();
             acks.flush(&client, &metrics);
             let reading = acks.waiting.len() < MAX_UNACKED;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
+                _ = tick.tick(), if tick_every.is_some() => {
+                    if self.tick(&store, &metrics).await.is_err() {
+                        error!("Store writer stopped; ingest cannot continue.");
+                        break;
+                    }
+                }
                 polled = eventloop.poll(), if reading => match polled {
                     Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                         metrics.ingest_received.inc();
                         match self.accept(&publish, &store, &metrics).await {
-                            Ok(pending) => acks.waiting.push_back((pending, publish)),
+                            Ok(pending) => acks.push(pending, publish),
                             Err(_) => {
                                 error!("Store writer stopped; ingest cannot continue.");
                                 break;
@@ -172,6 +167,7 @@ impl MqttIngest {
         // now are not acknowledged; the persistent session redelivers them.
         let drain = async {
             loop {
+                acks.promote();
                 acks.flush(&client, &metrics);
                 if acks.waiting.is_empty() && acks.ready.is_empty() {
                     break;
@@ -199,37 +195,33 @@ impl MqttIngest {
         Ok(())
     }
 
-    /// Decodes one message and submits the event or dead letter to the store.
+    /// Decodes one message and submits its events (or its dead letter) to the store.
+    /// The returned commits all land before the message is acknowledged; none (a message
+    /// that changed nothing, e.g. a folded camera repeat) acknowledges it in order.
     async fn accept(
-        &self,
+        &mut self,
         publish: &Publish,
         store: &StoreHandle,
         metrics: &Metrics,
-    ) -> Result<Pending, crate::store::StoreError> {
+    ) -> Result<VecDeque<Pending>, crate::store::StoreError> {
         let now = now_ms();
-        let ctx = DecodeContext {
-            gateway_id: &self.gateway_id,
-            estate_id: &self.estate_id,
-            prefix: &self.prefix,
-            max_payload: self.max_payload,
-            raw_limit: self.raw_limit,
-            devices: &self.devices,
-            now_ms: now,
-            event_id: ulid::Ulid::new().to_string(),
-        };
-        match native::decode(&publish.topic, &publish.payload, &ctx) {
-            Ok(event) => {
-                if !event.registered {
-                    metrics.ingest_unregistered.inc();
-                    debug!(device_id = %event.device_id, "Event from an unregistered device accepted.");
+        match self.sources.decode(&publish.topic, &publish.payload, now) {
+            Ok(decoded) => {
+                let mut pending = VecDeque::with_capacity(decoded.events.len());
+                for event in decoded.events {
+                    if !event.registered {
+                        metrics.ingest_unregistered.inc();
+                        debug!(device_id = %event.device_id, "Event from an unregistered device accepted.");
+                    }
+                    pending.push_back(store.append(event).await?);
                 }
-                store.append(event).await
+                Ok(pending)
             }
             Err(e) => {
                 metrics.dead_letter(e.reason);
                 warn!(topic = %publish.topic, reason = e.reason, error = %e.detail, "Malformed input dead-lettered.");
                 let (raw, _) = native::bounded_raw(&publish.payload, self.raw_limit);
-                store
+                let pending = store
                     .dead_letter(DeadLetter {
                         received_ms: now,
                         source: publish.topic.clone(),
@@ -237,44 +229,95 @@ impl MqttIngest {
                         raw,
                         original_len: publish.payload.len(),
                     })
-                    .await
+                    .await?;
+                Ok(VecDeque::from([pending]))
             }
         }
     }
+
+    /// Stores what the time-driven decoders ended (camera alarms cleared after silence).
+    /// Not tied to any message, so nothing waits for these commits.
+    async fn tick(&mut self, store: &StoreHandle, metrics: &Metrics) -> Result<(), StoreError> {
+        let decoded = self.sources.tick(now_ms());
+        for event in decoded.events {
+            if !event.registered {
+                metrics.ingest_unregistered.inc();
+            }
+            debug!(device_id = %event.device_id, code = %event.code, "Cleared after silence.");
+            store.append_nowait(event).await?;
+        }
+        Ok(())
+    }
 }
 
-/// Messages waiting for their commit, then for their PUBACK to be handed to the client,
-/// both in arrival order. A failed commit leaves its message unacknowledged: the broker
-/// redelivers it on the next session.
+/// Messages waiting for their commits (all of them: one message may produce several
+/// events), then for their PUBACK to be handed to the client, both in arrival order. A
+/// failed commit leaves its message unacknowledged: the broker redelivers it on the next
+/// session.
 #[derive(Debug, Default)]
 struct AckQueue {
-    waiting: VecDeque<(Pending, Publish)>,
+    waiting: VecDeque<Waiting>,
     /// Committed; PUBACK not yet accepted by the client's request channel.
     ready: VecDeque<Publish>,
 }
 
+#[derive(Debug)]
+struct Waiting {
+    /// Commits still outstanding, oldest first.
+    pending: VecDeque<Pending>,
+    publish: Publish,
+    /// One of its commits failed: never acknowledge it.
+    failed: bool,
+}
+
 impl AckQueue {
-    /// Resolves when the oldest waiting message's commit is answered.
+    fn push(&mut self, pending: VecDeque<Pending>, publish: Publish) {
+        self.waiting.push_back(Waiting {
+            pending,
+            publish,
+            failed: false,
+        });
+    }
+
+    /// Moves the front messages whose commits have all landed to `ready` (or drops a
+    /// failed one from the queue without acknowledging it).
+    fn promote(&mut self) {
+        while self.waiting.front().is_some_and(|w| w.pending.is_empty()) {
+            let Some(w) = self.waiting.pop_front() else {
+                return;
+            };
+            if !w.failed {
+                self.ready.push_back(w.publish);
+            }
+        }
+    }
+
+    /// Resolves when the oldest outstanding commit of the oldest waiting message is answered.
     async fn next_commit(&mut self) -> Result<Result<u64, StoreError>, oneshot::error::RecvError> {
-        match self.waiting.front_mut() {
-            Some((pending, _)) => pending.await,
+        match self.waiting.front_mut().and_then(|w| w.pending.front_mut()) {
+            Some(pending) => pending.await,
             None => std::future::pending().await,
         }
     }
 
     fn committed(&mut self, done: Result<Result<u64, StoreError>, oneshot::error::RecvError>) {
-        let Some((_, publish)) = self.waiting.pop_front() else {
+        let Some(w) = self.waiting.front_mut() else {
             return;
         };
+        w.pending.pop_front();
         match done {
-            Ok(Ok(_)) => self.ready.push_back(publish),
+            Ok(Ok(_)) => {}
             Ok(Err(err)) => {
-                error!(topic = %publish.topic, error = %err, "Event not committed; not acknowledging it.");
+                w.failed = true;
+                error!(topic = %w.publish.topic, error = %err, "Event not committed; not acknowledging it.");
             }
-            Err(_) => error!(topic = %publish.topic, "Store writer gone; not acknowledging."),
+            Err(_) => {
+                w.failed = true;
+                error!(topic = %w.publish.topic, "Store writer gone; not acknowledging.");
+            }
         }
+        self.promote();
     }
-
     /// Hands ready PUBACKs to the client until its request channel is full; the event
     /// loop writes them out as it is polled.
     fn flush(&mut self, client: &AsyncClient, metrics: &Metrics) {

@@ -1,0 +1,611 @@
+//! `[[ingest.sources]]`: which MQTT payload format arrives on which topics, and a
+//! device's identity in its source (`[[devices]] source = { name, id }`).
+//!
+//! When `ingest.sources` is absent the gateway reads exactly one source, the native
+//! format under `ingest.topic_prefix`. When present, it reads exactly the listed ones.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{check_id, Finding, Findings, Parts};
+
+/// A payload format the gateway decodes. Names as in config: kebab-case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceFormat {
+    /// Our own firmware: `{topic_prefix}/{estate_id}/{kind}/{device_id}/event|heartbeat`.
+    Native,
+    /// zigbee2mqtt: `zigbee2mqtt/<friendly name>` full-state JSON, `…/availability`.
+    Zigbee2mqtt,
+    /// Frigate NVR: `frigate/events` (new / update / end), `frigate/available`.
+    Frigate,
+    /// Hikvision ISAPI-style camera alarms relayed as JSON (`eventType`, `eventState`).
+    CameraIsapiJson,
+    /// Access-control controllers' SDK event codes as JSON.
+    AccessControlJson,
+    /// NB-IoT smoke detectors' vendor state codes as JSON.
+    NbiotSmokeJson,
+    /// Anything else, described declaratively in `[ingest.sources.map]`.
+    JsonMap,
+}
+
+impl SourceFormat {
+    /// Every format, in documentation order.
+    pub const ALL: &'static [SourceFormat] = &[
+        SourceFormat::Native,
+        SourceFormat::Zigbee2mqtt,
+        SourceFormat::Frigate,
+        SourceFormat::CameraIsapiJson,
+        SourceFormat::AccessControlJson,
+        SourceFormat::NbiotSmokeJson,
+        SourceFormat::JsonMap,
+    ];
+
+    /// The name used in config, metrics and dead-letter reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Native => "native",
+            SourceFormat::Zigbee2mqtt => "zigbee2mqtt",
+            SourceFormat::Frigate => "frigate",
+            SourceFormat::CameraIsapiJson => "camera-isapi-json",
+            SourceFormat::AccessControlJson => "access-control-json",
+            SourceFormat::NbiotSmokeJson => "nbiot-smoke-json",
+            SourceFormat::JsonMap => "json-map",
+        }
+    }
+
+    /// The topic filters subscribed when `topics` is not given. Native has none of its
+    /// own: it always uses `ingest.topic_prefix`; json-map has none (`topics` required).
+    pub fn default_topics(self) -> &'static [&'static str] {
+        match self {
+            SourceFormat::Native | SourceFormat::JsonMap => &[],
+            SourceFormat::Zigbee2mqtt => &["zigbee2mqtt/#"],
+            SourceFormat::Frigate => &["frigate/events", "frigate/available"],
+            SourceFormat::CameraIsapiJson => &["isapi/#"],
+            SourceFormat::AccessControlJson => &["acs/#"],
+            SourceFormat::NbiotSmokeJson => &["nbiot/#"],
+        }
+    }
+}
+
+impl std::fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[ingest.sources]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Required. The payload format: `native`, `zigbee2mqtt`, `frigate`,
+    /// `camera-isapi-json`, `access-control-json`, `nbiot-smoke-json` or `json-map`.
+    pub format: SourceFormat,
+    /// The source's label: in every event's `source.reference` (`{name}:{topic}`), in
+    /// dead-letter reasons, in `[[devices]] source = { name = … }` and in the device id
+    /// of unregistered devices (`{name}.{their id}`). Letters, digits, `-`, `_`; unique.
+    /// Default: the format's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// MQTT topic filters to subscribe to (`+` and `#` allowed). Default per format:
+    /// zigbee2mqtt `["zigbee2mqtt/#"]`, frigate `["frigate/events", "frigate/available"]`,
+    /// camera-isapi-json `["isapi/#"]`, access-control-json `["acs/#"]`,
+    /// nbiot-smoke-json `["nbiot/#"]`; required for json-map; not allowed for native
+    /// (it uses `ingest.topic_prefix`). No two sources may have filters that match the
+    /// same topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
+    /// camera-isapi-json only: cameras repeat an active alarm about once a second and
+    /// never send a clear, so an alarm is cleared after this much silence. 1 s to 1 h.
+    /// Default: `"5s"`.
+    #[serde(
+        default,
+        with = "crate::units::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub clear_after: Option<Duration>,
+    /// json-map only (and required there): `[ingest.sources.map]`, how to read the
+    /// payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<JsonMap>,
+}
+
+impl SourceConfig {
+    /// Default for `clear_after`.
+    pub const DEFAULT_CLEAR_AFTER: Duration = Duration::from_secs(5);
+
+    /// `name`, or the format's name.
+    pub fn effective_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.format.as_str())
+    }
+
+    /// `topics`, or the format's defaults.
+    pub fn effective_topics(&self) -> Vec<String> {
+        match &self.topics {
+            Some(t) => t.clone(),
+            None => self
+                .format
+                .default_topics()
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+        }
+    }
+
+    /// `clear_after`, or its default.
+    pub fn effective_clear_after(&self) -> Duration {
+        self.clear_after.unwrap_or(Self::DEFAULT_CLEAR_AFTER)
+    }
+}
+
+/// How a json-map timestamp is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// `"2026-11-26T20:00:00Z"`.
+    #[default]
+    Rfc3339,
+    /// Milliseconds since the epoch, a number.
+    EpochMs,
+    /// Seconds since the epoch, a number.
+    EpochS,
+}
+
+/// `[ingest.sources.map]`: a declarative mapping from a JSON payload to events. Field
+/// paths are JSON pointers (RFC 6901): `"/deviceInfo/devEui"`, `"/alarms/0/type"`.
+/// Values are compared as text: `true`, `1` and `"1"` are `"true"`, `"1"`, `"1"`.
+///
+/// ```toml
+/// [ingest.sources.map]
+/// device_id = "/devEui"
+/// code_field = "/object/event"
+/// codes = { leak = "LEAK.ALARM", tamper = "DEV.TAMPER" }
+/// state_field = "/object/state"
+/// active = ["1", "alarm"]
+/// cleared = ["0", "normal"]
+/// time_field = "/time"
+/// value_field = "/object/distance"
+/// unit = "m"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonMap {
+    /// Required. Pointer to the device's own id (a string or a number).
+    pub device_id: String,
+    /// Required. Pointer to the field whose value selects the event code in `codes`.
+    /// When the payload lacks it, the message is a report without an event
+    /// (`DEV.HEARTBEAT`, with the value when there is one).
+    pub code_field: String,
+    /// Required. Source value → taxonomy code, e.g. `{ "1" = "SMOKE.ALARM" }`. A value
+    /// not listed is dead-lettered.
+    pub codes: BTreeMap<String, String>,
+    /// Pointer to the field saying whether the condition starts or ends. When unset,
+    /// every event is `active`. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_field: Option<String>,
+    /// Values of `state_field` meaning active. Default: `["true", "1", "active", "alarm"]`.
+    #[serde(default = "default_active")]
+    pub active: Vec<String>,
+    /// Values of `state_field` meaning cleared. Default: `["false", "0", "cleared",
+    /// "normal", "inactive"]`.
+    #[serde(default = "default_cleared")]
+    pub cleared: Vec<String>,
+    /// Pointer to the device's timestamp. Default: unset (no device time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_field: Option<String>,
+    /// How `time_field` is written: `rfc3339`, `epoch_ms` or `epoch_s`.
+    /// Default: `rfc3339`.
+    #[serde(default)]
+    pub time_format: TimeFormat,
+    /// Pointer to a numeric reading kept as the event's value. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_field: Option<String>,
+    /// Unit of `value_field`, e.g. `"m"`, `"%LEL"`. Default: empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
+    /// A topic filter on which the devices' availability / last-will messages arrive,
+    /// e.g. `"lora/+/status"`; the device id is then the topic level matched by the
+    /// first `+` (or the last level). Must be one of this source's `topics` or be
+    /// matched by one. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_topic: Option<String>,
+    /// Availability payload meaning online. Default: `"online"`.
+    #[serde(default = "default_online")]
+    pub online: String,
+    /// Availability payload meaning offline (usually the last will). Default: `"offline"`.
+    #[serde(default = "default_offline")]
+    pub offline: String,
+}
+
+fn default_active() -> Vec<String> {
+    ["true", "1", "active", "alarm"].map(String::from).to_vec()
+}
+
+fn default_cleared() -> Vec<String> {
+    ["false", "0", "cleared", "normal", "inactive"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_online() -> String {
+    "online".into()
+}
+
+fn default_offline() -> String {
+    "offline".into()
+}
+
+/// `[[devices]] source = { name = "zigbee", id = "b1-101 kitchen leak" }`: the device is
+/// known to source `name` by its own id (a zigbee friendly name, a camera id, a door).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSource {
+    /// Required. The `name` of an `[[ingest.sources]]` entry (not a native one).
+    pub name: String,
+    /// Required. The device's id in that source, exactly as it sends it.
+    pub id: String,
+}
+
+/// The rules for `[[ingest.sources]]` and the devices' `source`.
+pub(crate) fn check(parts: &Parts, f: &mut Findings) {
+    let Some(ingest) = &parts.ingest else {
+        return;
+    };
+    if ingest.sources.as_ref().is_some_and(Vec::is_empty) && parts.sources_complete {
+        f.at(
+            "ingest.sources",
+            "lists no source, so nothing would be read; remove it to read the native format only",
+        );
+    }
+    // Names: valid and unique among all sources that have one.
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in &parts.source_names {
+        let explicit = parts
+            .sources
+            .iter()
+            .find(|(j, _)| j == i)
+            .is_none_or(|(_, s)| s.name.is_some());
+        let path = if explicit {
+            format!("ingest.sources[{i}].name")
+        } else {
+            format!("ingest.sources[{i}].format")
+        };
+        check_id(&path, name, &['-', '_'], 64, f);
+        match seen.entry(name.as_str()) {
+            Entry::Occupied(first) => f.0.push(Finding {
+                path,
+                involves: Vec::new(),
+                related: Some(format!("ingest.sources[{}]", first.get())),
+                message: format!(
+                    "duplicate source name {name:?}, already used by ingest.sources[{}]; give one of them a different `name`",
+                    first.get()
+                ),
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert(*i);
+            }
+        }
+    }
+
+    // Per source: topics, format-specific keys.
+    let mut all_filters: Vec<(usize, String, String)> = Vec::new();
+    let estate = parts.gateway.as_ref().map(|g| g.estate_id.as_str());
+    for (i, s) in &parts.sources {
+        let base = format!("ingest.sources[{i}]");
+        match (s.format, &s.topics) {
+            (SourceFormat::Native, Some(_)) => f.at(
+                format!("{base}.topics"),
+                "the native format always reads `ingest.topic_prefix`/{estate_id}/…; remove `topics`",
+            ),
+            (SourceFormat::JsonMap, None) => f.at(
+                format!("{base}.format"),
+                "json-map needs `topics`: the MQTT topic filters its devices publish to",
+            ),
+            (_, Some(t)) if t.is_empty() => {
+                f.at(format!("{base}.topics"), "must list at least one topic filter")
+            }
+            _ => {}
+        }
+        if let Some(topics) = &s.topics {
+            for (k, t) in topics.iter().enumerate() {
+                if let Some(why) = topic_filter_problem(t) {
+                    f.at(format!("{base}.topics[{k}]"), format!("{t:?} {why}"));
+                } else {
+                    all_filters.push((*i, format!("{base}.topics[{k}]"), t.clone()));
+                }
+            }
+        } else if s.format == SourceFormat::Native {
+            if let Some(estate) = estate {
+                for leaf in ["event", "heartbeat"] {
+                    all_filters.push((
+                        *i,
+                        format!("{base}.format"),
+                        format!("{}/{estate}/+/+/{leaf}", ingest.topic_prefix),
+                    ));
+                }
+            }
+        } else {
+            for t in s.format.default_topics() {
+                all_filters.push((*i, format!("{base}.format"), (*t).to_owned()));
+            }
+        }
+        if let Some(after) = s.clear_after {
+            if s.format != SourceFormat::CameraIsapiJson {
+                f.at(
+                    format!("{base}.clear_after"),
+                    format!(
+                        "only applies to format \"camera-isapi-json\" (this source is {:?})",
+                        s.format.as_str()
+                    ),
+                );
+            } else if after < Duration::from_secs(1) || after > Duration::from_secs(3600) {
+                f.at(
+                    format!("{base}.clear_after"),
+                    format!(
+                        "must be between 1s and 1h (cameras repeat about once a second), found {}",
+                        humantime::format_duration(after)
+                    ),
+                );
+            }
+        }
+        match (s.format, &s.map) {
+            (SourceFormat::JsonMap, None) => f.at(
+                format!("{base}.format"),
+                "json-map needs an [ingest.sources.map] table saying how to read the payload",
+            ),
+            (SourceFormat::JsonMap, Some(map)) => check_map(&base, s, map, f),
+            (_, Some(_)) => f.at(
+                format!("{base}.map"),
+                format!(
+                    "only applies to format \"json-map\" (this source is {:?})",
+                    s.format.as_str()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    // Two sources whose filters share a topic would both receive (or fight over) it.
+    for (n, (i, path, a)) in all_filters.iter().enumerate() {
+        if let Some((j, other, b)) = all_filters[..n]
+            .iter()
+            .find(|(j, _, b)| j != i && filters_overlap(a, b))
+        {
+            f.0.push(Finding {
+                path: path.clone(),
+                involves: Vec::new(),
+                related: Some(other.clone()),
+                message: format!(
+                    "topic filter {a:?} overlaps {b:?} of ingest.sources[{j}]: a message on a topic both match would be read by two sources"
+                ),
+            });
+        }
+    }
+
+    // Devices known by their source's own id.
+    let sources: HashMap<&str, SourceFormat> = parts
+        .sources
+        .iter()
+        .map(|(_, s)| (s.effective_name(), s.format))
+        .collect();
+    let mut ids: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, d) in &parts.devices {
+        let Some(src) = &d.source else {
+            continue;
+        };
+        let path = format!("devices[{i}].source");
+        if ingest.sources.is_none() {
+            f.at(
+                format!("{path}.name"),
+                format!(
+                    "names source {:?}, but there is no [[ingest.sources]] list (only the native format is read)",
+                    src.name
+                ),
+            );
+            continue;
+        }
+        match sources.get(src.name.as_str()) {
+            Some(SourceFormat::Native) => f.at(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is a native source, whose devices are known by their `id`; remove `source`",
+                    src.name
+                ),
+            ),
+            None if parts.sources_complete => {
+                let mut known: Vec<&str> = sources.keys().copied().collect();
+                known.sort_unstable();
+                f.at(
+                    format!("{path}.name"),
+                    format!(
+                        "no [[ingest.sources]] entry is named {:?}; known: {}",
+                        src.name,
+                        known.join(", ")
+                    ),
+                )
+            }
+            _ => {}
+        }
+        if src.id.is_empty() {
+            f.at(format!("{path}.id"), "must not be empty");
+            continue;
+        }
+        match ids.entry((src.name.as_str(), src.id.as_str())) {
+            Entry::Occupied(first) => f.0.push(Finding {
+                path: format!("{path}.id"),
+                involves: Vec::new(),
+                related: Some(format!("devices[{}].source", first.get())),
+                message: format!(
+                    "source {:?} id {:?} is already devices[{}]",
+                    src.name,
+                    src.id,
+                    first.get()
+                ),
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert(*i);
+            }
+        }
+    }
+}
+
+fn check_map(base: &str, s: &SourceConfig, map: &JsonMap, f: &mut Findings) {
+    let key = |k: &str| format!("{base}.map.{k}");
+    let pointers = [
+        ("device_id", Some(&map.device_id)),
+        ("code_field", Some(&map.code_field)),
+        ("state_field", map.state_field.as_ref()),
+        ("time_field", map.time_field.as_ref()),
+        ("value_field", map.value_field.as_ref()),
+    ];
+    for (k, p) in pointers {
+        if let Some(p) = p {
+            if !p.starts_with('/') {
+                f.at(
+                    key(k),
+                    format!(
+                        "{p:?} is not a JSON pointer; write it like \"/object/{}\"",
+                        p.trim_start_matches('/')
+                    ),
+                );
+            }
+        }
+    }
+    if map.codes.is_empty() {
+        f.at(
+            key("codes"),
+            "must map at least one source value to an event code",
+        );
+    }
+    for (value, code) in &map.codes {
+        if estate_protocols::taxonomy::lookup(code).is_none() {
+            f.at(
+                key("codes"),
+                format!("{value:?} maps to {code:?}, which is not an event code of the taxonomy (see the README, \"Event codes\")"),
+            );
+        }
+    }
+    if let Some(both) = map.active.iter().find(|a| map.cleared.contains(a)) {
+        f.across(
+            key("active"),
+            &[key("cleared")],
+            format!("{both:?} is listed both as active and as cleared"),
+        );
+    }
+    if let Some(t) = &map.availability_topic {
+        if let Some(why) = topic_filter_problem(t) {
+            f.at(key("availability_topic"), format!("{t:?} {why}"));
+        } else if !s
+            .effective_topics()
+            .iter()
+            .any(|filter| filters_overlap(filter, t))
+        {
+            f.at(
+                key("availability_topic"),
+                format!(
+                    "{t:?} is not covered by this source's `topics`, so it would never be received"
+                ),
+            );
+        }
+    }
+    if map.online == map.offline {
+        f.at(key("offline"), "must differ from `online`");
+    }
+}
+
+/// Why `filter` is not a valid MQTT topic filter.
+pub fn topic_filter_problem(filter: &str) -> Option<String> {
+    if filter.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if filter.chars().any(|c| c.is_control()) {
+        return Some("must not contain control characters".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Some("'#' must be a whole topic level and the last one".into());
+        }
+        if level.contains('+') && *level != "+" {
+            return Some("'+' must be a whole topic level".into());
+        }
+    }
+    None
+}
+
+/// True when some topic matches both filters (two valid filters).
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let mut a = a.split('/');
+    let mut b = b.split('/');
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some(x), Some(y)) => {
+                if x != "+" && y != "+" && x != y {
+                    return false;
+                }
+            }
+            // "a/#" also matches "a", but "#" was handled above.
+            _ => return false,
+        }
+    }
+}
+
+/// True when `topic` (a topic name, no wildcards) matches `filter`.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    // Topics starting with '$' are never matched by a leading wildcard (MQTT 4.7.2).
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_checked_level_by_level() {
+        for good in ["a/#", "#", "a/+/b", "+", "zigbee2mqtt/#", "frigate/events"] {
+            assert_eq!(topic_filter_problem(good), None, "{good}");
+        }
+        for bad in ["", "a/#/b", "a#", "a/b+", "a/+b/c"] {
+            assert!(topic_filter_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overlap_and_match() {
+        assert!(filters_overlap("a/#", "a/b/c"));
+        assert!(filters_overlap("a/+/c", "a/b/+"));
+        assert!(filters_overlap("#", "x"));
+        assert!(!filters_overlap("a/+", "a/b/c"));
+        assert!(!filters_overlap("zigbee2mqtt/#", "frigate/events"));
+        assert!(!filters_overlap(
+            "estate/E/+/+/event",
+            "estate/E/+/+/heartbeat"
+        ));
+        assert!(topic_matches("a/#", "a/b/c"));
+        assert!(topic_matches("a/#", "a"));
+        assert!(topic_matches("a/+/c", "a/b/c"));
+        assert!(!topic_matches("a/+", "a/b/c"));
+        assert!(!topic_matches("#", "$SYS/x"));
+        assert!(topic_matches(
+            "zigbee2mqtt/#",
+            "zigbee2mqtt/b1 leak/availability"
+        ));
+    }
+}

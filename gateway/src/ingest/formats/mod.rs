@@ -1,0 +1,631 @@
+//! Payload formats: one decoder per source format, chosen per `[[ingest.sources]]`.
+//!
+//! ```text
+//! (topic, payload) ─▶ Sources::decode ─▶ route by topic filter ─▶ format decoder ─▶ Observation* ─▶ Event*
+//!                                                                  (pure; small state      (device identity,
+//!                                                                   machines, explicit now)  kind, location, severity)
+//! ```
+//!
+//! Each format module turns one message into zero or more [`Observation`]s ("device X of
+//! this source says code C is active") or a precise [`DecodeError`] that names the format
+//! and the field. The stateful formats keep small state machines with an explicit `now_ms`
+//! (no clock inside): zigbee2mqtt reports full state, so only changes become events;
+//! Frigate keeps one incident per event id; ISAPI-style cameras repeat while active and
+//! never clear, so repeats fold and [`Sources::tick`] clears after a silence.
+//!
+//! [`Sources`] then maps each observation to an [`Event`]: the source's own device id is
+//! looked up in `[[devices]] source = { name, id }`; an unknown one becomes an
+//! unregistered device `{source name}.{sanitised id}`, never dropped.
+//!
+//! Restart semantics: decoder state lives in memory. After a restart the first report of
+//! each device is a baseline: conditions it reports active are raised (again), inactive
+//! ones are silent. So an alarm is never lost (at least once); a clear that happened
+//! while the gateway was down is not re-sent.
+
+pub mod access_control;
+pub mod frigate;
+pub mod isapi;
+pub mod json_map;
+pub mod nbiot;
+pub mod zigbee;
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use estate_config::{Config, SourceConfig, SourceFormat};
+use estate_protocols::model::{DeviceKind, Event, EventState, Reading, Source};
+use estate_protocols::taxonomy;
+
+pub use super::native::DecodeError;
+use super::native::{self, bounded_raw, DecodeContext, DeviceInfo};
+
+/// What one message (or a timer) says about one device of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The device's id in its source (a zigbee friendly name, a camera id, a door).
+    pub source_id: String,
+    /// A taxonomy code.
+    pub code: &'static str,
+    /// Active or cleared.
+    pub state: EventState,
+    /// The device's own timestamp, when the payload has one.
+    pub device_time_ms: Option<i64>,
+    /// A reading (battery %, distance), when the payload has one.
+    pub value: Option<Reading>,
+    /// Where within the device's area it happened (Frigate zones); added to the location.
+    pub zone: Option<String>,
+    /// The kind the payload implies, for unregistered devices.
+    pub kind: Option<DeviceKind>,
+}
+
+impl Observation {
+    /// An active/cleared `code` of device `source_id`, nothing else known.
+    pub fn new(source_id: impl Into<String>, code: &'static str, state: EventState) -> Self {
+        Observation {
+            source_id: source_id.into(),
+            code,
+            state,
+            device_time_ms: None,
+            value: None,
+            zone: None,
+            kind: None,
+        }
+    }
+
+    fn with_time(mut self, t: Option<i64>) -> Self {
+        self.device_time_ms = t;
+        self
+    }
+
+    fn with_value(mut self, v: Option<Reading>) -> Self {
+        self.value = v;
+        self
+    }
+
+    fn with_kind(mut self, k: Option<DeviceKind>) -> Self {
+        self.kind = k;
+        self
+    }
+}
+
+/// A decode error for `format` (its `detail` starts with the format's name).
+pub fn error(format: SourceFormat, reason: &'static str, detail: impl AsRef<str>) -> DecodeError {
+    DecodeError {
+        reason,
+        detail: format!("{format}: {}", detail.as_ref()),
+    }
+}
+
+/// `format: field "name": expected …, found …`.
+pub fn bad_field(format: SourceFormat, field: &str, expected: &str, found: &Value) -> DecodeError {
+    error(
+        format,
+        "bad_field",
+        format!(
+            "field {field:?}: expected {expected}, found {}",
+            show(found)
+        ),
+    )
+}
+
+/// `format: field "name" is missing`.
+pub fn missing(format: SourceFormat, field: &str) -> DecodeError {
+    error(format, "bad_field", format!("field {field:?} is missing"))
+}
+
+/// A JSON value for an error message, bounded.
+pub fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 60 {
+        let mut end = 57;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    } else {
+        s
+    }
+}
+
+/// The payload as a JSON object, or the error naming `format`.
+pub fn json_object(
+    format: SourceFormat,
+    payload: &[u8],
+) -> Result<Map<String, Value>, DecodeError> {
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        error(
+            format,
+            "invalid_utf8",
+            format!(
+                "payload is not UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(error(
+            format,
+            "bad_json",
+            format!(
+                "payload is JSON {} but must be an object",
+                json_type(&other)
+            ),
+        )),
+        Err(e) => Err(error(
+            format,
+            "bad_json",
+            format!("payload is not JSON: {e}"),
+        )),
+    }
+}
+
+/// The payload as trimmed UTF-8 text.
+pub fn text(format: SourceFormat, payload: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(payload).map(str::trim).map_err(|e| {
+        error(
+            format,
+            "invalid_utf8",
+            format!(
+                "payload is not UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })
+}
+
+/// "a string", "an object", … for error messages.
+pub fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// An optional boolean field (`null` is absent).
+pub fn opt_bool(
+    format: SourceFormat,
+    m: &Map<String, Value>,
+    field: &str,
+) -> Result<Option<bool>, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(bad_field(format, field, "a boolean", other)),
+    }
+}
+
+/// An optional number field (`null` is absent).
+pub fn opt_f64(
+    format: SourceFormat,
+    m: &Map<String, Value>,
+    field: &str,
+) -> Result<Option<f64>, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(other) => Err(bad_field(format, field, "a number", other)),
+    }
+}
+
+/// An optional string field (`null` is absent).
+pub fn opt_str<'a>(
+    format: SourceFormat,
+    m: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(bad_field(format, field, "a string", other)),
+    }
+}
+
+/// A required, non-empty id: a string or an integer.
+pub fn req_id(
+    format: SourceFormat,
+    m: &Map<String, Value>,
+    field: &str,
+) -> Result<String, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Err(missing(format, field)),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
+        Some(other) => Err(bad_field(
+            format,
+            field,
+            "a non-empty string or an integer",
+            other,
+        )),
+    }
+}
+
+/// An optional timestamp: RFC 3339 text or epoch milliseconds.
+pub fn opt_time(
+    format: SourceFormat,
+    m: &Map<String, Value>,
+    field: &str,
+) -> Result<Option<i64>, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
+            bad_field(
+                format,
+                field,
+                "epoch milliseconds as an integer",
+                &Value::Number(n.clone()),
+            )
+        }),
+        Some(Value::String(s)) => rfc3339_ms(s)
+            .map(Some)
+            .ok_or_else(|| bad_field(format, field, "an RFC 3339 time", &Value::String(s.clone()))),
+        Some(other) => Err(bad_field(
+            format,
+            field,
+            "an RFC 3339 time or epoch milliseconds",
+            other,
+        )),
+    }
+}
+
+/// Epoch milliseconds of an RFC 3339 time.
+pub fn rfc3339_ms(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The device id given to a device a source names but the config does not list:
+/// `{source}.{id}` with every character other than letters, digits, `-`, `_`, `.`
+/// replaced by `_`, at most 128 characters. Stable: the same source id always gives the
+/// same device id.
+pub fn unregistered_device_id(source: &str, source_id: &str) -> String {
+    let mut id: String = format!("{source}.")
+        .chars()
+        .chain(source_id.chars())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    id.truncate(128);
+    id
+}
+
+/// A configured device as a source knows it.
+#[derive(Debug, Clone)]
+struct Registered {
+    device_id: String,
+    info: DeviceInfo,
+}
+
+/// The per-format state machine of one source.
+#[derive(Debug)]
+enum Decoder {
+    Native,
+    Zigbee(zigbee::Zigbee),
+    Frigate(frigate::Frigate),
+    Isapi(isapi::Isapi),
+    AccessControl(access_control::AccessControl),
+    Nbiot(nbiot::Nbiot),
+    JsonMap(Box<json_map::JsonMapDecoder>),
+    /// A json-map source without a map (only reachable with an unvalidated config).
+    Unmapped,
+}
+
+/// One `[[ingest.sources]]` entry at run time.
+#[derive(Debug)]
+struct SourceRt {
+    name: String,
+    format: SourceFormat,
+    filters: Vec<String>,
+    decoder: Decoder,
+    /// Source id → configured device.
+    devices: HashMap<String, Registered>,
+}
+
+/// What one message decoded to.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// In the order they are to be stored.
+    pub events: Vec<Event>,
+    /// How many of them come from devices the config does not list.
+    pub unregistered: usize,
+}
+
+/// Every configured source, with the decoders' state. Built from config; pure apart from
+/// generating event ids.
+#[derive(Debug)]
+pub struct Sources {
+    sources: Vec<SourceRt>,
+    gateway_id: String,
+    estate_id: String,
+    prefix: String,
+    max_payload: usize,
+    raw_limit: usize,
+    /// Native devices, by id.
+    native_devices: HashMap<String, DeviceInfo>,
+}
+
+impl Sources {
+    /// The sources of `cfg`: `ingest.sources`, or one native source when it is absent.
+    pub fn new(cfg: &Config) -> Self {
+        let native_source = [SourceConfig {
+            format: SourceFormat::Native,
+            name: None,
+            topics: None,
+            clear_after: None,
+            map: None,
+        }];
+        let list: &[SourceConfig] = cfg.ingest.sources.as_deref().unwrap_or(&native_source);
+        let sources = list
+            .iter()
+            .map(|s| {
+                let name = s.effective_name().to_owned();
+                let filters = match s.format {
+                    SourceFormat::Native => ["event", "heartbeat"]
+                        .iter()
+                        .map(|leaf| {
+                            format!(
+                                "{}/{}/+/+/{leaf}",
+                                cfg.ingest.topic_prefix, cfg.gateway.estate_id
+                            )
+                        })
+                        .collect(),
+                    _ => s.effective_topics(),
+                };
+                let decoder = match s.format {
+                    SourceFormat::Native => Decoder::Native,
+                    SourceFormat::Zigbee2mqtt => Decoder::Zigbee(zigbee::Zigbee::new(&filters)),
+                    SourceFormat::Frigate => Decoder::Frigate(frigate::Frigate::default()),
+                    SourceFormat::CameraIsapiJson => Decoder::Isapi(isapi::Isapi::new(
+                        s.effective_clear_after().as_millis() as i64,
+                    )),
+                    SourceFormat::AccessControlJson => {
+                        Decoder::AccessControl(access_control::AccessControl)
+                    }
+                    SourceFormat::NbiotSmokeJson => Decoder::Nbiot(nbiot::Nbiot::default()),
+                    SourceFormat::JsonMap => match &s.map {
+                        Some(map) => {
+                            Decoder::JsonMap(Box::new(json_map::JsonMapDecoder::new(map.clone())))
+                        }
+                        // Validation requires a map; without one nothing can be read.
+                        None => Decoder::Unmapped,
+                    },
+                };
+                let devices = cfg
+                    .devices
+                    .iter()
+                    .filter_map(|d| {
+                        let src = d.source.as_ref()?;
+                        (src.name == name).then(|| {
+                            (
+                                src.id.clone(),
+                                Registered {
+                                    device_id: d.id.clone(),
+                                    info: DeviceInfo {
+                                        kind: d.kind,
+                                        location: d.location.clone(),
+                                    },
+                                },
+                            )
+                        })
+                    })
+                    .collect();
+                SourceRt {
+                    name,
+                    format: s.format,
+                    filters,
+                    decoder,
+                    devices,
+                }
+            })
+            .collect();
+        Sources {
+            sources,
+            gateway_id: cfg.gateway.id.clone(),
+            estate_id: cfg.gateway.estate_id.clone(),
+            prefix: cfg.ingest.topic_prefix.clone(),
+            max_payload: cfg.ingest.max_payload.as_usize(),
+            raw_limit: cfg.ingest.raw_limit.as_usize(),
+            native_devices: cfg
+                .devices
+                .iter()
+                .filter(|d| d.source.is_none())
+                .map(|d| {
+                    (
+                        d.id.clone(),
+                        DeviceInfo {
+                            kind: d.kind,
+                            location: d.location.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Every topic filter to subscribe to.
+    pub fn filters(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .flat_map(|s| s.filters.iter().cloned())
+            .collect()
+    }
+
+    /// Decodes one message: routes it to the source whose filter matches `topic` and
+    /// maps what it observed to events (0..n).
+    pub fn decode(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<Decoded, DecodeError> {
+        let Some(i) = self.sources.iter().position(|s| {
+            s.filters
+                .iter()
+                .any(|f| estate_config::topic_matches(f, topic))
+        }) else {
+            return Err(DecodeError {
+                reason: "bad_topic",
+                detail: format!("topic {topic:?} matches no configured source"),
+            });
+        };
+        if payload.len() > self.max_payload {
+            return Err(error(
+                self.sources[i].format,
+                "too_large",
+                format!(
+                    "payload of {} bytes exceeds ingest.max_payload ({} bytes)",
+                    payload.len(),
+                    self.max_payload
+                ),
+            ));
+        }
+        let source = &mut self.sources[i];
+        let observations = match &mut source.decoder {
+            Decoder::Native => {
+                let ctx = DecodeContext {
+                    gateway_id: &self.gateway_id,
+                    estate_id: &self.estate_id,
+                    prefix: &self.prefix,
+                    max_payload: self.max_payload,
+                    raw_limit: self.raw_limit,
+                    devices: &self.native_devices,
+                    now_ms,
+                    event_id: ulid::Ulid::new().to_string(),
+                };
+                let event = native::decode(topic, payload, &ctx)?;
+                let unregistered = usize::from(!event.registered);
+                return Ok(Decoded {
+                    events: vec![event],
+                    unregistered,
+                });
+            }
+            Decoder::Zigbee(d) => d.decode(topic, payload)?,
+            Decoder::Frigate(d) => d.decode(topic, payload)?,
+            Decoder::Isapi(d) => d.decode(topic, payload, now_ms)?,
+            Decoder::AccessControl(d) => d.decode(topic, payload)?,
+            Decoder::Nbiot(d) => d.decode(topic, payload)?,
+            Decoder::JsonMap(d) => d.decode(topic, payload)?,
+            Decoder::Unmapped => {
+                return Err(error(
+                    SourceFormat::JsonMap,
+                    "bad_config",
+                    format!("source {:?} has no [ingest.sources.map]", source.name),
+                ))
+            }
+        };
+        let (raw, truncated) = bounded_raw(payload, self.raw_limit);
+        let reference = format!("{}:{topic}", source.name);
+        Ok(self.events(i, observations, &reference, raw, truncated, now_ms))
+    }
+
+    /// Asks the time-driven state machines (camera alarms cleared after silence) what
+    /// ended by `now_ms`.
+    pub fn tick(&mut self, now_ms: i64) -> Decoded {
+        let mut out = Decoded::default();
+        for i in 0..self.sources.len() {
+            let Decoder::Isapi(d) = &mut self.sources[i].decoder else {
+                continue;
+            };
+            let (observations, silence) = (d.tick(now_ms), d.clear_after_ms());
+            if observations.is_empty() {
+                continue;
+            }
+            let raw = bytes::Bytes::from(
+                serde_json::json!({ "cleared_after_silence_ms": silence }).to_string(),
+            );
+            let reference = format!("{}:silence", self.sources[i].name);
+            let d = self.events(i, observations, &reference, raw, false, now_ms);
+            out.unregistered += d.unregistered;
+            out.events.extend(d.events);
+        }
+        out
+    }
+
+    /// How often [`Sources::tick`] should run; `None` when no source needs it.
+    pub fn tick_every_ms(&self) -> Option<i64> {
+        self.sources
+            .iter()
+            .filter_map(|s| match &s.decoder {
+                Decoder::Isapi(d) => Some((d.clear_after_ms() / 5).clamp(100, 1000)),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn events(
+        &self,
+        i: usize,
+        observations: Vec<Observation>,
+        reference: &str,
+        raw: bytes::Bytes,
+        raw_truncated: bool,
+        now_ms: i64,
+    ) -> Decoded {
+        let source = &self.sources[i];
+        let mut out = Decoded::default();
+        for o in observations {
+            let registered = source.devices.get(&o.source_id);
+            let info = taxonomy::lookup(o.code);
+            let kind = registered
+                .map(|r| r.info.kind)
+                .or(o.kind)
+                .or_else(|| info.and_then(|i| i.kind));
+            let mut location = registered
+                .map(|r| r.info.location.clone())
+                .unwrap_or_default();
+            if let Some(zone) = o.zone.filter(|z| !z.is_empty()) {
+                location.zone = if location.zone.is_empty() {
+                    zone
+                } else {
+                    format!("{} / {zone}", location.zone)
+                };
+            }
+            let severity = info.map_or(estate_protocols::model::Severity::Info, |i| {
+                taxonomy::default_severity(i, kind)
+            });
+            if registered.is_none() {
+                out.unregistered += 1;
+            }
+            out.events.push(Event {
+                seq: 0,
+                event_id: ulid::Ulid::new().to_string(),
+                gateway_id: self.gateway_id.clone(),
+                estate_id: self.estate_id.clone(),
+                device_id: registered.map_or_else(
+                    || unregistered_device_id(&source.name, &o.source_id),
+                    |r| r.device_id.clone(),
+                ),
+                device_kind: kind,
+                code: o.code.to_owned(),
+                severity,
+                state: o.state,
+                location,
+                device_time_ms: o.device_time_ms,
+                gateway_time_ms: now_ms,
+                value: o.value,
+                source: Source {
+                    protocol: "mqtt".into(),
+                    reference: reference.to_owned(),
+                },
+                raw: raw.clone(),
+                raw_truncated,
+                registered: registered.is_some(),
+                device_seq: None,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
