@@ -70,6 +70,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let running = ready_rx.await.context("the gateway did not start")?;
+    // Publish only once the gateway's subscriptions exist: the embedded broker keeps
+    // nothing for a session that has not subscribed yet, so earlier messages would be
+    // acknowledged to the simulator and never reach the gateway.
+    let subscribed = async {
+        while running.metrics.ingest_connected.get() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .context("the gateway did not subscribe to the embedded broker within 10 s")?;
 
     let seconds = args.duration.map_or(86_400.0 * 365.0, |d| d.as_secs_f64());
     let count = ((args.rate * seconds) as u64).max(1);
