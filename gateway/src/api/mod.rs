@@ -17,6 +17,8 @@ use estate_protocols::model::Lane;
 use crate::store::StoreReader;
 use crate::telemetry::Metrics;
 
+pub mod console;
+
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub metrics: Arc<Metrics>,
@@ -29,6 +31,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(console::routes())
         .with_state(state)
 }
 
