@@ -1,0 +1,195 @@
+// Drives the estate-gateway web console in a real headless Chromium (Debian's
+// /usr/bin/chromium) through playwright-core. Run by tests/console.rs, which starts the
+// real gateway and publishes the sensor events; the two talk over stdin/stdout lines:
+//
+//   script → test:  READY            page loaded, status and devices rendered, live
+//   test → script:  (publishes a SMOKE.ALARM on the broker)
+//   script → test:  ALERT <id>       the alert appeared without a reload
+//   operator mode:
+//   script → test:  ACKED <id>       acknowledged by clicking the button
+//   test → script:  NEXT             (after checking the alert on the API)
+//   script → test:  CLOSED <id>      closed through the dialog
+//   script → test:  SCREENSHOT <path>
+//   script → test:  DONE
+//
+// Any failed check prints `FAIL <reason>` and exits 1.
+//
+// Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly),
+// CONSOLE_TOKEN and CONSOLE_OPERATOR (operator mode), CONSOLE_GATEWAY_ID,
+// CONSOLE_EXPECT_WHERE (location text the alert row must show), CONSOLE_SCREENSHOT
+// (png path), CHROMIUM (default /usr/bin/chromium).
+
+import { createInterface } from 'node:readline';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name, fallback) => {
+  const v = process.env[name] ?? fallback;
+  if (v === undefined) fail(`${name} is not set`);
+  return v;
+};
+
+function fail(reason) {
+  process.stdout.write(`FAIL ${reason}\n`);
+  process.exit(1);
+}
+
+function say(line) {
+  process.stdout.write(`${line}\n`);
+}
+
+const lines = createInterface({ input: process.stdin });
+const pending = [];
+const waiters = [];
+lines.on('line', (l) => (waiters.length ? waiters.shift()(l) : pending.push(l)));
+const nextLine = () => new Promise((resolve) => (pending.length ? resolve(pending.shift()) : waiters.push(resolve)));
+
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+const url = env('CONSOLE_URL');
+const mode = env('CONSOLE_MODE', 'operator');
+const gatewayId = env('CONSOLE_GATEWAY_ID');
+const expectWhere = env('CONSOLE_EXPECT_WHERE');
+const shot = env('CONSOLE_SCREENSHOT');
+const STEP = 30000; // every wait has a deadline
+
+const browser = await chromium.launch({
+  executablePath: env('CHROMIUM', '/usr/bin/chromium'),
+  headless: true,
+  args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
+});
+
+async function main() {
+  // A tablet-sized window.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'zh-CN' });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('console', (m) => {
+    if (m.type() === 'error') pageErrors.push(m.text());
+  });
+  const outside = [];
+  page.on('request', (r) => {
+    if (!r.url().startsWith(new URL(url).origin)) outside.push(r.url());
+  });
+
+  await page.goto(url);
+  await page.waitForSelector('body[data-ready="1"]', { timeout: STEP });
+  // Marks this document: if the page reloaded, the mark is gone.
+  await page.evaluate(() => { window.__sameDocument = 'console-test'; });
+
+  // Status: ids, live stream, both MQTT links up, a 60-point rate chart.
+  await page.waitForFunction(
+    (gw) => document.getElementById('gateway-id').textContent.includes(gw),
+    gatewayId,
+    { timeout: STEP },
+  );
+  await page.waitForSelector('#live[data-state="up"]', { timeout: STEP });
+  await page.waitForSelector('#ingest[data-state="up"]', { timeout: STEP });
+  await page.waitForSelector('#uplink[data-state="up"]', { timeout: STEP });
+  const points = await page.$eval('#rate-line', (l) => l.getAttribute('points').trim().split(/\s+/).length);
+  check(points === 60, `rate chart has ${points} points, want 60`);
+  const backlog = await page.textContent('#backlog');
+  check(/Backlog/.test(backlog) && /alarms \d+/.test(backlog), `backlog pill: ${backlog}`);
+
+  // Devices: the API's list, offline ones first, every one shown.
+  const api = await page.evaluate(async () => (await fetch('/api/devices')).json());
+  check(api.devices.length > 0, 'the gateway lists no devices');
+  await page.waitForFunction(
+    (n) => document.querySelectorAll('#devices li.device').length === n,
+    api.devices.length,
+    { timeout: STEP },
+  );
+  const shown = await page.$$eval('#devices li.device', (ls) => ls.map((l) => [l.dataset.deviceId, l.dataset.status]));
+  const firstOnline = shown.findIndex(([, s]) => s !== 'offline');
+  const lastOffline = shown.map(([, s]) => s).lastIndexOf('offline');
+  check(lastOffline < firstOnline || firstOnline === -1, `offline devices not on top: ${JSON.stringify(shown)}`);
+
+  // Mode-specific chrome.
+  if (mode === 'readonly') {
+    await page.waitForSelector('#readonly-banner', { state: 'visible', timeout: STEP });
+    check(await page.isHidden('#login'), 'read-only: the token form is shown');
+  } else {
+    check(await page.isHidden('#readonly-banner'), 'the read-only banner shows although a token is configured');
+    await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
+  }
+
+  // One user gesture enables the audible cue (browsers block audio before one).
+  await page.click('#sound-btn');
+  await page.waitForSelector('#sound-btn[aria-pressed="true"]', { timeout: STEP });
+
+  say('READY');
+
+  // The test publishes a SMOKE.ALARM now; it must appear without a reload.
+  const row = page.locator('#alerts li.alert[data-severity="1"]').first();
+  await row.waitFor({ state: 'visible', timeout: STEP });
+  const id = await row.getAttribute('data-alert-id');
+  check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
+  const text = await row.innerText();
+  check(text.includes('紧急 Critical'), `severity label missing: ${text}`);
+  check(text.includes('SMOKE.ALARM'), `code missing: ${text}`);
+  check(text.includes(expectWhere), `location "${expectWhere}" not spelled out: ${text}`);
+  check(/ago/.test(text) && /前/.test(text), `age missing: ${text}`);
+  check((await row.getAttribute('data-status')) === 'active', 'a new alert is not active');
+  // The audible cue fired for the new critical alert.
+  await page.waitForSelector('body[data-alert-beeps]', { timeout: STEP });
+  say(`ALERT ${id}`);
+
+  if (mode === 'readonly') {
+    check((await row.locator('button.ack:visible, button.close:visible').count()) === 0, 'read-only page shows action buttons');
+    check((await page.locator('button.ack:visible').count()) === 0, 'read-only page shows an acknowledge button');
+    await screenshot(page);
+  } else {
+    // Acknowledging without a token asks for it instead of sending anything.
+    await row.locator('button.ack').click();
+    await page.waitForSelector('#message:not([hidden])', { timeout: STEP });
+    check((await row.getAttribute('data-status')) === 'active', 'acknowledged without a token');
+    await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
+    await page.fill('#token-input', env('CONSOLE_TOKEN'));
+    await page.click('#login-btn');
+    await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+    await row.locator('button.ack').click();
+    await page.waitForSelector(`li.alert[data-alert-id="${id}"][data-status="acknowledged"]`, { timeout: STEP });
+    const handled = await row.locator('.handled').innerText();
+    check(handled.includes(env('CONSOLE_OPERATOR')), `acknowledged-by missing: ${handled}`);
+    check(await row.locator('button.ack').isHidden(), 'acknowledge button still shown');
+    await screenshot(page);
+    say(`ACKED ${id}`);
+    const go = await nextLine();
+    check(go === 'NEXT', `unexpected line from the test: ${go}`);
+
+    // Close: the dialog asks for a disposition and a note.
+    await row.locator('button.close').click();
+    await page.waitForSelector('#close-dialog[open]', { timeout: STEP });
+    await page.check('#close-form input[value="test"]');
+    await page.fill('#close-note', 'console e2e: detector test');
+    await page.click('#close-confirm');
+    await page.waitForSelector(`li.alert[data-alert-id="${id}"]`, { state: 'detached', timeout: STEP });
+    check(await page.isHidden('#close-dialog'), 'close dialog still open');
+    say(`CLOSED ${id}`);
+  }
+
+  check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
+  check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
+  check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+  say('DONE');
+}
+
+async function screenshot(page) {
+  mkdirSync(dirname(shot), { recursive: true });
+  await page.screenshot({ path: shot, fullPage: true });
+  say(`SCREENSHOT ${shot}`);
+}
+
+try {
+  await main();
+} catch (e) {
+  process.stdout.write(`FAIL ${String(e && e.message ? e.message : e).split('\n').join(' ')}\n`);
+  await browser.close().catch(() => {});
+  process.exit(1);
+}
+await browser.close();
+process.exit(0);
