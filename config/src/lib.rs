@@ -32,6 +32,9 @@
 //!   ([`ModbusConfig`], [`BusConfig`], [`DeviceModbusConfig`], [`Profile`], [`Point`]);
 //!   `validate_modbus.rs` their rules. Profile files named in `modbus.profile_files` are
 //!   read relative to the config file's folder, and their problems are located in them.
+//! - `alerts.rs`: `[alerts]` — local alert rules (severity overrides, debounce,
+//!   hold-open, offline detection, escalation, correlation, linkage, silence windows),
+//!   [`AlertsConfig`], and their validation.
 //! - `error.rs`: [`ConfigErrors`] / [`ConfigProblem`].
 //!
 //! # Flow
@@ -58,6 +61,7 @@
 //! # }
 //! ```
 
+mod alerts;
 mod error;
 mod load;
 mod modbus;
@@ -70,6 +74,10 @@ mod warnings;
 
 use std::path::Path;
 
+pub use alerts::{
+    is_life_safety_code, AlertsConfig, Correlation, Escalation, Linkage, OfflineRules, Scope,
+    Silence,
+};
 pub use error::{ConfigErrors, ConfigProblem};
 pub use load::SECTIONS;
 pub use modbus::{

@@ -25,7 +25,7 @@ mod modbus;
 
 /// The top-level sections, in the order they are documented.
 pub const SECTIONS: &[&str] = &[
-    "gateway", "ingest", "store", "uplink", "api", "devices", "modbus",
+    "gateway", "ingest", "store", "uplink", "api", "devices", "modbus", "alerts",
 ];
 
 /// Guards the retry loop of [`Loader::section`]; each round removes one key, so a real
@@ -147,6 +147,7 @@ impl<'a> Loader<'a> {
             store: self.optional_section("store"),
             uplink: self.optional_section("uplink"),
             api: self.optional_section("api"),
+            alerts: self.optional_section("alerts"),
             ..Parts::default()
         };
         self.devices(&mut parts);
@@ -166,6 +167,7 @@ impl<'a> Loader<'a> {
                 Some(uplink),
                 Some(api),
                 Some(modbus),
+                Some(alerts),
             ) = (
                 parts.gateway,
                 parts.ingest,
@@ -173,6 +175,7 @@ impl<'a> Loader<'a> {
                 parts.uplink,
                 parts.api,
                 modbus.config,
+                parts.alerts,
             ) {
                 return Ok(Config {
                     gateway,
@@ -182,6 +185,7 @@ impl<'a> Loader<'a> {
                     api,
                     devices: parts.devices.into_iter().map(|(_, d)| d).collect(),
                     modbus,
+                    alerts,
                 });
             }
             // Unreachable in practice: a section is only `None` after a reported problem.
