@@ -322,6 +322,7 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
         ("CONSOLE_TOKEN", TOKEN.into()),
         ("CONSOLE_OPERATOR", OPERATOR.into()),
         ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
+        ("CONSOLE_DEVICE", DEVICE.into()),
         ("CONSOLE_EXPECT_WHERE", WHERE.into()),
         ("CONSOLE_SCREENSHOT", shot.display().to_string()),
     ]);
@@ -395,6 +396,7 @@ async fn without_a_token_the_console_is_read_only_and_the_api_refuses_writes() {
         ("CONSOLE_URL", format!("http://{}/", gw.api)),
         ("CONSOLE_MODE", "readonly".into()),
         ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
+        ("CONSOLE_DEVICE", DEVICE.into()),
         ("CONSOLE_EXPECT_WHERE", WHERE.into()),
         ("CONSOLE_SCREENSHOT", shot.display().to_string()),
     ]);

@@ -16,6 +16,7 @@
 //
 // Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly),
 // CONSOLE_TOKEN and CONSOLE_OPERATOR (operator mode), CONSOLE_GATEWAY_ID,
+// CONSOLE_DEVICE (the device that will raise the alarm; silent until READY),
 // CONSOLE_EXPECT_WHERE (location text the alert row must show), CONSOLE_SCREENSHOT
 // (png path), CHROMIUM (default /usr/bin/chromium).
 
@@ -53,6 +54,7 @@ const url = env('CONSOLE_URL');
 const mode = env('CONSOLE_MODE', 'operator');
 const gatewayId = env('CONSOLE_GATEWAY_ID');
 const expectWhere = env('CONSOLE_EXPECT_WHERE');
+const deviceId = env('CONSOLE_DEVICE');
 const shot = env('CONSOLE_SCREENSHOT');
 const STEP = 30000; // every wait has a deadline
 
@@ -107,6 +109,8 @@ async function main() {
   const firstOnline = shown.findIndex(([, s]) => s !== 'offline');
   const lastOffline = shown.map(([, s]) => s).lastIndexOf('offline');
   check(lastOffline < firstOnline || firstOnline === -1, `offline devices not on top: ${JSON.stringify(shown)}`);
+  const before = shown.find(([d]) => d === deviceId);
+  check(before && before[1] !== 'online', `${deviceId} should not be online before it reports: ${JSON.stringify(before)}`);
 
   // Mode-specific chrome.
   if (mode === 'readonly') {
@@ -137,6 +141,9 @@ async function main() {
   // The audible cue fired for the new critical alert.
   await page.waitForSelector('body[data-alert-beeps]', { timeout: STEP });
   say(`ALERT ${id}`);
+  // The same report brought the device online and moved the event-rate chart, live.
+  await page.waitForSelector(`#devices li.device[data-device-id="${deviceId}"][data-status="online"]`, { timeout: STEP });
+  await page.waitForFunction(() => Number(document.getElementById('rate-max').textContent) >= 1, null, { timeout: STEP });
 
   if (mode === 'readonly') {
     check((await row.locator('button.ack:visible, button.close:visible').count()) === 0, 'read-only page shows action buttons');
@@ -187,7 +194,9 @@ async function screenshot(page) {
 try {
   await main();
 } catch (e) {
-  process.stdout.write(`FAIL ${String(e && e.message ? e.message : e).split('\n').join(' ')}\n`);
+  // One line, without the terminal colours playwright puts in its call logs.
+  const text = String(e && e.message ? e.message : e).replace(/\x1b\[[0-9;]*m/g, '');
+  process.stdout.write(`FAIL ${text.split('\n').join(' ')}\n`);
   await browser.close().catch(() => {});
   process.exit(1);
 }

@@ -2,9 +2,10 @@
 // bundler, no external fetches: it is served by the gateway on the estate LAN.
 //
 // Data flow: one initial load through the GET endpoints, then live updates from
-// `EventSource('/api/stream')` (events `alert`, `device`, `status`). After a stream
-// reconnect the lists are loaded again, so changes missed while offline show up.
-// Rows are keyed by id and updated in place; only rows whose position changed move.
+// `EventSource('/api/stream')`: events `alert`, `device`, `status` (every second), and
+// `resync` (this client fell behind). After a reconnect or a resync the lists are loaded
+// again, so changes missed meanwhile show up. Rows are keyed by id and updated in place;
+// only rows whose position changed move.
 //
 // Test hooks (read by tests/console): <body data-ready="1"> once loaded and live,
 // data-read-only, data-alert-beeps (sounds played for new critical alerts); each alert
@@ -106,17 +107,6 @@ const DEVICE_STATUS = {
   unknown: '未知 Unknown',
 };
 
-const ACTION = {
-  close_valve: '关阀 Close valve',
-  valve_close: '关阀 Close valve',
-  open_valve: '开阀 Open valve',
-  sounder_on: '启动声光报警 Sounder on',
-  sounder_off: '关闭声光报警 Sounder off',
-  write_coil: '写线圈 Write coil',
-  escalate: '升级 Escalate',
-  publish: '发布 Publish',
-};
-
 const RESULT = {
   ok: '成功 done',
   done: '成功 done',
@@ -173,6 +163,18 @@ function clockText(ms) {
   const d = new Date(ms);
   const p = (n) => String(n).padStart(2, '0');
   return `${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+/** A linkage write (`rule: coil 0 = 1` on a valve) in words where the target is known. */
+function actionText(x) {
+  const target = state.devices.get(x.target);
+  const m = /coil \d+ = ([01])$/.exec(x.action || '');
+  if (target && m) {
+    const on = m[1] === '1';
+    if (target.kind === 'valve') return `${on ? '关阀 Close valve' : '开阀 Open valve'} (${x.action})`;
+    if (target.kind === 'sounder') return `${on ? '启动声光报警 Sounder on' : '停止声光报警 Sounder off'} (${x.action})`;
+  }
+  return x.action;
 }
 
 function setText(el, text) {
@@ -366,7 +368,7 @@ function renderAlertRow(row, a, now) {
     row.actionsKey = key;
     el.actions.replaceChildren(...actions.map((x) => {
       const item = document.createElement('li');
-      const what = ACTION[x.action] || x.action;
+      const what = actionText(x);
       const result = RESULT[x.result] || x.result || '';
       item.textContent = `联动 Action: ${what}${x.target ? ` → ${x.target}` : ''}${result ? ` · ${result}` : ''} · ${clockText(x.at_ms)}`;
       return item;
@@ -445,7 +447,7 @@ function renderDevices() {
     const { li, el } = row;
     setAttr(li, 'data-status', d.status);
     setText(el.name, d.name && d.name !== d.id ? `${d.name} (${d.id})` : d.id);
-    setText(el.kind, `${KIND[d.kind] || d.kind} · ${DEVICE_STATUS[d.status] || d.status}${d.registered === false ? ' · 未登记 unregistered' : ''}`);
+    setText(el.kind, `${KIND[d.kind] || d.kind || '未知类型 Unknown kind'} · ${DEVICE_STATUS[d.status] || d.status}${d.registered === false ? ' · 未登记 unregistered' : ''}`);
     setText(el.where, placeText(d.location));
     setText(el.seen, `最近通信 Last seen: ${ageText(d.last_seen_ms, now)}`);
     if (li !== cursor) list.insertBefore(li, cursor);
@@ -700,6 +702,15 @@ function connect() {
   es.addEventListener('status', (e) => {
     lastMessage = Date.now();
     applyStatus(JSON.parse(e.data));
+  });
+  es.addEventListener('resync', async () => {
+    // The stream skipped changes (this client fell behind): read the lists again.
+    lastMessage = Date.now();
+    try {
+      await loadAll();
+    } catch {
+      reconnectLater();
+    }
   });
   es.addEventListener('error', () => {
     setLive(false);
