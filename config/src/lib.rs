@@ -138,4 +138,6 @@ impl Config {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_alerts;
+#[cfg(test)]
 mod tests_modbus;
