@@ -16,6 +16,7 @@
 //! - [`model`] — `Alert`, statuses, dispositions, audit entries (JSON).
 //! - [`rules`] — the pure engine: events and time in, effects out.
 //! - [`state`] — durable state and history in the store's database.
+//! - [`cli`] — `estate-gateway alerts | ack | close`, the terminal client of the API.
 //!
 //! **No alert lost on a crash.** The engine's progress (`last_seq`) is written with the
 //! alert changes it caused, in one sled batch. On start the engine replays the committed
@@ -25,6 +26,7 @@
 //! waits for the engine; the engine raises events with `append_nowait` and never waits
 //! for a commit.
 
+pub mod cli;
 pub mod model;
 pub mod rules;
 pub mod state;
@@ -61,7 +63,7 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub enum Update {
     Alert(Box<Alert>),
-    Device(DeviceView),
+    Device(Box<DeviceView>),
 }
 
 /// Why an operator action failed.
@@ -542,7 +544,7 @@ impl Alerts {
                 Effect::Link { alert_id, action } => links.push((alert_id, action)),
                 Effect::Device(d) => {
                     devices_changed = true;
-                    let _ = self.handle.updates.send(Update::Device(d));
+                    let _ = self.handle.updates.send(Update::Device(Box::new(d)));
                 }
             }
         }

@@ -36,6 +36,9 @@ pub const BY_GATEWAY: &str = "gateway";
 const MAX_UNREGISTERED: usize = 10_000;
 
 /// A change the caller must carry out.
+// Effects live for one call in a short vector; boxing the alert would only add
+// allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// An alert changed: persist it (with the audit entry), publish it locally, and

@@ -459,7 +459,7 @@ from = "2027-01-15T08:00:00Z"
 until = "2027-01-15T12:00:00Z"
 "#,
     );
-    let start = 1_800_000_000_000 + 0; // 2027-01-15T08:00:00Z
+    let start = 1_800_000_000_000; // 2027-01-15T08:00:00Z
     assert_eq!(
         humantime::format_rfc3339_millis(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(start as u64)
