@@ -3,7 +3,8 @@
 //! broker, a new smoke alarm appears on the open page without a reload (with its location
 //! spelled out and the audible cue), the operator acknowledges and closes it from the page
 //! and the API shows it; without `api.token` the page is read-only and the API refuses
-//! writes. Screenshots land in `target/console-artifacts/`.
+//! writes; when the gateway restarts, the open page reconnects by itself and shows the
+//! alarm raised meanwhile. Screenshots land in `target/console-artifacts/`.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM=…`), `node`, and `npm ci --prefix tests/console`.
 //! Without them the tests print why and pass as skipped, except under CI (`CI` set), where
@@ -21,13 +22,18 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{http_get, start_gateway_with, Broker, Gateway, TestEnv};
+use common::{
+    http_get, log_tail, reserve_port, start_gateway_with, write_config_with, Broker, Gateway,
+    TestEnv, GATEWAY_BIN,
+};
 
 /// The demo device the tests' smoke alarm comes from, and how the console must spell out
 /// its location (`building 1, unit 1, floor 3, room 301` in `demo_devices`).
 const DEVICE: &str = "smoke-1-1-3";
 const WHERE: &str = "1号楼 1单元 3层 301 / Bldg 1 Unit 1 Fl 3 Rm 301";
 const TOKEN: &str = "console-e2e-token-7f3a";
+/// The second alarm of the restart test: an elderly resident's SOS button.
+const DEVICE2: &str = "sos-0307";
 const OPERATOR: &str = "值班员 Li Wei";
 
 fn chromium() -> PathBuf {
@@ -141,7 +147,7 @@ impl Browser {
 
     /// Waits for the line `WORD …` and returns what follows the word. Fails on `FAIL …`,
     /// on the script's exit, and after `timeout`.
-    fn expect(&mut self, word: &str, timeout: Duration, gw: &Gateway) -> String {
+    fn expect(&mut self, word: &str, timeout: Duration, gw: &impl Logs) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -196,6 +202,17 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Where a failing browser check finds the gateway's log.
+trait Logs {
+    fn log_tail(&self, n: usize) -> String;
+}
+
+impl Logs for Gateway {
+    fn log_tail(&self, n: usize) -> String {
+        Gateway::log_tail(self, n)
     }
 }
 
@@ -422,4 +439,227 @@ async fn without_a_token_the_console_is_read_only_and_the_api_refuses_writes() {
     }
     assert_eq!(get_alert(&gw, &id).await["status"], "active");
     assert_png(&shot);
+}
+
+// ---------------------------------------------------------------------------------------
+// A gateway on a fixed API address (so a restarted one is at the page's URL again)
+// ---------------------------------------------------------------------------------------
+
+/// `estate-gateway run` with `--api-listen 127.0.0.1:{port}`; SIGKILLed on drop.
+struct FixedGateway {
+    child: Child,
+    api: SocketAddr,
+    log: PathBuf,
+}
+
+impl Logs for FixedGateway {
+    fn log_tail(&self, n: usize) -> String {
+        log_tail(&self.log, n)
+    }
+}
+
+impl FixedGateway {
+    /// Starts the gateway and waits for its ready line and both broker connections.
+    async fn start(env: &TestEnv, config: &Path, port: u16) -> FixedGateway {
+        let log = env.log_path();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the gateway log");
+        let mut child = Command::new(GATEWAY_BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(env.data_dir())
+            .args([
+                "--api-listen",
+                &format!("127.0.0.1:{port}"),
+                "--grace",
+                "2s",
+            ])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn estate-gateway");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let gw = FixedGateway {
+            child,
+            api: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("estate-gateway ready ") => break,
+                Ok(_) => {}
+                Err(e) => panic!("no ready line ({e})\n{}", gw.log_tail(40)),
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, body)) = http_get(gw.api, "/healthz").await {
+                let h: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if h["ingest_connected"] == true && h["uplink_connected"] == true {
+                    return gw;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker connections not up within 30 s\n{}",
+                gw.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL (a crash or a power cut) and reap.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits `timeout` at most for the exit; `None` when still running.
+    fn terminate_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for FixedGateway {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_page_reconnects_after_a_gateway_crash_and_shows_what_happened_meanwhile() {
+    if !browser_available("console restart test") {
+        return;
+    }
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    let config = write_config_with(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n"));
+    let port = reserve_port();
+    let gw = FixedGateway::start(&env, &config, port).await;
+
+    let shot = artifact("console-restart.png");
+    let _ = std::fs::remove_file(&shot);
+    let mut browser = Browser::start(&[
+        ("CONSOLE_URL", format!("http://{}/", gw.api)),
+        ("CONSOLE_MODE", "restart".into()),
+        ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
+        ("CONSOLE_DEVICE", DEVICE.into()),
+        ("CONSOLE_DEVICE2", DEVICE2.into()),
+        ("CONSOLE_EXPECT_WHERE", WHERE.into()),
+        ("CONSOLE_SCREENSHOT", shot.display().to_string()),
+    ]);
+    browser.expect("READY", STEP, &gw);
+    publish_smoke_alarm(&env).await;
+    let first = browser.expect("ALERT", STEP, &gw);
+
+    // The gateway dies (SIGKILL: a crash or a power cut); the page notices. An SOS comes in
+    // while it is down (the broker keeps it for the gateway's persistent session), then
+    // the gateway comes back on the same address.
+    gw.kill();
+    browser.expect("DOWN", STEP, &FixedLog(env.log_path()));
+    let mut raw = env.raw_client().await;
+    raw.publish(
+        &format!("estate/{}/emergency_button/{DEVICE2}/event", env.estate_id),
+        br#"{"code":"SOS.PRESSED","seq":1}"#.to_vec(),
+    )
+    .await;
+    let gw = FixedGateway::start(&env, &config, port).await;
+    let second = browser.expect("ALERT2", Duration::from_secs(90), &gw);
+    assert_ne!(first, second);
+    let (status, body) = http_get(gw.api, &format!("/api/alerts/{second}"))
+        .await
+        .expect("GET the second alert");
+    assert_eq!(status, 200, "{body}");
+    let a: serde_json::Value = serde_json::from_str(&body).expect("alert JSON");
+    assert_eq!(
+        (&a["code"], &a["device_id"]),
+        (
+            &serde_json::json!("SOS.PRESSED"),
+            &serde_json::json!(DEVICE2)
+        ),
+        "{a}"
+    );
+    browser.expect("DONE", STEP, &gw);
+    browser.finish();
+    assert_png(&shot);
+}
+
+/// The log of a gateway that is not running right now.
+struct FixedLog(PathBuf);
+
+impl Logs for FixedLog {
+    fn log_tail(&self, n: usize) -> String {
+        log_tail(&self.0, n)
+    }
+}
+
+/// A duty console is open around the clock, so its live stream must not keep the gateway
+/// from stopping: SIGTERM (systemctl stop / restart) with the console open exits in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gateway bug (api::stream): the SSE stream never ends on shutdown, so axum's \
+            graceful shutdown waits for the open console forever; run with --ignored once fixed"]
+async fn sigterm_stops_the_gateway_while_a_console_is_open() {
+    if !browser_available("console SIGTERM test") {
+        return;
+    }
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    let config = write_config_with(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n"));
+    let mut gw = FixedGateway::start(&env, &config, reserve_port()).await;
+    let mut browser = Browser::start(&[
+        ("CONSOLE_URL", format!("http://{}/", gw.api)),
+        ("CONSOLE_MODE", "restart".into()),
+        ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
+        ("CONSOLE_DEVICE", DEVICE.into()),
+        ("CONSOLE_DEVICE2", DEVICE2.into()),
+        ("CONSOLE_EXPECT_WHERE", WHERE.into()),
+        (
+            "CONSOLE_SCREENSHOT",
+            artifact("console-sigterm.png").display().to_string(),
+        ),
+    ]);
+    browser.expect("READY", STEP, &gw);
+    publish_smoke_alarm(&env).await;
+    browser.expect("ALERT", STEP, &gw);
+    // The page is open and live. `--grace 2s` bounds forwarding; 15 s is plenty.
+    let status = gw.terminate_within(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "with the console open, SIGTERM did not stop the gateway within 15 s (status {status:?})\n{}",
+        gw.log_tail(20)
+    );
+    browser.expect("DOWN", STEP, &FixedLog(env.log_path()));
 }
