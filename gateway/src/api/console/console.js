@@ -333,7 +333,13 @@ function makeAlertRow(id) {
   };
   el.ack.addEventListener('click', () => acknowledge(id));
   el.close.addEventListener('click', () => openCloseDialog(id));
-  return { li, el, actionsKey: '' };
+  const row = { li, el, actionsKey: '', fresh: false };
+  // The flash runs once; then the row is plain again (no layer kept for it).
+  li.addEventListener('animationend', () => {
+    row.fresh = false;
+    li.classList.remove('new');
+  });
+  return row;
 }
 
 function renderAlertRow(row, a, now) {
@@ -507,18 +513,21 @@ function showSession() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Rendering: batched into one frame, whatever the number of updates that arrived
+// Rendering: batched, at most a few times a second whatever the number of updates (a
+// busy estate folds repeats into its alerts many times a second; nobody reads faster,
+// and a cheap tablet must not spend its time re-laying out the page)
 // ---------------------------------------------------------------------------------------
 
+const RENDER_EVERY_MS = 250;
 let renderQueued = false;
 function scheduleRender() {
   if (renderQueued) return;
   renderQueued = true;
-  requestAnimationFrame(() => {
+  setTimeout(() => requestAnimationFrame(() => {
     renderQueued = false;
     renderAlerts();
     renderDevices();
-  });
+  }), RENDER_EVERY_MS);
 }
 
 // ---------------------------------------------------------------------------------------
