@@ -23,8 +23,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{
-    http_get, log_tail, reserve_port, start_gateway_with, write_config_with, Broker, Gateway,
-    TestEnv, GATEWAY_BIN,
+    http_get, http_get_full, log_tail, reserve_port, start_gateway_with, write_config_with, Broker,
+    Gateway, TestEnv, GATEWAY_BIN,
 };
 
 /// The demo device the tests' smoke alarm comes from, and how the console must spell out
@@ -420,6 +420,20 @@ async fn without_a_token_the_console_is_read_only_and_the_api_refuses_writes() {
     browser.expect("READY", STEP, &gw);
     publish_smoke_alarm(&env).await;
     let id = browser.expect("ALERT", STEP, &gw);
+    // The detector reports again, then the smoke is gone: one row, ×2, cleared.
+    let mut raw = env.raw_client().await;
+    let topic = format!("estate/{}/smoke/{DEVICE}/event", env.estate_id);
+    raw.publish(
+        &topic,
+        br#"{"code":"SMOKE.ALARM","state":"active","seq":2}"#.to_vec(),
+    )
+    .await;
+    raw.publish(
+        &topic,
+        br#"{"code":"SMOKE.ALARM","state":"cleared","seq":3}"#.to_vec(),
+    )
+    .await;
+    browser.expect("FOLDED", STEP, &gw);
     browser.expect("DONE", STEP, &gw);
     browser.finish();
 
@@ -437,8 +451,86 @@ async fn without_a_token_the_console_is_read_only_and_the_api_refuses_writes() {
             "the refusal says why (token {token:?}): {body}"
         );
     }
-    assert_eq!(get_alert(&gw, &id).await["status"], "active");
+    let a = get_alert(&gw, &id).await;
+    assert_eq!(
+        (&a["status"], &a["count"], &a["cleared"]),
+        (
+            &serde_json::json!("active"),
+            &serde_json::json!(2),
+            &serde_json::json!(true)
+        ),
+        "{a}"
+    );
     assert_png(&shot);
+}
+
+/// The assets: right content types (a module script served as anything else is refused
+/// by the browser), a same-origin-only policy, and revalidation that answers 304 while
+/// the console is unchanged, so a tablet never keeps a stale console after an upgrade.
+/// No browser needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_assets_are_served_with_types_policy_and_revalidation() {
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    let gw = start_gateway_with(&env, "");
+    let (status, headers, page) = http_get_full(gw.api, "/").await.expect("GET /");
+    assert_eq!(status, 200);
+    let header = |hs: &[(String, String)], name: &str| {
+        hs.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(header(&headers, "content-type"), "text/html; charset=utf-8");
+    assert!(
+        header(&headers, "content-security-policy").contains("default-src 'none'"),
+        "{headers:?}"
+    );
+    let script = page
+        .split('"')
+        .find(|s| s.starts_with("console.js?v="))
+        .expect("the page loads console.js with a version")
+        .to_owned();
+    for (path, ctype) in [
+        (format!("/{script}"), "text/javascript; charset=utf-8"),
+        ("/console.css".to_owned(), "text/css; charset=utf-8"),
+        ("/".to_owned(), "text/html; charset=utf-8"),
+    ] {
+        let (status, headers, body) = http_get_full(gw.api, &path).await.expect("GET");
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(header(&headers, "content-type"), ctype, "{path}");
+        assert_eq!(header(&headers, "cache-control"), "no-cache", "{path}");
+        assert!(!body.is_empty(), "{path}");
+        let etag = header(&headers, "etag");
+        assert!(etag.starts_with('"'), "{path}: ETag {etag:?}");
+        let (status, body) = get_if_none_match(gw.api, &path, &etag).await;
+        assert_eq!(status, 304, "{path} revalidated with its ETag");
+        assert!(body.is_empty(), "{path}: a 304 has no body");
+        let (status, _) = get_if_none_match(gw.api, &path, "\"stale\"").await;
+        assert_eq!(status, 200, "{path} with an old ETag");
+    }
+}
+
+/// `GET path` with `If-None-Match`: status and body.
+async fn get_if_none_match(addr: SocketAddr, path: &str, etag: &str) -> (u16, String) {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@
 //   script → test:  ACKED <id>       acknowledged by clicking the button
 //   test → script:  NEXT             (after checking the alert on the API)
 //   script → test:  CLOSED <id>      closed through the dialog
+//   readonly mode:
+//   test → script:  (publishes the alarm again, then its end: `cleared`)
+//   script → test:  FOLDED           the row shows ×2 and the cleared badge, live
 //   restart mode (the test restarts the gateway on the same address):
 //   script → test:  DOWN             the page noticed the stream dropped
 //   test → script:  (publishes a second alarm while the gateway is down, restarts it)
@@ -164,6 +167,19 @@ async function main() {
     say(`ALERT2 ${await second.getAttribute('data-alert-id')}`);
     await screenshot(page);
   } else if (mode === 'readonly') {
+    // A repeat folds into the same row (count), and the end of the condition marks it
+    // cleared; it stays open until someone closes it.
+    await page.waitForFunction(
+      (alertId) => {
+        const li = document.querySelector(`li.alert[data-alert-id="${alertId}"]`);
+        return li && !li.querySelector('.repeat').hidden && li.querySelector('.repeat').textContent.startsWith('×2')
+          && !li.querySelector('.cleared').hidden;
+      },
+      id,
+      { timeout: STEP },
+    );
+    check((await page.locator('#alerts li.alert').count()) === 1, 'the repeat opened a second row');
+    say('FOLDED');
     check((await row.locator('button.ack:visible, button.close:visible').count()) === 0, 'read-only page shows action buttons');
     check((await page.locator('button.ack:visible').count()) === 0, 'read-only page shows an acknowledge button');
     await screenshot(page);
