@@ -32,6 +32,8 @@ use common::{
 const DEVICE: &str = "smoke-1-1-3";
 const WHERE: &str = "1号楼 1单元 3层 301 / Bldg 1 Unit 1 Fl 3 Rm 301";
 const TOKEN: &str = "console-e2e-token-7f3a";
+/// A detector of the operator test that stops sending heartbeats (offline after 3 s).
+const QUIET: &str = "smoke-9-1-corridor";
 /// The second alarm of the restart test: an elderly resident's SOS button.
 const DEVICE2: &str = "sos-0307";
 const OPERATOR: &str = "值班员 Li Wei";
@@ -327,15 +329,29 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
     }
     let broker = Broker::shared();
     let env = TestEnv::new(broker.clone(), broker);
-    let gw = start(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n")).await;
+    // One more detector, with heartbeats: it reports once and then falls silent.
+    let extra = format!(
+        "[api]\ntoken = \"{TOKEN}\"\n\n[[devices]]\nid = \"{QUIET}\"\nkind = \"smoke\"\n\
+         name = \"9号楼走廊烟感\"\nlocation = {{ building = \"9\", floor = \"1\" }}\n\
+         heartbeat_interval = \"1s\"\n"
+    );
+    let gw = start(&env, &extra).await;
     let (status, body) = http_get(gw.api, "/api/status").await.expect("/api/status");
     assert_eq!(status, 200, "{body}");
+    env.raw_client()
+        .await
+        .publish(
+            &format!("estate/{}/smoke/{QUIET}/heartbeat", env.estate_id),
+            Vec::new(),
+        )
+        .await;
 
     let shot = artifact("console.png");
     let _ = std::fs::remove_file(&shot);
     let mut browser = Browser::start(&[
         ("CONSOLE_URL", format!("http://{}/", gw.api)),
         ("CONSOLE_MODE", "operator".into()),
+        ("CONSOLE_OFFLINE_DEVICE", QUIET.into()),
         ("CONSOLE_TOKEN", TOKEN.into()),
         ("CONSOLE_OPERATOR", OPERATOR.into()),
         ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),

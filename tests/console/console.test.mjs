@@ -25,6 +25,7 @@
 // restart), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
 // CONSOLE_TOKEN and CONSOLE_OPERATOR (operator mode), CONSOLE_GATEWAY_ID,
 // CONSOLE_DEVICE (the device that will raise the alarm; silent until READY),
+// CONSOLE_OFFLINE_DEVICE (optional: a device that goes offline; it must end up on top),
 // CONSOLE_EXPECT_WHERE (location text the alert row must show), CONSOLE_SCREENSHOT
 // (png path), CHROMIUM (default /usr/bin/chromium).
 
@@ -115,10 +116,13 @@ async function main() {
     api.devices.length,
     { timeout: STEP },
   );
-  const shown = await page.$$eval('#devices li.device', (ls) => ls.map((l) => [l.dataset.deviceId, l.dataset.status]));
-  const firstOnline = shown.findIndex(([, s]) => s !== 'offline');
-  const lastOffline = shown.map(([, s]) => s).lastIndexOf('offline');
-  check(lastOffline < firstOnline || firstOnline === -1, `offline devices not on top: ${JSON.stringify(shown)}`);
+  const offlineDevice = process.env.CONSOLE_OFFLINE_DEVICE;
+  if (offlineDevice) {
+    // It stopped sending heartbeats: it moves to the top, and the header says so.
+    await page.waitForSelector(`#devices li.device:first-child[data-device-id="${offlineDevice}"][data-status="offline"]`, { timeout: STEP });
+    await page.waitForSelector('#offline-pill:not([hidden])', { timeout: STEP });
+  }
+  const shown = await devicesShown(page);
   const before = shown.find(([d]) => d === deviceId);
   check(before && before[1] !== 'online', `${deviceId} should not be online before it reports: ${JSON.stringify(before)}`);
 
@@ -153,6 +157,7 @@ async function main() {
   // The same report brought the device online and moved the event-rate chart, live.
   await page.waitForSelector(`#devices li.device[data-device-id="${deviceId}"][data-status="online"]`, { timeout: STEP });
   await page.waitForFunction(() => Number(document.getElementById('rate-max').textContent) >= 1, null, { timeout: STEP });
+  await devicesShown(page);
   say(`ALERT ${id}`);
 
   if (mode === 'restart') {
@@ -217,6 +222,15 @@ async function main() {
   check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
   say('DONE');
+}
+
+/** The device rows as [id, status], checked to have the offline ones on top. */
+async function devicesShown(page) {
+  const shown = await page.$$eval('#devices li.device', (ls) => ls.map((l) => [l.dataset.deviceId, l.dataset.status]));
+  const firstNotOffline = shown.findIndex(([, s]) => s !== 'offline');
+  const lastOffline = shown.map(([, s]) => s).lastIndexOf('offline');
+  check(firstNotOffline === -1 || lastOffline < firstNotOffline, `offline devices not on top: ${JSON.stringify(shown)}`);
+  return shown;
 }
 
 async function screenshot(page) {

@@ -463,6 +463,10 @@ function renderDevices() {
   const off = $('offline-count');
   off.hidden = offline === 0;
   setText(off, `离线 offline ${offline}`);
+  // Also at the top: on a portrait tablet the device list is below the alerts.
+  const pillEl = $('offline-pill');
+  pillEl.hidden = offline === 0;
+  setText(pillEl, `离线设备 Offline devices: ${offline}`);
 }
 
 // ---------------------------------------------------------------------------------------
