@@ -673,3 +673,37 @@ same_building = true
         "the action is in the audit trail: {one:#}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// An open live stream does not keep the gateway from stopping
+// ---------------------------------------------------------------------------------------
+
+/// Regression (found by the console's browser test): `/api/stream` never ended, so axum's
+/// graceful shutdown waited forever for an open console and SIGTERM hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_gateway_while_an_event_stream_is_open() {
+    let env = env();
+    let mut gw = env.start_gateway();
+    let sse = SseTap::start(gw.api).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sse.of("status").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stream delivers status events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exits cleanly within 30 s with a stream open ({status:?})\n{}",
+        gw.log_tail(40)
+    );
+    // The stream ended with the gateway (the reader task saw EOF).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sse.task.is_finished() {
+        assert!(Instant::now() < deadline, "the stream ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -134,6 +134,9 @@ pub async fn run(
 
     // The API outlives the stages so health stays visible while draining.
     let api_stop = CancellationToken::new();
+    // Live streams end as soon as the gateway begins to stop: a console reconnects (and
+    // gets refused or a fresh stream) instead of holding the API open.
+    let stream_stop = shutdown.child_token();
     let api = tokio::spawn(api::run(
         api_listener,
         api::ApiState {
@@ -143,6 +146,7 @@ pub async fn run(
             estate_id: cfg.gateway.estate_id.clone(),
             alerts: alerts_handle.clone(),
             token: cfg.api.token.clone(),
+            stop: stream_stop.clone(),
         },
         api_stop.clone(),
     ));

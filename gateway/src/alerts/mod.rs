@@ -327,7 +327,8 @@ impl Alerts {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) {
-        let _ = &metrics;
+        // One message per linkage write (bounded by the alerts that open); unbounded so a
+        // finishing write never waits on the loop that is waiting on something else.
         let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkDone>();
         // The publisher outlives the loop so the final active set goes out.
         let publisher_stop = CancellationToken::new();
@@ -336,6 +337,7 @@ impl Alerts {
             .take()
             .map(|o| MqttPublisher::start(o, self.topic.clone(), publisher_stop.clone()));
         let mut out = Outputs {
+            metrics,
             store,
             modbus,
             link_tx,
@@ -379,6 +381,8 @@ impl Alerts {
                     let effects = self.engine.on_tick(now_ms());
                     let _ = self.apply(effects, None, &mut out).await;
                     out.publish_active(&self.engine);
+                    out.metrics.alerts_backlog.set(self.tap.len() as i64);
+                    out.metrics.alerts_open.set(self.engine.open_alerts().count() as i64);
                 }
             }
         }
@@ -527,6 +531,9 @@ impl Alerts {
                     audit,
                     upstream: up,
                 } => {
+                    if audit.as_ref().is_some_and(|a| a.action == "opened") {
+                        out.metrics.alerts_opened.inc();
+                    }
                     if let Some(change) = up {
                         let (by, note) = audit
                             .as_ref()
@@ -604,6 +611,7 @@ impl Alerts {
 
 /// Where effects go besides the alert state.
 struct Outputs {
+    metrics: Arc<Metrics>,
     store: StoreHandle,
     modbus: ModbusHandle,
     link_tx: mpsc::UnboundedSender<LinkDone>,
@@ -815,3 +823,6 @@ impl MqttPublisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,9 @@ pub struct ApiState {
     pub alerts: AlertsHandle,
     /// `api.token`: required for write actions; `None` makes the API read-only.
     pub token: Option<Secret>,
+    /// Cancelled when the API stops: open event streams end then, so that graceful
+    /// shutdown does not wait for a console that never disconnects.
+    pub stop: CancellationToken,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -328,12 +331,14 @@ async fn devices(State(s): State<ApiState>) -> impl IntoResponse {
 enum Next {
     Update(Result<Update, broadcast::error::RecvError>),
     Status,
+    Stop,
 }
 
 /// `GET /api/stream`: `alert` events (an alert's JSON on every change), `device` events
 /// (a device's JSON when its status changes), `status` every second (the /api/status
 /// JSON), and keep-alive comments. A client that falls behind gets a `resync` event and
-/// should re-read the lists.
+/// should re-read the lists. The stream ends when the gateway stops (the client
+/// reconnects to the next one).
 async fn stream(
     State(s): State<ApiState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
@@ -341,7 +346,10 @@ async fn stream(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures_util::stream::unfold((s, rx, tick), |(s, mut rx, mut tick)| async move {
+        let stop = s.stop.clone();
         let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => Next::Stop,
             u = rx.recv() => Next::Update(u),
             _ = tick.tick() => Next::Status,
         };
@@ -355,7 +363,7 @@ async fn stream(
             Next::Update(Err(broadcast::error::RecvError::Lagged(n))) => SseEvent::default()
                 .event("resync")
                 .data(format!("{{\"missed\":{n}}}")),
-            Next::Update(Err(broadcast::error::RecvError::Closed)) => return None,
+            Next::Update(Err(broadcast::error::RecvError::Closed)) | Next::Stop => return None,
             Next::Status => SseEvent::default()
                 .event("status")
                 .data(status_json(&s).to_string()),
