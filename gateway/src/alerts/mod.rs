@@ -235,8 +235,10 @@ pub struct Alerts {
     /// From the store writer: every committed event, in seq order.
     tap: mpsc::UnboundedReceiver<Event>,
     cmd_rx: mpsc::Receiver<Command>,
-    /// Committed events after `last_seq` found in the store at start-up.
-    replay: Vec<Event>,
+    /// Committed events after this seq were in the store at start-up, not yet handled:
+    /// they are replayed (page by page, see [`Alerts::replay_page`]) before the tap.
+    replay_until: u64,
+    reader: StoreReader,
     last_seq: u64,
     gateway_id: String,
     estate_id: String,
@@ -254,26 +256,23 @@ impl Alerts {
         let open = store.open_alerts()?;
         let restored = open.len();
         engine.restore(open);
-        let last_seq = store.last_seq()?;
+        // The writer is not running yet: the committed seq is stable here.
+        let committed = *reader.committed().borrow();
+        let last_seq = match store.progress()? {
+            Some(seq) => seq,
+            None => {
+                // First start with alerts (a new store, or one from before alerts
+                // existed): history is not alerted again; from now on nothing is missed.
+                store.write(&[], Some(committed))?;
+                committed
+            }
+        };
         let (tap_tx, tap) = mpsc::unbounded_channel();
         reader.attach_alerts(tap_tx, last_seq);
-        let mut replay = Vec::new();
-        for lane in Lane::ALL {
-            let mut after = last_seq;
-            loop {
-                let batch = reader.read_lane(lane, after, 1000, 4 << 20)?;
-                let Some(last) = batch.last().map(|e| e.seq) else {
-                    break;
-                };
-                after = last;
-                replay.extend(batch.into_iter().filter_map(|e| Event::try_from(e).ok()));
-            }
-        }
-        replay.sort_by_key(|e| e.seq);
         info!(
             open_alerts = restored,
             last_seq,
-            replay = replay.len(),
+            to_replay = committed.saturating_sub(last_seq),
             "Alert state restored."
         );
         let (cmd, cmd_rx) = mpsc::channel(64);
@@ -304,7 +303,8 @@ impl Alerts {
                 handle: handle.clone(),
                 tap,
                 cmd_rx,
-                replay,
+                replay_until: committed,
+                reader: reader.clone(),
                 last_seq,
                 gateway_id: cfg.gateway.id.clone(),
                 estate_id: cfg.gateway.estate_id.clone(),
@@ -346,10 +346,17 @@ impl Alerts {
             gateway_id: self.gateway_id.clone(),
             estate_id: self.estate_id.clone(),
         };
-        // Replay what was committed but not processed before the last stop.
-        let replay = std::mem::take(&mut self.replay);
-        for chunk in replay.chunks(256) {
-            self.handle_events(chunk.to_vec(), &mut out).await;
+        // Replay what was committed but not handled before the last stop, a page at a
+        // time (a long backlog never sits in memory whole).
+        while self.last_seq < self.replay_until {
+            match self.replay_page(self.last_seq) {
+                Ok(page) if !page.is_empty() => self.handle_events(page, &mut out).await,
+                Ok(_) => break,
+                Err(err) => {
+                    warn!(error = %err, after = self.last_seq, "Cannot read committed events to replay; continuing with new ones.");
+                    break;
+                }
+            }
         }
         self.publish_devices();
         let mut tick = tokio::time::interval(TICK);
@@ -397,6 +404,29 @@ impl Alerts {
         out.publish_active(&self.engine);
         publisher_stop.cancel();
         debug!("Alerts stopped.");
+    }
+
+    /// The next committed events after `after`, in seq order, from both lanes (at most
+    /// a page of each; where both pages are full, cut at the lower of their last seqs so
+    /// the merge never skips an event).
+    fn replay_page(&self, after: u64) -> Result<Vec<Event>, StoreError> {
+        const PAGE: usize = 512;
+        let mut all = Vec::new();
+        let mut cut = u64::MAX;
+        for lane in Lane::ALL {
+            let page = self.reader.read_lane(lane, after, PAGE, 4 << 20)?;
+            if page.len() == PAGE {
+                cut = cut.min(page.last().map_or(u64::MAX, |e| e.seq));
+            }
+            all.extend(page);
+        }
+        let mut out: Vec<Event> = all
+            .into_iter()
+            .filter(|e| e.seq <= cut && e.seq <= self.replay_until)
+            .filter_map(|e| Event::try_from(e).ok())
+            .collect();
+        out.sort_by_key(|e| e.seq);
+        Ok(out)
     }
 
     async fn handle_events(&mut self, events: Vec<Event>, out: &mut Outputs) {

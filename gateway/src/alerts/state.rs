@@ -67,14 +67,19 @@ impl AlertStore {
         })
     }
 
-    /// Highest committed seq the engine has processed.
+    /// Highest committed seq the engine has processed (0 before it ever ran).
     pub fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.progress()?.unwrap_or(0))
+    }
+
+    /// Highest committed seq the engine has processed; `None` when this store has never
+    /// had an alert engine.
+    pub fn progress(&self) -> Result<Option<u64>, StoreError> {
         Ok(self
             .tree
             .get(LAST_SEQ)?
             .and_then(|v| v.as_ref().try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+            .map(u64::from_be_bytes))
     }
 
     /// Every open alert (for restoring the engine).

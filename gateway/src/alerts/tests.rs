@@ -96,7 +96,9 @@ async fn an_alarm_committed_before_the_engine_saw_it_is_alerted_after_a_restart(
             store::open(dir.path(), StoreOptions::from_config(&cfg), metrics.clone())
                 .expect("store reopens");
         let (alerts, handle) = Alerts::new(&cfg, &reader).expect("alerts open");
-        assert_eq!(alerts.replay.len(), 1, "the unhandled alarm is replayed");
+        let replay = alerts.replay_page(alerts.last_seq).expect("reads");
+        assert_eq!(replay.len(), 1, "the unhandled alarm is replayed");
+        assert_eq!(replay[0].seq, 1);
         let writer = tokio::task::spawn_blocking(move || w.run());
         let stop = CancellationToken::new();
         let task = tokio::spawn(alerts.run(
@@ -135,7 +137,10 @@ async fn an_alarm_committed_before_the_engine_saw_it_is_alerted_after_a_restart(
             store::open(dir.path(), StoreOptions::from_config(&cfg), metrics.clone())
                 .expect("store reopens");
         let (alerts, handle) = Alerts::new(&cfg, &reader).expect("alerts open");
-        assert!(alerts.replay.is_empty(), "nothing left to replay");
+        assert_eq!(
+            alerts.last_seq, alerts.replay_until,
+            "nothing left to replay"
+        );
         let open = handle
             .store()
             .list(&Filter {
@@ -150,6 +155,79 @@ async fn an_alarm_committed_before_the_engine_saw_it_is_alerted_after_a_restart(
         let writer = tokio::task::spawn_blocking(move || w.run());
         writer.await.expect("writer joins").expect("writer ok");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_older_than_alerts_is_not_alerted_again_but_nothing_after_is_missed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config();
+    let metrics = Arc::new(Metrics::new());
+    // Before alerts existed: 1,200 committed events (more than a replay page per lane).
+    {
+        let (h, _reader, w) =
+            store::open(dir.path(), StoreOptions::from_config(&cfg), metrics.clone())
+                .expect("store opens");
+        let writer = tokio::task::spawn_blocking(move || w.run());
+        for _ in 0..1200 {
+            h.append_nowait(smoke_alarm()).await.expect("queued");
+        }
+        h.ping().await.expect("committed");
+        drop(h);
+        writer.await.expect("writer joins").expect("writer ok");
+    }
+    let (h, reader, w) = store::open(dir.path(), StoreOptions::from_config(&cfg), metrics.clone())
+        .expect("store reopens");
+    let (alerts, handle) = Alerts::new(&cfg, &reader).expect("alerts open");
+    assert_eq!(alerts.last_seq, 1200, "history is not replayed");
+    assert_eq!(handle.store().progress().expect("reads"), Some(1200));
+    drop(alerts);
+    drop(h);
+    let writer = tokio::task::spawn_blocking(move || w.run());
+    writer.await.expect("writer joins").expect("writer ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_pages_through_both_lanes_in_seq_order_without_a_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config();
+    let metrics = Arc::new(Metrics::new());
+    {
+        let (h, reader, w) =
+            store::open(dir.path(), StoreOptions::from_config(&cfg), metrics.clone())
+                .expect("store opens");
+        let (_alerts, _handle) = Alerts::new(&cfg, &reader).expect("alerts open");
+        let writer = tokio::task::spawn_blocking(move || w.run());
+        // Uneven lanes: one alarm in three, so one lane's pages run ahead of the other's.
+        for i in 0..1500 {
+            let mut e = smoke_alarm();
+            if i % 3 != 0 {
+                e.code = "DEV.HEARTBEAT".into();
+                e.severity = Severity::Info;
+            }
+            h.append_nowait(e).await.expect("queued");
+        }
+        h.ping().await.expect("committed");
+        drop(h);
+        writer.await.expect("writer joins").expect("writer ok");
+    }
+    let (h, reader, w) = store::open(dir.path(), StoreOptions::from_config(&cfg), metrics.clone())
+        .expect("store reopens");
+    let (alerts, _handle) = Alerts::new(&cfg, &reader).expect("alerts open");
+    let mut seqs = Vec::new();
+    let mut after = alerts.last_seq;
+    loop {
+        let page = alerts.replay_page(after).expect("reads");
+        let Some(last) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        seqs.extend(page.iter().map(|e| e.seq));
+        after = last;
+    }
+    assert_eq!(seqs, (1..=1500).collect::<Vec<u64>>());
+    drop(alerts);
+    drop(h);
+    let writer = tokio::task::spawn_blocking(move || w.run());
+    writer.await.expect("writer joins").expect("writer ok");
 }
 
 #[test]
