@@ -707,3 +707,100 @@ async fn sigterm_stops_the_gateway_while_an_event_stream_is_open() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The terminal client
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_acknowledges_and_closes_through_the_api() {
+    let env = env();
+    let config = common::write_config_with(&env, &with_token(""));
+    let mut gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("starts");
+    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
+        m.n("estate_ingest_connected", &[]) == 1
+    })
+    .await;
+    let mut publisher = env.raw_client().await;
+    let topic = format!("estate/{}/water_leak/leak-b2-pump/event", env.estate_id);
+    publisher
+        .publish(&topic, r#"{"code":"LEAK.ALARM","value":3.5,"unit":"m"}"#)
+        .await;
+    let v = wait_json(
+        &mut gw,
+        "/api/alerts",
+        "the leak alert",
+        Duration::from_secs(30),
+        |v| codes(&alerts_of(v), "LEAK.ALARM") == 1,
+    )
+    .await;
+    let id = alerts_of(&v)[0]["id"].as_str().expect("id").to_owned();
+    let api = format!("http://{}", gw.api);
+    let cli = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::run_gateway_cli(&refs)
+        })
+    };
+    let (st, out, err) = cli(vec!["alerts".into(), "--api".into(), api.clone()])
+        .await
+        .expect("runs");
+    assert!(st.success(), "{out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.starts_with("2 major"), "{row}");
+    assert!(
+        row.contains("building 2 / floor B1 / room pump room"),
+        "{row}"
+    );
+    assert!(
+        row.contains("LEAK.ALARM") && row.contains("active"),
+        "{row}"
+    );
+
+    // Without the token: refused, with the reason.
+    let (st, _, err) = cli(vec!["ack".into(), id.clone(), "--api".into(), api.clone()])
+        .await
+        .expect("runs");
+    assert!(!st.success());
+    assert!(err.contains("401") && err.contains("--token"), "{err}");
+
+    let (st, out, err) = cli(vec![
+        "ack".into(),
+        id.clone(),
+        "--api".into(),
+        api.clone(),
+        "--token".into(),
+        TOKEN.into(),
+        "--by".into(),
+        "zhao".into(),
+    ])
+    .await
+    .expect("runs");
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains("acknowledged by zhao"), "{out}");
+    let (st, out, err) = cli(vec![
+        "close".into(),
+        id.clone(),
+        "--config".into(),
+        config.display().to_string(),
+        "--api".into(),
+        api.clone(),
+        "--token".into(),
+        TOKEN.into(),
+        "--by".into(),
+        "zhao".into(),
+        "--disposition".into(),
+        "maintenance".into(),
+        "--note".into(),
+        "pump seal replaced".into(),
+    ])
+    .await
+    .expect("runs");
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains("closed (maintenance) by zhao"), "{out}");
+    let a = get_json(gw.api, &format!("/api/alerts/{id}")).await;
+    assert_eq!(a["closed"]["note"], "pump seal replaced");
+}

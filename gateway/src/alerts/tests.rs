@@ -231,6 +231,70 @@ async fn the_replay_pages_through_both_lanes_in_seq_order_without_a_gap() {
 }
 
 #[test]
+fn history_keeps_the_newest_closed_alerts_and_never_prunes_open_ones() {
+    use super::model::{AuditEntry, Closed, Disposition};
+    use estate_protocols::model::AlertStatus;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config();
+    let (_h, reader, _w) = store::open(
+        dir.path(),
+        StoreOptions::from_config(&cfg),
+        Arc::new(Metrics::new()),
+    )
+    .expect("store opens");
+    let st = state::AlertStore::open(&reader, 2).expect("alert state");
+    let mut en = rules::Engine::new(&cfg, 0);
+    let mut ids = Vec::new();
+    // Five alerts, created in order (ULIDs sort by time); the first stays open.
+    for i in 0..5i64 {
+        let mut e = smoke_alarm();
+        e.device_id = format!("dev-{i}");
+        e.gateway_time_ms = 1_000 + i;
+        let fx = en.on_event(&e, 1_000 + i);
+        let Some(alert) = fx.into_iter().find_map(|e| match e {
+            rules::Effect::Alert { alert, .. } => Some(alert),
+            _ => None,
+        }) else {
+            panic!("an alert opens");
+        };
+        ids.push(alert.id.clone());
+        let mut a = alert;
+        let audit = AuditEntry {
+            at_ms: 1,
+            by: "t".into(),
+            action: "opened".into(),
+            note: String::new(),
+        };
+        if i > 0 {
+            a.status = AlertStatus::Closed;
+            a.closed = Some(Closed {
+                by: "t".into(),
+                at_ms: 2,
+                disposition: Disposition::Test,
+                note: String::new(),
+            });
+        }
+        st.write(&[(&a, Some(&audit))], None).expect("writes");
+    }
+    let all = st
+        .list(&state::Filter {
+            status: "all".into(),
+            ..state::Filter::default()
+        })
+        .expect("lists");
+    let kept: Vec<&str> = all.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(st.closed_count(), 2);
+    assert!(kept.contains(&ids[0].as_str()), "the open alert stays");
+    assert!(kept.contains(&ids[3].as_str()) && kept.contains(&ids[4].as_str()));
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(
+        st.audit(&ids[1]).expect("reads").is_empty(),
+        "pruned with its audit"
+    );
+    assert_eq!(st.audit(&ids[4]).expect("reads").len(), 1);
+}
+
+#[test]
 fn events_per_second_keep_the_last_minute() {
     let mut r = Rate::default();
     let t = 1_000_000_000i64;
