@@ -38,6 +38,7 @@ fn env() -> TestEnv {
     let broker = Broker::shared();
     let mut env = TestEnv::new(broker.clone(), broker);
     env.down_alert_after = "1h".into();
+    env.alerts_forward = true;
     env
 }
 
@@ -236,6 +237,7 @@ fn codes(alerts: &[Value], code: &str) -> usize {
 async fn a_fire_scenario_raises_one_confirmed_fire_alert_everywhere() {
     let env = env();
     let tap = EventTap::start(&env.uplink, &env.estate_id).await;
+    let city = env.city().await;
     let mut gw = common::start_gateway_with(&env, &with_token(FIRE_RULES));
     gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
         m.n("estate_ingest_connected", &[]) == 1
@@ -359,6 +361,19 @@ async fn a_fire_scenario_raises_one_confirmed_fire_alert_everywhere() {
     assert_eq!(opened.first().map(String::as_str), fire["id"].as_str());
     // The raised FIRE.CONFIRMED event itself is forwarded too.
     assert!(ups.iter().any(|(_, e)| e.code == "FIRE.CONFIRMED"));
+    // With alert updates interleaved, the city's stream is still whole and every event
+    // on the lane its severity says; every sensor message arrived.
+    let r = city
+        .wait_for(
+            |r| r.received.iter().filter(|e| e.device_seq.is_some()).count() as u64 >= COUNT,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(r.gaps.is_empty(), "{r}");
+    assert_eq!(r.wrong_lane, 0, "{r}");
+    assert_eq!(r.decode_errors + r.inconsistent_batches, 0, "{r}");
+    city.shutdown().await;
 }
 
 // ---------------------------------------------------------------------------------------

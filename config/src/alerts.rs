@@ -60,6 +60,10 @@ pub struct AlertsConfig {
     /// level or more urgent open an alert: 1 only critical … 4 everything. Heartbeats,
     /// readings and `DEV.ONLINE` never open alerts. 1–4. Default: `3`.
     pub min_severity: u8,
+    /// Forward every alert change to the city platform as an `ALERT.UPDATE` event (alarms
+    /// lane, `Event.alert` in the `.proto`). Set `false` when the city platform must
+    /// receive only the events themselves. Default: `true`.
+    pub forward: bool,
     /// Closed alerts kept for the history (`GET /api/alerts?status=closed`); the oldest
     /// are pruned beyond it. Open alerts are never pruned. At least 1. Default: `10000`.
     pub history_max: usize,
@@ -108,6 +112,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             min_severity: 3,
+            forward: true,
             history_max: 10_000,
             auto_close: [
                 "DEV.OFFLINE",

@@ -90,8 +90,20 @@ fn shipped_config_states_the_defaults() {
     assert_eq!(shipped.api, minimal.api);
     let (a, d) = (&shipped.alerts, &minimal.alerts);
     assert_eq!(
-        (a.min_severity, a.history_max, &a.auto_close, &a.offline),
-        (d.min_severity, d.history_max, &d.auto_close, &d.offline)
+        (
+            a.min_severity,
+            a.forward,
+            a.history_max,
+            &a.auto_close,
+            &a.offline
+        ),
+        (
+            d.min_severity,
+            d.forward,
+            d.history_max,
+            &d.auto_close,
+            &d.offline
+        )
     );
     // What the shipped file adds beyond the defaults, on purpose.
     assert!(a.held_open_after.is_some() && a.escalation.is_some());

@@ -81,7 +81,7 @@ pub const CODES: &[CodeInfo] = &[
     c("GW.STORE_EVICTED", S2, false, Some(K::Gateway)),
     c("GW.DISK_LOW", S2, true, Some(K::Gateway)),
     // The change of a local alert, carried upstream in `Event.alert` (always the alarms
-    // lane). Its severity is the alert's. Never an alert itself.
+    // lane: severity 1 for a critical alert, else 2). Never an alert itself.
     c("ALERT.UPDATE", S2, false, Some(K::Gateway)),
 ];
 

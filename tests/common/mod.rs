@@ -123,6 +123,10 @@ pub struct TestEnv {
     pub down_alert_after: String,
     /// Extra TOML appended to the `[uplink]` section (e.g. `max_batch_events = 50`).
     pub uplink_extra: String,
+    /// `alerts.forward`: alert changes go upstream as `ALERT.UPDATE` events. Off by
+    /// default here, because most tests assert the exact stream of sensor events the
+    /// city receives; `tests/alerts.rs` turns it on and checks the two together.
+    pub alerts_forward: bool,
 }
 
 impl TestEnv {
@@ -139,6 +143,7 @@ impl TestEnv {
             uplink,
             down_alert_after: "1s".into(),
             uplink_extra: String::new(),
+            alerts_forward: false,
         }
     }
 
@@ -179,6 +184,9 @@ host = "{uh}"
 port = {up}
 reconnect_min = "100ms"
 reconnect_max = "1s"
+
+[alerts]
+forward = {fwd}
 "#,
             gw = self.gateway_id,
             estate = self.estate_id,
@@ -188,6 +196,7 @@ reconnect_max = "1s"
             extra = self.uplink_extra,
             uh = self.uplink.host,
             up = self.uplink.port,
+            fwd = self.alerts_forward,
         );
         for d in demo_devices() {
             let l = &d.location;

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use estate_config::Config;
-use estate_protocols::model::{AlertChange, Event, EventState, Lane, Source};
+use estate_protocols::model::{AlertChange, Event, EventState, Lane, Severity, Source};
 
 use crate::events::now_ms;
 use crate::ingest::modbus::{ModbusHandle, Write};
@@ -244,6 +244,8 @@ pub struct Alerts {
     estate_id: String,
     topic: String,
     mqtt: Option<rumqttc::MqttOptions>,
+    /// `alerts.forward`: alert changes go upstream as `ALERT.UPDATE` events.
+    forward: bool,
 }
 
 impl Alerts {
@@ -313,6 +315,7 @@ impl Alerts {
                     cfg.ingest.topic_prefix, cfg.gateway.estate_id
                 ),
                 mqtt,
+                forward: cfg.alerts.forward,
             },
             handle,
         ))
@@ -343,6 +346,7 @@ impl Alerts {
             link_tx,
             publisher,
             active_dirty: true,
+            forward: self.forward,
             gateway_id: self.gateway_id.clone(),
             estate_id: self.estate_id.clone(),
         };
@@ -648,6 +652,8 @@ struct Outputs {
     publisher: Option<MqttPublisher>,
     /// The active set changed since it was last published.
     active_dirty: bool,
+    /// Alert changes go upstream (`alerts.forward`).
+    forward: bool,
     gateway_id: String,
     estate_id: String,
 }
@@ -665,7 +671,10 @@ impl Outputs {
             device_id: alert.device_id.clone(),
             device_kind: alert.device_kind.as_deref().and_then(|k| k.parse().ok()),
             code: "ALERT.UPDATE".into(),
-            severity: alert.severity(),
+            // Critical alerts stay critical; every other update is major, so that the
+            // event's lane follows from its severity as for every other event (receivers
+            // check that). The alert's own severity is in `alert.severity`.
+            severity: alert.severity().min(Severity::Major),
             state: if alert.is_open() && !alert.cleared {
                 EventState::Active
             } else {
@@ -685,8 +694,10 @@ impl Outputs {
             device_seq: None,
             alert: Some(Box::new(update)),
         };
-        if let Err(err) = self.store.append_nowait(ev).await {
-            warn!(error = %err, alert_id = %alert.id, "Could not queue an alert update for the uplink.");
+        if self.forward {
+            if let Err(err) = self.store.append_nowait(ev).await {
+                warn!(error = %err, alert_id = %alert.id, "Could not queue an alert update for the uplink.");
+            }
         }
         if let Some(p) = &self.publisher {
             #[derive(Serialize)]
