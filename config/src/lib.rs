@@ -36,6 +36,9 @@
 //!   and a device's identity in its source ([`DeviceSource`]); MQTT topic-filter helpers.
 //!   Each source is deserialized on its own, like a device; `validate.rs` checks names,
 //!   filters (valid, not overlapping), format-specific keys and taxonomy codes.
+//! - `alerts.rs`: `[alerts]` — local alert rules (severity overrides, debounce,
+//!   hold-open, offline detection, escalation, correlation, linkage, silence windows),
+//!   [`AlertsConfig`], and their validation.
 //! - `error.rs`: [`ConfigErrors`] / [`ConfigProblem`].
 //!
 //! # Flow
@@ -62,6 +65,7 @@
 //! # }
 //! ```
 
+mod alerts;
 mod error;
 mod load;
 mod modbus;
@@ -75,6 +79,10 @@ mod warnings;
 
 use std::path::Path;
 
+pub use alerts::{
+    is_life_safety_code, AlertsConfig, Correlation, Escalation, Linkage, OfflineRules, Scope,
+    Silence,
+};
 pub use error::{ConfigErrors, ConfigProblem};
 pub use load::SECTIONS;
 pub use modbus::{
@@ -138,6 +146,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_alerts;
 #[cfg(test)]
 mod tests_modbus;
 #[cfg(test)]

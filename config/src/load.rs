@@ -25,7 +25,7 @@ mod modbus;
 
 /// The top-level sections, in the order they are documented.
 pub const SECTIONS: &[&str] = &[
-    "gateway", "ingest", "store", "uplink", "api", "devices", "modbus",
+    "gateway", "ingest", "store", "uplink", "api", "devices", "modbus", "alerts",
 ];
 
 /// Guards the retry loop of [`Loader::section`]; each round removes one key, so a real
@@ -147,6 +147,7 @@ impl<'a> Loader<'a> {
             store: self.optional_section("store"),
             uplink: self.optional_section("uplink"),
             api: self.optional_section("api"),
+            alerts: self.optional_section("alerts"),
             ..Parts::default()
         };
         self.ingest(&mut parts);
@@ -167,6 +168,7 @@ impl<'a> Loader<'a> {
                 Some(uplink),
                 Some(api),
                 Some(modbus),
+                Some(alerts),
             ) = (
                 parts.gateway,
                 parts.ingest,
@@ -174,6 +176,7 @@ impl<'a> Loader<'a> {
                 parts.uplink,
                 parts.api,
                 modbus.config,
+                parts.alerts,
             ) {
                 return Ok(Config {
                     gateway,
@@ -183,6 +186,7 @@ impl<'a> Loader<'a> {
                     api,
                     devices: parts.devices.into_iter().map(|(_, d)| d).collect(),
                     modbus,
+                    alerts,
                 });
             }
             // Unreachable in practice: a section is only `None` after a reported problem.
@@ -393,7 +397,8 @@ impl<'a> Loader<'a> {
     fn locate(&self, path: &str) -> (Option<Range<usize>>, bool) {
         let mut best = None;
         let mut current: Option<&dyn TableLike> = Some(self.root);
-        for segment in path.split('.') {
+        for segment in split_path(path) {
+            let segment = segment.as_str();
             let (name, index) = match segment.split_once('[') {
                 Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
                 None => (segment, None),
@@ -425,6 +430,23 @@ impl<'a> Loader<'a> {
         }
         (best, true)
     }
+}
+
+/// The segments of a key path; a segment in double quotes (`alerts.severity."VID.LOITER"`)
+/// may hold dots and is returned without its quotes.
+fn split_path(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in path.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
 }
 
 /// The key path, relative to `table`, of the entry whose key or value holds `span`.
@@ -501,6 +523,15 @@ mod tests {
         assert_eq!(src.line_col(b), (3, 1));
         let after_cjk = src.text.find("区").expect("cjk") + "区".len();
         assert_eq!(src.line_col(after_cjk), (2, 5));
+    }
+
+    #[test]
+    fn quoted_path_segments_keep_their_dots() {
+        assert_eq!(
+            split_path(r#"alerts.severity."VID.LOITER""#),
+            ["alerts", "severity", "VID.LOITER"]
+        );
+        assert_eq!(split_path("a.b[2].c"), ["a", "b[2]", "c"]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use estate_protocols::model::{DeviceKind, Location};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertsConfig;
 use crate::modbus::{DeviceModbusConfig, ModbusConfig};
 use crate::sources::{DeviceSource, SourceConfig};
 use crate::units::{ByteSize, Secret};
@@ -45,6 +46,9 @@ pub struct Config {
     /// `[modbus]`: Modbus buses and device profiles (see [`crate::ModbusConfig`]).
     #[serde(default, skip_serializing_if = "ModbusConfig::is_empty")]
     pub modbus: ModbusConfig,
+    /// `[alerts]`: local alert rules and linkage (see [`crate::AlertsConfig`]).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// `[gateway]`: the identity of this gateway. Both ids end up in every forwarded event
@@ -288,15 +292,17 @@ impl Default for UplinkConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Address and port to listen on. The API has no authentication of its own: keep it
-    /// on loopback (or the property-management LAN behind a firewall). Port 0 picks a
-    /// free port. Default: `"127.0.0.1:8080"`.
+    /// Address and port to listen on. Reading (alerts, devices, the live stream,
+    /// metrics) needs no authentication: keep it on loopback (or the property-management
+    /// LAN behind a firewall). Port 0 picks a free port. Default: `"127.0.0.1:8080"`.
     pub listen: SocketAddr,
-    /// Bearer token for API clients on the network. Reserved for the authenticated API
-    /// (console, alert actions): this version serves only `/healthz` and `/metrics` and
-    /// does not check it yet. `check-config` warns when `listen` is beyond loopback and
-    /// no token is set. At most one of `token`, `token_file`, `token_env`. Never
-    /// printed. Default: none.
+    /// Bearer token that write actions of the API need (acknowledging and closing
+    /// alerts, from the console, the CLI or `curl -H "Authorization: Bearer …"`).
+    /// Without a token the API is read-only: it serves alerts, devices and the live
+    /// stream, and refuses every write with 403. Reading never needs the token, so keep
+    /// `listen` on loopback or a trusted LAN. `check-config` warns when `listen` is
+    /// beyond loopback and no token is set. At most one of `token`, `token_file`,
+    /// `token_env`. Never printed. Default: none (read-only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
     /// Read `token` from this file when the config is loaded (without the trailing

@@ -94,6 +94,26 @@ fn shipped_config_states_the_defaults() {
     assert_eq!(shipped.store, minimal.store);
     assert_eq!(shipped.uplink, minimal.uplink);
     assert_eq!(shipped.api, minimal.api);
+    let (a, d) = (&shipped.alerts, &minimal.alerts);
+    assert_eq!(
+        (
+            a.min_severity,
+            a.forward,
+            a.history_max,
+            &a.auto_close,
+            &a.offline
+        ),
+        (
+            d.min_severity,
+            d.forward,
+            d.history_max,
+            &d.auto_close,
+            &d.offline
+        )
+    );
+    // What the shipped file adds beyond the defaults, on purpose.
+    assert!(a.held_open_after.is_some() && a.escalation.is_some());
+    assert!(a.correlation.contains_key("confirmed-fire"));
 }
 
 #[test]

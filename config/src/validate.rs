@@ -28,6 +28,7 @@ pub(crate) struct Parts {
     pub store: Option<StoreConfig>,
     pub uplink: Option<UplinkConfig>,
     pub api: Option<ApiConfig>,
+    pub alerts: Option<crate::alerts::AlertsConfig>,
     /// Devices that deserialized, with their index in `[[devices]]`.
     pub devices: Vec<(usize, DeviceConfig)>,
     /// Every device id that is at least a string, including devices that failed to
@@ -51,6 +52,7 @@ impl Default for Parts {
             store: None,
             uplink: None,
             api: None,
+            alerts: None,
             devices: Vec::new(),
             device_ids: Vec::new(),
             sources: Vec::new(),
@@ -158,6 +160,23 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
     }
     check_devices(parts, &mut f);
     crate::sources::check(parts, &mut f);
+    if let Some(alerts) = &parts.alerts {
+        let devices: Vec<_> = parts
+            .devices
+            .iter()
+            .map(|(_, d)| {
+                (
+                    d.id.clone(),
+                    d.kind,
+                    d.location.building.clone(),
+                    d.modbus.is_some(),
+                )
+            })
+            .collect();
+        for (path, message) in crate::alerts::check(alerts, &devices) {
+            f.at(path, message);
+        }
+    }
     f.0
 }
 
@@ -505,6 +524,7 @@ mod tests {
             store: Some(StoreConfig::default()),
             uplink: Some(UplinkConfig::default()),
             api: Some(ApiConfig::default()),
+            alerts: Some(crate::alerts::AlertsConfig::default()),
             ..Parts::default()
         };
         assert_eq!(validate(&parts), Vec::new());

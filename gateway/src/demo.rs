@@ -44,6 +44,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cfg.ingest.mqtt.port = broker.addr.port();
     cfg.uplink.mqtt.host = broker.addr.ip().to_string();
     cfg.uplink.mqtt.port = broker.addr.port();
+    // A fresh token per run so the console can acknowledge and close alerts; the
+    // shipped config has none (read-only API).
+    let token = format!("demo-{:016x}", rand::random::<u64>());
+    if cfg.api.token.is_none() {
+        cfg.api.token = Some(estate_config::Secret::new(token.clone()));
+    }
     let data = tempfile::Builder::new().prefix("estate-demo-").tempdir()?;
     let estate = cfg.gateway.estate_id.clone();
 
@@ -123,9 +129,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     println!("estate-gateway demo: a simulated estate on this machine");
     println!("  broker (embedded)   mqtt://{}", broker.addr);
+    println!("console: http://{}/", running.api_addr);
+    println!("  API token (ack/close)  {token}   e.g. ESTATE_API_TOKEN={token} estate-gateway alerts --api http://{}", running.api_addr);
     println!(
-        "  gateway API         http://{}/healthz  http://{}/metrics",
-        running.api_addr, running.api_addr
+        "  gateway API         http://{}/api/alerts  http://{}/healthz  http://{}/metrics",
+        running.api_addr, running.api_addr, running.api_addr
     );
     println!("  store               {}", data.path().display());
     println!("  sensors publish to  estate/{estate}/<kind>/<device>/event");

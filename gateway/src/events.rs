@@ -41,5 +41,6 @@ pub fn gateway_event(
         raw_truncated: false,
         registered: true,
         device_seq: None,
+        alert: None,
     }
 }

@@ -13,15 +13,20 @@
 //!   [`ingest::modbus`] polls Modbus devices (TCP, RTU, RTU over TCP) and writes for linkage.
 //! - [`store`] — the one writer, lanes, cursors, dead letters, disk budget.
 //! - [`forward`] — uplink publisher, alarms first, cursors move on PUBACK only.
-//! - [`api`] — local HTTP: health and Prometheus metrics.
+//! - [`alerts`] — local alerts: the pure rule engine, durable state and audit, linkage,
+//!   the alert topic; fed by the store writer with every committed event.
+//! - [`api`] — local HTTP: alerts, devices, status, server-sent events, the console,
+//!   health and Prometheus metrics.
 //! - [`broker`] — embedded rumqttd for the demo and tests.
 //! - [`demo`] — the whole estate on one machine, nothing installed.
 //! - [`telemetry`] — metrics and logging.
 //! - [`systemd`] — `sd_notify` readiness and the watchdog (a no-op outside systemd).
 //!
-//! Shutdown order: stop ingest (acknowledging what is committed) → forward gets one last
-//! attempt within the grace period → the store writer drains, flushes, exits.
+//! Shutdown order: stop ingest (acknowledging what is committed) and Modbus → alerts
+//! handle what was committed and stop → forward gets one last attempt within the grace
+//! period → the store writer drains, flushes, exits.
 
+pub mod alerts;
 pub mod api;
 pub mod broker;
 pub mod demo;
@@ -85,6 +90,8 @@ pub struct Running {
     pub modbus: ingest::modbus::ModbusHandle,
     pub reader: StoreReader,
     pub boot_id: String,
+    /// The local alerts (list, acknowledge, close, live updates).
+    pub alerts: alerts::AlertsHandle,
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then stops in order and returns.
@@ -117,10 +124,19 @@ pub async fn run(
         move || store::open(&dir, store_opts, metrics)
     })
     .await??;
+    // Attach the alert engine before anything appends, so it sees every commit.
+    let (alerts_stage, alerts_handle) = {
+        let cfg = cfg.clone();
+        let reader = reader.clone();
+        tokio::task::spawn_blocking(move || alerts::Alerts::new(&cfg, &reader)).await??
+    };
     let writer = tokio::task::spawn_blocking(move || writer.run());
 
     // The API outlives the stages so health stays visible while draining.
     let api_stop = CancellationToken::new();
+    // Live streams end as soon as the gateway begins to stop: a console reconnects (and
+    // gets refused or a fresh stream) instead of holding the API open.
+    let stream_stop = shutdown.child_token();
     let api = tokio::spawn(api::run(
         api_listener,
         api::ApiState {
@@ -128,8 +144,20 @@ pub async fn run(
             reader: reader.clone(),
             gateway_id: cfg.gateway.id.clone(),
             estate_id: cfg.gateway.estate_id.clone(),
+            alerts: alerts_handle.clone(),
+            token: cfg.api.token.clone(),
+            stop: stream_stop.clone(),
         },
         api_stop.clone(),
+    ));
+    // Alerts stop after ingest and Modbus (so they see every committed event) and before
+    // the writer drains (they hold a StoreHandle for the events they raise).
+    let alerts_stop = CancellationToken::new();
+    let alerts_task = tokio::spawn(alerts_stage.run(
+        handle.clone(),
+        modbus_handle.clone(),
+        metrics.clone(),
+        alerts_stop.clone(),
     ));
     let ingest = tokio::spawn(stop_all_when_done(
         "ingest",
@@ -175,12 +203,15 @@ pub async fn run(
             modbus: modbus_handle,
             reader: reader.clone(),
             boot_id,
+            alerts: alerts_handle,
         });
     }
 
     let ingest_result = ingest.await;
     // Modbus stops polling at a safe point and drops its StoreHandle before the store drains.
     let modbus_result = modbus.await;
+    alerts_stop.cancel();
+    let alerts_result = alerts_task.await;
     let forward_result = forward.await;
     // Every StoreHandle is gone now: the writer commits what is queued and exits.
     let writer_result = writer.await;
@@ -191,6 +222,7 @@ pub async fn run(
     }
     ingest_result??;
     modbus_result?;
+    alerts_result?;
     forward_result??;
     writer_result??;
     info!("Gateway stopped.");

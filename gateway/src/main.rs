@@ -56,6 +56,13 @@ enum Command {
     /// Modbus tools for installers: `probe` reads a configured device once and prints
     /// every decoded point; `write` writes one coil or register. No daemon needed.
     Modbus(estate_gateway::ingest::modbus::cli::ModbusArgs),
+    /// List the gateway's alerts (open ones; `--all` adds the history), most urgent
+    /// first; `--follow` then prints every change as it happens.
+    Alerts(estate_gateway::alerts::cli::ListArgs),
+    /// Acknowledge an alert (needs the API token: --token or ESTATE_API_TOKEN).
+    Ack(estate_gateway::alerts::cli::AckArgs),
+    /// Close an alert with a disposition: real, false_alarm, test or maintenance.
+    Close(estate_gateway::alerts::cli::CloseArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +84,15 @@ fn main() -> ExitCode {
             rt.block_on(estate_gateway::ingest::modbus::cli::run(args))
                 .map(|text| print!("{text}"))
         }),
+        Command::Alerts(args) => {
+            runtime().and_then(|rt| rt.block_on(estate_gateway::alerts::cli::list(args)))
+        }
+        Command::Ack(args) => {
+            runtime().and_then(|rt| rt.block_on(estate_gateway::alerts::cli::ack(args)))
+        }
+        Command::Close(args) => {
+            runtime().and_then(|rt| rt.block_on(estate_gateway::alerts::cli::close(args)))
+        }
     }
     .map_or_else(
         |msg| {

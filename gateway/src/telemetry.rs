@@ -109,6 +109,12 @@ pub struct Metrics {
     pub modbus_connects: Family<ModbusBusLabel, Counter>,
     /// Writes (linkage), by result.
     pub modbus_writes: Family<ModbusWriteLabel, Counter>,
+    /// Open (not closed) local alerts.
+    pub alerts_open: Gauge,
+    /// Local alerts opened.
+    pub alerts_opened: Counter,
+    /// Committed events handed to the alert engine but not handled yet.
+    pub alerts_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -149,6 +155,9 @@ impl Metrics {
             modbus_bus_connected: Family::default(),
             modbus_connects: Family::default(),
             modbus_writes: Family::default(),
+            alerts_open: Gauge::default(),
+            alerts_opened: Counter::default(),
+            alerts_backlog: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -266,6 +275,21 @@ impl Metrics {
             "modbus_writes",
             "Modbus writes (linkage), by result",
             m.modbus_writes.clone(),
+        );
+        r.register(
+            "alerts_open",
+            "Local alerts not closed (active or acknowledged)",
+            m.alerts_open.clone(),
+        );
+        r.register(
+            "alerts_opened",
+            "Local alerts opened",
+            m.alerts_opened.clone(),
+        );
+        r.register(
+            "alerts_backlog",
+            "Committed events waiting for the alert engine",
+            m.alerts_backlog.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -12,6 +12,8 @@
 //!
 //! Data flows one way: ingest builds a `model::Event`, the store commits it as a
 //! `pb::Event` (assigning `seq`), and the forwarder sends `pb::EventBatch`es upstream.
+//! Changes of the gateway's local alerts ride the same stream as `ALERT.UPDATE` events
+//! whose `alert` field holds a `model::AlertUpdate` (`pb::AlertUpdate` on the wire).
 
 pub mod model;
 pub mod taxonomy;

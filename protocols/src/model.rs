@@ -97,7 +97,7 @@ impl FromStr for EventState {
 macro_rules! device_kinds {
     ($($variant:ident = $name:literal),+ $(,)?) => {
         /// The class of a device. Names are the snake_case strings used in config and topics.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum DeviceKind { $($variant),+ }
 
@@ -234,11 +234,181 @@ pub struct Event {
     pub raw_truncated: bool,
     pub registered: bool,
     pub device_seq: Option<u64>,
+    /// Set on `ALERT.UPDATE` events: the change of a local alert they carry upstream.
+    pub alert: Option<Box<AlertUpdate>>,
 }
 
 impl Event {
+    /// The forwarding lane: by severity, except that alert updates always take the
+    /// alarms lane (an operator's acknowledgement of a minor alert still matters now).
     pub fn lane(&self) -> Lane {
-        self.severity.lane()
+        if self.alert.is_some() {
+            Lane::Alarms
+        } else {
+            self.severity.lane()
+        }
+    }
+}
+
+/// What happened to a local alert (see `AlertUpdate` in the `.proto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertChange {
+    Opened,
+    Acknowledged,
+    Escalated,
+    Cleared,
+    Closed,
+    Action,
+}
+
+/// Where a local alert is in its lifecycle: `active → acknowledged → closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Active,
+    Acknowledged,
+    Closed,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Active => "active",
+            AlertStatus::Acknowledged => "acknowledged",
+            AlertStatus::Closed => "closed",
+        }
+    }
+}
+
+/// One change of a local alert, as forwarded upstream (field docs in the `.proto`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertUpdate {
+    pub alert_id: String,
+    pub change: AlertChange,
+    pub status: AlertStatus,
+    pub code: String,
+    pub severity: Severity,
+    pub device_id: String,
+    pub cleared: bool,
+    pub escalated: bool,
+    pub count: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub by: String,
+    pub disposition: String,
+    pub note: String,
+    pub action: String,
+    pub action_target: String,
+    pub action_result: String,
+    pub opened_by_seq: u64,
+}
+
+impl From<&AlertUpdate> for pb::AlertUpdate {
+    fn from(a: &AlertUpdate) -> Self {
+        let change = match a.change {
+            AlertChange::Opened => pb::AlertChange::Opened,
+            AlertChange::Acknowledged => pb::AlertChange::Acknowledged,
+            AlertChange::Escalated => pb::AlertChange::Escalated,
+            AlertChange::Cleared => pb::AlertChange::Cleared,
+            AlertChange::Closed => pb::AlertChange::Closed,
+            AlertChange::Action => pb::AlertChange::Action,
+        };
+        let status = match a.status {
+            AlertStatus::Active => pb::AlertStatus::Active,
+            AlertStatus::Acknowledged => pb::AlertStatus::Acknowledged,
+            AlertStatus::Closed => pb::AlertStatus::Closed,
+        };
+        pb::AlertUpdate {
+            alert_id: a.alert_id.clone(),
+            change: change.into(),
+            status: status.into(),
+            code: a.code.clone(),
+            severity: pb::Severity::from(a.severity).into(),
+            device_id: a.device_id.clone(),
+            cleared: a.cleared,
+            escalated: a.escalated,
+            count: a.count,
+            first_seen_ms: a.first_seen_ms,
+            last_seen_ms: a.last_seen_ms,
+            by: a.by.clone(),
+            disposition: a.disposition.clone(),
+            note: a.note.clone(),
+            action: a.action.clone(),
+            action_target: a.action_target.clone(),
+            action_result: a.action_result.clone(),
+            opened_by_seq: a.opened_by_seq,
+        }
+    }
+}
+
+impl TryFrom<pb::AlertUpdate> for AlertUpdate {
+    type Error = ConversionError;
+
+    fn try_from(a: pb::AlertUpdate) -> Result<Self, ConversionError> {
+        let change = match pb::AlertChange::try_from(a.change) {
+            Ok(pb::AlertChange::Unspecified) => {
+                return Err(ConversionError::Unspecified("alert.change"))
+            }
+            Ok(pb::AlertChange::Opened) => AlertChange::Opened,
+            Ok(pb::AlertChange::Acknowledged) => AlertChange::Acknowledged,
+            Ok(pb::AlertChange::Escalated) => AlertChange::Escalated,
+            Ok(pb::AlertChange::Cleared) => AlertChange::Cleared,
+            Ok(pb::AlertChange::Closed) => AlertChange::Closed,
+            Ok(pb::AlertChange::Action) => AlertChange::Action,
+            Err(_) => {
+                return Err(ConversionError::UnknownEnum {
+                    field: "alert.change",
+                    value: a.change,
+                })
+            }
+        };
+        let status = match pb::AlertStatus::try_from(a.status) {
+            Ok(pb::AlertStatus::Unspecified) => {
+                return Err(ConversionError::Unspecified("alert.status"))
+            }
+            Ok(pb::AlertStatus::Active) => AlertStatus::Active,
+            Ok(pb::AlertStatus::Acknowledged) => AlertStatus::Acknowledged,
+            Ok(pb::AlertStatus::Closed) => AlertStatus::Closed,
+            Err(_) => {
+                return Err(ConversionError::UnknownEnum {
+                    field: "alert.status",
+                    value: a.status,
+                })
+            }
+        };
+        let severity = severity_from_pb(a.severity, "alert.severity")?;
+        Ok(AlertUpdate {
+            alert_id: a.alert_id,
+            change,
+            status,
+            code: a.code,
+            severity,
+            device_id: a.device_id,
+            cleared: a.cleared,
+            escalated: a.escalated,
+            count: a.count,
+            first_seen_ms: a.first_seen_ms,
+            last_seen_ms: a.last_seen_ms,
+            by: a.by,
+            disposition: a.disposition,
+            note: a.note,
+            action: a.action,
+            action_target: a.action_target,
+            action_result: a.action_result,
+            opened_by_seq: a.opened_by_seq,
+        })
+    }
+}
+
+fn severity_from_pb(value: i32, field: &'static str) -> Result<Severity, ConversionError> {
+    match pb::Severity::try_from(value) {
+        Ok(pb::Severity::Unspecified) => Err(ConversionError::Unspecified(field)),
+        Ok(pb::Severity::Critical) => Ok(Severity::Critical),
+        Ok(pb::Severity::Major) => Ok(Severity::Major),
+        Ok(pb::Severity::Minor) => Ok(Severity::Minor),
+        Ok(pb::Severity::Info) => Ok(Severity::Info),
+        Err(_) => Err(ConversionError::UnknownEnum { field, value }),
     }
 }
 
@@ -355,6 +525,7 @@ impl From<&Event> for pb::Event {
             raw_truncated: e.raw_truncated,
             registered: e.registered,
             device_seq: e.device_seq,
+            alert: e.alert.as_deref().map(pb::AlertUpdate::from),
         }
     }
 }
@@ -363,19 +534,7 @@ impl TryFrom<pb::Event> for Event {
     type Error = ConversionError;
 
     fn try_from(e: pb::Event) -> Result<Self, ConversionError> {
-        let severity = match pb::Severity::try_from(e.severity) {
-            Ok(pb::Severity::Unspecified) => return Err(ConversionError::Unspecified("severity")),
-            Ok(pb::Severity::Critical) => Severity::Critical,
-            Ok(pb::Severity::Major) => Severity::Major,
-            Ok(pb::Severity::Minor) => Severity::Minor,
-            Ok(pb::Severity::Info) => Severity::Info,
-            Err(_) => {
-                return Err(ConversionError::UnknownEnum {
-                    field: "severity",
-                    value: e.severity,
-                })
-            }
-        };
+        let severity = severity_from_pb(e.severity, "severity")?;
         let state = match pb::EventState::try_from(e.state) {
             Ok(pb::EventState::Unspecified) => return Err(ConversionError::Unspecified("state")),
             Ok(pb::EventState::Active) => EventState::Active,
@@ -428,6 +587,11 @@ impl TryFrom<pb::Event> for Event {
             raw_truncated: e.raw_truncated,
             registered: e.registered,
             device_seq: e.device_seq,
+            alert: e
+                .alert
+                .map(AlertUpdate::try_from)
+                .transpose()?
+                .map(Box::new),
         })
     }
 }
@@ -477,7 +641,48 @@ mod tests {
             raw_truncated: false,
             registered: true,
             device_seq: Some(7),
+            alert: None,
         }
+    }
+
+    #[test]
+    fn alert_updates_round_trip_and_take_the_alarms_lane() {
+        let mut e = sample();
+        e.code = "ALERT.UPDATE".into();
+        e.severity = Severity::Minor;
+        e.alert = Some(Box::new(AlertUpdate {
+            alert_id: "01JDXW0000000000000000000B".into(),
+            change: AlertChange::Closed,
+            status: AlertStatus::Closed,
+            code: "ACS.HELD_OPEN".into(),
+            severity: Severity::Minor,
+            device_id: "door-1".into(),
+            cleared: true,
+            escalated: false,
+            count: 3,
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+            by: "wang".into(),
+            disposition: "false_alarm".into(),
+            note: "wedged".into(),
+            action: String::new(),
+            action_target: String::new(),
+            action_result: String::new(),
+            opened_by_seq: 9,
+        }));
+        assert_eq!(e.lane(), Lane::Alarms, "alert updates skip the minor lane");
+        let bytes = pb::Event::from(&e).encode_to_vec();
+        let back = Event::try_from(pb::Event::decode(bytes.as_slice()).expect("decodes"))
+            .expect("converts");
+        assert_eq!(back, e);
+        let mut p = pb::Event::from(&e);
+        if let Some(a) = p.alert.as_mut() {
+            a.change = 0;
+        }
+        assert_eq!(
+            Event::try_from(p),
+            Err(ConversionError::Unspecified("alert.change"))
+        );
     }
 
     #[test]

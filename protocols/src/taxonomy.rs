@@ -38,6 +38,9 @@ pub const CODES: &[CodeInfo] = &[
     c("FIRE.ALARM", S1, true, Some(K::FirePanel)),
     c("FIRE.MANUAL_CALL", S1, true, Some(K::ManualCallPoint)),
     c("SMOKE.ALARM", S1, true, Some(K::Smoke)),
+    // Raised by the gateway's alert rules when detectors corroborate each other (e.g. two
+    // smoke detectors in one building within a window).
+    c("FIRE.CONFIRMED", S1, false, None),
     c("FIRE.SUPERVISORY", S2, true, Some(K::FirePanel)),
     c("SMOKE.TAMPER", S2, true, Some(K::Smoke)),
     c("FIRE.FAULT", S3, true, Some(K::FirePanel)),
@@ -85,7 +88,60 @@ pub const CODES: &[CodeInfo] = &[
     c("GW.UPLINK_DOWN", S2, true, Some(K::Gateway)),
     c("GW.STORE_EVICTED", S2, false, Some(K::Gateway)),
     c("GW.DISK_LOW", S2, true, Some(K::Gateway)),
+    // The change of a local alert, carried upstream in `Event.alert` (always the alarms
+    // lane: severity 1 for a critical alert, else 2). Never an alert itself.
+    c("ALERT.UPDATE", S2, false, Some(K::Gateway)),
 ];
+
+/// Human text for an event code, shown as an alert's title.
+pub fn title(code: &str) -> &'static str {
+    match code {
+        "FIRE.ALARM" => "Fire alarm",
+        "FIRE.MANUAL_CALL" => "Manual call point activated",
+        "SMOKE.ALARM" => "Smoke detected",
+        "FIRE.CONFIRMED" => "Confirmed fire (several detectors)",
+        "FIRE.SUPERVISORY" => "Fire system supervisory condition",
+        "SMOKE.TAMPER" => "Smoke detector tampered",
+        "FIRE.FAULT" => "Fire system fault",
+        "FIRE.POWER_FAULT" => "Fire system power fault",
+        "FIRE.DISABLED" => "Fire detection disabled",
+        "SMOKE.LOW_BATT" => "Smoke detector battery low",
+        "SMOKE.DUST" => "Smoke detector needs cleaning",
+        "SMOKE.TEST" => "Smoke detector test",
+        "SMOKE.SILENCED" => "Smoke detector silenced",
+        "GAS.AL2" => "Gas concentration high (AL2)",
+        "GAS.AL1" => "Gas concentration raised (AL1)",
+        "GAS.FAULT" => "Gas detector fault",
+        "LEAK.ALARM" => "Water leak",
+        "LEAK.CABLE_BREAK" => "Leak sensing cable broken",
+        "ACS.FORCED_OPEN" => "Door forced open",
+        "ACS.DURESS" => "Duress code used",
+        "ACS.TAMPER" => "Access controller tampered",
+        "ACS.HELD_OPEN" => "Door held open",
+        "ACS.TAILGATE" => "Tailgating",
+        "ACS.INVALID_CRED" => "Invalid credential",
+        "ACS.OPEN" => "Door open",
+        "VID.INTRUSION" => "Intrusion detected",
+        "VID.LINE_CROSS" => "Line crossing",
+        "VID.FIRE_LANE" => "Fire lane obstructed",
+        "VID.TAMPER" => "Camera tampered",
+        "VID.LOITER" => "Loitering",
+        "VID.LOSS" => "Video signal lost",
+        "ELEV.TRAPPED" => "Passenger trapped in lift",
+        "ELEV.FAULT" => "Lift fault",
+        "SOS.PRESSED" => "Emergency button pressed",
+        "SOS.LOW_BATT" => "Emergency button battery low",
+        "DEV.OFFLINE" => "Device offline",
+        "DEV.ONLINE" => "Device back online",
+        "DEV.HEARTBEAT" => "Heartbeat",
+        "DEV.READING" => "Reading",
+        "GW.UPLINK_DOWN" => "Uplink to the city platform down",
+        "GW.STORE_EVICTED" => "Stored events evicted (disk full)",
+        "GW.DISK_LOW" => "Gateway disk low",
+        "ALERT.UPDATE" => "Alert update",
+        _ => "Event",
+    }
+}
 
 /// Looks up a code; `None` for codes not in the taxonomy.
 pub fn lookup(code: &str) -> Option<&'static CodeInfo> {
@@ -115,6 +171,13 @@ mod tests {
                 "{} listed twice",
                 a.code
             );
+        }
+    }
+
+    #[test]
+    fn every_code_has_a_title() {
+        for c in CODES {
+            assert_ne!(title(c.code), "Event", "{} has no title", c.code);
         }
     }
 

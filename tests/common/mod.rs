@@ -123,6 +123,10 @@ pub struct TestEnv {
     pub down_alert_after: String,
     /// Extra TOML appended to the `[uplink]` section (e.g. `max_batch_events = 50`).
     pub uplink_extra: String,
+    /// `alerts.forward`: alert changes go upstream as `ALERT.UPDATE` events. Off by
+    /// default here, because most tests assert the exact stream of sensor events the
+    /// city receives; `tests/alerts.rs` turns it on and checks the two together.
+    pub alerts_forward: bool,
 }
 
 impl TestEnv {
@@ -139,6 +143,7 @@ impl TestEnv {
             uplink,
             down_alert_after: "1s".into(),
             uplink_extra: String::new(),
+            alerts_forward: false,
         }
     }
 
@@ -179,6 +184,9 @@ host = "{uh}"
 port = {up}
 reconnect_min = "100ms"
 reconnect_max = "1s"
+
+[alerts]
+forward = {fwd}
 "#,
             gw = self.gateway_id,
             estate = self.estate_id,
@@ -188,6 +196,7 @@ reconnect_max = "1s"
             extra = self.uplink_extra,
             uh = self.uplink.host,
             up = self.uplink.port,
+            fwd = self.alerts_forward,
         );
         for d in demo_devices() {
             let l = &d.location;
@@ -527,9 +536,43 @@ pub async fn http_get_full(
     addr: SocketAddr,
     path: &str,
 ) -> Result<(u16, Vec<(String, String)>, String)> {
+    http_request_full(addr, "GET", path, &[], "").await
+}
+
+/// `METHOD path` with extra headers and a body (JSON when not empty): status and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
+    let (status, _headers, body) = http_request_full(addr, method, path, headers, body).await?;
+    Ok((status, body))
+}
+
+/// `METHOD path` over HTTP/1.1 (`Connection: close`): status, headers, body. 10 s at most.
+pub async fn http_request_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, Vec<(String, String)>, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method != "GET" {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
@@ -537,7 +580,7 @@ pub async fn http_get_full(
     };
     let buf = tokio::time::timeout(Duration::from_secs(10), fut)
         .await
-        .map_err(|_| anyhow!("GET {path} on {addr}: no response within 10 s"))??;
+        .map_err(|_| anyhow!("{method} {path} on {addr}: no response within 10 s"))??;
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

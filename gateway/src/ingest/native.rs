@@ -255,6 +255,7 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
         raw_truncated,
         registered: registered.is_some(),
         device_seq,
+        alert: None,
     })
 }
 

@@ -172,6 +172,16 @@ struct Shared {
     lanes: [LaneState; 2],
     /// Highest seq committed in any lane; forward waits on it.
     committed: watch::Sender<u64>,
+    /// Highest seq the alert engine has processed and persisted; forwarded records above
+    /// it are kept (not deleted) so that the engine can replay them after a crash.
+    /// `u64::MAX` when no engine is attached.
+    alerts_done: AtomicU64,
+    /// The store's log file (`db`), for making writes outside the writer durable.
+    log_file: std::fs::File,
+    /// Committed events, in seq order, to the alert engine (set once at start-up).
+    /// Unbounded so that the writer never waits on the engine: the engine handles an
+    /// event in microseconds, and its backlog is at most what the writer committed.
+    tap: std::sync::OnceLock<mpsc::UnboundedSender<Event>>,
 }
 
 impl Shared {
@@ -289,6 +299,33 @@ impl StoreReader {
         self.shared.lane(lane).stored_bytes.load(Ordering::Acquire)
     }
 
+    /// The sled tree `name` in the store's database (the alert state lives beside the
+    /// events, so one fdatasync covers both).
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Makes every write so far power-loss durable: sled flush, then fdatasync of its
+    /// log file (see the module doc). Blocking; call from `spawn_blocking`.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.shared.log_file.sync_data()?;
+        Ok(())
+    }
+
+    /// Attaches the alert engine: from now on every committed event is sent to `tx`, and
+    /// forwarded records above `done` are kept until [`StoreReader::set_alerts_done`]
+    /// moves past them. Only the first call attaches.
+    pub fn attach_alerts(&self, tx: mpsc::UnboundedSender<Event>, done: u64) {
+        self.shared.alerts_done.store(done, Ordering::Release);
+        let _ = self.shared.tap.set(tx);
+    }
+
+    /// The alert engine has processed and persisted every event up to `seq`.
+    pub fn set_alerts_done(&self, seq: u64) {
+        self.shared.alerts_done.fetch_max(seq, Ordering::AcqRel);
+    }
+
     /// Changes whenever a group commit lands; holds the highest committed seq.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.shared.committed.subscribe()
@@ -403,6 +440,9 @@ pub fn open(
         epoch,
         lanes,
         committed,
+        alerts_done: AtomicU64::new(u64::MAX),
+        log_file: log_file.try_clone()?,
+        tap: std::sync::OnceLock::new(),
     });
     let reader = StoreReader {
         db: db.clone(),

@@ -40,6 +40,7 @@ fn event(code: &str, severity: Severity, raw_len: usize) -> Event {
         raw_truncated: false,
         registered: true,
         device_seq: None,
+        alert: None,
     }
 }
 

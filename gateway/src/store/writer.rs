@@ -114,6 +114,8 @@ impl StoreWriter {
         let mut dead_letter_id = self.next_dead_letter;
         let mut needs_sync = false;
         let mut pings = Vec::new();
+        let tap = self.shared.tap.get();
+        let mut committed: Vec<Event> = Vec::new();
         for cmd in group {
             match cmd {
                 Command::Append {
@@ -123,6 +125,9 @@ impl StoreWriter {
                 } => {
                     event.seq = seq;
                     lanes[lane_index(event.lane())].push(pb::Event::from(&*event));
+                    if tap.is_some() {
+                        committed.push(*event);
+                    }
                     answers.push((done, seq, Some(received)));
                     seq += 1;
                     needs_sync = true;
@@ -171,7 +176,9 @@ impl StoreWriter {
             let Some(c) = cursor_moves[i] else { continue };
             batch.insert(keys::cursor(lane), &c.to_be_bytes());
             if !self.opts.keep_forwarded {
-                match self.forwarded_records(lane, c) {
+                // Records the alert engine has not processed yet stay for its replay.
+                let alerts_done = self.shared.alerts_done.load(Ordering::Acquire);
+                match self.forwarded_records(lane, c.min(alerts_done)) {
                     Ok(recs) => {
                         for (k, v) in recs {
                             batch.remove(k);
@@ -251,6 +258,12 @@ impl StoreWriter {
         }
         if seq > 1 {
             self.shared.committed.send_replace(seq - 1);
+        }
+        if let Some(tap) = tap {
+            // Never waits (unbounded); a stopped engine just stops listening.
+            for e in committed {
+                let _ = tap.send(e);
+            }
         }
         for done in pings {
             let _ = done.send(());

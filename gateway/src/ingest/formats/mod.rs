@@ -621,6 +621,7 @@ impl Sources {
                 raw_truncated,
                 registered: registered.is_some(),
                 device_seq: None,
+                alert: None,
             });
         }
         out

@@ -481,6 +481,7 @@ fn base_event(
         raw_truncated: false,
         registered: true,
         device_seq: None,
+        alert: None,
     }
 }
 

@@ -1,0 +1,559 @@
+//! `[alerts]`: the rules that turn events into local alerts (incidents people on duty
+//! must see, acknowledge and close), and the linkage actions they trigger.
+//!
+//! ```toml
+//! [alerts]
+//! min_severity = 3                      # events of severity 1–3 open alerts
+//! auto_close = ["DEV.OFFLINE", "ACS.HELD_OPEN"]
+//! held_open_after = "60s"               # ACS.OPEN longer than this raises ACS.HELD_OPEN
+//!
+//! [alerts.severity]                     # per code
+//! "VID.LOITER" = 4
+//!
+//! [alerts.device_severity."cam-gate-north"]   # per device and code
+//! "VID.INTRUSION" = 1
+//!
+//! [alerts.debounce]                     # a condition must last this long
+//! "LEAK.ALARM" = "2s"
+//!
+//! [alerts.offline]
+//! missed_heartbeats = 3
+//! classes = { smoke = 2 }
+//!
+//! [alerts.escalation]
+//! after = "5m"
+//!
+//! [alerts.correlation.confirmed-fire]
+//! codes = ["SMOKE.ALARM", "FIRE.ALARM"]
+//! min_devices = 2
+//! within = "2m"
+//! same = "building"
+//! raise = "FIRE.CONFIRMED"
+//!
+//! [alerts.linkage.leak-closes-valve]
+//! on = ["LEAK.ALARM"]
+//! device = "valve-main-water"
+//! coil = 0
+//! value = 1
+//!
+//! [alerts.silence.pump-room-works]
+//! devices = ["leak-b2-pump"]
+//! from = "2026-12-01T08:00:00Z"
+//! until = "2026-12-01T12:00:00Z"
+//! ```
+//!
+//! Named rules are tables (`[alerts.correlation.NAME]`), not arrays, so every problem is
+//! reported at its own key.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use estate_protocols::model::{DeviceKind, Severity};
+use estate_protocols::taxonomy;
+use serde::{Deserialize, Serialize};
+
+/// `[alerts]`: local alert rules. Every key is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Events whose severity (after `severity` / `device_severity` overrides) is at this
+    /// level or more urgent open an alert: 1 only critical … 4 everything. Heartbeats,
+    /// readings and `DEV.ONLINE` never open alerts. 1–4. Default: `3`.
+    pub min_severity: u8,
+    /// Forward every alert change to the city platform as an `ALERT.UPDATE` event (alarms
+    /// lane, `Event.alert` in the `.proto`). Set `false` when the city platform must
+    /// receive only the events themselves. Default: `true`.
+    pub forward: bool,
+    /// Closed alerts kept for the history (`GET /api/alerts?status=closed`); the oldest
+    /// are pruned beyond it. Open alerts are never pruned. At least 1. Default: `10000`.
+    pub history_max: usize,
+    /// Codes whose alerts close themselves (disposition `auto_cleared`) when their
+    /// condition clears. Every other alert stays open, marked cleared, until an operator
+    /// closes it. Life-safety codes (fire, smoke, gas, SOS, duress, forced door, trapped
+    /// lift) may not be listed: someone must see them. Default:
+    /// `["DEV.OFFLINE", "ACS.HELD_OPEN", "GW.UPLINK_DOWN", "GW.DISK_LOW", "VID.LOSS"]`.
+    pub auto_close: Vec<String>,
+    /// Severity per event code, overriding the taxonomy's default, e.g.
+    /// `{ "VID.LOITER" = 4 }`. Values 1–4. Default: none.
+    pub severity: BTreeMap<String, u8>,
+    /// Severity per device and code, overriding `severity`, e.g.
+    /// `[alerts.device_severity."cam-gate-north"] "VID.INTRUSION" = 1`. The device must
+    /// be configured. Default: none.
+    pub device_severity: BTreeMap<String, BTreeMap<String, u8>>,
+    /// Debounce per code: the condition must stay active this long before it becomes an
+    /// alert; a `cleared` event within that time cancels it (a flapping sensor raises
+    /// nothing). For momentary codes it only delays the alert. At most 1 h.
+    /// Default: none.
+    #[serde(with = "duration_map")]
+    pub debounce: BTreeMap<String, Duration>,
+    /// When a door reports `ACS.OPEN` and no `ACS.OPEN` `cleared` follows within this
+    /// time, the gateway raises `ACS.HELD_OPEN` (cleared again when the door closes).
+    /// At least 1 s. Default: unset (no hold-open timer).
+    #[serde(
+        with = "crate::units::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub held_open_after: Option<Duration>,
+    /// `[alerts.offline]`: offline detection from missed heartbeats.
+    pub offline: OfflineRules,
+    /// `[alerts.escalation]`: what happens to an alert nobody acknowledges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
+    /// `[alerts.correlation.NAME]`: alerts derived from several devices agreeing.
+    pub correlation: BTreeMap<String, Correlation>,
+    /// `[alerts.linkage.NAME]`: Modbus writes run when an alert opens.
+    pub linkage: BTreeMap<String, Linkage>,
+    /// `[alerts.silence.NAME]`: maintenance windows in which matching events open no
+    /// alert (they are still stored and forwarded).
+    pub silence: BTreeMap<String, Silence>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            min_severity: 3,
+            forward: true,
+            history_max: 10_000,
+            auto_close: [
+                "DEV.OFFLINE",
+                "ACS.HELD_OPEN",
+                "GW.UPLINK_DOWN",
+                "GW.DISK_LOW",
+                "VID.LOSS",
+            ]
+            .map(String::from)
+            .to_vec(),
+            severity: BTreeMap::new(),
+            device_severity: BTreeMap::new(),
+            debounce: BTreeMap::new(),
+            held_open_after: None,
+            offline: OfflineRules::default(),
+            escalation: None,
+            correlation: BTreeMap::new(),
+            linkage: BTreeMap::new(),
+            silence: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[alerts.offline]`: a device with `heartbeat_interval` that stays silent for
+/// `missed_heartbeats` intervals is reported offline (`DEV.OFFLINE`, cleared by
+/// `DEV.ONLINE` when it reports again). Modbus devices have their own `offline_after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineRules {
+    /// Heartbeats a device may miss before it is offline. 1–100. Default: `3`.
+    pub missed_heartbeats: u32,
+    /// Per device class, overriding `missed_heartbeats`, e.g. `{ smoke = 2, camera = 5 }`.
+    /// Default: none.
+    pub classes: BTreeMap<DeviceKind, u32>,
+}
+
+impl Default for OfflineRules {
+    fn default() -> Self {
+        OfflineRules {
+            missed_heartbeats: 3,
+            classes: BTreeMap::new(),
+        }
+    }
+}
+
+impl OfflineRules {
+    /// Heartbeats a device of `kind` may miss.
+    pub fn missed_for(&self, kind: DeviceKind) -> u32 {
+        self.classes
+            .get(&kind)
+            .copied()
+            .unwrap_or(self.missed_heartbeats)
+    }
+}
+
+/// `[alerts.escalation]`: an alert still `active` (not acknowledged) `after` it opened is
+/// escalated once: its severity goes up one level (to at most 1), it is marked
+/// `escalated`, and it is published again (console, alert topic, uplink).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    /// Required. How long an alert may stay unacknowledged. At least 1 s.
+    #[serde(with = "crate::units::duration")]
+    pub after: Duration,
+    /// Only alerts of this severity or more urgent escalate. 1–4. Default: `3`.
+    #[serde(default = "default_escalate_severity")]
+    pub max_severity: u8,
+}
+
+fn default_escalate_severity() -> u8 {
+    3
+}
+
+/// Which part of the location two devices must share to correlate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Anywhere in the estate.
+    Estate,
+    Building,
+    /// Same building and unit.
+    Unit,
+    /// Same building, unit and floor.
+    Floor,
+    Zone,
+}
+
+/// `[alerts.correlation.NAME]`: when `min_devices` different devices report one of
+/// `codes` (active) within `within`, sharing the `same` part of their location, the
+/// gateway raises `raise` (severity per the taxonomy, e.g. `FIRE.CONFIRMED` = 1) once;
+/// it is raised again only after that alert is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Correlation {
+    /// Required. Event codes that count, e.g. `["SMOKE.ALARM", "FIRE.ALARM"]`.
+    pub codes: Vec<String>,
+    /// Distinct devices needed. 2–1000. Default: `2`.
+    #[serde(default = "default_min_devices")]
+    pub min_devices: usize,
+    /// Required. The window the reports must fall in. 1 s to 1 day.
+    #[serde(with = "crate::units::duration")]
+    pub within: Duration,
+    /// `estate`, `building`, `unit`, `floor` or `zone`. Default: `"building"`.
+    #[serde(default = "default_scope")]
+    pub same: Scope,
+    /// Required. The code raised, from the taxonomy (e.g. `"FIRE.CONFIRMED"`).
+    pub raise: String,
+}
+
+fn default_min_devices() -> usize {
+    2
+}
+
+fn default_scope() -> Scope {
+    Scope::Building
+}
+
+/// `[alerts.linkage.NAME]`: when an alert with one of the `on` codes opens, write
+/// `value` to `coil` (or `register`) of the Modbus `device` (e.g. close a valve, start a
+/// sounder). The action and its result are recorded on the alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Linkage {
+    /// Required. Alert codes that trigger the action, e.g. `["LEAK.ALARM"]`.
+    pub on: Vec<String>,
+    /// Required. A configured Modbus device (`[[devices]]` with `modbus`).
+    pub device: String,
+    /// Zero-based coil address to write (a valve's "close" coil 00001 is `0`). Exactly one
+    /// of `coil` and `register`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coil: Option<u16>,
+    /// Zero-based holding register address to write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<u16>,
+    /// The value: 0 or 1 for a coil, 0–65535 for a register. Default: `1`.
+    #[serde(default = "default_link_value")]
+    pub value: u16,
+    /// Only when the alert's device is in the same building as `device`. Default: `false`.
+    #[serde(default)]
+    pub same_building: bool,
+}
+
+fn default_link_value() -> u16 {
+    1
+}
+
+/// `[alerts.silence.NAME]`: a maintenance window. Events matching every given filter
+/// (`devices`, `codes`, `building`; an empty filter matches all) open no alert between
+/// `from` and `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Silence {
+    /// Required. Start, RFC 3339 (`"2026-12-01T08:00:00Z"`).
+    pub from: String,
+    /// Required. End, RFC 3339; after `from`.
+    pub until: String,
+    /// Device ids silenced. Default: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// Codes silenced. Default: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
+    /// Building silenced. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub building: Option<String>,
+}
+
+impl Silence {
+    /// The window as Unix epoch milliseconds, when both ends parse.
+    pub fn window_ms(&self) -> Option<(i64, i64)> {
+        Some((rfc3339_ms(&self.from)?, rfc3339_ms(&self.until)?))
+    }
+}
+
+fn rfc3339_ms(s: &str) -> Option<i64> {
+    let t: SystemTime = humantime::parse_rfc3339_weak(s).ok()?;
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+/// True for codes whose alerts someone must see and close (never auto-closed).
+pub fn is_life_safety_code(code: &str) -> bool {
+    let family = code.split('.').next().unwrap_or("");
+    matches!(family, "FIRE" | "GAS" | "SOS")
+        || matches!(
+            code,
+            "SMOKE.ALARM" | "ACS.FORCED_OPEN" | "ACS.DURESS" | "ELEV.TRAPPED"
+        )
+        || taxonomy::lookup(code).is_some_and(|i| i.severity == Severity::Critical)
+}
+
+/// Durations as values of a map (`{ "LEAK.ALARM" = "2s" }`).
+mod duration_map {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct D(#[serde(with = "crate::units::duration")] Duration);
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let m: BTreeMap<&String, D> = m.iter().map(|(k, v)| (k, D(*v))).collect();
+        m.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, De: Deserializer<'de>>(
+        deserializer: De,
+    ) -> Result<BTreeMap<String, Duration>, De::Error> {
+        let m = BTreeMap::<String, D>::deserialize(deserializer)?;
+        Ok(m.into_iter().map(|(k, D(v))| (k, v)).collect())
+    }
+}
+
+/// One rule violation in `[alerts]`: key path (below `alerts`) and message.
+pub(crate) type AlertFinding = (String, String);
+
+/// The semantic rules of `[alerts]`. `devices` are the configured devices as (id, kind,
+/// building, has modbus).
+pub(crate) fn check(
+    a: &AlertsConfig,
+    devices: &[(String, DeviceKind, String, bool)],
+) -> Vec<AlertFinding> {
+    let mut f: Vec<AlertFinding> = Vec::new();
+    let known = |code: &str| taxonomy::lookup(code).is_some();
+    let unknown_code = |code: &str| {
+        format!(
+            "unknown event code {code:?}; expected a code of the taxonomy (e.g. \"SMOKE.ALARM\")"
+        )
+    };
+    let level_ok = |l: u8| (1..=4).contains(&l);
+    if !level_ok(a.min_severity) {
+        f.push((
+            "alerts.min_severity".into(),
+            format!("must be 1–4, found {}", a.min_severity),
+        ));
+    }
+    if a.history_max == 0 {
+        f.push(("alerts.history_max".into(), "must be at least 1".into()));
+    }
+    for (i, code) in a.auto_close.iter().enumerate() {
+        let key = format!("alerts.auto_close[{i}]");
+        if !known(code) {
+            f.push((key, unknown_code(code)));
+        } else if is_life_safety_code(code) {
+            f.push((
+                key,
+                format!("{code} is a life-safety code: its alerts must be closed by an operator, never automatically"),
+            ));
+        }
+    }
+    for (code, level) in &a.severity {
+        let key = format!("alerts.severity.{code:?}");
+        if !known(code) {
+            f.push((key, unknown_code(code)));
+        } else if !level_ok(*level) {
+            f.push((key, format!("severity must be 1–4, found {level}")));
+        }
+    }
+    for (device, codes) in &a.device_severity {
+        if !devices.iter().any(|d| &d.0 == device) {
+            f.push((
+                format!("alerts.device_severity.{device:?}"),
+                format!("no device {device:?} is configured in [[devices]]"),
+            ));
+        }
+        for (code, level) in codes {
+            let key = format!("alerts.device_severity.{device:?}.{code:?}");
+            if !known(code) {
+                f.push((key, unknown_code(code)));
+            } else if !level_ok(*level) {
+                f.push((key, format!("severity must be 1–4, found {level}")));
+            }
+        }
+    }
+    for (code, d) in &a.debounce {
+        let key = format!("alerts.debounce.{code:?}");
+        if !known(code) {
+            f.push((key, unknown_code(code)));
+        } else if *d > Duration::from_secs(3600) {
+            f.push((key, format!("must be at most 1h, found {}", fmt_d(*d))));
+        }
+    }
+    if let Some(d) = a.held_open_after {
+        if d < Duration::from_secs(1) {
+            f.push((
+                "alerts.held_open_after".into(),
+                format!("must be at least 1s, found {}", fmt_d(d)),
+            ));
+        }
+    }
+    let o = &a.offline;
+    if !(1..=100).contains(&o.missed_heartbeats) {
+        f.push((
+            "alerts.offline.missed_heartbeats".into(),
+            format!("must be 1–100, found {}", o.missed_heartbeats),
+        ));
+    }
+    for (kind, n) in &o.classes {
+        if !(1..=100).contains(n) {
+            f.push((
+                format!("alerts.offline.classes.{kind}"),
+                format!("must be 1–100, found {n}"),
+            ));
+        }
+    }
+    if let Some(e) = &a.escalation {
+        if e.after < Duration::from_secs(1) {
+            f.push((
+                "alerts.escalation.after".into(),
+                format!("must be at least 1s, found {}", fmt_d(e.after)),
+            ));
+        }
+        if !level_ok(e.max_severity) {
+            f.push((
+                "alerts.escalation.max_severity".into(),
+                format!("must be 1–4, found {}", e.max_severity),
+            ));
+        }
+    }
+    for (name, c) in &a.correlation {
+        let key = |k: &str| format!("alerts.correlation.{name}.{k}");
+        if c.codes.is_empty() {
+            f.push((key("codes"), "must name at least one code".into()));
+        }
+        for (i, code) in c.codes.iter().enumerate() {
+            if !known(code) {
+                f.push((format!("{}[{i}]", key("codes")), unknown_code(code)));
+            }
+        }
+        if !(2..=1000).contains(&c.min_devices) {
+            f.push((
+                key("min_devices"),
+                format!("must be 2–1000, found {}", c.min_devices),
+            ));
+        }
+        if c.within < Duration::from_secs(1) || c.within > Duration::from_secs(86_400) {
+            f.push((
+                key("within"),
+                format!("must be between 1s and 1day, found {}", fmt_d(c.within)),
+            ));
+        }
+        if !known(&c.raise) {
+            f.push((key("raise"), unknown_code(&c.raise)));
+        } else if c.codes.contains(&c.raise) {
+            f.push((
+                key("raise"),
+                format!(
+                    "{} is also one of `codes`: the rule would feed itself",
+                    c.raise
+                ),
+            ));
+        }
+    }
+    for (name, l) in &a.linkage {
+        let key = |k: &str| format!("alerts.linkage.{name}.{k}");
+        if l.on.is_empty() {
+            f.push((key("on"), "must name at least one alert code".into()));
+        }
+        for (i, code) in l.on.iter().enumerate() {
+            if !known(code) {
+                f.push((format!("{}[{i}]", key("on")), unknown_code(code)));
+            }
+        }
+        match devices.iter().find(|d| d.0 == l.device) {
+            None => f.push((
+                key("device"),
+                format!("no device {:?} is configured in [[devices]]", l.device),
+            )),
+            Some(d) if !d.3 => f.push((
+                key("device"),
+                format!(
+                    "device {:?} has no `modbus` table; linkage writes go over Modbus",
+                    l.device
+                ),
+            )),
+            Some(_) => {}
+        }
+        match (l.coil, l.register) {
+            (None, None) => f.push((
+                key("coil"),
+                "set `coil` or `register`: the address to write".into(),
+            )),
+            (Some(_), Some(_)) => f.push((
+                key("register"),
+                "set only one of `coil` and `register`".into(),
+            )),
+            (Some(_), None) if l.value > 1 => f.push((
+                key("value"),
+                format!("a coil takes 0 or 1, found {}", l.value),
+            )),
+            _ => {}
+        }
+    }
+    for (name, s) in &a.silence {
+        let key = |k: &str| format!("alerts.silence.{name}.{k}");
+        let from = rfc3339_ms(&s.from);
+        let until = rfc3339_ms(&s.until);
+        if from.is_none() {
+            f.push((
+                key("from"),
+                format!(
+                    "{:?} is not an RFC 3339 time like \"2026-12-01T08:00:00Z\"",
+                    s.from
+                ),
+            ));
+        }
+        if until.is_none() {
+            f.push((
+                key("until"),
+                format!(
+                    "{:?} is not an RFC 3339 time like \"2026-12-01T12:00:00Z\"",
+                    s.until
+                ),
+            ));
+        }
+        if let (Some(a), Some(b)) = (from, until) {
+            if b <= a {
+                f.push((key("until"), format!("must be after `from` ({})", s.from)));
+            }
+        }
+        for (i, code) in s.codes.iter().enumerate() {
+            if !known(code) {
+                f.push((format!("{}[{i}]", key("codes")), unknown_code(code)));
+            }
+        }
+        for (i, dev) in s.devices.iter().enumerate() {
+            if !devices.iter().any(|d| &d.0 == dev) {
+                f.push((
+                    format!("{}[{i}]", key("devices")),
+                    format!("no device {dev:?} is configured in [[devices]]"),
+                ));
+            }
+        }
+    }
+    f
+}
+
+fn fmt_d(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

@@ -1,0 +1,157 @@
+//! `[alerts]`: defaults, a full valid section, and a broken one whose every problem is
+//! reported with its line.
+
+use std::time::Duration;
+
+use estate_protocols::model::DeviceKind;
+
+use super::*;
+
+const BASE: &str = r#"
+[gateway]
+id = "gw-1"
+estate_id = "31011500000000000001"
+
+[[devices]]
+id = "smoke-1"
+kind = "smoke"
+location = { building = "1" }
+"#;
+
+#[test]
+fn alerts_default_to_minor_and_above_with_safe_auto_close() {
+    let c = Config::from_toml_str(BASE, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let a = &c.alerts;
+    assert_eq!(a.min_severity, 3);
+    assert_eq!(a.history_max, 10_000);
+    assert!(a.auto_close.contains(&"DEV.OFFLINE".to_owned()));
+    assert!(a.auto_close.iter().all(|code| !is_life_safety_code(code)));
+    assert_eq!(a.offline.missed_for(DeviceKind::Smoke), 3);
+    assert!(a.escalation.is_none() && a.correlation.is_empty() && a.linkage.is_empty());
+}
+
+#[test]
+fn a_full_alerts_section_loads() {
+    let text = format!(
+        r#"{BASE}
+[alerts]
+min_severity = 2
+held_open_after = "90s"
+auto_close = ["DEV.OFFLINE"]
+
+[alerts.severity]
+"VID.LOITER" = 4
+
+[alerts.device_severity."smoke-1"]
+"SMOKE.LOW_BATT" = 2
+
+[alerts.debounce]
+"LEAK.ALARM" = "2s"
+
+[alerts.offline]
+missed_heartbeats = 4
+classes = {{ smoke = 2 }}
+
+[alerts.escalation]
+after = "5m"
+
+[alerts.correlation.confirmed-fire]
+codes = ["SMOKE.ALARM", "FIRE.ALARM"]
+within = "2m"
+raise = "FIRE.CONFIRMED"
+
+[alerts.silence.works]
+codes = ["LEAK.ALARM"]
+from = "2026-12-01T08:00:00Z"
+until = "2026-12-01T12:00:00Z"
+"#
+    );
+    let c = Config::from_toml_str(&text, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let a = &c.alerts;
+    assert_eq!(a.held_open_after, Some(Duration::from_secs(90)));
+    assert_eq!(a.severity.get("VID.LOITER"), Some(&4));
+    assert_eq!(a.debounce.get("LEAK.ALARM"), Some(&Duration::from_secs(2)));
+    assert_eq!(a.offline.missed_for(DeviceKind::Smoke), 2);
+    assert_eq!(a.offline.missed_for(DeviceKind::Camera), 4);
+    assert_eq!(
+        a.escalation.as_ref().map(|e| e.after),
+        Some(Duration::from_secs(300))
+    );
+    let fire = &a.correlation["confirmed-fire"];
+    assert_eq!((fire.min_devices, fire.same), (2, Scope::Building));
+    assert!(a.silence["works"].window_ms().is_some());
+}
+
+#[test]
+fn every_alerts_problem_is_reported_with_its_line() {
+    let text = format!(
+        r#"{BASE}
+[alerts]
+min_severity = 7
+auto_close = ["SMOKE.ALARM", "NOPE.X"]
+
+[alerts.severity]
+"VID.LOITER" = 9
+
+[alerts.debounce]
+"LEAK.ALARM" = "soon"
+
+[alerts.correlation.fire]
+codes = ["SMOKE.ALARM"]
+min_devices = 1
+within = "2m"
+raise = "FIRE.CONFIRMD"
+
+[alerts.linkage.valve]
+on = ["LEAK.ALARM"]
+device = "smoke-1"
+coil = 0
+
+[alerts.silence.w]
+from = "tomorrow"
+until = "2026-12-01T12:00:00Z"
+"#
+    );
+    let errs = Config::from_toml_str(&text, "t.toml").expect_err("rejected");
+    let at = |path: &str| -> (usize, String) {
+        let p = errs
+            .iter()
+            .find(|p| p.path == path)
+            .unwrap_or_else(|| panic!("no problem at {path}:\n{errs}"));
+        (p.line.unwrap_or(0), p.message.clone())
+    };
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .map_or(0, |i| i + 1)
+    };
+    // A type error (a duration that does not parse) is reported at its key; the rules
+    // still check everything else.
+    assert_eq!(
+        at(r#"alerts.debounce.LEAK.ALARM"#).0,
+        line_of(r#""LEAK.ALARM" = "soon""#)
+    );
+    assert!(at("alerts.min_severity").1.contains("1–4"));
+    assert_eq!(at("alerts.min_severity").0, line_of("min_severity = 7"));
+    assert!(at("alerts.auto_close[0]").1.contains("life-safety"));
+    assert!(at("alerts.auto_close[1]").1.contains("unknown event code"));
+    let (line, msg) = at(r#"alerts.severity."VID.LOITER""#);
+    assert_eq!(
+        line,
+        line_of(r#""VID.LOITER" = 9"#),
+        "located at the key itself"
+    );
+    assert!(msg.contains("1–4"));
+    assert!(at("alerts.correlation.fire.min_devices")
+        .1
+        .contains("2–1000"));
+    assert_eq!(
+        at("alerts.correlation.fire.raise").0,
+        line_of("FIRE.CONFIRMD")
+    );
+    assert!(at("alerts.linkage.valve.device")
+        .1
+        .contains("no `modbus` table"));
+    assert!(at("alerts.silence.w.from").1.contains("RFC 3339"));
+    assert!(errs.len() >= 9, "{errs}");
+}

@@ -1,0 +1,226 @@
+//! Durable alert state: one sled tree `alerts` in the store's database, so the store's
+//! fdatasync covers it, and one `apply_batch` lands an alert, its audit entry and the
+//! engine's progress together (a crash leaves them consistent; the engine replays
+//! committed events after `last_seq`).
+//!
+//! | key | value |
+//! |---|---|
+//! | `a/{id}` | the alert (JSON) |
+//! | `u/{id}/{n:016x}` | one audit entry (JSON); `n` increases |
+//! | `c/{id}` | empty: index of closed alerts, oldest first (ids are ULIDs) |
+//! | `m/last_seq` | highest committed seq the engine has processed (u64 BE) |
+//!
+//! History is bounded: beyond `alerts.history_max` closed alerts the oldest are removed
+//! with their audit trail. Open alerts are never pruned.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::model::{Alert, AuditEntry};
+use crate::store::{StoreError, StoreReader};
+
+const LAST_SEQ: &[u8] = b"m/last_seq";
+
+/// Read/write access to the alert tree. Cheap to clone. The alerts task is the only
+/// writer; the API reads.
+#[derive(Debug, Clone)]
+pub struct AlertStore {
+    tree: sled::Tree,
+    reader: StoreReader,
+    history_max: usize,
+    closed: Arc<AtomicUsize>,
+    next_audit: Arc<AtomicU64>,
+}
+
+/// Filter for [`AlertStore::list`].
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `open` (not closed), `active`, `acknowledged`, `closed`, `all`.
+    pub status: String,
+    pub device: Option<String>,
+    pub severity: Option<u8>,
+    pub limit: usize,
+}
+
+impl AlertStore {
+    /// Opens the tree in the store's database.
+    pub fn open(reader: &StoreReader, history_max: usize) -> Result<AlertStore, StoreError> {
+        let tree = reader.open_tree("alerts")?;
+        let closed = tree.scan_prefix(b"c/").count();
+        // Audit keys are grouped per alert; the counter only has to grow, so take the
+        // largest over all entries.
+        let mut max_audit = 0u64;
+        for k in tree.scan_prefix(b"u/").keys() {
+            let k = k?;
+            if let Ok(hex) = std::str::from_utf8(&k[k.len().saturating_sub(16)..]) {
+                if let Ok(n) = u64::from_str_radix(hex, 16) {
+                    max_audit = max_audit.max(n + 1);
+                }
+            }
+        }
+        Ok(AlertStore {
+            tree,
+            reader: reader.clone(),
+            history_max: history_max.max(1),
+            closed: Arc::new(AtomicUsize::new(closed)),
+            next_audit: Arc::new(AtomicU64::new(max_audit)),
+        })
+    }
+
+    /// Highest committed seq the engine has processed (0 before it ever ran).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.progress()?.unwrap_or(0))
+    }
+
+    /// Highest committed seq the engine has processed; `None` when this store has never
+    /// had an alert engine.
+    pub fn progress(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .tree
+            .get(LAST_SEQ)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Every open alert (for restoring the engine).
+    pub fn open_alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(b"a/") {
+            let (_, v) = item?;
+            if let Ok(a) = serde_json::from_slice::<Alert>(&v) {
+                if a.is_open() {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        Ok(self
+            .tree
+            .get(alert_key(id))?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// The alert's audit trail, oldest first.
+    pub fn audit(&self, id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(format!("u/{id}/").as_bytes()) {
+            let (_, v) = item?;
+            if let Ok(e) = serde_json::from_slice(&v) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Alerts matching `f`, by severity (1 first) then first seen (oldest first).
+    pub fn list(&self, f: &Filter) -> Result<Vec<Alert>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(b"a/") {
+            let (_, v) = item?;
+            let Ok(a) = serde_json::from_slice::<Alert>(&v) else {
+                continue;
+            };
+            let status_ok = match f.status.as_str() {
+                "all" => true,
+                "active" => a.status == estate_protocols::model::AlertStatus::Active,
+                "acknowledged" => a.status == estate_protocols::model::AlertStatus::Acknowledged,
+                "closed" => !a.is_open(),
+                _ => a.is_open(),
+            };
+            if status_ok
+                && f.device.as_ref().is_none_or(|d| *d == a.device_id)
+                && f.severity.is_none_or(|s| s == a.severity)
+            {
+                out.push(a);
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.severity, a.first_seen_ms, &a.id).cmp(&(b.severity, b.first_seen_ms, &b.id))
+        });
+        if f.limit > 0 {
+            out.truncate(f.limit);
+        }
+        Ok(out)
+    }
+
+    /// Writes alert changes (each with an optional audit entry) and the engine's progress
+    /// in one batch; prunes the oldest closed alerts beyond the history bound. Not
+    /// flushed: call [`AlertStore::sync`] where the change must be durable before
+    /// answering.
+    pub fn write(
+        &self,
+        changes: &[(&Alert, Option<&AuditEntry>)],
+        last_seq: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut newly_closed = 0usize;
+        for (alert, audit) in changes {
+            let value = serde_json::to_vec(alert).unwrap_or_default();
+            batch.insert(alert_key(&alert.id), value);
+            if !alert.is_open() {
+                let ck = format!("c/{}", alert.id);
+                if self.tree.get(ck.as_bytes())?.is_none() {
+                    newly_closed += 1;
+                }
+                batch.insert(ck.as_bytes(), &[][..]);
+            }
+            if let Some(e) = audit {
+                let n = self.next_audit.fetch_add(1, Ordering::AcqRel);
+                batch.insert(
+                    format!("u/{}/{n:016x}", alert.id).as_bytes(),
+                    serde_json::to_vec(e).unwrap_or_default(),
+                );
+            }
+        }
+        if let Some(seq) = last_seq {
+            batch.insert(LAST_SEQ, &seq.to_be_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        let closed = self.closed.fetch_add(newly_closed, Ordering::AcqRel) + newly_closed;
+        if closed > self.history_max {
+            self.prune(closed - self.history_max)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the `n` oldest closed alerts and their audit trails.
+    fn prune(&self, n: usize) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0usize;
+        for k in self.tree.scan_prefix(b"c/").keys().take(n) {
+            let k = k?;
+            let id = String::from_utf8_lossy(&k[2..]).into_owned();
+            batch.remove(k);
+            batch.remove(alert_key(&id));
+            for ak in self.tree.scan_prefix(format!("u/{id}/").as_bytes()).keys() {
+                batch.remove(ak?);
+            }
+            removed += 1;
+        }
+        self.tree.apply_batch(batch)?;
+        self.closed.fetch_sub(removed, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Makes everything written so far power-loss durable (blocking).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.reader.sync()
+    }
+
+    /// The store this state lives in.
+    pub fn reader(&self) -> &StoreReader {
+        &self.reader
+    }
+
+    /// Closed alerts kept.
+    pub fn closed_count(&self) -> usize {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+fn alert_key(id: &str) -> Vec<u8> {
+    format!("a/{id}").into_bytes()
+}

@@ -1,0 +1,784 @@
+// Duty console for property management (物业值班台). Plain ES module, no framework, no
+// bundler, no external fetches: it is served by the gateway on the estate LAN.
+//
+// Data flow: one initial load through the GET endpoints, then live updates from
+// `EventSource('/api/stream')`: events `alert`, `device`, `status` (every second), and
+// `resync` (this client fell behind). After a reconnect or a resync the lists are loaded
+// again, so changes missed meanwhile show up. Rows are keyed by id and updated in place;
+// only rows whose position changed move.
+//
+// Test hooks (read by tests/console): <body data-ready="1"> once loaded and live,
+// data-read-only, data-alert-beeps (sounds played for new critical alerts); each alert
+// row has data-alert-id, data-status and data-severity.
+
+const TOKEN_KEY = 'estate.console.token';
+const OPERATOR_KEY = 'estate.console.operator';
+const STALE_STREAM_MS = 10000; // status arrives every second; silence this long = dead link
+const REMINDER_MS = 30000; // repeat the cue while a critical alert is unacknowledged
+
+const $ = (id) => document.getElementById(id);
+
+// ---------------------------------------------------------------------------------------
+// Labels (中文 first, English after)
+// ---------------------------------------------------------------------------------------
+
+const SEVERITY = {
+  1: '紧急 Critical',
+  2: '重要 Major',
+  3: '一般 Minor',
+  4: '提示 Info',
+};
+
+const STATUS = {
+  active: '未确认 Active',
+  acknowledged: '已确认 Acknowledged',
+  closed: '已关闭 Closed',
+};
+
+const DISPOSITION = {
+  real: '真实警情 Real',
+  false_alarm: '误报 False alarm',
+  test: '测试 Test',
+  maintenance: '维护 Maintenance',
+  auto_cleared: '自动恢复 Auto-cleared',
+};
+
+const KIND = {
+  access_control: '门禁 Access control',
+  smoke: '烟感 Smoke detector',
+  water_leak: '漏水 Water leak',
+  gas: '燃气 Gas detector',
+  camera: '摄像机 Camera',
+  fire_panel: '消防主机 Fire panel',
+  manual_call_point: '手报 Manual call point',
+  elevator: '电梯 Elevator',
+  emergency_button: '一键报警 Emergency button',
+  valve: '阀门 Valve',
+  sounder: '声光报警器 Sounder',
+  gateway: '网关 Gateway',
+};
+
+const CODE_ZH = {
+  'FIRE.ALARM': '火警',
+  'FIRE.MANUAL_CALL': '手动报警',
+  'FIRE.CONFIRMED': '确认火警',
+  'SMOKE.ALARM': '烟感报警',
+  'FIRE.SUPERVISORY': '消防监管',
+  'SMOKE.TAMPER': '烟感被拆',
+  'FIRE.FAULT': '消防故障',
+  'FIRE.POWER_FAULT': '消防电源故障',
+  'FIRE.DISABLED': '消防屏蔽',
+  'SMOKE.LOW_BATT': '烟感电量低',
+  'SMOKE.DUST': '烟感积尘',
+  'SMOKE.TEST': '烟感测试',
+  'SMOKE.SILENCED': '烟感消音',
+  'GAS.AL2': '燃气高报',
+  'GAS.AL1': '燃气低报',
+  'GAS.FAULT': '燃气探测器故障',
+  'LEAK.ALARM': '漏水报警',
+  'LEAK.CABLE_BREAK': '漏水线缆断开',
+  'ACS.FORCED_OPEN': '门被强行打开',
+  'ACS.DURESS': '胁迫开门',
+  'ACS.TAMPER': '门禁被拆',
+  'ACS.HELD_OPEN': '门长时间未关',
+  'ACS.TAILGATE': '尾随进入',
+  'ACS.INVALID_CRED': '无效卡',
+  'ACS.OPEN': '开门',
+  'VID.INTRUSION': '区域入侵',
+  'VID.LINE_CROSS': '越线',
+  'VID.FIRE_LANE': '消防通道占用',
+  'VID.TAMPER': '摄像机遮挡',
+  'VID.LOITER': '徘徊',
+  'VID.LOSS': '视频丢失',
+  'ELEV.TRAPPED': '电梯困人',
+  'ELEV.FAULT': '电梯故障',
+  'SOS.PRESSED': '一键求助',
+  'SOS.LOW_BATT': '求助按钮电量低',
+  'DEV.OFFLINE': '设备离线',
+  'DEV.ONLINE': '设备上线',
+  'GW.UPLINK_DOWN': '上行中断',
+  'GW.STORE_EVICTED': '存储已清除旧数据',
+  'GW.DISK_LOW': '磁盘空间不足',
+};
+
+const DEVICE_STATUS = {
+  online: '在线 Online',
+  offline: '离线 Offline',
+  unknown: '未知 Unknown',
+};
+
+const RESULT = {
+  ok: '成功 done',
+  done: '成功 done',
+  failed: '失败 failed',
+  error: '失败 failed',
+  pending: '进行中 pending',
+};
+
+const isDigits = (s) => /^[0-9]+$/.test(s);
+
+/** "3号楼 2单元 5层 501 / Bldg 3 Unit 2 Fl 5 Rm 501" */
+export function placeText(loc) {
+  const l = loc || {};
+  const zh = [];
+  const en = [];
+  if (l.building) {
+    zh.push(isDigits(l.building) ? `${l.building}号楼` : l.building);
+    en.push(`Bldg ${l.building}`);
+  }
+  if (l.unit) {
+    zh.push(isDigits(l.unit) ? `${l.unit}单元` : l.unit);
+    en.push(`Unit ${l.unit}`);
+  }
+  if (l.floor) {
+    zh.push(`${l.floor}层`);
+    en.push(`Fl ${l.floor}`);
+  }
+  if (l.room) {
+    zh.push(l.room);
+    en.push(`Rm ${l.room}`);
+  }
+  if (l.zone) {
+    zh.push(isDigits(l.zone) ? `${l.zone}区` : l.zone);
+    en.push(`Zone ${l.zone}`);
+  }
+  if (zh.length === 0) return '位置未知 / Location unknown';
+  return `${zh.join(' ')} / ${en.join(' ')}`;
+}
+
+/** "3 min ago / 3分钟前" */
+export function ageText(ms, now) {
+  if (ms == null) return '从未 / never';
+  const s = Math.max(0, Math.floor((now - ms) / 1000));
+  if (s < 60) return `${s} s ago / ${s}秒前`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ago / ${m}分钟前`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h} h ago / ${h}小时前`;
+  const d = Math.floor(h / 24);
+  return `${d} d ago / ${d}天前`;
+}
+
+function clockText(ms) {
+  const d = new Date(ms);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+/** A linkage write (`rule: coil 0 = 1` on a valve) in words where the target is known. */
+function actionText(x) {
+  const target = state.devices.get(x.target);
+  const m = /coil \d+ = ([01])$/.exec(x.action || '');
+  if (target && m) {
+    const on = m[1] === '1';
+    if (target.kind === 'valve') return `${on ? '关阀 Close valve' : '开阀 Open valve'} (${x.action})`;
+    if (target.kind === 'sounder') return `${on ? '启动声光报警 Sounder on' : '停止声光报警 Sounder off'} (${x.action})`;
+  }
+  return x.action;
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+function setAttr(el, name, value) {
+  if (el.getAttribute(name) !== value) el.setAttribute(name, value);
+}
+
+// ---------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------
+
+const state = {
+  readOnly: true, // until /api/status says otherwise: never offer actions we cannot do
+  status: null,
+  /** id → Alert (open ones only: closed alerts leave the list) */
+  alerts: new Map(),
+  /** id → { li, el: {…} } */
+  alertRows: new Map(),
+  devices: new Map(),
+  deviceRows: new Map(),
+  /** ids changed by the stream while a list load was in flight (the stream wins) */
+  touchedAlerts: new Set(),
+  touchedDevices: new Set(),
+  loaded: false,
+  audio: null,
+  alertBeeps: 0,
+  lastCue: 0,
+  closing: null, // alert id the close dialog is for
+  /** ids that arrived after the first load: their rows flash once */
+  fresh: new Set(),
+};
+
+function token() {
+  return localStorage.getItem(TOKEN_KEY) || '';
+}
+
+function operator() {
+  return localStorage.getItem(OPERATOR_KEY) || '';
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------
+
+let messageTimer = 0;
+function clearMessage() {
+  clearTimeout(messageTimer);
+  $('message').hidden = true;
+}
+
+function showMessage(text, kind = 'error') {
+  const el = $('message');
+  el.textContent = text;
+  el.className = `message ${kind}`;
+  el.hidden = false;
+  clearTimeout(messageTimer);
+  messageTimer = setTimeout(() => { el.hidden = true; }, kind === 'error' ? 15000 : 6000);
+}
+
+// ---------------------------------------------------------------------------------------
+// Sound (WebAudio; browsers allow it only after a user gesture, hence the button)
+// ---------------------------------------------------------------------------------------
+
+function beep() {
+  const ctx = state.audio;
+  if (!ctx || ctx.state !== 'running') return false;
+  const t0 = ctx.currentTime + 0.02;
+  for (let i = 0; i < 3; i++) {
+    const t = t0 + i * 0.28;
+    const osc = ctx.createOscillator();
+    const gain = ctx.createGain();
+    osc.type = 'square';
+    osc.frequency.value = i % 2 ? 660 : 880;
+    gain.gain.setValueAtTime(0.0001, t);
+    gain.gain.exponentialRampToValueAtTime(0.25, t + 0.02);
+    gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.22);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start(t);
+    osc.stop(t + 0.24);
+  }
+  return true;
+}
+
+function alertCue() {
+  if (beep()) {
+    state.alertBeeps += 1;
+    document.body.dataset.alertBeeps = String(state.alertBeeps);
+  }
+  state.lastCue = Date.now();
+}
+
+async function toggleSound() {
+  const btn = $('sound-btn');
+  if (state.audio && state.audio.state === 'running') {
+    await state.audio.suspend();
+    btn.setAttribute('aria-pressed', 'false');
+    btn.textContent = '启用声音 Enable sound';
+    return;
+  }
+  try {
+    if (!state.audio) state.audio = new AudioContext();
+    await state.audio.resume();
+  } catch (e) {
+    showMessage(`无法播放声音 Sound unavailable: ${e}`);
+    return;
+  }
+  btn.setAttribute('aria-pressed', 'true');
+  btn.textContent = '声音已开 Sound on';
+  beep(); // let the operator hear what a critical alert sounds like
+}
+
+function remindCritical() {
+  if (Date.now() - state.lastCue < REMINDER_MS) return;
+  for (const a of state.alerts.values()) {
+    if (a.severity === 1 && a.status === 'active') {
+      alertCue();
+      return;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Alerts
+// ---------------------------------------------------------------------------------------
+
+function alertOrder(a, b) {
+  return a.severity - b.severity || a.first_seen_ms - b.first_seen_ms || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+/** Applies one Alert from the stream, a list load or an action's answer. */
+function upsertAlert(a, { live }) {
+  const known = state.alerts.has(a.id);
+  if (a.status === 'closed') {
+    state.alerts.delete(a.id);
+  } else {
+    state.alerts.set(a.id, a);
+    if (!known && state.loaded) state.fresh.add(a.id);
+    if (!known && state.loaded && live && a.severity === 1 && a.status === 'active') alertCue();
+  }
+  scheduleRender();
+  return !known;
+}
+
+function makeAlertRow(id) {
+  const li = $('alert-tpl').content.firstElementChild.cloneNode(true);
+  li.dataset.alertId = id;
+  const q = (sel) => li.querySelector(sel);
+  const el = {
+    sev: q('.sev'), title: q('.title'), code: q('.code'), repeat: q('.repeat'),
+    cleared: q('.cleared'), escalated: q('.escalated'), state: q('.state'),
+    where: q('.where'), device: q('.device'), age: q('.age'), handled: q('.handled'),
+    actions: q('.actions'), ops: q('.ops'), ack: q('.ack'), close: q('.close'),
+  };
+  el.ack.addEventListener('click', () => acknowledge(id));
+  el.close.addEventListener('click', () => openCloseDialog(id));
+  const row = { li, el, actionsKey: '', fresh: false };
+  // The flash runs once; then the row is plain again (no layer kept for it).
+  li.addEventListener('animationend', () => {
+    row.fresh = false;
+    li.classList.remove('new');
+  });
+  return row;
+}
+
+function renderAlertRow(row, a, now) {
+  const { li, el } = row;
+  setAttr(li, 'data-status', a.status);
+  setAttr(li, 'data-severity', String(a.severity));
+  setAttr(li, 'class', `alert sev${a.severity}${row.fresh ? ' new' : ''}`);
+  setText(el.sev, SEVERITY[a.severity] || `${a.severity}`);
+  const zh = CODE_ZH[a.code];
+  setText(el.title, zh && a.title && zh !== a.title ? `${zh} ${a.title}` : (zh || a.title || a.code));
+  setText(el.code, a.code);
+  el.repeat.hidden = !(a.count > 1);
+  setText(el.repeat, `×${a.count} 重复${a.count}次 · ${a.count} times`);
+  el.cleared.hidden = !a.cleared;
+  el.escalated.hidden = !a.escalated;
+  setText(el.state, STATUS[a.status] || a.status);
+  setAttr(el.state, 'data-status', a.status);
+  setText(el.where, placeText(a.location));
+  const kind = KIND[a.device_kind] || a.device_kind || '';
+  const name = a.device_name && a.device_name !== a.device_id ? `${a.device_name} (${a.device_id})` : a.device_id;
+  setText(el.device, `${kind} ${name}`.trim());
+  setText(el.age, `${ageText(a.first_seen_ms, now)}${a.count > 1 ? ` · 最近 last ${ageText(a.last_seen_ms, now)}` : ''}`);
+  let handled = '';
+  if (a.acknowledged) {
+    handled = `已确认 Acknowledged: ${a.acknowledged.by} · ${clockText(a.acknowledged.at_ms)}`;
+    if (a.acknowledged.note) handled += ` · ${a.acknowledged.note}`;
+  }
+  setText(el.handled, handled);
+  const actions = a.actions || [];
+  const key = JSON.stringify(actions);
+  if (key !== row.actionsKey) {
+    row.actionsKey = key;
+    el.actions.replaceChildren(...actions.map((x) => {
+      const item = document.createElement('li');
+      const what = actionText(x);
+      const result = RESULT[x.result] || x.result || '';
+      item.textContent = `联动 Action: ${what}${x.target ? ` → ${x.target}` : ''}${result ? ` · ${result}` : ''} · ${clockText(x.at_ms)}`;
+      return item;
+    }));
+  }
+  el.ops.hidden = state.readOnly;
+  el.ack.hidden = a.status !== 'active';
+}
+
+function renderAlerts() {
+  const now = Date.now();
+  const list = $('alerts');
+  const sorted = [...state.alerts.values()].sort(alertOrder);
+  const keep = new Set(sorted.map((a) => a.id));
+  for (const [id, row] of state.alertRows) {
+    if (!keep.has(id)) {
+      row.li.remove();
+      state.alertRows.delete(id);
+      state.fresh.delete(id);
+    }
+  }
+  let cursor = list.firstElementChild;
+  for (const a of sorted) {
+    let row = state.alertRows.get(a.id);
+    if (!row) {
+      row = makeAlertRow(a.id);
+      row.fresh = state.fresh.delete(a.id);
+      state.alertRows.set(a.id, row);
+    }
+    renderAlertRow(row, a, now);
+    if (row.li !== cursor) list.insertBefore(row.li, cursor);
+    else cursor = cursor.nextElementSibling;
+  }
+  setText($('alert-count'), String(sorted.length));
+  $('no-alerts').hidden = sorted.length > 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Devices
+// ---------------------------------------------------------------------------------------
+
+const DEVICE_RANK = { offline: 0, unknown: 1, online: 2 };
+
+function deviceOrder(a, b) {
+  return (DEVICE_RANK[a.status] ?? 1) - (DEVICE_RANK[b.status] ?? 1) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+function upsertDevice(d) {
+  state.devices.set(d.id, d);
+  scheduleRender();
+}
+
+function renderDevices() {
+  const now = Date.now();
+  const list = $('devices');
+  const sorted = [...state.devices.values()].sort(deviceOrder);
+  const keep = new Set(sorted.map((d) => d.id));
+  for (const [id, row] of state.deviceRows) {
+    if (!keep.has(id)) {
+      row.li.remove();
+      state.deviceRows.delete(id);
+    }
+  }
+  let cursor = list.firstElementChild;
+  let offline = 0;
+  for (const d of sorted) {
+    if (d.status === 'offline') offline += 1;
+    let row = state.deviceRows.get(d.id);
+    if (!row) {
+      const li = $('device-tpl').content.firstElementChild.cloneNode(true);
+      li.dataset.deviceId = d.id;
+      const q = (sel) => li.querySelector(sel);
+      row = { li, el: { name: q('.name'), kind: q('.kind'), where: q('.where'), seen: q('.seen') } };
+      state.deviceRows.set(d.id, row);
+    }
+    const { li, el } = row;
+    setAttr(li, 'data-status', d.status);
+    setText(el.name, d.name && d.name !== d.id ? `${d.name} (${d.id})` : d.id);
+    setText(el.kind, `${KIND[d.kind] || d.kind || '未知类型 Unknown kind'} · ${DEVICE_STATUS[d.status] || d.status}${d.registered === false ? ' · 未登记 unregistered' : ''}`);
+    setText(el.where, placeText(d.location));
+    setText(el.seen, `最近通信 Last seen: ${ageText(d.last_seen_ms, now)}`);
+    if (li !== cursor) list.insertBefore(li, cursor);
+    else cursor = cursor.nextElementSibling;
+  }
+  setText($('device-count'), String(sorted.length));
+  const off = $('offline-count');
+  off.hidden = offline === 0;
+  setText(off, `离线 offline ${offline}`);
+  // Also at the top: on a portrait tablet the device list is below the alerts.
+  const pillEl = $('offline-pill');
+  pillEl.hidden = offline === 0;
+  setText(pillEl, `离线设备 Offline devices: ${offline}`);
+}
+
+// ---------------------------------------------------------------------------------------
+// Status: links, backlog, event-rate chart, read-only mode
+// ---------------------------------------------------------------------------------------
+
+function pill(el, up, zh, en) {
+  setAttr(el, 'data-state', up ? 'up' : 'down');
+  setText(el, `${zh} ${en}: ${up ? '已连接 connected' : '断开 down'}`);
+}
+
+function applyStatus(s) {
+  state.status = s;
+  setText($('estate-id'), `小区 Estate ${s.estate_id}`);
+  setText($('gateway-id'), `网关 Gateway ${s.gateway_id}`);
+  pill($('ingest'), s.ingest_connected, '采集', 'Ingest');
+  pill($('uplink'), s.uplink_connected, '上行', 'Uplink');
+  const b = s.backlog || { alarms: 0, events: 0 };
+  const backlog = $('backlog');
+  setAttr(backlog, 'data-state', b.alarms > 0 ? 'down' : b.events > 0 ? 'busy' : 'up');
+  setText(backlog, `积压 Backlog: 告警 alarms ${b.alarms} · 事件 events ${b.events}`);
+  const rates = Array.isArray(s.events_per_sec) ? s.events_per_sec : [];
+  const max = Math.max(1, ...rates);
+  const step = rates.length > 1 ? 120 / (rates.length - 1) : 0;
+  const points = rates.map((v, i) => `${(i * step).toFixed(1)},${(31 - (v / max) * 30).toFixed(1)}`).join(' ');
+  setAttr($('rate-line'), 'points', points);
+  const last = rates.length ? rates[rates.length - 1] : 0;
+  setText($('rate-now'), String(Math.round(last)));
+  setText($('rate-max'), String(Math.round(Math.max(0, ...rates))));
+  setReadOnly(Boolean(s.read_only));
+}
+
+function setReadOnly(ro) {
+  const changed = ro !== state.readOnly;
+  state.readOnly = ro;
+  document.body.dataset.readOnly = ro ? '1' : '0';
+  $('readonly-banner').hidden = !ro;
+  showSession();
+  if (changed) scheduleRender();
+}
+
+function showSession() {
+  const signedIn = Boolean(token() && operator());
+  $('login').hidden = state.readOnly || signedIn;
+  $('session').hidden = state.readOnly || !signedIn;
+  setText($('operator-name'), operator());
+  if (!$('login').hidden && !$('operator-input').value) $('operator-input').value = operator();
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering: batched, at most a few times a second whatever the number of updates (a
+// busy estate folds repeats into its alerts many times a second; nobody reads faster,
+// and a cheap tablet must not spend its time re-laying out the page)
+// ---------------------------------------------------------------------------------------
+
+const RENDER_EVERY_MS = 250;
+let renderQueued = false;
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  setTimeout(() => requestAnimationFrame(() => {
+    renderQueued = false;
+    renderAlerts();
+    renderDevices();
+  }), RENDER_EVERY_MS);
+}
+
+// ---------------------------------------------------------------------------------------
+// API
+// ---------------------------------------------------------------------------------------
+
+async function getJson(path) {
+  const r = await fetch(path, { cache: 'no-store' });
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  return r.json();
+}
+
+async function post(path, body) {
+  const t = token();
+  if (!t || !operator()) {
+    showMessage('请先输入值班员与令牌 · Enter your name and the API token first');
+    showSession();
+    $(operator() ? 'token-input' : 'operator-input').focus();
+    return null;
+  }
+  let r;
+  try {
+    r = await fetch(path, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${t}` },
+      body: JSON.stringify(body),
+    });
+  } catch (e) {
+    showMessage(`网络错误 Network error: ${e.message}`);
+    return null;
+  }
+  let j = null;
+  try { j = await r.json(); } catch { /* error bodies may be empty */ }
+  if (r.ok) {
+    clearMessage();
+    return j;
+  }
+  const detail = j && j.error ? ` (${j.error})` : '';
+  if (r.status === 401) {
+    localStorage.removeItem(TOKEN_KEY);
+    showSession();
+    showMessage(`令牌无效 Token rejected${detail}`);
+  } else if (r.status === 403) {
+    setReadOnly(true);
+    showMessage(`只读 Read-only${detail}`);
+  } else if (r.status === 404) {
+    showMessage(`告警不存在 Alert not found${detail}`);
+  } else if (r.status === 409) {
+    showMessage(`告警状态已变化 The alert has changed${detail}`);
+  } else {
+    showMessage(`操作失败 Failed: HTTP ${r.status}${detail}`);
+  }
+  return null;
+}
+
+async function refreshAlert(id) {
+  try {
+    upsertAlert(await getJson(`/api/alerts/${encodeURIComponent(id)}`), { live: false });
+  } catch { /* the stream will bring it */ }
+}
+
+async function acknowledge(id) {
+  const row = state.alertRows.get(id);
+  if (row) row.el.ack.disabled = true;
+  const a = await post(`/api/alerts/${encodeURIComponent(id)}/ack`, { by: operator(), note: '' });
+  if (row) row.el.ack.disabled = false;
+  if (a) upsertAlert(a, { live: false });
+  else await refreshAlert(id);
+}
+
+function openCloseDialog(id) {
+  const a = state.alerts.get(id);
+  if (!a) return;
+  state.closing = id;
+  const form = $('close-form');
+  form.reset();
+  setText($('close-what'), `${CODE_ZH[a.code] || ''} ${a.title || a.code} — ${placeText(a.location)}`);
+  $('close-dialog').showModal();
+}
+
+async function submitClose(ev) {
+  ev.preventDefault();
+  const id = state.closing;
+  const form = $('close-form');
+  const disposition = form.elements.disposition.value;
+  if (!id || !disposition) return;
+  const note = form.elements.note.value.trim();
+  $('close-confirm').disabled = true;
+  const a = await post(`/api/alerts/${encodeURIComponent(id)}/close`, { by: operator(), disposition, note });
+  $('close-confirm').disabled = false;
+  if (a) {
+    $('close-dialog').close();
+    state.closing = null;
+    upsertAlert(a, { live: false });
+    showMessage(`已关闭 Closed: ${DISPOSITION[disposition]}`, 'info');
+  } else if (!state.readOnly && token()) {
+    await refreshAlert(id);
+  } else {
+    $('close-dialog').close();
+  }
+}
+
+/** Loads the three lists; the stream is already open, and what it changed meanwhile wins. */
+async function loadAll() {
+  state.touchedAlerts.clear();
+  state.touchedDevices.clear();
+  const [status, alerts, devices] = await Promise.all([
+    getJson('/api/status'),
+    getJson('/api/alerts?status=open&limit=1000'),
+    getJson('/api/devices'),
+  ]);
+  applyStatus(status);
+  const seenA = new Set();
+  for (const a of alerts.alerts) {
+    seenA.add(a.id);
+    if (!state.touchedAlerts.has(a.id)) upsertAlert(a, { live: state.loaded });
+  }
+  for (const id of [...state.alerts.keys()]) {
+    if (!seenA.has(id) && !state.touchedAlerts.has(id)) state.alerts.delete(id);
+  }
+  const seenD = new Set();
+  for (const d of devices.devices) {
+    seenD.add(d.id);
+    if (!state.touchedDevices.has(d.id)) state.devices.set(d.id, d);
+  }
+  for (const id of [...state.devices.keys()]) {
+    if (!seenD.has(id) && !state.touchedDevices.has(id)) state.devices.delete(id);
+  }
+  scheduleRender();
+}
+
+// ---------------------------------------------------------------------------------------
+// Live stream with reconnect
+// ---------------------------------------------------------------------------------------
+
+let stream = null;
+let lastMessage = 0;
+let retryMs = 1000;
+let needResync = true;
+
+function setLive(up) {
+  const el = $('live');
+  setAttr(el, 'data-state', up ? 'up' : 'down');
+  setText(el, up ? '实时 Live' : '重连中 Reconnecting…');
+}
+
+function connect() {
+  if (stream) stream.close();
+  const es = new EventSource('/api/stream');
+  stream = es;
+  lastMessage = Date.now();
+  es.addEventListener('open', async () => {
+    lastMessage = Date.now();
+    retryMs = 1000;
+    setLive(true);
+    if (!needResync) return;
+    try {
+      await loadAll();
+      needResync = false;
+      if (!state.loaded) {
+        state.loaded = true;
+        document.body.dataset.ready = '1';
+      }
+    } catch (e) {
+      showMessage(`加载失败 Load failed: ${e.message}`);
+      reconnectLater();
+    }
+  });
+  es.addEventListener('alert', (e) => {
+    lastMessage = Date.now();
+    const a = JSON.parse(e.data);
+    state.touchedAlerts.add(a.id);
+    upsertAlert(a, { live: true });
+  });
+  es.addEventListener('device', (e) => {
+    lastMessage = Date.now();
+    const d = JSON.parse(e.data);
+    state.touchedDevices.add(d.id);
+    upsertDevice(d);
+  });
+  es.addEventListener('status', (e) => {
+    lastMessage = Date.now();
+    applyStatus(JSON.parse(e.data));
+  });
+  es.addEventListener('resync', async () => {
+    // The stream skipped changes (this client fell behind): read the lists again.
+    lastMessage = Date.now();
+    try {
+      await loadAll();
+    } catch {
+      reconnectLater();
+    }
+  });
+  es.addEventListener('error', () => {
+    setLive(false);
+    needResync = true;
+    // The browser retries by itself unless the stream was refused outright.
+    if (es.readyState === EventSource.CLOSED) reconnectLater();
+  });
+}
+
+let retryTimer = 0;
+function reconnectLater() {
+  if (stream) stream.close();
+  setLive(false);
+  needResync = true;
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(connect, retryMs);
+  retryMs = Math.min(retryMs * 2, 15000);
+}
+
+// ---------------------------------------------------------------------------------------
+// Start
+// ---------------------------------------------------------------------------------------
+
+function start() {
+  $('sound-btn').addEventListener('click', toggleSound);
+  $('login').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const name = $('operator-input').value.trim();
+    const t = $('token-input').value.trim();
+    if (!name || !t) return;
+    localStorage.setItem(OPERATOR_KEY, name);
+    localStorage.setItem(TOKEN_KEY, t);
+    $('token-input').value = '';
+    clearMessage();
+    showSession();
+  });
+  $('logout-btn').addEventListener('click', () => {
+    localStorage.removeItem(TOKEN_KEY);
+    showSession();
+  });
+  $('close-form').addEventListener('submit', submitClose);
+  $('close-cancel').addEventListener('click', () => {
+    state.closing = null;
+    $('close-dialog').close();
+  });
+  setReadOnly(true);
+  connect();
+  setInterval(() => {
+    // Ages move on; a stream that went silent is replaced.
+    scheduleRender();
+    remindCritical();
+    if (stream && stream.readyState === EventSource.OPEN && Date.now() - lastMessage > STALE_STREAM_MS) {
+      reconnectLater();
+    }
+  }, 5000);
+}
+
+start();

@@ -1,0 +1,821 @@
+//! Local alerts end to end (issue 4): the real gateway binary, a real broker, the
+//! simulator, and the Modbus simulator for linkage.
+//!
+//! - a fire scenario (hundreds of alarms) produces exactly one `FIRE.CONFIRMED` alert,
+//!   visible on the API, on the live stream, on the retained alert topic, and upstream as
+//!   an `ALERT.UPDATE` the city platform decodes;
+//! - acknowledging and closing through the API are recorded (audit) and survive a
+//!   restart; invalid transitions are refused;
+//! - without the token write actions are refused (401), and without a configured token
+//!   the API is read-only (403); nothing changes either way;
+//! - a leak closes the simulated Modbus valve and the action is recorded on the alert.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use estate_sim::modbus::{BusSpec, DeviceType, Framing, SimFleet};
+use estate_sim::publish;
+use estate_sim::scenario::Scenario;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use common::{Broker, EventTap, Gateway, TestEnv};
+
+const TOKEN: &str = "test-token-4f9a";
+
+const FIRE_RULES: &str = r#"
+[alerts.correlation.confirmed-fire]
+codes = ["SMOKE.ALARM", "FIRE.ALARM", "FIRE.MANUAL_CALL"]
+min_devices = 2
+within = "2m"
+same = "building"
+raise = "FIRE.CONFIRMED"
+"#;
+
+fn env() -> TestEnv {
+    let broker = Broker::shared();
+    let mut env = TestEnv::new(broker.clone(), broker);
+    env.down_alert_after = "1h".into();
+    env.alerts_forward = true;
+    env
+}
+
+fn with_token(extra: &str) -> String {
+    // `[api]` is not in the generated config; appended after the devices it is its own
+    // table.
+    format!("\n[api]\ntoken = {TOKEN:?}\n{extra}")
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = common::http_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let (status, body) = common::http_request(addr, "POST", path, &headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e:#}"));
+    let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, v)
+}
+
+fn alerts_of(v: &Value) -> Vec<Value> {
+    v["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls `GET path` every 50 ms until `pred` holds on the JSON; panics after `timeout`.
+async fn wait_json(
+    gw: &mut Gateway,
+    path: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = get_json(gw.api, path).await;
+        if pred(&v) {
+            return v;
+        }
+        if let Some(status) = gw.try_exit_status() {
+            panic!(
+                "gateway exited ({status}) waiting for {what}\n{}",
+                gw.log_tail(60)
+            );
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last {path}: {v:#}\n{}",
+                gw.log_tail(60)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A subscriber to `GET /api/stream` that collects `(event, data)` pairs.
+struct SseTap {
+    events: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SseTap {
+    async fn start(addr: SocketAddr) -> SseTap {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!(
+                "GET /api/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("request");
+        let mut lines = BufReader::new(s).lines();
+        // The response head, then the first (status) event proves the stream is live.
+        let mut head = String::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.is_empty() {
+                break;
+            }
+            head.push_str(&l);
+            head.push('\n');
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("text/event-stream"),
+            "{head}"
+        );
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let task = tokio::spawn(async move {
+            let mut event = String::new();
+            while let Ok(Some(l)) = lines.next_line().await {
+                // Chunked transfer: size lines are hex numbers; skip what is not a field.
+                if let Some(e) = l.strip_prefix("event: ") {
+                    event = e.to_owned();
+                } else if let Some(d) = l.strip_prefix("data: ") {
+                    if let Ok(v) = serde_json::from_str::<Value>(d) {
+                        sink.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((event.clone(), v));
+                    }
+                }
+            }
+        });
+        SseTap { events, task }
+    }
+
+    fn of(&self, kind: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+impl Drop for SseTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The retained document on `estate/{estate}/alerts`, read by a subscriber that connects
+/// now (as a late console would), waiting until `pred` holds.
+async fn retained_alerts(
+    broker: &Broker,
+    estate_id: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    use rumqttc::{Event, Incoming, QoS};
+    let deadline = Instant::now() + timeout;
+    let topic = format!("estate/{estate_id}/alerts");
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let o = rumqttc::MqttOptions::new(
+            estate_sim::publish::random_client_id("e2e-alerts"),
+            &broker.host,
+            broker.port,
+        );
+        let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
+        client
+            .subscribe(topic.as_str(), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let got = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == topic => {
+                        return Some((p.retain, p.payload));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        let _ = client.disconnect().await;
+        if let Some((retain, payload)) = got {
+            assert!(
+                retain,
+                "a new subscriber gets the active set as a retained message"
+            );
+            last = serde_json::from_slice(&payload).expect("alert topic carries JSON");
+            if pred(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("alert topic {topic}: timed out; last document: {last:#}");
+}
+
+fn codes(alerts: &[Value], code: &str) -> usize {
+    alerts.iter().filter(|a| a["code"] == code).count()
+}
+
+// ---------------------------------------------------------------------------------------
+// A fire: one confirmed-fire alert, not hundreds
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_scenario_raises_one_confirmed_fire_alert_everywhere() {
+    let env = env();
+    let tap = EventTap::start(&env.uplink, &env.estate_id).await;
+    let city = env.city().await;
+    let mut gw = common::start_gateway_with(&env, &with_token(FIRE_RULES));
+    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
+        m.n("estate_ingest_connected", &[]) == 1
+    })
+    .await;
+    let sse = SseTap::start(gw.api).await;
+
+    // Building 1 burns: its smoke detector, the fire panel and the call point alarm,
+    // and the smoke detector repeats its alarm 200 times; everything clears at the end.
+    const COUNT: u64 = 600;
+    const ALARMS: u64 = 200;
+    let mut opts = env.publish_options(COUNT, ALARMS);
+    opts.scenario = Scenario::Fire {
+        building: "1".into(),
+    };
+    let report = publish::run(opts).await.expect("publisher runs");
+    assert_eq!(report.acked, COUNT, "{report}");
+
+    // Wait until the gateway has seen the whole run: every smoke alarm folded into one
+    // alert, and the panel and call point cleared (the scenario's closing script).
+    let all = wait_json(
+        &mut gw,
+        "/api/alerts?status=all",
+        "every smoke alarm folded, the panel and call point cleared",
+        Duration::from_secs(60),
+        |v| {
+            let all = alerts_of(v);
+            let has = |code: &str, p: &dyn Fn(&Value) -> bool| {
+                all.iter().any(|a| a["code"] == code && p(a))
+            };
+            has("SMOKE.ALARM", &|a| a["count"].as_u64() == Some(ALARMS + 1))
+                && has("FIRE.ALARM", &|a| a["cleared"] == true)
+                && has("FIRE.MANUAL_CALL", &|a| a["cleared"] == true)
+        },
+    )
+    .await;
+    let all = alerts_of(&all);
+    assert_eq!(
+        codes(&all, "FIRE.CONFIRMED"),
+        1,
+        "exactly one confirmed fire: {all:#?}"
+    );
+    assert_eq!(codes(&all, "SMOKE.ALARM"), 1, "repeats fold into one alert");
+    let fire = all
+        .iter()
+        .find(|a| a["code"] == "FIRE.CONFIRMED")
+        .expect("confirmed fire")
+        .clone();
+    assert_eq!(fire["severity"], 1);
+    assert_eq!(fire["status"], "active");
+    assert_eq!(fire["location"]["building"], "1");
+    assert_eq!(fire["title"], "Confirmed fire (several detectors)");
+    // Life-safety alerts stay open after clearing, for someone to close.
+    let smoke = all
+        .iter()
+        .find(|a| a["code"] == "SMOKE.ALARM")
+        .expect("smoke");
+    assert_eq!(smoke["status"], "active");
+    // Ordered by severity, then first seen.
+    let sev: Vec<u64> = all.iter().filter_map(|a| a["severity"].as_u64()).collect();
+    assert!(sev.windows(2).all(|w| w[0] <= w[1]), "{sev:?}");
+
+    // The open alerts (default filter) include it; so does one alert by id, with audit.
+    let open = alerts_of(&get_json(gw.api, "/api/alerts").await);
+    assert_eq!(codes(&open, "FIRE.CONFIRMED"), 1);
+    let one = get_json(
+        gw.api,
+        &format!("/api/alerts/{}", fire["id"].as_str().unwrap_or("")),
+    )
+    .await;
+    assert_eq!(one["audit"][0]["action"], "opened");
+
+    // Live: the stream carried the confirmed fire.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sse
+        .of("alert")
+        .iter()
+        .any(|a| a["code"] == "FIRE.CONFIRMED")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no FIRE.CONFIRMED on /api/stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!sse.of("status").is_empty(), "status events every second");
+
+    // A console connecting late to the broker sees it on the retained alert topic.
+    let doc = retained_alerts(&env.ingest, &env.estate_id, Duration::from_secs(20), |d| {
+        codes(&alerts_of(d), "FIRE.CONFIRMED") == 1
+    })
+    .await;
+    assert_eq!(codes(&alerts_of(&doc), "FIRE.CONFIRMED"), 1);
+
+    // Upstream: the city platform decodes the alert update from the .proto.
+    let ups = tap
+        .wait_for(
+            "FIRE.CONFIRMED opened upstream",
+            Duration::from_secs(30),
+            |ev| {
+                ev.iter().any(|(t, e)| {
+                    t.ends_with("/alarms")
+                        && e.code == "ALERT.UPDATE"
+                        && e.alert.as_ref().is_some_and(|a| {
+                            a.code == "FIRE.CONFIRMED"
+                                && a.change() == estate_protocols::pb::AlertChange::Opened
+                        })
+                })
+            },
+        )
+        .await;
+    let opened: std::collections::BTreeSet<String> = ups
+        .iter()
+        .filter_map(|(_, e)| e.alert.as_ref())
+        .filter(|a| {
+            a.code == "FIRE.CONFIRMED" && a.change() == estate_protocols::pb::AlertChange::Opened
+        })
+        .map(|a| a.alert_id.clone())
+        .collect();
+    assert_eq!(opened.len(), 1, "one confirmed fire upstream: {opened:?}");
+    assert_eq!(opened.first().map(String::as_str), fire["id"].as_str());
+    // The raised FIRE.CONFIRMED event itself is forwarded too.
+    assert!(ups.iter().any(|(_, e)| e.code == "FIRE.CONFIRMED"));
+    // With alert updates interleaved, the city's stream is still whole and every event
+    // on the lane its severity says; every sensor message arrived.
+    let r = city
+        .wait_for(
+            |r| r.received.iter().filter(|e| e.device_seq.is_some()).count() as u64 >= COUNT,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(r.gaps.is_empty(), "{r}");
+    assert_eq!(r.wrong_lane, 0, "{r}");
+    assert_eq!(r.decode_errors + r.inconsistent_batches, 0, "{r}");
+    city.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Acknowledge and close: recorded, refused when invalid, durable across a restart
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_and_close_are_audited_and_survive_a_restart() {
+    let env = env();
+    let config = common::write_config_with(&env, &with_token(""));
+    let mut gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("starts");
+    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
+        m.n("estate_ingest_connected", &[]) == 1
+    })
+    .await;
+    let mut publisher = env.raw_client().await;
+    let topic = format!("estate/{}/emergency_button/sos-0307/event", env.estate_id);
+    publisher.publish(&topic, r#"{"code":"SOS.PRESSED"}"#).await;
+    let v = wait_json(
+        &mut gw,
+        "/api/alerts",
+        "the SOS alert",
+        Duration::from_secs(30),
+        |v| codes(&alerts_of(v), "SOS.PRESSED") == 1,
+    )
+    .await;
+    let sos = alerts_of(&v).remove(0);
+    let id = sos["id"].as_str().expect("id").to_owned();
+    assert_eq!(sos["device_id"], "sos-0307");
+    assert_eq!(sos["location"]["room"], "307");
+    let base = format!("/api/alerts/{id}");
+
+    // Refused: no token, a wrong token, a bad body, an unknown id, a bad disposition.
+    let ack = r#"{"by":"wang","note":"on my way"}"#;
+    assert_eq!(post(gw.api, &format!("{base}/ack"), None, ack).await.0, 401);
+    assert_eq!(
+        post(gw.api, &format!("{base}/ack"), Some("guess"), ack)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(gw.api, &format!("{base}/ack"), Some(TOKEN), "{nope")
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        post(
+            gw.api,
+            &format!("{base}/ack"),
+            Some(TOKEN),
+            r#"{"note":"no name"}"#
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            gw.api,
+            "/api/alerts/01NOSUCHALERT0000000000000/ack",
+            Some(TOKEN),
+            ack
+        )
+        .await
+        .0,
+        404
+    );
+    let bad = r#"{"by":"wang","disposition":"dunno","note":""}"#;
+    assert_eq!(
+        post(gw.api, &format!("{base}/close"), Some(TOKEN), bad)
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        get_json(gw.api, &base).await["status"],
+        "active",
+        "nothing changed"
+    );
+
+    // Acknowledge, then close; a second close is a conflict.
+    let (status, acked) = post(gw.api, &format!("{base}/ack"), Some(TOKEN), ack).await;
+    assert_eq!(status, 200, "{acked}");
+    assert_eq!(acked["status"], "acknowledged");
+    assert_eq!(acked["acknowledged"]["by"], "wang");
+    assert_eq!(
+        post(gw.api, &format!("{base}/ack"), Some(TOKEN), ack)
+            .await
+            .0,
+        409
+    );
+    let close = r#"{"by":"li","disposition":"false_alarm","note":"pendant dropped"}"#;
+    let (status, closed) = post(gw.api, &format!("{base}/close"), Some(TOKEN), close).await;
+    assert_eq!(status, 200, "{closed}");
+    assert_eq!(closed["status"], "closed");
+    assert_eq!(closed["closed"]["disposition"], "false_alarm");
+    assert_eq!(
+        post(gw.api, &format!("{base}/close"), Some(TOKEN), close)
+            .await
+            .0,
+        409
+    );
+
+    let audit = |v: &Value| -> Vec<(String, String)> {
+        v["audit"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap_or("").to_owned(),
+                    e["by"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let want = vec![
+        ("opened".to_owned(), "gateway".to_owned()),
+        ("acknowledged".to_owned(), "wang".to_owned()),
+        ("closed".to_owned(), "li".to_owned()),
+    ];
+    assert_eq!(audit(&get_json(gw.api, &base).await), want);
+
+    // Restart on the same data dir: the closed alert and its audit trail are still there.
+    gw.terminate();
+    assert!(
+        gw.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success()),
+        "clean exit\n{}",
+        gw.log_tail(40)
+    );
+    let gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("restarts");
+    let after = get_json(gw.api, &base).await;
+    assert_eq!(after["status"], "closed");
+    assert_eq!(after["closed"]["by"], "li");
+    assert_eq!(after["closed"]["note"], "pendant dropped");
+    assert_eq!(after["acknowledged"]["note"], "on my way");
+    assert_eq!(audit(&after), want);
+    let closed = alerts_of(&get_json(gw.api, "/api/alerts?status=closed").await);
+    assert!(closed.iter().any(|a| a["id"] == id.as_str()));
+    let open = alerts_of(&get_json(gw.api, "/api/alerts").await);
+    assert!(
+        open.iter().all(|a| a["id"] != id.as_str()),
+        "closed is not open"
+    );
+
+    // The device is known and was heard from.
+    let devices = get_json(gw.api, "/api/devices").await;
+    let ids: Vec<&str> = devices["devices"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|x| x["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        ids.contains(&"sos-0307") && ids.contains(&"smoke-1-1-3"),
+        "{ids:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Without a configured token the API is read-only
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_api_is_read_only() {
+    let env = env();
+    let mut gw = env.start_gateway();
+    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
+        m.n("estate_ingest_connected", &[]) == 1
+    })
+    .await;
+    let status = get_json(gw.api, "/api/status").await;
+    assert_eq!(status["read_only"], true);
+    assert_eq!(status["events_per_sec"].as_array().map(Vec::len), Some(60));
+    let mut publisher = env.raw_client().await;
+    let topic = format!("estate/{}/access_control/door-1-main/event", env.estate_id);
+    publisher
+        .publish(&topic, r#"{"code":"ACS.FORCED_OPEN"}"#)
+        .await;
+    let v = wait_json(
+        &mut gw,
+        "/api/alerts",
+        "the forced-door alert",
+        Duration::from_secs(30),
+        |v| codes(&alerts_of(v), "ACS.FORCED_OPEN") == 1,
+    )
+    .await;
+    let id = alerts_of(&v)[0]["id"].as_str().expect("id").to_owned();
+    for (action, body) in [
+        ("ack", r#"{"by":"wang"}"#),
+        ("close", r#"{"by":"wang","disposition":"real"}"#),
+    ] {
+        for token in [None, Some("anything")] {
+            let (status, body) =
+                post(gw.api, &format!("/api/alerts/{id}/{action}"), token, body).await;
+            assert_eq!(status, 403, "{action} with {token:?}: {body}");
+            assert_eq!(body["error"], "read-only: no api.token is configured");
+        }
+    }
+    let a = get_json(gw.api, &format!("/api/alerts/{id}")).await;
+    assert_eq!(a["status"], "active", "nothing changed");
+    assert!(a["acknowledged"].is_null() && a["closed"].is_null());
+}
+
+// ---------------------------------------------------------------------------------------
+// Linkage: a leak closes the valve
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_closes_the_simulated_valve_and_the_action_is_recorded() {
+    let env = env();
+    let fleet = SimFleet::start(vec![BusSpec::loopback("pump-room", Framing::Tcp)
+        .device(1, "leak", DeviceType::RopeLeak)
+        .device(2, "valve", DeviceType::Valve)])
+    .await
+    .expect("simulator starts");
+    let leak = fleet.device("leak");
+    let valve = fleet.device("valve");
+    let files: Vec<String> = common::shipped_profile_files()
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let bus = fleet.bus("pump-room");
+    let extra = format!(
+        r#"
+[modbus]
+profile_files = [{files}]
+
+[[modbus.buses]]
+name = "pump-room"
+transport = "tcp"
+host = "127.0.0.1"
+port = {port}
+reconnect_min = "100ms"
+reconnect_max = "500ms"
+
+[[devices]]
+id = "mb-leak-pump"
+kind = "water_leak"
+location = {{ building = "2", floor = "B1" }}
+modbus = {{ bus = "pump-room", unit = 1, profile = "rope-leak", poll_interval = "200ms", timeout = "500ms" }}
+
+[[devices]]
+id = "mb-valve-main"
+kind = "valve"
+location = {{ building = "2", floor = "B1" }}
+modbus = {{ bus = "pump-room", unit = 2, profile = "valve", poll_interval = "200ms", timeout = "500ms" }}
+
+[alerts.linkage.leak-closes-valve]
+on = ["LEAK.ALARM"]
+device = "mb-valve-main"
+coil = 0
+value = 1
+same_building = true
+"#,
+        files = files.join(", "),
+        port = bus.addr().port(),
+    );
+    let mut gw = common::start_gateway_with(&env, &extra);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leak.request_count() < 2 || valve.request_count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both devices are polled\n{}",
+            gw.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!valve.coil(0), "the valve starts open");
+
+    leak.raise_leak(7.5);
+    let v = wait_json(
+        &mut gw,
+        "/api/alerts",
+        "the leak alert with its valve action done",
+        Duration::from_secs(30),
+        |v| {
+            alerts_of(v).iter().any(|a| {
+                a["code"] == "LEAK.ALARM" && a["actions"].as_array().is_some_and(|x| !x.is_empty())
+            })
+        },
+    )
+    .await;
+    let alert = alerts_of(&v)
+        .into_iter()
+        .find(|a| a["code"] == "LEAK.ALARM")
+        .expect("leak alert");
+    let action = &alert["actions"][0];
+    assert_eq!(action["target"], "mb-valve-main");
+    assert_eq!(action["result"], "ok", "{alert:#}");
+    assert_eq!(action["action"], "leak-closes-valve: coil 0 = 1");
+    assert!(valve.coil(0), "the valve's close coil was written");
+    assert!(
+        valve
+            .requests()
+            .iter()
+            .any(|r| r.function == 5 && r.address == 0),
+        "FC05 on coil 0: {:?}",
+        valve.requests()
+    );
+    let one = get_json(
+        gw.api,
+        &format!("/api/alerts/{}", alert["id"].as_str().unwrap_or("")),
+    )
+    .await;
+    assert!(
+        one["audit"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["action"] == "action")),
+        "the action is in the audit trail: {one:#}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// An open live stream does not keep the gateway from stopping
+// ---------------------------------------------------------------------------------------
+
+/// Regression (found by the console's browser test): `/api/stream` never ended, so axum's
+/// graceful shutdown waited forever for an open console and SIGTERM hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_gateway_while_an_event_stream_is_open() {
+    let env = env();
+    let mut gw = env.start_gateway();
+    let sse = SseTap::start(gw.api).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sse.of("status").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the stream delivers status events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exits cleanly within 30 s with a stream open ({status:?})\n{}",
+        gw.log_tail(40)
+    );
+    // The stream ended with the gateway (the reader task saw EOF).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sse.task.is_finished() {
+        assert!(Instant::now() < deadline, "the stream ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The terminal client
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_acknowledges_and_closes_through_the_api() {
+    let env = env();
+    let config = common::write_config_with(&env, &with_token(""));
+    let mut gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("starts");
+    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
+        m.n("estate_ingest_connected", &[]) == 1
+    })
+    .await;
+    let mut publisher = env.raw_client().await;
+    let topic = format!("estate/{}/water_leak/leak-b2-pump/event", env.estate_id);
+    publisher
+        .publish(&topic, r#"{"code":"LEAK.ALARM","value":3.5,"unit":"m"}"#)
+        .await;
+    let v = wait_json(
+        &mut gw,
+        "/api/alerts",
+        "the leak alert",
+        Duration::from_secs(30),
+        |v| codes(&alerts_of(v), "LEAK.ALARM") == 1,
+    )
+    .await;
+    let id = alerts_of(&v)[0]["id"].as_str().expect("id").to_owned();
+    let api = format!("http://{}", gw.api);
+    let cli = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::run_gateway_cli(&refs)
+        })
+    };
+    let (st, out, err) = cli(vec!["alerts".into(), "--api".into(), api.clone()])
+        .await
+        .expect("runs");
+    assert!(st.success(), "{out}{err}");
+    let row = out
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.starts_with("2 major"), "{row}");
+    assert!(
+        row.contains("building 2 / floor B1 / room pump room"),
+        "{row}"
+    );
+    assert!(
+        row.contains("LEAK.ALARM") && row.contains("active"),
+        "{row}"
+    );
+
+    // Without the token: refused, with the reason.
+    let (st, _, err) = cli(vec!["ack".into(), id.clone(), "--api".into(), api.clone()])
+        .await
+        .expect("runs");
+    assert!(!st.success());
+    assert!(err.contains("401") && err.contains("--token"), "{err}");
+
+    let (st, out, err) = cli(vec![
+        "ack".into(),
+        id.clone(),
+        "--api".into(),
+        api.clone(),
+        "--token".into(),
+        TOKEN.into(),
+        "--by".into(),
+        "zhao".into(),
+    ])
+    .await
+    .expect("runs");
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains("acknowledged by zhao"), "{out}");
+    let (st, out, err) = cli(vec![
+        "close".into(),
+        id.clone(),
+        "--config".into(),
+        config.display().to_string(),
+        "--api".into(),
+        api.clone(),
+        "--token".into(),
+        TOKEN.into(),
+        "--by".into(),
+        "zhao".into(),
+        "--disposition".into(),
+        "maintenance".into(),
+        "--note".into(),
+        "pump seal replaced".into(),
+    ])
+    .await
+    .expect("runs");
+    assert!(st.success(), "{out}{err}");
+    assert!(out.contains("closed (maintenance) by zhao"), "{out}");
+    let a = get_json(gw.api, &format!("/api/alerts/{id}")).await;
+    assert_eq!(a["closed"]["note"], "pump seal replaced");
+}

@@ -1,0 +1,252 @@
+// Drives the estate-gateway web console in a real headless Chromium (Debian's
+// /usr/bin/chromium) through playwright-core. Run by tests/console.rs, which starts the
+// real gateway and publishes the sensor events; the two talk over stdin/stdout lines:
+//
+//   script → test:  READY            page loaded, status and devices rendered, live
+//   test → script:  (publishes a SMOKE.ALARM on the broker)
+//   script → test:  ALERT <id>       the alert appeared without a reload
+//   operator mode:
+//   script → test:  ACKED <id>       acknowledged by clicking the button
+//   test → script:  NEXT             (after checking the alert on the API)
+//   script → test:  CLOSED <id>      closed through the dialog
+//   readonly mode:
+//   test → script:  (publishes the alarm again, then its end: `cleared`)
+//   script → test:  FOLDED           the row shows ×2 and the cleared badge, live
+//   restart mode (the test restarts the gateway on the same address):
+//   script → test:  DOWN             the page noticed the stream dropped
+//   test → script:  (publishes a second alarm while the gateway is down, restarts it)
+//   script → test:  ALERT2 <id>      the page reconnected by itself and shows it
+//   script → test:  SCREENSHOT <path>
+//   script → test:  DONE
+//
+// Any failed check prints `FAIL <reason>` and exits 1.
+//
+// Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly |
+// restart), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
+// CONSOLE_TOKEN and CONSOLE_OPERATOR (operator mode), CONSOLE_GATEWAY_ID,
+// CONSOLE_DEVICE (the device that will raise the alarm; silent until READY),
+// CONSOLE_OFFLINE_DEVICE (optional: a device that goes offline; it must end up on top),
+// CONSOLE_EXPECT_WHERE (location text the alert row must show), CONSOLE_SCREENSHOT
+// (png path), CHROMIUM (default /usr/bin/chromium).
+
+import { createInterface } from 'node:readline';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name, fallback) => {
+  const v = process.env[name] ?? fallback;
+  if (v === undefined) fail(`${name} is not set`);
+  return v;
+};
+
+function fail(reason) {
+  process.stdout.write(`FAIL ${reason}\n`);
+  process.exit(1);
+}
+
+function say(line) {
+  process.stdout.write(`${line}\n`);
+}
+
+const lines = createInterface({ input: process.stdin });
+const pending = [];
+const waiters = [];
+lines.on('line', (l) => (waiters.length ? waiters.shift()(l) : pending.push(l)));
+const nextLine = () => new Promise((resolve) => (pending.length ? resolve(pending.shift()) : waiters.push(resolve)));
+
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+const url = env('CONSOLE_URL');
+const mode = env('CONSOLE_MODE', 'operator');
+const gatewayId = env('CONSOLE_GATEWAY_ID');
+const expectWhere = env('CONSOLE_EXPECT_WHERE');
+const deviceId = env('CONSOLE_DEVICE');
+const shot = env('CONSOLE_SCREENSHOT');
+const STEP = 30000; // every wait has a deadline
+
+const browser = await chromium.launch({
+  executablePath: env('CHROMIUM', '/usr/bin/chromium'),
+  headless: true,
+  args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
+});
+
+async function main() {
+  // A tablet-sized window.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'zh-CN' });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('console', (m) => {
+    // While the gateway restarts, the browser logs its refused connections: expected.
+    const refused = mode === 'restart' && /Failed to load resource|ERR_CONNECTION|EventSource/.test(m.text());
+    if (m.type() === 'error' && !refused) pageErrors.push(m.text());
+  });
+  const outside = [];
+  page.on('request', (r) => {
+    if (!r.url().startsWith(new URL(url).origin)) outside.push(r.url());
+  });
+
+  await page.goto(url);
+  await page.waitForSelector('body[data-ready="1"]', { timeout: STEP });
+  // Marks this document: if the page reloaded, the mark is gone.
+  await page.evaluate(() => { window.__sameDocument = 'console-test'; });
+
+  // Status: ids, live stream, both MQTT links up, a 60-point rate chart.
+  await page.waitForFunction(
+    (gw) => document.getElementById('gateway-id').textContent.includes(gw),
+    gatewayId,
+    { timeout: STEP },
+  );
+  await page.waitForSelector('#live[data-state="up"]', { timeout: STEP });
+  await page.waitForSelector('#ingest[data-state="up"]', { timeout: STEP });
+  await page.waitForSelector('#uplink[data-state="up"]', { timeout: STEP });
+  const points = await page.$eval('#rate-line', (l) => l.getAttribute('points').trim().split(/\s+/).length);
+  check(points === 60, `rate chart has ${points} points, want 60`);
+  const backlog = await page.textContent('#backlog');
+  check(/Backlog/.test(backlog) && /alarms \d+/.test(backlog), `backlog pill: ${backlog}`);
+
+  // Devices: the API's list, offline ones first, every one shown.
+  const api = await page.evaluate(async () => (await fetch('/api/devices')).json());
+  check(api.devices.length > 0, 'the gateway lists no devices');
+  await page.waitForFunction(
+    (n) => document.querySelectorAll('#devices li.device').length === n,
+    api.devices.length,
+    { timeout: STEP },
+  );
+  const offlineDevice = process.env.CONSOLE_OFFLINE_DEVICE;
+  if (offlineDevice) {
+    // It stopped sending heartbeats: it moves to the top, and the header says so.
+    await page.waitForSelector(`#devices li.device:first-child[data-device-id="${offlineDevice}"][data-status="offline"]`, { timeout: STEP });
+    await page.waitForSelector('#offline-pill:not([hidden])', { timeout: STEP });
+  }
+  const shown = await devicesShown(page);
+  const before = shown.find(([d]) => d === deviceId);
+  check(before && before[1] !== 'online', `${deviceId} should not be online before it reports: ${JSON.stringify(before)}`);
+
+  // Mode-specific chrome.
+  if (mode === 'readonly') {
+    await page.waitForSelector('#readonly-banner', { state: 'visible', timeout: STEP });
+    check(await page.isHidden('#login'), 'read-only: the token form is shown');
+  } else {
+    check(await page.isHidden('#readonly-banner'), 'the read-only banner shows although a token is configured');
+    await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
+  }
+
+  // One user gesture enables the audible cue (browsers block audio before one).
+  await page.click('#sound-btn');
+  await page.waitForSelector('#sound-btn[aria-pressed="true"]', { timeout: STEP });
+
+  say('READY');
+
+  // The test publishes a SMOKE.ALARM now; it must appear without a reload.
+  const row = page.locator('#alerts li.alert[data-severity="1"]').first();
+  await row.waitFor({ state: 'visible', timeout: STEP });
+  const id = await row.getAttribute('data-alert-id');
+  check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
+  const text = await row.innerText();
+  check(text.includes('紧急 Critical'), `severity label missing: ${text}`);
+  check(text.includes('SMOKE.ALARM'), `code missing: ${text}`);
+  check(text.includes(expectWhere), `location "${expectWhere}" not spelled out: ${text}`);
+  check(/ago/.test(text) && /前/.test(text), `age missing: ${text}`);
+  check((await row.getAttribute('data-status')) === 'active', 'a new alert is not active');
+  // The audible cue fired for the new critical alert.
+  await page.waitForSelector('body[data-alert-beeps]', { timeout: STEP });
+  // The same report brought the device online and moved the event-rate chart, live.
+  await page.waitForSelector(`#devices li.device[data-device-id="${deviceId}"][data-status="online"]`, { timeout: STEP });
+  await page.waitForFunction(() => Number(document.getElementById('rate-max').textContent) >= 1, null, { timeout: STEP });
+  await devicesShown(page);
+  say(`ALERT ${id}`);
+
+  if (mode === 'restart') {
+    await page.waitForSelector('#live[data-state="down"]', { timeout: STEP });
+    say('DOWN');
+    const second = page.locator(`#alerts li.alert[data-severity="1"]:not([data-alert-id="${id}"])`);
+    await second.waitFor({ state: 'visible', timeout: 2 * STEP });
+    await page.waitForSelector('#live[data-state="up"]', { timeout: STEP });
+    const text2 = await second.innerText();
+    check(text2.includes(env('CONSOLE_DEVICE2')), `second alarm is not from ${env('CONSOLE_DEVICE2')}: ${text2}`);
+    check((await page.locator(`li.alert[data-alert-id="${id}"]`).count()) === 1, 'the first alarm vanished after the restart');
+    say(`ALERT2 ${await second.getAttribute('data-alert-id')}`);
+    await screenshot(page);
+  } else if (mode === 'readonly') {
+    // A repeat folds into the same row (count), and the end of the condition marks it
+    // cleared; it stays open until someone closes it.
+    await page.waitForFunction(
+      (alertId) => {
+        const li = document.querySelector(`li.alert[data-alert-id="${alertId}"]`);
+        return li && !li.querySelector('.repeat').hidden && li.querySelector('.repeat').textContent.startsWith('×2')
+          && !li.querySelector('.cleared').hidden;
+      },
+      id,
+      { timeout: STEP },
+    );
+    check((await page.locator('#alerts li.alert').count()) === 1, 'the repeat opened a second row');
+    say('FOLDED');
+    check((await row.locator('button.ack:visible, button.close:visible').count()) === 0, 'read-only page shows action buttons');
+    check((await page.locator('button.ack:visible').count()) === 0, 'read-only page shows an acknowledge button');
+    await screenshot(page);
+  } else {
+    // Acknowledging without a token asks for it instead of sending anything.
+    await row.locator('button.ack').click();
+    await page.waitForSelector('#message:not([hidden])', { timeout: STEP });
+    check((await row.getAttribute('data-status')) === 'active', 'acknowledged without a token');
+    await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
+    await page.fill('#token-input', env('CONSOLE_TOKEN'));
+    await page.click('#login-btn');
+    await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+    await row.locator('button.ack').click();
+    await page.waitForSelector(`li.alert[data-alert-id="${id}"][data-status="acknowledged"]`, { timeout: STEP });
+    const handled = await row.locator('.handled').innerText();
+    check(handled.includes(env('CONSOLE_OPERATOR')), `acknowledged-by missing: ${handled}`);
+    check(await row.locator('button.ack').isHidden(), 'acknowledge button still shown');
+    await screenshot(page);
+    say(`ACKED ${id}`);
+    const go = await nextLine();
+    check(go === 'NEXT', `unexpected line from the test: ${go}`);
+
+    // Close: the dialog asks for a disposition and a note.
+    await row.locator('button.close').click();
+    await page.waitForSelector('#close-dialog[open]', { timeout: STEP });
+    await page.check('#close-form input[value="test"]');
+    await page.fill('#close-note', 'console e2e: detector test');
+    await page.click('#close-confirm');
+    await page.waitForSelector(`li.alert[data-alert-id="${id}"]`, { state: 'detached', timeout: STEP });
+    check(await page.isHidden('#close-dialog'), 'close dialog still open');
+    say(`CLOSED ${id}`);
+  }
+
+  check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
+  check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
+  check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+  say('DONE');
+}
+
+/** The device rows as [id, status], checked to have the offline ones on top. */
+async function devicesShown(page) {
+  const shown = await page.$$eval('#devices li.device', (ls) => ls.map((l) => [l.dataset.deviceId, l.dataset.status]));
+  const firstNotOffline = shown.findIndex(([, s]) => s !== 'offline');
+  const lastOffline = shown.map(([, s]) => s).lastIndexOf('offline');
+  check(firstNotOffline === -1 || lastOffline < firstNotOffline, `offline devices not on top: ${JSON.stringify(shown)}`);
+  return shown;
+}
+
+async function screenshot(page) {
+  mkdirSync(dirname(shot), { recursive: true });
+  await page.screenshot({ path: shot, fullPage: true });
+  say(`SCREENSHOT ${shot}`);
+}
+
+try {
+  await main();
+} catch (e) {
+  // One line, without the terminal colours playwright puts in its call logs.
+  const text = String(e && e.message ? e.message : e).replace(/\x1b\[[0-9;]*m/g, '');
+  process.stdout.write(`FAIL ${text.split('\n').join(' ')}\n`);
+  await browser.close().catch(() => {});
+  process.exit(1);
+}
+await browser.close();
+process.exit(0);
