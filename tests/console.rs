@@ -737,8 +737,6 @@ impl Logs for FixedLog {
 /// A duty console is open around the clock, so its live stream must not keep the gateway
 /// from stopping: SIGTERM (systemctl stop / restart) with the console open exits in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug (api::stream): the SSE stream never ends on shutdown, so axum's \
-            graceful shutdown waits for the open console forever; run with --ignored once fixed"]
 async fn sigterm_stops_the_gateway_while_a_console_is_open() {
     if !browser_available("console SIGTERM test") {
         return;
