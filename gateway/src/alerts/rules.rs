@@ -694,11 +694,7 @@ impl Engine {
     ) {
         let info = self.configured.get(&ev.device_id);
         let first_seen = ev.gateway_time_ms;
-        let id = ulid::Ulid::from_parts(
-            u64::try_from(first_seen).unwrap_or(0),
-            rand::random::<u128>(),
-        )
-        .to_string();
+        let id = alert_id(first_seen, &ev.event_id, &ev.code);
         let alert = Alert {
             id: id.clone(),
             code: ev.code.clone(),
@@ -982,6 +978,29 @@ fn audit(at_ms: i64, by: &str, action: &str, note: &str) -> AuditEntry {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The id of the alert `code` opened by the event `event_id`: a ULID with the event's
+/// time, and random bits taken from the event's own (ULID) id mixed with the code. The
+/// same event always opens the same alert id, so replaying events after a crash (see
+/// `alerts::Alerts`) gives an alert the operator may already have seen the same id,
+/// and one event opening two alerts (its own and a correlation) gives two ids.
+fn alert_id(first_seen_ms: i64, event_id: &str, code: &str) -> String {
+    let event_bits = ulid::Ulid::from_string(event_id)
+        .map_or_else(|_| fnv1a(event_id.as_bytes()) as u128, |u| u.random());
+    let code_bits = fnv1a(code.as_bytes()) as u128;
+    ulid::Ulid::from_parts(
+        u64::try_from(first_seen_ms).unwrap_or(0),
+        event_bits ^ (code_bits << 16),
+    )
+    .to_string()
+}
+
+/// 64-bit FNV-1a: a fixed, dependency-free hash (ids must not change between releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
