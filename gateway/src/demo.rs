@@ -129,8 +129,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     println!("estate-gateway demo: a simulated estate on this machine");
     println!("  broker (embedded)   mqtt://{}", broker.addr);
-    println!("console: http://{}/", running.api_addr);
-    println!("  API token (ack/close)  {token}   e.g. ESTATE_API_TOKEN={token} estate-gateway alerts --api http://{}", running.api_addr);
+    println!(
+        "  console             http://{}/   (open it in a browser)",
+        running.api_addr
+    );
+    println!("  API token           {token}   (to acknowledge and close alerts)");
+    println!(
+        "  on a terminal       ESTATE_API_TOKEN={token} estate-gateway alerts --follow --api http://{}",
+        running.api_addr
+    );
     println!(
         "  gateway API         http://{}/api/alerts  http://{}/healthz  http://{}/metrics",
         running.api_addr, running.api_addr, running.api_addr
