@@ -574,10 +574,8 @@ impl Alerts {
                             .map(|a| (a.by.clone(), a.note.clone()))
                             .unwrap_or_default();
                         upstream.push((alert.clone(), change, by, note));
-                        out.active_dirty = true;
-                    } else {
-                        out.active_dirty = true;
                     }
+                    out.active_dirty = true;
                     // Only the latest state of an alert is written; every audit entry is.
                     changes.push((alert, audit));
                 }

@@ -250,11 +250,27 @@ struct CloseBody {
     note: String,
 }
 
-/// Parses a JSON body by hand so that a bad body is a 400 with our error shape.
+/// An operator's write request: authorized by the bearer token, with a JSON body (parsed
+/// by hand so that a bad body is a 400 with our error shape) whose `by` names who acts
+/// (1 to 128 characters).
 #[allow(clippy::result_large_err)]
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+fn operator_request<T: serde::de::DeserializeOwned>(
+    s: &ApiState,
+    headers: &HeaderMap,
+    body: &[u8],
+    by: impl Fn(&T) -> &str,
+) -> Result<T, Response> {
+    authorize(s, headers)?;
+    let request: T = serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
+    let who = by(&request).trim();
+    if who.is_empty() || who.len() > 128 {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "`by` must name who acts (1 to 128 characters)",
+        ));
+    }
+    Ok(request)
 }
 
 fn op_response(r: Result<crate::alerts::model::Alert, OpError>) -> Response {
@@ -266,32 +282,16 @@ fn op_response(r: Result<crate::alerts::model::Alert, OpError>) -> Response {
     }
 }
 
-fn check_by(by: &str) -> Option<Response> {
-    let by = by.trim();
-    (by.is_empty() || by.len() > 128).then(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "`by` must name who acts (1 to 128 characters)",
-        )
-    })
-}
-
 async fn ack_alert(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let b: AckBody = match parse_body(&body) {
+    let b = match operator_request(&s, &headers, &body, |b: &AckBody| &b.by) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if let Some(r) = check_by(&b.by) {
-        return r;
-    }
     op_response(s.alerts.acknowledge(&id, b.by.trim(), &b.note).await)
 }
 
@@ -301,16 +301,10 @@ async fn close_alert(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let b: CloseBody = match parse_body(&body) {
+    let b = match operator_request(&s, &headers, &body, |b: &CloseBody| &b.by) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if let Some(r) = check_by(&b.by) {
-        return r;
-    }
     let Some(disposition) = Disposition::from_operator(&b.disposition) else {
         return error(
             StatusCode::BAD_REQUEST,
