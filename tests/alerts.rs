@@ -239,10 +239,7 @@ async fn a_fire_scenario_raises_one_confirmed_fire_alert_everywhere() {
     let tap = EventTap::start(&env.uplink, &env.estate_id).await;
     let city = env.city().await;
     let mut gw = common::start_gateway_with(&env, &with_token(FIRE_RULES));
-    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_subscribed().await;
     let sse = SseTap::start(gw.api).await;
 
     // Building 1 burns: its smoke detector, the fire panel and the call point alarm,
@@ -385,10 +382,7 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
     let env = env();
     let config = common::write_config_with(&env, &with_token(""));
     let mut gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("starts");
-    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_subscribed().await;
     let mut publisher = env.raw_client().await;
     let topic = format!("estate/{}/emergency_button/sos-0307/event", env.estate_id);
     publisher.publish(&topic, r#"{"code":"SOS.PRESSED"}"#).await;
@@ -543,10 +537,7 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
 async fn without_a_token_the_api_is_read_only() {
     let env = env();
     let mut gw = env.start_gateway();
-    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_subscribed().await;
     let status = get_json(gw.api, "/api/status").await;
     assert_eq!(status["read_only"], true);
     assert_eq!(status["events_per_sec"].as_array().map(Vec::len), Some(60));
@@ -732,10 +723,7 @@ async fn the_cli_lists_acknowledges_and_closes_through_the_api() {
     let env = env();
     let config = common::write_config_with(&env, &with_token(""));
     let mut gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("starts");
-    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_subscribed().await;
     let mut publisher = env.raw_client().await;
     let topic = format!("estate/{}/water_leak/leak-b2-pump/event", env.estate_id);
     publisher

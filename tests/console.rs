@@ -298,10 +298,7 @@ async fn publish_smoke_alarm(env: &TestEnv) {
 
 async fn start(env: &TestEnv, extra: &str) -> Gateway {
     let mut gw = start_gateway_with(env, extra);
-    gw.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1 && m.n("estate_uplink_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_connected().await;
     gw
 }
 

@@ -29,10 +29,7 @@ async fn acked_events_survive_sigkill_mid_stream() {
     let city = env.city().await;
     let mut gw = env.start_gateway();
     let epoch = gw.store_epoch;
-    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_subscribed().await;
 
     let mut opts = env.publish_options(COUNT, 20);
     opts.rate = Some(3_000.0);

@@ -32,10 +32,7 @@ async fn mixed_estate_formats_reach_the_city_as_the_expected_events() {
     let tap = EventTap::start(&broker, &env.estate_id).await;
     let mut gw = common::Gateway::start(&path, &env.data_dir(), &env.log_path())
         .unwrap_or_else(|e| panic!("{e:#}\n{}", common::log_tail(&env.log_path(), 60)));
-    gw.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1 && m.n("estate_uplink_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_connected().await;
 
     let mut raw = env.raw_client().await;
     let steps = mixed_estate(&base);

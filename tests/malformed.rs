@@ -15,10 +15,7 @@ async fn malformed_input_is_dead_lettered_and_valid_events_still_flow() {
     let env = TestEnv::new(broker.clone(), broker);
     let city = env.city().await;
     let mut gw = env.start_gateway();
-    gw.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1 && m.n("estate_uplink_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_connected().await;
 
     let topic = format!("estate/{}/smoke/smoke-1-1-3/event", env.estate_id);
     // 100 KiB: over the default ingest.max_payload (64 KiB), under the embedded broker's

@@ -32,10 +32,7 @@ async fn events_committed_during_an_uplink_outage_are_delivered_alarms_first() {
     let city = env.city_on(&city_broker).await;
     let tap = EventTap::start(&city_broker, &env.estate_id).await;
     let mut gw = env.start_gateway();
-    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_subscribed().await;
 
     let report = publish::run(env.publish_options(COUNT, ALARMS))
         .await

@@ -24,10 +24,7 @@ async fn ten_thousand_events_arrive_upstream(broker: Broker) {
     env.down_alert_after = "1h".into();
     let city = env.city().await;
     let mut gw = env.start_gateway();
-    gw.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1 && m.n("estate_uplink_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_connected().await;
 
     let report = publish::run(env.publish_options(COUNT, ALARMS))
         .await

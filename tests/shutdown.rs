@@ -39,10 +39,7 @@ async fn sigterm_with_events_in_flight_exits_cleanly_and_loses_nothing() {
     let tap = common::EventTap::start(&env.uplink, &env.estate_id).await;
     let mut gw = env.start_gateway();
     let epoch = gw.store_epoch;
-    gw.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1 && m.n("estate_uplink_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_connected().await;
 
     // A bounded rate keeps the stream going across the stop and restart (and the
     // broker's queue for the stopped gateway's session modest).
@@ -142,10 +139,7 @@ async fn sigterm_during_an_uplink_outage_exits_within_the_grace_period() {
     env.down_alert_after = "1h".into();
     let city = env.city_on(&city_broker).await;
     let mut gw = env.start_gateway();
-    gw.wait_metrics("ingest connected", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_subscribed().await;
     let report = publish::run(env.publish_options(200, 2))
         .await
         .expect("publisher runs");
@@ -206,10 +200,7 @@ async fn sigterm_acknowledges_everything_it_committed() {
     let mut gw = env.start_gateway();
     // Before its first subscription the broker keeps nothing for the gateway's session:
     // a sensor message published then reaches no one (MQTT, not the gateway).
-    gw.wait_metrics("ingest subscribed", Duration::from_secs(30), |m| {
-        m.n("estate_ingest_connected", &[]) == 1
-    })
-    .await;
+    gw.wait_subscribed().await;
     let mut opts = env.publish_options(COUNT, 10);
     opts.rate = Some(1_000.0);
     let publisher = tokio::spawn(publish::run_until(opts, CancellationToken::new()));

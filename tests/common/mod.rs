@@ -461,6 +461,23 @@ impl Gateway {
 
     /// Polls `/metrics` every 50 ms until `pred` holds; panics after `timeout` with `what`,
     /// the last metrics and the log tail. Also fails at once if the gateway exits.
+    /// Waits until ingest is connected and subscribed: from then on the broker keeps
+    /// what sensors publish for the gateway (before it, a publish reaches no one).
+    pub async fn wait_subscribed(&mut self) {
+        self.wait_metrics("ingest subscribed", Duration::from_secs(30), |m| {
+            m.n("estate_ingest_connected", &[]) == 1
+        })
+        .await;
+    }
+
+    /// Waits until both broker connections are up: ingest subscribed, uplink connected.
+    pub async fn wait_connected(&mut self) {
+        self.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
+            m.n("estate_ingest_connected", &[]) == 1 && m.n("estate_uplink_connected", &[]) == 1
+        })
+        .await;
+    }
+
     pub async fn wait_metrics(
         &mut self,
         what: &str,
