@@ -239,11 +239,10 @@ async fn main() {
             .expect("gateway runs");
     });
     let running = rx.await.expect("gateway ready");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while running.metrics.ingest_connected.get() != 1 {
-        assert!(Instant::now() < deadline, "ingest connects");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    running
+        .wait_subscribed(Duration::from_secs(10))
+        .await
+        .expect("ingest subscribes within 10 s");
 
     let sent: Stamps = Arc::default();
     let via_sse: Stamps = Arc::default();

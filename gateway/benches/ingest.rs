@@ -146,12 +146,10 @@ async fn start_gateway(
             .expect("gateway runs");
     });
     let running = rx.await.expect("gateway ready");
-    // Wait for the subscription to be in place.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while running.metrics.ingest_connected.get() != 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    running
+        .wait_subscribed(Duration::from_secs(10))
+        .await
+        .expect("ingest subscribes within 10 s");
     (running, shutdown, task, dir)
 }
 

@@ -79,12 +79,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Publish only once the gateway's subscriptions exist: the embedded broker keeps
     // nothing for a session that has not subscribed yet, so earlier messages would be
     // acknowledged to the simulator and never reach the gateway.
-    let subscribed = async {
-        while running.metrics.ingest_connected.get() != 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), subscribed)
+    running
+        .wait_subscribed(Duration::from_secs(10))
         .await
         .context("the gateway did not subscribe to the embedded broker within 10 s")?;
 

@@ -94,6 +94,23 @@ pub struct Running {
     pub alerts: alerts::AlertsHandle,
 }
 
+impl Running {
+    /// Waits until MQTT ingest is connected and subscribed: from then on the broker keeps
+    /// what sensors publish for this gateway's session (before, a publish reaches no one).
+    /// `Err` when that takes longer than `within`.
+    pub async fn wait_subscribed(
+        &self,
+        within: Duration,
+    ) -> Result<(), tokio::time::error::Elapsed> {
+        tokio::time::timeout(within, async {
+            while self.metrics.ingest_connected.get() != 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+}
+
 /// Runs the gateway until `shutdown` is cancelled, then stops in order and returns.
 pub async fn run(
     cfg: Config,
