@@ -494,6 +494,10 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
     ];
     assert_eq!(audit(&get_json(gw.api, &base).await), want);
 
+    let sos_before = device(&get_json(gw.api, "/api/devices").await, "sos-0307");
+    assert_eq!(sos_before["status"], "online", "{sos_before}");
+    assert!(sos_before["last_seen_ms"].is_i64(), "{sos_before}");
+
     // Restart on the same data dir: the closed alert and its audit trail are still there.
     gw.terminate();
     assert!(
@@ -517,7 +521,8 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
         "closed is not open"
     );
 
-    // The device is known and was heard from.
+    // The devices are known, and the console still shows when the SOS button was last
+    // heard from (not "never"), though it sent nothing since the restart.
     let devices = get_json(gw.api, "/api/devices").await;
     let ids: Vec<&str> = devices["devices"]
         .as_array()
@@ -527,6 +532,18 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
         ids.contains(&"sos-0307") && ids.contains(&"smoke-1-1-3"),
         "{ids:?}"
     );
+    let sos_after = device(&devices, "sos-0307");
+    assert_eq!(sos_after["last_seen_ms"], sos_before["last_seen_ms"]);
+    assert_eq!(sos_after["status"], "online", "{sos_after}");
+}
+
+/// One device from `/api/devices`.
+fn device(devices: &serde_json::Value, id: &str) -> serde_json::Value {
+    devices["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|x| x["id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("no device {id} in {devices}"))
 }
 
 // ---------------------------------------------------------------------------------------

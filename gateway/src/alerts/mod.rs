@@ -56,6 +56,8 @@ use state::AlertStore;
 
 /// How often timers (debounce, hold-open, heartbeats, escalation) are checked.
 const TICK: Duration = Duration::from_millis(200);
+/// How often the devices' statuses are saved (when they changed) for the next start.
+const SAVE_DEVICES: Duration = Duration::from_secs(30);
 /// How long a linkage write may take before it is recorded as failed.
 const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -258,6 +260,7 @@ impl Alerts {
         let open = store.open_alerts()?;
         let restored = open.len();
         engine.restore(open);
+        engine.restore_devices(store.devices()?);
         // The writer is not running yet: the committed seq is stable here.
         let committed = *reader.committed().borrow();
         let last_seq = match store.progress()? {
@@ -365,6 +368,9 @@ impl Alerts {
         self.publish_devices();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut save_devices = tokio::time::interval(SAVE_DEVICES);
+        save_devices.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut saved_devices = Vec::new();
         loop {
             tokio::select! {
                 biased;
@@ -388,6 +394,7 @@ impl Alerts {
                     };
                     let _ = self.apply(effects, None, &mut out).await;
                 }
+                _ = save_devices.tick() => self.save_devices(&mut saved_devices),
                 _ = tick.tick() => {
                     let effects = self.engine.on_tick(now_ms());
                     let _ = self.apply(effects, None, &mut out).await;
@@ -406,8 +413,21 @@ impl Alerts {
             self.handle_events(rest, &mut out).await;
         }
         out.publish_active(&self.engine);
+        self.save_devices(&mut saved_devices);
         publisher_stop.cancel();
         debug!("Alerts stopped.");
+    }
+
+    /// Saves the devices' statuses when they changed since `saved` (the last save).
+    fn save_devices(&self, saved: &mut Vec<u8>) {
+        let json = serde_json::to_vec(&self.engine.device_records()).unwrap_or_default();
+        if json == *saved {
+            return;
+        }
+        match self.store.write_devices(&json) {
+            Ok(()) => *saved = json,
+            Err(err) => warn!(error = %err, "Could not save the devices' status."),
+        }
     }
 
     /// The next committed events after `after`, in seq order, from both lanes (at most

@@ -173,7 +173,7 @@ pub struct DeviceView {
 }
 
 /// `online` (reported recently), `offline` (missed heartbeats or failed polls), or
-/// `unknown` (configured, not heard from since the gateway started).
+/// `unknown` (configured, never heard from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceStatus {

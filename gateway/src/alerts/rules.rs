@@ -121,6 +121,19 @@ struct DeviceState {
     location: Location,
 }
 
+/// What the engine keeps of a device across a restart (see [`Engine::device_records`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub status: DeviceStatus,
+    pub last_seen_ms: Option<i64>,
+    /// Offline because heartbeats were missing: the next report raises `DEV.ONLINE`.
+    pub offline_by_heartbeat: bool,
+    pub registered: bool,
+    pub kind: Option<DeviceKind>,
+    pub location: Location,
+}
+
 /// (device id, code, location for gateway-derived alerts): what repeats fold on.
 type Key = (String, String, String);
 
@@ -218,6 +231,51 @@ impl Engine {
             self.by_key
                 .insert(key_of_alert(&a, &self.gateway_id), a.id.clone());
             self.open.insert(a.id.clone(), a);
+        }
+    }
+
+    /// Every tracked device's status, for saving across a restart.
+    pub fn device_records(&self) -> Vec<DeviceRecord> {
+        self.devices
+            .iter()
+            .map(|(id, st)| DeviceRecord {
+                id: id.clone(),
+                status: st.status,
+                last_seen_ms: st.last_seen_ms,
+                offline_by_heartbeat: st.offline_by_heartbeat,
+                registered: st.registered,
+                kind: st.kind,
+                location: st.location.clone(),
+            })
+            .collect()
+    }
+
+    /// Takes back the device statuses saved before a restart, so the console shows when
+    /// each device was last heard from instead of "never". Heartbeat supervision still
+    /// counts from this start: a device gets its full window to report again. Devices
+    /// configured then but not now are dropped; the config decides kind and location.
+    pub fn restore_devices(&mut self, records: impl IntoIterator<Item = DeviceRecord>) {
+        for r in records {
+            if let Some(st) = self.devices.get_mut(&r.id) {
+                st.status = r.status;
+                st.last_seen_ms = r.last_seen_ms;
+                st.offline_by_heartbeat = r.offline_by_heartbeat;
+            } else if !r.registered && self.devices.len() - self.configured.len() < MAX_UNREGISTERED
+            {
+                self.devices.insert(
+                    r.id,
+                    DeviceState {
+                        status: r.status,
+                        last_seen_ms: r.last_seen_ms,
+                        // Only configured devices have heartbeat supervision.
+                        since_ms: 0,
+                        offline_by_heartbeat: r.offline_by_heartbeat,
+                        registered: false,
+                        kind: r.kind,
+                        location: r.location,
+                    },
+                );
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 //! | `u/{id}/{n:016x}` | one audit entry (JSON); `n` increases |
 //! | `c/{id}` | empty: index of closed alerts, oldest first (ids are ULIDs) |
 //! | `m/last_seq` | highest committed seq the engine has processed (u64 BE) |
+//! | `m/devices` | every tracked device's status and last report (JSON), saved every 30 s when it changed, and at stop |
 //!
 //! History is bounded: beyond `alerts.history_max` closed alerts the oldest are removed
 //! with their audit trail. Open alerts are never pruned.
@@ -17,9 +18,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::model::{Alert, AuditEntry};
+use super::rules::DeviceRecord;
 use crate::store::{StoreError, StoreReader};
 
 const LAST_SEQ: &[u8] = b"m/last_seq";
+const DEVICES: &[u8] = b"m/devices";
 
 /// Read/write access to the alert tree. Cheap to clone. The alerts task is the only
 /// writer; the API reads.
@@ -203,6 +206,23 @@ impl AlertStore {
         self.tree.apply_batch(batch)?;
         self.closed.fetch_sub(removed, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Saves the devices' statuses (not flushed: sled's own flush carries it within a
+    /// second, and losing the last few seconds of last-seen times costs nothing).
+    pub fn write_devices(&self, json: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(DEVICES, json)?;
+        Ok(())
+    }
+
+    /// The devices' statuses saved before the last stop; none when there are none or
+    /// they do not parse (a status display is not worth refusing to start over).
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        Ok(self
+            .tree
+            .get(DEVICES)?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
     }
 
     /// Makes everything written so far power-loss durable (blocking).

@@ -643,3 +643,56 @@ fn a_replayed_event_opens_its_alert_under_the_same_id() {
     let second = alerts(&en.on_event(&again, T0 + 2))[0].0.clone();
     assert_ne!(first.id, second.id);
 }
+
+#[test]
+fn device_status_survives_a_restart_and_heartbeat_supervision_starts_afresh() {
+    let mut en = engine("");
+    // smoke-1a (heartbeat 10 s) is heard, then falls silent and goes offline; the
+    // camera (heartbeat 10 s) and the door keep reporting.
+    en.on_event(&active("smoke-1a", "DEV.HEARTBEAT", T0, 1), T0);
+    en.on_event(
+        &active("cam-1", "DEV.HEARTBEAT", T0 + 55_000, 2),
+        T0 + 55_000,
+    );
+    en.on_event(&active("door-1", "ACS.OPEN", T0 + 56_000, 3), T0 + 56_000);
+    let r = raised(&en.on_tick(T0 + 60_000));
+    assert_eq!(
+        r.iter()
+            .map(|e| (e.code.as_str(), e.device_id.as_str()))
+            .collect::<Vec<_>>(),
+        [("DEV.OFFLINE", "smoke-1a")]
+    );
+    let saved = en.device_records();
+
+    // A new engine (a restart), ten minutes later.
+    let later = T0 + 600_000;
+    let mut en = Engine::new(&config(""), later);
+    en.restore_devices(saved);
+    let view = |en: &Engine, id: &str| {
+        en.devices()
+            .into_iter()
+            .find(|d| d.id == id)
+            .expect("tracked")
+    };
+    assert_eq!(view(&en, "door-1").last_seen_ms, Some(T0 + 56_000));
+    assert_eq!(view(&en, "door-1").status, DeviceStatus::Online);
+    assert_eq!(view(&en, "cam-1").last_seen_ms, Some(T0 + 55_000));
+    assert_eq!(view(&en, "smoke-1a").status, DeviceStatus::Offline);
+    assert_eq!(view(&en, "leak-1").status, DeviceStatus::Unknown);
+    // The camera was last heard long ago, but gets 3 × 10 s from the restart.
+    assert!(raised(&en.on_tick(later + 29_999)).is_empty());
+    let r = raised(&en.on_tick(later + 30_000));
+    assert_eq!(
+        r.iter().map(|e| e.device_id.as_str()).collect::<Vec<_>>(),
+        ["cam-1"]
+    );
+    // The silent detector reports again: back online, and DEV.ONLINE is raised as it
+    // would have been without the restart.
+    let back = raised(&en.on_event(
+        &active("smoke-1a", "DEV.HEARTBEAT", later + 31_000, 4),
+        later + 31_000,
+    ));
+    assert!(back
+        .iter()
+        .any(|e| e.code == "DEV.ONLINE" && e.device_id == "smoke-1a"));
+}
