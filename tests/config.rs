@@ -58,6 +58,12 @@ fn broken_config_reports_every_mistake_with_its_location() {
         ("48:8", "devices[1].kind", "smoky"),
         ("51:6", "devices[2].id", "duplicate"),
         ("53:22", "devices[2].heartbeat_interval", "at least 1s"),
+        ("56:10", "ingest.sources[0].format", "zigbee2mqtt"),
+        (
+            "59:10",
+            "alerts.correlation.confirmed-fire.codes[0]",
+            "SMOKE.ALRAM",
+        ),
     ];
     let lines: Vec<&str> = stdout.lines().collect();
     for (loc, key, word) in expected {

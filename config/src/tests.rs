@@ -197,6 +197,12 @@ const BROKEN_EXPECTED: &[(usize, &str, &str)] = &[
     (48, "devices[1].kind", "unknown variant `smoky`"),
     (51, "devices[2].id", "duplicate device id \"smoke-1-1-3\""),
     (53, "devices[2].heartbeat_interval", "at least 1s"),
+    (56, "ingest.sources[0].format", "unknown variant `zigbee`"),
+    (
+        59,
+        "alerts.correlation.confirmed-fire.codes[0]",
+        "unknown event code \"SMOKE.ALRAM\"",
+    ),
 ];
 
 #[test]
