@@ -25,31 +25,14 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use estate_config::Config;
-use estate_gateway::RunOptions;
+mod common;
+use common::{broker, percentile, rand_id};
 
 const ESTATE: &str = "benchalerts000000001";
 const LOAD_RATE: f64 = 1_000.0;
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 type Stamps = Arc<Mutex<HashMap<u64, Instant>>>;
-
-fn broker() -> (String, u16) {
-    if let Ok(hp) = std::env::var("ESTATE_BENCH_MQTT") {
-        if let Some((h, p)) = hp.rsplit_once(':') {
-            if let Ok(p) = p.parse() {
-                return (h.to_owned(), p);
-            }
-        }
-        panic!("ESTATE_BENCH_MQTT must be host:port, got {hp:?}");
-    }
-    let b = estate_gateway::broker::start(0).expect("embedded broker starts");
-    (b.addr.ip().to_string(), b.addr.port())
-}
-
-fn rand_id() -> u64 {
-    rand::random()
-}
 
 fn probe_device(i: u64) -> String {
     format!("probe-{i}")
@@ -181,13 +164,6 @@ async fn sse(api: std::net::SocketAddr, got: Stamps, ready: tokio::sync::oneshot
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn latencies(sent: &Stamps, got: &Stamps) -> (Vec<f64>, usize) {
     let sent = sent.lock().map(|s| s.clone()).unwrap_or_default();
     let got = got.lock().map(|g| g.clone()).unwrap_or_default();
@@ -215,34 +191,7 @@ async fn main() {
         "alerts bench: {n_probes} probe alarms over {secs} s under {LOAD_RATE:.0} events/s through {host}:{port}"
     );
 
-    let cfg = Config::from_toml_str(
-        &format!(
-            "[gateway]\nid = \"bench-gw\"\nestate_id = \"{ESTATE}\"\n[ingest.mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"bench-gw-{:x}\"\n[uplink]\ndown_alert_after = \"1h\"\n[uplink.mqtt]\nhost = \"127.0.0.1\"\nport = 9\n",
-            rand_id()
-        ),
-        "bench.toml",
-    )
-    .expect("bench config is valid");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let opts = RunOptions {
-        data_dir: dir.path().to_path_buf(),
-        grace: Duration::from_millis(100),
-        api_listener: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
-        on_ready: Some(tx),
-    };
-    let s = shutdown.clone();
-    let gateway = tokio::spawn(async move {
-        estate_gateway::run(cfg, opts, s)
-            .await
-            .expect("gateway runs");
-    });
-    let running = rx.await.expect("gateway ready");
-    running
-        .wait_subscribed(Duration::from_secs(10))
-        .await
-        .expect("ingest subscribes within 10 s");
+    let (running, shutdown, gateway, _dir) = common::start_gateway(ESTATE, &host, port).await;
 
     let sent: Stamps = Arc::default();
     let via_sse: Stamps = Arc::default();

@@ -13,25 +13,13 @@
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio_util::sync::CancellationToken;
 
-use estate_config::Config;
-use estate_gateway::{RunOptions, Running};
+use estate_gateway::Running;
+
+mod common;
+use common::{broker, percentile, rand_id, start_gateway};
 
 const ESTATE: &str = "bench0000000000000001";
-
-fn broker() -> (String, u16) {
-    if let Ok(hp) = std::env::var("ESTATE_BENCH_MQTT") {
-        if let Some((h, p)) = hp.rsplit_once(':') {
-            if let Ok(p) = p.parse() {
-                return (h.to_owned(), p);
-            }
-        }
-        panic!("ESTATE_BENCH_MQTT must be host:port, got {hp:?}");
-    }
-    let b = estate_gateway::broker::start(0).expect("embedded broker starts");
-    (b.addr.ip().to_string(), b.addr.port())
-}
 
 fn topic(i: u64) -> String {
     format!("estate/{ESTATE}/smoke/smoke-{}/event", i % 64)
@@ -71,13 +59,6 @@ async fn publish(host: &str, port: u16, n: u64, rate: Option<f64>) -> Vec<Instan
     sent
 }
 
-fn rand_id() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-}
-
 async fn baseline(host: &str, port: u16, n: u64) -> f64 {
     let mut o = MqttOptions::new(format!("bench-sub-{:x}", rand_id()), host, port);
     o.set_keep_alive(Duration::from_secs(30));
@@ -111,48 +92,6 @@ async fn baseline(host: &str, port: u16, n: u64) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
 
-async fn start_gateway(
-    host: &str,
-    port: u16,
-) -> (
-    Running,
-    CancellationToken,
-    tokio::task::JoinHandle<()>,
-    tempfile::TempDir,
-) {
-    let mut cfg = Config::from_toml_str(
-        &format!(
-            "[gateway]\nid = \"bench-gw\"\nestate_id = \"{ESTATE}\"\n[ingest.mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"bench-gw-{:x}\"\n[uplink.mqtt]\nhost = \"127.0.0.1\"\nport = 9\n",
-            rand_id()
-        ),
-        "bench.toml",
-    )
-    .expect("bench config is valid");
-    // Measure ingest alone: the uplink points at a closed port (the discard port).
-    cfg.uplink.down_alert_after = Duration::from_secs(3600);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let opts = RunOptions {
-        data_dir: dir.path().to_path_buf(),
-        grace: Duration::from_millis(100),
-        api_listener: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
-        on_ready: Some(tx),
-    };
-    let s = shutdown.clone();
-    let task = tokio::spawn(async move {
-        estate_gateway::run(cfg, opts, s)
-            .await
-            .expect("gateway runs");
-    });
-    let running = rx.await.expect("gateway ready");
-    running
-        .wait_subscribed(Duration::from_secs(10))
-        .await
-        .expect("ingest subscribes within 10 s");
-    (running, shutdown, task, dir)
-}
-
 /// Watches the committed seq; returns (seq, when) for every change until `n`.
 async fn watch_commits(running: &Running, n: u64) -> Vec<(u64, Instant)> {
     let mut rx = running.reader.committed();
@@ -178,13 +117,6 @@ async fn watch_commits(running: &Running, n: u64) -> Vec<(u64, Instant)> {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let n: u64 = std::env::var("BENCH_N")
@@ -197,7 +129,7 @@ async fn main() {
     let bare = baseline(&host, port, n).await;
     println!("baseline  bare rumqttc QoS1 subscriber : {bare:>9.0} msg/s");
 
-    let (running, shutdown, task, _dir) = start_gateway(&host, port).await;
+    let (running, shutdown, task, _dir) = start_gateway(ESTATE, &host, port).await;
     let (h, p) = (host.clone(), port);
     let publisher = tokio::spawn(async move { publish(&h, p, n, None).await });
     let commits = watch_commits(&running, n).await;
