@@ -73,6 +73,33 @@ fn alerts_of(v: &Value) -> Vec<Value> {
     v["alerts"].as_array().cloned().unwrap_or_default()
 }
 
+/// Publishes one native event `body` from `kind/device` and waits until the single open
+/// alert of `code` is on the API; returns that alert.
+async fn raise(
+    env: &TestEnv,
+    gw: &mut Gateway,
+    kind: &str,
+    device: &str,
+    body: &str,
+    code: &str,
+) -> serde_json::Value {
+    let mut publisher = env.raw_client().await;
+    let topic = format!("estate/{}/{kind}/{device}/event", env.estate_id);
+    publisher.publish(&topic, body).await;
+    let v = wait_json(
+        gw,
+        "/api/alerts",
+        &format!("the {code} alert"),
+        Duration::from_secs(30),
+        |v| codes(&alerts_of(v), code) == 1,
+    )
+    .await;
+    alerts_of(&v)
+        .into_iter()
+        .find(|a| a["code"] == code)
+        .expect("the alert")
+}
+
 /// Polls `GET path` every 50 ms until `pred` holds on the JSON; panics after `timeout`.
 async fn wait_json(
     gw: &mut Gateway,
@@ -383,18 +410,15 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
     let config = common::write_config_with(&env, &with_token(""));
     let mut gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("starts");
     gw.wait_subscribed().await;
-    let mut publisher = env.raw_client().await;
-    let topic = format!("estate/{}/emergency_button/sos-0307/event", env.estate_id);
-    publisher.publish(&topic, r#"{"code":"SOS.PRESSED"}"#).await;
-    let v = wait_json(
+    let sos = raise(
+        &env,
         &mut gw,
-        "/api/alerts",
-        "the SOS alert",
-        Duration::from_secs(30),
-        |v| codes(&alerts_of(v), "SOS.PRESSED") == 1,
+        "emergency_button",
+        "sos-0307",
+        r#"{"code":"SOS.PRESSED"}"#,
+        "SOS.PRESSED",
     )
     .await;
-    let sos = alerts_of(&v).remove(0);
     let id = sos["id"].as_str().expect("id").to_owned();
     assert_eq!(sos["device_id"], "sos-0307");
     assert_eq!(sos["location"]["room"], "307");
@@ -558,20 +582,16 @@ async fn without_a_token_the_api_is_read_only() {
     let status = get_json(gw.api, "/api/status").await;
     assert_eq!(status["read_only"], true);
     assert_eq!(status["events_per_sec"].as_array().map(Vec::len), Some(60));
-    let mut publisher = env.raw_client().await;
-    let topic = format!("estate/{}/access_control/door-1-main/event", env.estate_id);
-    publisher
-        .publish(&topic, r#"{"code":"ACS.FORCED_OPEN"}"#)
-        .await;
-    let v = wait_json(
+    let door = raise(
+        &env,
         &mut gw,
-        "/api/alerts",
-        "the forced-door alert",
-        Duration::from_secs(30),
-        |v| codes(&alerts_of(v), "ACS.FORCED_OPEN") == 1,
+        "access_control",
+        "door-1-main",
+        r#"{"code":"ACS.FORCED_OPEN"}"#,
+        "ACS.FORCED_OPEN",
     )
     .await;
-    let id = alerts_of(&v)[0]["id"].as_str().expect("id").to_owned();
+    let id = door["id"].as_str().expect("id").to_owned();
     for (action, body) in [
         ("ack", r#"{"by":"wang"}"#),
         ("close", r#"{"by":"wang","disposition":"real"}"#),
@@ -741,20 +761,16 @@ async fn the_cli_lists_acknowledges_and_closes_through_the_api() {
     let config = common::write_config_with(&env, &with_token(""));
     let mut gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("starts");
     gw.wait_subscribed().await;
-    let mut publisher = env.raw_client().await;
-    let topic = format!("estate/{}/water_leak/leak-b2-pump/event", env.estate_id);
-    publisher
-        .publish(&topic, r#"{"code":"LEAK.ALARM","value":3.5,"unit":"m"}"#)
-        .await;
-    let v = wait_json(
+    let leak = raise(
+        &env,
         &mut gw,
-        "/api/alerts",
-        "the leak alert",
-        Duration::from_secs(30),
-        |v| codes(&alerts_of(v), "LEAK.ALARM") == 1,
+        "water_leak",
+        "leak-b2-pump",
+        r#"{"code":"LEAK.ALARM","value":3.5,"unit":"m"}"#,
+        "LEAK.ALARM",
     )
     .await;
-    let id = alerts_of(&v)[0]["id"].as_str().expect("id").to_owned();
+    let id = leak["id"].as_str().expect("id").to_owned();
     let api = format!("http://{}", gw.api);
     let cli = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
