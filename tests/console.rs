@@ -116,6 +116,31 @@ struct Browser {
 }
 
 impl Browser {
+    /// Opens the console of the gateway at `api` in `mode` (see console.test.mjs) for
+    /// this test's estate and devices, saving its screenshot as the artifact `shot`;
+    /// `extra` adds mode-specific settings.
+    fn open(
+        api: SocketAddr,
+        env: &TestEnv,
+        mode: &str,
+        shot: &str,
+        extra: &[(&str, String)],
+    ) -> Browser {
+        let shot = artifact(shot);
+        let _ = std::fs::remove_file(&shot);
+        let mut vars = vec![
+            ("CONSOLE_URL", format!("http://{api}/")),
+            ("CONSOLE_MODE", mode.to_owned()),
+            ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
+            ("CONSOLE_DEVICE", DEVICE.to_owned()),
+            ("CONSOLE_DEVICE2", DEVICE2.to_owned()),
+            ("CONSOLE_EXPECT_WHERE", WHERE.to_owned()),
+            ("CONSOLE_SCREENSHOT", shot.display().to_string()),
+        ];
+        vars.extend(extra.iter().cloned());
+        Browser::start(&vars)
+    }
+
     fn start(vars: &[(&str, String)]) -> Browser {
         let mut cmd = Command::new("node");
         cmd.arg(script_dir().join("console.test.mjs"))
@@ -343,19 +368,17 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
         )
         .await;
 
-    let shot = artifact("console.png");
-    let _ = std::fs::remove_file(&shot);
-    let mut browser = Browser::start(&[
-        ("CONSOLE_URL", format!("http://{}/", gw.api)),
-        ("CONSOLE_MODE", "operator".into()),
-        ("CONSOLE_OFFLINE_DEVICE", QUIET.into()),
-        ("CONSOLE_TOKEN", TOKEN.into()),
-        ("CONSOLE_OPERATOR", OPERATOR.into()),
-        ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
-        ("CONSOLE_DEVICE", DEVICE.into()),
-        ("CONSOLE_EXPECT_WHERE", WHERE.into()),
-        ("CONSOLE_SCREENSHOT", shot.display().to_string()),
-    ]);
+    let mut browser = Browser::open(
+        gw.api,
+        &env,
+        "operator",
+        "console.png",
+        &[
+            ("CONSOLE_OFFLINE_DEVICE", QUIET.into()),
+            ("CONSOLE_TOKEN", TOKEN.into()),
+            ("CONSOLE_OPERATOR", OPERATOR.into()),
+        ],
+    );
     browser.expect("READY", STEP, &gw);
 
     // Only now does the alarm happen: the open page must pick it up by itself.
@@ -405,7 +428,7 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
 
     browser.expect("DONE", STEP, &gw);
     browser.finish();
-    assert_png(&shot);
+    assert_png(&artifact("console.png"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,16 +443,7 @@ async fn without_a_token_the_console_is_read_only_and_the_api_refuses_writes() {
     let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
     assert_eq!(status["read_only"], true, "{status}");
 
-    let shot = artifact("console-readonly.png");
-    let _ = std::fs::remove_file(&shot);
-    let mut browser = Browser::start(&[
-        ("CONSOLE_URL", format!("http://{}/", gw.api)),
-        ("CONSOLE_MODE", "readonly".into()),
-        ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
-        ("CONSOLE_DEVICE", DEVICE.into()),
-        ("CONSOLE_EXPECT_WHERE", WHERE.into()),
-        ("CONSOLE_SCREENSHOT", shot.display().to_string()),
-    ]);
+    let mut browser = Browser::open(gw.api, &env, "readonly", "console-readonly.png", &[]);
     browser.expect("READY", STEP, &gw);
     publish_smoke_alarm(&env).await;
     let id = browser.expect("ALERT", STEP, &gw);
@@ -474,7 +488,7 @@ async fn without_a_token_the_console_is_read_only_and_the_api_refuses_writes() {
         ),
         "{a}"
     );
-    assert_png(&shot);
+    assert_png(&artifact("console-readonly.png"));
 }
 
 /// The assets: right content types (a module script served as anything else is refused
@@ -675,17 +689,7 @@ async fn the_open_page_reconnects_after_a_gateway_crash_and_shows_what_happened_
     let port = reserve_port();
     let gw = FixedGateway::start(&env, &config, port).await;
 
-    let shot = artifact("console-restart.png");
-    let _ = std::fs::remove_file(&shot);
-    let mut browser = Browser::start(&[
-        ("CONSOLE_URL", format!("http://{}/", gw.api)),
-        ("CONSOLE_MODE", "restart".into()),
-        ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
-        ("CONSOLE_DEVICE", DEVICE.into()),
-        ("CONSOLE_DEVICE2", DEVICE2.into()),
-        ("CONSOLE_EXPECT_WHERE", WHERE.into()),
-        ("CONSOLE_SCREENSHOT", shot.display().to_string()),
-    ]);
+    let mut browser = Browser::open(gw.api, &env, "restart", "console-restart.png", &[]);
     browser.expect("READY", STEP, &gw);
     publish_smoke_alarm(&env).await;
     let first = browser.expect("ALERT", STEP, &gw);
@@ -719,7 +723,7 @@ async fn the_open_page_reconnects_after_a_gateway_crash_and_shows_what_happened_
     );
     browser.expect("DONE", STEP, &gw);
     browser.finish();
-    assert_png(&shot);
+    assert_png(&artifact("console-restart.png"));
 }
 
 /// The log of a gateway that is not running right now.
@@ -742,18 +746,7 @@ async fn sigterm_stops_the_gateway_while_a_console_is_open() {
     let env = TestEnv::new(broker.clone(), broker);
     let config = write_config_with(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n"));
     let mut gw = FixedGateway::start(&env, &config, reserve_port()).await;
-    let mut browser = Browser::start(&[
-        ("CONSOLE_URL", format!("http://{}/", gw.api)),
-        ("CONSOLE_MODE", "restart".into()),
-        ("CONSOLE_GATEWAY_ID", env.gateway_id.clone()),
-        ("CONSOLE_DEVICE", DEVICE.into()),
-        ("CONSOLE_DEVICE2", DEVICE2.into()),
-        ("CONSOLE_EXPECT_WHERE", WHERE.into()),
-        (
-            "CONSOLE_SCREENSHOT",
-            artifact("console-sigterm.png").display().to_string(),
-        ),
-    ]);
+    let mut browser = Browser::open(gw.api, &env, "restart", "console-sigterm.png", &[]);
     browser.expect("READY", STEP, &gw);
     publish_smoke_alarm(&env).await;
     browser.expect("ALERT", STEP, &gw);
