@@ -14,6 +14,8 @@ use serde_json::{Map, Value};
 use estate_protocols::model::{DeviceKind, Event, EventState, Location, Reading, Source};
 use estate_protocols::taxonomy;
 
+use super::formats::{json_type, rfc3339_ms};
+
 /// What the gateway knows about a configured device.
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {
@@ -183,7 +185,7 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
                 format!("field `ts` is {n}, expected epoch milliseconds as an integer"),
             )
         })?),
-        Some(Value::String(s)) => Some(parse_rfc3339_ms(s).ok_or_else(|| {
+        Some(Value::String(s)) => Some(rfc3339_ms(s).ok_or_else(|| {
             err(
                 "bad_field",
                 format!("field `ts` is {s:?}, expected RFC 3339 or epoch milliseconds"),
@@ -257,22 +259,6 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
         device_seq,
         alert: None,
     })
-}
-
-fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn wrong_type(field: &str, expected: &str, got: &Value) -> DecodeError {
