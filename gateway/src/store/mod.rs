@@ -373,6 +373,26 @@ impl StoreReader {
     }
 }
 
+/// Opens sled, waiting up to a second for its file lock. sled holds the lock while any
+/// handle is alive, including a background log write of a store closed a moment ago in
+/// this process (a store reopened in place, as the tests do), which ends within
+/// milliseconds. A store that another running gateway holds stays locked, and this
+/// fails with sled's "could not acquire lock" error after the wait.
+fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Opens (or creates) the store under `dir`. Returns the handle for writers, the reader,
 /// and the writer itself, which the caller runs on a blocking thread.
 pub fn open(
@@ -381,13 +401,14 @@ pub fn open(
     metrics: Arc<Metrics>,
 ) -> Result<(StoreHandle, StoreReader, StoreWriter), StoreError> {
     std::fs::create_dir_all(dir)?;
-    let db = sled::Config::new()
-        .path(dir)
-        .cache_capacity(opts.cache_capacity)
-        .mode(sled::Mode::LowSpace)
-        // The writer flushes and fsyncs every group itself.
-        .flush_every_ms(None)
-        .open()?;
+    let db = open_sled(
+        &sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_capacity)
+            .mode(sled::Mode::LowSpace)
+            // The writer flushes and fsyncs every group itself.
+            .flush_every_ms(None),
+    )?;
     // fsync applies to the inode: a read-only handle on sled's log file lets the writer
     // make each group commit power-loss durable.
     let log_path: PathBuf = dir.join("db");
