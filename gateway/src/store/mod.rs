@@ -53,6 +53,8 @@ pub enum StoreError {
         key: Vec<u8>,
         source: prost::DecodeError,
     },
+    #[error("store metadata {key:?} is malformed")]
+    BadMetadata { key: Vec<u8> },
     #[error("the store writer has stopped")]
     Closed,
     #[error("commit failed: {0}")]
@@ -425,24 +427,29 @@ pub fn open(
                 }
             };
             db.insert(keys::EPOCH, &epoch.to_be_bytes())?;
-            db.insert(keys::NEXT_SEQ, &1u64.to_be_bytes())?;
+            let fresh = keys::State {
+                next_seq: 1,
+                ..keys::State::default()
+            };
+            db.insert(keys::STATE, fresh.encode())?;
             db.flush()?;
             log_file.sync_all()?;
             epoch
         }
     };
 
+    let state = match db.get(keys::STATE)? {
+        Some(v) => keys::State::decode(&v).ok_or(StoreError::BadMetadata {
+            key: keys::STATE.to_vec(),
+        })?,
+        None => keys::State::read_legacy(&db)?,
+    };
     let lanes: [LaneState; 2] = Default::default();
     for lane in Lane::ALL {
         let st = &lanes[lane_index(lane)];
-        st.cursor.store(
-            keys::u64_value(db.get(keys::cursor(lane))?),
-            Ordering::Release,
-        );
-        st.stored_bytes.store(
-            keys::u64_value(db.get(keys::stored_bytes(lane))?),
-            Ordering::Release,
-        );
+        let saved = &state.lanes[lane_index(lane)];
+        st.cursor.store(saved.cursor, Ordering::Release);
+        st.stored_bytes.store(saved.stored_bytes, Ordering::Release);
         let last = db
             .range(keys::records_from(lane, 0))
             .next_back()
@@ -455,7 +462,7 @@ pub fn open(
             .get_or_create(&lane.into())
             .set(st.stored_bytes.load(Ordering::Acquire) as i64);
     }
-    let next_seq = keys::u64_value(db.get(keys::NEXT_SEQ)?).max(1);
+    let next_seq = state.next_seq.max(1);
     let (committed, _) = watch::channel(next_seq - 1);
     let shared = Arc::new(Shared {
         epoch,
@@ -470,8 +477,8 @@ pub fn open(
         shared: shared.clone(),
     };
     for lane in Lane::ALL {
-        let n = match db.get(keys::backlog(lane))? {
-            Some(v) => keys::u64_value(Some(v)),
+        let n = match state.lanes[lane_index(lane)].backlog {
+            Some(n) => n,
             None => count_backlog(&db, lane, reader.cursor(lane))?,
         };
         shared.lane(lane).backlog.store(n, Ordering::Release);
@@ -481,7 +488,7 @@ pub fn open(
             .set(n as i64);
     }
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
-    let writer = StoreWriter::new(db, log_file, shared, rx, opts, metrics, next_seq)?;
+    let writer = StoreWriter::new(db, log_file, shared, rx, opts, metrics, &state);
     Ok((StoreHandle { tx }, reader, writer))
 }
 

@@ -294,3 +294,53 @@ async fn dead_letters_keep_raw_bytes_and_reason_bounded_in_number() {
     assert_eq!(letters[0].reason, "bad_json: case 7");
     assert_eq!(letters[0].raw.as_ref(), &[0xff, 7]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_store_leaves_its_counters_where_the_previous_version_reads_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), opts());
+    append_all(
+        &s.handle,
+        (0..30)
+            .map(|i| {
+                let sev = if i % 3 == 0 {
+                    Severity::Critical
+                } else {
+                    Severity::Info
+                };
+                event("DEV.HEARTBEAT", sev, 20)
+            })
+            .collect(),
+    )
+    .await;
+    s.handle
+        .forwarded(Lane::Events, 12, 8)
+        .await
+        .expect("queued");
+    let reader = s.close().await;
+    let bytes = reader.stored_bytes(Lane::Events);
+    assert!(bytes > 0);
+
+    // What the previous version reads (it knows nothing of `m/state`): a rollback
+    // continues the seq and the cursors instead of reusing them.
+    let db = reader.db.clone();
+    let legacy = keys::State::read_legacy(&db).expect("reads");
+    assert_eq!(legacy.next_seq, 31);
+    assert_eq!(legacy.lanes[lane_index(Lane::Events)].cursor, 12);
+    assert_eq!(legacy.lanes[lane_index(Lane::Events)].backlog, Some(12));
+    assert_eq!(legacy.lanes[lane_index(Lane::Alarms)].backlog, Some(10));
+    assert_eq!(legacy.lanes[lane_index(Lane::Events)].stored_bytes, bytes);
+
+    // A store the previous version wrote (no `m/state`) opens with the same counters.
+    db.remove(keys::STATE).expect("removes");
+    db.flush().expect("flushes");
+    drop((db, reader));
+    let s = start(dir.path(), opts());
+    assert_eq!(s.reader.cursor(Lane::Events), 12);
+    assert_eq!(s.reader.backlog(Lane::Events), 12);
+    assert_eq!(s.reader.backlog(Lane::Alarms), 10);
+    assert_eq!(s.reader.stored_bytes(Lane::Events), bytes);
+    let next = append_all(&s.handle, vec![event("GAS.AL2", Severity::Critical, 1)]).await;
+    assert_eq!(next, vec![31]);
+    s.close().await;
+}

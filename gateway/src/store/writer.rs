@@ -40,19 +40,18 @@ impl StoreWriter {
         rx: mpsc::Receiver<Command>,
         opts: StoreOptions,
         metrics: Arc<Metrics>,
-        next_seq: u64,
-    ) -> Result<Self, StoreError> {
-        let next_dead_letter = keys::u64_value(db.get(keys::NEXT_DEAD_LETTER)?);
-        Ok(StoreWriter {
+        saved: &keys::State,
+    ) -> Self {
+        StoreWriter {
             db,
             log_file,
             shared,
             rx,
             opts,
             metrics,
-            next_seq,
-            next_dead_letter,
-        })
+            next_seq: saved.next_seq.max(1),
+            next_dead_letter: saved.next_dead_letter,
+        }
     }
 
     /// The writer loop. Blocks the calling thread; call from `spawn_blocking`.
@@ -84,11 +83,53 @@ impl StoreWriter {
                 }
             }
         }
-        // Cursor-only groups are not flushed on their own; make them durable on the way out.
+        // Cursor-only groups are not flushed on their own; make them durable on the way
+        // out, with the counters also where the previous version reads them (rollback).
+        let mut batch = sled::Batch::default();
+        self.state().write_legacy(&mut batch);
+        self.db.apply_batch(batch)?;
         self.db.flush()?;
         self.log_file.sync_data()?;
         debug!("Store writer stopped.");
         Ok(())
+    }
+
+    /// The counters as committed.
+    fn state(&self) -> keys::State {
+        let mut state = keys::State {
+            next_seq: self.next_seq,
+            next_dead_letter: self.next_dead_letter,
+            ..keys::State::default()
+        };
+        for lane in Lane::ALL {
+            let st = self.lane(lane);
+            state.lanes[lane_index(lane)] = keys::LaneCounters {
+                cursor: st.cursor.load(Ordering::Acquire),
+                backlog: Some(st.backlog.load(Ordering::Acquire)),
+                stored_bytes: st.stored_bytes.load(Ordering::Acquire),
+            };
+        }
+        state
+    }
+
+    /// Makes committed counters visible to readers and metrics.
+    fn publish(&self, state: &keys::State) {
+        for lane in Lane::ALL {
+            let c = &state.lanes[lane_index(lane)];
+            let st = self.lane(lane);
+            let backlog = c.backlog.unwrap_or(0);
+            st.cursor.fetch_max(c.cursor, Ordering::AcqRel);
+            st.stored_bytes.store(c.stored_bytes, Ordering::Release);
+            st.backlog.store(backlog, Ordering::Release);
+            self.metrics
+                .forward_backlog
+                .get_or_create(&lane.into())
+                .set(backlog as i64);
+            self.metrics
+                .store_stored_bytes
+                .get_or_create(&lane.into())
+                .set(c.stored_bytes as i64);
+        }
     }
 
     fn total_stored(&self) -> u64 {
@@ -174,7 +215,6 @@ impl StoreWriter {
         for lane in Lane::ALL {
             let i = lane_index(lane);
             let Some(c) = cursor_moves[i] else { continue };
-            batch.insert(keys::cursor(lane), &c.to_be_bytes());
             if !self.opts.keep_forwarded {
                 // Records the alert engine has not processed yet stay for its replay.
                 let alerts_done = self.shared.alerts_done.load(Ordering::Acquire);
@@ -189,20 +229,17 @@ impl StoreWriter {
                 }
             }
         }
-        let mut new_bytes = [0u64; 2];
-        let mut new_backlog = [0u64; 2];
-        for lane in Lane::ALL {
-            let i = lane_index(lane);
-            let st = self.lane(lane);
-            new_bytes[i] =
-                (st.stored_bytes.load(Ordering::Acquire) + added_bytes[i]).saturating_sub(freed[i]);
-            new_backlog[i] =
-                (st.backlog.load(Ordering::Acquire) + added_events[i]).saturating_sub(forwarded[i]);
-            batch.insert(keys::stored_bytes(lane), &new_bytes[i].to_be_bytes());
-            batch.insert(keys::backlog(lane), &new_backlog[i].to_be_bytes());
+        let mut state = self.state();
+        state.next_seq = seq;
+        state.next_dead_letter = dead_letter_id;
+        for (i, c) in state.lanes.iter_mut().enumerate() {
+            c.cursor = c.cursor.max(cursor_moves[i].unwrap_or(0));
+            c.stored_bytes = (c.stored_bytes + added_bytes[i]).saturating_sub(freed[i]);
+            c.backlog = c
+                .backlog
+                .map(|b| (b + added_events[i]).saturating_sub(forwarded[i]));
         }
-        batch.insert(keys::NEXT_SEQ, &seq.to_be_bytes());
-        batch.insert(keys::NEXT_DEAD_LETTER, &dead_letter_id.to_be_bytes());
+        batch.insert(keys::STATE, state.encode());
 
         let result = self
             .db
@@ -231,26 +268,12 @@ impl StoreWriter {
 
         self.next_seq = seq;
         self.next_dead_letter = dead_letter_id;
+        self.publish(&state);
         for lane in Lane::ALL {
             let i = lane_index(lane);
-            let st = self.lane(lane);
-            st.stored_bytes.store(new_bytes[i], Ordering::Release);
-            if let Some(c) = cursor_moves[i] {
-                st.cursor.fetch_max(c, Ordering::AcqRel);
-            }
             if let Some(last) = last_added[i] {
-                st.last_seq.store(last, Ordering::Release);
+                self.lane(lane).last_seq.store(last, Ordering::Release);
             }
-            let backlog = new_backlog[i];
-            st.backlog.store(backlog, Ordering::Release);
-            self.metrics
-                .forward_backlog
-                .get_or_create(&lane.into())
-                .set(backlog as i64);
-            self.metrics
-                .store_stored_bytes
-                .get_or_create(&lane.into())
-                .set(new_bytes[i] as i64);
             self.metrics
                 .store_committed
                 .get_or_create(&lane.into())
@@ -378,39 +401,19 @@ impl StoreWriter {
                 lost.push((lane, first, last, n));
             }
         }
-        let remaining = Lane::ALL.map(|lane| {
-            self.lane(lane)
-                .stored_bytes
-                .load(Ordering::Acquire)
-                .saturating_sub(freed[lane_index(lane)])
-        });
-        let mut backlog = Lane::ALL.map(|lane| self.lane(lane).backlog.load(Ordering::Acquire));
+        let mut state = self.state();
+        for (i, c) in state.lanes.iter_mut().enumerate() {
+            c.stored_bytes = c.stored_bytes.saturating_sub(freed[i]);
+        }
         for (lane, _, _, n) in &lost {
-            let i = lane_index(*lane);
-            backlog[i] = backlog[i].saturating_sub(*n);
+            let c = &mut state.lanes[lane_index(*lane)];
+            c.backlog = c.backlog.map(|b| b.saturating_sub(*n));
         }
-        for lane in Lane::ALL {
-            let i = lane_index(lane);
-            batch.insert(keys::stored_bytes(lane), &remaining[i].to_be_bytes());
-            batch.insert(keys::backlog(lane), &backlog[i].to_be_bytes());
-        }
+        batch.insert(keys::STATE, state.encode());
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         self.log_file.sync_data()?;
-        for lane in Lane::ALL {
-            let i = lane_index(lane);
-            let bytes = remaining[i];
-            self.lane(lane).stored_bytes.store(bytes, Ordering::Release);
-            self.lane(lane).backlog.store(backlog[i], Ordering::Release);
-            self.metrics
-                .forward_backlog
-                .get_or_create(&lane.into())
-                .set(backlog[i] as i64);
-            self.metrics
-                .store_stored_bytes
-                .get_or_create(&lane.into())
-                .set(bytes as i64);
-        }
+        self.publish(&state);
         let mut raised = Vec::new();
         for (lane, first, last, n) in lost {
             self.metrics
