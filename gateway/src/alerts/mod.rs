@@ -242,6 +242,9 @@ pub struct Alerts {
     replay_until: u64,
     reader: StoreReader,
     last_seq: u64,
+    /// Progress over events that changed nothing, saved on the next tick rather than
+    /// with every commit (see [`Alerts::apply`]).
+    unsaved_progress: Option<u64>,
     gateway_id: String,
     estate_id: String,
     topic: String,
@@ -311,6 +314,7 @@ impl Alerts {
                 replay_until: committed,
                 reader: reader.clone(),
                 last_seq,
+                unsaved_progress: None,
                 gateway_id: cfg.gateway.id.clone(),
                 estate_id: cfg.gateway.estate_id.clone(),
                 topic: format!(
@@ -398,6 +402,7 @@ impl Alerts {
                 _ = tick.tick() => {
                     let effects = self.engine.on_tick(now_ms());
                     let _ = self.apply(effects, None, &mut out).await;
+                    self.save_progress();
                     out.publish_active(&self.engine);
                     out.metrics.alerts_backlog.set(self.tap.len() as i64);
                     out.metrics.alerts_open.set(self.engine.open_alerts().count() as i64);
@@ -413,6 +418,7 @@ impl Alerts {
             self.handle_events(rest, &mut out).await;
         }
         out.publish_active(&self.engine);
+        self.save_progress();
         self.save_devices(&mut saved_devices);
         publisher_stop.cancel();
         debug!("Alerts stopped.");
@@ -609,20 +615,30 @@ impl Alerts {
         }
         let refs: Vec<(&Alert, Option<&AuditEntry>)> =
             changes.iter().map(|(a, e)| (a, e.as_ref())).collect();
-        let stored = if refs.is_empty() && last_seq.is_none() {
+        // Events that changed nothing (most of them) leave their progress for the next
+        // tick: replaying them after a crash changes nothing either, and a sled write per
+        // group commit costs memory while a backlog is stored (README "Footprint").
+        let progress = if refs.is_empty() && raise.is_empty() && links.is_empty() {
+            self.unsaved_progress = last_seq.or(self.unsaved_progress);
+            None
+        } else {
+            last_seq.or(self.unsaved_progress.take())
+        };
+        let stored = if refs.is_empty() && progress.is_none() {
             Ok(())
         } else {
             self.store
-                .write(&refs, last_seq)
+                .write(&refs, progress)
                 .map_err(|e| OpError::Store(e.to_string()))
         };
         match &stored {
             Ok(()) => {
-                if let Some(seq) = last_seq {
+                if let Some(seq) = progress {
                     self.store_progress(seq);
                 }
             }
             Err(err) => {
+                self.unsaved_progress = self.unsaved_progress.max(progress);
                 warn!(error = %err, "Alert state not stored; it will be rebuilt from the events after a restart.")
             }
         }
@@ -648,6 +664,20 @@ impl Alerts {
 
     /// The store may now delete forwarded records up to `seq` (the engine will not need
     /// them for a replay).
+    /// Saves progress left by [`Alerts::apply`] for events that changed nothing.
+    fn save_progress(&mut self) {
+        let Some(seq) = self.unsaved_progress.take() else {
+            return;
+        };
+        match self.store.write(&[], Some(seq)) {
+            Ok(()) => self.store_progress(seq),
+            Err(err) => {
+                self.unsaved_progress = Some(seq);
+                warn!(error = %err, "Alert progress not stored; the events after it are replayed after a restart.");
+            }
+        }
+    }
+
     fn store_progress(&self, seq: u64) {
         self.store.reader().set_alerts_done(seq);
     }
