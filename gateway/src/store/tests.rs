@@ -313,6 +313,9 @@ async fn a_stopped_store_leaves_its_counters_where_the_previous_version_reads_th
             .collect(),
     )
     .await;
+    // Rolling back after a crash, before any clean stop, must not reuse a seq either.
+    let next_seq = keys::u64_value(s.reader.db.get(keys::NEXT_SEQ).expect("reads"));
+    assert_eq!(next_seq, 31);
     s.handle
         .forwarded(Lane::Events, 12, 8)
         .await

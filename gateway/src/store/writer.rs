@@ -240,6 +240,10 @@ impl StoreWriter {
                 .map(|b| (b + added_events[i]).saturating_sub(forwarded[i]));
         }
         batch.insert(keys::STATE, state.encode());
+        // Also where the previous version reads it, so that rolling back after a crash
+        // (no clean stop to write the other counters) never reuses a seq: receivers
+        // deduplicate on it. Its other counters, stale then, only cost duplicates.
+        batch.insert(keys::NEXT_SEQ, &seq.to_be_bytes());
 
         let result = self
             .db
