@@ -8,11 +8,16 @@
 //! | `a/{id}` | the alert (JSON) |
 //! | `u/{id}/{n:016x}` | one audit entry (JSON); `n` increases |
 //! | `c/{id}` | empty: index of closed alerts, oldest first (ids are ULIDs) |
+//! | `o/{id}` | empty: index of open alerts |
 //! | `m/last_seq` | highest committed seq the engine has processed (u64 BE) |
+//! | `m/next_audit` | the next audit entry's `n` (u64 BE) |
+//! | `m/indexed` | present once `o/` and `m/next_audit` are kept (built on first open of an older tree) |
 //! | `m/devices` | every tracked device's status and last report (JSON), saved every 30 s when it changed, and at stop |
 //!
 //! History is bounded: beyond `alerts.history_max` closed alerts the oldest are removed
-//! with their audit trail. Open alerts are never pruned.
+//! with their audit trail. Open alerts are never pruned. Starting and listing open
+//! alerts read only the open ones (`o/`), not the whole history: every page sled reads
+//! stays in memory for a long while (README "Footprint").
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +28,8 @@ use crate::store::{StoreError, StoreReader};
 
 const LAST_SEQ: &[u8] = b"m/last_seq";
 const DEVICES: &[u8] = b"m/devices";
+const NEXT_AUDIT: &[u8] = b"m/next_audit";
+const INDEXED: &[u8] = b"m/indexed";
 
 /// Read/write access to the alert tree. Cheap to clone. The alerts task is the only
 /// writer; the API reads.
@@ -49,24 +56,20 @@ impl AlertStore {
     /// Opens the tree in the store's database.
     pub fn open(reader: &StoreReader, history_max: usize) -> Result<AlertStore, StoreError> {
         let tree = reader.open_tree("alerts")?;
-        let closed = tree.scan_prefix(b"c/").count();
-        // Audit keys are grouped per alert; the counter only has to grow, so take the
-        // largest over all entries.
-        let mut max_audit = 0u64;
-        for k in tree.scan_prefix(b"u/").keys() {
-            let k = k?;
-            if let Ok(hex) = std::str::from_utf8(&k[k.len().saturating_sub(16)..]) {
-                if let Ok(n) = u64::from_str_radix(hex, 16) {
-                    max_audit = max_audit.max(n + 1);
-                }
-            }
+        if tree.get(INDEXED)?.is_none() {
+            build_index(&tree)?;
         }
+        let closed = tree.scan_prefix(b"c/").count();
+        let next_audit = tree
+            .get(NEXT_AUDIT)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map_or(0, u64::from_be_bytes);
         Ok(AlertStore {
             tree,
             reader: reader.clone(),
             history_max: history_max.max(1),
             closed: Arc::new(AtomicUsize::new(closed)),
-            next_audit: Arc::new(AtomicU64::new(max_audit)),
+            next_audit: Arc::new(AtomicU64::new(next_audit)),
         })
     }
 
@@ -88,9 +91,9 @@ impl AlertStore {
     /// Every open alert (for restoring the engine).
     pub fn open_alerts(&self) -> Result<Vec<Alert>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(b"a/") {
-            let (_, v) = item?;
-            if let Ok(a) = serde_json::from_slice::<Alert>(&v) {
+        for k in self.tree.scan_prefix(b"o/").keys() {
+            let k = k?;
+            if let Some(a) = self.get(&String::from_utf8_lossy(&k[2..]))? {
                 if a.is_open() {
                     out.push(a);
                 }
@@ -120,12 +123,19 @@ impl AlertStore {
 
     /// Alerts matching `f`, by severity (1 first) then first seen (oldest first).
     pub fn list(&self, f: &Filter) -> Result<Vec<Alert>, StoreError> {
+        let history = matches!(f.status.as_str(), "all" | "closed");
+        let candidates = if history {
+            let mut all = Vec::new();
+            for item in self.tree.scan_prefix(b"a/") {
+                let (_, v) = item?;
+                all.extend(serde_json::from_slice::<Alert>(&v).ok());
+            }
+            all
+        } else {
+            self.open_alerts()?
+        };
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(b"a/") {
-            let (_, v) = item?;
-            let Ok(a) = serde_json::from_slice::<Alert>(&v) else {
-                continue;
-            };
+        for a in candidates {
             let status_ok = match f.status.as_str() {
                 "all" => true,
                 "active" => a.status == estate_protocols::model::AlertStatus::Active,
@@ -160,10 +170,14 @@ impl AlertStore {
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut newly_closed = 0usize;
+        let mut audited = false;
         for (alert, audit) in changes {
             let value = serde_json::to_vec(alert).unwrap_or_default();
             batch.insert(alert_key(&alert.id), value);
-            if !alert.is_open() {
+            if alert.is_open() {
+                batch.insert(open_key(&alert.id), &[][..]);
+            } else {
+                batch.remove(open_key(&alert.id));
                 let ck = format!("c/{}", alert.id);
                 if self.tree.get(ck.as_bytes())?.is_none() {
                     newly_closed += 1;
@@ -176,7 +190,12 @@ impl AlertStore {
                     format!("u/{}/{n:016x}", alert.id).as_bytes(),
                     serde_json::to_vec(e).unwrap_or_default(),
                 );
+                audited = true;
             }
+        }
+        if audited {
+            let next = self.next_audit.load(Ordering::Acquire);
+            batch.insert(NEXT_AUDIT, &next.to_be_bytes());
         }
         if let Some(seq) = last_seq {
             batch.insert(LAST_SEQ, &seq.to_be_bytes());
@@ -243,4 +262,37 @@ impl AlertStore {
 
 fn alert_key(id: &str) -> Vec<u8> {
     format!("a/{id}").into_bytes()
+}
+
+fn open_key(id: &str) -> Vec<u8> {
+    format!("o/{id}").into_bytes()
+}
+
+/// Builds the open-alert index and the audit counter of a tree written before they were
+/// kept: one scan of every alert and audit entry, once.
+fn build_index(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for item in tree.scan_prefix(b"a/") {
+        let (_, v) = item?;
+        if let Ok(a) = serde_json::from_slice::<Alert>(&v) {
+            if a.is_open() {
+                batch.insert(open_key(&a.id), &[][..]);
+            }
+        }
+    }
+    // Audit keys are grouped per alert; the counter only has to grow, so take the
+    // largest over all entries.
+    let mut next_audit = 0u64;
+    for k in tree.scan_prefix(b"u/").keys() {
+        let k = k?;
+        if let Ok(hex) = std::str::from_utf8(&k[k.len().saturating_sub(16)..]) {
+            if let Ok(n) = u64::from_str_radix(hex, 16) {
+                next_audit = next_audit.max(n + 1);
+            }
+        }
+    }
+    batch.insert(NEXT_AUDIT, &next_audit.to_be_bytes());
+    batch.insert(INDEXED, &[][..]);
+    tree.apply_batch(batch)?;
+    Ok(())
 }

@@ -231,7 +231,7 @@ async fn the_replay_pages_through_both_lanes_in_seq_order_without_a_gap() {
 }
 
 #[test]
-fn history_keeps_the_newest_closed_alerts_and_never_prunes_open_ones() {
+fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
     use super::model::{AuditEntry, Closed, Disposition};
     use estate_protocols::model::AlertStatus;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -292,6 +292,43 @@ fn history_keeps_the_newest_closed_alerts_and_never_prunes_open_ones() {
         "pruned with its audit"
     );
     assert_eq!(st.audit(&ids[4]).expect("reads").len(), 1);
+
+    // A tree written before the open-alert index and the audit counter were kept: both
+    // are built when it opens.
+    let tree = reader.open_tree("alerts").expect("tree");
+    for k in tree.scan_prefix(b"o/").keys() {
+        tree.remove(k.expect("reads")).expect("removes");
+    }
+    tree.remove("m/indexed").expect("removes");
+    tree.remove("m/next_audit").expect("removes");
+    drop(st);
+    let st = state::AlertStore::open(&reader, 2).expect("alert state reopens");
+    let open_ids = |st: &state::AlertStore| -> Vec<String> {
+        let listed = st
+            .list(&state::Filter::default())
+            .expect("lists")
+            .into_iter()
+            .map(|a| a.id);
+        let restored = st.open_alerts().expect("reads").into_iter().map(|a| a.id);
+        let ids: Vec<String> = listed.collect();
+        assert_eq!(ids, restored.collect::<Vec<_>>());
+        ids
+    };
+    assert_eq!(open_ids(&st), vec![ids[0].clone()]);
+    // Audit numbering goes on: a new entry adds to a trail, it does not replace one.
+    let note = AuditEntry {
+        at_ms: 3,
+        by: "t".into(),
+        action: "note".into(),
+        note: "after the upgrade".into(),
+    };
+    let mut first = st.get(&ids[0]).expect("reads").expect("kept");
+    st.write(&[(&first, Some(&note))], None).expect("writes");
+    assert_eq!(st.audit(&ids[0]).expect("reads").len(), 2);
+    // Closing the open alert takes it out of the index.
+    first.status = AlertStatus::Closed;
+    st.write(&[(&first, Some(&note))], None).expect("writes");
+    assert!(open_ids(&st).is_empty());
 }
 
 #[test]
