@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     match cli.command {
@@ -101,6 +102,35 @@ fn main() -> ExitCode {
         },
         |()| ExitCode::SUCCESS,
     )
+}
+
+/// glibc's malloc, left to itself, keeps what sled frees: the pages sled reads back from a
+/// large stored backlog are freed in small pieces between live ones, in a heap and in one
+/// arena per thread. Two arenas, blocks of 64 KiB and more in their own mappings, and the
+/// heap trimmed from 128 KiB free: measured 57–73 MB → 31 MB RSS on a 1 M-event backlog
+/// (README "Footprint"). An operator's `MALLOC_*` environment takes precedence. musl's
+/// allocator needs none of this.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let env_set = [
+            "MALLOC_ARENA_MAX",
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        if !env_set {
+            // SAFETY: mallopt only sets allocator parameters; this runs first in main,
+            // before any other thread exists. The only unsafe code in the workspace.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+            }
+        }
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
