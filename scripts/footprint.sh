@@ -6,6 +6,10 @@
 #
 #   scripts/footprint.sh [EVENTS]        # default 1000000
 #
+# ESTATE_FOOTPRINT_STORE=DIR keeps the filled store in DIR (first run) and starts from a
+# copy of it (later runs, phase 1 skipped): the store's layout after a fill depends on
+# timing, so comparing two builds on the same store takes that variance out.
+#
 # Needs: mosquitto, curl, and a native release build (built here when missing).
 # Phases, all against a Mosquitto on a free loopback port:
 #   1. fill   the store with EVENTS events while the uplink is down (backlog = EVENTS)
@@ -95,29 +99,41 @@ sample_rss() { # sample_rss PID FILE: VmRSS in kB every 100 ms until PID exits o
         sleep 0.1
     done
 }
+# running PID: the process exists and is not a zombie (a reaped one reads as not running)
+running() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] && [ "$st" != Z ]; }
 stop_gateway() {
     kill -TERM "$gwpid"
-    for _ in $(seq 300); do [ -e "/proc/$gwpid" ] && [ "$(awk '{print $3}' /proc/$gwpid/stat)" != Z ] || break; sleep 0.1; done
-    if kill -0 "$gwpid" 2>/dev/null && [ "$(awk '{print $3}' /proc/$gwpid/stat)" != Z ]; then
+    for _ in $(seq 300); do running "$gwpid" || break; sleep 0.1; done
+    if running "$gwpid"; then
         echo "   WARNING: the gateway did not exit within 30 s of SIGTERM; killing it (SIGKILL)"
-        kill -KILL "$gwpid"
+        kill -KILL "$gwpid" 2>/dev/null || true
     fi
     wait "$gwpid" || true
 }
 max_of() { sort -n "$1" | tail -1; }
 
-echo "== 1. fill: $events events, uplink down"
 config "$down_port"
-start_gateway
-t=$(now_ms)
-"$sim" publish --broker "127.0.0.1:$port" --estate-id "$estate" --count "$events" \
-    --rate "${ESTATE_FILL_RATE:-10000}" --max-inflight 1000 --alarms $((events / 100)) --drain-timeout 120s --json > "$work/fill.json"
-echo "   published in $(( $(now_ms) - t )) ms (PUBACKs from Mosquitto; it queues what the gateway has not taken yet)"
-# The gateway acknowledges after its group commit; wait until it has taken everything.
-until [ "$(backlog)" -ge "$events" ]; do sleep 0.5; done
-echo "   stored in $(( $(now_ms) - t )) ms; backlog $(backlog); store $(du -sh "$work/data" | cut -f1)"
-echo "   RSS after fill: $(awk '/VmRSS/ {print $2}' /proc/$gwpid/status) kB, peak $(awk '/VmHWM/ {print $2}' /proc/$gwpid/status) kB"
-stop_gateway
+snapshot="${ESTATE_FOOTPRINT_STORE:-}"
+if [ -n "$snapshot" ] && [ -d "$snapshot" ]; then
+    echo "== 1. fill: skipped, store copied from $snapshot"
+    cp -a "$snapshot" "$work/data"
+else
+    echo "== 1. fill: $events events, uplink down"
+    start_gateway
+    t=$(now_ms)
+    "$sim" publish --broker "127.0.0.1:$port" --estate-id "$estate" --count "$events" \
+        --rate "${ESTATE_FILL_RATE:-10000}" --max-inflight 1000 --alarms $((events / 100)) --drain-timeout 120s --json > "$work/fill.json"
+    echo "   published in $(( $(now_ms) - t )) ms (PUBACKs from Mosquitto; it queues what the gateway has not taken yet)"
+    # The gateway acknowledges after its group commit; wait until it has taken everything.
+    until [ "$(backlog)" -ge "$events" ]; do sleep 0.5; done
+    echo "   stored in $(( $(now_ms) - t )) ms; backlog $(backlog); store $(du -sh "$work/data" | cut -f1)"
+    echo "   RSS after fill: $(awk '/VmRSS/ {print $2}' /proc/$gwpid/status) kB, peak $(awk '/VmHWM/ {print $2}' /proc/$gwpid/status) kB"
+    stop_gateway
+    if [ -n "$snapshot" ]; then
+        cp -a "$work/data" "$snapshot"
+        echo "   store saved to $snapshot"
+    fi
+fi
 
 echo "== 2. steady: 1,000 events/s for $secs s on a backlog of $events, uplink down"
 start_gateway
