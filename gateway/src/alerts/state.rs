@@ -11,7 +11,7 @@
 //! | `o/{id}` | empty: index of open alerts |
 //! | `m/last_seq` | highest committed seq the engine has processed (u64 BE) |
 //! | `m/next_audit` | the next audit entry's `n` (u64 BE) |
-//! | `m/indexed` | present once `o/` and `m/next_audit` are kept (built on first open of an older tree) |
+//! | `m/indexed` | the `m/last_seq` up to which `o/` and `m/next_audit` are kept; when it differs, a previous version wrote last and they are rebuilt on open |
 //! | `m/devices` | every tracked device's status and last report (JSON), saved every 30 s when it changed, and at stop |
 //!
 //! History is bounded: beyond `alerts.history_max` closed alerts the oldest are removed
@@ -56,7 +56,9 @@ impl AlertStore {
     /// Opens the tree in the store's database.
     pub fn open(reader: &StoreReader, history_max: usize) -> Result<AlertStore, StoreError> {
         let tree = reader.open_tree("alerts")?;
-        if tree.get(INDEXED)?.is_none() {
+        // This version writes `m/indexed` with every progress; the previous version
+        // moves only `m/last_seq` (and keeps no index).
+        if tree.get(INDEXED)? != Some(tree.get(LAST_SEQ)?.unwrap_or_default()) {
             build_index(&tree)?;
         }
         let closed = tree.scan_prefix(b"c/").count();
@@ -199,6 +201,7 @@ impl AlertStore {
         }
         if let Some(seq) = last_seq {
             batch.insert(LAST_SEQ, &seq.to_be_bytes());
+            batch.insert(INDEXED, &seq.to_be_bytes());
         }
         self.tree.apply_batch(batch)?;
         let closed = self.closed.fetch_add(newly_closed, Ordering::AcqRel) + newly_closed;
@@ -268,10 +271,13 @@ fn open_key(id: &str) -> Vec<u8> {
     format!("o/{id}").into_bytes()
 }
 
-/// Builds the open-alert index and the audit counter of a tree written before they were
-/// kept: one scan of every alert and audit entry, once.
+/// Builds the open-alert index and the audit counter of a tree a previous version wrote
+/// last: one scan of every alert and audit entry.
 fn build_index(tree: &sled::Tree) -> Result<(), StoreError> {
     let mut batch = sled::Batch::default();
+    for k in tree.scan_prefix(b"o/").keys() {
+        batch.remove(k?);
+    }
     for item in tree.scan_prefix(b"a/") {
         let (_, v) = item?;
         if let Ok(a) = serde_json::from_slice::<Alert>(&v) {
@@ -292,7 +298,7 @@ fn build_index(tree: &sled::Tree) -> Result<(), StoreError> {
         }
     }
     batch.insert(NEXT_AUDIT, &next_audit.to_be_bytes());
-    batch.insert(INDEXED, &[][..]);
+    batch.insert(INDEXED, tree.get(LAST_SEQ)?.unwrap_or_default());
     tree.apply_batch(batch)?;
     Ok(())
 }

@@ -329,6 +329,23 @@ fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
     first.status = AlertStatus::Closed;
     st.write(&[(&first, Some(&note))], None).expect("writes");
     assert!(open_ids(&st).is_empty());
+
+    // Rolled back to the previous version, which opens an alert (no index) as it moves
+    // its progress, then forward again: the index is rebuilt, the alert restored.
+    st.write(&[], Some(10)).expect("writes");
+    let mut reopened = first.clone();
+    reopened.status = AlertStatus::Active;
+    reopened.closed = None;
+    tree.insert(
+        format!("a/{}", reopened.id),
+        serde_json::to_vec(&reopened).expect("encodes"),
+    )
+    .expect("writes");
+    tree.insert("m/last_seq", &11u64.to_be_bytes())
+        .expect("writes");
+    drop(st);
+    let st = state::AlertStore::open(&reader, 2).expect("alert state reopens");
+    assert_eq!(open_ids(&st), vec![ids[0].clone()]);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! | `d` id(u64 BE) | a dead letter (see [`super::DeadLetter`]) |
 //! | `m/epoch` | the store's epoch |
 //! | `m/state` | [`State`]: next seq, next dead letter, per-lane cursor, backlog, stored bytes |
-//! | `m/next_seq`, `m/cursor/…`, … | the same counters one per key, as stores before `m/state` keep them: written when the writer stops (and `m/next_seq` with every commit), so that the previous version can be rolled back to |
+//! | `m/next_seq`, `m/cursor/…`, … | the same counters one per key, as stores before `m/state` keep them: written when the writer stops (and `m/next_seq` with every commit), so that the previous version can be rolled back to; when `m/next_seq` differs from `m/state`, the previous version ran last and these are read instead |
 //!
 //! Records are keyed by the *last* seq they hold, so the record that contains the first
 //! event after a cursor `c` is the first key at or after `r lane (c+1)`.

@@ -432,17 +432,26 @@ pub fn open(
                 ..keys::State::default()
             };
             db.insert(keys::STATE, fresh.encode())?;
+            db.insert(keys::NEXT_SEQ, &1u64.to_be_bytes())?;
             db.flush()?;
             log_file.sync_all()?;
             epoch
         }
     };
 
+    // `m/next_seq` is written with every commit by this version and the previous one:
+    // when it differs from `m/state`, the previous version ran last (a rollback and
+    // back) and its counters are the current ones.
+    let legacy_next_seq = keys::u64_value(db.get(keys::NEXT_SEQ)?);
     let state = match db.get(keys::STATE)? {
-        Some(v) => keys::State::decode(&v).ok_or(StoreError::BadMetadata {
+        Some(v) => Some(keys::State::decode(&v).ok_or(StoreError::BadMetadata {
             key: keys::STATE.to_vec(),
-        })?,
-        None => keys::State::read_legacy(&db)?,
+        })?),
+        None => None,
+    };
+    let state = match state {
+        Some(s) if s.next_seq == legacy_next_seq => s,
+        _ => keys::State::read_legacy(&db)?,
     };
     let lanes: [LaneState; 2] = Default::default();
     for lane in Lane::ALL {

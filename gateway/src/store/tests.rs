@@ -345,5 +345,18 @@ async fn a_stopped_store_leaves_its_counters_where_the_previous_version_reads_th
     assert_eq!(s.reader.stored_bytes(Lane::Events), bytes);
     let next = append_all(&s.handle, vec![event("GAS.AL2", Severity::Critical, 1)]).await;
     assert_eq!(next, vec![31]);
+    let reader = s.close().await;
+
+    // Rolled back, the previous version commits (it moves `m/next_seq`, not `m/state`);
+    // forward again, seq continues after what it wrote.
+    reader
+        .db
+        .insert(keys::NEXT_SEQ, &40u64.to_be_bytes())
+        .expect("writes");
+    reader.db.flush().expect("flushes");
+    drop(reader);
+    let s = start(dir.path(), opts());
+    let next = append_all(&s.handle, vec![event("GAS.AL2", Severity::Critical, 1)]).await;
+    assert_eq!(next, vec![40]);
     s.close().await;
 }
