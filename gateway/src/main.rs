@@ -107,9 +107,9 @@ fn main() -> ExitCode {
 /// glibc's malloc, left to itself, keeps what sled frees: the pages sled reads back from a
 /// large stored backlog are freed in small pieces between live ones, in a heap and in one
 /// arena per thread. Two arenas, blocks of 64 KiB and more in their own mappings, and the
-/// heap trimmed from 128 KiB free: measured 57–73 MB → 31 MB RSS on a 1 M-event backlog
-/// (README "Footprint"). An operator's `MALLOC_*` environment takes precedence. musl's
-/// allocator needs none of this.
+/// heap trimmed from 128 KiB free: measured 57–73 MB → 31–32 MB RSS on a 1 M-event
+/// backlog (README "Footprint"). An operator's `MALLOC_*` environment takes precedence.
+/// The static musl build keeps musl's allocator as it is (not measured).
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

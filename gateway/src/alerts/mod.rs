@@ -662,8 +662,6 @@ impl Alerts {
         stored
     }
 
-    /// The store may now delete forwarded records up to `seq` (the engine will not need
-    /// them for a replay).
     /// Saves progress left by [`Alerts::apply`] for events that changed nothing.
     fn save_progress(&mut self) {
         let Some(seq) = self.unsaved_progress.take() else {
@@ -678,6 +676,8 @@ impl Alerts {
         }
     }
 
+    /// The store may now delete forwarded records up to `seq` (the engine will not need
+    /// them for a replay).
     fn store_progress(&self, seq: u64) {
         self.store.reader().set_alerts_done(seq);
     }
