@@ -443,16 +443,19 @@ pub fn open(
     // when it differs from `m/state`, the previous version ran last (a rollback and
     // back) and its counters are the current ones.
     let legacy_next_seq = keys::u64_value(db.get(keys::NEXT_SEQ)?);
-    let state = match db.get(keys::STATE)? {
-        Some(v) => Some(keys::State::decode(&v).ok_or(StoreError::BadMetadata {
-            key: keys::STATE.to_vec(),
-        })?),
-        None => None,
-    };
-    let state = match state {
+    let saved = db
+        .get(keys::STATE)?
+        .map(|v| {
+            keys::State::decode(&v).ok_or(StoreError::BadMetadata {
+                key: keys::STATE.to_vec(),
+            })
+        })
+        .transpose()?;
+    let mut state = match saved {
         Some(s) if s.next_seq == legacy_next_seq => s,
         _ => keys::State::read_legacy(&db)?,
     };
+    state.next_seq = state.next_seq.max(1);
     let lanes: [LaneState; 2] = Default::default();
     for lane in Lane::ALL {
         let st = &lanes[lane_index(lane)];
@@ -471,8 +474,7 @@ pub fn open(
             .get_or_create(&lane.into())
             .set(st.stored_bytes.load(Ordering::Acquire) as i64);
     }
-    let next_seq = state.next_seq.max(1);
-    let (committed, _) = watch::channel(next_seq - 1);
+    let (committed, _) = watch::channel(state.next_seq - 1);
     let shared = Arc::new(Shared {
         epoch,
         lanes,

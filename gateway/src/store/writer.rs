@@ -49,7 +49,7 @@ impl StoreWriter {
             rx,
             opts,
             metrics,
-            next_seq: saved.next_seq.max(1),
+            next_seq: saved.next_seq,
             next_dead_letter: saved.next_dead_letter,
         }
     }
