@@ -9,6 +9,10 @@
 # ESTATE_FOOTPRINT_STORE=DIR keeps the filled store in DIR (first run) and starts from a
 # copy of it (later runs, phase 1 skipped): the store's layout after a fill depends on
 # timing, so comparing two builds on the same store takes that variance out.
+# ESTATE_FILL_RATE (default 10000) is the fill's events/s: 1000 builds the backlog the way
+# an outage at that rate does (a 17-minute fill). ESTATE_FOOTPRINT_SECS (60) is the length
+# of phases 2 and 3, ESTATE_FOOTPRINT_CACHE and ESTATE_FOOTPRINT_RECORD set
+# store.cache_capacity and store.record_max_bytes, ESTATE_BIN_DIR the binaries' directory.
 #
 # Needs: mosquitto, curl, and a native release build (built here when missing).
 # Phases, all against a Mosquitto on a free loopback port:
@@ -71,6 +75,7 @@ reconnect_max = "1s"
 # room for the whole backlog: nothing is evicted during the measurement
 disk_budget = "2 GiB"
 cache_capacity = "${ESTATE_FOOTPRINT_CACHE:-8 MiB}"
+record_max_bytes = "${ESTATE_FOOTPRINT_RECORD:-48 KiB}"
 [uplink.mqtt]
 port = $1
 reconnect_min = "100ms"
@@ -87,7 +92,10 @@ start_gateway() {
         > "$work/gw.out" 2>> "$work/gw.log" &
     gwpid=$!
     pids+=($gwpid)
-    until grep -q '^estate-gateway ready' "$work/gw.out"; do sleep 0.002; done
+    until grep -q '^estate-gateway ready' "$work/gw.out"; do
+        running "$gwpid" || { echo "the gateway exited before it was ready:" >&2; tail -5 "$work/gw.log" >&2; exit 1; }
+        sleep 0.002
+    done
     t_ready=$(now_ms)
     api=$(sed -n 's/.*api=\(http:[^ ]*\).*/\1/p' "$work/gw.out")
 }
@@ -117,6 +125,7 @@ snapshot="${ESTATE_FOOTPRINT_STORE:-}"
 if [ -n "$snapshot" ] && [ -d "$snapshot" ]; then
     echo "== 1. fill: skipped, store copied from $snapshot"
     cp -a "$snapshot" "$work/data"
+    sync # the copy's writeback would otherwise compete with the gateway's fsyncs
 else
     echo "== 1. fill: $events events, uplink down"
     start_gateway
@@ -131,6 +140,7 @@ else
     stop_gateway
     if [ -n "$snapshot" ]; then
         cp -a "$work/data" "$snapshot"
+        sync
         echo "   store saved to $snapshot"
     fi
 fi

@@ -94,7 +94,7 @@ impl MqttIngest {
     ///
     /// One task does everything, so nothing it waits on can wait on it: it polls the
     /// event loop (which also writes the PUBACKs out), and acknowledges messages in arrival
-    /// order as their commits land. While [`MAX_UNACKED`] messages await their commit it
+    /// order as their commits land. While `MAX_UNACKED` messages await their commit it
     /// stops reading new ones (back-pressure to the broker); commits land without the event
     /// loop, so that wait always ends.
     pub async fn run(
