@@ -1,23 +1,25 @@
-//! What sled costs in memory for the store's layout, and what a different layout would
-//! save: `cargo bench -p estate-gateway --bench store_layout`.
+//! What sled costs in memory for the store's layout: `cargo bench -p estate-gateway
+//! --bench store_layout`.
 //!
-//! The gateway stores one event per sled record (key = seq). While a large backlog drains
-//! (read in order, deleted once forwarded) the gateway's RSS grows well past its budget
-//! (README "Footprint"). This bench isolates sled: in a fresh child process per step it
-//! fills a tree with `BENCH_EVENTS` (1,000,000) events of 400 bytes, `E` events per record,
-//! committed in groups of 256 events with a flush, as the store writer does; then, in
-//! another fresh process, opens it and drains it the way the forwarder and writer do
-//! (range-read ~200 KB, delete what was read in one batch, flush). It reports the peak RSS
-//! of the fill, RSS after open and the peak while draining (VmHWM of the child), for `E` = 1 (today's layout),
-//! 16 and 64, each as a ratio to `E` = 1 measured in the same run; and the drain with a
-//! 64 KiB and an 8 MiB `cache_capacity` for `E` = 1, which shows the cache size is not
-//! what holds the memory.
+//! While a large backlog drains (read in order, deleted once forwarded) memory follows the
+//! number of sled keys (README "Footprint"). This bench isolates sled: in a fresh child
+//! process per step it fills a tree with `BENCH_EVENTS` (1,000,000) events of 400 bytes,
+//! then, in another fresh process, opens it and drains it the way the forwarder and writer
+//! do (range-read ~200 KB, delete what was read in one batch, flush). It reports the peak
+//! RSS of the fill, RSS after open and the peak while draining (VmHWM of the child), each
+//! as a ratio to the first row, measured in the same run:
+//!
+//! - `E` events per record committed in groups of 256 events with a flush, as the writer
+//!   does under load: `E` = 1 (the baseline; also with a 64 KiB instead of an 8 MiB
+//!   `cache_capacity`, which shows the cache size is not what holds the memory), 16, 64;
+//! - two events per commit, one record each, as a steady 1,000 events/s arrives: as
+//!   written, and packed the way the writer packs a backlogged lane (every 8 events,
+//!   3.2 KiB, written again as one record, the small ones removed in the same batch).
 
 use std::process::Command;
 use std::time::Instant;
 
 const VALUE: usize = 400;
-const GROUP: u64 = 256;
 const READ_BYTES: usize = 200_000;
 
 fn status_kb(field: &str) -> u64 {
@@ -42,22 +44,30 @@ fn open(dir: &str, cache: u64) -> (sled::Db, sled::Tree) {
     (db, tree)
 }
 
-/// Child: fill `dir` with `n` events, `per` per record.
-fn fill(dir: &str, n: u64, per: u64, cache: u64) {
+/// Child: fill `dir` with `n` events, `per` per record, `group` events per commit; with
+/// `pack` > 0 (and `per` = 1), every `pack` events are written again as one record.
+fn fill(dir: &str, n: u64, per: u64, cache: u64, group: u64, pack: u64) {
     let (db, tree) = open(dir, cache);
-    let event = [7u8; VALUE];
+    let record = |events: u64| [7u8; VALUE].repeat(events as usize);
     let mut seq = 0;
+    let mut tail = Vec::new();
     while seq < n {
         let mut batch = sled::Batch::default();
-        for _ in 0..(GROUP / per).max(1) {
-            let record: Vec<u8> = event
-                .iter()
-                .copied()
-                .cycle()
-                .take(VALUE * per as usize)
-                .collect();
+        for _ in 0..(group / per).max(1) {
             seq += per;
-            batch.insert(&seq.to_be_bytes(), record);
+            tail.push(seq);
+            if pack > 0 && tail.len() as u64 >= pack {
+                for k in &tail {
+                    batch.remove(&k.to_be_bytes());
+                }
+                batch.insert(&seq.to_be_bytes(), record(pack));
+                tail.clear();
+            } else {
+                batch.insert(&seq.to_be_bytes(), record(per));
+            }
+        }
+        if pack == 0 {
+            tail.clear();
         }
         tree.apply_batch(batch).expect("apply");
         db.flush().expect("flush");
@@ -124,20 +134,23 @@ struct Row {
     drain_ms: u64,
 }
 
-fn measure(n: u64, per: u64, cache: u64) -> Row {
+fn measure(label: &str, n: u64, per: u64, cache: u64, group: u64, pack: u64) -> Row {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("db");
     let path = path.to_str().expect("utf-8 path");
+    let arg = |v: u64| v.to_string();
     let f = child(&[
         "fill",
         path,
-        &n.to_string(),
-        &per.to_string(),
-        &cache.to_string(),
+        &arg(n),
+        &arg(per),
+        &arg(cache),
+        &arg(group),
+        &arg(pack),
     ]);
-    let d = child(&["drain", path, &cache.to_string()]);
+    let d = child(&["drain", path, &arg(cache)]);
     Row {
-        label: format!("{per:>2} events/record, cache {:>4} KiB", cache / 1024),
+        label: label.to_string(),
         fill_peak_kb: f[0],
         after_open_kb: d[0],
         drain_peak_kb: d[1],
@@ -150,7 +163,7 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("child") {
         let num = |i: usize| args[i].parse::<u64>().expect("number");
         match args[2].as_str() {
-            "fill" => fill(&args[3], num(4), num(5), num(6)),
+            "fill" => fill(&args[3], num(4), num(5), num(6), num(7), num(8)),
             "drain" => drain(&args[3], num(4)),
             other => panic!("unknown step {other}"),
         }
@@ -161,11 +174,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     println!("store layout bench: {n} events of {VALUE} B, sled 0.34, fresh process per step");
-    let base = measure(n, 1, 8 << 20);
+    let base = measure("1 event/record, 256/commit", n, 1, 8 << 20, 256, 0);
     let rows = [
-        measure(n, 1, 64 << 10),
-        measure(n, 16, 8 << 20),
-        measure(n, 64, 8 << 20),
+        measure("same, cache 64 KiB", n, 1, 64 << 10, 256, 0),
+        measure("16 events/record, 256/commit", n, 16, 8 << 20, 256, 0),
+        measure("64 events/record, 256/commit", n, 64, 8 << 20, 256, 0),
+        measure("1 event/record, 2/commit", n, 1, 8 << 20, 2, 0),
+        measure("2/commit, packed to 8", n, 1, 8 << 20, 2, 8),
     ];
     println!(
         "{:<34} {:>14} {:>14} {:>16} {:>10}",
@@ -173,7 +188,7 @@ fn main() {
     );
     for r in std::iter::once(&base).chain(rows.iter()) {
         println!(
-            "{:<34} {:>11} kB {:>11} kB {:>13} kB {:>7} ms   ratio to 1/record: fill {:.2}, open {:.2}, drain {:.2}",
+            "{:<34} {:>11} kB {:>11} kB {:>13} kB {:>7} ms   ratio to row 1: fill {:.2}, open {:.2}, drain {:.2}",
             r.label,
             r.fill_peak_kb,
             r.after_open_kb,

@@ -17,6 +17,8 @@ fn opts() -> StoreOptions {
         dead_letter_max: 100,
         keep_forwarded: true,
         queue_capacity: 1024,
+        pack_backlog: PACK_BACKLOG,
+        pack_bytes: PACK_BYTES,
     }
 }
 
@@ -196,6 +198,119 @@ async fn large_groups_are_split_into_records_below_the_blob_threshold() {
         "200 KB of events need at least 12 records, got {records}"
     );
     assert_eq!(all(&reader, Lane::Events).len(), 200);
+}
+
+/// (records of the lane, their stored bytes)
+fn records(reader: &StoreReader, lane: Lane) -> (usize, u64) {
+    reader
+        .db
+        .range(keys::records_from(lane, 0))
+        .map(|item| item.expect("reads").1.len() as u64)
+        .fold((0, 0), |(n, bytes), len| (n + 1, bytes + len))
+}
+
+/// Packs records to 2 KiB from a backlog of `pack_backlog` events.
+fn packing(pack_backlog: u64) -> StoreOptions {
+    StoreOptions {
+        pack_backlog,
+        pack_bytes: 2048,
+        ..opts()
+    }
+}
+
+/// Appends `n` events of `raw_len` raw bytes one commit each, reading the lane the way
+/// the forwarder does (from the last seq read) after every commit; returns what was read.
+async fn append_one_by_one(s: &Opened, n: usize, raw_len: usize) -> Vec<u64> {
+    let mut read = Vec::new();
+    for _ in 0..n {
+        append_all(
+            &s.handle,
+            vec![event("DEV.HEARTBEAT", Severity::Info, raw_len)],
+        )
+        .await;
+        let after = read.last().copied().unwrap_or(0);
+        let got = s
+            .reader
+            .read_lane(Lane::Events, after, usize::MAX, usize::MAX);
+        read.extend(got.expect("reads").iter().map(|e| e.seq));
+    }
+    read
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlogged_lane_packs_its_small_records_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = packing(10);
+    let s = start(dir.path(), o.clone());
+    let read = append_one_by_one(&s, 300, 100).await;
+    assert_eq!(
+        read,
+        (1..=300).collect::<Vec<u64>>(),
+        "read as written, once each"
+    );
+    assert_eq!(s.reader.backlog(Lane::Events), 300);
+    let (n, bytes) = records(&s.reader, Lane::Events);
+    assert_eq!(s.reader.stored_bytes(Lane::Events), bytes);
+    // The first 9 commits stay small (backlog under 10), then ~12 events a record (2 KiB
+    // at ~176 bytes an event), and at most 11 small ones not yet packed: 36, not 300.
+    assert!(n <= 9 + 300 / 10, "300 one-event commits left {n} records");
+    let reader = s.close().await;
+    let seqs: Vec<u64> = all(&reader, Lane::Events).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=300).collect::<Vec<u64>>());
+    drop(reader);
+
+    // Forwarding the packed backlog frees it all, and the count survives a reopen.
+    o.keep_forwarded = false;
+    let s = start(dir.path(), o);
+    assert_eq!(s.reader.stored_bytes(Lane::Events), bytes);
+    s.handle
+        .forwarded(Lane::Events, 300, 300)
+        .await
+        .expect("queued");
+    s.handle.ping().await.expect("committed");
+    assert_eq!(records(&s.reader, Lane::Events), (0, 0));
+    assert_eq!(s.reader.stored_bytes(Lane::Events), 0);
+    assert_eq!(s.reader.backlog(Lane::Events), 0);
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lane_the_forwarder_keeps_up_with_is_not_packed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), packing(1000));
+    let read = append_one_by_one(&s, 100, 100).await;
+    assert_eq!(read, (1..=100).collect::<Vec<u64>>());
+    assert_eq!(
+        records(&s.reader, Lane::Events).0,
+        100,
+        "one record a commit"
+    );
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_that_meets_a_packed_record_after_its_small_ones_returns_each_event_once() {
+    // What a forwarder's read can see while the writer packs: the small records and the
+    // packed one that repeats their events.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path(), opts());
+    let reader = s.close().await;
+    let ev = |seq| pb::Event {
+        seq,
+        ..pb::Event::from(&event("DEV.HEARTBEAT", Severity::Info, 10))
+    };
+    for (first, last) in [(1, 2), (3, 3), (1, 5)] {
+        let rec = pb::EventBatch {
+            events: (first..=last).map(ev).collect(),
+            first_seq: first,
+            last_seq: last,
+            ..Default::default()
+        };
+        let key = keys::record(Lane::Events, last);
+        reader.db.insert(key, rec.encode_to_vec()).expect("writes");
+    }
+    let seqs: Vec<u64> = all(&reader, Lane::Events).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
