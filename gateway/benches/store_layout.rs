@@ -55,19 +55,19 @@ fn fill(dir: &str, n: u64, per: u64, cache: u64, group: u64, pack: u64) {
         let mut batch = sled::Batch::default();
         for _ in 0..(group / per).max(1) {
             seq += per;
+            if pack == 0 {
+                batch.insert(&seq.to_be_bytes(), record(per));
+                continue;
+            }
             tail.push(seq);
-            if pack > 0 && tail.len() as u64 >= pack {
-                for k in &tail {
+            if tail.len() as u64 >= pack {
+                for k in tail.drain(..) {
                     batch.remove(&k.to_be_bytes());
                 }
                 batch.insert(&seq.to_be_bytes(), record(pack));
-                tail.clear();
             } else {
                 batch.insert(&seq.to_be_bytes(), record(per));
             }
-        }
-        if pack == 0 {
-            tail.clear();
         }
         tree.apply_batch(batch).expect("apply");
         db.flush().expect("flush");

@@ -225,6 +225,12 @@ impl StoreWriter {
             }
         }
 
+        let mut state = self.state();
+        state.next_seq = seq;
+        state.next_dead_letter = dead_letter_id;
+        for (i, c) in state.lanes.iter_mut().enumerate() {
+            c.cursor = c.cursor.max(cursor_moves[i].unwrap_or(0));
+        }
         let mut added_bytes = [0u64; 2];
         let mut added_events = [0u64; 2];
         let mut last_added = [None; 2];
@@ -234,9 +240,7 @@ impl StoreWriter {
             let events = std::mem::take(&mut lanes[i]);
             added_events[i] = events.len() as u64;
             last_added[i] = events.last().map(|e| e.seq);
-            let cursor = cursor_moves[i]
-                .unwrap_or(0)
-                .max(self.lane(lane).cursor.load(Ordering::Acquire));
+            let cursor = state.lanes[i].cursor;
             for rec in self.records(lane, events, cursor, &mut batch, &mut freed[i]) {
                 let value = rec.encode_to_vec();
                 added_bytes[i] += value.len() as u64;
@@ -262,11 +266,7 @@ impl StoreWriter {
                 }
             }
         }
-        let mut state = self.state();
-        state.next_seq = seq;
-        state.next_dead_letter = dead_letter_id;
         for (i, c) in state.lanes.iter_mut().enumerate() {
-            c.cursor = c.cursor.max(cursor_moves[i].unwrap_or(0));
             c.stored_bytes = (c.stored_bytes + added_bytes[i]).saturating_sub(freed[i]);
             c.backlog = c
                 .backlog
