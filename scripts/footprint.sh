@@ -163,9 +163,17 @@ t_conn=$(now_ms)
 echo "   exec -> ready line: $((t_ready - t0)) ms; exec -> store open and both brokers connected: $((t_conn - t0)) ms"
 touch "$work/rss3"
 sample_rss "$gwpid" "$work/rss3" &
+# how long the drain takes: until what is left is what keeps flowing in
+( until [ "$(backlog)" -lt 1000 ]; do sleep 0.05; done; echo $(( $(now_ms) - t_conn )) > "$work/drained" ) &
+pids+=($!)
 "$sim" publish --broker "127.0.0.1:$port" --estate-id "$estate" --count $((secs * 1000)) --rate 1000 \
     --alarms $((secs * 10)) --json > "$work/drain.json"
 echo "   while draining + 1,000 events/s for $secs s: backlog now $(backlog); RSS max $(max_of "$work/rss3") kB (sampled), VmHWM $(awk '/VmHWM/ {print $2}' /proc/$gwpid/status) kB"
+if [ -s "$work/drained" ]; then
+    echo "   drained (backlog under 1,000 events) $(cat "$work/drained") ms after connecting"
+else
+    echo "   not drained within the $secs s (backlog still 1,000 events or more)"
+fi
 rm -f "$work/rss3"
 stop_gateway
 echo "== done"

@@ -147,7 +147,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.uplink.topic_prefix, "city/v1");
     assert_eq!(c.uplink.max_batch_events, 500);
     assert_eq!(c.uplink.max_batch_bytes, ByteSize::kib(256));
-    assert_eq!(c.uplink.max_inflight_batches, 8);
+    assert_eq!(c.uplink.max_inflight_batches, 2);
     assert_eq!(c.uplink.down_alert_after, Duration::from_secs(30));
 
     assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
