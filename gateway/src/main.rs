@@ -155,8 +155,9 @@ const HEAP_TRIM_EVERY: Duration = Duration::from_millis(250);
 /// drains a backlog, sled reads pages back and drops them at a high rate, and RSS then
 /// stayed at 38–40 MB after the drain. `malloc_trim` releases every free page in every
 /// arena; the daemon calls it from its own thread every `HEAP_TRIM_EVERY` (250 ms):
-/// 22–24 MB after the same drain (README "Footprint"). One call measured 0.1–1 ms of that thread's time
-/// on this 2-core VM; it holds an arena's lock only while it walks that arena.
+/// 22–24 MB after the same drain (README "Footprint"). One call measured 0.1–1 ms of
+/// that thread's time on this 2-core VM; it holds an arena's lock only while it walks
+/// that arena.
 fn spawn_heap_trimmer() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
