@@ -100,7 +100,9 @@ start_gateway() {
     api=$(sed -n 's/.*api=\(http:[^ ]*\).*/\1/p' "$work/gw.out")
 }
 metric() { curl -s "$api/metrics" | awk -v m="$1" '$1==m {print $2}'; }
-backlog() { curl -s "$api/healthz" | python3 -c 'import json,sys; b=json.load(sys.stdin)["backlog"]; print(b["alarms"]+b["events"])'; }
+# Both lanes' backlog, from /metrics with curl and awk only (cheap enough to poll while
+# measuring); prints nothing if the gateway does not answer.
+backlog() { curl -s "$api/metrics" | awk '$1 ~ /^estate_forward_backlog[{]/ {s += $2; n++} END {if (n) print s}'; }
 sample_rss() { # sample_rss PID FILE: VmRSS in kB every 100 ms until PID exits or the file is removed
     while [ -e "/proc/$1/status" ] && [ -e "$2" ]; do
         awk '/VmRSS/ {print $2}' "/proc/$1/status" >> "$2" 2>/dev/null || true
@@ -134,7 +136,7 @@ else
         --rate "${ESTATE_FILL_RATE:-10000}" --max-inflight 1000 --alarms $((events / 100)) --drain-timeout 120s --json > "$work/fill.json"
     echo "   published in $(( $(now_ms) - t )) ms (PUBACKs from Mosquitto; it queues what the gateway has not taken yet)"
     # The gateway acknowledges after its group commit; wait until it has taken everything.
-    until [ "$(backlog)" -ge "$events" ]; do sleep 0.5; done
+    until [ "$(backlog)" -ge "$events" ] 2>/dev/null; do sleep 0.5; done
     echo "   stored in $(( $(now_ms) - t )) ms; backlog $(backlog); store $(du -sh "$work/data" | cut -f1)"
     echo "   RSS after fill: $(awk '/VmRSS/ {print $2}' /proc/$gwpid/status) kB, peak $(awk '/VmHWM/ {print $2}' /proc/$gwpid/status) kB"
     stop_gateway
@@ -163,10 +165,8 @@ t_conn=$(now_ms)
 echo "   exec -> ready line: $((t_ready - t0)) ms; exec -> store open and both brokers connected: $((t_conn - t0)) ms"
 touch "$work/rss3"
 sample_rss "$gwpid" "$work/rss3" &
-# How long the drain takes: until what is left is what keeps flowing in. Polled from the
-# metrics with curl and awk only, every 100 ms, to take little CPU from the gateway.
-metrics_backlog() { curl -s "$api/metrics" | awk '$1 ~ /^estate_forward_backlog[{]/ {s += $2; n++} END {if (n) print s}'; }
-( until [ "$(metrics_backlog)" -lt 1000 ] 2>/dev/null; do sleep 0.1; done; echo $(( $(now_ms) - t_conn )) > "$work/drained" ) &
+# How long the drain takes: until what is left is what keeps flowing in (polled every 100 ms).
+( until [ "$(backlog)" -lt 1000 ] 2>/dev/null; do sleep 0.1; done; echo $(( $(now_ms) - t_conn )) > "$work/drained" ) &
 pids+=($!)
 "$sim" publish --broker "127.0.0.1:$port" --estate-id "$estate" --count $((secs * 1000)) --rate 1000 \
     --alarms $((secs * 10)) --json > "$work/drain.json"
