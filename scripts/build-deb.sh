@@ -14,8 +14,8 @@
 #   /usr/share/doc/estate-gateway/{README.md,copyright}
 # and on install creates the system user `estate-gateway`, /var/lib/estate-gateway
 # (0750, owned by it), gives the group read access to /etc/estate-gateway, and enables
-# the service. It is started only if the config passes `check-config` (a fresh install
-# ships the demo config, which must be edited first: gateway id, estate id, brokers).
+# the service. It is started only if the config passes `check-config`: the shipped config
+# has empty gateway and estate ids, so a fresh install waits for them (and the brokers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +44,16 @@ trap 'rm -rf "$root"' EXIT
 pkg="$root/pkg"
 install -D -m 0755 "$bin" "$pkg/usr/bin/estate-gateway"
 install -D -m 0644 packaging/estate-gateway.service "$pkg/lib/systemd/system/estate-gateway.service"
-install -D -m 0640 config/gateway.toml "$pkg/etc/estate-gateway/gateway.toml"
+# The shipped config with the demo's gateway and estate ids emptied: check-config refuses
+# it (naming both lines) until they are set, so a fresh install does not start, and store
+# events, under the demo's ids.
+install -d "$pkg/etc/estate-gateway"
+sed -e 's/^id = "gw-demo-01"$/id = ""          # required: set before starting/' \
+    -e 's/^estate_id = "31011500000000000001"$/estate_id = ""   # required: set before starting/' \
+    config/gateway.toml > "$pkg/etc/estate-gateway/gateway.toml"
+chmod 0640 "$pkg/etc/estate-gateway/gateway.toml"
+grep -q '^id = ""' "$pkg/etc/estate-gateway/gateway.toml" && grep -q '^estate_id = ""' "$pkg/etc/estate-gateway/gateway.toml" \
+    || { echo "error: config/gateway.toml's [gateway] ids changed; update the sed above" >&2; exit 1; }
 install -D -m 0644 README.md "$pkg/usr/share/doc/estate-gateway/README.md"
 install -D -m 0644 /dev/null "$pkg/usr/share/doc/estate-gateway/copyright"
 cat > "$pkg/usr/share/doc/estate-gateway/copyright" <<COPYRIGHT
@@ -54,8 +63,9 @@ License: Apache-2.0
 COPYRIGHT
 
 mkdir -p "$pkg/DEBIAN"
-depends=""
-[[ "$target" == *gnu* ]] && depends="Depends: libc6 (>= 2.31)"
+# adduser: the postinst creates the service user with it (not Essential, so declared).
+depends="Depends: adduser"
+[[ "$target" == *gnu* ]] && depends="$depends, libc6 (>= 2.31)"
 size_kb=$(du -sk "$pkg" | cut -f1)
 cat > "$pkg/DEBIAN/control" <<CONTROL
 Package: estate-gateway
@@ -78,13 +88,14 @@ cat > "$pkg/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
 set -e
 if [ "$1" = configure ]; then
+    install -d -m 0750 /var/lib/estate-gateway
     if ! getent passwd estate-gateway >/dev/null; then
         adduser --system --group --home /var/lib/estate-gateway --no-create-home \
             --shell /usr/sbin/nologin --gecos "estate gateway" estate-gateway >/dev/null
     fi
     # Serial ports for Modbus RTU.
-    if getent group dialout >/dev/null; then adduser estate-gateway dialout >/dev/null || true; fi
-    install -d -o estate-gateway -g estate-gateway -m 0750 /var/lib/estate-gateway
+    if getent group dialout >/dev/null; then adduser --quiet estate-gateway dialout >/dev/null 2>&1 || true; fi
+    chown estate-gateway:estate-gateway /var/lib/estate-gateway
     # Config, CA, keys and password files: root writes, the service's group reads.
     chown root:estate-gateway /etc/estate-gateway /etc/estate-gateway/gateway.toml
     chmod 0750 /etc/estate-gateway
