@@ -318,3 +318,60 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         out.status
     );
 }
+
+/// Run as systemd runs it (`Type=notify`, `WatchdogSec=`): the gateway tells systemd it
+/// is ready, pings the watchdog while its store writer commits, and says when it stops.
+/// The socket is a real datagram socket, as systemd's is.
+#[test]
+fn tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+
+    let env = common::TestEnv::new(Broker::shared(), Broker::shared());
+    let socket_path = env.dir().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let next = || -> String {
+        let mut buf = [0u8; 256];
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no message to systemd within 30 s: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+
+    let mut gw = common::Gateway::start_with_env(
+        &env.write_config(),
+        &env.data_dir(),
+        &env.log_path(),
+        // WatchdogSec=1 (pings every 0.5 s); WATCHDOG_PID is left out, as systemd may.
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8 path")),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", common::log_tail(&env.log_path(), 60)));
+
+    // The watchdog task starts just before READY=1, so the first ping may come first.
+    let (mut ready, mut pings) = (false, 0);
+    while !ready || pings < 3 {
+        match next().as_str() {
+            "READY=1" => ready = true,
+            "WATCHDOG=1" => pings += 1,
+            other => panic!("unexpected message to systemd before stopping: {other:?}"),
+        }
+    }
+
+    gw.terminate();
+    loop {
+        match next().as_str() {
+            "STOPPING=1" => break,
+            "WATCHDOG=1" => {}
+            other => panic!("unexpected message to systemd while stopping: {other:?}"),
+        }
+    }
+    let status = gw
+        .wait_exit(Duration::from_secs(30))
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+}

@@ -322,6 +322,16 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway and waits (30 s at most) for its `ready` line.
     pub fn start(config: &Path, data_dir: &Path, log: &Path) -> Result<Gateway> {
+        Gateway::start_with_env(config, data_dir, log, &[])
+    }
+
+    /// [`Gateway::start`] with extra environment variables (e.g. what systemd sets).
+    pub fn start_with_env(
+        config: &Path,
+        data_dir: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Gateway> {
         // Append: a restarted gateway's log follows the previous one's.
         let stderr = OpenOptions::new()
             .create(true)
@@ -337,6 +347,7 @@ impl Gateway {
             .args(["--api-listen", "127.0.0.1:0", "--grace", "5s"])
             .args(["--log-level", "info,rumqttd=warn,estate_gateway=debug"])
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
