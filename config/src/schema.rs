@@ -267,10 +267,10 @@ pub struct UplinkConfig {
     /// Largest encoded batch. More than 1 KiB. Default: `"256 KiB"`.
     pub max_batch_bytes: ByteSize,
     /// Batches published but not yet acknowledged by the broker. More hides the uplink's
-    /// round-trip time; 1 sends strictly one at a time. Each one more costs memory while a
-    /// backlog drains: 8 peaked at 32–38 MB RSS where 2 stayed at 29–30 MB (README
-    /// "Footprint"). 2 × 500 events per round trip is 10,000 events/s over a 100 ms
-    /// uplink; raise it for a slower link on a board with memory to spare.
+    /// round-trip time; 1 sends strictly one at a time. Each one more holds another batch
+    /// in memory while a backlog drains: 8 peaked 2–8 MB above 2 (README "Footprint").
+    /// 2 × 500 events per round trip is 10,000 events/s over a 100 ms uplink; raise it
+    /// for a slower link on a board with memory to spare.
     /// 1–65535. Default: `2`.
     pub max_inflight_batches: usize,
     /// Raise a `GW.UPLINK_DOWN` alert when the uplink has been disconnected this long.

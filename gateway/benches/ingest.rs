@@ -112,8 +112,9 @@ async fn watch_commits(running: &Running, n: u64) -> Vec<(u64, Instant)> {
             panic!(
                 "gateway stalled at seq {s} of {n}: the broker took every message (PUBACK) but \
                  never delivered the rest. Mosquitto drops QoS 1 messages queued for a client \
-                 beyond max_queued_messages (default 1000; use config/mosquitto/estate-broker.conf), \
-                 the embedded broker beyond 4 MiB (lower BENCH_N)"
+                 beyond max_queued_messages (default 1000; use \
+                 config/mosquitto/estate-broker.conf), the embedded broker beyond 4 MiB (lower \
+                 BENCH_N)"
             );
         }
     }

@@ -44,7 +44,8 @@ pub struct StoreWriter {
 /// Draining it deletes them one by one, and sled merges the emptied leaves and relocates
 /// their segments. A 1 M-event backlog built at 1,000 events/s was 857,000 records and
 /// drained at 60 MB of RSS; packed, it is 96,000 and drained at 35 MB, before the heap
-/// trimmer and the smaller uplink window (README "Footprint"). An event is written at most twice: small, then packed.
+/// trimmer, the smaller uplink window and the sled cache patch (README "Footprint"). An
+/// event is written at most twice: small, then packed.
 #[derive(Debug, Default)]
 struct Tail {
     keys: Vec<[u8; 10]>,
