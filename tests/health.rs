@@ -30,6 +30,11 @@ async fn health_and_metrics_report_a_connected_gateway() {
     );
     let h: serde_json::Value = serde_json::from_str(&body).expect("/healthz is JSON");
     assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(
+        h["problems"],
+        serde_json::json!([]),
+        "nothing is wrong: {h}"
+    );
     assert_eq!(h["ingest_connected"], true, "{h}");
     assert_eq!(h["uplink_connected"], true, "{h}");
     assert_eq!(h["gateway_id"], env.gateway_id.as_str(), "{h}");

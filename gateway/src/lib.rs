@@ -19,7 +19,7 @@
 //!   health and Prometheus metrics.
 //! - [`broker`] — embedded rumqttd for the demo and tests.
 //! - [`demo`] — the whole estate on one machine, nothing installed.
-//! - [`telemetry`] — metrics and logging.
+//! - [`telemetry`] — metrics and logging; [`health`] — the conditions `/healthz` reports.
 //! - [`systemd`] — `sd_notify` readiness and the watchdog (a no-op outside systemd).
 //!
 //! Shutdown order: stop ingest (acknowledging what is committed) and Modbus → alerts
@@ -32,6 +32,7 @@ pub mod broker;
 pub mod demo;
 pub mod events;
 pub mod forward;
+pub mod health;
 pub mod ingest;
 pub mod mqtt;
 pub mod store;

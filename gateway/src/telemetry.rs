@@ -115,6 +115,8 @@ pub struct Metrics {
     pub alerts_opened: Counter,
     /// Committed events handed to the alert engine but not handled yet.
     pub alerts_backlog: Gauge,
+    /// What `/healthz` reports beyond the counters: the conditions stages raise.
+    pub health: crate::health::Health,
 }
 
 impl Default for Metrics {
@@ -158,6 +160,7 @@ impl Metrics {
             alerts_open: Gauge::default(),
             alerts_opened: Counter::default(),
             alerts_backlog: Gauge::default(),
+            health: crate::health::Health::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;

@@ -75,8 +75,30 @@ pub async fn run(
 
 async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
     let m = &s.metrics;
-    Json(serde_json::json!({
-        "status": "ok",
+    let worst = m.health.worst();
+    let problems: Vec<serde_json::Value> = m
+        .health
+        .conditions()
+        .into_iter()
+        .map(|(key, c)| {
+            serde_json::json!({
+                "key": key,
+                "status": c.level.as_str(),
+                "reason": c.reason,
+                "since_ms": c
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            })
+        })
+        .collect();
+    let code = match worst {
+        Some(crate::health::Level::Failed) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    let body = Json(serde_json::json!({
+        "status": worst.map_or("ok", crate::health::Level::as_str),
+        "problems": problems,
         "gateway_id": s.gateway_id,
         "estate_id": s.estate_id,
         "store_epoch": s.reader.epoch(),
@@ -90,7 +112,8 @@ async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
             "alarms": s.reader.cursor(Lane::Alarms),
             "events": s.reader.cursor(Lane::Events),
         },
-    }))
+    }));
+    (code, body)
 }
 
 async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {

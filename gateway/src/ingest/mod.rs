@@ -30,6 +30,7 @@ use tracing::{debug, error, info, warn};
 use estate_config::Config;
 
 use crate::events::now_ms;
+use crate::health::{LogThrottle, Throttled};
 use crate::store::{DeadLetter, Pending, StoreError, StoreHandle};
 use crate::telemetry::Metrics;
 use formats::Sources;
@@ -63,7 +64,15 @@ pub struct MqttIngest {
     raw_limit: usize,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    /// One per dead-letter reason: hostile input must not flood the log (the
+    /// `dead_lettered` counter stays exact).
+    dead_letter_logs: std::collections::HashMap<&'static str, LogThrottle>,
 }
+
+/// Dead letters logged in full per reason before the log switches to summaries.
+const DEAD_LETTER_LOG_BURST: u64 = 5;
+/// At most one summary line per reason this often.
+const DEAD_LETTER_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl MqttIngest {
     pub fn new(cfg: &Config) -> Result<Self, IngestError> {
@@ -78,6 +87,7 @@ impl MqttIngest {
             raw_limit: cfg.ingest.raw_limit.as_usize(),
             reconnect_min: cfg.ingest.mqtt.reconnect_min,
             reconnect_max: cfg.ingest.mqtt.reconnect_max,
+            dead_letter_logs: Default::default(),
         })
     }
 
@@ -219,7 +229,18 @@ impl MqttIngest {
             }
             Err(e) => {
                 metrics.dead_letter(e.reason);
-                warn!(topic = %publish.topic, reason = e.reason, error = %e.detail, "Malformed input dead-lettered.");
+                let throttle = self.dead_letter_logs.entry(e.reason).or_insert_with(|| {
+                    LogThrottle::new(DEAD_LETTER_LOG_BURST, DEAD_LETTER_LOG_EVERY)
+                });
+                match throttle.hit(std::time::Instant::now()) {
+                    Throttled::Log => {
+                        warn!(topic = %publish.topic, reason = e.reason, error = %e.detail, "Malformed input dead-lettered.")
+                    }
+                    Throttled::Summary(n) => {
+                        warn!(topic = %publish.topic, reason = e.reason, error = %e.detail, not_logged = n, "Malformed input dead-lettered; more of this reason were kept but not logged (see estate_dead_lettered).")
+                    }
+                    Throttled::Quiet => {}
+                }
                 let (raw, _) = native::bounded_raw(&publish.payload, self.raw_limit);
                 let pending = store
                     .dead_letter(DeadLetter {
