@@ -163,3 +163,68 @@ async fn malformed_input_is_dead_lettered_and_valid_events_still_flow() {
     assert_eq!(r.unique, 2, "only the two valid events went upstream: {r}");
     city.shutdown().await;
 }
+
+/// Issue 13: hostile input must not flood the log. 300 bad messages of one reason leave
+/// the first five in full and then a summary, while the counter stays exact and a valid
+/// alarm behind them still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_input_logs_a_few_lines_and_counts_every_one() {
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    let city = env.city().await;
+    let mut gw = env.start_gateway();
+    gw.wait_connected().await;
+
+    let topic = format!("estate/{}/smoke/smoke-1-1-3/event", env.estate_id);
+    let flood = 300u64;
+    let mut raw = env.raw_client().await;
+    for i in 0..flood {
+        raw.publish(
+            &topic,
+            format!("{{\"code\":\"SMOKE.ALARM\",{i}").into_bytes(),
+        )
+        .await;
+    }
+    raw.publish(
+        &topic,
+        br#"{"code":"SMOKE.ALARM","state":"active","seq":1}"#.to_vec(),
+    )
+    .await;
+    if let Err(e) = city
+        .wait_for(|r| r.unique >= 1, Duration::from_secs(30))
+        .await
+    {
+        panic!(
+            "the valid alarm never arrived: {e:#}\n{}",
+            gw.diagnostics().await
+        );
+    }
+    let m = gw
+        .wait_metrics("every input acknowledged", Duration::from_secs(30), |m| {
+            m.n("estate_ingest_acked_total", &[]) > flood
+        })
+        .await;
+    assert_eq!(
+        m.n("estate_dead_lettered_total", &[("reason", "bad_json")]),
+        flood,
+        "every bad input counted:\n{}",
+        m.summary()
+    );
+    let log = std::fs::read_to_string(env.log_path()).expect("gateway log");
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("dead-lettered"))
+        .collect::<Vec<_>>();
+    assert!(
+        (5..=7).contains(&lines.len()),
+        "5 full lines then at most a summary or two, not one per message: {} lines\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("not_logged")),
+        "the summary says how many were not logged:\n{}",
+        lines.join("\n")
+    );
+    city.shutdown().await;
+}
