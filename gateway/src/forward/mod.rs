@@ -419,8 +419,8 @@ impl Forwarder {
         if let Some(suppressed) = log_line(&self.refused_log) {
             error!(
                 seq = event.seq,
-                code = %event.code,
-                device = %event.device_id,
+                code = clip(&event.code, 128),
+                device = clip(&event.device_id, 128),
                 lane = st.lane.as_str(),
                 reason = why,
                 suppressed,
@@ -432,7 +432,9 @@ impl Forwarder {
             Level::Degraded,
             format!(
                 "event seq {} ({} from {}) was not sent upstream: {why}; it is dead-lettered and GW.UPLINK_REFUSED names it",
-                event.seq, event.code, event.device_id
+                event.seq,
+                clip(&event.code, 128),
+                clip(&event.device_id, 128)
             ),
         );
         let envelope = batch::envelope(event.clone());
@@ -456,13 +458,14 @@ impl Forwarder {
                 REFUSED_CODE,
                 EventState::Active,
                 None,
+                // Clipped: the announcement must fit where the event did not.
                 serde_json::json!({
                     "seq": event.seq,
                     "lane": st.lane.as_str(),
-                    "code": event.code,
-                    "device_id": event.device_id,
-                    "event_id": event.event_id,
-                    "reason": why,
+                    "code": clip(&event.code, 128),
+                    "device_id": clip(&event.device_id, 128),
+                    "event_id": clip(&event.event_id, 64),
+                    "reason": clip(why, 512),
                 }),
             );
             store.append_nowait(ev).await?;
@@ -670,6 +673,15 @@ fn is_refusal(err: &ConnectionError) -> bool {
     )
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Whether to log this occurrence: `Some(suppressed since the last line)`.
 fn log_line(throttle: &LogThrottle) -> Option<u64> {
     match throttle.hit(std::time::Instant::now()) {
@@ -678,3 +690,6 @@ fn log_line(throttle: &LogThrottle) -> Option<u64> {
         Throttled::Quiet => None,
     }
 }
+
+#[cfg(test)]
+mod tests;
