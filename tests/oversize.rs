@@ -175,6 +175,74 @@ async fn an_event_bigger_than_a_batch_goes_up_cut_and_the_alarms_behind_it_arriv
     );
 }
 
+/// The broker's own limit is below `uplink.max_packet_size` (the embedded broker takes
+/// 1 MiB; 80 stored alarms of 15 KiB make a 1.2 MB batch), so the broker drops the
+/// connection on every attempt. After three such drops the forwarder takes it as a
+/// refusal: one ERROR, then the events go one per batch, whole, and all arrive in order;
+/// `/healthz` is ok again once they have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_broker_drops_the_link_on_is_not_resent_forever() {
+    let broker = Broker::embedded();
+    let mut env = TestEnv::new(broker.clone(), dead_uplink());
+    env.down_alert_after = "1h".into();
+    let extra = "[ingest]\nraw_limit = \"16 KiB\"\n";
+    let mut gw = common::start_gateway_with(&env, extra);
+    gw.wait_subscribed().await;
+    let mut publisher = env.raw_client().await;
+    let payloads: Vec<String> = (1..=80).map(|s| smoke_alarm(s, 15 * 1024)).collect();
+    for p in &payloads {
+        publisher.publish(&smoke_topic(&env), p.clone()).await;
+    }
+    gw.wait_metrics("the 80 alarms stored", Duration::from_secs(30), |m| {
+        m.n("estate_ingest_acked_total", &[]) == 80
+    })
+    .await;
+    gw.terminate();
+    assert!(gw.wait_exit(Duration::from_secs(30)).is_some());
+
+    env.uplink = broker.clone();
+    env.uplink_extra = "max_batch_bytes = \"2 MiB\"\nmax_packet_size = \"4 MiB\"".into();
+    let tap = EventTap::start(&broker, &env.estate_id).await;
+    let mut gw = common::start_gateway_with(&env, extra);
+    gw.wait_connected().await;
+    tap.wait_for("all 80 alarms", Duration::from_secs(60), |_| {
+        alarms_received(&tap).len() == 80
+    })
+    .await;
+    let alarms = alarms_received(&tap);
+    for (i, (_, e)) in alarms.iter().enumerate() {
+        assert_eq!(e.device_seq, Some(i as u64 + 1), "in order");
+        assert!(
+            !e.raw_truncated && e.raw == payloads[i].as_bytes(),
+            "whole: seq {}",
+            e.seq
+        );
+    }
+    let m = gw
+        .wait_metrics("/healthz clear again", Duration::from_secs(10), |m| {
+            m.n("estate_forward_events_total", &[("lane", "alarms")]) >= 80
+        })
+        .await;
+    assert_eq!(
+        m.n("estate_uplink_refused_total", &[]),
+        1,
+        "{}",
+        m.summary()
+    );
+    assert_eq!(
+        m.n("estate_forward_dead_lettered_total", &[("lane", "alarms")]),
+        0
+    );
+    let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
+    assert_eq!(
+        log.matches("The uplink refused a publish").count(),
+        1,
+        "one ERROR:\n{}",
+        gw.log_tail(40)
+    );
+    assert_healthy(&gw.healthz().await.expect("/healthz"));
+}
+
 async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
     let auth = format!("Bearer {TOKEN}");
     let (status, body) = common::http_request(

@@ -226,8 +226,8 @@ pub fn fit(mut e: pb::Event, room: usize) -> Result<(pb::Event, Option<Cut>), Bo
 }
 
 /// `e` reduced to what identifies it and what happened: no raw bytes, no free text
-/// (flagged as cut where there was any). What the forwarder sends after the uplink client
-/// refused a publish it could not explain (see `forward/mod.rs`).
+/// (flagged as cut where there was any). What the forwarder sends of an event the uplink
+/// refused when sent alone (see `forward/mod.rs`).
 pub fn envelope(mut e: pb::Event) -> pb::Event {
     if !e.raw.is_empty() {
         e.raw = Default::default();

@@ -10,14 +10,17 @@
 //! **Nothing blocks a lane** (issue 13). Every batch fits one MQTT packet of
 //! `uplink.max_packet_size` ([`batch`]): batches are cut to fit, and an event too big
 //! alone goes shortened and flagged (`raw_truncated`, `text_truncated`). Should the
-//! uplink client still refuse a publish (rumqttc's own packet check, which [`batch`]
-//! mirrors, so this means a bug or a changed client), the forwarder does not resend the
-//! same batch forever: it logs one ERROR, counts it, sets `/healthz` degraded
-//! (`uplink.refused`), and resends what was in flight *carefully*: one event per batch,
-//! reduced to its envelope ([`batch::envelope`]), one batch in flight, so that a second
-//! refusal names its event. That event is given up on: dead-lettered (its envelope, with
-//! the reason), announced upstream by `GW.UPLINK_REFUSED` naming its seq, and passed
-//! over like an acknowledged one, so the lane moves on.
+//! uplink still refuse a publish, the forwarder does not resend the same batch forever.
+//! A refusal is the client's own packet check failing (which [`batch`] mirrors, so this
+//! means a bug or a changed client), or the broker dropping the connection
+//! [`BROKER_STRIKES`] times in a row with the same batches in flight and none
+//! acknowledged (a broker limit below `uplink.max_packet_size`). It is logged as one
+//! ERROR, counted, and sets `/healthz` degraded (`uplink.refused`); what was in flight is
+//! resent *carefully*, one event per batch and one batch in flight, so that a refusal
+//! names its event. A named event goes again reduced to its envelope
+//! ([`batch::envelope`]); refused even so, it is given up on: dead-lettered (its
+//! envelope, with the reason), announced upstream by `GW.UPLINK_REFUSED` naming its
+//! seq, and passed over like an acknowledged one, so the lane moves on.
 //!
 //! Store reads (sled) run on the blocking pool (`spawn_blocking`), never on an async
 //! worker.
@@ -62,6 +65,10 @@ const HEALTH_KEY: &str = "uplink.refused";
 /// How long `/healthz` keeps reporting an event given up on (an operator should look at
 /// the dead letter), once the lanes flow again.
 const GIVE_UP_HOLD: Duration = Duration::from_secs(3600);
+
+/// Connections in a row the broker drops with the same batches in flight and none
+/// acknowledged before the forwarder takes it as a refusal of what it sends.
+const BROKER_STRIKES: u32 = 3;
 
 /// The code raised upstream and locally for an event given up on.
 const REFUSED_CODE: &str = "GW.UPLINK_REFUSED";
@@ -143,6 +150,7 @@ impl Forwarder {
                 topic,
                 passed: 0,
                 careful_until: 0,
+                envelope: None,
             }
         })
     }
@@ -170,6 +178,10 @@ impl Forwarder {
         let mut reconnect_at = Instant::now();
         let mut lanes = self.lanes(&reader);
         let mut gave_up_at: Option<Instant> = None;
+        // Connections in a row that the broker dropped with batches in flight and none
+        // acknowledged, all starting from `strikes.1`: a broker that drops the link on a
+        // packet above its own limit looks like this.
+        let mut strikes: (u32, [u64; 2]) = (0, [0, 0]);
 
         'connection: loop {
             // Wait out the backoff (still raising the outage alert and honouring shutdown).
@@ -190,10 +202,12 @@ impl Forwarder {
             // The last seq handed to the client (or skipped), per lane: from the cursor,
             // or past it where an acknowledgement or a skip has not reached the store yet.
             let mut sent = [0, 1].map(|i| reader.cursor(lanes[i].lane).max(lanes[i].passed));
-            // The event of the last careful batch published: the one a refusal names
-            // while it is the only batch in flight.
-            let mut careful_sent: Option<(usize, pb::Event)> = None;
+            let start = sent;
+            // The event of the last careful batch published, and whether it went as its
+            // envelope: the one a refusal names while it is the only batch in flight.
+            let mut careful_sent: Option<(usize, pb::Event, bool)> = None;
             let mut connected = false;
+            let mut advanced = false;
             loop {
                 if connected {
                     loop {
@@ -228,6 +242,7 @@ impl Forwarder {
                                 before,
                                 packed,
                                 careful,
+                                enveloped,
                             } => {
                                 let lane = lanes[i].lane;
                                 let payload = packed.batch.encode_to_vec();
@@ -257,7 +272,7 @@ impl Forwarder {
                                 careful_sent = careful
                                     .then(|| packed.batch.events.into_iter().next())
                                     .flatten()
-                                    .map(|e| (i, e));
+                                    .map(|e| (i, e, enveloped));
                             }
                         }
                     }
@@ -300,36 +315,20 @@ impl Forwarder {
                         }
                         Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
                             for adv in inflight.on_puback(ack.pkid) {
-                                if careful_sent.as_ref().is_some_and(|(i, e)| lanes[*i].lane == adv.lane && e.seq <= adv.cursor) {
+                                if careful_sent.as_ref().is_some_and(|(i, e, _)| lanes[*i].lane == adv.lane && e.seq <= adv.cursor) {
                                     careful_sent = None;
                                 }
+                                advanced = true;
+                                strikes.0 = 0;
                                 self.on_advance(&adv, &mut lanes, &store, &metrics, gave_up_at).await?;
                             }
                         }
                         Ok(_) => {}
                         Err(err) if is_refusal(&err) => {
-                            metrics.uplink_refused.inc();
                             metrics.uplink_connected.set(0);
-                            let named = careful_sent.take().filter(|_| inflight.len() == 1);
-                            if let Some((i, event)) = named {
-                                // Alone in flight and already an envelope: give it up.
-                                let why = format!("the uplink client refused it even as an envelope: {err}");
-                                self.give_up(&lanes[i], &event, &why, &store, &metrics).await?;
+                            let cause = format!("the uplink client refused it: {err}");
+                            if self.on_refused(&cause, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
                                 gave_up_at = Some(Instant::now());
-                                store.forwarded(lanes[i].lane, event.seq, 1).await?;
-                                lanes[i].passed = lanes[i].passed.max(event.seq);
-                            } else {
-                                for st in lanes.iter_mut() {
-                                    if let Some(last) = inflight.last_seq(st.lane) {
-                                        st.careful_until = st.careful_until.max(last);
-                                    }
-                                }
-                                if let Some(line) = log_line(&self.refused_log) {
-                                    error!(error = %err, in_flight = inflight.len(), suppressed = line, "The uplink client refused a publish; resending the events in flight one per batch, reduced to their envelope.");
-                                }
-                                metrics.health.set(HEALTH_KEY, Level::Degraded, format!(
-                                    "the uplink client refused a publish ({err}); the events in flight are resent one by one without raw bytes or free text"
-                                ));
                             }
                             inflight.clear();
                             // Not a link failure: reconnect at once, without growing the backoff.
@@ -342,6 +341,18 @@ impl Forwarder {
                                 timers.down_since = Some(Instant::now());
                             }
                             warn!(error = %err, retry_in = ?backoff, in_flight = inflight.len(), "Uplink connection failed; will resend from the cursors.");
+                            if connected && !advanced && !inflight.is_empty() {
+                                strikes = if strikes.1 == start { (strikes.0 + 1, start) } else { (1, start) };
+                            } else {
+                                strikes.0 = 0;
+                            }
+                            if strikes.0 >= BROKER_STRIKES {
+                                strikes.0 = 0;
+                                let cause = format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {err}");
+                                if self.on_refused(&cause, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
+                                    gave_up_at = Some(Instant::now());
+                                }
+                            }
                             inflight.clear();
                             reconnect_at = Instant::now() + backoff;
                             backoff = (backoff * 2).min(self.reconnect_max);
@@ -351,6 +362,63 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// A publish was refused (`cause`). When it was a careful batch alone in flight, its
+    /// event is named: sent whole, it goes next as its envelope; sent as its envelope, it
+    /// is given up on (returns true) and passed over. Otherwise what was in flight is
+    /// sent again carefully: one event per batch, one batch in flight.
+    async fn on_refused(
+        &self,
+        cause: &str,
+        careful_sent: Option<(usize, pb::Event, bool)>,
+        inflight: &InFlight,
+        lanes: &mut [LaneState; 2],
+        store: &StoreHandle,
+        metrics: &Metrics,
+    ) -> Result<bool, ForwardError> {
+        metrics.uplink_refused.inc();
+        if let Some((i, event, enveloped)) = careful_sent.filter(|_| inflight.len() == 1) {
+            if enveloped {
+                let why = format!("{cause}, even reduced to its envelope");
+                self.give_up(&lanes[i], &event, &why, store, metrics)
+                    .await?;
+                store.forwarded(lanes[i].lane, event.seq, 1).await?;
+                lanes[i].passed = lanes[i].passed.max(event.seq);
+                lanes[i].envelope = None;
+                return Ok(true);
+            }
+            lanes[i].envelope = Some(event.seq);
+            if let Some(suppressed) = log_line(&self.refused_log) {
+                error!(
+                    seq = event.seq,
+                    code = clip(&event.code, 128),
+                    cause,
+                    suppressed,
+                    "The uplink refused an event sent alone; sending it reduced to its envelope."
+                );
+            }
+            metrics.health.set(
+                HEALTH_KEY,
+                Level::Degraded,
+                format!("the uplink refused event seq {} sent alone ({cause}); it is resent without raw bytes or free text", event.seq),
+            );
+            return Ok(false);
+        }
+        for st in lanes.iter_mut() {
+            if let Some(last) = inflight.last_seq(st.lane) {
+                st.careful_until = st.careful_until.max(last);
+            }
+        }
+        if let Some(suppressed) = log_line(&self.refused_log) {
+            error!(cause, in_flight = inflight.len(), suppressed, "The uplink refused a publish; resending the events in flight one per batch, one batch at a time.");
+        }
+        metrics.health.set(
+            HEALTH_KEY,
+            Level::Degraded,
+            format!("the uplink refused a publish ({cause}); the events in flight are resent one per batch"),
+        );
+        Ok(false)
     }
 
     /// A cursor advance made final: tell the store, count it, and clear `/healthz` once
@@ -491,7 +559,8 @@ impl Forwarder {
             let events =
                 read_lane(reader, st.lane, sent[i], max_events, st.limits.max_payload).await?;
             let careful = careful && events.first().is_some_and(|e| e.seq <= st.careful_until);
-            let events = if careful {
+            let enveloped = careful && events.first().map(|e| e.seq) == st.envelope;
+            let events = if enveloped {
                 events.into_iter().map(batch::envelope).collect()
             } else {
                 events
@@ -505,6 +574,7 @@ impl Forwarder {
                         before,
                         packed,
                         careful,
+                        enveloped,
                     }));
                 }
                 Ok(None) => continue,
@@ -624,9 +694,11 @@ struct LaneState {
     /// Highest seq passed for good (acknowledged, or given up on). The store's cursor
     /// follows a commit later; a new connection starts from whichever is further.
     passed: u64,
-    /// After a refused publish, seqs up to here go one per batch as envelopes, with one
-    /// batch in flight (0: never).
+    /// After a refused publish, seqs up to here go one per batch, with one batch in
+    /// flight (0: never).
     careful_until: u64,
+    /// The event refused when sent alone: it goes next as its envelope.
+    envelope: Option<u64>,
 }
 
 /// What [`Forwarder::next_batch`] found for lane `i` (`before`: its sent mark before).
@@ -637,6 +709,7 @@ enum Next {
         before: u64,
         packed: batch::Packed,
         careful: bool,
+        enveloped: bool,
     },
     /// The lane's next event does not fit a packet even cut: it is given up on.
     Unfit {
