@@ -18,9 +18,11 @@
 //! ERROR, counted, and sets `/healthz` degraded (`uplink.refused`); what was in flight is
 //! resent *carefully*, one event per batch and one batch in flight, so that a refusal
 //! names its event. A named event goes again reduced to its envelope
-//! ([`batch::envelope`]); refused even so, it is given up on: dead-lettered (its
-//! envelope, with the reason), announced upstream by `GW.UPLINK_REFUSED` naming its
-//! seq, and passed over like an acknowledged one, so the lane moves on.
+//! ([`batch::envelope`]); refused even so by the client, it is given up on:
+//! dead-lettered (its envelope, with the reason), announced upstream by
+//! `GW.UPLINK_REFUSED` naming its seq, and passed over like an acknowledged one, so the
+//! lane moves on. (A broker dropping the link on a few hundred bytes is a failing link,
+//! not a packet limit: the envelope is retried, never given up on.)
 //!
 //! Store reads (sled) run on the blocking pool (`spawn_blocking`), never on an async
 //! worker.
@@ -326,8 +328,8 @@ impl Forwarder {
                         Ok(_) => {}
                         Err(err) if is_refusal(&err) => {
                             metrics.uplink_connected.set(0);
-                            let cause = format!("the uplink client refused it: {err}");
-                            if self.on_refused(&cause, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
+                            let refusal = Refusal::Client(format!("the uplink client refused it: {err}"));
+                            if self.on_refused(refusal, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
                                 gave_up_at = Some(Instant::now());
                             }
                             inflight.clear();
@@ -348,8 +350,8 @@ impl Forwarder {
                             }
                             if strikes.0 >= BROKER_STRIKES {
                                 strikes.0 = 0;
-                                let cause = format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {err}");
-                                if self.on_refused(&cause, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
+                                let refusal = Refusal::Broker(format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {err}"));
+                                if self.on_refused(refusal, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
                                     gave_up_at = Some(Instant::now());
                                 }
                             }
@@ -365,12 +367,15 @@ impl Forwarder {
     }
 
     /// A publish was refused (`cause`). When it was a careful batch alone in flight, its
-    /// event is named: sent whole, it goes next as its envelope; sent as its envelope, it
-    /// is given up on (returns true) and passed over. Otherwise what was in flight is
-    /// sent again carefully: one event per batch, one batch in flight.
+    /// event is named: sent whole, it goes next as its envelope; sent as its envelope and
+    /// refused by the client (`certain`), it is given up on (returns true) and passed
+    /// over. A broker that keeps dropping the link on an envelope is not taken as certain
+    /// (a link that fails before every acknowledgement looks the same): the envelope is
+    /// retried with the usual backoff, `/healthz` degraded. Otherwise what was in flight
+    /// is sent again carefully: one event per batch, one batch in flight.
     async fn on_refused(
         &self,
-        cause: &str,
+        refusal: Refusal,
         careful_sent: Option<(usize, pb::Event, bool)>,
         inflight: &InFlight,
         lanes: &mut [LaneState; 2],
@@ -378,7 +383,19 @@ impl Forwarder {
         metrics: &Metrics,
     ) -> Result<bool, ForwardError> {
         metrics.uplink_refused.inc();
+        let (cause, certain) = match &refusal {
+            Refusal::Client(c) => (c.as_str(), true),
+            Refusal::Broker(c) => (c.as_str(), false),
+        };
         if let Some((i, event, enveloped)) = careful_sent.filter(|_| inflight.len() == 1) {
+            if enveloped && !certain {
+                metrics.health.set(
+                    HEALTH_KEY,
+                    Level::Degraded,
+                    format!("the uplink keeps failing with event seq {} in flight, even reduced to its envelope ({cause}); retrying", event.seq),
+                );
+                return Ok(false);
+            }
             if enveloped {
                 let why = format!("{cause}, even reduced to its envelope");
                 self.give_up(&lanes[i], &event, &why, store, metrics)
@@ -699,6 +716,16 @@ struct LaneState {
     careful_until: u64,
     /// The event refused when sent alone: it goes next as its envelope.
     envelope: Option<u64>,
+}
+
+/// Who refused a publish, and how it showed.
+#[derive(Debug)]
+enum Refusal {
+    /// rumqttc's packet check failed writing it: certain.
+    Client(String),
+    /// The broker dropped the link [`BROKER_STRIKES`] times in a row with it in flight:
+    /// likely, not certain (a link that fails before every acknowledgement looks alike).
+    Broker(String),
 }
 
 /// What [`Forwarder::next_batch`] found for lane `i` (`before`: its sent mark before).
