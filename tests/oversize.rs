@@ -203,12 +203,18 @@ async fn a_batch_the_broker_drops_the_link_on_is_not_resent_forever() {
     env.uplink = broker.clone();
     env.uplink_extra = "max_batch_bytes = \"2 MiB\"\nmax_packet_size = \"4 MiB\"".into();
     let tap = EventTap::start(&broker, &env.estate_id).await;
+    let t0 = std::time::Instant::now();
     let mut gw = common::start_gateway_with(&env, extra);
     gw.wait_connected().await;
     tap.wait_for("all 80 alarms", Duration::from_secs(60), |_| {
         alarms_received(&tap).len() == 80
     })
     .await;
+    eprintln!(
+        "80 alarms of 15 KiB delivered {:?} after the gateway was started ({} broker)",
+        t0.elapsed(),
+        broker.kind
+    );
     let alarms = alarms_received(&tap);
     for (i, (_, e)) in alarms.iter().enumerate() {
         assert_eq!(e.device_seq, Some(i as u64 + 1), "in order");
