@@ -98,7 +98,7 @@ pub use sources::{
     SourceFormat, TimeFormat,
 };
 pub use units::{ByteSize, ByteSizeError, Secret};
-pub use validate::SLED_BLOB_THRESHOLD;
+pub use validate::{publish_overhead, INGEST_MAX_PACKET, SLED_BLOB_THRESHOLD};
 pub use warnings::ConfigWarning;
 
 impl Config {

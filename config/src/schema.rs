@@ -85,10 +85,13 @@ pub struct IngestConfig {
     /// trailing `/`. Default: `"estate"`.
     pub topic_prefix: String,
     /// Largest MQTT payload accepted; bigger messages go to the dead-letter store
-    /// (truncated to `raw_limit`). Default: `"64 KiB"`.
+    /// (truncated to `raw_limit`). At most 16 MiB less 64 KiB for the topic: the ingest
+    /// client takes packets up to 16 MiB. Default: `"64 KiB"`.
     pub max_payload: ByteSize,
     /// How many raw payload bytes are kept with each event and each dead letter, for
-    /// audit and debugging. Must be below `store.record_max_bytes`. Default: `"2 KiB"`.
+    /// audit and debugging. Must be at least 1 KiB below `store.record_max_bytes` and
+    /// below `uplink.max_batch_bytes` (room for the event's other fields), so that an
+    /// event is stored and forwarded whole. Default: `"2 KiB"`.
     pub raw_limit: ByteSize,
     /// `[[ingest.sources]]`: the payload formats to read and their topics (see the
     /// README, "Device formats"). When absent, exactly one native source under
@@ -264,8 +267,18 @@ pub struct UplinkConfig {
     pub topic_prefix: String,
     /// Most events in one batch. At least 1. Default: `500`.
     pub max_batch_events: usize,
-    /// Largest encoded batch. More than 1 KiB. Default: `"256 KiB"`.
+    /// Largest encoded batch. More than 1 KiB, and a batch this big must fit in one
+    /// packet of `max_packet_size` with its topic. Should hold a device event with
+    /// `ingest.raw_limit` raw bytes (`check-config` says so when it does not).
+    /// Default: `"256 KiB"`.
     pub max_batch_bytes: ByteSize,
+    /// Largest MQTT packet the uplink sends, topic and header included. Set it to the
+    /// city broker's limit (EMQX `mqtt.max_packet_size`, 1 MB by default; Mosquitto
+    /// `max_packet_size`; AWS IoT Core 128 KB): a broker drops the connection on a
+    /// bigger packet. Batches are cut to fit, and an event too big for a packet on its
+    /// own is forwarded shortened and flagged (`raw_truncated`, `text_truncated`; README
+    /// "The uplink contract"), so no event can hold up a lane. Default: `"1 MiB"`.
+    pub max_packet_size: ByteSize,
     /// Batches published but not yet acknowledged by the broker. More hides the uplink's
     /// round-trip time; 1 sends strictly one at a time. Each one more holds another batch
     /// in memory while a backlog drains: 8 peaked 2–8 MB above 2 (README "Footprint").
@@ -286,6 +299,7 @@ impl Default for UplinkConfig {
             topic_prefix: "city/v1".to_owned(),
             max_batch_events: 500,
             max_batch_bytes: ByteSize::kib(256),
+            max_packet_size: ByteSize::mib(1),
             max_inflight_batches: 2,
             down_alert_after: Duration::from_secs(30),
         }

@@ -147,6 +147,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.uplink.topic_prefix, "city/v1");
     assert_eq!(c.uplink.max_batch_events, 500);
     assert_eq!(c.uplink.max_batch_bytes, ByteSize::kib(256));
+    assert_eq!(c.uplink.max_packet_size, ByteSize::mib(1));
     assert_eq!(c.uplink.max_inflight_batches, 2);
     assert_eq!(c.uplink.down_alert_after, Duration::from_secs(30));
 
@@ -412,6 +413,73 @@ fn cross_field_rules() {
     ));
     assert_eq!(errs.len(), 1, "{errs}");
     assert_eq!(problem_at(&errs, "ingest.mqtt.reconnect_max").line, Some(8));
+}
+
+/// Issue 13: every pair of size limits that can meet is checked, each problem named at the
+/// key the file sets (an event's raw bytes in a batch, a batch in an uplink packet, an
+/// ingest payload in the ingest client's packet).
+#[test]
+fn size_limits_that_meet_are_cross_checked() {
+    // A batch must fit in one packet with its topic (city/v1/{estate}/alarms, 35 bytes)
+    // and header (9 bytes at most).
+    let errs = errors(&format!(
+        "{MINIMAL}\n[uplink]\nmax_batch_bytes = \"64 KiB\"\nmax_packet_size = \"64 KiB\"\n"
+    ));
+    let p = problem_at(&errs, "uplink.max_batch_bytes");
+    assert_eq!(p.line, Some(7), "{errs}");
+    assert!(
+        p.message.contains("does not fit in one uplink packet")
+            && p.message.contains("at most 65492 B")
+            && p.message.contains("uplink.max_packet_size (64 KiB)"),
+        "{errs}"
+    );
+    assert_eq!(errs.len(), 1, "{errs}");
+    let ok =
+        format!("{MINIMAL}\n[uplink]\nmax_batch_bytes = 65492\nmax_packet_size = \"64 KiB\"\n");
+    Config::from_toml_str(&ok, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    // Only max_packet_size set: reported there (the batch size is the default).
+    let errs = errors(&format!(
+        "{MINIMAL}\n[uplink]\nmax_packet_size = \"128 KiB\"\n"
+    ));
+    let p = problem_at(&errs, "uplink.max_packet_size");
+    assert!(
+        p.line == Some(7) && p.message.contains("a batch of 256 KiB"),
+        "{errs}"
+    );
+
+    // An event's raw bytes must fit in a batch, with room for its other fields.
+    let errs = errors(&format!(
+        "{MINIMAL}\n[ingest]\nraw_limit = \"16 KiB\"\n[uplink]\nmax_batch_bytes = \"8 KiB\"\n"
+    ));
+    let p = problem_at(&errs, "ingest.raw_limit");
+    assert_eq!(p.line, Some(7), "{errs}");
+    assert!(
+        p.message
+            .contains("does not fit in one uplink batch of 8 KiB")
+            && p.message.contains("at most 7 KiB"),
+        "{errs}"
+    );
+    assert_eq!(errs.len(), 1, "{errs}");
+
+    // An ingest payload must fit in the ingest client's packet.
+    let errs = errors(&format!("{MINIMAL}\n[ingest]\nmax_payload = \"16 MiB\"\n"));
+    assert!(
+        problem_at(&errs, "ingest.max_payload")
+            .message
+            .contains("the ingest client's packet limit of 16 MiB"),
+        "{errs}"
+    );
+
+    // The packet limit itself.
+    let errs = errors(&format!(
+        "{MINIMAL}\n[uplink]\nmax_batch_bytes = 1500\nmax_packet_size = 1000\n"
+    ));
+    assert!(
+        problem_at(&errs, "uplink.max_packet_size")
+            .message
+            .contains("between 2 KiB"),
+        "{errs}"
+    );
 }
 
 #[test]

@@ -20,6 +20,29 @@ pub const SLED_BLOB_THRESHOLD: ByteSize = ByteSize::kib(128);
 /// MQTT's largest packet (remaining length is at most 268,435,455 bytes).
 const MQTT_MAX_PACKET: u64 = 268_435_455;
 
+/// Largest MQTT packet the ingest client accepts (`gateway/src/ingest/mod.rs`). A bigger
+/// one makes it drop the connection, and the broker redelivers the message forever.
+pub const INGEST_MAX_PACKET: ByteSize = ByteSize::mib(16);
+
+/// Room kept around `raw_limit` for an event's other fields (ids, code, location, topic).
+const EVENT_FIELDS_ROOM: u64 = 1024;
+
+/// Room kept for the topic of an ingest packet (topics are at most 65,535 bytes).
+const INGEST_TOPIC_ROOM: u64 = 64 * 1024;
+
+/// Bytes a QoS 1 MQTT PUBLISH adds to its payload at most: fixed header (1 byte and a
+/// remaining length of up to 4), topic (2-byte length and the topic), packet id (2).
+pub fn publish_overhead(topic_len: usize) -> u64 {
+    (1 + 4 + 2 + topic_len + 2) as u64
+}
+
+/// The longest uplink topic: `{topic_prefix}/{estate_id}/alarms` (`events` is as long).
+fn uplink_topic_len(uplink: &UplinkConfig, gateway: Option<&GatewayConfig>) -> usize {
+    // Without a usable gateway section, the longest estate id allowed.
+    let estate = gateway.map_or(64, |g| g.estate_id.len());
+    uplink.topic_prefix.len() + 1 + estate + 1 + "alarms".len()
+}
+
 /// The sections as far as they deserialized.
 #[derive(Debug)]
 pub(crate) struct Parts {
@@ -113,12 +136,14 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
     if let Some(ingest) = &parts.ingest {
         check_broker("ingest.mqtt", &ingest.mqtt, &mut f);
         check_topic_prefix("ingest.topic_prefix", &ingest.topic_prefix, &mut f);
-        if ingest.max_payload.as_u64() == 0 || ingest.max_payload.as_u64() > MQTT_MAX_PACKET {
+        let max_payload = INGEST_MAX_PACKET.as_u64() - INGEST_TOPIC_ROOM;
+        if ingest.max_payload.as_u64() == 0 || ingest.max_payload.as_u64() > max_payload {
             f.at(
                 "ingest.max_payload",
                 format!(
-                    "must be between 1 B and {} (the MQTT packet limit), found {}",
-                    ByteSize(MQTT_MAX_PACKET),
+                    "must be between 1 B and {} (the ingest client's packet limit of {} less room for the topic; a bigger message would make it drop the connection and the broker redeliver it forever), found {}",
+                    ByteSize(max_payload),
+                    INGEST_MAX_PACKET,
                     ingest.max_payload
                 ),
             );
@@ -142,6 +167,12 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
     }
     if let Some(uplink) = &parts.uplink {
         check_uplink(uplink, &mut f);
+        check_uplink_sizes(
+            parts.gateway.as_ref(),
+            parts.ingest.as_ref(),
+            uplink,
+            &mut f,
+        );
     }
     if let (Some(gateway), Some(ingest), Some(uplink)) =
         (&parts.gateway, &parts.ingest, &parts.uplink)
@@ -436,6 +467,70 @@ fn check_uplink(u: &UplinkConfig, f: &mut Findings) {
     }
     if u.down_alert_after.is_zero() {
         f.at("uplink.down_alert_after", "must be more than 0s");
+    }
+}
+
+/// The size limits that meet on the way up: a device event (up to `ingest.raw_limit` raw
+/// bytes) in a batch (`uplink.max_batch_bytes`) in one MQTT packet with its topic
+/// (`uplink.max_packet_size`). `store.record_max_bytes` does not meet them: the forwarder
+/// reads events out of records and batches them anew.
+fn check_uplink_sizes(
+    gateway: Option<&GatewayConfig>,
+    ingest: Option<&IngestConfig>,
+    u: &UplinkConfig,
+    f: &mut Findings,
+) {
+    let packet = u.max_packet_size.as_u64();
+    if !(2048..=MQTT_MAX_PACKET).contains(&packet) {
+        f.at(
+            "uplink.max_packet_size",
+            format!(
+                "must be between 2 KiB and {} (the MQTT packet limit), found {}",
+                ByteSize(MQTT_MAX_PACKET),
+                u.max_packet_size
+            ),
+        );
+        return;
+    }
+    let topic_len = uplink_topic_len(u, gateway);
+    let overhead = publish_overhead(topic_len);
+    let batch = u.max_batch_bytes.as_u64();
+    if batch > ByteSize::kib(1).as_u64() && batch + overhead > packet {
+        f.across(
+            "uplink.max_batch_bytes",
+            &[
+                "uplink.max_packet_size".into(),
+                "uplink.topic_prefix".into(),
+                "gateway.estate_id".into(),
+            ],
+            format!(
+                "a batch of {} does not fit in one uplink packet of uplink.max_packet_size ({}): the topic ({topic_len} bytes) and MQTT header add up to {overhead} bytes; lower max_batch_bytes to at most {} or raise max_packet_size to at least {}",
+                u.max_batch_bytes,
+                u.max_packet_size,
+                ByteSize(packet - overhead),
+                ByteSize(batch + overhead)
+            ),
+        );
+    }
+    if let Some(ingest) = ingest {
+        let raw = ingest.raw_limit.as_u64();
+        let room = batch.min(packet.saturating_sub(overhead));
+        if raw + EVENT_FIELDS_ROOM > room {
+            f.across(
+                "ingest.raw_limit",
+                &[
+                    "uplink.max_batch_bytes".into(),
+                    "uplink.max_packet_size".into(),
+                ],
+                format!(
+                    "an event with {} of raw bytes does not fit in one uplink batch of {} (uplink.max_batch_bytes, within uplink.max_packet_size {}) with 1 KiB for its other fields; it would be forwarded with its raw bytes cut: lower raw_limit to at most {} or raise max_batch_bytes",
+                    ingest.raw_limit,
+                    ByteSize(room),
+                    u.max_packet_size,
+                    ByteSize(room.saturating_sub(EVENT_FIELDS_ROOM))
+                ),
+            );
+        }
     }
 }
 

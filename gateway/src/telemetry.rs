@@ -92,6 +92,13 @@ pub struct Metrics {
     pub forward_events: Family<LaneLabel, Counter>,
     pub forward_batches: Family<LaneLabel, Counter>,
     pub forward_backlog: Family<LaneLabel, Gauge>,
+    /// Events forwarded shortened to fit one uplink packet (raw bytes, then free text).
+    pub forward_truncated: Family<LaneLabel, Counter>,
+    /// Events given up on: refused by the uplink client even as an envelope, or too big
+    /// for a packet with everything cut. Each is dead-lettered and raises `GW.UPLINK_REFUSED`.
+    pub forward_dead_lettered: Family<LaneLabel, Counter>,
+    /// Publishes the uplink client refused (the connection is rebuilt after each).
+    pub uplink_refused: Counter,
     pub uplink_connected: Gauge,
     /// Completed Modbus polls (every read of the device succeeded and decoded).
     pub modbus_polls: Family<ModbusDeviceLabel, Counter>,
@@ -148,6 +155,9 @@ impl Metrics {
             forward_events: Family::default(),
             forward_batches: Family::default(),
             forward_backlog: Family::default(),
+            forward_truncated: Family::default(),
+            forward_dead_lettered: Family::default(),
+            uplink_refused: Counter::default(),
             uplink_connected: Gauge::default(),
             modbus_polls: Family::default(),
             modbus_errors: Family::default(),
@@ -233,6 +243,21 @@ impl Metrics {
             "forward_backlog",
             "Committed events not yet acknowledged upstream, by lane",
             m.forward_backlog.clone(),
+        );
+        r.register(
+            "forward_truncated",
+            "Events forwarded shortened to fit one uplink packet (raw_truncated / text_truncated), by lane",
+            m.forward_truncated.clone(),
+        );
+        r.register(
+            "forward_dead_lettered",
+            "Events the uplink would not take even reduced to their envelope: dead-lettered, announced by GW.UPLINK_REFUSED, by lane",
+            m.forward_dead_lettered.clone(),
+        );
+        r.register(
+            "uplink_refused",
+            "Publishes the uplink MQTT client refused (e.g. above its packet limit)",
+            m.uplink_refused.clone(),
         );
         r.register(
             "uplink_connected",

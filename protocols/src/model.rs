@@ -526,6 +526,8 @@ impl From<&Event> for pb::Event {
             registered: e.registered,
             device_seq: e.device_seq,
             alert: e.alert.as_deref().map(pb::AlertUpdate::from),
+            // Only the forwarder shortens text, on the copy it sends.
+            text_truncated: false,
         }
     }
 }

@@ -91,6 +91,9 @@ pub const CODES: &[CodeInfo] = &[
     // A value report (Modbus point reading), not an alert.
     c("DEV.READING", S4, false, None, "Reading"),
     c("GW.UPLINK_DOWN", S2, true, Some(K::Gateway), "Uplink to the city platform down"),
+    // An event the uplink client refused even reduced to its envelope (issue 13): its seq
+    // never arrives; this names it (seq, lane, code, device) so the gap is explained.
+    c("GW.UPLINK_REFUSED", S2, false, Some(K::Gateway), "Event refused by the uplink, dead-lettered"),
     c("GW.STORE_EVICTED", S2, false, Some(K::Gateway), "Stored events evicted (disk full)"),
     c("GW.DISK_LOW", S2, true, Some(K::Gateway), "Gateway disk low"),
     // The change of a local alert, carried upstream in `Event.alert` (always the alarms

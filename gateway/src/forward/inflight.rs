@@ -5,6 +5,10 @@
 //! the client, so the oldest batch without a packet id gets the next reported one. A
 //! lane's cursor advances over the acknowledged prefix of that lane's batches only: an
 //! acknowledgement never moves a cursor past a batch that is still unacknowledged.
+//!
+//! An event the forwarder gives up on (dead-lettered, see `forward/mod.rs`) takes a place
+//! in the same order as a *skip*: it is never published and counts as acknowledged, so
+//! the cursor moves over it exactly when it moves over the batches before it.
 
 use std::collections::VecDeque;
 
@@ -17,6 +21,8 @@ struct Entry {
     events: u64,
     pkid: Option<u16>,
     acked: bool,
+    /// Never published (a skipped event): takes no packet id.
+    skip: bool,
 }
 
 /// What a PUBACK made final for one lane: the new cursor and how much it covers.
@@ -24,8 +30,12 @@ struct Entry {
 pub struct Advance {
     pub lane: Lane,
     pub cursor: u64,
+    /// Events passed, skipped ones included (what leaves the backlog).
     pub events: u64,
+    /// Batches acknowledged (skips are not batches).
     pub batches: u64,
+    /// Of `events`, those given up on.
+    pub skipped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -50,12 +60,40 @@ impl InFlight {
             events,
             pkid: None,
             acked: false,
+            skip: false,
         });
+    }
+
+    /// The event `seq` of `lane` is given up on, after the batches pushed so far. Returns
+    /// the cursor advance this allows at once (when nothing of the lane is in flight).
+    pub fn push_skip(&mut self, lane: Lane, seq: u64) -> Option<Advance> {
+        self.entries.push_back(Entry {
+            lane,
+            last_seq: seq,
+            events: 1,
+            pkid: None,
+            acked: true,
+            skip: true,
+        });
+        self.advance(lane)
+    }
+
+    /// The highest seq of `lane` in flight (published or skipped, not yet final).
+    pub fn last_seq(&self, lane: Lane) -> Option<u64> {
+        self.entries
+            .iter()
+            .filter(|e| e.lane == lane)
+            .map(|e| e.last_seq)
+            .max()
     }
 
     /// The client wrote a publish with `pkid`. Returns false if no batch was waiting for one.
     pub fn on_outgoing_publish(&mut self, pkid: u16) -> bool {
-        match self.entries.iter_mut().find(|e| e.pkid.is_none()) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|e| e.pkid.is_none() && !e.skip)
+        {
             Some(e) => {
                 e.pkid = Some(pkid);
                 true
@@ -75,11 +113,17 @@ impl InFlight {
         };
         entry.acked = true;
         let lane = entry.lane;
+        self.advance(lane).into_iter().collect()
+    }
+
+    /// Pops `lane`'s acknowledged prefix: the cursor advance it makes, if any.
+    fn advance(&mut self, lane: Lane) -> Option<Advance> {
         let mut adv = Advance {
             lane,
             cursor: 0,
             events: 0,
             batches: 0,
+            skipped: 0,
         };
         // Pop this lane's acknowledged prefix.
         while let Some(pos) = self.entries.iter().position(|e| e.lane == lane) {
@@ -89,14 +133,14 @@ impl InFlight {
             if let Some(e) = self.entries.remove(pos) {
                 adv.cursor = e.last_seq;
                 adv.events += e.events;
-                adv.batches += 1;
+                if e.skip {
+                    adv.skipped += e.events;
+                } else {
+                    adv.batches += 1;
+                }
             }
         }
-        if adv.batches == 0 {
-            Vec::new()
-        } else {
-            vec![adv]
-        }
+        (adv.events > 0).then_some(adv)
     }
 
     pub fn clear(&mut self) {
@@ -127,7 +171,8 @@ mod tests {
                 lane: Lane::Alarms,
                 cursor: 11,
                 events: 1,
-                batches: 1
+                batches: 1,
+                skipped: 0
             }]
         );
         // Now the first events batch: both events batches become final together.
@@ -137,10 +182,49 @@ mod tests {
                 lane: Lane::Events,
                 cursor: 20,
                 events: 19,
-                batches: 2
+                batches: 2,
+                skipped: 0
             }]
         );
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_skipped_event_is_passed_with_the_batches_before_it() {
+        let mut f = InFlight::default();
+        f.push(Lane::Alarms, 4, 4);
+        assert_eq!(
+            f.push_skip(Lane::Alarms, 5),
+            None,
+            "batch 1-4 still in flight"
+        );
+        f.push(Lane::Alarms, 9, 4);
+        assert!(f.on_outgoing_publish(1));
+        assert!(f.on_outgoing_publish(2), "the skip takes no packet id");
+        assert_eq!(f.last_seq(Lane::Alarms), Some(9));
+        assert_eq!(
+            f.on_puback(1),
+            vec![Advance {
+                lane: Lane::Alarms,
+                cursor: 5,
+                events: 5,
+                batches: 1,
+                skipped: 1
+            }]
+        );
+        // Nothing before it: a skip is final at once.
+        let mut g = InFlight::default();
+        assert_eq!(
+            g.push_skip(Lane::Events, 3),
+            Some(Advance {
+                lane: Lane::Events,
+                cursor: 3,
+                events: 1,
+                batches: 0,
+                skipped: 1
+            })
+        );
+        assert!(g.is_empty());
     }
 
     #[test]

@@ -6,7 +6,28 @@
 //! connection failure it throws the client away, builds a fresh one, and resends from the
 //! cursors: whatever was in flight is sent again (the receiver deduplicates on
 //! `(gateway_id, store_epoch, seq)`). An uplink outage never stalls ingest.
+//!
+//! **Nothing blocks a lane** (issue 13). Every batch fits one MQTT packet of
+//! `uplink.max_packet_size` ([`batch`]): batches are cut to fit, and an event too big
+//! alone goes shortened and flagged (`raw_truncated`, `text_truncated`). Should the
+//! uplink still refuse a publish, the forwarder does not resend the same batch forever.
+//! A refusal is the client's own packet check failing (which [`batch`] mirrors, so this
+//! means a bug or a changed client), or the broker dropping the connection
+//! [`BROKER_STRIKES`] times in a row with the same batches in flight and none
+//! acknowledged (a broker limit below `uplink.max_packet_size`). It is logged as one
+//! ERROR, counted, and sets `/healthz` degraded (`uplink.refused`); what was in flight is
+//! resent *carefully*, one event per batch and one batch in flight, so that a refusal
+//! names its event. A named event goes again reduced to its envelope
+//! ([`batch::envelope`]); refused even so by the client, it is given up on:
+//! dead-lettered (its envelope, with the reason), announced upstream by
+//! `GW.UPLINK_REFUSED` naming its seq, and passed over like an acknowledged one, so the
+//! lane moves on. (A broker dropping the link on a few hundred bytes is a failing link,
+//! not a packet limit: the envelope is retried, never given up on.)
+//!
+//! Store reads (sled) run on the blocking pool (`spawn_blocking`), never on an async
+//! worker.
 
+mod batch;
 mod inflight;
 
 use std::ops::ControlFlow;
@@ -14,18 +35,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use rumqttc::{AsyncClient, Event as MqttEvent, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event as MqttEvent, Outgoing, Packet, QoS};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use estate_config::Config;
 use estate_protocols::model::{EventState, Lane};
 use estate_protocols::pb;
 
 use crate::events::{gateway_event, now_ms};
-use crate::store::{StoreHandle, StoreReader};
+use crate::health::{Level, LogThrottle, Throttled};
+use crate::store::{DeadLetter, StoreHandle, StoreReader};
 use crate::telemetry::Metrics;
+pub use batch::{publish_size, Cut, Limits, Unfit};
 pub use inflight::{Advance, InFlight};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +57,23 @@ pub enum ForwardError {
     Tls(#[from] crate::mqtt::TlsError),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("a store read on the blocking pool did not finish: {0}")]
+    Blocking(#[from] tokio::task::JoinError),
 }
+
+/// The `/healthz` key of a publish the client refused or an event given up on.
+const HEALTH_KEY: &str = "uplink.refused";
+
+/// How long `/healthz` keeps reporting an event given up on (an operator should look at
+/// the dead letter), once the lanes flow again.
+const GIVE_UP_HOLD: Duration = Duration::from_secs(3600);
+
+/// Connections in a row the broker drops with the same batches in flight and none
+/// acknowledged before the forwarder takes it as a refusal of what it sends.
+const BROKER_STRIKES: u32 = 3;
+
+/// The code raised upstream and locally for an event given up on.
+const REFUSED_CODE: &str = "GW.UPLINK_REFUSED";
 
 /// The uplink stage, built from config, consumed by [`Forwarder::run`].
 #[derive(Debug)]
@@ -46,24 +85,28 @@ pub struct Forwarder {
     topic_prefix: String,
     max_batch_events: usize,
     max_batch_bytes: usize,
+    /// `uplink.max_packet_size`: what the batches are cut to fit.
+    max_packet: usize,
     max_inflight: usize,
     down_alert_after: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
+    /// The ERROR for a refused publish or an event given up on: the first, then one
+    /// summary a minute (the counters stay exact).
+    refused_log: Arc<LogThrottle>,
+    /// The WARN for an event forwarded shortened.
+    cut_log: Arc<LogThrottle>,
 }
-
-/// Room for the batch header and MQTT framing around `max_batch_bytes` of events.
-const PACKET_OVERHEAD: usize = 4096;
 
 impl Forwarder {
     pub fn new(cfg: &Config, boot_id: &str) -> Result<Self, ForwardError> {
         let u = &cfg.uplink;
         let mut options = crate::mqtt::options(&u.mqtt, &cfg.uplink_client_id())?;
-        let max_batch_bytes = u.max_batch_bytes.as_usize();
+        let max_packet = u.max_packet_size.as_usize();
         options
             .set_clean_session(true)
             .set_inflight(u.max_inflight_batches.clamp(1, u16::MAX as usize) as u16)
-            .set_max_packet_size(64 * 1024, max_batch_bytes + PACKET_OVERHEAD);
+            .set_max_packet_size(64 * 1024, max_packet);
         Ok(Forwarder {
             options,
             gateway_id: cfg.gateway.id.clone(),
@@ -71,7 +114,10 @@ impl Forwarder {
             boot_id: boot_id.to_owned(),
             topic_prefix: u.topic_prefix.clone(),
             max_batch_events: u.max_batch_events,
-            max_batch_bytes,
+            max_batch_bytes: u.max_batch_bytes.as_usize(),
+            max_packet,
+            refused_log: Arc::new(LogThrottle::new(1, Duration::from_secs(60))),
+            cut_log: Arc::new(LogThrottle::new(5, Duration::from_secs(60))),
             max_inflight: u.max_inflight_batches.max(1),
             down_alert_after: u.down_alert_after,
             reconnect_min: u.mqtt.reconnect_min,
@@ -81,6 +127,34 @@ impl Forwarder {
 
     pub fn topic(&self, lane: Lane) -> String {
         format!("{}/{}/{}", self.topic_prefix, self.estate_id, lane.as_str())
+    }
+
+    /// What outlives a connection for each lane, at start-up.
+    fn lanes(&self, reader: &StoreReader) -> [LaneState; 2] {
+        Lane::ALL.map(|lane| {
+            let topic = self.topic(lane);
+            let max_payload = self
+                .max_batch_bytes
+                .min(batch::max_payload(topic.len(), self.max_packet));
+            LaneState {
+                lane,
+                header: batch::Header {
+                    gateway_id: self.gateway_id.clone(),
+                    estate_id: self.estate_id.clone(),
+                    boot_id: self.boot_id.clone(),
+                    store_epoch: reader.epoch(),
+                    lane: pb::Lane::from(lane),
+                },
+                limits: Limits {
+                    max_events: self.max_batch_events.max(1),
+                    max_payload,
+                },
+                topic,
+                passed: 0,
+                careful_until: 0,
+                envelope: None,
+            }
+        })
     }
 
     /// Forwards until `shutdown`; then keeps going for at most `grace` to deliver what is
@@ -104,6 +178,12 @@ impl Forwarder {
         };
         let mut backoff = self.reconnect_min;
         let mut reconnect_at = Instant::now();
+        let mut lanes = self.lanes(&reader);
+        let mut gave_up_at: Option<Instant> = None;
+        // Connections in a row that the broker dropped with batches in flight and none
+        // acknowledged, all starting from `strikes.1`: a broker that drops the link on a
+        // packet above its own limit looks like this.
+        let mut strikes: (u32, [u64; 2]) = (0, [0, 0]);
 
         'connection: loop {
             // Wait out the backoff (still raising the outage alert and honouring shutdown).
@@ -121,26 +201,82 @@ impl Forwarder {
             let (client, mut eventloop) =
                 AsyncClient::new(self.options.clone(), self.max_inflight * 2 + 16);
             let mut inflight = InFlight::default();
-            let mut sent = [reader.cursor(Lane::Alarms), reader.cursor(Lane::Events)];
+            // The last seq handed to the client (or skipped), per lane: from the cursor,
+            // or past it where an acknowledgement or a skip has not reached the store yet.
+            let mut sent = [0, 1].map(|i| reader.cursor(lanes[i].lane).max(lanes[i].passed));
+            let start = sent;
+            // The event of the last careful batch published, and whether it went as its
+            // envelope: the one a refusal names while it is the only batch in flight.
+            let mut careful_sent: Option<(usize, pb::Event, bool)> = None;
             let mut connected = false;
+            let mut advanced = false;
             loop {
                 if connected {
-                    while inflight.len() < self.max_inflight {
-                        let Some((lane, batch)) = self.next_batch(&reader, &mut sent)? else {
-                            break;
-                        };
-                        let last = batch.last_seq;
-                        let n = batch.events.len() as u64;
-                        if let Err(err) = client.try_publish(
-                            self.topic(lane),
-                            QoS::AtLeastOnce,
-                            false,
-                            batch.encode_to_vec(),
-                        ) {
-                            warn!(error = %err, "Could not hand a batch to the uplink client.");
+                    loop {
+                        let careful = careful_sent.is_some()
+                            || (0..2).any(|i| sent[i] < lanes[i].careful_until);
+                        let window = if careful { 1 } else { self.max_inflight };
+                        if inflight.len() >= window {
                             break;
                         }
-                        inflight.push(lane, last, n);
+                        let Some(next) = self.next_batch(&reader, &lanes, &mut sent).await? else {
+                            break;
+                        };
+                        match next {
+                            Next::Unfit { i, before, unfit } => {
+                                let why = format!(
+                                    "{} bytes with its raw bytes and free text cut, the uplink packet leaves {} for one event",
+                                    unfit.size, unfit.room
+                                );
+                                self.give_up(&lanes[i], &unfit.event, &why, &store, &metrics)
+                                    .await?;
+                                gave_up_at = Some(Instant::now());
+                                debug_assert!(before < unfit.event.seq);
+                                if let Some(adv) =
+                                    inflight.push_skip(lanes[i].lane, unfit.event.seq)
+                                {
+                                    self.on_advance(&adv, &mut lanes, &store, &metrics, gave_up_at)
+                                        .await?;
+                                }
+                            }
+                            Next::Batch {
+                                i,
+                                before,
+                                packed,
+                                careful,
+                                enveloped,
+                            } => {
+                                let lane = lanes[i].lane;
+                                let payload = packed.batch.encode_to_vec();
+                                // What rumqttc checks; `batch` makes it hold by construction.
+                                debug_assert!(
+                                    publish_size(lanes[i].topic.len(), payload.len())
+                                        <= self.max_packet
+                                );
+                                if let Some(cut) = &packed.cut {
+                                    self.on_cut(lane, cut, &metrics);
+                                }
+                                let last = packed.batch.last_seq;
+                                let n = packed.batch.events.len() as u64;
+                                if let Err(err) = client.try_publish(
+                                    lanes[i].topic.clone(),
+                                    QoS::AtLeastOnce,
+                                    false,
+                                    payload,
+                                ) {
+                                    // The request queue holds twice the window, so this is
+                                    // the client going away; the batch is read again.
+                                    warn!(error = %err, "Could not hand a batch to the uplink client.");
+                                    sent[i] = before;
+                                    break;
+                                }
+                                inflight.push(lane, last, n);
+                                careful_sent = careful
+                                    .then(|| packed.batch.events.into_iter().next())
+                                    .flatten()
+                                    .map(|e| (i, e, enveloped));
+                            }
+                        }
                     }
                 }
                 if timers.deadline.is_some()
@@ -181,18 +317,44 @@ impl Forwarder {
                         }
                         Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
                             for adv in inflight.on_puback(ack.pkid) {
-                                store.forwarded(adv.lane, adv.cursor, adv.events).await?;
-                                metrics.forward_events.get_or_create(&adv.lane.into()).inc_by(adv.events);
-                                metrics.forward_batches.get_or_create(&adv.lane.into()).inc_by(adv.batches);
+                                if careful_sent.as_ref().is_some_and(|(i, e, _)| lanes[*i].lane == adv.lane && e.seq <= adv.cursor) {
+                                    careful_sent = None;
+                                }
+                                advanced = true;
+                                strikes.0 = 0;
+                                self.on_advance(&adv, &mut lanes, &store, &metrics, gave_up_at).await?;
                             }
                         }
                         Ok(_) => {}
+                        Err(err) if is_refusal(&err) => {
+                            metrics.uplink_connected.set(0);
+                            let refusal = Refusal::Client(format!("the uplink client refused it: {err}"));
+                            if self.on_refused(refusal, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
+                                gave_up_at = Some(Instant::now());
+                            }
+                            inflight.clear();
+                            // Not a link failure: reconnect at once, without growing the backoff.
+                            reconnect_at = Instant::now() + self.reconnect_min;
+                            continue 'connection;
+                        }
                         Err(err) => {
                             metrics.uplink_connected.set(0);
                             if connected || timers.down_since.is_none() {
                                 timers.down_since = Some(Instant::now());
                             }
                             warn!(error = %err, retry_in = ?backoff, in_flight = inflight.len(), "Uplink connection failed; will resend from the cursors.");
+                            if connected && !advanced && !inflight.is_empty() {
+                                strikes = if strikes.1 == start { (strikes.0 + 1, start) } else { (1, start) };
+                            } else {
+                                strikes.0 = 0;
+                            }
+                            if strikes.0 >= BROKER_STRIKES {
+                                strikes.0 = 0;
+                                let refusal = Refusal::Broker(format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {err}"));
+                                if self.on_refused(refusal, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
+                                    gave_up_at = Some(Instant::now());
+                                }
+                            }
                             inflight.clear();
                             reconnect_at = Instant::now() + backoff;
                             backoff = (backoff * 2).min(self.reconnect_max);
@@ -202,6 +364,244 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// A publish was refused (`cause`). When it was a careful batch alone in flight, its
+    /// event is named: sent whole, it goes next as its envelope; sent as its envelope and
+    /// refused by the client (`certain`), it is given up on (returns true) and passed
+    /// over. A broker that keeps dropping the link on an envelope is not taken as certain
+    /// (a link that fails before every acknowledgement looks the same): the envelope is
+    /// retried with the usual backoff, `/healthz` degraded. Otherwise what was in flight
+    /// is sent again carefully: one event per batch, one batch in flight.
+    async fn on_refused(
+        &self,
+        refusal: Refusal,
+        careful_sent: Option<(usize, pb::Event, bool)>,
+        inflight: &InFlight,
+        lanes: &mut [LaneState; 2],
+        store: &StoreHandle,
+        metrics: &Metrics,
+    ) -> Result<bool, ForwardError> {
+        metrics.uplink_refused.inc();
+        let (cause, certain) = match &refusal {
+            Refusal::Client(c) => (c.as_str(), true),
+            Refusal::Broker(c) => (c.as_str(), false),
+        };
+        if let Some((i, event, enveloped)) = careful_sent.filter(|_| inflight.len() == 1) {
+            if enveloped && !certain {
+                metrics.health.set(
+                    HEALTH_KEY,
+                    Level::Degraded,
+                    format!("the uplink keeps failing with event seq {} in flight, even reduced to its envelope ({cause}); retrying", event.seq),
+                );
+                return Ok(false);
+            }
+            if enveloped {
+                let why = format!("{cause}, even reduced to its envelope");
+                self.give_up(&lanes[i], &event, &why, store, metrics)
+                    .await?;
+                store.forwarded(lanes[i].lane, event.seq, 1).await?;
+                lanes[i].passed = lanes[i].passed.max(event.seq);
+                lanes[i].envelope = None;
+                return Ok(true);
+            }
+            lanes[i].envelope = Some(event.seq);
+            if let Some(suppressed) = log_line(&self.refused_log) {
+                error!(
+                    seq = event.seq,
+                    code = clip(&event.code, 128),
+                    cause,
+                    suppressed,
+                    "The uplink refused an event sent alone; sending it reduced to its envelope."
+                );
+            }
+            metrics.health.set(
+                HEALTH_KEY,
+                Level::Degraded,
+                format!("the uplink refused event seq {} sent alone ({cause}); it is resent without raw bytes or free text", event.seq),
+            );
+            return Ok(false);
+        }
+        for st in lanes.iter_mut() {
+            if let Some(last) = inflight.last_seq(st.lane) {
+                st.careful_until = st.careful_until.max(last);
+            }
+        }
+        if let Some(suppressed) = log_line(&self.refused_log) {
+            error!(cause, in_flight = inflight.len(), suppressed, "The uplink refused a publish; resending the events in flight one per batch, one batch at a time.");
+        }
+        metrics.health.set(
+            HEALTH_KEY,
+            Level::Degraded,
+            format!("the uplink refused a publish ({cause}); the events in flight are resent one per batch"),
+        );
+        Ok(false)
+    }
+
+    /// A cursor advance made final: tell the store, count it, and clear `/healthz` once
+    /// the lanes flow normally again (and an event given up on is an hour old).
+    async fn on_advance(
+        &self,
+        adv: &Advance,
+        lanes: &mut [LaneState; 2],
+        store: &StoreHandle,
+        metrics: &Metrics,
+        gave_up_at: Option<Instant>,
+    ) -> Result<(), ForwardError> {
+        store.forwarded(adv.lane, adv.cursor, adv.events).await?;
+        let label = adv.lane.into();
+        metrics
+            .forward_events
+            .get_or_create(&label)
+            .inc_by(adv.events - adv.skipped);
+        metrics
+            .forward_batches
+            .get_or_create(&label)
+            .inc_by(adv.batches);
+        for st in lanes.iter_mut().filter(|st| st.lane == adv.lane) {
+            st.passed = st.passed.max(adv.cursor);
+        }
+        let careful = lanes.iter().any(|st| st.passed < st.careful_until);
+        let held = gave_up_at.is_some_and(|t| t.elapsed() < GIVE_UP_HOLD);
+        if !careful && !held && metrics.health.clear(HEALTH_KEY) {
+            info!("The uplink takes every batch again.");
+        }
+        Ok(())
+    }
+
+    /// Logs and counts an event forwarded shortened.
+    fn on_cut(&self, lane: Lane, cut: &Cut, metrics: &Metrics) {
+        metrics.forward_truncated.get_or_create(&lane.into()).inc();
+        if let Some(suppressed) = log_line(&self.cut_log) {
+            warn!(
+                seq = cut.seq,
+                code = %cut.code,
+                lane = lane.as_str(),
+                stored_bytes = cut.from,
+                sent_bytes = cut.to,
+                text_cut = cut.text,
+                suppressed,
+                "Event too big for one uplink packet; forwarded with its raw bytes cut (and free text, when text_cut) and flagged."
+            );
+        }
+    }
+
+    /// Gives up on `event` (it is passed over by the caller): counted, logged, kept as a
+    /// dead letter (its envelope), and announced by `GW.UPLINK_REFUSED`, locally and
+    /// upstream, so the seq the city never receives is explained.
+    async fn give_up(
+        &self,
+        st: &LaneState,
+        event: &pb::Event,
+        why: &str,
+        store: &StoreHandle,
+        metrics: &Metrics,
+    ) -> Result<(), ForwardError> {
+        metrics
+            .forward_dead_lettered
+            .get_or_create(&st.lane.into())
+            .inc();
+        if let Some(suppressed) = log_line(&self.refused_log) {
+            error!(
+                seq = event.seq,
+                code = clip(&event.code, 128),
+                device = clip(&event.device_id, 128),
+                lane = st.lane.as_str(),
+                reason = why,
+                suppressed,
+                "An event cannot be sent upstream; dead-lettered, announced by GW.UPLINK_REFUSED, and the lane moves on."
+            );
+        }
+        metrics.health.set(
+            HEALTH_KEY,
+            Level::Degraded,
+            format!(
+                "event seq {} ({} from {}) was not sent upstream: {why}; it is dead-lettered and GW.UPLINK_REFUSED names it",
+                event.seq,
+                clip(&event.code, 128),
+                clip(&event.device_id, 128)
+            ),
+        );
+        let envelope = batch::envelope(event.clone());
+        // The commit is not awaited: the dead letter is a record for the operator, and the
+        // lane must not wait on the disk for it.
+        let pending = store
+            .dead_letter(DeadLetter {
+                received_ms: now_ms(),
+                source: st.topic.clone(),
+                reason: format!("uplink refused: {why}"),
+                raw: envelope.encode_to_vec().into(),
+                original_len: event.encoded_len(),
+            })
+            .await?;
+        drop(pending);
+        // Never for its own announcement: a refused GW.UPLINK_REFUSED must not beget more.
+        if event.code != REFUSED_CODE {
+            let ev = gateway_event(
+                &self.gateway_id,
+                &self.estate_id,
+                REFUSED_CODE,
+                EventState::Active,
+                None,
+                // Clipped: the announcement must fit where the event did not.
+                serde_json::json!({
+                    "seq": event.seq,
+                    "lane": st.lane.as_str(),
+                    "code": clip(&event.code, 128),
+                    "device_id": clip(&event.device_id, 128),
+                    "event_id": clip(&event.event_id, 64),
+                    "reason": clip(why, 512),
+                }),
+            );
+            store.append_nowait(ev).await?;
+        }
+        Ok(())
+    }
+
+    /// The next batch to send, the alarms lane first: read on the blocking pool, packed
+    /// to fit (see [`batch::pack`]). While a lane is careful (after a refusal), one event
+    /// reduced to its envelope.
+    async fn next_batch(
+        &self,
+        reader: &StoreReader,
+        lanes: &[LaneState; 2],
+        sent: &mut [u64; 2],
+    ) -> Result<Option<Next>, ForwardError> {
+        for (i, st) in lanes.iter().enumerate() {
+            if reader.last_seq(st.lane) <= sent[i] {
+                continue;
+            }
+            let careful = sent[i] < st.careful_until;
+            let max_events = if careful { 1 } else { st.limits.max_events };
+            let events =
+                read_lane(reader, st.lane, sent[i], max_events, st.limits.max_payload).await?;
+            let careful = careful && events.first().is_some_and(|e| e.seq <= st.careful_until);
+            let enveloped = careful && events.first().map(|e| e.seq) == st.envelope;
+            let events = if enveloped {
+                events.into_iter().map(batch::envelope).collect()
+            } else {
+                events
+            };
+            let before = sent[i];
+            match batch::pack(&st.header, events, st.limits, now_ms()) {
+                Ok(Some(packed)) => {
+                    sent[i] = packed.batch.last_seq;
+                    return Ok(Some(Next::Batch {
+                        i,
+                        before,
+                        packed,
+                        careful,
+                        enveloped,
+                    }));
+                }
+                Ok(None) => continue,
+                Err(unfit) => {
+                    sent[i] = unfit.event.seq;
+                    return Ok(Some(Next::Unfit { i, before, unfit }));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Acts on a timer that fired: raises the outage alert, or says the grace period is
@@ -221,41 +621,6 @@ impl Forwarder {
                 Ok(ControlFlow::Continue(()))
             }
         }
-    }
-
-    /// The next batch to send: the alarms lane first, then the events lane.
-    fn next_batch(
-        &self,
-        reader: &StoreReader,
-        sent: &mut [u64; 2],
-    ) -> Result<Option<(Lane, pb::EventBatch)>, ForwardError> {
-        for (i, lane) in Lane::ALL.into_iter().enumerate() {
-            if reader.last_seq(lane) <= sent[i] {
-                continue;
-            }
-            let events =
-                reader.read_lane(lane, sent[i], self.max_batch_events, self.max_batch_bytes)?;
-            let (Some(first), Some(last)) = (events.first(), events.last()) else {
-                continue;
-            };
-            let (first_seq, last_seq) = (first.seq, last.seq);
-            sent[i] = last_seq;
-            return Ok(Some((
-                lane,
-                pb::EventBatch {
-                    gateway_id: self.gateway_id.clone(),
-                    estate_id: self.estate_id.clone(),
-                    boot_id: self.boot_id.clone(),
-                    store_epoch: reader.epoch(),
-                    first_seq,
-                    last_seq,
-                    lane: pb::Lane::from(lane).into(),
-                    events,
-                    sent_at_ms: now_ms(),
-                },
-            )));
-        }
-        Ok(None)
     }
 
     async fn raise_uplink(
@@ -335,3 +700,96 @@ impl Timers {
         }
     }
 }
+
+/// What outlives a connection for one lane.
+#[derive(Debug)]
+struct LaneState {
+    lane: Lane,
+    topic: String,
+    header: batch::Header,
+    limits: Limits,
+    /// Highest seq passed for good (acknowledged, or given up on). The store's cursor
+    /// follows a commit later; a new connection starts from whichever is further.
+    passed: u64,
+    /// After a refused publish, seqs up to here go one per batch, with one batch in
+    /// flight (0: never).
+    careful_until: u64,
+    /// The event refused when sent alone: it goes next as its envelope.
+    envelope: Option<u64>,
+}
+
+/// Who refused a publish, and how it showed.
+#[derive(Debug)]
+enum Refusal {
+    /// rumqttc's packet check failed writing it: certain.
+    Client(String),
+    /// The broker dropped the link [`BROKER_STRIKES`] times in a row with it in flight:
+    /// likely, not certain (a link that fails before every acknowledgement looks alike).
+    Broker(String),
+}
+
+/// What [`Forwarder::next_batch`] found for lane `i` (`before`: its sent mark before).
+#[derive(Debug)]
+enum Next {
+    Batch {
+        i: usize,
+        before: u64,
+        packed: batch::Packed,
+        careful: bool,
+        enveloped: bool,
+    },
+    /// The lane's next event does not fit a packet even cut: it is given up on.
+    Unfit {
+        i: usize,
+        before: u64,
+        unfit: Box<Unfit>,
+    },
+}
+
+/// Reads a lane on the blocking pool: sled does disk I/O and must not hold up an async
+/// worker (issue 13).
+async fn read_lane(
+    reader: &StoreReader,
+    lane: Lane,
+    after: u64,
+    max_events: usize,
+    max_bytes: usize,
+) -> Result<Vec<pb::Event>, ForwardError> {
+    let reader = reader.clone();
+    let events =
+        tokio::task::spawn_blocking(move || reader.read_lane(lane, after, max_events, max_bytes))
+            .await??;
+    Ok(events)
+}
+
+/// A publish the uplink client itself refused (rumqttc's packet check while writing it),
+/// as opposed to the link failing: resending it unchanged would fail the same way.
+fn is_refusal(err: &ConnectionError) -> bool {
+    matches!(
+        err,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::OutgoingPacketTooLarge { .. }
+        ))
+    )
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Whether to log this occurrence: `Some(suppressed since the last line)`.
+fn log_line(throttle: &LogThrottle) -> Option<u64> {
+    match throttle.hit(std::time::Instant::now()) {
+        Throttled::Log => Some(0),
+        Throttled::Summary(n) => Some(n),
+        Throttled::Quiet => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

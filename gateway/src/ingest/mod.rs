@@ -38,8 +38,8 @@ use formats::Sources;
 /// Largest packet the client accepts. Payloads above `ingest.max_payload` are received
 /// whole and dead-lettered; only a packet above this would make rumqttc drop the
 /// connection (and the broker redeliver it), so keep the broker's `message_size_limit`
-/// at or below it.
-pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+/// at or below it. `check-config` keeps `ingest.max_payload` below it.
+pub const MAX_INCOMING_PACKET: usize = estate_config::INGEST_MAX_PACKET.as_u64() as usize;
 
 /// Messages received but not yet committed before ingest stops reading from the broker.
 /// The broker's own in-flight window (Mosquitto's `max_inflight_messages`) normally
