@@ -165,6 +165,9 @@ pub async fn run(
             alerts: alerts_handle.clone(),
             token: cfg.api.token.clone(),
             stop: stream_stop.clone(),
+            limits: api::server::Limits::from_config(&cfg.api),
+            sse_clients: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_sse_clients.max(1))),
+            max_sse_clients: cfg.api.max_sse_clients,
         },
         api_stop.clone(),
     ));
