@@ -130,10 +130,10 @@ pub async fn serve(
         let router = router.clone();
         let stop = connections_stop.clone();
         tokio::spawn(async move {
-            metrics.api_connections.inc();
+            // Released (and the gauge lowered) however the connection ends, a panic in a
+            // handler included.
+            let _open = Open::new(metrics.clone(), permit);
             serve_connection(stream, router, limits, &metrics, stop).await;
-            metrics.api_connections.dec();
-            drop(permit);
         });
     }
     drop(listener);
@@ -146,6 +146,28 @@ pub async fn serve(
         debug!(waited = ?DRAIN, "API connections still open at stop; closing them.");
     }
     Ok(())
+}
+
+/// One open connection: its permit and its count in `estate_api_connections`.
+struct Open {
+    metrics: Arc<Metrics>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(metrics: Arc<Metrics>, permit: tokio::sync::OwnedSemaphorePermit) -> Open {
+        metrics.api_connections.inc();
+        Open {
+            metrics,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.api_connections.dec();
+    }
 }
 
 /// Logs (throttled) and, when descriptors ran out, waits a little before accepting again.
