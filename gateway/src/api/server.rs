@@ -100,6 +100,7 @@ pub async fn serve(
     // One permit per open connection; a connection's task holds its permit until the
     // connection is closed. Over the cap, new connections are refused (never queued: a
     // queued connection would still hold a descriptor).
+    warn_if_no_room(limits.max_connections);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Cancelled when the API stops: each connection finishes its request and closes.
     let connections_stop = CancellationToken::new();
@@ -146,6 +147,35 @@ pub async fn serve(
         debug!(waited = ?DRAIN, "API connections still open at stop; closing them.");
     }
     Ok(())
+}
+
+/// Warns when `api.max_connections` could take more than a quarter of the process's
+/// descriptor limit (`LimitNOFILE`, `ulimit -n`): the MQTT sessions, Modbus links,
+/// serial ports and the store need the rest.
+fn warn_if_no_room(max_connections: usize) {
+    let Some(limit) = descriptor_limit() else {
+        return;
+    };
+    if max_connections as u64 > limit / 4 {
+        warn!(
+            max_connections,
+            descriptor_limit = limit,
+            "api.max_connections is more than a quarter of the descriptor limit; a flood of API connections could leave MQTT and Modbus without descriptors. Lower it or raise LimitNOFILE."
+        );
+    }
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux); `None` elsewhere or
+/// when unlimited.
+fn descriptor_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One open connection: its permit and its count in `estate_api_connections`.
@@ -479,6 +509,12 @@ mod tests {
             idle_timeout: Duration::from_secs(30),
             max_connections: 4,
         }
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_read() {
+        // Linux test machines have a finite soft limit.
+        assert!(descriptor_limit().is_some_and(|n| n > 0));
     }
 
     #[test]
