@@ -331,6 +331,28 @@ pub struct ApiConfig {
     /// Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    /// How long a client may take to send a request's headers: from the connection's
+    /// accept (first request) or from the first byte of a later request on a kept-alive
+    /// connection. Also bounds the body of a write action. A client that is slower is
+    /// disconnected (a slow-header client cannot hold a connection for long).
+    /// More than 0 s. Default: `"10s"`.
+    #[serde(with = "crate::units::duration")]
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may wait, idle, for its next request before the
+    /// gateway closes it. Live streams (`/api/stream`) are never idle (they send every
+    /// second). More than 0 s. Default: `"30s"`.
+    #[serde(with = "crate::units::duration")]
+    pub idle_timeout: Duration,
+    /// Most HTTP connections open at once (live streams included). A connection over the
+    /// cap gets a `503` written without waiting and is closed. Every connection is a file
+    /// descriptor: the systemd unit allows 4096 (`LimitNOFILE`), which the MQTT sessions,
+    /// Modbus links, serial ports and the store also need, so keep this well below it.
+    /// 1–1024. Default: `256`.
+    pub max_connections: usize,
+    /// Most live streams (`GET /api/stream`, the console's live view) at once; a stream
+    /// over the cap is answered `503`. Each also counts against `max_connections`. At
+    /// least 1, at most `max_connections`. Default: `32`.
+    pub max_sse_clients: usize,
 }
 
 impl Default for ApiConfig {
@@ -340,6 +362,10 @@ impl Default for ApiConfig {
             token: None,
             token_file: None,
             token_env: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            max_sse_clients: 32,
         }
     }
 }

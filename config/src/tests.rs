@@ -622,3 +622,26 @@ fn a_large_estate_loads_and_points_at_the_one_bad_device() {
         Some("29")
     );
 }
+
+/// Issue 13: the HTTP limits have defaults well below the unit's `LimitNOFILE` (4096)
+/// and are checked against each other.
+#[test]
+fn api_limits() {
+    let c = Config::from_toml_str(MINIMAL, "test.toml").expect("minimal config loads");
+    assert_eq!(c.api.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.api.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.api.max_connections, 256);
+    assert_eq!(c.api.max_sse_clients, 32);
+
+    let errs = errors(&format!(
+        "{MINIMAL}\n[api]\nmax_connections = 8\nmax_sse_clients = 9\nidle_timeout = \"0s\"\n"
+    ));
+    assert!(problem_at(&errs, "api.max_sse_clients")
+        .message
+        .contains("api.max_connections is 8"));
+    problem_at(&errs, "api.idle_timeout");
+    let errs = errors(&format!("{MINIMAL}\n[api]\nmax_connections = 5000\n"));
+    assert!(problem_at(&errs, "api.max_connections")
+        .message
+        .contains("between 1 and 1024"));
+}

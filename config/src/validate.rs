@@ -174,6 +174,9 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
             &mut f,
         );
     }
+    if let Some(api) = &parts.api {
+        check_api(api, &mut f);
+    }
     if let (Some(gateway), Some(ingest), Some(uplink)) =
         (&parts.gateway, &parts.ingest, &parts.uplink)
     {
@@ -531,6 +534,40 @@ fn check_uplink_sizes(
                 ),
             );
         }
+    }
+}
+
+/// Most HTTP connections `api.max_connections` may allow: a quarter of the systemd
+/// unit's `LimitNOFILE` (4096), the rest kept for MQTT, Modbus, serial ports and sled.
+pub const API_MAX_CONNECTIONS: usize = 1024;
+
+fn check_api(a: &ApiConfig, f: &mut Findings) {
+    if a.header_read_timeout.is_zero() {
+        f.at("api.header_read_timeout", "must be more than 0s");
+    }
+    if a.idle_timeout.is_zero() {
+        f.at("api.idle_timeout", "must be more than 0s");
+    }
+    if a.max_connections == 0 || a.max_connections > API_MAX_CONNECTIONS {
+        f.at(
+            "api.max_connections",
+            format!(
+                "must be between 1 and {API_MAX_CONNECTIONS} (each connection is a file descriptor the MQTT and Modbus links also need), found {}",
+                a.max_connections
+            ),
+        );
+    }
+    if a.max_sse_clients == 0 {
+        f.at("api.max_sse_clients", "must be at least 1");
+    } else if a.max_sse_clients > a.max_connections {
+        f.across(
+            "api.max_sse_clients",
+            &["api.max_connections".into()],
+            format!(
+                "{} live streams cannot all be open: each is a connection and api.max_connections is {}",
+                a.max_sse_clients, a.max_connections
+            ),
+        );
     }
 }
 

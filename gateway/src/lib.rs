@@ -25,6 +25,28 @@
 //! Shutdown order: stop ingest (acknowledging what is committed) and Modbus → alerts
 //! handle what was committed and stop → forward gets one last attempt within the grace
 //! period → the store writer drains, flushes, exits.
+//!
+//! ## Supervised stages
+//!
+//! No long-running task ends silently (issue 13). Each one that ends while the gateway
+//! is running logs why at ERROR, sets `/healthz` to `failed` under `stage.<name>` (503),
+//! and is either restarted in place or stops the gateway in order, so that the process
+//! exits non-zero and systemd restarts it (`Restart=on-failure`, packaging/):
+//!
+//! | stage | when it ends unexpectedly | why |
+//! |---|---|---|
+//! | ingest (MQTT) | stops the gateway, exit 1 | its session and acks are tied to the store writer; a fresh process reconnects and the broker redelivers what was not acknowledged |
+//! | forward (uplink) | stops the gateway, exit 1 | its cursors live in the store; a fresh process resumes from them |
+//! | alerts | **restarted in place** (250 ms, doubling to 4 s), rebuilt from the store; more than 5 failures in 10 min stop the gateway, exit 1 | local alerts come back fastest that way while ingest and forward run on (see [`alerts::supervisor`]) |
+//! | Modbus bus | restarted in place after 1 s, forever | one bus's bug must not stop the others or MQTT ingest ([`ingest::modbus`]) |
+//! | Modbus (all buses) | stops the gateway, exit 1 | it only returns at stop; anything else is a bug |
+//! | API | stops the gateway, exit 1 | it owns the listening socket; a fresh process binds it again. One connection's panic ends only that connection |
+//! | store writer | stops the gateway, exit 1 | nothing is acknowledged without it; the store is crash-safe and a fresh process reopens it |
+//! | systemd watchdog | stops the gateway, exit 1 | without it systemd would kill the process anyway after `WatchdogSec`; stopping in order loses less |
+//!
+//! "Stops the gateway" is the usual shutdown order above; the exit status is 1 even when
+//! the stage returned without an error. A panic is caught because the release profile
+//! unwinds (Cargo.toml).
 
 pub mod alerts;
 pub mod api;
@@ -67,6 +89,10 @@ pub enum GatewayError {
     Api(std::io::Error),
     #[error("a stage panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Alerts(#[from] alerts::supervisor::SupervisorError),
+    #[error("the {0} stage stopped while the gateway was running")]
+    StageEnded(&'static str),
 }
 
 /// How to run, besides the config.
@@ -148,42 +174,66 @@ pub async fn run(
         let reader = reader.clone();
         tokio::task::spawn_blocking(move || alerts::Alerts::new(&cfg, &reader)).await??
     };
-    let writer = tokio::task::spawn_blocking(move || writer.run());
+    // The first stage that ended while the gateway was running (see `guarded`).
+    let ended: Ended = Arc::new(std::sync::OnceLock::new());
+    let guard = |stage: &'static str, key: &'static str| Guarded {
+        stage,
+        key,
+        shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
+        ended: ended.clone(),
+    };
+    let writer = tokio::spawn(guard("store writer", "stage.store").run(
+        tokio::task::spawn_blocking(move || writer.run()),
+        |r| match r {
+            Ok(Ok(())) => "it returned".to_owned(),
+            Ok(Err(err)) => err.to_string(),
+            Err(err) => err.to_string(),
+        },
+    ));
 
     // The API outlives the stages so health stays visible while draining.
     let api_stop = CancellationToken::new();
     // Live streams end as soon as the gateway begins to stop: a console reconnects (and
     // gets refused or a fresh stream) instead of holding the API open.
     let stream_stop = shutdown.child_token();
-    let api = tokio::spawn(api::run(
-        api_listener,
-        api::ApiState {
-            metrics: metrics.clone(),
-            reader: reader.clone(),
-            gateway_id: cfg.gateway.id.clone(),
-            estate_id: cfg.gateway.estate_id.clone(),
-            alerts: alerts_handle.clone(),
-            token: cfg.api.token.clone(),
-            stop: stream_stop.clone(),
-        },
-        api_stop.clone(),
+    let api = tokio::spawn(guard("API", "stage.api").run(
+        api::run(
+            api_listener,
+            api::ApiState {
+                metrics: metrics.clone(),
+                reader: reader.clone(),
+                gateway_id: cfg.gateway.id.clone(),
+                estate_id: cfg.gateway.estate_id.clone(),
+                alerts: alerts_handle.clone(),
+                token: cfg.api.token.clone(),
+                stop: stream_stop.clone(),
+                limits: api::server::Limits::from_config(&cfg.api),
+                sse_clients: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_sse_clients.max(1))),
+                max_sse_clients: cfg.api.max_sse_clients,
+            },
+            api_stop.clone(),
+        ),
+        result_cause,
     ));
     // Alerts stop after ingest and Modbus (so they see every committed event) and before
     // the writer drains (they hold a StoreHandle for the events they raise).
+    // On its own thread, restarted in place after a failure (alerts::supervisor).
     let alerts_stop = CancellationToken::new();
-    let alerts_task = tokio::spawn(alerts_stage.run(
+    let alerts_task = alerts::supervisor::spawn(
+        alerts_stage,
+        cfg.clone(),
         handle.clone(),
         modbus_handle.clone(),
         metrics.clone(),
         alerts_stop.clone(),
-    ));
-    let ingest = tokio::spawn(stop_all_when_done(
-        "ingest",
-        ingest.run(handle.clone(), metrics.clone(), shutdown.clone()),
         shutdown.clone(),
+    )?;
+    let ingest = tokio::spawn(guard("ingest", "stage.ingest").run(
+        ingest.run(handle.clone(), metrics.clone(), shutdown.clone()),
+        result_cause,
     ));
-    let forward = tokio::spawn(stop_all_when_done(
-        "forward",
+    let forward = tokio::spawn(guard("forward", "stage.forward").run(
         forwarder.run(
             reader.clone(),
             handle.clone(),
@@ -191,15 +241,17 @@ pub async fn run(
             shutdown.clone(),
             opts.grace,
         ),
-        shutdown.clone(),
+        result_cause,
     ));
     // Modbus polling; each bus task restarts itself after a bug (see ingest::modbus).
-    let modbus = tokio::spawn(modbus.run(handle.clone(), metrics.clone(), shutdown.clone()));
+    let modbus = tokio::spawn(guard("Modbus", "stage.modbus").run(
+        modbus.run(handle.clone(), metrics.clone(), shutdown.clone()),
+        |()| "it returned".to_owned(),
+    ));
     if let Some(interval) = systemd::watchdog_interval() {
-        tokio::spawn(systemd::watchdog(
-            interval,
-            handle.clone(),
-            shutdown.clone(),
+        tokio::spawn(guard("systemd watchdog", "stage.watchdog").run(
+            systemd::watchdog(interval, handle.clone(), shutdown.clone()),
+            |()| "it returned".to_owned(),
         ));
     }
     drop(handle);
@@ -229,10 +281,10 @@ pub async fn run(
     // Modbus stops polling at a safe point and drops its StoreHandle before the store drains.
     let modbus_result = modbus.await;
     alerts_stop.cancel();
-    let alerts_result = alerts_task.await;
+    let alerts_result = alerts_task.join().await;
     let forward_result = forward.await;
     // Every StoreHandle is gone now: the writer commits what is queued and exits.
-    let writer_result = writer.await;
+    let writer_result = writer.await.and_then(|r| r);
     api_stop.cancel();
     let _ = api.await;
     if let Ok(Err(err)) = &writer_result {
@@ -243,31 +295,74 @@ pub async fn run(
     alerts_result?;
     forward_result??;
     writer_result??;
+    if let Some(stage) = ended.get() {
+        return Err(GatewayError::StageEnded(stage));
+    }
     info!("Gateway stopped.");
     Ok(())
 }
 
-/// Runs a stage; when it ends while the gateway is not stopping (a fatal error, or a
-/// panic: the release profile unwinds, so this guard still runs), it stops the whole
-/// gateway in order, so the process exits non-zero and its supervisor restarts it
-/// instead of leaving it running half-alive.
-async fn stop_all_when_done<F: std::future::Future>(
+/// The first stage that ended while the gateway was running.
+type Ended = Arc<std::sync::OnceLock<&'static str>>;
+
+/// Why a stage that returns a `Result` ended.
+fn result_cause<E: std::fmt::Display>(r: &Result<(), E>) -> String {
+    match r {
+        Ok(()) => "it returned".to_owned(),
+        Err(err) => err.to_string(),
+    }
+}
+
+/// Runs a stage; when it ends while the gateway is not stopping (a fatal error, a return,
+/// or a panic: the release profile unwinds, so this guard still runs), it logs why at
+/// ERROR, sets `/healthz` to failed under its key and stops the whole gateway in order,
+/// so the process exits non-zero and its supervisor restarts it instead of leaving it
+/// running half-alive (crate doc, "Supervised stages").
+struct Guarded {
     stage: &'static str,
-    stage_future: F,
+    key: &'static str,
     shutdown: CancellationToken,
-) -> F::Output {
-    struct Guard(&'static str, CancellationToken);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            if !self.1.is_cancelled() {
+    metrics: Arc<Metrics>,
+    ended: Ended,
+}
+
+impl Guarded {
+    async fn run<F: std::future::Future>(
+        self,
+        stage_future: F,
+        cause: impl FnOnce(&F::Output) -> String,
+    ) -> F::Output {
+        struct OnEnd(Guarded, Option<String>);
+        impl Drop for OnEnd {
+            fn drop(&mut self) {
+                let g = &self.0;
+                if g.shutdown.is_cancelled() {
+                    return;
+                }
+                let cause = self
+                    .1
+                    .take()
+                    .unwrap_or_else(|| "it panicked (see the panic message above)".to_owned());
                 error!(
-                    stage = self.0,
-                    "Stage stopped while the gateway was running; stopping the gateway."
+                    stage = g.stage,
+                    %cause,
+                    "Stage stopped while the gateway was running; stopping the gateway (exit 1) so that systemd restarts it."
                 );
-                self.1.cancel();
+                g.metrics.health.set(
+                    g.key,
+                    crate::health::Level::Failed,
+                    format!(
+                        "the {} stage stopped ({cause}); the gateway is stopping so that systemd restarts it",
+                        g.stage
+                    ),
+                );
+                let _ = g.ended.set(g.stage);
+                g.shutdown.cancel();
             }
         }
+        let mut on_end = OnEnd(self, None);
+        let out = stage_future.await;
+        on_end.1 = Some(cause(&out));
+        out
     }
-    let _guard = Guard(stage, shutdown);
-    stage_future.await
 }

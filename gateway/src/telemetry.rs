@@ -28,6 +28,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// A long-running stage, for its restarts (lib.rs, "Supervised stages").
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EvictLabel {
     pub lane: &'static str,
@@ -122,6 +128,13 @@ pub struct Metrics {
     pub alerts_opened: Counter,
     /// Committed events handed to the alert engine but not handled yet.
     pub alerts_backlog: Gauge,
+    /// Stages restarted in place after a failure (lib.rs, "Supervised stages").
+    pub stage_restarts: Family<StageLabel, Counter>,
+    /// HTTP connections open on the API (live streams included).
+    pub api_connections: Gauge,
+    /// API connections or live streams refused over their cap (`reason`: `connections`,
+    /// `streams`), and connections closed by a timeout (`header_timeout`, `idle_timeout`).
+    pub api_closed: Family<ReasonLabel, Counter>,
     /// What `/healthz` reports beyond the counters: the conditions stages raise.
     pub health: crate::health::Health,
 }
@@ -170,6 +183,9 @@ impl Metrics {
             alerts_open: Gauge::default(),
             alerts_opened: Counter::default(),
             alerts_backlog: Gauge::default(),
+            stage_restarts: Family::default(),
+            api_connections: Gauge::default(),
+            api_closed: Family::default(),
             health: crate::health::Health::default(),
             registry: Registry::default(),
         };
@@ -318,6 +334,21 @@ impl Metrics {
             "alerts_backlog",
             "Committed events waiting for the alert engine",
             m.alerts_backlog.clone(),
+        );
+        r.register(
+            "stage_restarts",
+            "Stages restarted in place after a failure, by stage",
+            m.stage_restarts.clone(),
+        );
+        r.register(
+            "api_connections",
+            "HTTP connections open on the local API",
+            m.api_connections.clone(),
+        );
+        r.register(
+            "api_closed",
+            "API connections refused or closed by a limit (connections, streams over their cap; header_timeout, idle_timeout)",
+            m.api_closed.clone(),
         );
         Metrics { registry, ..m }
     }

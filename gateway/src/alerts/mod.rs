@@ -25,11 +25,19 @@
 //! **No deadlock.** The writer hands committed events over an unbounded channel and never
 //! waits for the engine; the engine raises events with `append_nowait` and never waits
 //! for a commit.
+//!
+//! **Supervised, off the async workers** ([`supervisor`]). The stage runs on its own
+//! thread (its sled reads and writes never block the runtime that ingest and forward
+//! share) and is restarted in place after a failure: the engine is rebuilt from the
+//! store ([`Alerts::rebuild`]) and replays the committed events after its persisted
+//! progress, while its inputs (the writer's tap, the API's commands) stay attached, so
+//! nothing committed meanwhile is missed.
 
 pub mod cli;
 pub mod model;
 pub mod rules;
 pub mod state;
+pub mod supervisor;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
@@ -328,10 +336,29 @@ impl Alerts {
         ))
     }
 
+    /// Rebuilds the engine from the store after the stage failed: the open alerts, the
+    /// devices and the progress as last persisted. The committed events after that
+    /// progress are replayed by the next [`Alerts::run`] (the store keeps them until
+    /// `set_alerts_done` passes them); the inputs (the writer's tap, the API's commands)
+    /// are kept, so nothing committed meanwhile is missed. Blocking (sled reads).
+    pub fn rebuild(&mut self, cfg: &Config) -> Result<(), StoreError> {
+        let mut engine = Engine::new(cfg, now_ms());
+        engine.restore(self.store.open_alerts()?);
+        engine.restore_devices(self.store.devices()?);
+        self.engine = engine;
+        self.last_seq = self.store.last_seq()?;
+        self.unsaved_progress = None;
+        // The writer updates `committed` before it hands the events to the tap, so every
+        // event the failed run took from the tap is at or below this.
+        self.replay_until = *self.reader.committed().borrow();
+        Ok(())
+    }
+
     /// Runs until `shutdown`; then handles the committed events already handed over and
-    /// returns (dropping its store handle, so the writer can finish).
+    /// returns. Borrows the stage so that, after a panic, [`supervisor`] can rebuild and
+    /// run it again with the same inputs.
     pub async fn run(
-        mut self,
+        &mut self,
         store: StoreHandle,
         modbus: ModbusHandle,
         metrics: Arc<Metrics>,
@@ -342,9 +369,11 @@ impl Alerts {
         let (link_tx, mut link_rx) = mpsc::unbounded_channel::<LinkDone>();
         // The publisher outlives the loop so the final active set goes out.
         let publisher_stop = CancellationToken::new();
+        // Also stopped when this run unwinds, so a restarted run never has two.
+        let _publisher_guard = publisher_stop.clone().drop_guard();
         let publisher = self
             .mqtt
-            .take()
+            .clone()
             .map(|o| MqttPublisher::start(o, self.topic.clone(), publisher_stop.clone()));
         let mut out = Outputs {
             metrics,
@@ -421,6 +450,10 @@ impl Alerts {
         self.save_progress();
         self.save_devices(&mut saved_devices);
         publisher_stop.cancel();
+        if let Some(p) = out.publisher.take() {
+            // The publisher runs on this stage's runtime, which ends with this run.
+            let _ = p.task.await;
+        }
         debug!("Alerts stopped.");
     }
 
@@ -460,6 +493,7 @@ impl Alerts {
     }
 
     async fn handle_events(&mut self, events: Vec<Event>, out: &mut Outputs) {
+        supervisor::fault_hook(&events, self.last_seq);
         let now = now_ms();
         let mut effects = Vec::new();
         let mut n = 0u64;
@@ -851,13 +885,15 @@ struct MqttPublisher {
     /// so a late subscriber still sees the truth.
     tx: mpsc::Sender<MqttMsg>,
     topic: String,
+    /// The publisher task; it ends after the stop token, having sent what was queued.
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl MqttPublisher {
     fn start(opts: rumqttc::MqttOptions, topic: String, shutdown: CancellationToken) -> Self {
         let (tx, mut rx) = mpsc::channel::<MqttMsg>(1024);
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             // The latest retained document, re-sent after every reconnect.
             let mut retained: Option<MqttMsg> = None;
@@ -903,7 +939,7 @@ impl MqttPublisher {
             })
             .await;
         });
-        MqttPublisher { tx, topic }
+        MqttPublisher { tx, topic, task }
     }
 
     fn send(&self, msg: MqttMsg) {

@@ -101,12 +101,11 @@ async fn an_alarm_committed_before_the_engine_saw_it_is_alerted_after_a_restart(
         assert_eq!(replay[0].seq, 1);
         let writer = tokio::task::spawn_blocking(move || w.run());
         let stop = CancellationToken::new();
-        let task = tokio::spawn(alerts.run(
-            h.clone(),
-            ModbusHandle::default(),
-            metrics.clone(),
-            stop.clone(),
-        ));
+        let task = tokio::spawn({
+            let (h, metrics, stop) = (h.clone(), metrics.clone(), stop.clone());
+            let mut alerts = alerts;
+            async move { alerts.run(h, ModbusHandle::default(), metrics, stop).await }
+        });
         let open = Filter {
             status: "open".into(),
             ..Filter::default()

@@ -3,13 +3,23 @@
 //!
 //! Bound to loopback by default (`api.listen`). `run` takes an already-bound listener so
 //! tests and the demo can bind port 0. Reading needs no authentication; write actions
-//! need `Authorization: Bearer <api.token>`, and without a configured token the API is
-//! read-only (writes get 403). The contract is documented in the README ("HTTP API").
+//! need `Authorization: Bearer <api.token>` (the scheme in any case), and without a
+//! configured token the API is read-only (writes get 403). The contract is documented in
+//! the README ("HTTP API").
+//!
+//! Limits (issue 13; README "HTTP limits"): [`server`] keeps the connection cap and the
+//! header-read and idle timeouts; live streams have their own cap
+//! (`api.max_sse_clients`); a write action's body is at most [`MAX_BODY_BYTES`] (413
+//! beyond) and its free-text fields are capped ([`MAX_BY_CHARS`], [`MAX_NOTE_CHARS`],
+//! [`MAX_DISPOSITION_CHARS`]; 400 naming the field beyond), so an operator's note always
+//! fits in one stored record (`store.record_max_bytes`, 48 KiB by default) and one uplink
+//! batch (`uplink.max_batch_bytes`, 256 KiB).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -18,7 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use estate_config::Secret;
@@ -31,6 +41,24 @@ use crate::store::StoreReader;
 use crate::telemetry::Metrics;
 
 pub mod console;
+pub mod server;
+
+/// Largest request body of a write action (acknowledge, close): a JSON object of `by`,
+/// `note` and `disposition` at their caps takes at most about 12 KiB even with every
+/// character escaped as `\uXXXX`. Beyond: 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// How much of an oversized body is read (and dropped) before answering 413, so that
+/// the client sees the answer (see `read_body`).
+const MAX_DISCARD_BYTES: usize = 1024 * 1024;
+/// Longest `by` (who acts), in characters (at most 512 bytes of UTF-8).
+pub const MAX_BY_CHARS: usize = 128;
+/// Longest `note`, in characters (at most 4,000 bytes of UTF-8): an `ALERT.UPDATE`
+/// carrying it stays far below a stored record (`store.record_max_bytes`, 48 KiB by
+/// default) and an uplink batch (`uplink.max_batch_bytes`, 256 KiB).
+pub const MAX_NOTE_CHARS: usize = 1000;
+/// Longest `disposition` as sent (the valid ones are shorter; this only keeps a refusal
+/// from echoing a large value).
+pub const MAX_DISPOSITION_CHARS: usize = 32;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -45,6 +73,13 @@ pub struct ApiState {
     /// Cancelled when the API stops: open event streams end then, so that graceful
     /// shutdown does not wait for a console that never disconnects.
     pub stop: CancellationToken,
+    /// Timeouts and the connection cap (`[api]`).
+    pub limits: server::Limits,
+    /// One permit per open live stream (`api.max_sse_clients`); a stream holds its
+    /// permit until it ends. None left: the next stream is answered 503.
+    pub sse_clients: Arc<Semaphore>,
+    /// `api.max_sse_clients`, for the refusal's message.
+    pub max_sse_clients: usize,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -62,15 +97,15 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown`, within the limits of `state.limits` (see [`server`]).
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let limits = state.limits;
+    let metrics = state.metrics.clone();
+    server::serve(listener, router(state), limits, metrics, shutdown).await
 }
 
 async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
@@ -232,8 +267,7 @@ fn authorize(s: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => Ok(()),
         Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
@@ -242,6 +276,14 @@ fn authorize(s: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
             "write actions need the header Authorization: Bearer <api.token>",
         )),
     }
+}
+
+/// The token of an `Authorization` value with the `Bearer` scheme, which is
+/// case-insensitive (RFC 9110, 11.1): `Bearer x`, `bearer x` and `BEARER  x` give `x`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Compares without stopping at the first difference, so the time taken does not tell
@@ -273,27 +315,124 @@ struct CloseBody {
     note: String,
 }
 
-/// An operator's write request: authorized by the bearer token, with a JSON body (parsed
-/// by hand so that a bad body is a 400 with our error shape) whose `by` names who acts
-/// (1 to 128 characters).
-#[allow(clippy::result_large_err)]
-fn operator_request<T: serde::de::DeserializeOwned>(
+/// The free-text fields of a write request, for their caps.
+trait OperatorFields {
+    /// `(field, value, most characters)` of every free-text field.
+    fn fields(&self) -> Vec<(&'static str, &str, usize)>;
+    fn by(&self) -> &str;
+}
+
+impl OperatorFields for AckBody {
+    fn fields(&self) -> Vec<(&'static str, &str, usize)> {
+        vec![
+            ("by", &self.by, MAX_BY_CHARS),
+            ("note", &self.note, MAX_NOTE_CHARS),
+        ]
+    }
+    fn by(&self) -> &str {
+        &self.by
+    }
+}
+
+impl OperatorFields for CloseBody {
+    fn fields(&self) -> Vec<(&'static str, &str, usize)> {
+        vec![
+            ("by", &self.by, MAX_BY_CHARS),
+            ("disposition", &self.disposition, MAX_DISPOSITION_CHARS),
+            ("note", &self.note, MAX_NOTE_CHARS),
+        ]
+    }
+    fn by(&self) -> &str {
+        &self.by
+    }
+}
+
+/// An operator's write request: authorized by the bearer token (before its body is
+/// read), with a JSON body of at most [`MAX_BODY_BYTES`] that arrives within
+/// `api.header_read_timeout` (parsed by hand so that a bad body is a 400 with our error
+/// shape), whose free-text fields are within their caps and whose `by` names who acts.
+async fn operator_request<T: serde::de::DeserializeOwned + OperatorFields>(
     s: &ApiState,
     headers: &HeaderMap,
-    body: &[u8],
-    by: impl Fn(&T) -> &str,
+    body: Body,
 ) -> Result<T, Response> {
     authorize(s, headers)?;
-    let request: T = serde_json::from_slice(body)
+    let body = read_body(body, headers, s.limits.header_read_timeout).await?;
+    let request: T = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
-    let who = by(&request).trim();
-    if who.is_empty() || who.len() > 128 {
+    for (field, value, max) in request.fields() {
+        let n = value.chars().count();
+        if n > max {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("`{field}` is too long: at most {max} characters, found {n}"),
+            ));
+        }
+    }
+    if request.by().trim().is_empty() {
         return Err(error(
             StatusCode::BAD_REQUEST,
-            "`by` must name who acts (1 to 128 characters)",
+            format!("`by` must name who acts (1 to {MAX_BY_CHARS} characters)"),
         ));
     }
     Ok(request)
+}
+
+/// The whole body, at most [`MAX_BODY_BYTES`] (413 beyond), within `within` (408
+/// beyond). An oversized body is still read and discarded up to [`MAX_DISCARD_BYTES`]
+/// before the 413 goes out: a server that answers and closes while the client is still
+/// sending makes the client's kernel see a reset, and most clients then report a
+/// broken connection instead of the 413.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    within: Duration,
+) -> Result<bytes::Bytes, Response> {
+    use futures_util::StreamExt;
+    let too_big = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body too big: at most {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_DISCARD_BYTES as u64) {
+        return Err(too_big());
+    }
+    let collect = async {
+        let mut stream = body.into_data_stream();
+        let mut out = Vec::new();
+        let mut seen = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {e}"),
+                )
+            })?;
+            seen += chunk.len();
+            if seen > MAX_DISCARD_BYTES {
+                break;
+            }
+            if seen <= MAX_BODY_BYTES {
+                out.extend_from_slice(&chunk);
+            }
+        }
+        if seen > MAX_BODY_BYTES {
+            return Err(too_big());
+        }
+        Ok(bytes::Bytes::from(out))
+    };
+    match tokio::time::timeout(within, collect).await {
+        Ok(r) => r,
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {within:?}"),
+        )),
+    }
 }
 
 fn op_response(r: Result<crate::alerts::model::Alert, OpError>) -> Response {
@@ -309,9 +448,9 @@ async fn ack_alert(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
-    let b = match operator_request(&s, &headers, &body, |b: &AckBody| &b.by) {
+    let b: AckBody = match operator_request(&s, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -322,9 +461,9 @@ async fn close_alert(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
-    let b = match operator_request(&s, &headers, &body, |b: &CloseBody| &b.by) {
+    let b: CloseBody = match operator_request(&s, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -355,14 +494,35 @@ enum Next {
 /// (a device's JSON when its status changes), `status` every second (the /api/status
 /// JSON), and keep-alive comments. A client that falls behind gets a `resync` event and
 /// should re-read the lists. The stream ends when the gateway stops (the client
-/// reconnects to the next one).
-async fn stream(
-    State(s): State<ApiState>,
+/// reconnects to the next one). At most `api.max_sse_clients` streams at once: beyond,
+/// 503.
+async fn stream(State(s): State<ApiState>) -> Response {
+    let Ok(permit) = s.sse_clients.clone().try_acquire_owned() else {
+        s.metrics
+            .api_closed
+            .get_or_create(&crate::telemetry::ReasonLabel { reason: "streams" })
+            .inc();
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many live streams open (api.max_sse_clients = {}); retry later",
+                s.max_sse_clients
+            ),
+        );
+    };
+    live_stream(s, permit).into_response()
+}
+
+fn live_stream(
+    s: ApiState,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = s.alerts.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stream = futures_util::stream::unfold((s, rx, tick), |(s, mut rx, mut tick)| async move {
+    // The permit lives in the stream's state: released when the stream is dropped.
+    let state = (s, rx, tick, permit);
+    let stream = futures_util::stream::unfold(state, |(s, mut rx, mut tick, permit)| async move {
         let stop = s.stop.clone();
         let next = tokio::select! {
             biased;
@@ -385,14 +545,26 @@ async fn stream(
                 .event("status")
                 .data(status_json(&s).to_string()),
         };
-        Some((Ok(ev), (s, rx, tick)))
+        Some((Ok(ev), (s, rx, tick, permit)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    /// Issue 13: the scheme is case-insensitive.
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn token_compare_is_exact() {

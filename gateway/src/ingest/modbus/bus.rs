@@ -107,21 +107,55 @@ pub(crate) async fn supervise(
     // Shared so that a restarted task takes over the same queue (the lock is released
     // when a panicking task unwinds).
     let commands = Arc::new(Mutex::new(commands));
+    // After a restart `/healthz` says `degraded` (key `stage.modbus`, shared by every
+    // bus) until the bus has run this long without failing again.
+    const HEALTHY_AFTER: Duration = Duration::from_secs(600);
+    let mut restarted = false;
     loop {
-        let task = tokio::spawn(run_bus(
+        let mut task = tokio::spawn(run_bus(
             spec.clone(),
             commands.clone(),
             env.clone(),
             shutdown.clone(),
         ));
-        match task.await {
+        let joined = loop {
+            tokio::select! {
+                r = &mut task => break r,
+                _ = tokio::time::sleep(HEALTHY_AFTER), if restarted => {
+                    restarted = false;
+                    env.metrics.health.clear("stage.modbus");
+                }
+            }
+        };
+        match joined {
             Ok(()) => return,
             Err(err) => {
                 error!(bus = %spec.config.name, error = %err, "Modbus bus task failed (a bug); restarting it in 1s.");
+                env.metrics.health.set(
+                    "stage.modbus",
+                    crate::health::Level::Failed,
+                    format!(
+                        "Modbus bus {} failed ({err}); restarting it in 1s",
+                        spec.config.name
+                    ),
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
+                env.metrics
+                    .stage_restarts
+                    .get_or_create(&crate::telemetry::StageLabel { stage: "modbus" })
+                    .inc();
+                env.metrics.health.set(
+                    "stage.modbus",
+                    crate::health::Level::Degraded,
+                    format!(
+                        "Modbus bus {} restarted after a failure ({err})",
+                        spec.config.name
+                    ),
+                );
+                restarted = true;
             }
         }
     }

@@ -240,6 +240,10 @@ impl Modbus {
         } = self;
         drop(handle);
         if buses.is_empty() {
+            // Still "running" until stop: returning early would read as a stage that
+            // ended (lib.rs, "Supervised stages").
+            drop(store);
+            shutdown.cancelled().await;
             return;
         }
         let env = Env {
