@@ -8,8 +8,11 @@
 //!
 //! - **Acked means durable.** [`StoreHandle::append`] returns a [`Pending`] that resolves
 //!   with the event's `seq` only after its whole group is in sled, flushed, and the log
-//!   file fdatasync'ed (sled's own `flush()` alone does not survive a power cut, see
-//!   DESIGN.md). Ingest acknowledges the MQTT message only then.
+//!   file fdatasync'ed. Ingest acknowledges the MQTT message only then. Upstream sled's
+//!   `flush()` did not survive a power cut (sync_file_range, unsynced blob files,
+//!   snapshot and settings files); the vendored copy is patched to be
+//!   (`vendor/sled/PATCHES.md`), and the writer's own fdatasync stays as a cheap guard
+//!   (the log is already clean, so it costs one syscall).
 //! - **Group commit.** The writer takes every command already queued (up to
 //!   `batch_max_events`), optionally lingers, and commits them with one `apply_batch` and one
 //!   flush. With acks held until commit, the queue *is* the batch: waiting longer would only
