@@ -704,7 +704,14 @@ impl Engine {
         }
         if let Some(id) = self.by_key.get(&key).cloned() {
             if let Some(a) = self.open.get_mut(&id) {
-                a.count += 1;
+                if !a.stored && ev.seq != 0 {
+                    // The redelivered event (or a later one) is stored now: it stands in
+                    // for the one that was not, rather than counting twice.
+                    a.stored = true;
+                    a.opened_by_seq = ev.seq;
+                } else {
+                    a.count += 1;
+                }
                 a.last_seen_ms = a.last_seen_ms.max(t);
                 if a.cleared {
                     a.cleared = false;
@@ -780,6 +787,7 @@ impl Engine {
             closed: None,
             actions: Vec::new(),
             opened_by_seq: ev.seq,
+            stored: ev.seq != 0,
         };
         let links: Vec<LinkAction> = self
             .cfg

@@ -27,6 +27,7 @@
 //!   already forwarded records, the oldest unforwarded telemetry, alarms last. Every
 //!   eviction is counted; unforwarded ones raise a `GW.STORE_EVICTED` event.
 
+mod disk;
 mod keys;
 mod writer;
 
@@ -45,6 +46,7 @@ use estate_protocols::pb;
 
 use crate::telemetry::Metrics;
 
+pub use disk::{dir_disk_bytes, free_bytes};
 pub use writer::StoreWriter;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,10 @@ pub struct StoreOptions {
     pub estate_id: String,
     pub batch_max_events: usize,
     pub batch_linger: Duration,
+    /// Real disk bytes the store's folder may take (see [`disk`]).
     pub disk_budget: u64,
+    /// Free space below which `GW.DISK_LOW` is raised.
+    pub disk_low_free: u64,
     pub cache_capacity: u64,
     pub record_max_bytes: usize,
     pub dead_letter_max: usize,
@@ -107,6 +112,7 @@ impl StoreOptions {
             batch_max_events: s.batch_max_events,
             batch_linger: s.batch_linger,
             disk_budget: s.disk_budget.as_u64(),
+            disk_low_free: s.disk_low_free.as_u64(),
             cache_capacity: s.cache_capacity.as_u64(),
             record_max_bytes: s.record_max_bytes.as_usize(),
             dead_letter_max: s.dead_letter_max,
@@ -159,6 +165,7 @@ impl DeadLetter {
     }
 }
 
+#[derive(Debug)]
 pub(crate) enum Command {
     Append {
         event: Box<Event>,
@@ -175,6 +182,16 @@ pub(crate) enum Command {
     /// Liveness probe (the systemd watchdog): answered once the group it joined has
     /// committed; dropped unanswered when that commit fails.
     Ping { done: oneshot::Sender<()> },
+}
+
+/// What the writer hands the alert engine.
+#[derive(Debug, Clone)]
+pub enum Tapped {
+    /// Committed, in seq order.
+    Committed(Event),
+    /// Its group commit failed (a full disk): not stored, `seq` 0, not acknowledged to
+    /// the broker, which redelivers it; it still opens its local alert meanwhile.
+    NotStored(Event),
 }
 
 /// Per-lane counters shared between the writer and readers.
@@ -202,10 +219,11 @@ struct Shared {
     alerts_done: AtomicU64,
     /// The store's log file (`db`), for making writes outside the writer durable.
     log_file: std::fs::File,
-    /// Committed events, in seq order, to the alert engine (set once at start-up).
+    /// Committed events, in seq order, to the alert engine (set once at start-up), and
+    /// the events of a group that could not be committed (a full disk).
     /// Unbounded so that the writer never waits on the engine: the engine handles an
-    /// event in microseconds, and its backlog is at most what the writer committed.
-    tap: std::sync::OnceLock<mpsc::UnboundedSender<Event>>,
+    /// event in microseconds, and its backlog is at most what the writer was given.
+    tap: std::sync::OnceLock<mpsc::UnboundedSender<Tapped>>,
 }
 
 impl Shared {
@@ -340,7 +358,7 @@ impl StoreReader {
     /// Attaches the alert engine: from now on every committed event is sent to `tx`, and
     /// forwarded records above `done` are kept until [`StoreReader::set_alerts_done`]
     /// moves past them. Only the first call attaches.
-    pub fn attach_alerts(&self, tx: mpsc::UnboundedSender<Event>, done: u64) {
+    pub fn attach_alerts(&self, tx: mpsc::UnboundedSender<Tapped>, done: u64) {
         self.shared.alerts_done.store(done, Ordering::Release);
         let _ = self.shared.tap.set(tx);
     }
@@ -528,7 +546,16 @@ pub fn open(
             .set(n as i64);
     }
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
-    let writer = StoreWriter::new(db, log_file, shared, rx, opts, metrics, &state);
+    let writer = StoreWriter::new(
+        db,
+        log_file,
+        dir.to_path_buf(),
+        shared,
+        rx,
+        opts,
+        metrics,
+        &state,
+    );
     Ok((StoreHandle { tx }, reader, writer))
 }
 
