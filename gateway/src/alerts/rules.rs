@@ -704,11 +704,14 @@ impl Engine {
         }
         if let Some(id) = self.by_key.get(&key).cloned() {
             if let Some(a) = self.open.get_mut(&id) {
-                if !a.stored && ev.seq != 0 {
-                    // The redelivered event (or a later one) is stored now: it stands in
-                    // for the one that was not, rather than counting twice.
-                    a.stored = true;
-                    a.opened_by_seq = ev.seq;
+                if !a.stored {
+                    // While the alert is not stored its events are redeliveries of the
+                    // one that opened it as often as repeats: not counted. The first one
+                    // stored stands in for it.
+                    if ev.seq != 0 {
+                        a.stored = true;
+                        a.opened_by_seq = ev.seq;
+                    }
                 } else {
                     a.count += 1;
                 }

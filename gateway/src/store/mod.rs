@@ -66,6 +66,9 @@ pub enum StoreError {
     Closed,
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    /// Writes are paused: the data folder's filesystem is full (README "Full disk").
+    #[error("not stored: the disk is full, store writes are paused")]
+    DiskFull,
 }
 
 /// Store settings, built from the config.

@@ -416,7 +416,7 @@ impl StoreWriter {
     fn commit(&mut self, group: Vec<Command>, deferred: usize) {
         let prepared = self.prepare(group, deferred);
         if self.paused {
-            self.fail_group(prepared, "disk full: store writes paused".into(), true);
+            self.fail_group(prepared, None);
             return;
         }
         let result = self
@@ -440,7 +440,7 @@ impl StoreWriter {
                     format!("group commit failed: {err}; nothing of it is acknowledged, the broker redelivers it"),
                 );
                 error!(error = %err, inputs = prepared.answers.len(), "Group commit failed; inputs not acknowledged, the broker will redeliver them.");
-                self.fail_group(prepared, err.to_string(), false);
+                self.fail_group(prepared, Some(err.to_string()));
                 // A failing disk would otherwise spin this loop.
                 std::thread::sleep(PAUSED_RETRY);
             }
@@ -615,9 +615,10 @@ impl StoreWriter {
     /// Nothing of the group was written. Its submitters get the error (ingest does not
     /// acknowledge, the broker redelivers); its cursor moves and the gateway's own events
     /// are carried into the next group; its events go to the alert engine as not stored
-    /// (once). A pause (`paused`) still answers the watchdog's pings: the writer is alive
-    /// and waiting for space, which a restart would not bring.
-    fn fail_group(&mut self, p: Prepared, msg: String, paused: bool) {
+    /// (once). `error` is the commit's error; none for a pause, which still answers the
+    /// watchdog's pings: the writer is alive and waiting for space, which a restart
+    /// would not bring.
+    fn fail_group(&mut self, p: Prepared, error: Option<String>) {
         // The tails may hold events of this group, which was not written.
         for tail in &mut self.tails {
             tail.clear();
@@ -645,14 +646,17 @@ impl StoreWriter {
         self.metrics
             .store_not_stored
             .inc_by(p.answers.iter().filter(|a| a.0.is_some()).count() as u64);
-        if paused {
+        if error.is_none() {
             for done in p.pings {
                 let _ = done.send(());
             }
         }
         for (done, _, _) in p.answers {
             if let Some(done) = done {
-                let _ = done.send(Err(StoreError::CommitFailed(msg.clone())));
+                let _ = done.send(Err(match &error {
+                    Some(msg) => StoreError::CommitFailed(msg.clone()),
+                    None => StoreError::DiskFull,
+                }));
             }
         }
     }
