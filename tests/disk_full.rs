@@ -113,7 +113,10 @@ async fn smoke_alerts(gw: &Gateway, prefix: &str) -> Vec<Value> {
         .await
         .into_iter()
         .filter(|a| {
-            a["code"] == "SMOKE.ALARM" && a["device_id"].as_str().is_some_and(|d| d.starts_with(prefix))
+            a["code"] == "SMOKE.ALARM"
+                && a["device_id"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(prefix))
         })
         .collect()
 }
@@ -130,7 +133,10 @@ where
             Err(e) => e,
         };
         if let Some(status) = gw.try_exit_status() {
-            panic!("gateway exited ({status}) waiting for {what}\n{}", gw.log_tail(60));
+            panic!(
+                "gateway exited ({status}) waiting for {what}\n{}",
+                gw.log_tail(60)
+            );
         }
         if Instant::now() >= deadline {
             panic!(
@@ -168,16 +174,23 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
 
     let filler = disk.fill();
     let api = gw.api;
-    wait_until(&mut gw, "/healthz degraded: disk full", Duration::from_secs(30), || async move {
-        let (_, body) = common::http_get(api, "/healthz").await.map_err(|e| e.to_string())?;
-        let h: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        let p = problems(&h);
-        if h["status"] == "degraded" && p.contains("disk space low") {
-            Ok(())
-        } else {
-            Err(body)
-        }
-    })
+    wait_until(
+        &mut gw,
+        "/healthz degraded: disk full",
+        Duration::from_secs(30),
+        || async move {
+            let (_, body) = common::http_get(api, "/healthz")
+                .await
+                .map_err(|e| e.to_string())?;
+            let h: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let p = problems(&h);
+            if h["status"] == "degraded" && p.contains("disk space low") {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
     .await;
 
     // N alarms while full: each opens its local alert, marked not stored.
@@ -188,51 +201,83 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
         publisher.publish(&topic, r#"{"code":"SMOKE.ALARM"}"#).await;
     }
     let p = prefix.clone();
-    wait_until(&mut gw, "N alerts, not stored", Duration::from_secs(60), || {
-        let p = p.clone();
-        let gw_api = api;
-        async move {
-            let (_, body) = common::http_get(gw_api, "/api/alerts").await.map_err(|e| e.to_string())?;
-            let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            let a: Vec<&Value> = v["alerts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|a| a["code"] == "SMOKE.ALARM" && a["device_id"].as_str().is_some_and(|d| d.starts_with(&p)))
-                .collect();
-            let unstored = a.iter().filter(|a| a["stored"] == false).count();
-            if a.len() == N && unstored == N {
-                Ok(())
-            } else {
-                Err(format!("{} alerts, {unstored} not stored", a.len()))
+    wait_until(
+        &mut gw,
+        "N alerts, not stored",
+        Duration::from_secs(60),
+        || {
+            let p = p.clone();
+            let gw_api = api;
+            async move {
+                let (_, body) = common::http_get(gw_api, "/api/alerts")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                let a: Vec<&Value> = v["alerts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| {
+                        a["code"] == "SMOKE.ALARM"
+                            && a["device_id"].as_str().is_some_and(|d| d.starts_with(&p))
+                    })
+                    .collect();
+                let unstored = a.iter().filter(|a| a["stored"] == false).count();
+                if a.len() == N && unstored == N {
+                    Ok(())
+                } else {
+                    Err(format!("{} alerts, {unstored} not stored", a.len()))
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     let h = gw.healthz().await.expect("healthz");
     assert_eq!(h["status"], "degraded", "{h}");
-    assert!(problems(&h).contains("disk full"), "the reason names the full disk: {h}");
+    assert!(
+        problems(&h).contains("disk full"),
+        "the reason names the full disk: {h}"
+    );
     let m = gw.metrics().await.expect("metrics");
-    assert!(m.n("estate_store_not_stored_total", &[]) >= N as u64, "{}", m.summary());
+    assert!(
+        m.n("estate_store_not_stored_total", &[]) >= N as u64,
+        "{}",
+        m.summary()
+    );
     println!("disk full: {N} of {N} alarms opened local alerts marked not stored");
 
     // Space comes back: no restart, the broker redelivers, everything is stored and sent.
     std::fs::remove_file(&filler).expect("free the disk");
     let freed = Instant::now();
-    wait_until(&mut gw, "alerts stored after space came back", Duration::from_secs(60), || {
-        let p = prefix.clone();
-        async move {
-            let (_, body) = common::http_get(api, "/api/alerts").await.map_err(|e| e.to_string())?;
-            let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            let stored = v["alerts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|a| a["code"] == "SMOKE.ALARM" && a["device_id"].as_str().is_some_and(|d| d.starts_with(&p)) && a["stored"] == true)
-                .count();
-            if stored == N { Ok(()) } else { Err(format!("{stored} of {N} stored")) }
-        }
-    })
+    wait_until(
+        &mut gw,
+        "alerts stored after space came back",
+        Duration::from_secs(60),
+        || {
+            let p = prefix.clone();
+            async move {
+                let (_, body) = common::http_get(api, "/api/alerts")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                let stored = v["alerts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| {
+                        a["code"] == "SMOKE.ALARM"
+                            && a["device_id"].as_str().is_some_and(|d| d.starts_with(&p))
+                            && a["stored"] == true
+                    })
+                    .count();
+                if stored == N {
+                    Ok(())
+                } else {
+                    Err(format!("{stored} of {N} stored"))
+                }
+            }
+        },
+    )
     .await;
     let stored_after = freed.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -243,41 +288,76 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
         if sent == N {
             break;
         }
-        assert!(Instant::now() < deadline, "{sent} of {N} alarms forwarded\n{}", gw.diagnostics().await);
+        assert!(
+            Instant::now() < deadline,
+            "{sent} of {N} alarms forwarded\n{}",
+            gw.diagnostics().await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
         "recovered without restart: all {N} stored {stored_after:?} and forwarded {:?} after space came back",
         freed.elapsed()
     );
-    assert_eq!(smoke_alerts(&gw, &prefix).await.len(), N, "one alert per alarm, none doubled");
+    assert_eq!(
+        smoke_alerts(&gw, &prefix).await.len(),
+        N,
+        "one alert per alarm, none doubled"
+    );
     let low_cleared = Instant::now() + Duration::from_secs(30);
     loop {
         let h = gw.healthz().await.expect("healthz");
         if h["status"] == "ok" {
             break;
         }
-        assert!(Instant::now() < low_cleared, "/healthz still not ok after recovery: {h}");
+        assert!(
+            Instant::now() < low_cleared,
+            "/healthz still not ok after recovery: {h}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Full again, then SIGTERM: it stops within its grace period (5 s) all the same.
     let _filler = disk.fill();
-    wait_until(&mut gw, "disk full again", Duration::from_secs(30), || async move {
-        let (_, body) = common::http_get(api, "/healthz").await.map_err(|e| e.to_string())?;
-        if body.contains("disk full") { Ok(()) } else { Err(body) }
-    })
+    wait_until(
+        &mut gw,
+        "disk full again",
+        Duration::from_secs(30),
+        || async move {
+            let (_, body) = common::http_get(api, "/healthz")
+                .await
+                .map_err(|e| e.to_string())?;
+            if body.contains("disk full") {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
     .await;
     let mut publisher = env.raw_client().await;
     publisher
-        .publish(&format!("estate/{}/smoke/{prefix}late/event", env.estate_id), r#"{"code":"SMOKE.ALARM"}"#)
+        .publish(
+            &format!("estate/{}/smoke/{prefix}late/event", env.estate_id),
+            r#"{"code":"SMOKE.ALARM"}"#,
+        )
         .await;
     let t = Instant::now();
     gw.terminate();
     let status = gw.wait_exit(Duration::from_secs(20));
-    println!("SIGTERM while full: exited {status:?} after {:?}", t.elapsed());
-    assert!(status.is_some(), "SIGTERM while the disk is full ends the gateway\n{}", gw.log_tail(40));
-    assert!(t.elapsed() < Duration::from_secs(10), "within the 5 s grace period (and the drain's own 5 s)");
+    println!(
+        "SIGTERM while full: exited {status:?} after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        status.is_some(),
+        "SIGTERM while the disk is full ends the gateway\n{}",
+        gw.log_tail(40)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "within the 5 s grace period (and the drain's own 5 s)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +374,10 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
     };
     let data = disk.path.join("data");
     const BUDGET: u64 = 8 << 20;
-    let config = common::write_config_with(&env, "\n[store]\ndisk_budget = \"8 MiB\"\ndisk_low_free = \"8 MiB\"\n");
+    let config = common::write_config_with(
+        &env,
+        "\n[store]\ndisk_budget = \"8 MiB\"\ndisk_low_free = \"8 MiB\"\n",
+    );
     let mut gw = Gateway::start(&config, &data, &env.log_path())
         .unwrap_or_else(|e| panic!("{e:#}\n{}", common::log_tail(&env.log_path(), 60)));
     gw.wait_subscribed().await;
@@ -322,14 +405,27 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
     }
     peak_live = peak_live.max(m.n("estate_store_stored_bytes", &[]));
     let committed = m.n("estate_store_committed_total", &[]);
-    let evicted_telemetry = m.n("estate_store_evicted_total", &[("lane", "events"), ("kind", "unforwarded")]);
-    let evicted_alarms = m.n("estate_store_evicted_total", &[("lane", "alarms"), ("kind", "unforwarded")]);
+    let evicted_telemetry = m.n(
+        "estate_store_evicted_total",
+        &[("lane", "events"), ("kind", "unforwarded")],
+    );
+    let evicted_alarms = m.n(
+        "estate_store_evicted_total",
+        &[("lane", "alarms"), ("kind", "unforwarded")],
+    );
     let ratio = peak as f64 / BUDGET as f64;
     println!(
         "backlog of {committed} events against an {BUDGET}-byte budget: peak on disk {peak} bytes ({ratio:.2}x the budget), live {peak_live}, evicted telemetry {evicted_telemetry}, alarms {evicted_alarms}"
     );
-    assert!(evicted_telemetry > 0, "the backlog went beyond the budget: {}", m.summary());
-    assert_eq!(evicted_alarms, 0, "telemetry goes first: no alarm evicted while telemetry remains");
+    assert!(
+        evicted_telemetry > 0,
+        "the backlog went beyond the budget: {}",
+        m.summary()
+    );
+    assert_eq!(
+        evicted_alarms, 0,
+        "telemetry goes first: no alarm evicted while telemetry remains"
+    );
     assert!(
         ratio <= TOLERANCE,
         "the data folder peaked at {ratio:.2}x disk_budget, above the stated {TOLERANCE}x"

@@ -36,6 +36,10 @@ const HEALTH_STORE: &str = "store";
 /// until it rewrites a segment, so live data at half the budget keeps the folder's real
 /// size near it (measured in tests/disk_full.rs, README "Full disk").
 const LIVE_SHARE: u64 = 2;
+/// Writes resume at this much free space: room to take the reserve again and stay above
+/// the floor (the released reserve alone must not end the pause, or the gateway would
+/// fill the disk again at once).
+const RESUME_FREE: u64 = disk::RESERVE_BYTES + 2 * WRITE_FLOOR;
 /// How often the folder's real size is measured (a few `stat`s).
 const MEASURE_EVERY: Duration = Duration::from_millis(250);
 /// While paused, how long the writer waits before it looks at the disk again.
@@ -279,12 +283,23 @@ impl StoreWriter {
         &self.shared.lanes[lane_index(lane)]
     }
 
-    /// The next command; while writes are paused with gateway events deferred, wakes
-    /// every [`PAUSED_RETRY`] to retry them even when nothing else arrives.
+    /// The next command. While idle, looks at the disk every [`MEASURE_EVERY`] (free
+    /// space can go while nothing arrives); with gateway events waiting, wakes every
+    /// [`PAUSED_RETRY`] to commit them even when nothing else arrives.
     fn next_command(&mut self) -> Option<Command> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
         loop {
             if self.deferred.is_empty() && self.raised.is_empty() {
-                return self.rx.blocking_recv();
+                let Some(rt) = &runtime else {
+                    return self.rx.blocking_recv();
+                };
+                match rt.block_on(tokio::time::timeout(MEASURE_EVERY, self.rx.recv())) {
+                    Ok(c) => return c,
+                    Err(_) => {
+                        self.check_disk();
+                        continue;
+                    }
+                }
             }
             match self.rx.try_recv() {
                 Ok(c) => return Some(c),
@@ -336,12 +351,12 @@ impl StoreWriter {
                 Level::Degraded,
                 format!("disk full: {free} bytes free on the data folder's filesystem, under the {WRITE_FLOOR}-byte floor; writes paused, nothing new is stored or acknowledged, alarms open local alerts marked not stored"),
             );
-        } else if free >= WRITE_FLOOR + WRITE_FLOOR / 2 && self.paused {
+        } else if free >= RESUME_FREE && self.paused {
             self.paused = false;
             warn!(free, "Disk space is back: store writes resume.");
             health.clear(HEALTH_STORE);
         }
-        if !self.paused && !self.reserve.held() && free >= disk::RESERVE_BYTES + 2 * WRITE_FLOOR {
+        if !self.paused && !self.reserve.held() && free >= RESUME_FREE {
             if let Err(err) = self.reserve.take() {
                 debug!(error = %err, "Could not allocate the store's reserve file.");
             }
