@@ -384,14 +384,27 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
 
     const COUNT: u64 = 60_000;
     const ALARMS: u64 = 300;
-    let opts = env.publish_options(COUNT, ALARMS);
+    let mut opts = env.publish_options(COUNT, ALARMS);
+    // Flat out by default (the worst case for sled's dead space); `DISK_FULL_RATE` paces
+    // it (messages/s) to measure a steady flow.
+    opts.rate = std::env::var("DISK_FULL_RATE").ok().and_then(|r| r.parse().ok());
     let publish = tokio::spawn(estate_sim::publish::run(opts));
     let mut peak = 0u64;
     let mut peak_live = 0u64;
+    let mut samples = Vec::new();
     while !publish.is_finished() {
-        peak = peak.max(disk_bytes(&data));
+        let b = disk_bytes(&data);
+        if b > peak {
+            peak = b;
+            if std::env::var_os("DISK_FULL_LIST").is_some() {
+                let list: Vec<String> = std::fs::read_dir(data.join("store")).into_iter().flatten().flatten().map(|e| format!("{:?}={}", e.file_name(), e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))).collect();
+                eprintln!("peak {b}: {list:?}");
+            }
+        }
+        samples.push(b);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!("samples (MiB): {:?}", samples.iter().step_by(10).map(|b| b >> 20).collect::<Vec<_>>());
     let report = publish.await.expect("publisher").expect("publish report");
     assert_eq!(report.acked, COUNT, "{report:?}");
     let m = gw
@@ -400,10 +413,27 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
         })
         .await;
     for _ in 0..20 {
-        peak = peak.max(disk_bytes(&data));
+        let b = disk_bytes(&data);
+        if b > peak && std::env::var_os("DISK_FULL_LIST").is_some() {
+            let list: Vec<String> = std::fs::read_dir(data.join("store")).into_iter().flatten().flatten().map(|e| format!("{:?}={}", e.file_name(), e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))).collect();
+            eprintln!("after, peak {b}: {list:?}");
+        }
+        peak = peak.max(b);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     peak_live = peak_live.max(m.n("estate_store_stored_bytes", &[]));
+    let mut after = Vec::new();
+    for _ in 0..50 {
+        after.push(disk_bytes(&data) >> 10);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("after the burst, KiB every 100 ms: {after:?}");
+    if std::env::var_os("DISK_FULL_LIST").is_some() {
+        let du = Command::new("du").arg("-ab").arg(&data).output().expect("du");
+        eprintln!("du: {}", String::from_utf8_lossy(&du.stdout));
+        let du = Command::new("du").arg("-a").arg("--block-size=1").arg(&data).output().expect("du");
+        eprintln!("du blocks: {}", String::from_utf8_lossy(&du.stdout));
+    }
     let committed = m.n("estate_store_committed_total", &[]);
     let evicted_telemetry = m.n(
         "estate_store_evicted_total",

@@ -425,6 +425,10 @@ impl StoreReader {
     }
 }
 
+/// sled's background flush period, which is also how often it cleans segments (see
+/// [`open`]); acks never wait on it.
+const SLED_FLUSH_EVERY_MS: u64 = 200;
+
 /// Opens sled, waiting up to a second for its file lock. sled holds the lock while any
 /// handle is alive, including a background log write of a store closed a moment ago in
 /// this process (a store reopened in place, as the tests do), which ends within
@@ -458,8 +462,12 @@ pub fn open(
             .path(dir)
             .cache_capacity(opts.cache_capacity)
             .mode(sled::Mode::LowSpace)
-            // The writer flushes and fsyncs every group itself.
-            .flush_every_ms(None),
+            // The writer flushes and fsyncs every group itself; sled's flusher thread is
+            // kept for what else it does between its flushes: segment cleaning
+            // (`attempt_gc`, vendor/sled/src/flusher.rs), the only place sled rewrites
+            // the live pages of mostly-dead segments so that they can be reused. Without
+            // it sled's file only grows (issue 13: 55 MB for a 16 MiB budget).
+            .flush_every_ms(Some(SLED_FLUSH_EVERY_MS)),
     )?;
     // fsync applies to the inode: a read-only handle on sled's log file lets the writer
     // make each group commit power-loss durable.

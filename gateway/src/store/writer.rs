@@ -407,8 +407,9 @@ impl StoreWriter {
 
     /// The logical size to evict down to, when the store is over its budget: live
     /// records over `budget / LIVE_SHARE`, or the folder's real size over the budget
-    /// (then down by the share the real size is over, while there is something left
-    /// to take).
+    /// while live records are at least a quarter of it (then down by the share the real
+    /// size is over). When the folder is mostly sled's dead space, evicting live events
+    /// would lose them without shrinking it: sled's segment cleaning does that.
     fn over_budget(&self) -> Option<u64> {
         let budget = self.opts.disk_budget;
         let live = self.total_stored();
@@ -416,7 +417,7 @@ impl StoreWriter {
         if live > live_max {
             return Some(live_max - live_max / 10);
         }
-        if self.disk_bytes > budget && live > budget / 16 {
+        if self.disk_bytes > budget && live > self.disk_bytes / 4 {
             let scaled = (live as u128 * budget as u128 / self.disk_bytes as u128) as u64;
             return Some(scaled - scaled / 10);
         }
