@@ -387,7 +387,9 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
     let mut opts = env.publish_options(COUNT, ALARMS);
     // Flat out by default (the worst case for sled's dead space); `DISK_FULL_RATE` paces
     // it (messages/s) to measure a steady flow.
-    opts.rate = std::env::var("DISK_FULL_RATE").ok().and_then(|r| r.parse().ok());
+    opts.rate = std::env::var("DISK_FULL_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok());
     let publish = tokio::spawn(estate_sim::publish::run(opts));
     let mut peak = 0u64;
     let mut peak_live = 0u64;
@@ -397,14 +399,32 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
         if b > peak {
             peak = b;
             if std::env::var_os("DISK_FULL_LIST").is_some() {
-                let list: Vec<String> = std::fs::read_dir(data.join("store")).into_iter().flatten().flatten().map(|e| format!("{:?}={}", e.file_name(), e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))).collect();
+                let list: Vec<String> = std::fs::read_dir(data.join("store"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "{:?}={}",
+                            e.file_name(),
+                            e.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+                        )
+                    })
+                    .collect();
                 eprintln!("peak {b}: {list:?}");
             }
         }
         samples.push(b);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("samples (MiB): {:?}", samples.iter().step_by(10).map(|b| b >> 20).collect::<Vec<_>>());
+    eprintln!(
+        "samples (MiB): {:?}",
+        samples
+            .iter()
+            .step_by(10)
+            .map(|b| b >> 20)
+            .collect::<Vec<_>>()
+    );
     let report = publish.await.expect("publisher").expect("publish report");
     assert_eq!(report.acked, COUNT, "{report:?}");
     let m = gw
@@ -415,7 +435,18 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
     for _ in 0..20 {
         let b = disk_bytes(&data);
         if b > peak && std::env::var_os("DISK_FULL_LIST").is_some() {
-            let list: Vec<String> = std::fs::read_dir(data.join("store")).into_iter().flatten().flatten().map(|e| format!("{:?}={}", e.file_name(), e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))).collect();
+            let list: Vec<String> = std::fs::read_dir(data.join("store"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    format!(
+                        "{:?}={}",
+                        e.file_name(),
+                        e.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+                    )
+                })
+                .collect();
             eprintln!("after, peak {b}: {list:?}");
         }
         peak = peak.max(b);
@@ -429,9 +460,18 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
     }
     eprintln!("after the burst, KiB every 100 ms: {after:?}");
     if std::env::var_os("DISK_FULL_LIST").is_some() {
-        let du = Command::new("du").arg("-ab").arg(&data).output().expect("du");
+        let du = Command::new("du")
+            .arg("-ab")
+            .arg(&data)
+            .output()
+            .expect("du");
         eprintln!("du: {}", String::from_utf8_lossy(&du.stdout));
-        let du = Command::new("du").arg("-a").arg("--block-size=1").arg(&data).output().expect("du");
+        let du = Command::new("du")
+            .arg("-a")
+            .arg("--block-size=1")
+            .arg(&data)
+            .output()
+            .expect("du");
         eprintln!("du blocks: {}", String::from_utf8_lossy(&du.stdout));
     }
     let committed = m.n("estate_store_committed_total", &[]);
