@@ -120,19 +120,19 @@ mod tests {
 
     #[test]
     fn real_bytes_count_allocated_blocks_and_skip_the_reserve() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a"), vec![1u8; 100_000]).unwrap();
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        std::fs::write(dir.path().join("sub/b"), vec![1u8; 50_000]).unwrap();
-        let before = dir_disk_bytes(dir.path()).unwrap();
+        let dir = tempfile::tempdir().expect("test I/O");
+        std::fs::write(dir.path().join("a"), vec![1u8; 100_000]).expect("test I/O");
+        std::fs::create_dir(dir.path().join("sub")).expect("test I/O");
+        std::fs::write(dir.path().join("sub/b"), vec![1u8; 50_000]).expect("test I/O");
+        let before = dir_disk_bytes(dir.path()).expect("test I/O");
         assert!((150_000..=170_000).contains(&before), "{before}");
         let mut r = Reserve::new(dir.path());
         assert!(!r.held());
-        r.take().unwrap();
+        r.take().expect("test I/O");
         assert!(Reserve::new(dir.path()).held());
-        assert_eq!(dir_disk_bytes(dir.path()).unwrap(), before);
-        r.release().unwrap();
+        assert_eq!(dir_disk_bytes(dir.path()).expect("test I/O"), before);
+        r.release().expect("test I/O");
         assert!(!dir.path().join(RESERVE_FILE).exists());
-        assert!(free_bytes(dir.path()).unwrap() > 0);
+        assert!(free_bytes(dir.path()).expect("test I/O") > 0);
     }
 }
