@@ -148,6 +148,55 @@ where
     }
 }
 
+/// The latest document on the local alert topic `estate/{estate}/alerts`.
+fn watch_alert_topic(broker: &Broker, estate_id: &str) -> std::sync::Arc<std::sync::Mutex<Value>> {
+    use rumqttc::{Event, Incoming, QoS};
+    let latest = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let sink = latest.clone();
+    let topic = format!("estate/{estate_id}/alerts");
+    let o = rumqttc::MqttOptions::new(
+        estate_sim::publish::random_client_id("e2e-df-alerts"),
+        &broker.host,
+        broker.port,
+    );
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    let _ = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == topic => {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&p.payload) {
+                        *sink.lock().unwrap_or_else(|e| e.into_inner()) = v;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    latest
+}
+
+/// Alerts of the test's devices in the latest alert-topic document: (count, not stored).
+fn topic_counts(doc: &std::sync::Mutex<Value>, prefix: &str) -> (usize, usize) {
+    let v = doc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mine: Vec<Value> = v["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| {
+            a["device_id"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(prefix))
+        })
+        .cloned()
+        .collect();
+    let unstored = mine.iter().filter(|a| a["stored"] == false).count();
+    (mine.len(), unstored)
+}
+
 fn problems(h: &Value) -> String {
     h["problems"].to_string()
 }
@@ -171,6 +220,7 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
         .unwrap_or_else(|e| panic!("{e:#}\n{}", common::log_tail(&env.log_path(), 60)));
     gw.wait_connected().await;
     let tap = EventTap::start(&broker, &env.estate_id).await;
+    let topic_doc = watch_alert_topic(&broker, &env.estate_id);
 
     let filler = disk.fill();
     let api = gw.api;
@@ -244,7 +294,18 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
         "{}",
         m.summary()
     );
-    println!("disk full: {N} of {N} alarms opened local alerts marked not stored");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while topic_counts(&topic_doc, &prefix) != (N, N) {
+        assert!(
+            Instant::now() < deadline,
+            "the alert topic shows the {N} alerts as not stored: {:?}",
+            topic_counts(&topic_doc, &prefix)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "disk full: {N} of {N} alarms opened local alerts marked not stored (API and alert topic)"
+    );
 
     // Space comes back: no restart, the broker redelivers, everything is stored and sent.
     std::fs::remove_file(&filler).expect("free the disk");
@@ -280,6 +341,15 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
     )
     .await;
     let stored_after = freed.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while topic_counts(&topic_doc, &prefix) != (N, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the alert topic shows the {N} alerts stored: {:?}",
+            topic_counts(&topic_doc, &prefix)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let sent = (0..N)
