@@ -44,6 +44,10 @@ const RESUME_FREE: u64 = disk::RESERVE_BYTES + 2 * WRITE_FLOOR;
 const MEASURE_EVERY: Duration = Duration::from_millis(250);
 /// While paused, how long the writer waits before it looks at the disk again.
 const PAUSED_RETRY: Duration = Duration::from_millis(200);
+/// Gateway events kept for the next group while commits fail (alert changes going
+/// upstream, `GW.DISK_LOW`); beyond it new ones are dropped, so that a store that never
+/// recovers does not grow memory.
+const DEFERRED_MAX: usize = 4096;
 /// At most one `GW.STORE_EVICTED` per lane this often; evictions in between are summed
 /// into the next one (the counters stay exact).
 const EVICTED_EVENT_EVERY: Duration = Duration::from_secs(60);
@@ -652,6 +656,10 @@ impl StoreWriter {
                 }
             }
             if own {
+                if self.deferred.len() >= DEFERRED_MAX {
+                    warn!(code = %e.code, "Too many gateway events waiting for the disk; dropping this one (it was shown to the alert engine).");
+                    continue;
+                }
                 self.deferred.push(Command::Append {
                     event: Box::new(e),
                     received: Instant::now(),
