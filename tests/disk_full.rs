@@ -535,7 +535,7 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
 }
 
 /// The stated tolerance for this burst (60,000 messages as fast as the broker takes
-/// them): the folder's real size peaked at 1.50-2.41x `store.disk_budget` in seven runs
-/// (the higher ones on a loaded machine), so 3x. A steady flow does worse (README "What
-/// never lost means here").
-const TOLERANCE: f64 = 3.0;
+/// them): the folder's real size peaked at 1.08-1.23x `store.disk_budget` (1.31x at a
+/// steady 3,000 messages/s, `DISK_FULL_RATE=3000`); 1.6x leaves room for a loaded
+/// machine, where sled's segment cleaning gets less time.
+const TOLERANCE: f64 = 1.6;
