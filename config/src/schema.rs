@@ -216,11 +216,17 @@ pub struct StoreConfig {
     /// Default: `"0s"` (flush as soon as the queue is empty).
     #[serde(with = "crate::units::duration")]
     pub batch_linger: Duration,
-    /// Disk space the stored events may use (logical bytes). When it is reached, the
-    /// oldest telemetry is evicted before any alarm, and every eviction raises a
+    /// Real disk space the data folder's store may use (its files' allocated blocks, as
+    /// `du` counts them, not the events' logical bytes). When it is reached, the oldest
+    /// telemetry is evicted before any alarm, and every eviction raises a
     /// `GW.STORE_EVICTED` alert. Size it for the longest uplink outage you must ride
     /// out. At least 1 MiB. Default: `"256 MiB"`.
     pub disk_budget: ByteSize,
+    /// Free space on the data folder's filesystem below which `GW.DISK_LOW` is raised
+    /// (and `/healthz` says `degraded`); it clears once free space is back above it by
+    /// an eighth. Independently of it the store pauses writes below 2 MiB free rather
+    /// than fail mid-write. At least 4 MiB. Default: `"64 MiB"`.
+    pub disk_low_free: ByteSize,
     /// Memory for the store's page cache. On a 256 MB gateway keep the default.
     /// At least 64 KiB. Default: `"8 MiB"`.
     pub cache_capacity: ByteSize,
@@ -246,6 +252,7 @@ impl Default for StoreConfig {
             batch_max_events: 256,
             batch_linger: Duration::ZERO,
             disk_budget: ByteSize::mib(256),
+            disk_low_free: ByteSize::mib(64),
             cache_capacity: ByteSize::mib(8),
             record_max_bytes: ByteSize::kib(48),
             dead_letter_max: 10_000,

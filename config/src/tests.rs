@@ -645,3 +645,13 @@ fn api_limits() {
         .message
         .contains("between 1 and 1024"));
 }
+
+#[test]
+fn disk_low_free_defaults_to_64_mib_and_rejects_less_than_the_write_floor() {
+    let c = Config::from_toml_str(MINIMAL, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.store.disk_low_free, ByteSize::mib(64));
+    let errs = errors(&format!("{MINIMAL}\n[store]\ndisk_low_free = \"1 MiB\"\n"));
+    assert!(problem_at(&errs, "store.disk_low_free")
+        .message
+        .contains("at least 4 MiB"));
+}

@@ -415,6 +415,15 @@ fn check_store(s: &StoreConfig, f: &mut Findings) {
             format!("must be at least 1 MiB, found {}", s.disk_budget),
         );
     }
+    if s.disk_low_free < ByteSize::mib(4) {
+        f.at(
+            "store.disk_low_free",
+            format!(
+                "must be at least 4 MiB: below 2 MiB free the store already pauses writes, found {}",
+                s.disk_low_free
+            ),
+        );
+    }
     if s.cache_capacity < ByteSize::kib(64) {
         f.at(
             "store.cache_capacity",

@@ -92,6 +92,14 @@ pub struct Metrics {
     pub store_committed: Family<LaneLabel, Counter>,
     pub store_evicted: Family<EvictLabel, Counter>,
     pub store_errors: Counter,
+    /// Inputs whose group could not be committed (a full disk): not acknowledged.
+    pub store_not_stored: Counter,
+    /// Free bytes on the data folder's filesystem.
+    pub store_disk_free: Gauge,
+    /// Real bytes the store's folder takes on disk (what `store.disk_budget` bounds).
+    pub store_disk_bytes: Gauge,
+    /// Telemetry messages acknowledged to the broker unstored while the disk was full.
+    pub ingest_acked_unstored: Counter,
     pub store_commit_latency: Histogram,
     pub store_group_size: Histogram,
     pub store_stored_bytes: Family<LaneLabel, Gauge>,
@@ -157,6 +165,10 @@ impl Metrics {
             store_committed: Family::default(),
             store_evicted: Family::default(),
             store_errors: Counter::default(),
+            store_not_stored: Counter::default(),
+            store_disk_free: Gauge::default(),
+            store_disk_bytes: Gauge::default(),
+            ingest_acked_unstored: Counter::default(),
             // 50 µs … ~3 s
             store_commit_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
@@ -231,6 +243,26 @@ impl Metrics {
             m.store_errors.clone(),
         );
         r.register(
+            "store_not_stored",
+            "Inputs whose group commit failed or was paused (disk full); not acknowledged, the broker redelivers them",
+            m.store_not_stored.clone(),
+        );
+        r.register(
+            "store_disk_free_bytes",
+            "Free bytes on the data folder's filesystem",
+            m.store_disk_free.clone(),
+        );
+        r.register(
+            "store_disk_bytes",
+            "Real bytes (allocated blocks) of the store's folder; store.disk_budget bounds it",
+            m.store_disk_bytes.clone(),
+        );
+        r.register(
+            "ingest_acked_unstored",
+            "Telemetry messages acknowledged without being stored while the disk was full (alarms never are)",
+            m.ingest_acked_unstored.clone(),
+        );
+        r.register(
             "store_commit_latency_seconds",
             "Time from receipt of an input to its durable commit",
             m.store_commit_latency.clone(),
@@ -242,7 +274,7 @@ impl Metrics {
         );
         r.register(
             "store_stored_bytes",
-            "Logical bytes of stored events, by lane (the disk budget counts these)",
+            "Logical bytes of stored events, by lane",
             m.store_stored_bytes.clone(),
         );
         r.register(

@@ -435,6 +435,7 @@ mod tests {
             closed: None,
             actions: Vec::new(),
             opened_by_seq: 1,
+            stored: true,
         }
     }
 

@@ -55,7 +55,7 @@ use estate_protocols::model::{AlertChange, Event, EventState, Lane, Severity, So
 
 use crate::events::now_ms;
 use crate::ingest::modbus::{ModbusHandle, Write};
-use crate::store::{StoreError, StoreHandle, StoreReader};
+use crate::store::{StoreError, StoreHandle, StoreReader, Tapped};
 use crate::telemetry::Metrics;
 
 use model::{ActionRecord, Alert, AuditEntry, DeviceView, Disposition};
@@ -242,8 +242,9 @@ pub struct Alerts {
     engine: Engine,
     store: AlertStore,
     handle: AlertsHandle,
-    /// From the store writer: every committed event, in seq order.
-    tap: mpsc::UnboundedReceiver<Event>,
+    /// From the store writer: every committed event, in seq order, and the events it
+    /// could not commit (opened as not stored).
+    tap: mpsc::UnboundedReceiver<Tapped>,
     cmd_rx: mpsc::Receiver<Command>,
     /// Committed events after this seq were in the store at start-up, not yet handled:
     /// they are replayed (page by page, see [`Alerts::replay_page`]) before the tap.
@@ -417,7 +418,7 @@ impl Alerts {
                             Err(_) => break,
                         }
                     }
-                    self.handle_events(batch, &mut out).await;
+                    self.handle_tapped(batch, &mut out).await;
                 }
                 Some(cmd) = self.cmd_rx.recv() => self.handle_command(cmd, &mut out).await,
                 Some(done) = link_rx.recv() => {
@@ -444,7 +445,7 @@ impl Alerts {
             rest.push(e);
         }
         if !rest.is_empty() {
-            self.handle_events(rest, &mut out).await;
+            self.handle_tapped(rest, &mut out).await;
         }
         out.publish_active(&self.engine);
         self.save_progress();
@@ -490,6 +491,29 @@ impl Alerts {
             .collect();
         out.sort_by_key(|e| e.seq);
         Ok(out)
+    }
+
+    /// Committed events advance the engine's progress; events the store could not commit
+    /// open (or fold into) their alerts too, marked not stored, and leave the progress
+    /// alone: their seq is 0 and the broker redelivers them.
+    async fn handle_tapped(&mut self, tapped: Vec<Tapped>, out: &mut Outputs) {
+        let mut committed = Vec::with_capacity(tapped.len());
+        for t in tapped {
+            match t {
+                Tapped::Committed(e) => committed.push(e),
+                Tapped::NotStored(e) => {
+                    if !committed.is_empty() {
+                        self.handle_events(std::mem::take(&mut committed), out)
+                            .await;
+                    }
+                    let effects = self.engine.on_event(&e, now_ms());
+                    let _ = self.apply(effects, None, out).await;
+                }
+            }
+        }
+        if !committed.is_empty() {
+            self.handle_events(committed, out).await;
+        }
     }
 
     async fn handle_events(&mut self, events: Vec<Event>, out: &mut Outputs) {

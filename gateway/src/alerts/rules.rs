@@ -704,7 +704,17 @@ impl Engine {
         }
         if let Some(id) = self.by_key.get(&key).cloned() {
             if let Some(a) = self.open.get_mut(&id) {
-                a.count += 1;
+                if !a.stored {
+                    // While the alert is not stored its events are redeliveries of the
+                    // one that opened it as often as repeats: not counted. The first one
+                    // stored stands in for it.
+                    if ev.seq != 0 {
+                        a.stored = true;
+                        a.opened_by_seq = ev.seq;
+                    }
+                } else {
+                    a.count += 1;
+                }
                 a.last_seen_ms = a.last_seen_ms.max(t);
                 if a.cleared {
                     a.cleared = false;
@@ -780,6 +790,7 @@ impl Engine {
             closed: None,
             actions: Vec::new(),
             opened_by_seq: ev.seq,
+            stored: ev.seq != 0,
         };
         let links: Vec<LinkAction> = self
             .cfg

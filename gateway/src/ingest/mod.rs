@@ -49,6 +49,12 @@ const MAX_UNACKED: usize = 8192;
 /// The MQTT client's request channel: PUBACKs queue here until the event loop writes them.
 const REQUEST_CAPACITY: usize = 16 * 1024;
 
+/// After a message was left unacknowledged (its commit failed), ingest opens a new
+/// session this long after the last answered commit: the broker then redelivers what
+/// was not acknowledged, which would otherwise hold its in-flight window for good (no
+/// further message, not even an alarm, would arrive).
+const RESESSION_AFTER: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("ingest broker TLS: {0}")]
@@ -113,7 +119,8 @@ impl MqttIngest {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+        let (mut client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+        let mut resession_at: Option<tokio::time::Instant> = None;
         let mut acks = AckQueue::default();
         let mut backoff = self.reconnect_min;
         // Clears camera alarms after their silence; only sources that need it tick.
@@ -127,8 +134,20 @@ impl MqttIngest {
             acks.promote();
             acks.flush(&client, &metrics);
             let reading = acks.waiting.len() < MAX_UNACKED;
+            if std::mem::take(&mut acks.left_unacked) {
+                resession_at = Some(tokio::time::Instant::now() + RESESSION_AFTER);
+            }
+            let idle = acks.waiting.is_empty() && acks.ready.is_empty();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = sleep_until(resession_at), if resession_at.is_some() && idle => {
+                    resession_at = None;
+                    warn!("Messages were left unacknowledged (not stored); opening a new ingest session so that the broker redelivers them.");
+                    metrics.ingest_connected.set(0);
+                    // Dropping the event loop closes the connection; the persistent
+                    // session keeps the unacknowledged messages for the new one.
+                    (client, eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+                }
                 done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
                 _ = tick.tick(), if tick_every.is_some() => {
                     if self.tick(&store, &metrics).await.is_err() {
@@ -140,7 +159,7 @@ impl MqttIngest {
                     Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                         metrics.ingest_received.inc();
                         match self.accept(&publish, &store, &metrics).await {
-                            Ok(pending) => acks.push(pending, publish),
+                            Ok((pending, telemetry)) => acks.push(pending, publish, telemetry),
                             Err(_) => {
                                 error!("Store writer stopped; ingest cannot continue.");
                                 break;
@@ -207,17 +226,22 @@ impl MqttIngest {
 
     /// Decodes one message and submits its events (or its dead letter) to the store.
     /// The returned commits all land before the message is acknowledged; none (a message
-    /// that changed nothing, e.g. a folded camera repeat) acknowledges it in order.
+    /// that changed nothing, e.g. a folded camera repeat) acknowledges it in order. The
+    /// flag says the message is only telemetry (events lane, no dead letter).
     async fn accept(
         &mut self,
         publish: &Publish,
         store: &StoreHandle,
         metrics: &Metrics,
-    ) -> Result<VecDeque<Pending>, crate::store::StoreError> {
+    ) -> Result<(VecDeque<Pending>, bool), crate::store::StoreError> {
         let now = now_ms();
         match self.sources.decode(&publish.topic, &publish.payload, now) {
             Ok(decoded) => {
                 let mut pending = VecDeque::with_capacity(decoded.events.len());
+                let telemetry = decoded
+                    .events
+                    .iter()
+                    .all(|e| e.lane() == estate_protocols::model::Lane::Events);
                 for event in decoded.events {
                     if !event.registered {
                         metrics.ingest_unregistered.inc();
@@ -225,7 +249,7 @@ impl MqttIngest {
                     }
                     pending.push_back(store.append(event).await?);
                 }
-                Ok(pending)
+                Ok((pending, telemetry))
             }
             Err(e) => {
                 metrics.dead_letter(e.reason);
@@ -251,7 +275,7 @@ impl MqttIngest {
                         original_len: publish.payload.len(),
                     })
                     .await?;
-                Ok(VecDeque::from([pending]))
+                Ok((VecDeque::from([pending]), false))
             }
         }
     }
@@ -271,15 +295,29 @@ impl MqttIngest {
     }
 }
 
+/// Resolves at `at`; never when it is none.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Messages waiting for their commits (all of them: one message may produce several
 /// events), then for their PUBACK to be handed to the client, both in arrival order. A
 /// failed commit leaves its message unacknowledged: the broker redelivers it on the next
-/// session.
+/// session (see [`RESESSION_AFTER`]). Telemetry that could not be stored because the disk
+/// is full is acknowledged anyway (counted in `estate_ingest_acked_unstored`) so that it
+/// does not hold the broker's window against alarms; alarms and dead letters never are.
 #[derive(Debug, Default)]
 struct AckQueue {
     waiting: VecDeque<Waiting>,
     /// Committed; PUBACK not yet accepted by the client's request channel.
     ready: VecDeque<Publish>,
+    /// A message was left unacknowledged since the run loop last looked.
+    left_unacked: bool,
+    /// Telemetry acknowledged unstored, not yet counted.
+    acked_unstored: u64,
 }
 
 #[derive(Debug)]
@@ -289,14 +327,20 @@ struct Waiting {
     publish: Publish,
     /// One of its commits failed: never acknowledge it.
     failed: bool,
+    /// Only telemetry: acknowledged even when the disk is full.
+    telemetry: bool,
+    /// Its commit was refused because the disk is full.
+    disk_full: bool,
 }
 
 impl AckQueue {
-    fn push(&mut self, pending: VecDeque<Pending>, publish: Publish) {
+    fn push(&mut self, pending: VecDeque<Pending>, publish: Publish, telemetry: bool) {
         self.waiting.push_back(Waiting {
             pending,
             publish,
             failed: false,
+            telemetry,
+            disk_full: false,
         });
     }
 
@@ -309,6 +353,11 @@ impl AckQueue {
             };
             if !w.failed {
                 self.ready.push_back(w.publish);
+            } else if w.telemetry && w.disk_full {
+                self.acked_unstored += 1;
+                self.ready.push_back(w.publish);
+            } else {
+                self.left_unacked = true;
             }
         }
     }
@@ -328,6 +377,13 @@ impl AckQueue {
         w.pending.pop_front();
         match done {
             Ok(Ok(_)) => {}
+            Ok(Err(StoreError::DiskFull)) => {
+                w.failed = true;
+                w.disk_full = true;
+                if !w.telemetry {
+                    debug!(topic = %w.publish.topic, "Disk full: alarm not stored; not acknowledging it (its local alert opens, marked not stored).");
+                }
+            }
             Ok(Err(err)) => {
                 w.failed = true;
                 error!(topic = %w.publish.topic, error = %err, "Event not committed; not acknowledging it.");
@@ -342,6 +398,9 @@ impl AckQueue {
     /// Hands ready PUBACKs to the client until its request channel is full; the event
     /// loop writes them out as it is polled.
     fn flush(&mut self, client: &AsyncClient, metrics: &Metrics) {
+        metrics
+            .ingest_acked_unstored
+            .inc_by(std::mem::take(&mut self.acked_unstored));
         while let Some(publish) = self.ready.front() {
             if client.try_ack(publish).is_err() {
                 return;

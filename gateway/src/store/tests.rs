@@ -12,6 +12,7 @@ fn opts() -> StoreOptions {
         batch_max_events: 256,
         batch_linger: Duration::ZERO,
         disk_budget: 64 * 1024 * 1024,
+        disk_low_free: 4 * 1024 * 1024,
         cache_capacity: 1024 * 1024,
         record_max_bytes: 48 * 1024,
         dead_letter_max: 100,
@@ -317,7 +318,8 @@ async fn a_read_that_meets_a_packed_record_after_its_small_ones_returns_each_eve
 async fn eviction_takes_forwarded_then_telemetry_and_keeps_alarms() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut o = opts();
-    o.disk_budget = 200 * 1024;
+    // Live data is held at half the budget (sled's log keeps dead space, see disk.rs).
+    o.disk_budget = 400 * 1024;
     o.record_max_bytes = 8 * 1024;
     let s = start(dir.path(), o);
     // 40 alarms first, then plenty of telemetry: ~1 KB each.
@@ -350,7 +352,10 @@ async fn eviction_takes_forwarded_then_telemetry_and_keeps_alarms() {
     let metrics = s.metrics.clone();
     let reader = s.close().await;
     let total = reader.stored_bytes(Lane::Alarms) + reader.stored_bytes(Lane::Events);
-    assert!(total <= 200 * 1024, "stored {total} bytes over the budget");
+    assert!(
+        total <= 200 * 1024,
+        "stored {total} bytes over half the budget"
+    );
     let alarms = all(&reader, Lane::Alarms);
     let smoke: Vec<_> = alarms.iter().filter(|e| e.code == "SMOKE.ALARM").collect();
     assert_eq!(

@@ -43,7 +43,11 @@ pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
     };
     let mut out = String::new();
     let _ = writeln!(out, "store: {}", store.display());
-    let _ = writeln!(out, "size on disk: {} bytes", disk_bytes(&store));
+    match super::dir_disk_bytes(&store) {
+        Ok(n) => writeln!(out, "size on disk: {n} bytes"),
+        Err(e) => writeln!(out, "size on disk: unknown ({e})"),
+    }
+    .ok();
     let tmp;
     let open_at: PathBuf = if copy {
         tmp = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
@@ -151,21 +155,6 @@ pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
     }
     let _ = writeln!(out, "verdict: {}", if sound { "ok" } else { "NOT OK" });
     Ok((out, sound))
-}
-
-fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -1,6 +1,14 @@
-//! The store's single writer: group commit, cursors, dead letters and eviction.
+//! The store's single writer: group commit, cursors, dead letters, eviction and the disk.
+//!
+//! One group goes through [`StoreWriter::prepare`] (the sled batch and the counters it
+//! would leave), then either [`StoreWriter::finish`] (the batch is durable: counters
+//! published, submitters answered, events tapped) or [`StoreWriter::fail_group`] (nothing
+//! was written: submitters get an error and the broker redelivers, the cursor moves and
+//! the gateway's own events are carried into the next group, the events go to the alert
+//! engine as not stored).
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +20,38 @@ use tracing::{debug, error, warn};
 use estate_protocols::model::{Event, EventState, Lane, Reading};
 use estate_protocols::pb;
 
+use super::disk::{self, Reserve, WRITE_FLOOR};
 use super::recovery::{Finding, HighWater, Mark};
-use super::{decode_record, keys, lane_index, Command, Shared, StoreError, StoreOptions};
+use super::{decode_record, keys, lane_index, Command, Shared, StoreError, StoreOptions, Tapped};
+use crate::health::Level;
 use crate::telemetry::{EvictLabel, Metrics};
 
 type Done = Option<oneshot::Sender<Result<u64, StoreError>>>;
+
+/// `/healthz` key while free space is below `store.disk_low_free`.
+const HEALTH_DISK_LOW: &str = "disk";
+/// `/healthz` key while writes are paused (free space under [`WRITE_FLOOR`]) or a group
+/// commit failed.
+const HEALTH_STORE: &str = "store";
+/// Logical bytes kept at most, as a share of the budget: sled's log holds dead space
+/// until it rewrites a segment, so live data at half the budget keeps the folder's real
+/// size near it (measured in tests/disk_full.rs, README "Full disk").
+const LIVE_SHARE: u64 = 2;
+/// Writes resume at this much free space: room to take the reserve again and stay above
+/// the floor (the released reserve alone must not end the pause, or the gateway would
+/// fill the disk again at once).
+const RESUME_FREE: u64 = disk::RESERVE_BYTES + 2 * WRITE_FLOOR;
+/// How often the folder's real size is measured (a few `stat`s).
+const MEASURE_EVERY: Duration = Duration::from_millis(250);
+/// While paused, how long the writer waits before it looks at the disk again.
+const PAUSED_RETRY: Duration = Duration::from_millis(200);
+/// Gateway events kept for the next group while commits fail (alert changes going
+/// upstream, `GW.DISK_LOW`); beyond it new ones are dropped, so that a store that never
+/// recovers does not grow memory.
+const DEFERRED_MAX: usize = 4096;
+/// At most one `GW.STORE_EVICTED` per lane this often; evictions in between are summed
+/// into the next one (the counters stay exact).
+const EVICTED_EVENT_EVERY: Duration = Duration::from_secs(60);
 
 /// Owns the sled tree for writing. Run it with [`StoreWriter::run`] on a blocking thread;
 /// it returns once every [`super::StoreHandle`] is dropped and the queue is committed.
@@ -33,10 +68,51 @@ pub struct StoreWriter {
     next_dead_letter: u64,
     /// Per lane, the small records written since the lane was last packed.
     tails: [Tail; 2],
+    /// The store's folder, measured against the budget and for free space.
+    dir: PathBuf,
+    reserve: Reserve,
+    /// `GW.DISK_LOW` is active.
+    disk_low: bool,
+    /// Writes are paused: free space is under [`WRITE_FLOOR`].
+    paused: bool,
+    /// Real bytes of the folder when last measured, and when.
+    disk_bytes: u64,
+    measured: Option<Instant>,
+    /// Cursor moves (per lane: highest seq, events) of groups that failed, carried into
+    /// the next group so that the backlog and cursors stay right.
+    carried: [(Option<u64>, u64); 2],
+    /// The gateway's own events (`done` none) of failed groups, already shown to the
+    /// alert engine as not stored; retried at the front of the next group.
+    deferred: Vec<Command>,
+    /// The gateway's own events raised by the writer (disk low, evictions), committed
+    /// with the next group.
+    raised: Vec<Command>,
+    /// Unforwarded evictions not yet raised as `GW.STORE_EVICTED` (per lane: first seq,
+    /// last seq, events), and when each lane last raised one.
+    evicted_unraised: [Option<(u64, u64, u64)>; 2],
+    evicted_raised_at: [Option<Instant>; 2],
     /// The store's high-water mark, set with every commit that assigns seqs.
     high_water: Option<HighWater>,
     /// Gateway events about how the store was opened, committed first by [`Self::run`].
     recovered: Vec<Event>,
+}
+
+/// One group, ready to be written: see the module doc.
+struct Prepared {
+    batch: sled::Batch,
+    answers: Vec<(Done, u64, Option<Instant>)>,
+    pings: Vec<oneshot::Sender<()>>,
+    /// The group's events, for the alert engine, and whether each is the gateway's own
+    /// (`done` none: kept and retried if the group fails).
+    events: Vec<(Event, bool)>,
+    state: keys::State,
+    cursor_moves: [Option<u64>; 2],
+    forwarded: [u64; 2],
+    added_events: [u64; 2],
+    last_added: [Option<u64>; 2],
+    needs_sync: bool,
+    /// How many of the group's first appends were deferred from a failed group.
+    deferred: usize,
 }
 
 /// The newest records of a backlogged lane that are smaller than `pack_bytes`, with
@@ -68,9 +144,11 @@ impl Tail {
 }
 
 impl StoreWriter {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         db: sled::Db,
         log_file: File,
+        dir: PathBuf,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Command>,
         opts: StoreOptions,
@@ -87,6 +165,17 @@ impl StoreWriter {
             next_seq: saved.next_seq,
             next_dead_letter: saved.next_dead_letter,
             tails: Default::default(),
+            reserve: Reserve::new(&dir),
+            dir,
+            disk_low: false,
+            paused: false,
+            disk_bytes: 0,
+            measured: None,
+            carried: [(None, 0); 2],
+            deferred: Vec::new(),
+            raised: Vec::new(),
+            evicted_unraised: [None; 2],
+            evicted_raised_at: [None; 2],
             high_water: None,
             recovered: Vec::new(),
         }
@@ -112,6 +201,7 @@ impl StoreWriter {
     pub fn run(mut self) -> Result<(), StoreError> {
         let runtime = tokio::runtime::Handle::try_current().ok();
         let max = self.opts.batch_max_events.max(1);
+        self.check_disk();
         let mut recovered = std::mem::take(&mut self.recovered).into_iter().peekable();
         while recovered.peek().is_some() {
             let group = recovered
@@ -126,10 +216,13 @@ impl StoreWriter {
                     }
                 })
                 .collect();
-            self.commit(group);
+            self.commit(group, 0);
         }
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut group = Vec::with_capacity(max.min(1024));
+        while let Some(first) = self.next_command() {
+            let mut group = std::mem::take(&mut self.deferred);
+            let deferred = group.len();
+            group.append(&mut self.raised);
+            group.reserve(max.min(1024));
             group.push(first);
             while group.len() < max {
                 match self.rx.try_recv() {
@@ -146,12 +239,32 @@ impl StoreWriter {
                     }
                 }
             }
-            self.commit(group);
-            if self.total_stored() > self.opts.disk_budget {
-                if let Err(err) = self.evict() {
+            self.check_disk();
+            self.commit(group, deferred);
+            if let Some(target) = self.over_budget() {
+                if let Err(err) = self.evict(target) {
                     error!(error = %err, "Eviction failed; the store may grow past its disk budget.");
                 }
+                if !self.raised.is_empty() {
+                    let raised = std::mem::take(&mut self.raised);
+                    self.commit(raised, 0);
+                }
             }
+        }
+        // Evictions the rate limit held back are raised on the way out.
+        self.evicted_raised_at = [None; 2];
+        self.raise_evicted(self.opts.disk_budget);
+        let last = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .chain(std::mem::take(&mut self.raised))
+            .collect::<Vec<_>>();
+        if !last.is_empty() {
+            self.check_disk();
+            self.commit(last, 0);
+        }
+        if self.paused {
+            warn!("Store writer stopping with writes paused (disk full); the broker redelivers what was not acknowledged.");
+            return Ok(());
         }
         // Cursor-only groups are not flushed on their own; make them durable on the way
         // out, with the counters also where the previous version reads them (rollback).
@@ -213,20 +326,205 @@ impl StoreWriter {
         &self.shared.lanes[lane_index(lane)]
     }
 
+    /// The next command. While idle, looks at the disk every [`MEASURE_EVERY`] (free
+    /// space can go while nothing arrives); with gateway events waiting, wakes every
+    /// [`PAUSED_RETRY`] to commit them even when nothing else arrives.
+    fn next_command(&mut self) -> Option<Command> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        loop {
+            if self.deferred.is_empty() && self.raised.is_empty() {
+                let Some(rt) = &runtime else {
+                    return self.rx.blocking_recv();
+                };
+                match rt.block_on(tokio::time::timeout(MEASURE_EVERY, self.rx.recv())) {
+                    Ok(c) => return c,
+                    Err(_) => {
+                        self.check_disk();
+                        continue;
+                    }
+                }
+            }
+            match self.rx.try_recv() {
+                Ok(c) => return Some(c),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            std::thread::sleep(PAUSED_RETRY);
+            self.check_disk();
+            if !self.paused {
+                // Commit the deferred events on their own.
+                return Some(Command::Ping {
+                    done: oneshot::channel().0,
+                });
+            }
+        }
+    }
+
+    /// Measures free space (every group: one statvfs) and the folder's real size (every
+    /// [`MEASURE_EVERY`]); raises and clears `GW.DISK_LOW`, pauses and resumes writes,
+    /// releases and takes the reserve.
+    fn check_disk(&mut self) {
+        let free = match disk::free_bytes(&self.dir) {
+            Ok(f) => f,
+            Err(err) => {
+                warn!(error = %err, "Cannot read the data folder's free space.");
+                return;
+            }
+        };
+        self.metrics.store_disk_free.set(free as i64);
+        if self.measured.is_none_or(|t| t.elapsed() >= MEASURE_EVERY) {
+            if let Ok(b) = disk::dir_disk_bytes(&self.dir) {
+                self.disk_bytes = b;
+                self.metrics.store_disk_bytes.set(b as i64);
+            }
+            self.measured = Some(Instant::now());
+        }
+        let low = self.opts.disk_low_free;
+        let health = &self.metrics.health;
+        if free < WRITE_FLOOR && !self.paused {
+            self.paused = true;
+            if self.reserve.held() {
+                if let Err(err) = self.reserve.release() {
+                    warn!(error = %err, "Could not release the store's reserve file.");
+                }
+            }
+            error!(free, floor = WRITE_FLOOR, "Disk full: store writes paused; messages are not acknowledged (the broker keeps them) and alarms open local alerts marked not stored.");
+            health.set(
+                HEALTH_STORE,
+                Level::Degraded,
+                format!("disk full: {free} bytes free on the data folder's filesystem, under the {WRITE_FLOOR}-byte floor; writes paused, nothing new is stored or acknowledged, alarms open local alerts marked not stored"),
+            );
+        } else if free >= RESUME_FREE && self.paused {
+            self.paused = false;
+            warn!(free, "Disk space is back: store writes resume.");
+            health.clear(HEALTH_STORE);
+        }
+        if !self.paused && !self.reserve.held() && free >= RESUME_FREE {
+            if let Err(err) = self.reserve.take() {
+                debug!(error = %err, "Could not allocate the store's reserve file.");
+            }
+        }
+        if free < low && !self.disk_low {
+            self.disk_low = true;
+            warn!(
+                free,
+                disk_low_free = low,
+                "Disk space low: raising GW.DISK_LOW."
+            );
+            health.set(
+                HEALTH_DISK_LOW,
+                Level::Degraded,
+                format!("disk space low: {free} bytes free on the data folder's filesystem, under store.disk_low_free ({low})"),
+            );
+            self.raise_disk_low(EventState::Active, free);
+        } else if free >= low + low / 8 && self.disk_low {
+            self.disk_low = false;
+            warn!(
+                free,
+                "Disk space back above store.disk_low_free: clearing GW.DISK_LOW."
+            );
+            health.clear(HEALTH_DISK_LOW);
+            self.raise_disk_low(EventState::Cleared, free);
+        }
+    }
+
+    fn raise_disk_low(&mut self, state: EventState, free: u64) {
+        let ev = crate::events::gateway_event(
+            &self.opts.gateway_id,
+            &self.opts.estate_id,
+            "GW.DISK_LOW",
+            state,
+            Some(Reading {
+                value: free as f64,
+                unit: "bytes".into(),
+            }),
+            serde_json::json!({"free_bytes": free, "disk_low_free": self.opts.disk_low_free}),
+        );
+        // Committed with the next group (or shown as not stored if that fails).
+        self.raised.push(Command::Append {
+            event: Box::new(ev),
+            received: Instant::now(),
+            done: None,
+        });
+    }
+
+    /// The logical size to evict down to, when the store is over its budget: live
+    /// records over `budget / LIVE_SHARE`, or the folder's real size over the budget
+    /// while live records are at least a quarter of it (then down by the share the real
+    /// size is over). When the folder is mostly sled's dead space, evicting live events
+    /// would lose them without shrinking it: sled's segment cleaning does that.
+    fn over_budget(&self) -> Option<u64> {
+        let budget = self.opts.disk_budget;
+        let live = self.total_stored();
+        let live_max = budget / LIVE_SHARE;
+        if live > live_max {
+            return Some(live_max - live_max / 10);
+        }
+        if self.disk_bytes > budget && live > self.disk_bytes / 4 {
+            let scaled = (live as u128 * budget as u128 / self.disk_bytes as u128) as u64;
+            return Some(scaled - scaled / 10);
+        }
+        None
+    }
+
     /// Commits one group: every append, dead letter and cursor move in one sled batch,
-    /// then flush + fdatasync, then the waiting submitters are answered.
-    fn commit(&mut self, group: Vec<Command>) {
+    /// then flush + fdatasync, then the waiting submitters are answered. While writes
+    /// are paused nothing is written and the group fails.
+    /// `deferred`: how many of the group's first commands are gateway events carried
+    /// from a failed group (already shown to the alert engine as not stored).
+    fn commit(&mut self, group: Vec<Command>, deferred: usize) {
+        let mut prepared = self.prepare(group, deferred);
+        if self.paused {
+            self.fail_group(prepared, None);
+            return;
+        }
+        let result = self
+            .db
+            .apply_batch(std::mem::take(&mut prepared.batch))
+            .map_err(StoreError::from)
+            .and_then(|()| {
+                if prepared.needs_sync {
+                    self.db.flush()?;
+                    self.log_file.sync_data()?;
+                }
+                // Durable before anything of this group is acknowledged or forwarded.
+                if let Some(hw) = &mut self.high_water {
+                    hw.set(Mark {
+                        epoch: self.shared.epoch,
+                        next_seq: prepared.state.next_seq,
+                    })?;
+                }
+                Ok(())
+            });
+        match result {
+            Ok(()) => self.finish(prepared),
+            Err(err) => {
+                self.metrics.store_errors.inc();
+                self.metrics.health.set(
+                    HEALTH_STORE,
+                    Level::Degraded,
+                    format!("group commit failed: {err}; nothing of it is acknowledged, the broker redelivers it"),
+                );
+                error!(error = %err, inputs = prepared.answers.len(), "Group commit failed; inputs not acknowledged, the broker will redeliver them.");
+                self.fail_group(prepared, Some(err.to_string()));
+                // A failing disk would otherwise spin this loop.
+                std::thread::sleep(PAUSED_RETRY);
+            }
+        }
+    }
+
+    /// Builds the group's sled batch and the counters it would leave; writes nothing.
+    fn prepare(&mut self, group: Vec<Command>, deferred: usize) -> Prepared {
         let mut batch = sled::Batch::default();
         let mut lanes: [Vec<pb::Event>; 2] = [Vec::new(), Vec::new()];
         let mut answers: Vec<(Done, u64, Option<Instant>)> = Vec::with_capacity(group.len());
-        let mut cursor_moves: [Option<u64>; 2] = [None, None];
-        let mut forwarded: [u64; 2] = [0, 0];
+        let mut cursor_moves: [Option<u64>; 2] = [self.carried[0].0, self.carried[1].0];
+        let mut forwarded: [u64; 2] = [self.carried[0].1, self.carried[1].1];
         let mut seq = self.next_seq;
         let mut dead_letter_id = self.next_dead_letter;
         let mut needs_sync = false;
         let mut pings = Vec::new();
-        let tap = self.shared.tap.get().cloned();
-        let mut committed: Vec<Event> = Vec::new();
+        let mut events: Vec<(Event, bool)> = Vec::new();
         for cmd in group {
             match cmd {
                 Command::Append {
@@ -236,9 +534,7 @@ impl StoreWriter {
                 } => {
                     event.seq = seq;
                     lanes[lane_index(event.lane())].push(pb::Event::from(&*event));
-                    if tap.is_some() {
-                        committed.push(*event);
-                    }
+                    events.push((*event, done.is_none()));
                     answers.push((done, seq, Some(received)));
                     seq += 1;
                     needs_sync = true;
@@ -318,71 +614,59 @@ impl StoreWriter {
         // (no clean stop to write the other counters) never reuses a seq: receivers
         // deduplicate on it. Its other counters, stale then, only cost duplicates.
         batch.insert(keys::NEXT_SEQ, &seq.to_be_bytes());
-
-        let result = self
-            .db
-            .apply_batch(batch)
-            .map_err(StoreError::from)
-            .and_then(|()| {
-                if needs_sync {
-                    self.db.flush()?;
-                    self.log_file.sync_data()?;
-                }
-                // Durable before anything of this group is acknowledged or forwarded.
-                if let Some(hw) = &mut self.high_water {
-                    hw.set(Mark {
-                        epoch: self.shared.epoch,
-                        next_seq: seq,
-                    })?;
-                }
-                Ok(())
-            });
-        if let Err(err) = result {
-            self.metrics.store_errors.inc();
-            error!(error = %err, inputs = answers.len(), "Group commit failed; inputs not acknowledged, the broker will redeliver them.");
-            // The tails may hold events of this group, which was not written.
-            for tail in &mut self.tails {
-                tail.clear();
-            }
-            let msg = err.to_string();
-            for (done, _, _) in answers {
-                if let Some(done) = done {
-                    let _ = done.send(Err(StoreError::CommitFailed(msg.clone())));
-                }
-            }
-            // A failing disk would otherwise spin this loop.
-            std::thread::sleep(Duration::from_millis(200));
-            return;
+        Prepared {
+            batch,
+            answers,
+            pings,
+            events,
+            state,
+            cursor_moves,
+            forwarded,
+            added_events,
+            last_added,
+            needs_sync,
+            deferred,
         }
+    }
 
+    /// The group is durable (applied, flushed and fdatasync'ed): publish its counters,
+    /// hand its events to the alert engine, answer its submitters.
+    fn finish(&mut self, p: Prepared) {
+        let seq = p.state.next_seq;
         self.next_seq = seq;
-        self.next_dead_letter = dead_letter_id;
-        self.publish(&state);
+        self.next_dead_letter = p.state.next_dead_letter;
+        self.carried = [(None, 0); 2];
+        if self.metrics.health.is_set(HEALTH_STORE) && !self.paused {
+            self.metrics.health.clear(HEALTH_STORE);
+        }
+        self.publish(&p.state);
         for lane in Lane::ALL {
             let i = lane_index(lane);
-            if let Some(last) = last_added[i] {
+            if let Some(last) = p.last_added[i] {
                 self.lane(lane).last_seq.store(last, Ordering::Release);
             }
             self.metrics
                 .store_committed
                 .get_or_create(&lane.into())
-                .inc_by(added_events[i]);
+                .inc_by(p.added_events[i]);
         }
         if seq > 1 {
             self.shared.committed.send_replace(seq - 1);
         }
-        if let Some(tap) = tap {
+        if let Some(tap) = self.shared.tap.get() {
             // Never waits (unbounded); a stopped engine just stops listening.
-            for e in committed {
-                let _ = tap.send(e);
+            for (e, _) in p.events {
+                let _ = tap.send(Tapped::Committed(e));
             }
         }
-        for done in pings {
+        for done in p.pings {
             let _ = done.send(());
         }
         let now = Instant::now();
-        self.metrics.store_group_size.observe(answers.len() as f64);
-        for (done, id, received) in answers {
+        self.metrics
+            .store_group_size
+            .observe(p.answers.len() as f64);
+        for (done, id, received) in p.answers {
             if let Some(r) = received {
                 self.metrics
                     .store_commit_latency
@@ -390,6 +674,59 @@ impl StoreWriter {
             }
             if let Some(done) = done {
                 let _ = done.send(Ok(id));
+            }
+        }
+    }
+
+    /// Nothing of the group was written. Its submitters get the error (ingest does not
+    /// acknowledge, the broker redelivers); its cursor moves and the gateway's own events
+    /// are carried into the next group; its events go to the alert engine as not stored
+    /// (once). `error` is the commit's error; none for a pause, which still answers the
+    /// watchdog's pings: the writer is alive and waiting for space, which a restart
+    /// would not bring.
+    fn fail_group(&mut self, p: Prepared, error: Option<String>) {
+        // The tails may hold events of this group, which was not written.
+        for tail in &mut self.tails {
+            tail.clear();
+        }
+        self.carried = [
+            (p.cursor_moves[0], p.forwarded[0]),
+            (p.cursor_moves[1], p.forwarded[1]),
+        ];
+        let tap = self.shared.tap.get();
+        for (i, (mut e, own)) in p.events.into_iter().enumerate() {
+            e.seq = 0;
+            if i >= p.deferred {
+                if let Some(tap) = tap {
+                    let _ = tap.send(Tapped::NotStored(e.clone()));
+                }
+            }
+            if own {
+                if self.deferred.len() >= DEFERRED_MAX {
+                    warn!(code = %e.code, "Too many gateway events waiting for the disk; dropping this one (it was shown to the alert engine).");
+                    continue;
+                }
+                self.deferred.push(Command::Append {
+                    event: Box::new(e),
+                    received: Instant::now(),
+                    done: None,
+                });
+            }
+        }
+        self.metrics
+            .store_not_stored
+            .inc_by(p.answers.iter().filter(|a| a.0.is_some()).count() as u64);
+        if error.is_none() {
+            for done in p.pings {
+                let _ = done.send(());
+            }
+        }
+        for (done, _, _) in p.answers {
+            if let Some(done) = done {
+                let _ = done.send(Err(match &error {
+                    Some(msg) => StoreError::CommitFailed(msg.clone()),
+                    None => StoreError::DiskFull,
+                }));
             }
         }
     }
@@ -458,12 +795,12 @@ impl StoreWriter {
         Ok(out)
     }
 
-    /// Brings stored bytes back under 90 % of the budget: forwarded records first, then
-    /// the oldest unforwarded telemetry, alarms last. Unforwarded evictions raise
-    /// `GW.STORE_EVICTED` (one event per lane, with the seq range and count).
-    fn evict(&mut self) -> Result<(), StoreError> {
+    /// Brings stored (logical) bytes down to `target` (see [`StoreWriter::over_budget`]):
+    /// forwarded records first, then the oldest unforwarded telemetry, alarms last.
+    /// Unforwarded evictions raise `GW.STORE_EVICTED` (per lane, with the seq range and
+    /// count; at most one per lane per [`EVICTED_EVENT_EVERY`], summed).
+    fn evict(&mut self, target: u64) -> Result<(), StoreError> {
         let budget = self.opts.disk_budget;
-        let target = budget - budget / 10;
         let mut total = self.total_stored();
         let mut batch = sled::Batch::default();
         let mut freed = [0u64; 2];
@@ -554,7 +891,6 @@ impl StoreWriter {
         self.db.flush()?;
         self.log_file.sync_data()?;
         self.publish(&state);
-        let mut raised = Vec::new();
         for (lane, first, last, n) in lost {
             self.metrics
                 .store_evicted
@@ -563,6 +899,30 @@ impl StoreWriter {
                     kind: "unforwarded",
                 })
                 .inc_by(n);
+            let i = lane_index(lane);
+            let r = self.evicted_unraised[i].get_or_insert((first, last, 0));
+            r.1 = last;
+            r.2 += n;
+        }
+        self.raise_evicted(budget);
+        Ok(())
+    }
+}
+
+impl StoreWriter {
+    /// Raises the unforwarded evictions summed since a lane's last `GW.STORE_EVICTED`, at
+    /// most one per lane per [`EVICTED_EVENT_EVERY`] (a long outage at the budget would
+    /// otherwise raise one per commit).
+    fn raise_evicted(&mut self, budget: u64) {
+        for lane in Lane::ALL {
+            let i = lane_index(lane);
+            if self.evicted_raised_at[i].is_some_and(|t| t.elapsed() < EVICTED_EVENT_EVERY) {
+                continue;
+            }
+            let Some((first, last, n)) = self.evicted_unraised[i].take() else {
+                continue;
+            };
+            self.evicted_raised_at[i] = Some(Instant::now());
             warn!(%lane, first_seq = first, last_seq = last, events = n, budget, "Disk budget reached; evicted events that were not yet forwarded.");
             let ev: Event = crate::events::gateway_event(
                 &self.opts.gateway_id,
@@ -575,16 +935,12 @@ impl StoreWriter {
                 }),
                 serde_json::json!({"lane": lane.as_str(), "first_seq": first, "last_seq": last, "events": n, "disk_budget": budget}),
             );
-            raised.push(Command::Append {
+            self.raised.push(Command::Append {
                 event: Box::new(ev),
                 received: Instant::now(),
                 done: None,
             });
         }
-        if !raised.is_empty() {
-            self.commit(raised);
-        }
-        Ok(())
     }
 }
 

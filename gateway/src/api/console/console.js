@@ -329,7 +329,7 @@ function makeAlertRow(id) {
   const q = (sel) => li.querySelector(sel);
   const el = {
     sev: q('.sev'), title: q('.title'), code: q('.code'), repeat: q('.repeat'),
-    cleared: q('.cleared'), escalated: q('.escalated'), state: q('.state'),
+    cleared: q('.cleared'), escalated: q('.escalated'), unstored: q('.unstored'), state: q('.state'),
     where: q('.where'), device: q('.device'), age: q('.age'), handled: q('.handled'),
     actions: q('.actions'), ops: q('.ops'), ack: q('.ack'), close: q('.close'),
   };
@@ -357,6 +357,8 @@ function renderAlertRow(row, a, now) {
   setText(el.repeat, `×${a.count} 重复${a.count}次 · ${a.count} times`);
   el.cleared.hidden = !a.cleared;
   el.escalated.hidden = !a.escalated;
+  // Opened while the disk was full (README "Full disk"); older alerts have no field.
+  el.unstored.hidden = a.stored !== false;
   setText(el.state, STATUS[a.status] || a.status);
   setAttr(el.state, 'data-status', a.status);
   setText(el.where, placeText(a.location));
