@@ -3,4 +3,7 @@
 //! payload (the format's usual topic); see `estate_fuzz::messages`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| estate_fuzz::sources(estate_fuzz::Format::Zigbee2mqtt, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| estate_fuzz::sources(
+    estate_fuzz::Format::Zigbee2mqtt,
+    data
+));

@@ -65,7 +65,10 @@ pub fn batches(data: &[u8]) {
         let mut last_end = 0u64;
         for &(a, b) in &s.gaps {
             assert!(a <= b && a > last_end && b < s.max_seq);
-            assert!(model.range(a..=b).next().is_none(), "gap {a}..={b} has a seen seq");
+            assert!(
+                model.range(a..=b).next().is_none(),
+                "gap {a}..={b} has a seen seq"
+            );
             missing += b - a + 1;
             last_end = b;
         }

@@ -11,6 +11,7 @@
 use std::sync::OnceLock;
 
 use estate_config::Config;
+use estate_gateway::ingest;
 use estate_gateway::ingest::formats::{Decoded, Sources};
 use estate_gateway::ingest::native::DecodeError;
 use estate_protocols::model::Event;
@@ -178,21 +179,27 @@ pub fn check_event(e: &Event, raw_limit: usize) {
         e.location,
         e.value,
     );
-    let back = Event::try_from(pb::Event::decode(wire.encode_to_vec().as_slice()).expect("decodes"))
-        .expect("converts");
+    let back =
+        Event::try_from(pb::Event::decode(wire.encode_to_vec().as_slice()).expect("decodes"))
+            .expect("converts");
     assert_eq!(&back, e);
 }
 
-/// A dead letter's reason is bounded (it is stored with the raw bytes).
+/// The dead letter ingest stores for a message that did not decode stays small: a
+/// stable reason label, the topic and reason cut, the raw bytes within `raw_limit`.
 pub fn check_error(topic: &str, payload: &[u8], e: &DecodeError) {
-    let _ = (topic, payload);
-    let text = e.to_string();
-    assert!(!e.reason.is_empty());
-    assert!(text.len() <= MAX_REASON, "reason of {} bytes", text.len());
+    let raw_limit = config().ingest.raw_limit.as_usize();
+    assert!(!e.reason.is_empty() && e.reason.is_ascii());
+    let letter = ingest::dead_letter(topic, payload, e, raw_limit, T0_MS);
+    assert!(letter.source.len() <= ingest::DEAD_LETTER_TEXT_MAX);
+    assert!(
+        letter.reason.len() <= ingest::DEAD_LETTER_TEXT_MAX,
+        "reason of {} bytes",
+        letter.reason.len()
+    );
+    assert!(payload.starts_with(&letter.raw) && letter.raw.len() <= raw_limit);
+    assert_eq!(letter.original_len, payload.len());
 }
-
-/// Longest dead-letter reason accepted.
-pub const MAX_REASON: usize = 1024;
 
 pub mod city;
 pub mod modbus;

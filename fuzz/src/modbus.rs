@@ -23,7 +23,12 @@ pub fn profiles() -> &'static [Profile] {
         let mut files: Vec<String> = std::fs::read_dir(format!("{dir}/profiles"))
             .expect("config/profiles")
             .filter_map(|e| e.ok())
-            .map(|e| format!("{:?}", format!("profiles/{}", e.file_name().to_string_lossy())))
+            .map(|e| {
+                format!(
+                    "{:?}",
+                    format!("profiles/{}", e.file_name().to_string_lossy())
+                )
+            })
             .filter(|f| f.ends_with(".toml\""))
             .collect();
         files.sort();
