@@ -116,16 +116,7 @@ pub fn missing(format: SourceFormat, field: &str) -> DecodeError {
 
 /// A JSON value for an error message, bounded.
 pub fn show(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 60 {
-        let mut end = 57;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}...", &s[..end])
-    } else {
-        s
-    }
+    cut(&v.to_string(), 60)
 }
 
 /// The payload as a JSON object, or the error naming `format`.
