@@ -853,4 +853,42 @@ proptest! {
         }
         let _ = s.tick(1_000_000);
     }
+
+    /// What the fuzz targets check, on CI: whatever the topic (of any length) and the
+    /// payload's text fields, an event fits the room beside its raw bytes and a dead
+    /// letter keeps its topic and reason short.
+    #[test]
+    fn events_and_dead_letters_stay_small(
+        topic in prop::sample::select(TOPICS),
+        level in "[a-z0-9/ \u{1}é]{0,300}",
+        text in "[a-z\u{1}é\\\"]{0,600}",
+        v in arb_json(),
+    ) {
+        use estate_protocols::pb;
+        use prost::Message;
+        let mut s = sources();
+        let topics = [topic.to_owned(), format!("{topic}{level}"), format!("estate/E1/smoke/{level}/event")];
+        let bodies = [
+            serde_json::json!({"code": "SMOKE.ALARM", "value": 1, "unit": text, "seq": 1}).to_string(),
+            serde_json::json!({"type": "new", "after": {"id": text, "camera": text, "label": "person", "zones": [text, text]}}).to_string(),
+            serde_json::json!({"eventType": text, "eventState": "active", "macAddress": text}).to_string(),
+            text.clone(),
+            v.to_string(),
+        ];
+        for topic in &topics {
+            for body in &bodies {
+                match s.decode(topic, body.as_bytes(), 0) {
+                    Ok(d) => for e in d.events {
+                        let len = pb::Event::from(&e).encoded_len();
+                        prop_assert!(len <= 2048 + 1024, "{len} bytes: {e:?}");
+                    },
+                    Err(e) => {
+                        let l = crate::ingest::dead_letter(topic, body.as_bytes(), &e, 2048, 0);
+                        prop_assert!(l.source.len() <= crate::ingest::DEAD_LETTER_TEXT_MAX);
+                        prop_assert!(l.reason.len() <= crate::ingest::DEAD_LETTER_TEXT_MAX);
+                    }
+                }
+            }
+        }
+    }
 }
