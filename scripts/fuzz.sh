@@ -28,12 +28,17 @@ for t in "${targets[@]}"; do
     mkdir -p "$scratch" "corpus/$t" "artifacts/$t"
     log="target/fuzz-$t.log"
     echo "== $t: ${secs}s"
+    # -jobs (even -jobs=1) forks workers that log to fuzz-<n>.log: only with FUZZ_JOBS > 1.
+    par=()
+    [ "$jobs" -gt 1 ] && par=(-jobs="$jobs" -workers="$jobs")
     cargo +nightly fuzz run "$t" "$scratch" "corpus/$t" -- \
-        -max_total_time="$secs" -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
+        -max_total_time="$secs" "${par[@]}" -print_final_stats=1 \
         -rss_limit_mb=2048 -timeout=10 >"$log" 2>&1
     rc=$?
-    # With -jobs the workers log to fuzz-<n>.log in the current folder.
-    [ "$jobs" -gt 1 ] && cat fuzz-*.log >>"$log" 2>/dev/null && rm -f fuzz-*.log
+    if [ "$jobs" -gt 1 ]; then
+        cat fuzz-*.log >>"$log" 2>/dev/null
+        rm -f fuzz-*.log
+    fi
     done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1)
     runs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{s += $2} END {print s + 0}')
     if [ $rc -ne 0 ] || grep -qE '^==[0-9]+== ?ERROR|panicked at|deadly signal' "$log"; then
