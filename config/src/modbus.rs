@@ -162,7 +162,7 @@ pub struct BusConfig {
     /// doubled on each failed attempt up to `reconnect_max`. Default: `"500ms"`.
     #[serde(default = "default_reconnect_min", with = "crate::units::duration")]
     pub reconnect_min: Duration,
-    /// Longest delay between reconnect attempts. Default: `"30s"`.
+    /// Longest delay between reconnect attempts. At most a day. Default: `"30s"`.
     #[serde(default = "default_reconnect_max", with = "crate::units::duration")]
     pub reconnect_max: Duration,
 }
@@ -215,7 +215,7 @@ pub struct DeviceModbusConfig {
     /// Required. The profile (register map) that describes the device; its `kind` must be
     /// the device's `kind`.
     pub profile: String,
-    /// How often the device is read. At least 10 ms. Default: `"1s"`.
+    /// How often the device is read. At least 10 ms, at most a day. Default: `"1s"`.
     #[serde(default = "default_poll_interval", with = "crate::units::duration")]
     pub poll_interval: Duration,
     /// How long one request may wait for its answer (many devices need more than
@@ -229,7 +229,7 @@ pub struct DeviceModbusConfig {
     pub offline_after: u32,
     /// A failing device is polled less and less often (the poll interval doubled on each
     /// consecutive failure) up to this delay, so it cannot starve the others on its bus.
-    /// Not less than `poll_interval`. Default: `"30s"`.
+    /// Not less than `poll_interval`, at most a day. Default: `"30s"`.
     #[serde(default = "default_backoff_max", with = "crate::units::duration")]
     pub backoff_max: Duration,
 }

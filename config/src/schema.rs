@@ -160,7 +160,7 @@ pub struct BrokerConfig {
     #[serde(with = "crate::units::duration")]
     pub reconnect_min: Duration,
     /// Longest delay between reconnect attempts. Must not be less than
-    /// `reconnect_min`. Default: `"30s"`.
+    /// `reconnect_min`, at most a day. Default: `"30s"`.
     #[serde(with = "crate::units::duration")]
     pub reconnect_max: Duration,
 }
@@ -294,7 +294,7 @@ pub struct UplinkConfig {
     /// 1–65535. Default: `2`.
     pub max_inflight_batches: usize,
     /// Raise a `GW.UPLINK_DOWN` alert when the uplink has been disconnected this long.
-    /// More than 0 s. Default: `"30s"`.
+    /// More than 0 s, at most a day. Default: `"30s"`.
     #[serde(with = "crate::units::duration")]
     pub down_alert_after: Duration,
 }

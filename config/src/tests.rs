@@ -655,3 +655,27 @@ fn disk_low_free_defaults_to_64_mib_and_rejects_less_than_the_write_floor() {
         .message
         .contains("at least 4 MiB"));
 }
+
+/// Fuzz target `config` (`fuzz/`): a wait of centuries validated, and the stage that
+/// added it to the clock panicked on first use (`uplink.down_alert_after` in the
+/// forwarder, `reconnect_max` in the MQTT clients). Every such wait is at most a day.
+#[test]
+fn waits_longer_than_a_day_are_refused() {
+    let errs = errors(&format!(
+        "{MINIMAL}\n[uplink]\ndown_alert_after = \"300000000000y\"\n[uplink.mqtt]\nreconnect_max = \"2days\"\n[ingest.mqtt]\nreconnect_max = \"25h\"\n"
+    ));
+    for key in [
+        "uplink.down_alert_after",
+        "uplink.mqtt.reconnect_max",
+        "ingest.mqtt.reconnect_max",
+    ] {
+        let p = problem_at(&errs, key);
+        assert!(
+            p.message.starts_with("must be at most 1day, found "),
+            "{key}: {}",
+            p.message
+        );
+    }
+    let ok = format!("{MINIMAL}\n[uplink]\ndown_alert_after = \"24h\"\n[uplink.mqtt]\nreconnect_max = \"1day\"\n");
+    Config::from_toml_str(&ok, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+}

@@ -312,3 +312,28 @@ fn unknown_profile_names_the_loaded_ones() {
     );
     assert_eq!(p.line, Some(16));
 }
+
+/// Fuzz target `config` (`fuzz/`): a poll interval of centuries validated and the bus
+/// task panicked adding it to the clock after its first poll, restarted, and panicked
+/// again, forever. Poll interval, backoff and a bus's reconnect wait are at most a day.
+#[test]
+fn modbus_waits_longer_than_a_day_are_refused() {
+    let main = format!(
+        "{}reconnect_max = \"2days\"\n\n[[devices]]\nid = \"l1\"\nkind = \"water_leak\"\nmodbus = {{ bus = \"b1\", unit = 3, profile = \"leak\", poll_interval = \"300000000000y\", backoff_max = \"300000000000y\" }}\n",
+        MAIN
+    );
+    let (_, r) = load("long-waits", &main, PROFILE);
+    let errs = r.expect_err("rejected");
+    for key in [
+        "modbus.buses[0].reconnect_max",
+        "devices[0].modbus.poll_interval",
+        "devices[0].modbus.backoff_max",
+    ] {
+        let p = at(&errs, key);
+        assert!(
+            p.message.starts_with("must be at most 1day"),
+            "{key}: {}",
+            p.message
+        );
+    }
+}

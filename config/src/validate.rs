@@ -17,6 +17,22 @@ use crate::units::ByteSize;
 /// not cover (DESIGN.md, "Durable means power-loss durable").
 pub const SLED_BLOB_THRESHOLD: ByteSize = ByteSize::kib(128);
 
+/// Longest wait a config may set for a poll interval, a backoff, a reconnect or an alert
+/// delay. The stages add these to the clock; a value of centuries validated before and
+/// then panicked the stage on its first use (found by the fuzz targets, `fuzz/`).
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// "must be at most 1day, found …" when `d` exceeds [`MAX_WAIT`].
+pub(crate) fn too_long(d: Duration) -> Option<String> {
+    (d > MAX_WAIT).then(|| {
+        format!(
+            "must be at most {}, found {}",
+            humantime::format_duration(MAX_WAIT),
+            humantime::format_duration(d)
+        )
+    })
+}
+
 /// MQTT's largest packet (remaining length is at most 268,435,455 bytes).
 const MQTT_MAX_PACKET: u64 = 268_435_455;
 
@@ -350,6 +366,9 @@ fn check_broker(prefix: &str, b: &BrokerConfig, f: &mut Findings) {
             "must be more than 0s, or a broken broker gets reconnect attempts in a tight loop",
         );
     }
+    if let Some(m) = too_long(b.reconnect_max) {
+        f.at(key("reconnect_max"), m);
+    }
     if b.reconnect_max < b.reconnect_min {
         f.across(
             key("reconnect_min"),
@@ -476,6 +495,9 @@ fn check_uplink(u: &UplinkConfig, f: &mut Findings) {
                 u.max_inflight_batches
             ),
         );
+    }
+    if let Some(m) = too_long(u.down_alert_after) {
+        f.at("uplink.down_alert_after", m);
     }
     if u.down_alert_after.is_zero() {
         f.at("uplink.down_alert_after", "must be more than 0s");

@@ -11,7 +11,7 @@ use estate_protocols::taxonomy;
 
 use crate::modbus::{BusConfig, BusTransport, DataType, DeviceModbusConfig, Profile, Table};
 use crate::schema::DeviceConfig;
-use crate::validate::Finding;
+use crate::validate::{too_long, Finding};
 
 fn at(f: &mut Vec<Finding>, path: impl Into<String>, message: impl Into<String>) {
     f.push(Finding {
@@ -432,6 +432,9 @@ pub(crate) fn check_buses(buses: &[(usize, BusConfig)], f: &mut Vec<Finding>) {
                 "must be more than 0s, or an unreachable bus is retried in a tight loop",
             );
         }
+        if let Some(m) = too_long(b.reconnect_max) {
+            at(f, format!("{base}.reconnect_max"), m);
+        }
         if b.reconnect_max < b.reconnect_min {
             f.push(Finding {
                 path: format!("{base}.reconnect_min"),
@@ -561,6 +564,12 @@ fn check_device_timing(base: &str, m: &DeviceModbusConfig, f: &mut Vec<Finding>)
                 fmt_d(m.timeout)
             ),
         );
+    }
+    if let Some(msg) = too_long(m.poll_interval) {
+        at(f, format!("{base}.poll_interval"), msg);
+    }
+    if let Some(msg) = too_long(m.backoff_max) {
+        at(f, format!("{base}.backoff_max"), msg);
     }
     if m.offline_after == 0 {
         at(f, format!("{base}.offline_after"), "must be at least 1");

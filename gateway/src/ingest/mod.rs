@@ -33,7 +33,7 @@ use crate::events::now_ms;
 use crate::health::{LogThrottle, Throttled};
 use crate::store::{DeadLetter, Pending, StoreError, StoreHandle};
 use crate::telemetry::Metrics;
-use formats::Sources;
+use formats::{cut, Sources};
 
 /// Largest packet the client accepts. Payloads above `ingest.max_payload` are received
 /// whole and dead-lettered; only a packet above this would make rumqttc drop the
@@ -253,28 +253,20 @@ impl MqttIngest {
             }
             Err(e) => {
                 metrics.dead_letter(e.reason);
+                let letter = dead_letter(&publish.topic, &publish.payload, &e, self.raw_limit, now);
                 let throttle = self.dead_letter_logs.entry(e.reason).or_insert_with(|| {
                     LogThrottle::new(DEAD_LETTER_LOG_BURST, DEAD_LETTER_LOG_EVERY)
                 });
                 match throttle.hit(std::time::Instant::now()) {
                     Throttled::Log => {
-                        warn!(topic = %publish.topic, reason = e.reason, error = %e.detail, "Malformed input dead-lettered.")
+                        warn!(topic = %letter.source, reason = e.reason, error = %cut(&e.detail, DEAD_LETTER_TEXT_MAX), "Malformed input dead-lettered.")
                     }
                     Throttled::Summary(n) => {
-                        warn!(topic = %publish.topic, reason = e.reason, error = %e.detail, not_logged = n, "Malformed input dead-lettered; more of this reason were kept but not logged (see estate_dead_lettered).")
+                        warn!(topic = %letter.source, reason = e.reason, error = %cut(&e.detail, DEAD_LETTER_TEXT_MAX), not_logged = n, "Malformed input dead-lettered; more of this reason were kept but not logged (see estate_dead_lettered).")
                     }
                     Throttled::Quiet => {}
                 }
-                let (raw, _) = native::bounded_raw(&publish.payload, self.raw_limit);
-                let pending = store
-                    .dead_letter(DeadLetter {
-                        received_ms: now,
-                        source: publish.topic.clone(),
-                        reason: e.to_string(),
-                        raw,
-                        original_len: publish.payload.len(),
-                    })
-                    .await?;
+                let pending = store.dead_letter(letter).await?;
                 Ok((VecDeque::from([pending]), false))
             }
         }
@@ -300,6 +292,31 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Longest topic and reason a dead letter keeps, in bytes. A topic may be 64 KiB and a
+/// reason quotes the topic or the payload (escaped, up to 10 bytes per byte); uncut, one
+/// hostile message made a record of megabytes, far above `store.record_max_bytes` and
+/// sled's blob threshold (found by the fuzz targets, `fuzz/`).
+pub const DEAD_LETTER_TEXT_MAX: usize = 512;
+
+/// The dead letter of a message that did not decode: its raw bytes up to `raw_limit`,
+/// its topic and reason each cut to [`DEAD_LETTER_TEXT_MAX`] bytes (marked with `…`).
+pub fn dead_letter(
+    topic: &str,
+    payload: &[u8],
+    e: &native::DecodeError,
+    raw_limit: usize,
+    now_ms: i64,
+) -> DeadLetter {
+    let (raw, _) = native::bounded_raw(payload, raw_limit);
+    DeadLetter {
+        received_ms: now_ms,
+        source: cut(topic, DEAD_LETTER_TEXT_MAX),
+        reason: cut(&e.to_string(), DEAD_LETTER_TEXT_MAX),
+        raw,
+        original_len: payload.len(),
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use estate_protocols::model::{DeviceKind, Event, EventState, Location, Reading, Source};
 use estate_protocols::taxonomy;
 
-use super::formats::{json_type, rfc3339_ms};
+use super::formats::{cut, json_type, rfc3339_ms, MAX_DEVICE_ID_BYTES, MAX_UNIT_BYTES};
 
 /// What the gateway knows about a configured device.
 #[derive(Debug, Clone)]
@@ -109,6 +109,15 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
             format!("topic {topic:?} has an empty device id"),
         ));
     }
+    if device_id.len() > MAX_DEVICE_ID_BYTES {
+        return Err(err(
+            "bad_topic",
+            format!(
+                "topic {topic:?} has a device id of {} bytes, more than {MAX_DEVICE_ID_BYTES}",
+                device_id.len()
+            ),
+        ));
+    }
     let leaf = match leaf {
         "event" => Leaf::Event,
         "heartbeat" => Leaf::Heartbeat,
@@ -195,7 +204,7 @@ pub fn decode(topic: &str, payload: &[u8], ctx: &DecodeContext<'_>) -> Result<Ev
     };
     let unit = match body.get("unit") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(cut(s, MAX_UNIT_BYTES)),
         Some(other) => return Err(wrong_type("unit", "a string", other)),
     };
     let value_field = if matches!(leaf, Leaf::Heartbeat) {

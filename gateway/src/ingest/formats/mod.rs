@@ -116,16 +116,7 @@ pub fn missing(format: SourceFormat, field: &str) -> DecodeError {
 
 /// A JSON value for an error message, bounded.
 pub fn show(v: &Value) -> String {
-    let s = v.to_string();
-    if s.len() > 60 {
-        let mut end = 57;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}...", &s[..end])
-    } else {
-        s
-    }
+    cut(&v.to_string(), 60)
 }
 
 /// The payload as a JSON object, or the error naming `format`.
@@ -279,9 +270,37 @@ pub fn rfc3339_ms(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// `s` cut to at most `max` bytes (≥ 3) at a character boundary, ending in `…` when cut.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Longest topic decoded, in bytes; a longer one is dead-lettered (`bad_topic`). Every
+/// event keeps its topic (`source.reference`) and most name their device from it, and
+/// an event's fields besides its raw bytes must fit in the 1 KiB that `ingest.raw_limit`
+/// leaves of a stored record and of an uplink batch. Found by the fuzz targets: a 700-byte
+/// topic made a 1.5 KiB event with no raw bytes at all.
+pub const MAX_TOPIC_BYTES: usize = 256;
+
+/// Longest device id taken from a message (the native topic's `{device_id}`, the
+/// `{source}.{id}` of an unregistered device), in bytes.
+pub const MAX_DEVICE_ID_BYTES: usize = 128;
+
+/// Longest unit (`"%LEL"`) and zone (Frigate's zone names) kept from a payload, in bytes;
+/// longer ones are cut (the whole payload is in the event's raw bytes).
+pub const MAX_UNIT_BYTES: usize = 16;
+pub const MAX_ZONE_BYTES: usize = 128;
+
 /// The device id given to a device a source names but the config does not list:
 /// `{source}.{id}` with every character other than letters, digits, `-`, `_`, `.`
-/// replaced by `_`, at most 128 characters. Stable: the same source id always gives the
+/// replaced by `_`, at most [`MAX_DEVICE_ID_BYTES`]. Stable: the same source id always gives the
 /// same device id.
 pub fn unregistered_device_id(source: &str, source_id: &str) -> String {
     let mut id: String = format!("{source}.")
@@ -295,7 +314,7 @@ pub fn unregistered_device_id(source: &str, source_id: &str) -> String {
             }
         })
         .collect();
-    id.truncate(128);
+    id.truncate(MAX_DEVICE_ID_BYTES);
     id
 }
 
@@ -468,6 +487,16 @@ impl Sources {
         payload: &[u8],
         now_ms: i64,
     ) -> Result<Decoded, DecodeError> {
+        if topic.len() > MAX_TOPIC_BYTES {
+            return Err(DecodeError {
+                reason: "bad_topic",
+                detail: format!(
+                    "topic of {} bytes is longer than {MAX_TOPIC_BYTES} bytes: {:?}",
+                    topic.len(),
+                    cut(topic, 64)
+                ),
+            });
+        }
         let Some(i) = self.sources.iter().position(|s| {
             s.filters
                 .iter()
@@ -584,6 +613,7 @@ impl Sources {
                 .map(|r| r.info.location.clone())
                 .unwrap_or_default();
             if let Some(zone) = o.zone.filter(|z| !z.is_empty()) {
+                let zone = cut(&zone, MAX_ZONE_BYTES);
                 location.zone = if location.zone.is_empty() {
                     zone
                 } else {

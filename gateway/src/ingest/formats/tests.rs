@@ -657,6 +657,99 @@ const TOPICS: &[&str] = &[
     "lora/x/status",
 ];
 
+// ---- limits (regressions from the fuzz targets in fuzz/) ----------------------------
+
+/// Fuzz target `native`: a 700-byte topic made a 1.5 KiB event with no raw bytes (device
+/// id and reference both carry the topic), above the 1 KiB that `ingest.raw_limit` leaves
+/// for an event's other fields in a stored record and an uplink batch. Now the longest
+/// topic, device id and unit accepted still fit, and one byte more is dead-lettered.
+#[test]
+fn events_fit_the_room_beside_their_raw_bytes() {
+    use estate_protocols::pb;
+    use prost::Message;
+    let mut s = sources();
+    let raw_limit = 2048; // the default `ingest.raw_limit`
+    let device = "d".repeat(MAX_DEVICE_ID_BYTES);
+    let kind = "k".repeat(MAX_TOPIC_BYTES - "estate/E1///event".len() - device.len());
+    let topic = format!("estate/E1/{kind}/{device}/event");
+    assert_eq!(topic.len(), MAX_TOPIC_BYTES);
+    let payload = format!(
+        r#"{{"code":"SMOKE.ALARM","value":1.5,"unit":"{}","seq":1,"pad":"{}"}}"#,
+        "µ".repeat(2000),
+        "x".repeat(4000)
+    );
+    let events = decode(&mut s, &topic, &payload, 0);
+    let e = &events[0];
+    assert_eq!(e.device_id, device);
+    let unit = &e.value.as_ref().expect("value").unit;
+    assert!(
+        unit.len() <= MAX_UNIT_BYTES && unit.ends_with('…'),
+        "{unit}"
+    );
+    assert!(e.raw_truncated && e.raw.len() == raw_limit);
+    let len = pb::Event::from(e).encoded_len();
+    assert!(len <= raw_limit + 1024, "{len} bytes");
+
+    let longer = format!("estate/E1/{kind}k/{device}/event");
+    let err = s
+        .decode(&longer, payload.as_bytes(), 0)
+        .expect_err("too long");
+    assert_eq!(err.reason, "bad_topic");
+    assert!(err.detail.contains("longer than 256 bytes"), "{err}");
+    let long_id = format!("estate/E1/smoke/{device}d/event");
+    let err = s
+        .decode(&long_id, payload.as_bytes(), 0)
+        .expect_err("id too long");
+    assert_eq!(err.reason, "bad_topic");
+    assert!(err.detail.contains("more than 128"), "{err}");
+
+    // Frigate zone names come from the payload: cut, like the camera's id.
+    let zones: Vec<String> = (0..40)
+        .map(|i| format!("zone-{i}-{}", "z".repeat(60)))
+        .collect();
+    let body = serde_json::json!({"type": "new", "after": {
+        "id": "e1", "camera": "c".repeat(2000), "label": "person", "entered_zones": zones}});
+    let events = decode(&mut s, "frigate/events", &body.to_string(), 0);
+    let e = &events[0];
+    assert!(
+        e.location.zone.len() <= MAX_ZONE_BYTES,
+        "{}",
+        e.location.zone.len()
+    );
+    assert!(e.device_id.len() <= MAX_DEVICE_ID_BYTES);
+    assert!(pb::Event::from(e).encoded_len() <= raw_limit + 1024);
+}
+
+/// Fuzz targets `frigate` and `native`: a reason quotes the topic or the payload, escaped
+/// (6 bytes per control character), so a dead letter of a hostile message reached
+/// megabytes, far above `store.record_max_bytes` and sled's blob threshold. Its topic
+/// and reason are now cut to `DEAD_LETTER_TEXT_MAX`.
+#[test]
+fn dead_letters_keep_topic_and_reason_short() {
+    use crate::ingest::{dead_letter, DEAD_LETTER_TEXT_MAX};
+    let mut s = sources();
+    let payload = "\u{10}".repeat(4000);
+    let e = s
+        .decode("frigate/available", payload.as_bytes(), 0)
+        .expect_err("neither online nor offline");
+    assert!(
+        e.to_string().len() > 20_000,
+        "the detail quotes the payload"
+    );
+    let letter = dead_letter("frigate/available", payload.as_bytes(), &e, 2048, 7);
+    assert!(letter.reason.starts_with("bad_field: frigate: "));
+    assert!(letter.reason.len() <= DEAD_LETTER_TEXT_MAX && letter.reason.ends_with('…'));
+    assert_eq!((letter.raw.len(), letter.original_len), (2048, 4000));
+    assert_eq!(letter.source, "frigate/available");
+
+    let topic = format!("zigbee2mqtt/{}", "\u{1}é".repeat(20_000));
+    let e = s.decode(&topic, b"{}", 0).expect_err("topic too long");
+    assert_eq!(e.reason, "bad_topic");
+    let letter = dead_letter(&topic, b"{}", &e, 2048, 7);
+    assert!(letter.source.len() <= DEAD_LETTER_TEXT_MAX && letter.source.ends_with('…'));
+    assert!(letter.reason.len() <= DEAD_LETTER_TEXT_MAX);
+}
+
 const FORMATS: &[&str] = &[
     "zigbee2mqtt: ",
     "frigate: ",
@@ -759,5 +852,43 @@ proptest! {
             }
         }
         let _ = s.tick(1_000_000);
+    }
+
+    /// What the fuzz targets check, on CI: whatever the topic (of any length) and the
+    /// payload's text fields, an event fits the room beside its raw bytes and a dead
+    /// letter keeps its topic and reason short.
+    #[test]
+    fn events_and_dead_letters_stay_small(
+        topic in prop::sample::select(TOPICS),
+        level in "[a-z0-9/ \u{1}é]{0,300}",
+        text in "[a-z\u{1}é\\\"]{0,600}",
+        v in arb_json(),
+    ) {
+        use estate_protocols::pb;
+        use prost::Message;
+        let mut s = sources();
+        let topics = [topic.to_owned(), format!("{topic}{level}"), format!("estate/E1/smoke/{level}/event")];
+        let bodies = [
+            serde_json::json!({"code": "SMOKE.ALARM", "value": 1, "unit": text, "seq": 1}).to_string(),
+            serde_json::json!({"type": "new", "after": {"id": text, "camera": text, "label": "person", "zones": [text, text]}}).to_string(),
+            serde_json::json!({"eventType": text, "eventState": "active", "macAddress": text}).to_string(),
+            text.clone(),
+            v.to_string(),
+        ];
+        for topic in &topics {
+            for body in &bodies {
+                match s.decode(topic, body.as_bytes(), 0) {
+                    Ok(d) => for e in d.events {
+                        let len = pb::Event::from(&e).encoded_len();
+                        prop_assert!(len <= 2048 + 1024, "{len} bytes: {e:?}");
+                    },
+                    Err(e) => {
+                        let l = crate::ingest::dead_letter(topic, body.as_bytes(), &e, 2048, 0);
+                        prop_assert!(l.source.len() <= crate::ingest::DEAD_LETTER_TEXT_MAX);
+                        prop_assert!(l.reason.len() <= crate::ingest::DEAD_LETTER_TEXT_MAX);
+                    }
+                }
+            }
+        }
     }
 }

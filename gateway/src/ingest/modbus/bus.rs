@@ -273,7 +273,7 @@ fn read_request(r: &ReadRequest) -> Request<'static> {
 }
 
 /// The data of a read's answer, checked against the request.
-pub(crate) fn read_data(r: &ReadRequest, response: Response) -> Result<Data, TxError> {
+pub fn read_data(r: &ReadRequest, response: Response) -> Result<Data, TxError> {
     let n = usize::from(r.count);
     let data = match (r.table, response) {
         (Table::Coil, Response::ReadCoils(mut bits))

@@ -31,6 +31,13 @@ pub mod health;
 pub mod link;
 pub mod plan;
 
+/// Entry points for the fuzz targets in `fuzz/` (the same functions the poller uses);
+/// not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::bus::read_data;
+}
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
