@@ -98,8 +98,8 @@ fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
-async fn alerts(gw: &Gateway) -> Vec<Value> {
-    let (status, body) = common::http_get(gw.api, "/api/alerts")
+async fn alerts(api: std::net::SocketAddr) -> Vec<Value> {
+    let (status, body) = common::http_get(api, "/api/alerts")
         .await
         .expect("GET /api/alerts");
     assert_eq!(status, 200, "{body}");
@@ -108,8 +108,8 @@ async fn alerts(gw: &Gateway) -> Vec<Value> {
 }
 
 /// The open SMOKE.ALARM alerts of the test's devices.
-async fn smoke_alerts(gw: &Gateway, prefix: &str) -> Vec<Value> {
-    alerts(gw)
+async fn smoke_alerts(api: std::net::SocketAddr, prefix: &str) -> Vec<Value> {
+    alerts(api)
         .await
         .into_iter()
         .filter(|a| {
@@ -257,21 +257,8 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
         Duration::from_secs(60),
         || {
             let p = p.clone();
-            let gw_api = api;
             async move {
-                let (_, body) = common::http_get(gw_api, "/api/alerts")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-                let a: Vec<&Value> = v["alerts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|a| {
-                        a["code"] == "SMOKE.ALARM"
-                            && a["device_id"].as_str().is_some_and(|d| d.starts_with(&p))
-                    })
-                    .collect();
+                let a = smoke_alerts(api, &p).await;
                 let unstored = a.iter().filter(|a| a["stored"] == false).count();
                 if a.len() == N && unstored == N {
                     Ok(())
@@ -317,19 +304,10 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
         || {
             let p = prefix.clone();
             async move {
-                let (_, body) = common::http_get(api, "/api/alerts")
+                let stored = smoke_alerts(api, &p)
                     .await
-                    .map_err(|e| e.to_string())?;
-                let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-                let stored = v["alerts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|a| {
-                        a["code"] == "SMOKE.ALARM"
-                            && a["device_id"].as_str().is_some_and(|d| d.starts_with(&p))
-                            && a["stored"] == true
-                    })
+                    .iter()
+                    .filter(|a| a["stored"] == true)
                     .count();
                 if stored == N {
                     Ok(())
@@ -370,7 +348,7 @@ async fn issue13_full_disk_alarms_open_unstored_alerts_and_recover_without_resta
         freed.elapsed()
     );
     assert_eq!(
-        smoke_alerts(&gw, &prefix).await.len(),
+        smoke_alerts(gw.api, &prefix).await.len(),
         N,
         "one alert per alarm, none doubled"
     );
