@@ -368,6 +368,22 @@ fn store_verify_says_when_a_store_does_not_open() {
         "--copy leaves the store as it was"
     );
 
+    // Junk where the store should be: sled may open it as an empty database.
+    let junk = dir.path().join("junk");
+    std::fs::create_dir_all(&junk).expect("create the folder");
+    std::fs::write(junk.join("db"), vec![0x5a; 4096]).expect("write");
+    let (status, out, err) = common::run_gateway_cli(&[
+        "store",
+        "verify",
+        "--copy",
+        junk.to_str().expect("UTF-8 path"),
+    ]);
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.contains("opens: no") || out.contains("store_epoch: none"),
+        "{out}"
+    );
+
     let (status, out, err) = common::run_gateway_cli(&[
         "store",
         "verify",

@@ -81,7 +81,16 @@ pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
         }),
         None => keys::State::read_legacy(&db).map_err(|e| e.to_string())?,
     };
-    let _ = writeln!(out, "store_epoch: {epoch}");
+    if epoch == 0 {
+        // sled opens any folder, junk files included, as an empty database.
+        sound = false;
+        let _ = writeln!(
+            out,
+            "store_epoch: none (not a gateway store, or sled could read nothing of it)"
+        );
+    } else {
+        let _ = writeln!(out, "store_epoch: {epoch}");
+    }
     let _ = writeln!(out, "next seq: {}", state.next_seq);
     for lane in Lane::ALL {
         let mut r = LaneReport {
