@@ -84,7 +84,7 @@ fifo_path_completed="$work/faults-done.fifo"
 [cache]
 apply_eviction=false
 [cache.simple]
-custom_size="2gb"
+custom_size="1gb"
 blocks_per_page=1
 [filesystem]
 log_all_operations=false
@@ -95,7 +95,8 @@ CONF
 pids+=($!)
 for _ in $(seq 100); do [ -p "$work/faults-done.fifo" ] && break; sleep 0.05; done
 exec 8<> "$work/faults-done.fifo" # LazyFS opens it for writing: keep a reader open
-for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.05; done
+# LazyFS pre-allocates its cache (a few seconds) before it mounts.
+for _ in $(seq 600); do mountpoint -q "$mnt" && break; sleep 0.1; done
 mountpoint -q "$mnt" || { echo "LazyFS did not mount:" >&2; tail "$work/lazyfs.log" >&2; exit 2; }
 
 # --- brokers and the city-side recorder -----------------------------------------------------
