@@ -166,7 +166,7 @@ api=""
 # start_gateway: 0 when ready, 1 when it exited or was not ready within 30 s
 start_gateway() {
     : > "$work/gw.out"
-    "$gw" run --config "$work/gateway.toml" --data-dir "$data" --grace 5s \
+    NO_COLOR=1 "$gw" run --config "$work/gateway.toml" --data-dir "$data" --grace 5s \
         > "$work/gw.out" 2>> "$work/gw.log" &
     gwpid=$!
     for _ in $(seq 3000); do
