@@ -96,6 +96,11 @@ pub const CODES: &[CodeInfo] = &[
     c("GW.UPLINK_REFUSED", S2, false, Some(K::Gateway), "Event refused by the uplink, dead-lettered"),
     c("GW.STORE_EVICTED", S2, false, Some(K::Gateway), "Stored events evicted (disk full)"),
     c("GW.DISK_LOW", S2, true, Some(K::Gateway), "Gateway disk low"),
+    // The store came back behind its high-water mark (issue 13): a new store_epoch
+    // started; the detail names the old epoch and the seq range that was lost.
+    c("GW.STORE_ROLLBACK", S2, false, Some(K::Gateway), "Store rolled back, new epoch started"),
+    // The store could not be opened: moved aside, a fresh store (new epoch) started.
+    c("GW.STORE_QUARANTINED", S2, false, Some(K::Gateway), "Store unreadable, quarantined, new epoch started"),
     // The change of a local alert, carried upstream in `Event.alert` (always the alarms
     // lane: severity 1 for a critical alert, else 2). Never an alert itself.
     c("ALERT.UPDATE", S2, false, Some(K::Gateway), "Alert update"),

@@ -923,6 +923,8 @@ pub fn run_gateway_cli(args: &[&str]) -> (ExitStatus, String, String) {
 #[derive(Debug)]
 pub struct EventTap {
     events: std::sync::Arc<std::sync::Mutex<Vec<(String, estate_protocols::pb::Event)>>>,
+    /// The `store_epoch` of each event's batch, index for index with `events`.
+    epochs: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -938,8 +940,10 @@ impl EventTap {
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 16);
         let filter = format!("city/v1/{estate_id}/#");
         let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let epochs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let sink = events.clone();
+        let epoch_sink = epochs.clone();
         let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             loop {
@@ -959,7 +963,9 @@ impl EventTap {
                             continue;
                         };
                         let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut epoch_sink = epoch_sink.lock().unwrap_or_else(|e| e.into_inner());
                         for e in batch.events {
+                            epoch_sink.push(batch.store_epoch);
                             sink.push((p.topic.clone(), e));
                         }
                     }
@@ -975,7 +981,11 @@ impl EventTap {
             .await
             .expect("event tap subscribes within 10 s")
             .expect("event tap task alive");
-        EventTap { events, task }
+        EventTap {
+            events,
+            epochs,
+            task,
+        }
     }
 
     /// (topic, event) in arrival order, duplicates included.
@@ -984,6 +994,17 @@ impl EventTap {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// `(store_epoch, event)` in arrival order, duplicates included.
+    pub fn events_with_epoch(&self) -> Vec<(u64, estate_protocols::pb::Event)> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        epochs
+            .iter()
+            .copied()
+            .zip(events.iter().map(|(_, e)| e.clone()))
+            .collect()
     }
 
     /// Events of `device` with `code` so far (deduplicated on seq).

@@ -8,8 +8,11 @@
 //!
 //! - **Acked means durable.** [`StoreHandle::append`] returns a [`Pending`] that resolves
 //!   with the event's `seq` only after its whole group is in sled, flushed, and the log
-//!   file fdatasync'ed (sled's own `flush()` alone does not survive a power cut, see
-//!   DESIGN.md). Ingest acknowledges the MQTT message only then.
+//!   file fdatasync'ed. Ingest acknowledges the MQTT message only then. Upstream sled's
+//!   `flush()` did not survive a power cut (sync_file_range, unsynced blob files,
+//!   snapshot and settings files); the vendored copy is patched to be
+//!   (`vendor/sled/PATCHES.md`), and the writer's own fdatasync stays as a cheap guard
+//!   (the log is already clean, so it costs one syscall).
 //! - **Group commit.** The writer takes every command already queued (up to
 //!   `batch_max_events`), optionally lingers, and commits them with one `apply_batch` and one
 //!   flush. With acks held until commit, the queue *is* the batch: waiting longer would only
@@ -28,6 +31,8 @@
 //!   eviction is counted; unforwarded ones raise a `GW.STORE_EVICTED` event.
 
 mod keys;
+pub mod recovery;
+pub mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -58,7 +63,7 @@ pub enum StoreError {
         key: Vec<u8>,
         source: prost::DecodeError,
     },
-    #[error("store metadata {key:?} is malformed")]
+    #[error("store metadata {} is malformed", String::from_utf8_lossy(.key))]
     BadMetadata { key: Vec<u8> },
     #[error("the store writer has stopped")]
     Closed,
@@ -424,13 +429,43 @@ fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
-/// Opens (or creates) the store under `dir`. Returns the handle for writers, the reader,
-/// and the writer itself, which the caller runs on a blocking thread.
-pub fn open(
+/// What [`open`] returns: the handle for writers, the reader, and the writer itself,
+/// which the caller runs on a blocking thread.
+pub type Opened = (StoreHandle, StoreReader, StoreWriter);
+
+/// Opens (or creates) the store under `dir`. A store sled cannot open (corruption, or a
+/// panic inside sled) is quarantined and replaced by a fresh one; a store that comes
+/// back behind its high-water mark starts a new epoch (see [`recovery`]).
+pub fn open(dir: &Path, opts: StoreOptions, metrics: Arc<Metrics>) -> Result<Opened, StoreError> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        open_store(dir, opts.clone(), metrics.clone(), None)
+    }));
+    let error = match attempt {
+        Ok(Ok(opened)) => return Ok(opened),
+        Ok(Err(err)) if !recovery::is_corruption(&err) => return Err(err),
+        Ok(Err(err)) => err.to_string(),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            format!("sled panicked: {msg}")
+        }
+    };
+    tracing::error!(store = %dir.display(), %error, "The store cannot be opened; quarantining it and starting a fresh one.");
+    let moved_to = recovery::quarantine(dir)?;
+    let salvaged = recovery::salvage(&moved_to);
+    tracing::warn!(moved_to = %moved_to.display(), salvaged = salvaged.len(), "Store quarantined.");
+    open_store(dir, opts, metrics, Some((error, moved_to, salvaged)))
+}
+
+fn open_store(
     dir: &Path,
     opts: StoreOptions,
     metrics: Arc<Metrics>,
-) -> Result<(StoreHandle, StoreReader, StoreWriter), StoreError> {
+    quarantined: Option<(String, PathBuf, Vec<pb::Event>)>,
+) -> Result<Opened, StoreError> {
     std::fs::create_dir_all(dir)?;
     let db = open_sled(
         &sled::Config::new()
@@ -445,16 +480,17 @@ pub fn open(
     let log_path: PathBuf = dir.join("db");
     let log_file = std::fs::File::open(&log_path)?;
 
-    let epoch = match db.get(keys::EPOCH)? {
+    let new_epoch = || loop {
+        let e: u64 = rand::random();
+        if e != 0 {
+            break e;
+        }
+    };
+    let mut epoch = match db.get(keys::EPOCH)? {
         Some(v) => keys::u64_value(Some(v)),
         None => {
             // A fresh store: a new epoch tells receivers that seq starts again.
-            let epoch = loop {
-                let e: u64 = rand::random();
-                if e != 0 {
-                    break e;
-                }
-            };
+            let epoch = new_epoch();
             db.insert(keys::EPOCH, &epoch.to_be_bytes())?;
             let fresh = keys::State {
                 next_seq: 1,
@@ -485,6 +521,52 @@ pub fn open(
         _ => keys::State::read_legacy(&db)?,
     };
     state.next_seq = state.next_seq.max(1);
+
+    // Behind the high-water mark (or quarantined): a new epoch, so that no seq the city
+    // may already hold is ever assigned again.
+    let mut high_water = recovery::HighWater::open(&recovery::path_for(dir))?;
+    let mut findings = Vec::new();
+    let mut salvaged = Vec::new();
+    if let Some((error, moved_to, events)) = quarantined {
+        findings.push(recovery::Finding::Quarantined {
+            error,
+            moved_to,
+            new_epoch: epoch,
+            salvaged: events.len() as u64,
+        });
+        salvaged = events;
+    } else if let Some(mark) = recovery::behind(high_water.mark(), epoch, state.next_seq) {
+        let old_epoch = epoch;
+        epoch = new_epoch();
+        db.insert(keys::EPOCH, &epoch.to_be_bytes())?;
+        db.flush()?;
+        log_file.sync_all()?;
+        let finding = recovery::Finding::Rollback {
+            old_epoch: mark.epoch,
+            new_epoch: epoch,
+            // Another epoch than the mark's (a fresh or restored store): all of the
+            // mark's epoch that was not forwarded may be gone.
+            first_lost: if mark.epoch == old_epoch {
+                state.next_seq
+            } else {
+                1
+            },
+            last_lost: mark.next_seq.saturating_sub(1),
+        };
+        tracing::error!(reason = %finding.reason(), "Store rollback detected.");
+        findings.push(finding);
+    }
+    high_water.set(recovery::Mark {
+        epoch,
+        next_seq: state.next_seq,
+    })?;
+    for finding in &findings {
+        metrics.health.set(
+            "store.recovery",
+            crate::health::Level::Degraded,
+            finding.reason(),
+        );
+    }
     let lanes: [LaneState; 2] = Default::default();
     for lane in Lane::ALL {
         let st = &lanes[lane_index(lane)];
@@ -528,7 +610,8 @@ pub fn open(
             .set(n as i64);
     }
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
-    let writer = StoreWriter::new(db, log_file, shared, rx, opts, metrics, &state);
+    let mut writer = StoreWriter::new(db, log_file, shared, rx, opts, metrics, &state);
+    writer.recovered(high_water, findings, salvaged);
     Ok((StoreHandle { tx }, reader, writer))
 }
 

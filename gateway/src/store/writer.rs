@@ -12,6 +12,7 @@ use tracing::{debug, error, warn};
 use estate_protocols::model::{Event, EventState, Lane, Reading};
 use estate_protocols::pb;
 
+use super::recovery::{Finding, HighWater, Mark};
 use super::{decode_record, keys, lane_index, Command, Shared, StoreError, StoreOptions};
 use crate::telemetry::{EvictLabel, Metrics};
 
@@ -32,6 +33,10 @@ pub struct StoreWriter {
     next_dead_letter: u64,
     /// Per lane, the small records written since the lane was last packed.
     tails: [Tail; 2],
+    /// The store's high-water mark, set with every commit that assigns seqs.
+    high_water: Option<HighWater>,
+    /// Gateway events about how the store was opened, committed first by [`Self::run`].
+    recovered: Vec<Event>,
 }
 
 /// The newest records of a backlogged lane that are smaller than `pack_bytes`, with
@@ -82,13 +87,47 @@ impl StoreWriter {
             next_seq: saved.next_seq,
             next_dead_letter: saved.next_dead_letter,
             tails: Default::default(),
+            high_water: None,
+            recovered: Vec::new(),
         }
+    }
+
+    /// What opening found ([`super::recovery`]): the high-water file to keep current, and
+    /// the events to commit before anything else (the findings, then what was salvaged
+    /// of a quarantined store, as new events with their original ids).
+    pub(super) fn recovered(
+        &mut self,
+        high_water: HighWater,
+        findings: Vec<Finding>,
+        salvaged: Vec<pb::Event>,
+    ) {
+        self.high_water = Some(high_water);
+        let (gw, estate) = (&self.opts.gateway_id, &self.opts.estate_id);
+        self.recovered = findings.iter().map(|f| f.event(gw, estate)).collect();
+        self.recovered
+            .extend(salvaged.into_iter().filter_map(|e| Event::try_from(e).ok()));
     }
 
     /// The writer loop. Blocks the calling thread; call from `spawn_blocking`.
     pub fn run(mut self) -> Result<(), StoreError> {
         let runtime = tokio::runtime::Handle::try_current().ok();
         let max = self.opts.batch_max_events.max(1);
+        let mut recovered = std::mem::take(&mut self.recovered).into_iter().peekable();
+        while recovered.peek().is_some() {
+            let group = recovered
+                .by_ref()
+                .take(max)
+                .map(|mut event| {
+                    event.seq = 0;
+                    Command::Append {
+                        event: Box::new(event),
+                        received: Instant::now(),
+                        done: None,
+                    }
+                })
+                .collect();
+            self.commit(group);
+        }
         while let Some(first) = self.rx.blocking_recv() {
             let mut group = Vec::with_capacity(max.min(1024));
             group.push(first);
@@ -288,6 +327,13 @@ impl StoreWriter {
                 if needs_sync {
                     self.db.flush()?;
                     self.log_file.sync_data()?;
+                }
+                // Durable before anything of this group is acknowledged or forwarded.
+                if let Some(hw) = &mut self.high_water {
+                    hw.set(Mark {
+                        epoch: self.shared.epoch,
+                        next_seq: seq,
+                    })?;
                 }
                 Ok(())
             });

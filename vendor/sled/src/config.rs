@@ -12,6 +12,12 @@ use std::{
 use crate::pagecache::{arr_to_u32, u32_to_arr, Lsn};
 use crate::*;
 
+/// estate-gateway: makes a directory's entries (files created, renamed or
+/// removed in it) durable, as a file's `sync_all` makes its contents durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
 const DEFAULT_PATH: &str = "default.sled";
 
 /// The high-level database mode, according to
@@ -557,7 +563,15 @@ impl Config {
         let blob_dir: PathBuf = self.get_path().join("blobs");
 
         if !blob_dir.exists() {
-            fs::create_dir_all(blob_dir)?;
+            fs::create_dir_all(&blob_dir)?;
+            // estate-gateway: the new directories' entries are durable before
+            // anything is written into them (PATCHES.md, power cuts).
+            if !self.temporary {
+                sync_dir(&self.get_path())?;
+                if let Some(parent) = self.get_path().parent() {
+                    sync_dir(parent)?;
+                }
+            }
         }
 
         self.verify_config()?;
@@ -573,7 +587,13 @@ impl Config {
             options.create_new(true);
         }
 
-        self.try_lock(options.open(&self.db_path())?)
+        let existed = self.db_path().exists();
+        let file = self.try_lock(options.open(&self.db_path())?)?;
+        if !existed && !self.temporary {
+            // estate-gateway: the new `db` file's directory entry is durable.
+            sync_dir(&self.get_path())?;
+        }
+        Ok(file)
     }
 
     fn try_lock(&self, file: File) -> Result<File> {
@@ -678,6 +698,11 @@ impl Config {
         io_fail!(self, "write_config crc");
         f.write_all(&crc_arr)?;
         io_fail!(self, "write_config post");
+        // estate-gateway: the settings file is durable before the store is used.
+        if !self.temporary {
+            f.sync_all()?;
+            sync_dir(&self.get_path())?;
+        }
         Ok(())
     }
 
@@ -836,6 +861,10 @@ impl RunningConfig {
                 let path_str = &*path.to_string_lossy();
                 if path_str.starts_with(&*absolute_path.to_string_lossy())
                     && !path_str.ends_with(".in___motion")
+                    // estate-gateway: a snapshot still being written (a cut
+                    // left it behind) is not a candidate: it sorts after the
+                    // finished one of the same lsn and would fail its crc.
+                    && !path_str.ends_with(".generating")
                 {
                     Some(path.to_path_buf())
                 } else {

@@ -98,6 +98,8 @@ const CODE_ZH = {
   'DEV.ONLINE': '设备上线',
   'GW.UPLINK_DOWN': '上行中断',
   'GW.STORE_EVICTED': '存储已清除旧数据',
+  'GW.STORE_ROLLBACK': '存储回退，已开始新纪元',
+  'GW.STORE_QUARANTINED': '存储损坏已隔离，已开始新纪元',
   'GW.DISK_LOW': '磁盘空间不足',
 };
 

@@ -90,19 +90,25 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    // estate-gateway: the blob and its directory entry are durable before the
+    // log message that points at it is written; upstream never synced them, so
+    // a cut left 0-byte blobs and recovery dropped the log after them.
+    if !config.temporary {
+        io_fail!(config, "write_blob sync");
+        f.sync_all()?;
+        crate::config::sync_dir(path.parent().unwrap())?;
+    }
+    trace!("successfully wrote blob at {:?}", path);
+    Ok(())
+}
+
+fn blob_dir_path(config: &Config) -> std::path::PathBuf {
+    config.get_path().join("blobs")
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
-    let mut base_dir = config.get_path();
-    base_dir.push("blobs");
-    let blob_dir = base_dir;
-    let blobs = std::fs::read_dir(blob_dir)?;
+    let blobs = std::fs::read_dir(blob_dir_path(config))?;
 
     debug!("gc_blobs removing any blob with an lsn above {}", stable_lsn);
 
@@ -137,8 +143,14 @@ pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
         );
     }
 
+    let removed = !to_remove.is_empty();
     for path in to_remove {
         std::fs::remove_file(&path)?;
+    }
+    // estate-gateway: a removed blob stays removed after a cut, so a later
+    // blob of the same lsn is never confused with it.
+    if removed && !config.temporary {
+        crate::config::sync_dir(&blob_dir_path(config))?;
     }
 
     Ok(())

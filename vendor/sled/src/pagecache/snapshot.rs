@@ -362,6 +362,14 @@ fn advance_snapshot(
     }
 
     if snapshot.stable_lsn > old_stable_lsn {
+        // estate-gateway: the log this snapshot calls stable was read back
+        // from the page cache, and after a crash (not a cut) that can hold
+        // writes that never reached the disk. Make them durable before the
+        // snapshot records them; otherwise a later cut leaves a snapshot
+        // ahead of its log, which sled reports as corruption at every start.
+        if !config.temporary {
+            config.file.sync_all()?;
+        }
         write_snapshot(config, &snapshot)?;
     }
 
@@ -542,8 +550,13 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
 
     let parent = path_1.parent().unwrap();
     std::fs::create_dir_all(parent)?;
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).open(&path_1)?;
+    // estate-gateway: truncate, since a cut can leave a longer half-written
+    // file of the same name behind, whose tail would then break the crc.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path_1)?;
 
     // write the snapshot bytes, followed by a crc64 checksum at the end
     io_fail!(config, "snap write");
@@ -560,6 +573,10 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     io_fail!(config, "snap write mv");
     std::fs::rename(&path_1, &path_2)?;
     io_fail!(config, "snap write mv post");
+    // estate-gateway: the rename is durable before the old snapshots go.
+    if !config.temporary {
+        crate::config::sync_dir(parent)?;
+    }
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
