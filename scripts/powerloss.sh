@@ -113,9 +113,13 @@ mosquitto -c "$work/estate-broker.conf" > "$work/estate-broker.log" 2>&1 &
 pids+=($!)
 wait_port "$port"
 # The city broker is stopped for "down" phases; persistence keeps the recorder's queue.
+# `user root`: run as root, Mosquitto would drop to its own user, which cannot write the
+# persistence file in this private work dir, and the recorder's session (with the batches
+# queued for it while it reconnects) would be lost at every restart of the city broker.
 cat > "$work/city-broker.conf" <<CONF
 listener $city_port 127.0.0.1
 allow_anonymous true
+user root
 persistence true
 persistence_location $work/city-db/
 max_inflight_messages 1000
