@@ -53,9 +53,14 @@ pub fn dir_disk_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-/// Free space on the filesystem holding `dir`, as an unprivileged writer may use it.
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    fs2::available_space(dir)
+/// Free space on the filesystem holding `dir`, as an unprivileged writer may use it;
+/// `None` when the filesystem does not report its size (statvfs says 0 blocks in all, as
+/// some FUSE filesystems do): then nothing is known to be full.
+pub fn free_bytes(dir: &Path) -> std::io::Result<Option<u64>> {
+    if fs2::total_space(dir)? == 0 {
+        return Ok(None);
+    }
+    fs2::available_space(dir).map(Some)
 }
 
 /// The reserve file of one store.
@@ -133,6 +138,8 @@ mod tests {
         assert_eq!(dir_disk_bytes(dir.path()).expect("test I/O"), before);
         r.release().expect("test I/O");
         assert!(!dir.path().join(RESERVE_FILE).exists());
-        assert!(free_bytes(dir.path()).expect("test I/O") > 0);
+        assert!(free_bytes(dir.path())
+            .expect("test I/O")
+            .is_some_and(|f| f > 0));
     }
 }

@@ -364,10 +364,17 @@ impl StoreWriter {
     /// [`MEASURE_EVERY`]); raises and clears `GW.DISK_LOW`, pauses and resumes writes,
     /// releases and takes the reserve.
     fn check_disk(&mut self) {
+        // Without a reading nothing is paused: the writer commits, and a real ENOSPC
+        // fails its group as any write error does. Said once per process.
+        static UNKNOWN: std::sync::Once = std::sync::Once::new();
         let free = match disk::free_bytes(&self.dir) {
-            Ok(f) => f,
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                UNKNOWN.call_once(|| warn!(dir = %self.dir.display(), "The data folder's filesystem does not report its size: GW.DISK_LOW and the full-disk pause are off."));
+                return;
+            }
             Err(err) => {
-                warn!(error = %err, "Cannot read the data folder's free space.");
+                UNKNOWN.call_once(|| warn!(error = %err, "Cannot read the data folder's free space: GW.DISK_LOW and the full-disk pause are off."));
                 return;
             }
         };
