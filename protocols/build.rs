@@ -2,7 +2,7 @@
 //! building needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/estate/v1/events.proto"];
+    let files = ["proto/estate/v1/events.proto", "proto/estate/v1/link.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

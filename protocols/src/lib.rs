@@ -26,3 +26,5 @@ pub mod pb {
 
 /// The `.proto` sources, so tools can ship or print the contract they were built from.
 pub const EVENTS_PROTO: &str = include_str!("../proto/estate/v1/events.proto");
+/// The city link's `.proto`: the gateway's status and the city's commands.
+pub const LINK_PROTO: &str = include_str!("../proto/estate/v1/link.proto");
