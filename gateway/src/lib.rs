@@ -52,6 +52,7 @@ pub mod alerts;
 pub mod api;
 pub mod broker;
 pub mod demo;
+pub mod duty;
 pub mod events;
 pub mod forward;
 pub mod health;
