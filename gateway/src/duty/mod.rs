@@ -13,7 +13,7 @@
 //!   through the same Modbus write path and audit trail as linkage.
 //!
 //! SKELETON: the signatures the link is written against; the implementation lands on
-//! branch `commands-duty`.
+//! branch `duty`.
 
 use std::time::{Duration, Instant};
 
