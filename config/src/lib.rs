@@ -66,6 +66,7 @@
 //! ```
 
 mod alerts;
+mod commands;
 mod error;
 mod load;
 mod modbus;
@@ -83,6 +84,7 @@ pub use alerts::{
     is_life_safety_code, AlertsConfig, Correlation, Escalation, Linkage, OfflineRules, Scope,
     Silence,
 };
+pub use commands::{BroadcastConfig, BroadcastOutput, CommandsConfig};
 pub use error::{ConfigErrors, ConfigProblem};
 pub use load::SECTIONS;
 pub use modbus::{

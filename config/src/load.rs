@@ -25,7 +25,7 @@ mod modbus;
 
 /// The top-level sections, in the order they are documented.
 pub const SECTIONS: &[&str] = &[
-    "gateway", "ingest", "store", "uplink", "api", "devices", "modbus", "alerts",
+    "gateway", "ingest", "store", "uplink", "api", "devices", "modbus", "alerts", "commands",
 ];
 
 /// Guards the retry loop of [`Loader::section`]; each round removes one key, so a real
@@ -148,6 +148,7 @@ impl<'a> Loader<'a> {
             uplink: self.optional_section("uplink"),
             api: self.optional_section("api"),
             alerts: self.optional_section("alerts"),
+            commands: self.optional_section("commands"),
             ..Parts::default()
         };
         self.ingest(&mut parts);
@@ -169,6 +170,7 @@ impl<'a> Loader<'a> {
                 Some(api),
                 Some(modbus),
                 Some(alerts),
+                Some(commands),
             ) = (
                 parts.gateway,
                 parts.ingest,
@@ -177,6 +179,7 @@ impl<'a> Loader<'a> {
                 parts.api,
                 modbus.config,
                 parts.alerts,
+                parts.commands,
             ) {
                 return Ok(Config {
                     gateway,
@@ -187,6 +190,7 @@ impl<'a> Loader<'a> {
                     devices: parts.devices.into_iter().map(|(_, d)| d).collect(),
                     modbus,
                     alerts,
+                    commands,
                 });
             }
             // Unreachable in practice: a section is only `None` after a reported problem.

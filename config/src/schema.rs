@@ -49,6 +49,9 @@ pub struct Config {
     /// `[alerts]`: local alert rules and linkage (see [`crate::AlertsConfig`]).
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// `[commands]`: what the city may ask of this gateway (see [`crate::CommandsConfig`]).
+    #[serde(default)]
+    pub commands: crate::CommandsConfig,
 }
 
 /// `[gateway]`: the identity of this gateway. Both ids end up in every forwarded event

@@ -68,6 +68,7 @@ pub(crate) struct Parts {
     pub uplink: Option<UplinkConfig>,
     pub api: Option<ApiConfig>,
     pub alerts: Option<crate::alerts::AlertsConfig>,
+    pub commands: Option<crate::CommandsConfig>,
     /// Devices that deserialized, with their index in `[[devices]]`.
     pub devices: Vec<(usize, DeviceConfig)>,
     /// Every device id that is at least a string, including devices that failed to
@@ -92,6 +93,7 @@ impl Default for Parts {
             uplink: None,
             api: None,
             alerts: None,
+            commands: None,
             devices: Vec::new(),
             device_ids: Vec::new(),
             sources: Vec::new(),

@@ -1,0 +1,96 @@
+//! `[commands]`: what the city may ask of this gateway over the uplink (issue 14), and
+//! `[commands.broadcast]`, the outputs a broadcast switches.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[commands]`: commands from the city platform, received on the uplink connection
+/// (`{uplink.topic_prefix}/{estate_id}/commands`) and answered on `…/results`. Every
+/// command and its result are recorded. Each kind can be turned off; a command of a kind
+/// that is off is answered `REFUSED`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandsConfig {
+    /// Subscribe to the city's commands at all. Default: `true`.
+    pub enabled: bool,
+    /// Roll calls (查岗) shown to the person on duty. Default: `true`.
+    pub roll_call: bool,
+    /// The city's handling state attached to local alerts. Default: `true`.
+    pub alarm_handling: bool,
+    /// Resending a seq range from the store. Default: `true`.
+    pub resend: bool,
+    /// Status on request. Default: `true`.
+    pub status: bool,
+    /// How long the person on duty has to answer a roll call that names no time.
+    /// 1 s to 1 h. Default: `"2m"`.
+    #[serde(with = "crate::units::duration")]
+    pub roll_call_answer_within: Duration,
+    /// `[commands.broadcast]`: off until configured.
+    pub broadcast: BroadcastConfig,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            enabled: true,
+            roll_call: true,
+            alarm_handling: true,
+            resend: true,
+            status: true,
+            roll_call_answer_within: Duration::from_secs(120),
+            broadcast: BroadcastConfig::default(),
+        }
+    }
+}
+
+/// `[commands.broadcast]`: the sounders and strobes a city broadcast may switch, by
+/// group. Off unless `enabled` is set and at least one group is configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BroadcastConfig {
+    /// Accept broadcasts. Default: `false`.
+    pub enabled: bool,
+    /// Longest time a broadcast may keep outputs on. 1 s to 1 h. Default: `"10m"`.
+    #[serde(with = "crate::units::duration")]
+    pub max_duration: Duration,
+    /// `[[commands.broadcast.groups.NAME]]`: the outputs of each group.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<BroadcastOutput>>,
+}
+
+impl Default for BroadcastConfig {
+    fn default() -> Self {
+        BroadcastConfig {
+            enabled: false,
+            max_duration: Duration::from_secs(600),
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+/// One output of a broadcast group: a coil or holding register of a Modbus device,
+/// written like a linkage action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastOutput {
+    /// Required. A configured Modbus device (`[[devices]]` with `modbus`).
+    pub device: String,
+    /// Zero-based coil address. Exactly one of `coil` and `register`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coil: Option<u16>,
+    /// Zero-based holding register address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<u16>,
+    /// Written to switch it on. Default: `1`.
+    #[serde(default = "default_on")]
+    pub on: u16,
+    /// Written to switch it off. Default: `0`.
+    #[serde(default)]
+    pub off: u16,
+}
+
+fn default_on() -> u16 {
+    1
+}
