@@ -94,3 +94,43 @@ pub struct BroadcastOutput {
 fn default_on() -> u16 {
     1
 }
+
+/// The rules of `[commands]` (its switches and times; `[commands.broadcast]` has its
+/// own): `(key path, message)` for each problem.
+pub(crate) fn check(c: &CommandsConfig) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let w = c.roll_call_answer_within;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&w) {
+        out.push((
+            "commands.roll_call_answer_within".to_owned(),
+            format!(
+                "must be between 1s and 1h (the longest a roll call may wait for the person on duty), found {}",
+                humantime::format_duration(w)
+            ),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass() {
+        assert!(check(&CommandsConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn a_roll_call_time_out_of_range_is_named() {
+        for bad in [Duration::ZERO, Duration::from_millis(500), Duration::from_secs(3601)] {
+            let c = CommandsConfig {
+                roll_call_answer_within: bad,
+                ..CommandsConfig::default()
+            };
+            let found = check(&c);
+            assert_eq!(found.len(), 1, "{bad:?}: {found:?}");
+            assert_eq!(found[0].0, "commands.roll_call_answer_within");
+        }
+    }
+}
