@@ -123,7 +123,11 @@ mod tests {
 
     #[test]
     fn a_roll_call_time_out_of_range_is_named() {
-        for bad in [Duration::ZERO, Duration::from_millis(500), Duration::from_secs(3601)] {
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_secs(3601),
+        ] {
             let c = CommandsConfig {
                 roll_call_answer_within: bad,
                 ..CommandsConfig::default()

@@ -57,6 +57,7 @@ pub mod events;
 pub mod forward;
 pub mod health;
 pub mod ingest;
+pub mod link;
 pub mod mqtt;
 pub mod store;
 pub mod systemd;
@@ -92,6 +93,8 @@ pub enum GatewayError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Alerts(#[from] alerts::supervisor::SupervisorError),
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
     #[error("the {0} stage stopped while the gateway was running")]
     StageEnded(&'static str),
 }
@@ -149,6 +152,7 @@ pub async fn run(
     let boot_id = ulid::Ulid::new().to_string();
     let ingest = ingest::MqttIngest::new(&cfg)?;
     let forwarder = forward::Forwarder::new(&cfg, &boot_id)?;
+    let city_link = link::Link::new(&cfg, &boot_id)?;
     let modbus = ingest::modbus::Modbus::new(&cfg)?;
     let modbus_handle = modbus.handle();
     let api_listener = match opts.api_listener {
@@ -244,6 +248,23 @@ pub async fn run(
         ),
         result_cause,
     ));
+    // Status, last will and commands on their own connection to the city broker; it
+    // holds a StoreHandle (audit events), so it stops before the writer drains.
+    let duty = duty::DutyDesk::new(&cfg, alerts_handle.clone(), modbus_handle.clone());
+    let city_link = tokio::spawn(guard("city link", "stage.link").run(
+        city_link.run(
+            link::Context {
+                reader: reader.clone(),
+                store: handle.clone(),
+                metrics: metrics.clone(),
+                alerts: alerts_handle.clone(),
+                duty,
+                store_dir: opts.data_dir.join("store"),
+            },
+            shutdown.clone(),
+        ),
+        result_cause,
+    ));
     // Modbus polling; each bus task restarts itself after a bug (see ingest::modbus).
     let modbus = tokio::spawn(guard("Modbus", "stage.modbus").run(
         modbus.run(handle.clone(), metrics.clone(), shutdown.clone()),
@@ -284,6 +305,7 @@ pub async fn run(
     alerts_stop.cancel();
     let alerts_result = alerts_task.join().await;
     let forward_result = forward.await;
+    let link_result = city_link.await;
     // Every StoreHandle is gone now: the writer commits what is queued and exits.
     let writer_result = writer.await.and_then(|r| r);
     api_stop.cancel();
@@ -295,6 +317,7 @@ pub async fn run(
     modbus_result?;
     alerts_result?;
     forward_result??;
+    link_result??;
     writer_result??;
     if let Some(stage) = ended.get() {
         return Err(GatewayError::StageEnded(stage));
