@@ -242,6 +242,24 @@ async fn online_is_retained_and_the_last_will_says_offline_when_the_gateway_is_k
         "{online:?}"
     );
 
+    // A roll call still waiting for its answer when the gateway dies.
+    let mut city_pub = RawPublisher::connect(&broker).await;
+    let rc = command(
+        &env,
+        "roll-call-killed",
+        pb::command::Kind::RollCall(pb::RollCall {
+            answer_within_s: 600,
+            message: "查岗".into(),
+        }),
+    );
+    send(&mut city_pub, &env, &rc).await;
+    city.wait("the roll call accepted", WAIT, |c| {
+        c.results("roll-call-killed")
+            .into_iter()
+            .find(|r| r.outcome() == pb::CommandOutcome::Accepted)
+    })
+    .await;
+
     // SIGKILL: no clean disconnect, so the broker publishes the connection's last will.
     gw.kill();
     let (_, offline) = city
@@ -273,6 +291,10 @@ async fn online_is_retained_and_the_last_will_says_offline_when_the_gateway_is_k
         })
         .await;
     assert_eq!(back.estate_id, env.estate_id);
+    // The roll call the crash interrupted is answered, not run again.
+    let r = later.final_result("roll-call-killed").await;
+    assert_eq!(r.outcome(), pb::CommandOutcome::Failed, "{r:?}");
+    assert!(r.detail.contains("not run again"), "{r:?}");
 }
 
 /// Listens on `port` and forwards to `target`, except MQTT connections whose client id
