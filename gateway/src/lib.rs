@@ -15,6 +15,9 @@
 //! - [`forward`] — uplink publisher, alarms first, cursors move on PUBACK only.
 //! - [`alerts`] — local alerts: the pure rule engine, durable state and audit, linkage,
 //!   the alert topic; fed by the store writer with every committed event.
+//! - [`link`] — the city link: retained presence and last will, `GatewayStatus`, the
+//!   city's commands (seen-set, audit, resend); [`duty`] — what those commands ask of the
+//!   people on duty and the outputs.
 //! - [`api`] — local HTTP: alerts, devices, status, server-sent events, the console,
 //!   health and Prometheus metrics.
 //! - [`broker`] — embedded rumqttd for the demo and tests.
@@ -24,7 +27,8 @@
 //!
 //! Shutdown order: stop ingest (acknowledging what is committed) and Modbus → alerts
 //! handle what was committed and stop → forward gets one last attempt within the grace
-//! period → the store writer drains, flushes, exits.
+//! period, while the city link answers what still runs, publishes its offline status and
+//! disconnects (within 2 s) → the store writer drains, flushes, exits.
 //!
 //! ## Supervised stages
 //!
@@ -37,6 +41,7 @@
 //! |---|---|---|
 //! | ingest (MQTT) | stops the gateway, exit 1 | its session and acks are tied to the store writer; a fresh process reconnects and the broker redelivers what was not acknowledged |
 //! | forward (uplink) | stops the gateway, exit 1 | its cursors live in the store; a fresh process resumes from them |
+//! | city link | stops the gateway, exit 1 (`Guarded`, `stage.link`) | its session lives in the broker and its seen-set in the store; a fresh process resumes both, answers what was interrupted, and never runs a recorded command again, so a command that crashed it cannot loop ([`link`]) |
 //! | alerts | **restarted in place** (250 ms, doubling to 4 s), rebuilt from the store; more than 5 failures in 10 min stop the gateway, exit 1 | local alerts come back fastest that way while ingest and forward run on (see [`alerts::supervisor`]) |
 //! | Modbus bus | restarted in place after 1 s, forever | one bus's bug must not stop the others or MQTT ingest ([`ingest::modbus`]) |
 //! | Modbus (all buses) | stops the gateway, exit 1 | it only returns at stop; anything else is a bug |

@@ -73,7 +73,7 @@ pub fn kind_name(cmd: &pb::Command) -> &'static str {
     Kind::of(cmd).map_or("none", Kind::as_str)
 }
 
-/// What [`check`] decides against, from the config.
+/// What `check` decides against, from the config.
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub gateway_id: String,

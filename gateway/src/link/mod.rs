@@ -19,7 +19,7 @@
 //! ```
 //!
 //! **A command is acknowledged only once its receipt is durable**: its id goes into the
-//! seen-set ([`seen`], a sled tree of the store) and its `GW.COMMAND` audit event is
+//! seen-set (`link/seen.rs`, a sled tree of the store) and its `GW.COMMAND` audit event is
 //! committed (that group commit's flush and fdatasync cover the seen-set too); only then
 //! the PUBACK, and only then does it run. A command the broker redelivers because the
 //! gateway died before acknowledging it is therefore never run twice: it is either not in
@@ -34,7 +34,7 @@
 //! the stop itself when it is clean. Ids are kept until an hour after their expiry
 //! (which is at most a day after their issue), then pruned.
 //!
-//! Refusals (pure, [`command`]): an undecodable payload (dead-lettered with its raw
+//! Refusals (pure, `link/command.rs`): an undecodable payload (dead-lettered with its raw
 //! bytes, counted in `estate_dead_lettered_total{reason="command"}`, answered with an
 //! empty `command_id`); an empty or over-64-byte id; another gateway's id; no expiry, an
 //! expiry before the issue or more than a day after it; an unknown kind; a kind turned off
