@@ -198,6 +198,12 @@ fn command(env: &TestEnv, id: &str, kind: pb::command::Kind) -> pb::Command {
     }
 }
 
+fn first_link_state_len(city: &City) -> usize {
+    city.link_states()
+        .first()
+        .map_or(0, |(m, _)| m.payload.len())
+}
+
 fn status_kind() -> pb::command::Kind {
     pb::command::Kind::Status(pb::StatusRequest {})
 }
@@ -261,12 +267,18 @@ async fn online_is_retained_and_the_last_will_says_offline_when_the_gateway_is_k
     .await;
 
     // SIGKILL: no clean disconnect, so the broker publishes the connection's last will.
+    let killed = Instant::now();
     gw.kill();
     let (_, offline) = city
         .wait("the last will (offline)", WAIT, |c| {
             c.link_states().into_iter().find(|(_, s)| !s.online)
         })
         .await;
+    eprintln!(
+        "{} broker: SIGKILL to the last will at the city in {:?}",
+        broker.kind,
+        killed.elapsed()
+    );
     assert_eq!(
         (offline.gateway_id.as_str(), offline.boot_id.as_str()),
         (env.gateway_id.as_str(), gw.boot_id.as_str()),
@@ -442,8 +454,13 @@ async fn status_reports_the_backlog_while_batches_cannot_go_up_then_the_drain() 
     assert!(s.uptime_s < 3600 && s.at_ms > first.at_ms, "{s:?}");
     assert_eq!((s.modbus_buses, s.modbus_buses_failing), (0, 0));
     assert!(s.audit_head.is_empty());
-    // GW.UPLINK_DOWN (after 1 s) makes /healthz-style reasons or at least a status.
-    assert!(!s.health.is_empty(), "{s:?}");
+    // The batches' connection is refused, not the gateway: /healthz is not failed.
+    assert!(["ok", "degraded"].contains(&s.health.as_str()), "{s:?}");
+    eprintln!(
+        "GatewayStatus with a backlog: {} bytes encoded; LinkState: {} bytes",
+        s.encoded_len(),
+        first_link_state_len(&city)
+    );
 
     // Periodic: more statuses keep coming without being asked.
     let n = city.statuses().len();
@@ -798,5 +815,25 @@ async fn bad_expired_replayed_and_disabled_commands_are_refused_and_the_link_car
         r.outcome() == pb::CommandOutcome::Refused && r.detail.contains("commands.resend = false"),
         "{r:?}"
     );
-    let _: &Gateway = &gw;
+
+    // Commands turned off altogether: one queued in the session meanwhile is refused.
+    let mut gw = gw;
+    gw.terminate();
+    assert!(
+        gw.wait_exit(WAIT).is_some_and(|s| s.success()),
+        "{}",
+        gw.log_tail(40)
+    );
+    send(
+        &mut city_pub,
+        &env,
+        &command(&env, "while-off", status_kind()),
+    )
+    .await;
+    let _gw: Gateway = start_gateway_with(&env, "[commands]\nenabled = false\n");
+    let r = city.final_result("while-off").await;
+    assert!(
+        r.outcome() == pb::CommandOutcome::Refused && r.detail.contains("commands.enabled = false"),
+        "{r:?}"
+    );
 }

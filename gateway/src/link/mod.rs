@@ -297,10 +297,15 @@ impl Link {
                         backoff = self.reconnect_min;
                         st.ctx.metrics.link_connected.set(1);
                         st.send(&self.topics.status, self.link_state(true, now_ms()).encode_to_vec(), true);
-                        if self.commands_enabled {
-                            if let Err(err) = st.client.try_subscribe(self.topics.commands.clone(), QoS::AtLeastOnce) {
-                                warn!(error = %err, "Could not queue the commands subscription.");
-                            }
+                        // Turned off: the persistent session may still hold the
+                        // subscription of an earlier run; drop it.
+                        let queued = if self.commands_enabled {
+                            st.client.try_subscribe(self.topics.commands.clone(), QoS::AtLeastOnce)
+                        } else {
+                            st.client.try_unsubscribe(self.topics.commands.clone())
+                        };
+                        if let Err(err) = queued {
+                            warn!(error = %err, "Could not queue the commands subscription change.");
                         }
                         st.publish_status("").await?;
                         tick.reset();
@@ -308,6 +313,8 @@ impl Link {
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                         if p.topic == self.topics.commands && self.commands_enabled {
                             st.on_command(p).await?;
+                        } else if p.topic == self.topics.commands {
+                            st.on_commands_off(p).await?;
                         } else {
                             debug!(topic = %p.topic, "Message on a topic the link does not read; acknowledged.");
                             st.ack(p);
@@ -568,6 +575,21 @@ impl State<'_> {
             }
             Ok(kind) => self.start(kind, cmd, now).await,
         }
+    }
+
+    /// A command that arrives while `commands.enabled` is off (queued in the session
+    /// before the subscription was dropped): answered `REFUSED`, not recorded, not run.
+    async fn on_commands_off(&mut self, p: Publish) -> Result<(), LinkError> {
+        let id = pb::Command::decode(p.payload.as_ref())
+            .map(|c| clip(&c.id, command::MAX_ID_BYTES).to_owned())
+            .unwrap_or_default();
+        self.ack(p);
+        let r = self.result(
+            &id,
+            Outcome::Refused,
+            "commands are turned off on this gateway (commands.enabled = false)".to_owned(),
+        );
+        self.publish_result(r, false).await
     }
 
     /// A payload that is not a `Command`: dead-lettered (raw bytes, reason), counted,
