@@ -653,6 +653,22 @@ async fn bad_expired_replayed_and_disabled_commands_are_refused_and_the_link_car
         m.n("estate_dead_lettered_total", &[("reason", "command")]) == 1
     })
     .await;
+    // Too big for a command: refused and dead-lettered the same way.
+    city_pub
+        .publish(&commands_topic(&env), vec![0x0a; 200 * 1024])
+        .await;
+    let big = city
+        .wait("the oversized payload refused", WAIT, |c| {
+            c.results("")
+                .into_iter()
+                .find(|r| r.detail.contains("at most 65536"))
+        })
+        .await;
+    assert_eq!(big.outcome(), pb::CommandOutcome::Refused, "{big:?}");
+    gw.wait_metrics("both dead letters counted", WAIT, |m| {
+        m.n("estate_dead_lettered_total", &[("reason", "command")]) == 2
+    })
+    .await;
     // ... and the next command is answered as usual.
     send(
         &mut city_pub,

@@ -97,10 +97,13 @@ pub enum LinkError {
 /// The client's request queue (publishes, acks). A publish that finds it full waits in
 /// the link's own outbox, in order, and goes on the next turn of the loop.
 const REQUEST_CAPACITY: usize = 4096;
-/// Largest packet the link accepts. A command is a few hundred bytes; keep the city
-/// broker's own limit at or below this, or a bigger one would make the client drop the
-/// connection on every redelivery.
-const MAX_INCOMING_PACKET: usize = 1 << 20;
+/// Largest packet the link accepts: as ingest's. A command is a few hundred bytes and one
+/// over [`MAX_COMMAND_BYTES`] is refused and dead-lettered; only a packet above this would
+/// make the client drop the connection on every redelivery, so keep the city broker's
+/// message size limit at or below it.
+const MAX_INCOMING_PACKET: usize = crate::ingest::MAX_INCOMING_PACKET;
+/// Largest command payload decoded.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// How often ids past their time leave the seen-set.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How long a clean stop waits for the offline status and the last results to go out.
@@ -520,9 +523,19 @@ impl State<'_> {
     /// One message on the commands topic: see the module doc for the order of things.
     async fn on_command(&mut self, p: Publish) -> Result<(), LinkError> {
         let now = now_ms();
+        if p.payload.len() > MAX_COMMAND_BYTES {
+            let why = format!(
+                "the payload is {} bytes; a command is at most {MAX_COMMAND_BYTES}",
+                p.payload.len()
+            );
+            return self.on_undecodable(p, why, now).await;
+        }
         let cmd = match pb::Command::decode(p.payload.as_ref()) {
             Ok(cmd) => cmd,
-            Err(err) => return self.on_undecodable(p, err, now).await,
+            Err(err) => {
+                let why = format!("the payload does not decode as estate.v1.Command ({err})");
+                return self.on_undecodable(p, why, now).await;
+            }
         };
         info!(command_id = %clip(&cmd.id, TEXT_MAX), issuer = %clip(&cmd.issuer, TEXT_MAX), kind = command::kind_name(&cmd), "Command from the city.");
         if let Err(refusal) = command::check_id(&cmd) {
@@ -592,21 +605,16 @@ impl State<'_> {
         self.publish_result(r, false).await
     }
 
-    /// A payload that is not a `Command`: dead-lettered (raw bytes, reason), counted,
+    /// A payload that is not a `Command` (or too big for one): dead-lettered (raw bytes, reason), counted,
     /// acknowledged once that is durable, answered with an empty command id.
-    async fn on_undecodable(
-        &mut self,
-        p: Publish,
-        err: prost::DecodeError,
-        now: i64,
-    ) -> Result<(), LinkError> {
+    async fn on_undecodable(&mut self, p: Publish, why: String, now: i64) -> Result<(), LinkError> {
         self.ctx.metrics.dead_letter("command");
-        warn!(topic = %p.topic, len = p.payload.len(), error = %err, "City command does not decode; dead-lettered.");
+        warn!(topic = %p.topic, len = p.payload.len(), error = %why, "City command is malformed; dead-lettered.");
         let (raw, _) = crate::ingest::native::bounded_raw(&p.payload, self.link.raw_limit);
         let letter = DeadLetter {
             received_ms: now,
             source: clip(&p.topic, TEXT_MAX).to_owned(),
-            reason: format!("city command does not decode as estate.v1.Command: {err}"),
+            reason: format!("city command refused: {why}"),
             raw,
             original_len: p.payload.len(),
         };
@@ -615,13 +623,7 @@ impl State<'_> {
             warn!("The undecodable command's dead letter could not be stored.");
         }
         self.ack(p);
-        let r = self.result(
-            "",
-            Outcome::Refused,
-            format!(
-                "the payload does not decode as estate.v1.Command ({err}); it is dead-lettered"
-            ),
-        );
+        let r = self.result("", Outcome::Refused, format!("{why}; it is dead-lettered"));
         self.publish_result(r, false).await
     }
 
