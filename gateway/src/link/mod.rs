@@ -522,6 +522,7 @@ impl State<'_> {
 
     /// One message on the commands topic: see the module doc for the order of things.
     async fn on_command(&mut self, p: Publish) -> Result<(), LinkError> {
+        let arrived = Instant::now();
         let now = now_ms();
         if p.payload.len() > MAX_COMMAND_BYTES {
             let why = format!(
@@ -586,7 +587,7 @@ impl State<'_> {
                 let r = self.refusal(&id, refusal);
                 self.finish(r).await
             }
-            Ok(kind) => self.start(kind, cmd, now).await,
+            Ok(kind) => self.start(kind, cmd, now, arrived).await,
         }
     }
 
@@ -654,7 +655,15 @@ impl State<'_> {
 
     /// Runs a checked command: at once (status, a resend of another epoch), or in a task
     /// that sends its final result to the loop.
-    async fn start(&mut self, kind: Kind, cmd: pb::Command, now: i64) -> Result<(), LinkError> {
+    /// `arrived`: when the message reached the gateway (a roll call's answer time counts
+    /// from there).
+    async fn start(
+        &mut self,
+        kind: Kind,
+        cmd: pb::Command,
+        now: i64,
+        arrived: Instant,
+    ) -> Result<(), LinkError> {
         let id = cmd.id.clone();
         let issuer = cmd.issuer.clone();
         let duty = self.ctx.duty.clone();
@@ -677,7 +686,7 @@ impl State<'_> {
                     now,
                     cmd.expires_at_ms,
                 );
-                let received = Instant::now();
+                let received = arrived;
                 let req = RollCallRequest {
                     command_id: id.clone(),
                     issuer,
