@@ -79,6 +79,7 @@ use crate::alerts::AlertsHandle;
 use crate::duty::{DutyDesk, DutyError, RollCall, RollCallRequest};
 use crate::events::{gateway_event, now_ms};
 use crate::forward::{Header, Limits};
+use crate::health::Level;
 use crate::store::{DeadLetter, StoreError, StoreHandle, StoreReader};
 use crate::telemetry::{Metrics, OutcomeLabel};
 use command::{clip, Refusal};
@@ -108,6 +109,8 @@ const MAX_COMMAND_BYTES: usize = 64 * 1024;
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How long a clean stop waits for the offline status and the last results to go out.
 const STOP_WITHIN: Duration = Duration::from_secs(2);
+/// The `/healthz` key of a refused commands subscription.
+const HEALTH_KEY: &str = "link.commands";
 /// Audit and publish what the link receives, at most this much of a text field.
 const TEXT_MAX: usize = 512;
 
@@ -324,7 +327,13 @@ impl Link {
                         }
                     }
                     Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                        debug!(codes = ?ack.return_codes, "Subscribed to the city's commands.");
+                        if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                            warn!(topic = %self.topics.commands, "The city broker refused the commands subscription (its ACL for this identity?); no command can arrive.");
+                            st.ctx.metrics.health.set(HEALTH_KEY, Level::Degraded, format!("the city broker refused the subscription to {}: commands from the city cannot arrive (check the broker's ACL for this gateway)", self.topics.commands));
+                        } else {
+                            debug!(codes = ?ack.return_codes, "Subscribed to the city's commands.");
+                            st.ctx.metrics.health.clear(HEALTH_KEY);
+                        }
                     }
                     Ok(_) => {}
                     Err(err) => {
