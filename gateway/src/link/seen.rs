@@ -137,6 +137,75 @@ impl Seen {
 mod tests {
     use super::*;
 
+    fn store_options() -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            gateway_id: "gw".into(),
+            estate_id: "E1".into(),
+            batch_max_events: 256,
+            batch_linger: std::time::Duration::ZERO,
+            disk_budget: 64 * 1024 * 1024,
+            disk_low_free: 1024,
+            cache_capacity: 1024 * 1024,
+            record_max_bytes: 48 * 1024,
+            dead_letter_max: 100,
+            keep_forwarded: false,
+            queue_capacity: 64,
+            pack_backlog: crate::store::PACK_BACKLOG,
+            pack_bytes: crate::store::PACK_BYTES,
+        }
+    }
+
+    /// Ids outlive a reopened store; pruning forgets only what is past its time; the
+    /// unanswered are those without a result.
+    #[tokio::test]
+    async fn the_seen_set_lives_in_the_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let now = 1_767_000_000_000;
+        let answered = Some(pb::CommandResult {
+            command_id: "old".into(),
+            outcome: pb::CommandOutcome::Ok.into(),
+            ..Default::default()
+        });
+        for round in 0..2 {
+            let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+            let (handle, reader, writer) =
+                crate::store::open(&dir.path().join("store"), store_options(), metrics)
+                    .expect("store opens");
+            let writer = tokio::task::spawn_blocking(move || writer.run());
+            let seen = Seen::open(&reader).expect("tree opens");
+            if round == 0 {
+                let e = |keep, result| Entry {
+                    keep_until_ms: keep,
+                    received_ms: now - 10,
+                    result,
+                };
+                seen.insert("old", &e(now - 1, answered.clone()))
+                    .expect("insert");
+                seen.insert("live", &e(now + 60_000, answered.clone()))
+                    .expect("insert");
+                seen.insert("running", &e(now + 60_000, None))
+                    .expect("insert");
+            } else {
+                assert_eq!(seen.len(), 3, "every id survived the reopen");
+                assert_eq!(seen.prune(now).expect("prune"), 1);
+                assert!(seen.get("old").expect("get").is_none());
+                assert_eq!(
+                    seen.get("live").expect("get").map(|e| e.result),
+                    Some(answered.clone())
+                );
+                let open: Vec<String> = seen
+                    .unanswered()
+                    .expect("scan")
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                assert_eq!(open, vec!["running".to_owned()]);
+            }
+            drop(handle);
+            writer.await.expect("joins").expect("writer stops cleanly");
+        }
+    }
+
     #[test]
     fn entries_round_trip() {
         for result in [
