@@ -116,6 +116,29 @@ pub(crate) fn check(c: &CommandsConfig) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
+    /// Through the loader: both rules point at their line.
+    #[test]
+    fn check_config_names_a_bad_status_interval_and_roll_call_time() {
+        let text = "[gateway]\nid = \"gw-1\"\nestate_id = \"e1\"\n\n[uplink]\nstatus_interval = \"0s\"\n\n[commands]\nroll_call_answer_within = \"2h\"\n";
+        let errs = crate::Config::from_toml_str(text, "t.toml").expect_err("rejected");
+        let at = |path: &str| {
+            errs.problems()
+                .iter()
+                .find(|p| p.path == path)
+                .unwrap_or_else(|| panic!("no problem at {path}: {errs}"))
+                .clone()
+        };
+        let s = at("uplink.status_interval");
+        assert_eq!(s.line, Some(6), "{s:?}");
+        assert!(s.message.contains("between 1s and 1h"), "{s:?}");
+        let r = at("commands.roll_call_answer_within");
+        assert_eq!(r.line, Some(9), "{r:?}");
+        assert_eq!(errs.len(), 2, "{errs}");
+        let ok = "[gateway]\nid = \"gw-1\"\nestate_id = \"e1\"\n";
+        let cfg = crate::Config::from_toml_str(ok, "t.toml").expect("defaults load");
+        assert_eq!(cfg.uplink.status_interval, Duration::from_secs(10));
+    }
+
     #[test]
     fn the_defaults_pass() {
         assert!(check(&CommandsConfig::default()).is_empty());
