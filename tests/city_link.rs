@@ -471,6 +471,7 @@ async fn status_reports_the_backlog_while_batches_cannot_go_up_then_the_drain() 
 
     // Status now, by command.
     let mut city_pub = RawPublisher::connect(&broker).await;
+    let asked_at = Instant::now();
     send(
         &mut city_pub,
         &env,
@@ -486,6 +487,11 @@ async fn status_reports_the_backlog_while_batches_cannot_go_up_then_the_drain() 
         .await;
     assert_eq!(asked.gateway_id, env.gateway_id);
     let r = city.final_result("status-now-1").await;
+    eprintln!(
+        "{} broker: status command published to its result at the city in {:?}",
+        broker.kind,
+        asked_at.elapsed()
+    );
     assert_eq!(r.outcome(), pb::CommandOutcome::Ok, "{r:?}");
     assert_eq!(
         (r.gateway_id.as_str(), r.estate_id.as_str()),
