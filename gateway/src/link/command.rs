@@ -253,7 +253,8 @@ pub fn roll_call_window(
 /// range), at most [`MAX_MISSING_RANGES`] of them; and whether there were more.
 pub fn missing(first: u64, last: u64, held: &[u64]) -> (Vec<pb::SeqRange>, bool) {
     let mut out = Vec::new();
-    let mut next = first;
+    // The first seq not yet accounted for; `None` once past `u64::MAX`.
+    let mut next = Some(first);
     let mut more = false;
     let mut push = |from: u64, to: u64, out: &mut Vec<pb::SeqRange>| {
         if out.len() >= MAX_MISSING_RANGES {
@@ -266,13 +267,14 @@ pub fn missing(first: u64, last: u64, held: &[u64]) -> (Vec<pb::SeqRange>, bool)
         }
     };
     for &s in held {
-        if s > next {
-            push(next, s - 1, &mut out);
+        let Some(n) = next else { break };
+        if s > n {
+            push(n, s - 1, &mut out);
         }
-        next = next.max(s + 1);
+        next = n.max(s).checked_add(1);
     }
-    if next <= last {
-        push(next, last, &mut out);
+    if let Some(n) = next.filter(|n| *n <= last) {
+        push(n, last, &mut out);
     }
     (out, more)
 }
@@ -468,6 +470,90 @@ mod tests {
             Duration::from_secs(5)
         );
         assert_eq!(roll_call_window(&rc(30), d, NOW, NOW - 5), Duration::ZERO);
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives on the commands topic, the checks answer without a panic
+        /// (overflow included: debug builds check arithmetic).
+        #[test]
+        fn any_payload_is_answered(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+                                   now in proptest::prelude::any::<i64>()) {
+            use prost::Message;
+            if let Ok(c) = pb::Command::decode(bytes.as_slice()) {
+                let _ = check_id(&c);
+                if let Ok(kind) = check(&rules(), &c, now) {
+                    if let Some(PbKind::RollCall(rc)) = &c.kind {
+                        let _ = roll_call_window(rc, Duration::from_secs(120), now, c.expires_at_ms);
+                    }
+                    if let Some(PbKind::Resend(r)) = &c.kind {
+                        let _ = missing(r.first_seq, r.last_seq, &[r.first_seq, r.last_seq]);
+                    }
+                    proptest::prop_assert_eq!(Some(kind), Kind::of(&c));
+                }
+            }
+        }
+
+        /// Commands for this gateway with any times and kind fields: no panic, and what
+        /// runs is within its limits.
+        #[test]
+        fn any_command_fields_are_answered(issued in proptest::prelude::any::<i64>(),
+                                           expires in proptest::prelude::any::<i64>(),
+                                           now in proptest::prelude::any::<i64>(),
+                                           n in proptest::prelude::any::<u32>(),
+                                           a in proptest::prelude::any::<u64>(),
+                                           b in proptest::prelude::any::<u64>(),
+                                           which in 0u8..5) {
+            let kind = match which {
+                0 => PbKind::RollCall(pb::RollCall { answer_within_s: n, message: String::new() }),
+                1 => PbKind::AlarmHandling(pb::AlarmHandling { alert_id: "a".into(), state: n as i32, note: String::new() }),
+                2 => PbKind::Broadcast(pb::Broadcast { group: String::new(), on: true, duration_s: n, message: String::new() }),
+                3 => PbKind::Resend(pb::Resend { store_epoch: a, first_seq: a, last_seq: b }),
+                _ => PbKind::Status(pb::StatusRequest {}),
+            };
+            let c = pb::Command { issued_at_ms: issued, expires_at_ms: expires, ..cmd(kind) };
+            if check(&rules(), &c, now).is_ok() {
+                proptest::prop_assert!(c.expires_at_ms > 0 && now <= c.expires_at_ms);
+                proptest::prop_assert!(c.expires_at_ms - c.issued_at_ms <= MAX_LIFETIME_MS);
+                match &c.kind {
+                    Some(PbKind::RollCall(rc)) => {
+                        let w = roll_call_window(rc, Duration::from_secs(120), now, c.expires_at_ms);
+                        proptest::prop_assert!(w <= Duration::from_secs(3600));
+                    }
+                    Some(PbKind::Resend(r)) => {
+                        proptest::prop_assert!(r.first_seq >= 1 && r.last_seq - r.first_seq < MAX_RESEND_SEQS);
+                        let _ = missing(r.first_seq, r.last_seq, &[]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        /// The missing ranges and the held seqs partition the range.
+        #[test]
+        fn missing_and_held_cover_the_range(first in 1u64..200, len in 0u64..200,
+                                            picks in proptest::collection::btree_set(0u64..400, 0..100)) {
+            let last = first + len;
+            let held: Vec<u64> = picks.into_iter().filter(|s| (first..=last).contains(s)).collect();
+            let (m, more) = missing(first, last, &held);
+            proptest::prop_assert!(!more);
+            let mut covered: Vec<u64> = m.iter().flat_map(|r| r.first..=r.last).collect();
+            covered.extend(&held);
+            covered.sort_unstable();
+            proptest::prop_assert_eq!(covered, (first..=last).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn missing_at_the_top_of_the_seq_space() {
+        let r = |a, b| pb::SeqRange { first: a, last: b };
+        assert_eq!(missing(u64::MAX, u64::MAX, &[u64::MAX]), (vec![], false));
+        assert_eq!(
+            missing(u64::MAX - 2, u64::MAX, &[u64::MAX - 1]),
+            (
+                vec![r(u64::MAX - 2, u64::MAX - 2), r(u64::MAX, u64::MAX)],
+                false
+            )
+        );
     }
 
     #[test]
