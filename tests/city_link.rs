@@ -785,6 +785,22 @@ async fn bad_expired_replayed_and_disabled_commands_are_refused_and_the_link_car
 
     // Restart, with resends turned off; the seen-set is durable. A command sent while the
     // gateway is away waits in its persistent session.
+    // A roll call still waiting when the gateway stops cleanly is answered at the stop.
+    let waiting = command(
+        &env,
+        "roll-call-at-stop",
+        pb::command::Kind::RollCall(pb::RollCall {
+            answer_within_s: 600,
+            message: "查岗".into(),
+        }),
+    );
+    send(&mut city_pub, &env, &waiting).await;
+    city.wait("the roll call accepted", WAIT, |c| {
+        c.results("roll-call-at-stop")
+            .into_iter()
+            .find(|r| r.outcome() == pb::CommandOutcome::Accepted)
+    })
+    .await;
     let old_boot = gw.boot_id.clone();
     gw.terminate();
     assert!(
@@ -800,6 +816,8 @@ async fn bad_expired_replayed_and_disabled_commands_are_refused_and_the_link_car
         })
         .await;
     assert!(offline.since_ms > 0);
+    let r = city.final_result("roll-call-at-stop").await;
+    assert_eq!(r.outcome(), pb::CommandOutcome::Failed, "{r:?}");
     send(
         &mut city_pub,
         &env,
