@@ -94,3 +94,70 @@ pub struct BroadcastOutput {
 fn default_on() -> u16 {
     1
 }
+
+/// The rules of `[commands]` (its switches and times; `[commands.broadcast]` has its
+/// own): `(key path, message)` for each problem.
+pub(crate) fn check(c: &CommandsConfig) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let w = c.roll_call_answer_within;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&w) {
+        out.push((
+            "commands.roll_call_answer_within".to_owned(),
+            format!(
+                "must be between 1s and 1h (the longest a roll call may wait for the person on duty), found {}",
+                humantime::format_duration(w)
+            ),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Through the loader: both rules point at their line.
+    #[test]
+    fn check_config_names_a_bad_status_interval_and_roll_call_time() {
+        let text = "[gateway]\nid = \"gw-1\"\nestate_id = \"e1\"\n\n[uplink]\nstatus_interval = \"0s\"\n\n[commands]\nroll_call_answer_within = \"2h\"\n";
+        let errs = crate::Config::from_toml_str(text, "t.toml").expect_err("rejected");
+        let at = |path: &str| {
+            errs.problems()
+                .iter()
+                .find(|p| p.path == path)
+                .unwrap_or_else(|| panic!("no problem at {path}: {errs}"))
+                .clone()
+        };
+        let s = at("uplink.status_interval");
+        assert_eq!(s.line, Some(6), "{s:?}");
+        assert!(s.message.contains("between 1s and 1h"), "{s:?}");
+        let r = at("commands.roll_call_answer_within");
+        assert_eq!(r.line, Some(9), "{r:?}");
+        assert_eq!(errs.len(), 2, "{errs}");
+        let ok = "[gateway]\nid = \"gw-1\"\nestate_id = \"e1\"\n";
+        let cfg = crate::Config::from_toml_str(ok, "t.toml").expect("defaults load");
+        assert_eq!(cfg.uplink.status_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_defaults_pass() {
+        assert!(check(&CommandsConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn a_roll_call_time_out_of_range_is_named() {
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_secs(3601),
+        ] {
+            let c = CommandsConfig {
+                roll_call_answer_within: bad,
+                ..CommandsConfig::default()
+            };
+            let found = check(&c);
+            assert_eq!(found.len(), 1, "{bad:?}: {found:?}");
+            assert_eq!(found[0].0, "commands.roll_call_answer_within");
+        }
+    }
+}

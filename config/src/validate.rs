@@ -229,6 +229,11 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
             f.at(path, message);
         }
     }
+    if let Some(commands) = &parts.commands {
+        for (path, message) in crate::commands::check(commands) {
+            f.at(path, message);
+        }
+    }
     f.0
 }
 
@@ -503,6 +508,15 @@ fn check_uplink(u: &UplinkConfig, f: &mut Findings) {
     }
     if u.down_alert_after.is_zero() {
         f.at("uplink.down_alert_after", "must be more than 0s");
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&u.status_interval) {
+        f.at(
+            "uplink.status_interval",
+            format!(
+                "must be between 1s and 1h, found {}",
+                humantime::format_duration(u.status_interval)
+            ),
+        );
     }
 }
 

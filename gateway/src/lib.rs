@@ -15,6 +15,9 @@
 //! - [`forward`] — uplink publisher, alarms first, cursors move on PUBACK only.
 //! - [`alerts`] — local alerts: the pure rule engine, durable state and audit, linkage,
 //!   the alert topic; fed by the store writer with every committed event.
+//! - [`link`] — the city link: retained presence and last will, `GatewayStatus`, the
+//!   city's commands (seen-set, audit, resend); [`duty`] — what those commands ask of the
+//!   people on duty and the outputs.
 //! - [`api`] — local HTTP: alerts, devices, status, server-sent events, the console,
 //!   health and Prometheus metrics.
 //! - [`broker`] — embedded rumqttd for the demo and tests.
@@ -24,7 +27,8 @@
 //!
 //! Shutdown order: stop ingest (acknowledging what is committed) and Modbus → alerts
 //! handle what was committed and stop → forward gets one last attempt within the grace
-//! period → the store writer drains, flushes, exits.
+//! period, while the city link answers what still runs, publishes its offline status and
+//! disconnects (within 2 s) → the store writer drains, flushes, exits.
 //!
 //! ## Supervised stages
 //!
@@ -37,6 +41,7 @@
 //! |---|---|---|
 //! | ingest (MQTT) | stops the gateway, exit 1 | its session and acks are tied to the store writer; a fresh process reconnects and the broker redelivers what was not acknowledged |
 //! | forward (uplink) | stops the gateway, exit 1 | its cursors live in the store; a fresh process resumes from them |
+//! | city link | stops the gateway, exit 1 (`Guarded`, `stage.link`) | its session lives in the broker and its seen-set in the store; a fresh process resumes both, answers what was interrupted, and never runs a recorded command again, so a command that crashed it cannot loop ([`link`]) |
 //! | alerts | **restarted in place** (250 ms, doubling to 4 s), rebuilt from the store; more than 5 failures in 10 min stop the gateway, exit 1 | local alerts come back fastest that way while ingest and forward run on (see [`alerts::supervisor`]) |
 //! | Modbus bus | restarted in place after 1 s, forever | one bus's bug must not stop the others or MQTT ingest ([`ingest::modbus`]) |
 //! | Modbus (all buses) | stops the gateway, exit 1 | it only returns at stop; anything else is a bug |
@@ -57,6 +62,7 @@ pub mod events;
 pub mod forward;
 pub mod health;
 pub mod ingest;
+pub mod link;
 pub mod mqtt;
 pub mod store;
 pub mod systemd;
@@ -92,6 +98,8 @@ pub enum GatewayError {
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Alerts(#[from] alerts::supervisor::SupervisorError),
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
     #[error("the {0} stage stopped while the gateway was running")]
     StageEnded(&'static str),
 }
@@ -149,6 +157,7 @@ pub async fn run(
     let boot_id = ulid::Ulid::new().to_string();
     let ingest = ingest::MqttIngest::new(&cfg)?;
     let forwarder = forward::Forwarder::new(&cfg, &boot_id)?;
+    let city_link = link::Link::new(&cfg, &boot_id)?;
     let modbus = ingest::modbus::Modbus::new(&cfg)?;
     let modbus_handle = modbus.handle();
     let api_listener = match opts.api_listener {
@@ -244,6 +253,23 @@ pub async fn run(
         ),
         result_cause,
     ));
+    // Status, last will and commands on their own connection to the city broker; it
+    // holds a StoreHandle (audit events), so it stops before the writer drains.
+    let duty = duty::DutyDesk::new(&cfg, alerts_handle.clone(), modbus_handle.clone());
+    let city_link = tokio::spawn(guard("city link", "stage.link").run(
+        city_link.run(
+            link::Context {
+                reader: reader.clone(),
+                store: handle.clone(),
+                metrics: metrics.clone(),
+                alerts: alerts_handle.clone(),
+                duty,
+                store_dir: opts.data_dir.join("store"),
+            },
+            shutdown.clone(),
+        ),
+        result_cause,
+    ));
     // Modbus polling; each bus task restarts itself after a bug (see ingest::modbus).
     let modbus = tokio::spawn(guard("Modbus", "stage.modbus").run(
         modbus.run(handle.clone(), metrics.clone(), shutdown.clone()),
@@ -284,6 +310,7 @@ pub async fn run(
     alerts_stop.cancel();
     let alerts_result = alerts_task.join().await;
     let forward_result = forward.await;
+    let link_result = city_link.await;
     // Every StoreHandle is gone now: the writer commits what is queued and exits.
     let writer_result = writer.await.and_then(|r| r);
     api_stop.cancel();
@@ -295,6 +322,7 @@ pub async fn run(
     modbus_result?;
     alerts_result?;
     forward_result??;
+    link_result??;
     writer_result??;
     if let Some(stage) = ended.get() {
         return Err(GatewayError::StageEnded(stage));

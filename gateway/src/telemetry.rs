@@ -41,6 +41,13 @@ pub struct EvictLabel {
     pub kind: &'static str,
 }
 
+/// A city command's result (`ok`, `refused`, `expired`, `duplicate`, `failed`,
+/// `no_answer`, `accepted`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 /// A Modbus device: its bus and id.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusDeviceLabel {
@@ -114,6 +121,10 @@ pub struct Metrics {
     /// Publishes the uplink client refused (the connection is rebuilt after each).
     pub uplink_refused: Counter,
     pub uplink_connected: Gauge,
+    /// 1 while the city link connection (status and commands) is up.
+    pub link_connected: Gauge,
+    /// Results the gateway sent for city commands, by outcome.
+    pub link_results: Family<OutcomeLabel, Counter>,
     /// Completed Modbus polls (every read of the device succeeded and decoded).
     pub modbus_polls: Family<ModbusDeviceLabel, Counter>,
     /// Failed Modbus transactions, by kind.
@@ -184,6 +195,8 @@ impl Metrics {
             forward_dead_lettered: Family::default(),
             uplink_refused: Counter::default(),
             uplink_connected: Gauge::default(),
+            link_connected: Gauge::default(),
+            link_results: Family::default(),
             modbus_polls: Family::default(),
             modbus_errors: Family::default(),
             modbus_round_trip: Family::new_with_constructor(modbus_round_trip_histogram),
@@ -276,6 +289,16 @@ impl Metrics {
             "store_stored_bytes",
             "Logical bytes of stored events, by lane",
             m.store_stored_bytes.clone(),
+        );
+        r.register(
+            "link_connected",
+            "1 while the city link connection (status, last will, commands) is up",
+            m.link_connected.clone(),
+        );
+        r.register(
+            "link_results",
+            "Results sent for commands from the city, by outcome",
+            m.link_results.clone(),
         );
         r.register(
             "forward_events",

@@ -101,6 +101,13 @@ pub const CODES: &[CodeInfo] = &[
     c("GW.STORE_ROLLBACK", S2, false, Some(K::Gateway), "Store rolled back, new epoch started"),
     // The store could not be opened: moved aside, a fresh store (new epoch) started.
     c("GW.STORE_QUARANTINED", S2, false, Some(K::Gateway), "Store unreadable, quarantined, new epoch started"),
+    // A command from the city platform as received (issue 14, README "The city link"):
+    // raw JSON {"command_id","issuer","kind","issued_at_ms","expires_at_ms","gateway_id"}.
+    // The audit trail of the city link; never an alert.
+    c("GW.COMMAND", S4, false, Some(K::Gateway), "Command from the city platform"),
+    // The gateway's answer to one: {"command_id","kind","outcome","detail"} (and the
+    // roll call's or resend's answer).
+    c("GW.COMMAND_RESULT", S4, false, Some(K::Gateway), "Result of a city command"),
     // The change of a local alert, carried upstream in `Event.alert` (always the alarms
     // lane: severity 1 for a critical alert, else 2). Never an alert itself.
     c("ALERT.UPDATE", S2, false, Some(K::Gateway), "Alert update"),

@@ -48,7 +48,7 @@ use crate::events::{gateway_event, now_ms};
 use crate::health::{Level, LogThrottle, Throttled};
 use crate::store::{DeadLetter, StoreHandle, StoreReader};
 use crate::telemetry::Metrics;
-pub use batch::{publish_size, Cut, Limits, Unfit};
+pub use batch::{max_payload, pack, publish_size, Cut, Header, Limits, Packed, Unfit};
 pub use inflight::{Advance, InFlight};
 
 #[derive(Debug, thiserror::Error)]
