@@ -268,8 +268,16 @@ impl Ledger {
         Ledger::default()
     }
 
-    /// Accounts one received MQTT message.
+    /// Accounts one received MQTT message; the city link's status, health, commands and
+    /// results topics are passed over.
     pub fn on_batch(&mut self, topic: &str, payload: &[u8]) {
+        // The city link's own messages (link.proto) are not batches.
+        if matches!(
+            topic.rsplit('/').next(),
+            Some("status" | "health" | "results" | "commands")
+        ) {
+            return;
+        }
         self.batches += 1;
         let Some(lane) = lane_of_topic(topic) else {
             self.unknown_topics += 1;

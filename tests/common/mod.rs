@@ -956,7 +956,11 @@ impl EventTap {
                             let _ = r.send(());
                         }
                     }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    // Batches only: the city link's status, health and results share
+                    // the prefix, and some of them would decode as an EventBatch.
+                    Ok(Event::Incoming(Incoming::Publish(p)))
+                        if p.topic.ends_with("/alarms") || p.topic.ends_with("/events") =>
+                    {
                         let Ok(batch) =
                             estate_protocols::pb::EventBatch::decode(p.payload.as_ref())
                         else {
