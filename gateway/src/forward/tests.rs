@@ -101,7 +101,9 @@ async fn a_refused_publish_is_resent_as_envelopes_and_an_unsendable_event_is_giv
     .unwrap_or_else(|e| panic!("{e}"));
     let mut fwd = Forwarder::new(&cfg, "boot-r").expect("forwarder");
     // The client now refuses what the packer builds for 64 KiB packets.
-    fwd.options.set_max_packet_size(64 * 1024, 3000);
+    fwd.endpoints.configure(|o| {
+        o.set_max_packet_size(64 * 1024, 3000);
+    });
 
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = Arc::new(Metrics::new());
