@@ -9,11 +9,25 @@
 //! [`proved`](Endpoints::proved) once the broker has acknowledged something (only then
 //! does the backoff start again from `reconnect_min`). One attempt at a time: the caller
 //! drops the old event loop (closing its socket) before it builds the next client.
+//!
+//! The event loop comes wrapped in a [`Poller`], whose [`next`](Poller::next) may be
+//! cancelled (a `select!` branch) without harm. rumqttc's own `EventLoop::poll` may not:
+//! while it connects, its future owns the new socket, so a `select!` whose other branch
+//! fires (a commit, a timer) drops it, closes that socket, and the next poll opens
+//! another. The broker still completes the CONNECT it has read, and with the same client
+//! id each late session takes over the live one. That was issue 14's "a new connection
+//! every 200 ms while a broker is slow to CONNACK" and its drop cycles (seen against
+//! NATS 2.9: three connections of one gateway within 2 s, each replacing the other).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, EventLoop, MqttOptions, NetworkOptions, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, TlsConfiguration,
+    Transport,
+};
 
 use estate_config::{BrokerConfig, TlsConfig};
 
@@ -125,12 +139,13 @@ impl Endpoints {
     }
 
     /// A fresh client for the node in use, whose attempt to connect (TCP, TLS, CONNACK)
-    /// is given up only after `connect_timeout`. `cap`: its request queue (requests
-    /// beyond it wait, or fail with `try_*`).
-    pub fn client(&self, cap: usize) -> (AsyncClient, EventLoop) {
+    /// is given up only after `connect_timeout`, and its event loop in a cancel-safe
+    /// [`Poller`]. `cap`: its request queue (requests beyond it wait, or fail with
+    /// `try_*`).
+    pub fn client(&self, cap: usize) -> (AsyncClient, Poller) {
         let (client, mut eventloop) = AsyncClient::new(self.options().clone(), cap);
         eventloop.set_network_options(self.network_options());
-        (client, eventloop)
+        (client, Poller::new(eventloop))
     }
 
     /// The network options that carry `connect_timeout` (rumqttc counts it in whole
@@ -215,6 +230,42 @@ pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> 
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(TlsError::HalfClientIdentity),
     })
+}
+
+type Polled = (EventLoop, Result<Event, ConnectionError>);
+
+/// An event loop whose [`next`](Poller::next) is cancel-safe: the poll in progress is
+/// kept, not dropped, when a `select!` takes another branch (see the module doc).
+/// Dropping the `Poller` closes the connection.
+pub struct Poller {
+    polling: Pin<Box<dyn Future<Output = Polled> + Send>>,
+}
+
+impl std::fmt::Debug for Poller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Poller")
+    }
+}
+
+async fn poll_owned(mut eventloop: EventLoop) -> Polled {
+    let polled = eventloop.poll().await;
+    (eventloop, polled)
+}
+
+impl Poller {
+    pub fn new(eventloop: EventLoop) -> Self {
+        Poller {
+            polling: Box::pin(poll_owned(eventloop)),
+        }
+    }
+
+    /// The next event, as `EventLoop::poll` gives it (it connects first, and again
+    /// after an error). Cancelling this loses nothing: the poll goes on at the next call.
+    pub async fn next(&mut self) -> Result<Event, ConnectionError> {
+        let (eventloop, polled) = (&mut self.polling).await;
+        self.polling = Box::pin(poll_owned(eventloop));
+        polled
+    }
 }
 
 #[cfg(test)]

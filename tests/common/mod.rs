@@ -1062,3 +1062,4 @@ impl Drop for EventTap {
         self.task.abort();
     }
 }
+pub mod nats;

@@ -296,7 +296,7 @@ impl Forwarder {
                     info!("Everything committed was forwarded; uplink done.");
                     let _ = client.try_disconnect();
                     let _ =
-                        tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                        tokio::time::timeout(Duration::from_millis(500), eventloop.next()).await;
                     return Ok(());
                 }
                 tokio::select! {
@@ -310,7 +310,8 @@ impl Forwarder {
                     }
                     // A held events batch is due (it is published in the loop above).
                     _ = tokio::time::sleep_until(lingering.map_or_else(Instant::now, |t| t + self.linger)), if connected && lingering.is_some() => {}
-                    polled = eventloop.poll() => match polled {
+                    // Cancel-safe: a commit or timer never abandons a connection attempt.
+                    polled = eventloop.next() => match polled {
                         Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                             info!(%broker, "Uplink connected.");
                             connected = true;

@@ -152,7 +152,7 @@ impl MqttIngest {
                         break;
                     }
                 }
-                polled = eventloop.poll(), if reading => match polled {
+                polled = eventloop.next(), if reading => match polled {
                     Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                         metrics.ingest_received.inc();
                         match self.accept(&publish, &store, &metrics).await {
@@ -208,7 +208,7 @@ impl MqttIngest {
                 }
                 tokio::select! {
                     done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
-                    p = eventloop.poll() => if p.is_err() { return },
+                    p = eventloop.next() => if p.is_err() { return },
                 }
             }
             let _ = client.try_disconnect();
@@ -216,7 +216,7 @@ impl MqttIngest {
             // its publishes still sit unread in the socket makes the kernel send a reset,
             // and the broker then discards the final PUBACKs it has not read yet: those
             // messages would come back after a restart as new events under new seqs.
-            while eventloop.poll().await.is_ok() {}
+            while eventloop.next().await.is_ok() {}
         };
         if tokio::time::timeout(Duration::from_secs(5), drain)
             .await
