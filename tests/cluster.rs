@@ -19,6 +19,15 @@ use common::{Broker, TestEnv};
 use estate_sim::publish::{self, random_client_id};
 
 const COUNT: u64 = 3_000;
+
+/// Node `i`'s MQTT listener.
+fn node(cluster: &NatsCluster, i: usize) -> Broker {
+    Broker {
+        host: "127.0.0.1".into(),
+        port: cluster.nodes[i].mqtt_port,
+        kind: "external",
+    }
+}
 const RATE: f64 = 300.0;
 
 /// What a city consumer saw: `(store_epoch, seq)` deduplicated, and how many events came
@@ -85,7 +94,7 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
         return;
     };
     let ingest = Broker::shared();
-    let mut env = TestEnv::new(ingest, cluster.nodes[0].broker());
+    let mut env = TestEnv::new(ingest, node(&cluster, 0));
     env.uplink_extra = "max_inflight_batches = 2".into();
     let hosts: Vec<String> = cluster
         .nodes
@@ -111,7 +120,7 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
 
     // The consumer, before the gateway starts, on a node the gateway neither uses nor
     // fails over to first.
-    let (seen, _consumer) = consumer(&cluster.nodes[2].broker(), &env.estate_id).await;
+    let (seen, _consumer) = consumer(&node(&cluster, 2), &env.estate_id).await;
     let mut gw = common::Gateway::start(&path, &env.data_dir(), &env.log_path())
         .unwrap_or_else(|e| panic!("{e:#}"));
     gw.wait_connected().await;

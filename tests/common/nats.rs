@@ -6,13 +6,56 @@
 //!
 //! Without `nats-server` installed [`NatsCluster::start`] returns `None` (the test says
 //! it skipped), except under `CI=1`, where it panics: `.ci/run` installs it.
+//!
+//! Self-contained (tokio and tempfile only) so that the uplink bench includes it too
+//! (`gateway/benches/uplink.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{http_get, reserve_port, Broker};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A free loopback port, released again.
+fn reserve_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// `GET path` on a node's monitoring port: status and body (HTTP/1.0, 5 s at most).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {text:.80}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_owned()))
+}
+
+/// The last `n` lines of a file.
+fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {} ---\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
+}
 
 /// The server binary: `ESTATE_NATS_SERVER`, or `nats-server` on the PATH (Debian puts it
 /// in /usr/sbin).
@@ -34,15 +77,6 @@ pub struct Node {
 }
 
 impl Node {
-    /// The node's MQTT listener as a [`Broker`].
-    pub fn broker(&self) -> Broker {
-        Broker {
-            host: "127.0.0.1".into(),
-            port: self.mqtt_port,
-            kind: "external",
-        }
-    }
-
     pub fn monitor(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.http_port))
     }
@@ -127,8 +161,8 @@ mqtt {{
             );
             std::fs::write(&n.config, conf).expect("write nats config");
         }
-        for i in 0..nodes.len() {
-            spawn(&mut nodes[i]);
+        for n in nodes.iter_mut() {
+            spawn(n);
         }
         let cluster = NatsCluster { dir, nodes };
         cluster.wait_healthy(Duration::from_secs(60)).await;
@@ -225,7 +259,7 @@ mqtt {{
     pub fn log_tails(&self, n: usize) -> String {
         self.nodes
             .iter()
-            .map(|node| super::log_tail(&node.log, n))
+            .map(|node| log_tail(&node.log, n))
             .collect::<Vec<_>>()
             .join("\n")
     }
