@@ -38,13 +38,15 @@ struct Seen {
     received: u64,
 }
 
-/// A city consumer: persistent session (clean_session = false), QoS 1, on `broker`.
+/// A city consumer, QoS 1, on `broker`: with a persistent session (`clean` false) as a
+/// city platform should, or a clean one as `estate-sim city` has.
 async fn consumer(
     broker: &Broker,
     estate_id: &str,
+    clean: bool,
 ) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
     let mut o = MqttOptions::new(random_client_id("city"), &broker.host, broker.port);
-    o.set_clean_session(false)
+    o.set_clean_session(clean)
         .set_keep_alive(Duration::from_secs(5))
         .set_max_packet_size(4 << 20, 64 << 10);
     let (client, mut eventloop) = AsyncClient::new(o, 16);
@@ -120,7 +122,11 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
 
     // The consumer, before the gateway starts, on a node the gateway neither uses nor
     // fails over to first.
-    let (seen, _consumer) = consumer(&node(&cluster, 2), &env.estate_id).await;
+    let (seen, _consumer) = consumer(&node(&cluster, 2), &env.estate_id, false).await;
+    // Beside it, for the record (not asserted): clean-session consumers on the same
+    // node and on the one the gateway moves to first.
+    let (seen_clean_killed, _c1) = consumer(&node(&cluster, 2), &env.estate_id, true).await;
+    let (seen_clean_other, _c2) = consumer(&node(&cluster, 1), &env.estate_id, true).await;
     let mut gw = common::Gateway::start(&path, &env.data_dir(), &env.log_path())
         .unwrap_or_else(|e| panic!("{e:#}"));
     gw.wait_connected().await;
@@ -229,6 +235,16 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
     let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
     let connects = log.matches("Uplink connected.").count();
     let received = seen.lock().unwrap_or_else(|e| e.into_inner()).received;
+    for (name, s) in [
+        ("clean session, node 3", &seen_clean_killed),
+        ("clean session, node 2", &seen_clean_other),
+    ] {
+        let s = s.lock().unwrap_or_else(|e| e.into_inner());
+        eprintln!(
+            "consumer with {name}: {} of {committed} missing",
+            want.difference(&s.keys).count()
+        );
+    }
     eprintln!(
         "failover {first} -> {moved}: {committed} events, {received} received ({} duplicates), {connects} connections",
         received - committed

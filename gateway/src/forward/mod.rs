@@ -299,6 +299,9 @@ impl Forwarder {
                         tokio::time::timeout(Duration::from_millis(500), eventloop.next()).await;
                     return Ok(());
                 }
+                let careful =
+                    careful_sent.is_some() || (0..2).any(|i| sent[i] < lanes[i].careful_until);
+                let room = inflight.len() < if careful { 1 } else { self.max_inflight };
                 tokio::select! {
                     _ = shutdown.cancelled(), if timers.deadline.is_none() => timers.shutdown_requested(),
                     timer = timers.next() => if self.on_timer(timer, &mut timers, &broker, &store).await?.is_break() {
@@ -308,8 +311,9 @@ impl Forwarder {
                     c = committed.changed(), if committed_open => {
                         if c.is_err() { committed_open = false; }
                     }
-                    // A held events batch is due (it is published in the loop above).
-                    _ = tokio::time::sleep_until(lingering.map_or_else(Instant::now, |t| t + self.linger)), if connected && lingering.is_some() => {}
+                    // A held events batch is due (it is published in the loop above, once
+                    // the window has room: until then a PUBACK is what wakes it).
+                    _ = tokio::time::sleep_until(lingering.map_or_else(Instant::now, |t| t + self.linger)), if connected && lingering.is_some() && room => {}
                     // Cancel-safe: a commit or timer never abandons a connection attempt.
                     polled = eventloop.next() => match polled {
                         Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
