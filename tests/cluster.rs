@@ -92,7 +92,7 @@ async fn consumer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_with_one_connection(
 ) {
-    let Some(mut cluster) = NatsCluster::start().await else {
+    let Some(cluster) = NatsCluster::start().await else {
         return;
     };
     let ingest = Broker::shared();
