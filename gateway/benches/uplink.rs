@@ -320,8 +320,10 @@ async fn failover(reps: usize) {
             now_on.iter().map(|i| i + 1).collect::<Vec<_>>()
         );
         times.push(t);
-        cluster.restart(on);
-        cluster.wait_healthy(Duration::from_secs(60)).await;
+        if rep + 1 < reps {
+            cluster.restart(on);
+            cluster.wait_healthy(Duration::from_secs(90)).await;
+        }
     }
     stop.cancel();
     shutdown.cancel();
