@@ -153,6 +153,7 @@ impl<'a> Loader<'a> {
         };
         self.ingest(&mut parts);
         self.devices(&mut parts);
+        parts.given = self.given_broker_keys();
         let modbus = self.modbus();
 
         let mut findings = validate(&parts);
@@ -204,6 +205,26 @@ impl<'a> Loader<'a> {
         // Then the problems found in profile files, file by file.
         problems.extend(modbus.profile_problems);
         Err(ConfigErrors(problems))
+    }
+
+    /// `{ingest,uplink}.mqtt.{host,port}` where the file sets them: their defaults look
+    /// like a value given, so the rule that forbids them beside `hosts` asks here.
+    fn given_broker_keys(&self) -> Vec<String> {
+        let mut given = Vec::new();
+        for section in ["ingest", "uplink"] {
+            let mqtt = self
+                .root
+                .get(section)
+                .and_then(Item::as_table_like)
+                .and_then(|t| t.get("mqtt"))
+                .and_then(Item::as_table_like);
+            for key in ["host", "port"] {
+                if mqtt.is_some_and(|t| t.contains_key(key)) {
+                    given.push(format!("{section}.mqtt.{key}"));
+                }
+            }
+        }
+        given
     }
 
     /// `path` or one of its parents or children was reported as broken.

@@ -121,10 +121,31 @@ impl Default for IngestConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// Broker host name or IP address. Default: `"127.0.0.1"`.
+    // Serialized only when not the default: beside `hosts` it must not be written.
+    #[serde(skip_serializing_if = "is_default_host")]
     pub host: String,
     /// Broker TCP port, 1–65535. Default: `1883` (use `8883` with `tls`).
-    #[serde(deserialize_with = "crate::units::port")]
+    #[serde(
+        deserialize_with = "crate::units::port",
+        skip_serializing_if = "is_default_port"
+    )]
     pub port: u16,
+    /// The nodes of a broker cluster, tried in this order, instead of `host`/`port`
+    /// (give one or the other): `["mqtt1.city.example:8883", "10.0.0.7:8883",
+    /// "[fd00::7]:8883"]` (an IPv6 address in brackets). The client connects to the
+    /// first; when it loses a node (connection refused or reset, keep-alive timeout,
+    /// `connect_timeout`) it moves to the next, round robin. With `tls` each node's
+    /// certificate is checked against that node's own name. At most 16. Default: empty
+    /// (`host`/`port`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// How long one connection attempt (TCP, TLS and the broker's CONNACK) may take
+    /// before it is given up and the next node is tried. Generous on purpose: a broker
+    /// still completes an attempt the client gave up on, and with the same client id
+    /// that late session takes over the live one (issue 14). Whole seconds, 1 s to
+    /// 5 min. Default: `"10s"`.
+    #[serde(with = "crate::units::duration")]
+    pub connect_timeout: Duration,
     /// MQTT client id. Leave unset: the default, `estate-gw-{gateway.id}-ingest` or
     /// `…-uplink`, is stable across restarts, which the broker needs to keep this
     /// gateway's persistent session (and the QoS 1 messages queued while it was away).
@@ -159,7 +180,10 @@ pub struct BrokerConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
     /// First delay before reconnecting after the connection drops; doubled on every
-    /// failed attempt up to `reconnect_max`. Default: `"200ms"`.
+    /// failed attempt (with `hosts`: on every round of failed attempts) up to
+    /// `reconnect_max`. It starts again from here only once a connection has proved
+    /// itself (the broker acknowledged a publish, subscription or ping), not on every
+    /// CONNACK. Default: `"200ms"`.
     #[serde(with = "crate::units::duration")]
     pub reconnect_min: Duration,
     /// Longest delay between reconnect attempts. Must not be less than
@@ -173,6 +197,8 @@ impl Default for BrokerConfig {
         BrokerConfig {
             host: "127.0.0.1".to_owned(),
             port: 1883,
+            hosts: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
             client_id: None,
             keep_alive: Duration::from_secs(30),
             username: None,
@@ -183,6 +209,75 @@ impl Default for BrokerConfig {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(30),
         }
+    }
+}
+
+fn is_default_host(h: &str) -> bool {
+    h == BrokerConfig::default().host
+}
+
+fn is_default_port(p: &u16) -> bool {
+    *p == BrokerConfig::default().port
+}
+
+impl BrokerConfig {
+    /// The broker nodes to connect to, in order: `hosts`, or `host`/`port` alone. An
+    /// entry of `hosts` that does not parse is left out (validation reports it).
+    pub fn endpoints(&self) -> Vec<(String, u16)> {
+        if self.hosts.is_empty() {
+            return vec![(self.host.clone(), self.port)];
+        }
+        self.hosts
+            .iter()
+            .filter_map(|h| parse_host_port(h).ok())
+            .collect()
+    }
+}
+
+/// Splits `"host:port"` (IPv6 as `"[::1]:1883"`) into the host, without brackets, and
+/// the port; the error says what is wrong.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    if s.contains("://") {
+        return Err(format!(
+            "{s:?} is a URL; give only \"host:port\" (TLS is set in `tls`)"
+        ));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (ip, port) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?} opens `[` without closing it"))?;
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{s:?}: {ip:?} in brackets is not an IPv6 address"));
+        }
+        let port = port
+            .strip_prefix(':')
+            .ok_or_else(|| format!("{s:?} has no `:port` after the address"))?;
+        (ip, port)
+    } else {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} has no port; write \"host:port\""))?;
+        if host.contains(':') {
+            return Err(format!(
+                "{s:?}: write an IPv6 address in brackets, e.g. \"[::1]:1883\""
+            ));
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host before the port"));
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(format!("{s:?}: {host:?} is not a host name or address"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok((host.to_owned(), p)),
+        _ => Err(format!(
+            "{s:?}: the port must be a number between 1 and 65535, found {port:?}"
+        )),
     }
 }
 
@@ -311,6 +406,15 @@ pub struct UplinkConfig {
     /// 1 s to 1 h. Default: `"10s"`.
     #[serde(with = "crate::units::duration")]
     pub status_interval: Duration,
+    /// How long the events lane waits for a batch to fill (`max_batch_events`, or
+    /// `max_batch_bytes`) before it publishes what it has. A city broker takes a few
+    /// thousand QoS 1 messages a second across all its estates (a 3-node NATS cluster
+    /// here: ~2.4k/s), so at estate rates (tens of events a second) a batch must carry
+    /// tens of events, not one. The alarms lane never waits, and at shutdown nothing
+    /// lingers. `"0s"` publishes every event as soon as it is committed. At most 1 min.
+    /// Default: `"1s"`.
+    #[serde(with = "crate::units::duration")]
+    pub linger: Duration,
 }
 
 impl Default for UplinkConfig {
@@ -324,6 +428,7 @@ impl Default for UplinkConfig {
             max_inflight_batches: 2,
             down_alert_after: Duration::from_secs(30),
             status_interval: Duration::from_secs(10),
+            linger: Duration::from_secs(1),
         }
     }
 }

@@ -679,3 +679,69 @@ fn waits_longer_than_a_day_are_refused() {
     let ok = format!("{MINIMAL}\n[uplink]\ndown_alert_after = \"24h\"\n[uplink.mqtt]\nreconnect_max = \"1day\"\n");
     Config::from_toml_str(&ok, "t.toml").unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Issue 14: a broker cluster is `hosts = ["host:port", …]`, in place of `host`/`port`
+/// (which still work alone); each entry is checked where it stands, and both at once is
+/// an error at the key that should go.
+#[test]
+fn broker_hosts_list_a_cluster_instead_of_host_and_port() {
+    let c = Config::from_toml_str(
+        &format!(
+            "{MINIMAL}\n[uplink]\nlinger = \"250ms\"\n[uplink.mqtt]\n\
+             hosts = [\"nats1.city.example:8883\", \"10.0.0.7:8883\", \"[fd00::7]:1883\"]\n\
+             connect_timeout = \"3s\"\n"
+        ),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.uplink.mqtt.endpoints(),
+        vec![
+            ("nats1.city.example".to_owned(), 8883),
+            ("10.0.0.7".to_owned(), 8883),
+            ("fd00::7".to_owned(), 1883),
+        ]
+    );
+    assert_eq!(c.uplink.mqtt.connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.uplink.linger, Duration::from_millis(250));
+    // Round trip: the serialized config does not grow a `host` beside `hosts`.
+    let text = toml::to_string(&c).expect("serialize");
+    assert_eq!(Config::from_toml_str(&text, "s.toml").ok(), Some(c));
+
+    // Defaults: one node, a 10 s connect timeout, a 1 s linger.
+    let c = Config::from_toml_str(MINIMAL, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.ingest.mqtt.endpoints(),
+        vec![("127.0.0.1".to_owned(), 1883)]
+    );
+    assert_eq!(c.uplink.mqtt.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.uplink.linger, Duration::from_secs(1));
+
+    let errs = errors(&format!(
+        "{MINIMAL}\n[ingest.mqtt]\nhost = \"127.0.0.1\"\n\
+         hosts = [\"a:1\", \"b\", \"::1:1883\", \"[::1]\", \"mqtt://c:1883\", \"d:0\", \"a:1\"]\n\
+         [uplink]\nlinger = \"2m\"\n[uplink.mqtt]\nconnect_timeout = \"1500ms\"\n"
+    ));
+    let host = problem_at(&errs, "ingest.mqtt.host");
+    assert_eq!(host.line, Some(7));
+    assert!(host.message.contains("not both"), "{}", host.message);
+    for (i, what) in [
+        (1, "has no port"),
+        (2, "in brackets"),
+        (3, "no `:port`"),
+        (4, "is a URL"),
+        (5, "between 1 and 65535"),
+        (6, "listed twice"),
+    ] {
+        let p = problem_at(&errs, &format!("ingest.mqtt.hosts[{i}]"));
+        assert!(p.message.contains(what), "hosts[{i}]: {}", p.message);
+        assert_eq!(p.line, Some(8));
+    }
+    assert!(problem_at(&errs, "uplink.linger")
+        .message
+        .contains("at most 1m"));
+    assert!(problem_at(&errs, "uplink.mqtt.connect_timeout")
+        .message
+        .contains("whole seconds"));
+    assert_eq!(errs.len(), 9, "{errs}");
+}

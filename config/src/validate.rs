@@ -33,6 +33,15 @@ pub(crate) fn too_long(d: Duration) -> Option<String> {
     })
 }
 
+/// Longest `uplink.linger`: events may wait this long for a batch to fill.
+const MAX_LINGER: Duration = Duration::from_secs(60);
+
+/// Most nodes in a broker's `hosts`.
+const MAX_HOSTS: usize = 16;
+
+/// Longest `connect_timeout` of a broker connection.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// MQTT's largest packet (remaining length is at most 268,435,455 bytes).
 const MQTT_MAX_PACKET: u64 = 268_435_455;
 
@@ -82,6 +91,9 @@ pub(crate) struct Parts {
     /// False when some `[[ingest.sources]]` entry failed to deserialize (so a name not
     /// found among them may still be meant).
     pub sources_complete: bool,
+    /// The broker keys that the file gives explicitly, of those whose default cannot
+    /// tell (`ingest.mqtt.host`, `….port`, `uplink.mqtt.host`, `….port`).
+    pub given: Vec<String>,
 }
 
 impl Default for Parts {
@@ -99,6 +111,7 @@ impl Default for Parts {
             sources: Vec::new(),
             source_names: Vec::new(),
             sources_complete: true,
+            given: Vec::new(),
         }
     }
 }
@@ -152,7 +165,7 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
         check_gateway(gateway, &mut f);
     }
     if let Some(ingest) = &parts.ingest {
-        check_broker("ingest.mqtt", &ingest.mqtt, &mut f);
+        check_broker("ingest.mqtt", &ingest.mqtt, &parts.given, &mut f);
         check_topic_prefix("ingest.topic_prefix", &ingest.topic_prefix, &mut f);
         let max_payload = INGEST_MAX_PACKET.as_u64() - INGEST_TOPIC_ROOM;
         if ingest.max_payload.as_u64() == 0 || ingest.max_payload.as_u64() > max_payload {
@@ -184,7 +197,7 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
         }
     }
     if let Some(uplink) = &parts.uplink {
-        check_uplink(uplink, &mut f);
+        check_uplink(uplink, &parts.given, &mut f);
         check_uplink_sizes(
             parts.gateway.as_ref(),
             parts.ingest.as_ref(),
@@ -289,9 +302,50 @@ fn check_gateway(g: &GatewayConfig, f: &mut Findings) {
     }
 }
 
-fn check_broker(prefix: &str, b: &BrokerConfig, f: &mut Findings) {
+fn check_broker(prefix: &str, b: &BrokerConfig, given: &[String], f: &mut Findings) {
     let key = |k: &str| format!("{prefix}.{k}");
-    if b.host.trim().is_empty() {
+    if !b.hosts.is_empty() {
+        for k in ["host", "port"] {
+            if given.contains(&key(k)) {
+                f.across(
+                    key(k),
+                    &[key("hosts")],
+                    "is set and so is `hosts`: give the broker's nodes in `hosts`, or one node in `host`/`port`, not both",
+                );
+            }
+        }
+        if b.hosts.len() > MAX_HOSTS {
+            f.at(
+                key("hosts"),
+                format!("lists {} nodes; at most {MAX_HOSTS}", b.hosts.len()),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, h) in b.hosts.iter().enumerate() {
+            match crate::schema::parse_host_port(h) {
+                Err(m) => f.at(format!("{prefix}.hosts[{i}]"), m),
+                Ok(hp) if !seen.insert(hp.clone()) => f.at(
+                    format!("{prefix}.hosts[{i}]"),
+                    format!("{h:?} is listed twice"),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+    let ct = b.connect_timeout;
+    if ct.subsec_nanos() != 0 || ct < Duration::from_secs(1) || ct > MAX_CONNECT_TIMEOUT {
+        f.at(
+            key("connect_timeout"),
+            format!(
+                "must be whole seconds between 1s and {}, found {}",
+                humantime::format_duration(MAX_CONNECT_TIMEOUT),
+                humantime::format_duration(ct)
+            ),
+        );
+    }
+    if !b.hosts.is_empty() {
+        // `host` is not used.
+    } else if b.host.trim().is_empty() {
         f.at(key("host"), "must not be empty");
     } else if b.host.contains("://") {
         f.at(
@@ -478,8 +532,8 @@ fn check_store(s: &StoreConfig, f: &mut Findings) {
     }
 }
 
-fn check_uplink(u: &UplinkConfig, f: &mut Findings) {
-    check_broker("uplink.mqtt", &u.mqtt, f);
+fn check_uplink(u: &UplinkConfig, given: &[String], f: &mut Findings) {
+    check_broker("uplink.mqtt", &u.mqtt, given, f);
     check_topic_prefix("uplink.topic_prefix", &u.topic_prefix, f);
     if u.max_batch_events == 0 {
         f.at("uplink.max_batch_events", "must be at least 1");
@@ -515,6 +569,16 @@ fn check_uplink(u: &UplinkConfig, f: &mut Findings) {
             format!(
                 "must be between 1s and 1h, found {}",
                 humantime::format_duration(u.status_interval)
+            ),
+        );
+    }
+    if u.linger > MAX_LINGER {
+        f.at(
+            "uplink.linger",
+            format!(
+                "must be at most {} (events wait this long before they go up), found {}",
+                humantime::format_duration(MAX_LINGER),
+                humantime::format_duration(u.linger)
             ),
         );
     }

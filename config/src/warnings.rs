@@ -56,19 +56,29 @@ impl Config {
 fn broker_warnings(prefix: &str, b: &BrokerConfig, uplink: bool, w: &mut Vec<ConfigWarning>) {
     match &b.tls {
         None => {
-            let loopback = b
-                .host
-                .parse::<std::net::IpAddr>()
-                .map(|ip| ip.is_loopback())
-                .unwrap_or(b.host == "localhost");
+            let nodes = b.endpoints();
+            let loopback = nodes.iter().all(|(host, _)| {
+                host.parse::<std::net::IpAddr>()
+                    .map(|ip| ip.is_loopback())
+                    .unwrap_or(host == "localhost")
+            });
+            let named = nodes
+                .iter()
+                .map(|(h, p)| {
+                    if h.contains(':') {
+                        format!("[{h}]:{p}")
+                    } else {
+                        format!("{h}:{p}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             if uplink {
                 w.push(ConfigWarning {
                     path: format!("{prefix}.tls"),
                     message: format!(
-                        "the uplink to {}:{} is not TLS: events{} travel in clear text and \
+                        "the uplink to {named} is not TLS: events{} travel in clear text and \
                          the broker is not authenticated; set [uplink.mqtt.tls]",
-                        b.host,
-                        b.port,
                         if b.username.is_some() {
                             " and the password"
                         } else {
@@ -80,9 +90,8 @@ fn broker_warnings(prefix: &str, b: &BrokerConfig, uplink: bool, w: &mut Vec<Con
                 w.push(ConfigWarning {
                     path: format!("{prefix}.tls"),
                     message: format!(
-                        "the ingest broker {}:{} is not on loopback and not TLS; use TLS \
-                         unless it is on a trusted LAN",
-                        b.host, b.port
+                        "the ingest broker {named} is not on loopback and not TLS; use TLS \
+                         unless it is on a trusted LAN"
                     ),
                 });
             }

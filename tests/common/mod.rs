@@ -1066,3 +1066,4 @@ impl Drop for EventTap {
         self.task.abort();
     }
 }
+pub mod nats;

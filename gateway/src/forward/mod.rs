@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use rumqttc::{AsyncClient, ConnectionError, Event as MqttEvent, Outgoing, Packet, QoS};
+use rumqttc::{ConnectionError, Event as MqttEvent, Outgoing, Packet, QoS};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -78,7 +78,8 @@ const REFUSED_CODE: &str = "GW.UPLINK_REFUSED";
 /// The uplink stage, built from config, consumed by [`Forwarder::run`].
 #[derive(Debug)]
 pub struct Forwarder {
-    options: rumqttc::MqttOptions,
+    /// The city broker's nodes and the reconnect backoff.
+    endpoints: crate::mqtt::Endpoints,
     gateway_id: String,
     estate_id: String,
     boot_id: String,
@@ -90,7 +91,8 @@ pub struct Forwarder {
     max_inflight: usize,
     down_alert_after: Duration,
     reconnect_min: Duration,
-    reconnect_max: Duration,
+    /// `uplink.linger`: how long the events lane waits for a batch to fill.
+    linger: Duration,
     /// The ERROR for a refused publish or an event given up on: the first, then one
     /// summary a minute (the counters stay exact).
     refused_log: Arc<LogThrottle>,
@@ -101,14 +103,15 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(cfg: &Config, boot_id: &str) -> Result<Self, ForwardError> {
         let u = &cfg.uplink;
-        let mut options = crate::mqtt::options(&u.mqtt, &cfg.uplink_client_id())?;
+        let mut endpoints = crate::mqtt::Endpoints::new(&u.mqtt, &cfg.uplink_client_id())?;
         let max_packet = u.max_packet_size.as_usize();
-        options
-            .set_clean_session(true)
-            .set_inflight(u.max_inflight_batches.clamp(1, u16::MAX as usize) as u16)
-            .set_max_packet_size(64 * 1024, max_packet);
+        endpoints.configure(|o| {
+            o.set_clean_session(true)
+                .set_inflight(u.max_inflight_batches.clamp(1, u16::MAX as usize) as u16)
+                .set_max_packet_size(64 * 1024, max_packet);
+        });
         Ok(Forwarder {
-            options,
+            endpoints,
             gateway_id: cfg.gateway.id.clone(),
             estate_id: cfg.gateway.estate_id.clone(),
             boot_id: boot_id.to_owned(),
@@ -121,7 +124,7 @@ impl Forwarder {
             max_inflight: u.max_inflight_batches.max(1),
             down_alert_after: u.down_alert_after,
             reconnect_min: u.mqtt.reconnect_min,
-            reconnect_max: u.mqtt.reconnect_max,
+            linger: u.linger,
         })
     }
 
@@ -176,8 +179,10 @@ impl Forwarder {
             down_since: Some(Instant::now()),
             down_alert_raised: false,
         };
-        let mut backoff = self.reconnect_min;
+        let mut endpoints = self.endpoints.clone();
         let mut reconnect_at = Instant::now();
+        // Since when the events lane has held a batch that is not full (`uplink.linger`).
+        let mut lingering: Option<Instant> = None;
         let mut lanes = self.lanes(&reader);
         let mut gave_up_at: Option<Instant> = None;
         // Connections in a row that the broker dropped with batches in flight and none
@@ -190,7 +195,7 @@ impl Forwarder {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled(), if timers.deadline.is_none() => timers.shutdown_requested(),
-                    timer = timers.next() => if self.on_timer(timer, &mut timers, &store).await?.is_break() {
+                    timer = timers.next() => if self.on_timer(timer, &mut timers, &endpoints.addr(), &store).await?.is_break() {
                         info!("Uplink still down at the end of the shutdown grace period.");
                         return Ok(());
                     },
@@ -198,8 +203,10 @@ impl Forwarder {
                 }
             }
 
-            let (client, mut eventloop) =
-                AsyncClient::new(self.options.clone(), self.max_inflight * 2 + 16);
+            // The previous event loop, and with it its socket, is gone: one attempt at a
+            // time per client id (issue 14).
+            let (client, mut eventloop) = endpoints.client(self.max_inflight * 2 + 16);
+            let broker = endpoints.addr();
             let mut inflight = InFlight::default();
             // The last seq handed to the client (or skipped), per lane: from the cursor,
             // or past it where an acknowledgement or a skip has not reached the store yet.
@@ -219,7 +226,10 @@ impl Forwarder {
                         if inflight.len() >= window {
                             break;
                         }
-                        let Some(next) = self.next_batch(&reader, &lanes, &mut sent).await? else {
+                        let linger = timers.deadline.is_none().then_some(&mut lingering);
+                        let Some(next) =
+                            self.next_batch(&reader, &lanes, &mut sent, linger).await?
+                        else {
                             break;
                         };
                         match next {
@@ -286,27 +296,33 @@ impl Forwarder {
                     info!("Everything committed was forwarded; uplink done.");
                     let _ = client.try_disconnect();
                     let _ =
-                        tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                        tokio::time::timeout(Duration::from_millis(500), eventloop.next()).await;
                     return Ok(());
                 }
+                let careful =
+                    careful_sent.is_some() || (0..2).any(|i| sent[i] < lanes[i].careful_until);
+                let room = inflight.len() < if careful { 1 } else { self.max_inflight };
                 tokio::select! {
                     _ = shutdown.cancelled(), if timers.deadline.is_none() => timers.shutdown_requested(),
-                    timer = timers.next() => if self.on_timer(timer, &mut timers, &store).await?.is_break() {
+                    timer = timers.next() => if self.on_timer(timer, &mut timers, &broker, &store).await?.is_break() {
                         info!(in_flight = inflight.len(), "Shutdown grace period over; undelivered events stay in the store.");
                         return Ok(());
                     },
                     c = committed.changed(), if committed_open => {
                         if c.is_err() { committed_open = false; }
                     }
-                    polled = eventloop.poll() => match polled {
+                    // A held events batch is due (it is published in the loop above, once
+                    // the window has room: until then a PUBACK is what wakes it).
+                    _ = tokio::time::sleep_until(lingering.map_or_else(Instant::now, |t| t + self.linger)), if connected && lingering.is_some() && room => {}
+                    // Cancel-safe: a commit or timer never abandons a connection attempt.
+                    polled = eventloop.next() => match polled {
                         Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                            info!(broker = ?self.options.broker_address(), "Uplink connected.");
+                            info!(%broker, "Uplink connected.");
                             connected = true;
                             metrics.uplink_connected.set(1);
-                            backoff = self.reconnect_min;
                             if timers.down_alert_raised {
                                 timers.down_alert_raised = false;
-                                self.raise_uplink(&store, EventState::Cleared, timers.down_since).await?;
+                                self.raise_uplink(&broker, &store, EventState::Cleared, timers.down_since).await?;
                             }
                             timers.down_since = None;
                         }
@@ -315,7 +331,9 @@ impl Forwarder {
                                 debug!(pkid, "Publish id with no batch waiting for it.");
                             }
                         }
+                        Ok(MqttEvent::Incoming(Packet::PingResp)) => endpoints.proved(),
                         Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
+                            endpoints.proved();
                             for adv in inflight.on_puback(ack.pkid) {
                                 if careful_sent.as_ref().is_some_and(|(i, e, _)| lanes[*i].lane == adv.lane && e.seq <= adv.cursor) {
                                     careful_sent = None;
@@ -342,7 +360,8 @@ impl Forwarder {
                             if connected || timers.down_since.is_none() {
                                 timers.down_since = Some(Instant::now());
                             }
-                            warn!(error = %err, retry_in = ?backoff, in_flight = inflight.len(), "Uplink connection failed; will resend from the cursors.");
+                            let retry_in = endpoints.failed();
+                            warn!(%broker, error = %err, next = %endpoints.addr(), ?retry_in, in_flight = inflight.len(), "Uplink connection failed; will resend from the cursors.");
                             if connected && !advanced && !inflight.is_empty() {
                                 strikes = if strikes.1 == start { (strikes.0 + 1, start) } else { (1, start) };
                             } else {
@@ -356,8 +375,7 @@ impl Forwarder {
                                 }
                             }
                             inflight.clear();
-                            reconnect_at = Instant::now() + backoff;
-                            backoff = (backoff * 2).min(self.reconnect_max);
+                            reconnect_at = Instant::now() + retry_in;
                             continue 'connection;
                         }
                     }
@@ -561,20 +579,39 @@ impl Forwarder {
     /// The next batch to send, the alarms lane first: read on the blocking pool, packed
     /// to fit (see [`batch::pack`]). While a lane is careful (after a refusal), one event
     /// reduced to its envelope.
+    ///
+    /// `lingering` (`None` at shutdown: nothing waits then) is since when the events
+    /// lane holds a batch that is not full; such a batch goes once it is `uplink.linger`
+    /// old. The alarms lane never waits.
     async fn next_batch(
         &self,
         reader: &StoreReader,
         lanes: &[LaneState; 2],
         sent: &mut [u64; 2],
+        mut lingering: Option<&mut Option<Instant>>,
     ) -> Result<Option<Next>, ForwardError> {
         for (i, st) in lanes.iter().enumerate() {
-            if reader.last_seq(st.lane) <= sent[i] {
+            let last = reader.last_seq(st.lane);
+            if last <= sent[i] {
                 continue;
             }
             let careful = sent[i] < st.careful_until;
             let max_events = if careful { 1 } else { st.limits.max_events };
             let events =
                 read_lane(reader, st.lane, sent[i], max_events, st.limits.max_payload).await?;
+            if st.lane == Lane::Events && !careful && !self.linger.is_zero() {
+                if let Some(since) = lingering.as_deref_mut() {
+                    // Full: as many events as a batch takes, or stopped short of the last
+                    // committed one by the byte limit.
+                    let full =
+                        events.len() >= max_events || events.last().is_some_and(|e| e.seq < last);
+                    let started = *since.get_or_insert_with(Instant::now);
+                    if !full && started.elapsed() < self.linger {
+                        continue;
+                    }
+                    *since = None;
+                }
+            }
             let careful = careful && events.first().is_some_and(|e| e.seq <= st.careful_until);
             let enveloped = careful && events.first().map(|e| e.seq) == st.envelope;
             let events = if enveloped {
@@ -610,13 +647,14 @@ impl Forwarder {
         &self,
         timer: Timer,
         timers: &mut Timers,
+        broker: &str,
         store: &StoreHandle,
     ) -> Result<ControlFlow<()>, ForwardError> {
         match timer {
             Timer::GraceOver => Ok(ControlFlow::Break(())),
             Timer::UplinkDownAlert => {
                 timers.down_alert_raised = true;
-                self.raise_uplink(store, EventState::Active, timers.down_since)
+                self.raise_uplink(broker, store, EventState::Active, timers.down_since)
                     .await?;
                 Ok(ControlFlow::Continue(()))
             }
@@ -625,6 +663,7 @@ impl Forwarder {
 
     async fn raise_uplink(
         &self,
+        broker: &str,
         store: &StoreHandle,
         state: EventState,
         since: Option<Instant>,
@@ -649,7 +688,7 @@ impl Forwarder {
                 value: down_for,
                 unit: "s".into(),
             }),
-            serde_json::json!({"broker": format!("{}:{}", self.options.broker_address().0, self.options.broker_address().1), "down_for_s": down_for}),
+            serde_json::json!({"broker": broker, "down_for_s": down_for}),
         );
         store.append_nowait(ev).await?;
         Ok(())

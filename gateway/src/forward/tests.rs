@@ -101,7 +101,9 @@ async fn a_refused_publish_is_resent_as_envelopes_and_an_unsendable_event_is_giv
     .unwrap_or_else(|e| panic!("{e}"));
     let mut fwd = Forwarder::new(&cfg, "boot-r").expect("forwarder");
     // The client now refuses what the packer builds for 64 KiB packets.
-    fwd.options.set_max_packet_size(64 * 1024, 3000);
+    fwd.endpoints.configure(|o| {
+        o.set_max_packet_size(64 * 1024, 3000);
+    });
 
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = Arc::new(Metrics::new());
@@ -206,6 +208,144 @@ async fn a_refused_publish_is_resent_as_envelopes_and_an_unsendable_event_is_giv
         assert!(tokio::time::Instant::now() < deadline, "cursor stuck");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), run).await;
+    sub.abort();
+    drop(handle);
+    drop(writer);
+}
+
+/// Every batch published under `filter`, with its topic, in arrival order.
+async fn batches(
+    port: u16,
+    filter: &str,
+) -> (
+    Arc<Mutex<Vec<(String, pb::EventBatch)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut o = MqttOptions::new(format!("city-{}", ulid::Ulid::new()), "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 16);
+    let (client, mut eventloop) = AsyncClient::new(o, 16);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let filter = filter.to_owned();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce);
+                }
+                Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    if let Ok(b) = pb::EventBatch::decode(p.payload.as_ref()) {
+                        sink.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((p.topic.clone(), b));
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+    (seen, task)
+}
+
+/// Issue 14: with `uplink.linger`, telemetry committed one event at a time goes up in a
+/// batch, not one message per event (with `"0s"`: 39 events in 29 messages), while an
+/// alarm committed in the middle does not wait: it arrives before the batch that holds
+/// the telemetry committed before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_lane_lingers_for_a_full_batch_and_alarms_never_wait() {
+    let broker = crate::broker::start(0).expect("embedded broker");
+    let port = broker.addr.port();
+    let cfg = Config::from_toml_str(
+        &format!(
+            "[gateway]\nid = \"gw-l\"\nestate_id = \"E-linger\"\n\
+             [uplink]\nlinger = \"2s\"\n[uplink.mqtt]\nport = {port}\n"
+        ),
+        "t.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let fwd = Forwarder::new(&cfg, "boot-l").expect("forwarder");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = Arc::new(Metrics::new());
+    let (handle, reader, writer) =
+        store::open(dir.path(), StoreOptions::from_config(&cfg), metrics.clone()).expect("opens");
+    let writer = tokio::task::spawn_blocking(move || writer.run());
+    let (seen, sub) = batches(port, "city/v1/E-linger/#").await;
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(fwd.run(
+        reader.clone(),
+        handle.clone(),
+        metrics.clone(),
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+
+    let telemetry = |n: u64| Event {
+        code: "DEV.HEARTBEAT".into(),
+        severity: Severity::Info,
+        device_kind: Some(DeviceKind::WaterLeak),
+        device_id: format!("leak-{n}"),
+        ..alarm("x", 10)
+    };
+    // One commit at a time, each awaited: without linger, one message each.
+    let mut seqs = Vec::new();
+    for n in 0..40 {
+        let ev = if n == 20 {
+            alarm("smoke-1", 10)
+        } else {
+            telemetry(n)
+        };
+        let p = handle.append(ev).await.expect("queued");
+        seqs.push(p.await.expect("answered").expect("committed"));
+    }
+    let alarm_seq = seqs[20];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let n: usize = got.iter().map(|(_, b)| b.events.len()).sum();
+        if n >= 40 {
+            break got;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{n} of 40 arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let events_msgs: Vec<&pb::EventBatch> = got
+        .iter()
+        .filter(|(t, _)| t.ends_with("/events"))
+        .map(|(_, b)| b)
+        .collect();
+    assert!(
+        events_msgs.len() <= 2,
+        "39 telemetry events in {} messages (sizes {:?})",
+        events_msgs.len(),
+        events_msgs
+            .iter()
+            .map(|b| b.events.len())
+            .collect::<Vec<_>>()
+    );
+    let alarm_at = got
+        .iter()
+        .position(|(_, b)| b.events.iter().any(|e| e.seq == alarm_seq))
+        .expect("the alarm arrived");
+    let first_telemetry_at = got
+        .iter()
+        .position(|(_, b)| b.events.iter().any(|e| e.seq == seqs[0]))
+        .expect("the first telemetry arrived");
+    assert!(
+        alarm_at < first_telemetry_at,
+        "the alarm went ahead of the telemetry lingering before it"
+    );
 
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), run).await;

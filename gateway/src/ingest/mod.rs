@@ -64,12 +64,11 @@ pub enum IngestError {
 /// The MQTT ingest stage, built from config, consumed by [`MqttIngest::run`].
 #[derive(Debug)]
 pub struct MqttIngest {
-    options: rumqttc::MqttOptions,
+    /// The ingest broker's nodes (an estate may run two) and the reconnect backoff.
+    endpoints: crate::mqtt::Endpoints,
     /// Every configured source and its decoder state.
     sources: Sources,
     raw_limit: usize,
-    reconnect_min: Duration,
-    reconnect_max: Duration,
     /// One per dead-letter reason: hostile input must not flood the log (the
     /// `dead_lettered` counter stays exact).
     dead_letter_logs: std::collections::HashMap<&'static str, LogThrottle>,
@@ -82,17 +81,16 @@ const DEAD_LETTER_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl MqttIngest {
     pub fn new(cfg: &Config) -> Result<Self, IngestError> {
-        let mut options = crate::mqtt::options(&cfg.ingest.mqtt, &cfg.ingest_client_id())?;
-        options
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_max_packet_size(MAX_INCOMING_PACKET, 64 * 1024);
+        let mut endpoints = crate::mqtt::Endpoints::new(&cfg.ingest.mqtt, &cfg.ingest_client_id())?;
+        endpoints.configure(|o| {
+            o.set_clean_session(false)
+                .set_manual_acks(true)
+                .set_max_packet_size(MAX_INCOMING_PACKET, 64 * 1024);
+        });
         Ok(MqttIngest {
-            options,
+            endpoints,
             sources: Sources::new(cfg),
             raw_limit: cfg.ingest.raw_limit.as_usize(),
-            reconnect_min: cfg.ingest.mqtt.reconnect_min,
-            reconnect_max: cfg.ingest.mqtt.reconnect_max,
             dead_letter_logs: Default::default(),
         })
     }
@@ -119,17 +117,16 @@ impl MqttIngest {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
-        let (mut client, mut eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+        let (mut client, mut eventloop) = self.endpoints.client(REQUEST_CAPACITY);
         let mut resession_at: Option<tokio::time::Instant> = None;
         let mut acks = AckQueue::default();
-        let mut backoff = self.reconnect_min;
         // Clears camera alarms after their silence; only sources that need it tick.
         let tick_every = self.sources.tick_every_ms();
         let mut tick = tokio::time::interval(Duration::from_millis(
             tick_every.unwrap_or(3_600_000).max(1) as u64,
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        info!(broker = ?self.options.broker_address(), client_id = %self.options.client_id(), "MQTT ingest starting.");
+        info!(broker = %self.endpoints.addr(), nodes = self.endpoints.len(), client_id = %self.endpoints.options().client_id(), "MQTT ingest starting.");
         loop {
             acks.promote();
             acks.flush(&client, &metrics);
@@ -146,7 +143,7 @@ impl MqttIngest {
                     metrics.ingest_connected.set(0);
                     // Dropping the event loop closes the connection; the persistent
                     // session keeps the unacknowledged messages for the new one.
-                    (client, eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+                    (client, eventloop) = self.endpoints.client(REQUEST_CAPACITY);
                 }
                 done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
                 _ = tick.tick(), if tick_every.is_some() => {
@@ -155,7 +152,7 @@ impl MqttIngest {
                         break;
                     }
                 }
-                polled = eventloop.poll(), if reading => match polled {
+                polled = eventloop.next(), if reading => match polled {
                     Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                         metrics.ingest_received.inc();
                         match self.accept(&publish, &store, &metrics).await {
@@ -167,14 +164,14 @@ impl MqttIngest {
                         }
                     }
                     Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                        info!(session_present = ack.session_present, "Connected to the ingest broker.");
-                        backoff = self.reconnect_min;
+                        info!(broker = %self.endpoints.addr(), session_present = ack.session_present, "Connected to the ingest broker.");
                         if let Err(err) = client.try_subscribe_many(self.filters()) {
                             warn!(error = %err, "Could not queue the subscription.");
                         }
                     }
                     Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
                         debug!(codes = ?ack.return_codes, "Subscribed.");
+                        self.endpoints.proved();
                         // Connected *and* subscribed: from here on the broker keeps
                         // what the sensors publish for this session.
                         metrics.ingest_connected.set(1);
@@ -182,12 +179,20 @@ impl MqttIngest {
                     Ok(_) => {}
                     Err(err) => {
                         metrics.ingest_connected.set(0);
-                        warn!(error = %err, retry_in = ?backoff, "Ingest broker connection failed; reconnecting.");
+                        let lost = self.endpoints.addr();
+                        let retry_in = self.endpoints.failed();
+                        warn!(broker = %lost, error = %err, next = %self.endpoints.addr(), ?retry_in, "Ingest broker connection failed; reconnecting.");
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(retry_in) => {}
                         }
-                        backoff = (backoff * 2).min(self.reconnect_max);
+                        if self.endpoints.len() > 1 {
+                            // The next node: a fresh client (the lost one's socket is
+                            // closed). Its persistent session there redelivers what was
+                            // not acknowledged. With one node the same event loop
+                            // reconnects, keeping its session state.
+                            (client, eventloop) = self.endpoints.client(REQUEST_CAPACITY);
+                        }
                     }
                 },
             }
@@ -203,7 +208,7 @@ impl MqttIngest {
                 }
                 tokio::select! {
                     done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
-                    p = eventloop.poll() => if p.is_err() { return },
+                    p = eventloop.next() => if p.is_err() { return },
                 }
             }
             let _ = client.try_disconnect();
@@ -211,7 +216,7 @@ impl MqttIngest {
             // its publishes still sit unread in the socket makes the kernel send a reset,
             // and the broker then discards the final PUBACKs it has not read yet: those
             // messages would come back after a restart as new events under new seqs.
-            while eventloop.poll().await.is_ok() {}
+            while eventloop.next().await.is_ok() {}
         };
         if tokio::time::timeout(Duration::from_secs(5), drain)
             .await
