@@ -156,6 +156,14 @@ impl Endpoints {
         n
     }
 
+    /// Points a kept event loop (one whose client lives on, with its session's pending
+    /// requests) at the node in use: `options` are that node's options with whatever the
+    /// caller sets per attempt (a last will), and the connect timeout.
+    pub fn point(&self, eventloop: &mut EventLoop, options: MqttOptions) {
+        eventloop.mqtt_options = options;
+        eventloop.set_network_options(self.network_options());
+    }
+
     /// A connection, or an attempt, was lost: moves to the next node and returns how
     /// long to wait before trying it. `reconnect_min` while a round of the nodes is
     /// being tried, doubled for each round that failed whole, at most `reconnect_max`.
@@ -238,7 +246,10 @@ type Polled = (EventLoop, Result<Event, ConnectionError>);
 /// kept, not dropped, when a `select!` takes another branch (see the module doc).
 /// Dropping the `Poller` closes the connection.
 pub struct Poller {
-    polling: Pin<Box<dyn Future<Output = Polled> + Send>>,
+    /// The event loop between polls.
+    idle: Option<EventLoop>,
+    /// The poll in progress, which owns the event loop until it ends.
+    polling: Option<Pin<Box<dyn Future<Output = Polled> + Send>>>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -255,16 +266,30 @@ async fn poll_owned(mut eventloop: EventLoop) -> Polled {
 impl Poller {
     pub fn new(eventloop: EventLoop) -> Self {
         Poller {
-            polling: Box::pin(poll_owned(eventloop)),
+            idle: Some(eventloop),
+            polling: None,
         }
     }
 
     /// The next event, as `EventLoop::poll` gives it (it connects first, and again
     /// after an error). Cancelling this loses nothing: the poll goes on at the next call.
     pub async fn next(&mut self) -> Result<Event, ConnectionError> {
-        let (eventloop, polled) = (&mut self.polling).await;
-        self.polling = Box::pin(poll_owned(eventloop));
+        let polling = match (&mut self.polling, self.idle.take()) {
+            (Some(p), _) => p,
+            (None, Some(eventloop)) => self.polling.insert(Box::pin(poll_owned(eventloop))),
+            (None, None) => unreachable!("a Poller holds its event loop or its poll"),
+        };
+        let (eventloop, polled) = polling.await;
+        self.polling = None;
+        self.idle = Some(eventloop);
         polled
+    }
+
+    /// The event loop between polls (after [`next`](Poller::next) returned), e.g. to
+    /// point it at another node after an error: [`Endpoints::point`]. `None` while a
+    /// poll is in progress.
+    pub fn idle_mut(&mut self) -> Option<&mut EventLoop> {
+        self.idle.as_mut()
     }
 }
 

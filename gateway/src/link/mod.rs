@@ -80,6 +80,7 @@ use crate::duty::{DutyDesk, DutyError, RollCall, RollCallRequest};
 use crate::events::{gateway_event, now_ms};
 use crate::forward::{Header, Limits};
 use crate::health::Level;
+use crate::mqtt::Endpoints;
 use crate::store::{DeadLetter, StoreError, StoreHandle, StoreReader};
 use crate::telemetry::{Metrics, OutcomeLabel};
 use command::{clip, Refusal};
@@ -140,7 +141,8 @@ struct Topics {
 /// The city link stage, built from config, consumed by [`Link::run`].
 #[derive(Debug)]
 pub struct Link {
-    options: MqttOptions,
+    /// The city broker's nodes (`uplink.mqtt.hosts`), with this link's session settings.
+    endpoints: Endpoints,
     rules: Rules,
     gateway_id: String,
     estate_id: String,
@@ -148,8 +150,6 @@ pub struct Link {
     topics: Topics,
     commands_enabled: bool,
     status_interval: Duration,
-    reconnect_min: Duration,
-    reconnect_max: Duration,
     /// Per lane, what bounds a resent batch (as the forwarder's).
     limits: [Limits; 2],
     raw_limit: usize,
@@ -172,11 +172,12 @@ impl Link {
     pub fn new(cfg: &Config, boot_id: &str) -> Result<Link, LinkError> {
         let u = &cfg.uplink;
         let max_packet = u.max_packet_size.as_usize();
-        let mut options = crate::mqtt::options(&u.mqtt, &client_id(cfg))?;
-        options
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_max_packet_size(MAX_INCOMING_PACKET, max_packet);
+        let mut endpoints = Endpoints::new(&u.mqtt, &client_id(cfg))?;
+        endpoints.configure(|o| {
+            o.set_clean_session(false)
+                .set_manual_acks(true)
+                .set_max_packet_size(MAX_INCOMING_PACKET, max_packet);
+        });
         let p = format!("{}/{}", u.topic_prefix, cfg.gateway.estate_id);
         let lanes = Lane::ALL.map(|l| format!("{p}/{}", l.as_str()));
         let limits = [0, 1].map(|i| Limits {
@@ -187,7 +188,7 @@ impl Link {
                 .min(crate::forward::max_payload(lanes[i].len(), max_packet)),
         });
         Ok(Link {
-            options,
+            endpoints,
             rules: Rules::from_config(cfg),
             gateway_id: cfg.gateway.id.clone(),
             estate_id: cfg.gateway.estate_id.clone(),
@@ -201,8 +202,6 @@ impl Link {
             },
             commands_enabled: cfg.commands.enabled,
             status_interval: u.status_interval,
-            reconnect_min: u.mqtt.reconnect_min,
-            reconnect_max: u.mqtt.reconnect_max,
             limits,
             raw_limit: cfg.ingest.raw_limit.as_usize(),
             buses: cfg.modbus.buses.iter().map(|b| b.name.clone()).collect(),
@@ -221,11 +220,13 @@ impl Link {
     }
 
     /// The one place the link's connection is set up: the options for the next
-    /// connection attempt, carrying its last will (offline, stamped `since_ms`). The
-    /// event loop makes one attempt at a time and the link waits out the backoff between
-    /// them, so there is never more than one live attempt for this client id.
-    fn connection(&self, since_ms: i64) -> MqttOptions {
-        let mut o = self.options.clone();
+    /// connection attempt to the node `endpoints` is at, carrying its last will
+    /// (offline, stamped `since_ms`). The one event loop makes one attempt at a time
+    /// (polled through a cancel-safe [`crate::mqtt::Poller`], so a `select!` never abandons an
+    /// attempt the broker may still complete), and the link waits out the backoff
+    /// between them, so there is never more than one live attempt for this client id.
+    fn connection(&self, endpoints: &Endpoints, since_ms: i64) -> MqttOptions {
+        let mut o = endpoints.options().clone();
         o.set_last_will(LastWill::new(
             self.topics.status.clone(),
             self.link_state(false, since_ms).encode_to_vec(),
@@ -243,7 +244,11 @@ impl Link {
             let reader = ctx.reader.clone();
             blocking(move || seen::Seen::open(&reader)).await?
         };
-        let (client, mut eventloop) = AsyncClient::new(self.connection(now_ms()), REQUEST_CAPACITY);
+        let mut endpoints = self.endpoints.clone();
+        let (client, mut eventloop) = endpoints.client(REQUEST_CAPACITY);
+        if let Some(el) = eventloop.idle_mut() {
+            endpoints.point(el, self.connection(&endpoints, now_ms()));
+        }
         // Finished commands from their tasks. Bounded: a task waits while it is full (the
         // loop drains it every turn).
         let (done_tx, mut done_rx) = mpsc::channel::<pb::CommandResult>(64);
@@ -271,7 +276,7 @@ impl Link {
         };
         st.answer_interrupted().await?;
         st.prune().await?;
-        info!(client_id = %self.options.client_id(), broker = ?self.options.broker_address(), commands = self.commands_enabled, "City link starting.");
+        info!(client_id = %endpoints.options().client_id(), broker = %endpoints.addr(), nodes = endpoints.len(), commands = self.commands_enabled, "City link starting.");
 
         let mut tick = tokio::time::interval_at(
             tokio::time::Instant::now() + self.status_interval,
@@ -280,7 +285,6 @@ impl Link {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune =
             tokio::time::interval_at(tokio::time::Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
-        let mut backoff = self.reconnect_min;
         let mut connected = false;
         loop {
             st.flush_outbox();
@@ -296,11 +300,10 @@ impl Link {
                 }
                 _ = tick.tick(), if connected => st.publish_status("").await?,
                 _ = prune.tick() => st.prune().await?,
-                polled = eventloop.poll() => match polled {
+                polled = eventloop.next() => match polled {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                        info!(session_present = ack.session_present, "City link connected.");
+                        info!(session_present = ack.session_present, broker = %endpoints.addr(), "City link connected.");
                         connected = true;
-                        backoff = self.reconnect_min;
                         st.ctx.metrics.link_connected.set(1);
                         st.send(&self.topics.status, self.link_state(true, now_ms()).encode_to_vec(), true);
                         // Turned off: the persistent session may still hold the
@@ -326,7 +329,9 @@ impl Link {
                             st.ack(p);
                         }
                     }
+                    Ok(MqttEvent::Incoming(Packet::PubAck(_) | Packet::PingResp)) => endpoints.proved(),
                     Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                        endpoints.proved();
                         if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                             warn!(topic = %self.topics.commands, "The city broker refused the commands subscription (its ACL for this identity?); no command can arrive.");
                             st.ctx.metrics.health.set(HEALTH_KEY, Level::Degraded, format!("the city broker refused the subscription to {}: commands from the city cannot arrive (check the broker's ACL for this gateway)", self.topics.commands));
@@ -339,13 +344,17 @@ impl Link {
                     Err(err) => {
                         connected = false;
                         st.ctx.metrics.link_connected.set(0);
-                        warn!(error = %err, retry_in = ?backoff, "City link connection failed; reconnecting.");
+                        let failed = endpoints.addr();
+                        let wait = endpoints.failed();
+                        warn!(error = %err, broker = %failed, next = %endpoints.addr(), retry_in = ?wait, "City link connection failed; reconnecting.");
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(wait) => {}
                         }
-                        backoff = (backoff * 2).min(self.reconnect_max);
-                        eventloop.mqtt_options = self.connection(now_ms());
+                        let options = self.connection(&endpoints, now_ms());
+                        if let Some(el) = eventloop.idle_mut() {
+                            endpoints.point(el, options);
+                        }
                     }
                 },
             }
@@ -375,12 +384,12 @@ impl Link {
                     if st.outbox.is_empty() {
                         break;
                     }
-                    if eventloop.poll().await.is_err() {
+                    if eventloop.next().await.is_err() {
                         return;
                     }
                 }
                 let _ = st.client.try_disconnect();
-                while eventloop.poll().await.is_ok() {}
+                while eventloop.next().await.is_ok() {}
             };
             if tokio::time::timeout(STOP_WITHIN, drain).await.is_err() {
                 warn!("City link: the offline status or the last results may not have gone out before the stop.");
