@@ -119,6 +119,8 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
     let path = env.dir().join("gateway.toml");
     std::fs::write(&path, config).expect("write config");
     let client_id = format!("estate-gw-{}-uplink", env.gateway_id);
+    // The city link (status, last will, commands): its own connection, the same nodes.
+    let link_id = format!("estate-gw-{}-link", env.gateway_id);
 
     // The consumer, before the gateway starts, on a node the gateway neither uses nor
     // fails over to first.
@@ -134,22 +136,28 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
         .wait_node_of(&client_id, None, Duration::from_secs(30))
         .await;
     assert_eq!(first, 0, "the gateway starts on the first of its hosts");
+    let link_first = cluster
+        .wait_node_of(&link_id, None, Duration::from_secs(30))
+        .await;
+    assert_eq!(link_first, 0, "the city link starts on the first host too");
 
     // Connections per client id on every node, sampled all along.
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let watcher = {
-        let (cluster, watching, most, client_id) = (
+        let (cluster, watching, most, ids) = (
             cluster.clone(),
             watching.clone(),
             most.clone(),
-            client_id.clone(),
+            [client_id.clone(), link_id.clone()],
         );
         tokio::spawn(async move {
             while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                let n = cluster.lock().await.connections_of(&client_id).await.len();
-                most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                for id in &ids {
+                    let n = cluster.lock().await.connections_of(id).await.len();
+                    most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -177,6 +185,11 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
     let moved = {
         let c = cluster.lock().await;
         c.wait_node_of(&client_id, Some(first), Duration::from_secs(60))
+            .await
+    };
+    let link_moved = {
+        let c = cluster.lock().await;
+        c.wait_node_of(&link_id, Some(first), Duration::from_secs(60))
             .await
     };
 
@@ -220,6 +233,10 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
     let _ = watcher.await;
 
     assert_ne!(moved, first, "the gateway reconnected to another node");
+    assert_ne!(
+        link_moved, first,
+        "the city link reconnected to another node"
+    );
     assert_eq!(
         most.load(std::sync::atomic::Ordering::Relaxed),
         1,
@@ -231,7 +248,9 @@ async fn killing_the_connected_nats_node_loses_nothing_and_the_gateway_moves_on_
     let logs = cluster.lock().await.logs();
     let takeovers: Vec<&str> = logs
         .lines()
-        .filter(|l| l.contains("Replacing old client") && l.contains(&client_id))
+        .filter(|l| {
+            l.contains("Replacing old client") && (l.contains(&client_id) || l.contains(&link_id))
+        })
         .collect();
     assert!(takeovers.is_empty(), "{}", takeovers.join("\n"));
     let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
