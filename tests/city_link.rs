@@ -528,8 +528,8 @@ async fn a_resend_fills_a_gap_the_consumer_noticed() {
     let broker = Broker::shared();
     let env = TestEnv::new(broker.clone(), broker.clone());
     let city = City::start(&broker, &env.estate_id).await;
-    // Gap repair needs the forwarded events kept (README "The city link").
-    let mut gw = start_gateway_with(&env, "[store]\nkeep_forwarded = true\n");
+    // The default config: forwarded events stay for `store.resend_window` (10 min).
+    let mut gw = start_gateway_with(&env, "");
     gw.wait_connected().await;
     let report = publish::run(env.publish_options(COUNT, 10))
         .await

@@ -342,6 +342,14 @@ pub struct StoreConfig {
     /// read (83 MB RSS for 200 k events, 150+ MB for 1 M), with `false` RSS stays under
     /// 25 MB; keep `false` on a 256 MB gateway. Default: `false`.
     pub keep_forwarded: bool,
+    /// With `keep_forwarded = false`: how long forwarded events stay before they are
+    /// deleted, so that the city can still have them sent again (a `Resend` command,
+    /// README "The city link") when its broker lost some after acknowledging them. The
+    /// disk budget still comes first: forwarded events are evicted before anything else.
+    /// `"0s"` deletes them as soon as the city broker has acknowledged them. At most a
+    /// day. Default: `"10m"`.
+    #[serde(with = "crate::units::duration")]
+    pub resend_window: Duration,
 }
 
 impl Default for StoreConfig {
@@ -355,6 +363,7 @@ impl Default for StoreConfig {
             record_max_bytes: ByteSize::kib(48),
             dead_letter_max: 10_000,
             keep_forwarded: false,
+            resend_window: Duration::from_secs(600),
         }
     }
 }

@@ -469,6 +469,9 @@ fn check_topic_prefix(path: &str, prefix: &str, f: &mut Findings) {
 }
 
 fn check_store(s: &StoreConfig, f: &mut Findings) {
+    if let Some(m) = too_long(s.resend_window) {
+        f.at("store.resend_window", m);
+    }
     if s.batch_max_events == 0 {
         f.at("store.batch_max_events", "must be at least 1");
     } else if s.batch_max_events > 65_536 {

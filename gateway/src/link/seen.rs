@@ -149,6 +149,7 @@ mod tests {
             record_max_bytes: 48 * 1024,
             dead_letter_max: 100,
             keep_forwarded: false,
+            resend_window: std::time::Duration::ZERO,
             queue_capacity: 64,
             pack_backlog: crate::store::PACK_BACKLOG,
             pack_bytes: crate::store::PACK_BYTES,

@@ -91,6 +91,8 @@ pub struct StoreOptions {
     pub record_max_bytes: usize,
     pub dead_letter_max: usize,
     pub keep_forwarded: bool,
+    /// Without `keep_forwarded`: how long forwarded records stay for a resend.
+    pub resend_window: Duration,
     /// Capacity of the command channel. Ingest blocks (back-pressure to the broker) when
     /// it is full; it never drops.
     pub queue_capacity: usize,
@@ -125,6 +127,7 @@ impl StoreOptions {
             record_max_bytes: s.record_max_bytes.as_usize(),
             dead_letter_max: s.dead_letter_max,
             keep_forwarded: s.keep_forwarded,
+            resend_window: s.resend_window,
             queue_capacity: 8192,
             pack_backlog: PACK_BACKLOG,
             pack_bytes: PACK_BYTES.min(s.record_max_bytes.as_usize()),

@@ -17,6 +17,7 @@ fn opts() -> StoreOptions {
         record_max_bytes: 48 * 1024,
         dead_letter_max: 100,
         keep_forwarded: true,
+        resend_window: Duration::ZERO,
         queue_capacity: 1024,
         pack_backlog: PACK_BACKLOG,
         pack_bytes: PACK_BYTES,
@@ -478,5 +479,54 @@ async fn a_stopped_store_leaves_its_counters_where_the_previous_version_reads_th
     let s = start(dir.path(), opts());
     let next = append_all(&s.handle, vec![event("GAS.AL2", Severity::Critical, 1)]).await;
     assert_eq!(next, vec![40]);
+    s.close().await;
+}
+
+/// Issue 14: forwarded events stay for `resend_window` (a city `Resend` can still have
+/// them), then go with a later commit; with no window they go with the acknowledgement.
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_events_stay_for_the_resend_window_then_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let window = Duration::from_millis(1500);
+    let s = start(
+        dir.path(),
+        StoreOptions {
+            keep_forwarded: false,
+            resend_window: window,
+            ..opts()
+        },
+    );
+    let read = append_one_by_one(&s, 10, 10).await;
+    assert_eq!(read, (1..=10).collect::<Vec<u64>>());
+    let forwarded_at = Instant::now();
+    s.handle
+        .forwarded(Lane::Events, 10, 10)
+        .await
+        .expect("queued");
+    s.handle.ping().await.expect("committed");
+    assert_eq!(s.reader.backlog(Lane::Events), 0);
+    let kept = s.reader.read_lane(Lane::Events, 0, usize::MAX, usize::MAX);
+    assert_eq!(
+        kept.expect("reads").len(),
+        10,
+        "forwarded, still held for a resend"
+    );
+    // Later commits (heartbeats) delete them once they are older than the window.
+    loop {
+        append_all(&s.handle, vec![event("DEV.HEARTBEAT", Severity::Info, 10)]).await;
+        let left = s.reader.read_lane(Lane::Events, 0, 1, usize::MAX);
+        if left.expect("reads").first().is_none_or(|e| e.seq > 10) {
+            break;
+        }
+        assert!(
+            forwarded_at.elapsed() < window * 10,
+            "forwarded events still held long after the window"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        forwarded_at.elapsed() >= window,
+        "deleted before the window was over"
+    );
     s.close().await;
 }

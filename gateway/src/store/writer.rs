@@ -95,7 +95,17 @@ pub struct StoreWriter {
     high_water: Option<HighWater>,
     /// Gateway events about how the store was opened, committed first by [`Self::run`].
     recovered: Vec<Event>,
+    /// For `resend_window`: (when, the next seq then), at most one a second, oldest
+    /// first, trimmed to the window; and per lane, the seq up to which forwarded records
+    /// were last deleted.
+    recent: std::collections::VecDeque<(Instant, u64)>,
+    /// The highest seq known to be older than the window.
+    aged: u64,
+    deleted_upto: [u64; 2],
 }
+
+/// Entries of [`StoreWriter::recent`] at most this often: the window's resolution.
+const RECENT_EVERY: Duration = Duration::from_secs(1);
 
 /// One group, ready to be written: see the module doc.
 struct Prepared {
@@ -178,6 +188,9 @@ impl StoreWriter {
             evicted_raised_at: [None; 2],
             high_water: None,
             recovered: Vec::new(),
+            recent: std::collections::VecDeque::new(),
+            aged: 0,
+            deleted_upto: [0; 2],
         }
     }
 
@@ -592,19 +605,25 @@ impl StoreWriter {
             }
         }
 
-        // Drop records that are forwarded when the config says not to keep them.
-        for lane in Lane::ALL {
-            let i = lane_index(lane);
-            let Some(c) = cursor_moves[i] else { continue };
-            if !self.opts.keep_forwarded {
-                // Records the alert engine has not processed yet stay for its replay.
-                let alerts_done = self.shared.alerts_done.load(Ordering::Acquire);
-                match self.forwarded_records(lane, c.min(alerts_done)) {
+        // Drop records that are forwarded when the config says not to keep them, once
+        // they are older than the resend window.
+        if !self.opts.keep_forwarded {
+            let aged = self.aged_seq(seq);
+            // Records the alert engine has not processed yet stay for its replay.
+            let alerts_done = self.shared.alerts_done.load(Ordering::Acquire);
+            for lane in Lane::ALL {
+                let i = lane_index(lane);
+                let upto = state.lanes[i].cursor.min(alerts_done).min(aged);
+                if upto <= self.deleted_upto[i] {
+                    continue;
+                }
+                match self.forwarded_records(lane, upto) {
                     Ok(recs) => {
                         for (k, v) in recs {
                             batch.remove(k);
                             freed[i] += v.len() as u64;
                         }
+                        self.deleted_upto[i] = upto;
                     }
                     Err(err) => warn!(%lane, error = %err, "Could not list forwarded records."),
                 }
@@ -786,6 +805,33 @@ impl StoreWriter {
     }
 
     /// Records of `lane` whose events are all at or below `cursor` (key, value).
+    /// The highest seq committed longer than `resend_window` ago (every seq when the
+    /// window is zero). `next_seq`: the seq after this group's, every one below it
+    /// committed now. Seqs between two entries of `recent` count as committed at the
+    /// later one, so they stay a little longer, never shorter.
+    fn aged_seq(&mut self, next_seq: u64) -> u64 {
+        let window = self.opts.resend_window;
+        if window.is_zero() {
+            return u64::MAX;
+        }
+        let now = Instant::now();
+        if self
+            .recent
+            .back()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= RECENT_EVERY)
+        {
+            self.recent.push_back((now, next_seq));
+        }
+        while let Some(&(t, next)) = self.recent.front() {
+            if now.duration_since(t) < window {
+                break;
+            }
+            self.aged = next.saturating_sub(1);
+            self.recent.pop_front();
+        }
+        self.aged
+    }
+
     fn forwarded_records(
         &self,
         lane: Lane,
