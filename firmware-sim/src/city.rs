@@ -718,7 +718,7 @@ mod tests {
     fn undecodable_and_off_contract_messages_are_counted() {
         let mut l = Ledger::new();
         l.on_batch(EVENTS, b"\xff\xff\xff not protobuf");
-        l.on_batch("city/v1/e1/status", b"online");
+        l.on_batch("city/v1/e1/other", b"online");
         let mut bad =
             pb::EventBatch::decode(batch(pb::Lane::Events, 1, vec![info(2), info(1)]).as_slice())
                 .expect("decodes");
