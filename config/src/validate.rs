@@ -229,6 +229,16 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
             f.at(path, message);
         }
     }
+    if let Some(commands) = &parts.commands {
+        let devices: Vec<_> = parts
+            .devices
+            .iter()
+            .map(|(_, d)| (d.id.clone(), d.modbus.is_some()))
+            .collect();
+        for (path, message) in crate::commands::check_broadcast(&commands.broadcast, &devices) {
+            f.at(path, message);
+        }
+    }
     f.0
 }
 
