@@ -120,6 +120,8 @@ pub struct Running {
     pub boot_id: String,
     /// The local alerts (list, acknowledge, close, live updates).
     pub alerts: alerts::AlertsHandle,
+    /// The duty desk: roll calls, the city's alarm handling, broadcasts (issue 14).
+    pub duty: duty::DutyDesk,
 }
 
 impl Running {
@@ -175,6 +177,12 @@ pub async fn run(
         let reader = reader.clone();
         tokio::task::spawn_blocking(move || alerts::Alerts::new(&cfg, &reader)).await??
     };
+    let duty = duty::DutyDesk::new(
+        &cfg,
+        alerts_handle.clone(),
+        modbus_handle.clone(),
+        handle.clone(),
+    );
     // The first stage that ended while the gateway was running (see `guarded`).
     let ended: Ended = Arc::new(std::sync::OnceLock::new());
     let guard = |stage: &'static str, key: &'static str| Guarded {
@@ -207,6 +215,7 @@ pub async fn run(
                 gateway_id: cfg.gateway.id.clone(),
                 estate_id: cfg.gateway.estate_id.clone(),
                 alerts: alerts_handle.clone(),
+                duty: duty.clone(),
                 token: cfg.api.token.clone(),
                 stop: stream_stop.clone(),
                 limits: api::server::Limits::from_config(&cfg.api),
@@ -275,12 +284,15 @@ pub async fn run(
             reader: reader.clone(),
             boot_id,
             alerts: alerts_handle,
+            duty: duty.clone(),
         });
     }
 
     let ingest_result = ingest.await;
     // Modbus stops polling at a safe point and drops its StoreHandle before the store drains.
     let modbus_result = modbus.await;
+    // No broadcast writes after Modbus: the desk lets go of its StoreHandle.
+    duty.stop();
     alerts_stop.cancel();
     let alerts_result = alerts_task.join().await;
     let forward_result = forward.await;

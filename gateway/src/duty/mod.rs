@@ -3,24 +3,58 @@
 //! whether its kind is enabled), records it, and calls one of these; it turns what they
 //! return into the `CommandResult` it sends back.
 //!
-//! - [`DutyDesk::roll_call`] (查岗): the console shows the call at once, loud, with a
-//!   countdown; resolves with who answered and how long it took, or [`RollCall::NoAnswer`]
-//!   at the deadline.
-//! - [`DutyDesk::alarm_handling`]: the city's state for one of the gateway's alerts
-//!   (received, dispatched, on scene, closed), attached to the local alert and shown in
-//!   the console.
-//! - [`DutyDesk::broadcast`]: configured sounders and strobes on or off for a while,
-//!   through the same Modbus write path and audit trail as linkage.
+//! ```text
+//!  link ──roll_call──▶ DutyDesk ──RollCallView (broadcast)──▶ API: SSE `roll_call`, console banner
+//!    ▲                   │  ◀──answer(id, by)──────────────── API: POST /api/roll-calls/{id}/answer
+//!    └──Answered/NoAnswer┘
+//!  link ──alarm_handling──▶ AlertsHandle::city_handling (stored, audited, SSE `alert`)
+//!  link ──broadcast──▶ ModbusHandle::write per output ──▶ GW.BROADCAST events (store, uplink)
+//!                        └─ off after the duration (a timer per broadcast)
+//! ```
 //!
-//! SKELETON: the signatures the link is written against; the implementation lands on
-//! branch `duty`.
+//! - [`DutyDesk::roll_call`] (查岗): the call is pushed at once on the live stream (the
+//!   console sounds its alarm and shows a banner with a countdown); resolves with who
+//!   answered and how long after the command arrived, or [`RollCall::NoAnswer`] at the
+//!   deadline (the console then shows it as missed). The last [`HISTORY`] finished calls
+//!   stay listed (`GET /api/roll-calls`); they are not kept across a restart.
+//! - [`DutyDesk::alarm_handling`]: the city's state for one of the gateway's alerts
+//!   (received, dispatched, on scene, closed) and its note, attached to the local alert
+//!   (stored with it, in its audit trail by the issuer, on the live stream). It does not
+//!   go back upstream as an `ALERT.UPDATE`: the city set it and the command's result
+//!   confirms it, so echoing it would only add traffic to the alarms lane. The city's
+//!   `closed` does not close the local alert: that stays with the person on duty.
+//! - [`DutyDesk::broadcast`]: the outputs of a `[commands.broadcast.groups]` group (or
+//!   all of them) on for `duration_s` (at most `max_duration`, then off again) or off,
+//!   through the same Modbus write path as linkage ([`ModbusHandle::write`], with the
+//!   same 10 s bound). Every write and its result is recorded as a `GW.BROADCAST` event
+//!   (`GW.BROADCAST_FAILED` when it failed, which also opens a local alert) in the store,
+//!   so it is durable and forwarded to the city like any event. A later broadcast to an
+//!   output supersedes the earlier one's pending switch-off.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
+use tracing::{info, warn};
+
+use estate_config::{BroadcastConfig, BroadcastOutput, Config};
+use estate_protocols::model::EventState;
 use estate_protocols::pb;
 
-use crate::alerts::AlertsHandle;
-use crate::ingest::modbus::ModbusHandle;
+use crate::alerts::model::CityHandling;
+use crate::alerts::{AlertsHandle, OpError};
+use crate::events::{gateway_event, now_ms};
+use crate::ingest::modbus::{ModbusHandle, Write};
+use crate::store::StoreHandle;
+
+/// Finished roll calls kept for `GET /api/roll-calls`.
+pub const HISTORY: usize = 20;
+/// How long one broadcast write may take before it is recorded as failed (as linkage).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest city note kept on an alert, in bytes (`AlarmHandling.note`: at most 1 KiB).
+const MAX_CITY_NOTE_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DutyError {
@@ -51,24 +85,232 @@ pub struct RollCallRequest {
     pub deadline: Instant,
 }
 
+/// Where a roll call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollCallStatus {
+    Pending,
+    Answered,
+    Missed,
+}
+
+/// A roll call as the API and the console see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollCallView {
+    /// The command's id.
+    pub id: String,
+    pub issuer: String,
+    pub message: String,
+    pub status: RollCallStatus,
+    /// When the command arrived and when the answer is due, Unix epoch milliseconds.
+    pub received_ms: i64,
+    pub deadline_ms: i64,
+    /// Who answered, when, and how long after the command arrived.
+    pub answered_by: Option<String>,
+    pub answered_ms: Option<i64>,
+    pub answer_after_ms: Option<u64>,
+    /// Milliseconds left to answer when this was sent (0 once finished): a console
+    /// counts down from it, whatever its own clock says.
+    pub remaining_ms: u64,
+    #[serde(skip)]
+    received: Instant,
+    #[serde(skip)]
+    deadline: Instant,
+    #[serde(skip)]
+    answered_at: Option<Instant>,
+}
+
+impl RollCallView {
+    /// With `remaining_ms` as of now.
+    fn now(&self) -> RollCallView {
+        let mut v = self.clone();
+        v.remaining_ms = match v.status {
+            RollCallStatus::Pending => u64::try_from(
+                v.deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
+            _ => 0,
+        };
+        v
+    }
+
+    fn outcome(&self) -> RollCall {
+        match (&self.answered_by, self.answered_at) {
+            (Some(by), Some(at)) => RollCall::Answered {
+                by: by.clone(),
+                after: at.saturating_duration_since(self.received),
+            },
+            _ => RollCall::NoAnswer,
+        }
+    }
+}
+
+/// Why an answer was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("no roll call {0}")]
+    NotFound(String),
+    /// Already answered, or missed: the city has its result.
+    #[error("roll call {id} is already {status}")]
+    Finished { id: String, status: &'static str },
+}
+
+#[derive(Debug, Default)]
+struct RollCalls {
+    /// Waiting for an answer, oldest first; each with the waker of its `roll_call`.
+    pending: Vec<(RollCallView, Option<oneshot::Sender<()>>)>,
+    /// Finished, newest last.
+    done: VecDeque<RollCallView>,
+}
+
+/// One output as a key for its pending switch-off.
+type OutputKey = (String, Option<u16>, Option<u16>);
+
+#[derive(Debug)]
+struct Inner {
+    alerts: AlertsHandle,
+    modbus: ModbusHandle,
+    broadcast: BroadcastConfig,
+    gateway_id: String,
+    estate_id: String,
+    calls: Mutex<RollCalls>,
+    /// Every roll-call change, to the live streams; a slow one misses changes (it is
+    /// told it lagged and re-reads `GET /api/roll-calls`).
+    updates: broadcast::Sender<RollCallView>,
+    /// Records broadcast writes as events; taken by [`DutyDesk::stop`] so the store
+    /// writer can drain at shutdown.
+    store: Mutex<Option<StoreHandle>>,
+    /// Per output, the generation of the broadcast that last switched it: a pending
+    /// switch-off only acts while its generation is still the latest.
+    generations: Mutex<HashMap<OutputKey, u64>>,
+}
+
+/// The duty desk. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DutyDesk {
-    #[allow(dead_code)]
-    alerts: AlertsHandle,
-    #[allow(dead_code)]
-    modbus: ModbusHandle,
+    inner: Arc<Inner>,
 }
 
 impl DutyDesk {
-    pub fn new(_cfg: &estate_config::Config, alerts: AlertsHandle, modbus: ModbusHandle) -> Self {
-        DutyDesk { alerts, modbus }
+    /// `store` records broadcast writes; the desk holds it until [`DutyDesk::stop`].
+    pub fn new(
+        cfg: &Config,
+        alerts: AlertsHandle,
+        modbus: ModbusHandle,
+        store: StoreHandle,
+    ) -> Self {
+        let (updates, _) = broadcast::channel(64);
+        DutyDesk {
+            inner: Arc::new(Inner {
+                alerts,
+                modbus,
+                broadcast: cfg.commands.broadcast.clone(),
+                gateway_id: cfg.gateway.id.clone(),
+                estate_id: cfg.gateway.estate_id.clone(),
+                calls: Mutex::new(RollCalls::default()),
+                updates,
+                store: Mutex::new(Some(store)),
+                generations: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Lets go of the store (call once Modbus has stopped, before the store drains):
+    /// writes after this are logged, not recorded.
+    pub fn stop(&self) {
+        lock(&self.inner.store).take();
+    }
+
+    /// Subscribes to roll-call changes (the live stream).
+    pub fn subscribe(&self) -> broadcast::Receiver<RollCallView> {
+        self.inner.updates.subscribe()
+    }
+
+    /// The pending roll calls (oldest first), then the last finished ones (newest first).
+    pub fn roll_calls(&self) -> Vec<RollCallView> {
+        let calls = lock(&self.inner.calls);
+        calls
+            .pending
+            .iter()
+            .map(|(v, _)| v.now())
+            .chain(calls.done.iter().rev().cloned())
+            .collect()
     }
 
     /// Shows the roll call to the person on duty; resolves on their answer or at the
     /// deadline. Never fails: a console nobody watches is what `NoAnswer` reports.
+    /// Dropping the future withdraws the call (listed as missed).
     pub async fn roll_call(&self, req: RollCallRequest) -> RollCall {
-        tokio::time::sleep_until(req.deadline.into()).await;
-        RollCall::NoAnswer
+        let (wake, woken) = oneshot::channel();
+        let now = Instant::now();
+        let view = RollCallView {
+            id: req.command_id.clone(),
+            issuer: req.issuer,
+            message: req.message,
+            status: RollCallStatus::Pending,
+            received_ms: now_ms() - ms(now.saturating_duration_since(req.received)),
+            deadline_ms: now_ms() + ms(req.deadline.saturating_duration_since(now)),
+            answered_by: None,
+            answered_ms: None,
+            answer_after_ms: None,
+            remaining_ms: 0,
+            received: req.received,
+            deadline: req.deadline,
+            answered_at: None,
+        };
+        info!(command_id = %view.id, issuer = %view.issuer, deadline_ms = view.deadline_ms, "Roll call shown to the person on duty.");
+        let shown = view.now();
+        lock(&self.inner.calls).pending.push((view, Some(wake)));
+        let _ = self.inner.updates.send(shown);
+        // Marks the call missed unless it finished (also when this future is dropped).
+        let finish = Finish {
+            desk: self,
+            id: req.command_id,
+            done: false,
+        };
+        tokio::select! {
+            _ = woken => {}
+            _ = tokio::time::sleep_until(req.deadline.into()) => {}
+        }
+        finish.finish()
+    }
+
+    /// The person on duty answers roll call `id`. `Finished` when it was answered or
+    /// missed already (the deadline is checked here, so an answer never arrives late).
+    pub fn answer(&self, id: &str, by: &str) -> Result<RollCallView, AnswerError> {
+        let mut calls = lock(&self.inner.calls);
+        let Some(i) = calls.pending.iter().position(|(v, _)| v.id == id) else {
+            return Err(match calls.done.iter().find(|v| v.id == id) {
+                Some(v) => AnswerError::Finished {
+                    id: id.to_owned(),
+                    status: status_str(v.status),
+                },
+                None => AnswerError::NotFound(id.to_owned()),
+            });
+        };
+        let now = Instant::now();
+        let (view, wake) = &mut calls.pending[i];
+        if now >= view.deadline {
+            return Err(AnswerError::Finished {
+                id: id.to_owned(),
+                status: "missed",
+            });
+        }
+        view.status = RollCallStatus::Answered;
+        view.answered_by = Some(by.to_owned());
+        view.answered_at = Some(now);
+        view.answered_ms = Some(now_ms());
+        view.answer_after_ms = Some(
+            u64::try_from(now.saturating_duration_since(view.received).as_millis())
+                .unwrap_or(u64::MAX),
+        );
+        let answered = view.now();
+        if let Some(w) = wake.take() {
+            let _ = w.send(());
+        }
+        Ok(answered)
     }
 
     /// Attaches the city's state (and its note) to a local alert; `issuer` is who at the
@@ -78,17 +320,309 @@ impl DutyDesk {
         issuer: &str,
         req: &pb::AlarmHandling,
     ) -> Result<(), DutyError> {
-        let _ = issuer;
-        Err(DutyError::Unknown(format!("no alert {}", req.alert_id)))
+        let state = match pb::CityAlarmState::try_from(req.state) {
+            Ok(pb::CityAlarmState::Received) => "received",
+            Ok(pb::CityAlarmState::Dispatched) => "dispatched",
+            Ok(pb::CityAlarmState::OnScene) => "on_scene",
+            Ok(pb::CityAlarmState::Closed) => "closed",
+            Ok(pb::CityAlarmState::Unspecified) | Err(_) => {
+                return Err(DutyError::Unknown(format!(
+                    "unknown city alarm state {}",
+                    req.state
+                )))
+            }
+        };
+        let handling = CityHandling {
+            state: state.to_owned(),
+            note: truncate(&req.note, MAX_CITY_NOTE_BYTES).to_owned(),
+            by: issuer.to_owned(),
+            at_ms: now_ms(),
+        };
+        match self
+            .inner
+            .alerts
+            .city_handling(&req.alert_id, handling)
+            .await
+        {
+            Ok(_) => {
+                info!(alert_id = %req.alert_id, %issuer, state, "City handling attached to the alert.");
+                Ok(())
+            }
+            Err(OpError::NotFound(id)) => Err(DutyError::Unknown(format!("no alert {id}"))),
+            Err(e) => Err(DutyError::Failed(e.to_string())),
+        }
     }
 
     /// Switches a configured group of outputs; returns what was done (for the result's
     /// detail). `Unknown` for a group not configured.
     pub async fn broadcast(&self, issuer: &str, req: &pb::Broadcast) -> Result<String, DutyError> {
-        let _ = issuer;
-        Err(DutyError::Unknown(format!(
-            "no broadcast group {:?}",
-            req.group
-        )))
+        let b = &self.inner.broadcast;
+        if !b.enabled {
+            return Err(DutyError::Unknown(
+                "broadcasts are off on this gateway ([commands.broadcast] enabled = false)".into(),
+            ));
+        }
+        let outputs: Vec<BroadcastOutput> = if req.group.is_empty() {
+            let mut all: Vec<BroadcastOutput> = Vec::new();
+            for o in b.groups.values().flatten() {
+                if !all.iter().any(|a| key(a) == key(o)) {
+                    all.push(o.clone());
+                }
+            }
+            all
+        } else {
+            match b.groups.get(&req.group) {
+                Some(g) => g.clone(),
+                None => {
+                    return Err(DutyError::Unknown(format!(
+                        "no broadcast group {:?} (configured: {})",
+                        req.group,
+                        b.groups.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            }
+        };
+        let group = if req.group.is_empty() {
+            "all".to_owned()
+        } else {
+            req.group.clone()
+        };
+        let generation = self.next_generation(&outputs);
+        let results = self.write_all(issuer, &group, &outputs, req.on).await;
+        let n = outputs.len();
+        let what = if req.on {
+            let secs = u64::from(req.duration_s.max(1)).min(b.max_duration.as_secs().max(1));
+            let duration = Duration::from_secs(secs);
+            // Switched off after the duration even when some writes failed: a write that
+            // timed out may still have happened.
+            let desk = self.clone();
+            let issuer = issuer.to_owned();
+            let group = group.clone();
+            let outputs = outputs.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(duration).await;
+                let due: Vec<BroadcastOutput> = {
+                    let g = lock(&desk.inner.generations);
+                    outputs
+                        .into_iter()
+                        .filter(|o| g.get(&key(o)) == Some(&generation))
+                        .collect()
+                };
+                if !due.is_empty() {
+                    desk.write_all(&issuer, &group, &due, false).await;
+                }
+            });
+            let capped = if u64::from(req.duration_s) > secs {
+                " (capped at commands.broadcast.max_duration)"
+            } else {
+                ""
+            };
+            format!("on for {secs} s{capped}")
+        } else {
+            "off".to_owned()
+        };
+        let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        if failed.is_empty() {
+            Ok(format!("{n} output{} {what}", plural(n)))
+        } else {
+            Err(DutyError::Failed(format!(
+                "{} of {n} write{} failed ({} output{} {what} otherwise): {}",
+                failed.len(),
+                plural(n),
+                n - failed.len(),
+                plural(n - failed.len()),
+                failed.join("; ")
+            )))
+        }
     }
+
+    /// Makes this broadcast the latest for each of `outputs`; returns its generation.
+    fn next_generation(&self, outputs: &[BroadcastOutput]) -> u64 {
+        let mut g = lock(&self.inner.generations);
+        let next = g.values().copied().max().unwrap_or(0) + 1;
+        for o in outputs {
+            g.insert(key(o), next);
+        }
+        next
+    }
+
+    /// Writes `on` or `off` to every output at once; records each write and its result.
+    /// `Err` names the failed write.
+    async fn write_all(
+        &self,
+        issuer: &str,
+        group: &str,
+        outputs: &[BroadcastOutput],
+        on: bool,
+    ) -> Vec<Result<(), String>> {
+        let writes = outputs.iter().map(|o| self.write_one(issuer, group, o, on));
+        futures_util::future::join_all(writes).await
+    }
+
+    async fn write_one(
+        &self,
+        issuer: &str,
+        group: &str,
+        o: &BroadcastOutput,
+        on: bool,
+    ) -> Result<(), String> {
+        let value = if on { o.on } else { o.off };
+        let (write, describe) = match (o.coil, o.register) {
+            (Some(address), _) => (
+                Write::Coil {
+                    address,
+                    value: value != 0,
+                },
+                format!("coil {address} = {value}"),
+            ),
+            (None, Some(address)) => (
+                Write::Register { address, value },
+                format!("register {address} = {value}"),
+            ),
+            // Refused by check-config.
+            (None, None) => return Err(format!("{}: no coil or register", o.device)),
+        };
+        let result =
+            match tokio::time::timeout(WRITE_TIMEOUT, self.inner.modbus.write(&o.device, write))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+            };
+        let state = if on { "on" } else { "off" };
+        match &result {
+            Ok(()) => {
+                info!(device = %o.device, write = %describe, %group, %issuer, state, "Broadcast write done.")
+            }
+            Err(err) => {
+                warn!(device = %o.device, write = %describe, %group, %issuer, state, error = %err, "Broadcast write failed.")
+            }
+        }
+        let ev = gateway_event(
+            &self.inner.gateway_id,
+            &self.inner.estate_id,
+            if result.is_ok() {
+                "GW.BROADCAST"
+            } else {
+                "GW.BROADCAST_FAILED"
+            },
+            if on {
+                EventState::Active
+            } else {
+                EventState::Cleared
+            },
+            None,
+            serde_json::json!({
+                "issuer": issuer,
+                "group": group,
+                "device": o.device,
+                "write": describe,
+                "switch": state,
+                "result": result.as_ref().err().map_or("ok", String::as_str),
+            }),
+        );
+        let store = lock(&self.inner.store).clone();
+        match store {
+            Some(s) => {
+                if let Err(err) = s.append_nowait(ev).await {
+                    warn!(device = %o.device, error = %err, "Broadcast write not recorded.");
+                }
+            }
+            None => {
+                warn!(device = %o.device, "Broadcast write not recorded: the gateway is stopping.")
+            }
+        }
+        result.map_err(|err| format!("{} {describe}: {err}", o.device))
+    }
+}
+
+/// Finishes a roll call: answered (as recorded by [`DutyDesk::answer`]) or missed.
+struct Finish<'a> {
+    desk: &'a DutyDesk,
+    id: String,
+    done: bool,
+}
+
+impl Finish<'_> {
+    fn finish(mut self) -> RollCall {
+        self.done = true;
+        self.take()
+    }
+
+    fn take(&self) -> RollCall {
+        let inner = &self.desk.inner;
+        let mut calls = lock(&inner.calls);
+        let Some(i) = calls.pending.iter().position(|(v, _)| v.id == self.id) else {
+            return RollCall::NoAnswer;
+        };
+        let (mut view, _) = calls.pending.remove(i);
+        if view.status == RollCallStatus::Pending {
+            view.status = RollCallStatus::Missed;
+        }
+        let outcome = view.outcome();
+        match &outcome {
+            RollCall::Answered { by, after } => {
+                info!(command_id = %view.id, %by, after_ms = after.as_millis() as u64, "Roll call answered.")
+            }
+            RollCall::NoAnswer => {
+                warn!(command_id = %view.id, issuer = %view.issuer, "Roll call not answered by its deadline.")
+            }
+        }
+        let view = view.now();
+        calls.done.push_back(view.clone());
+        while calls.done.len() > HISTORY {
+            calls.done.pop_front();
+        }
+        drop(calls);
+        let _ = inner.updates.send(view);
+        outcome
+    }
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.take();
+        }
+    }
+}
+
+fn key(o: &BroadcastOutput) -> OutputKey {
+    (o.device.clone(), o.coil, o.register)
+}
+
+fn status_str(s: RollCallStatus) -> &'static str {
+    match s {
+        RollCallStatus::Pending => "pending",
+        RollCallStatus::Answered => "answered",
+        RollCallStatus::Missed => "missed",
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The lock even if a holder panicked (the data stays consistent: every update is one
+/// assignment or push).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
