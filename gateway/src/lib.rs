@@ -15,8 +15,9 @@
 //! - [`forward`] — uplink publisher, alarms first, cursors move on PUBACK only.
 //! - [`alerts`] — local alerts: the pure rule engine, durable state and audit, linkage,
 //!   the alert topic; fed by the store writer with every committed event.
-//! - [`api`] — local HTTP: alerts, devices, status, server-sent events, the console,
-//!   health and Prometheus metrics.
+//! - [`api`] — local HTTP: alerts, devices, status, roll calls, server-sent events, the
+//!   console, health and Prometheus metrics.
+//! - [`duty`] — the duty desk: the city's roll calls, alarm handling and broadcasts.
 //! - [`broker`] — embedded rumqttd for the demo and tests.
 //! - [`demo`] — the whole estate on one machine, nothing installed.
 //! - [`telemetry`] — metrics and logging; [`health`] — the conditions `/healthz` reports.
