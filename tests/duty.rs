@@ -10,7 +10,8 @@
 //!   without changing its local status; an unknown alert id is `Unknown`;
 //! - a broadcast switches the sounder's coil on and, after its duration, off again; every
 //!   write is recorded as a `GW.BROADCAST` event; a write the device refuses fails the
-//!   broadcast and names the write.
+//!   broadcast and names the write;
+//! - a broadcast never switches off a sounder an open alert's linkage switched on.
 
 mod common;
 
@@ -364,6 +365,26 @@ fn broadcast_records(
         .collect()
 }
 
+/// `[modbus]` with the simulated sounder as `sounder-lobby`, broadcast groups `lobby`
+/// (coil 0) and `broken` (coil 5, which the sounder does not have), and `extra`.
+fn sounder_toml(port: u16, extra: &str) -> String {
+    let files: Vec<String> = common::shipped_profile_files()
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    let mut s = format!("[modbus]\nprofile_files = [{}]\n", files.join(", "));
+    let _ = write!(
+        s,
+        "\n[[modbus.buses]]\nname = \"lobby\"\ntransport = \"tcp\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         \n[[devices]]\nid = \"sounder-lobby\"\nkind = \"sounder\"\n\
+         modbus = {{ bus = \"lobby\", unit = 1, profile = \"sounder\", poll_interval = \"200ms\", timeout = \"500ms\" }}\n\
+         \n[commands.broadcast]\nenabled = true\nmax_duration = \"2s\"\n\
+         \n[[commands.broadcast.groups.lobby]]\ndevice = \"sounder-lobby\"\ncoil = 0\n\
+         \n[[commands.broadcast.groups.broken]]\ndevice = \"sounder-lobby\"\ncoil = 5\n{extra}"
+    );
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_switches_the_sounder_on_then_off_and_a_refused_write_fails_it() {
     let env = env();
@@ -375,21 +396,7 @@ async fn a_broadcast_switches_the_sounder_on_then_off_and_a_refused_write_fails_
     .await
     .expect("simulator starts");
     let sounder = fleet.device("sounder");
-    let files: Vec<String> = common::shipped_profile_files()
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
-    let mut extra = format!("[modbus]\nprofile_files = [{}]\n", files.join(", "));
-    let _ = write!(
-        extra,
-        "\n[[modbus.buses]]\nname = \"lobby\"\ntransport = \"tcp\"\nhost = \"127.0.0.1\"\nport = {}\n\
-         \n[[devices]]\nid = \"sounder-lobby\"\nkind = \"sounder\"\n\
-         modbus = {{ bus = \"lobby\", unit = 1, profile = \"sounder\", poll_interval = \"200ms\", timeout = \"500ms\" }}\n\
-         \n[commands.broadcast]\nenabled = true\nmax_duration = \"2s\"\n\
-         \n[[commands.broadcast.groups.lobby]]\ndevice = \"sounder-lobby\"\ncoil = 0\n\
-         \n[[commands.broadcast.groups.broken]]\ndevice = \"sounder-lobby\"\ncoil = 5\n",
-        sounder.addr().port()
-    );
+    let extra = sounder_toml(sounder.addr().port(), "");
     let tap = EventTap::start(&env.uplink, &env.estate_id).await;
     let gw = InProcess::start(&env, &extra).await;
     let desk = &gw.running.duty;
@@ -485,6 +492,88 @@ async fn a_broadcast_switches_the_sounder_on_then_off_and_a_refused_write_fails_
     assert!(
         matches!(&err, DutyError::Unknown(m) if m.contains("garage")),
         "{err:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_never_silences_a_sounder_that_an_open_alarm_switched_on() {
+    let env = env();
+    let fleet = SimFleet::start(vec![BusSpec::loopback("lobby", Framing::Tcp).device(
+        1,
+        "sounder",
+        DeviceType::Sounder,
+    )])
+    .await
+    .expect("simulator starts");
+    let sounder = fleet.device("sounder");
+    let linkage = "\n[alerts.linkage.smoke-starts-sounder]\non = [\"SMOKE.ALARM\"]\n\
+                   device = \"sounder-lobby\"\ncoil = 0\nvalue = 1\n";
+    let tap = EventTap::start(&env.uplink, &env.estate_id).await;
+    let gw = InProcess::start(&env, &sounder_toml(sounder.addr().port(), linkage)).await;
+    let api = gw.api();
+    gw.running
+        .wait_subscribed(STEP)
+        .await
+        .expect("ingest subscribed");
+    env.raw_client()
+        .await
+        .publish(
+            &format!("estate/{}/smoke/smoke-1-1-3/event", env.estate_id),
+            br#"{"code":"SMOKE.ALARM","state":"active","seq":1}"#.to_vec(),
+        )
+        .await;
+    // The alarm's linkage switches the sounder on, and says so on the alert.
+    let deadline = Instant::now() + STEP;
+    let alert = loop {
+        let list = get_json(api, "/api/alerts").await;
+        let linked = list["alerts"].as_array().and_then(|a| {
+            a.iter()
+                .find(|a| {
+                    a["actions"]
+                        .as_array()
+                        .is_some_and(|x| x.iter().any(|x| x["result"] == "ok"))
+                })
+                .cloned()
+        });
+        if let Some(a) = linked {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the linkage runs: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(sounder.coil(0), "the alarm switched the sounder on");
+
+    // The city ends a drill on the same sounder: it stays on, and the answer says why.
+    let off = pb::Broadcast {
+        group: "lobby".into(),
+        on: false,
+        duration_s: 0,
+        message: String::new(),
+    };
+    let detail = gw
+        .running
+        .duty
+        .broadcast("city-drill", &off)
+        .await
+        .expect("not a failure");
+    let id = alert["id"].as_str().expect("id");
+    assert!(
+        detail.starts_with("0 outputs off; 1 left on") && detail.contains(id),
+        "{detail}"
+    );
+    assert!(sounder.coil(0), "the alarm's sounder is still on");
+    let events = tap
+        .wait_for("the skipped switch-off upstream", STEP, |evs| {
+            !broadcast_records(evs).is_empty()
+        })
+        .await;
+    let records = broadcast_records(&events);
+    assert!(
+        records[0].1["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("left on: alert")),
+        "{records:?}"
     );
     gw.stop().await;
 }

@@ -29,7 +29,9 @@
 //!   same 10 s bound). Every write and its result is recorded as a `GW.BROADCAST` event
 //!   (`GW.BROADCAST_FAILED` when it failed, which also opens a local alert) in the store,
 //!   so it is durable and forwarded to the city like any event. A later broadcast to an
-//!   output supersedes the earlier one's pending switch-off.
+//!   output supersedes the earlier one's pending switch-off. Switching off (asked, or at
+//!   the end of the duration) skips an output an open alert's linkage switched on (its
+//!   recorded action), so a drill's end never silences a real fire's sounder.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -421,16 +423,29 @@ impl DutyDesk {
         } else {
             "off".to_owned()
         };
-        let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        let mut failed = Vec::new();
+        let mut held = Vec::new();
+        for r in results {
+            match r {
+                Ok(None) => {}
+                Ok(Some(why)) => held.push(why),
+                Err(err) => failed.push(err),
+            }
+        }
+        let done = n - failed.len() - held.len();
+        let held = if held.is_empty() {
+            String::new()
+        } else {
+            format!("; {} left on ({})", held.len(), held.join("; "))
+        };
         if failed.is_empty() {
-            Ok(format!("{n} output{} {what}", plural(n)))
+            Ok(format!("{done} output{} {what}{held}", plural(done)))
         } else {
             Err(DutyError::Failed(format!(
-                "{} of {n} write{} failed ({} output{} {what} otherwise): {}",
+                "{} of {n} write{} failed ({done} output{} {what} otherwise{held}): {}",
                 failed.len(),
                 plural(n),
-                n - failed.len(),
-                plural(n - failed.len()),
+                plural(done),
                 failed.join("; ")
             )))
         }
@@ -447,14 +462,15 @@ impl DutyDesk {
     }
 
     /// Writes `on` or `off` to every output at once; records each write and its result.
-    /// `Err` names the failed write.
+    /// `Err` names the failed write; `Ok(Some(why))` is an output left on because an
+    /// open alert's linkage switched it on.
     async fn write_all(
         &self,
         issuer: &str,
         group: &str,
         outputs: &[BroadcastOutput],
         on: bool,
-    ) -> Vec<Result<(), String>> {
+    ) -> Vec<Result<Option<String>, String>> {
         let writes = outputs.iter().map(|o| self.write_one(issuer, group, o, on));
         futures_util::future::join_all(writes).await
     }
@@ -465,8 +481,13 @@ impl DutyDesk {
         group: &str,
         o: &BroadcastOutput,
         on: bool,
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         let value = if on { o.on } else { o.off };
+        let held = if on {
+            None
+        } else {
+            self.held_by_linkage(o).await
+        };
         let (write, describe) = match (o.coil, o.register) {
             (Some(address), _) => (
                 Write::Coil {
@@ -482,20 +503,33 @@ impl DutyDesk {
             // Refused by check-config.
             (None, None) => return Err(format!("{}: no coil or register", o.device)),
         };
-        let result =
-            match tokio::time::timeout(WRITE_TIMEOUT, self.inner.modbus.write(&o.device, write))
-                .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
-            };
+        let result = match &held {
+            // A fire's sounder stays on whatever a broadcast asks.
+            Some(_) => Ok(()),
+            None => {
+                match tokio::time::timeout(WRITE_TIMEOUT, self.inner.modbus.write(&o.device, write))
+                    .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => Err(format!("no answer within {WRITE_TIMEOUT:?}")),
+                }
+            }
+        };
+        let outcome = match (&result, &held) {
+            (Ok(()), Some(why)) => format!("left on: {why}"),
+            (Ok(()), None) => "ok".to_owned(),
+            (Err(err), _) => err.clone(),
+        };
         let state = if on { "on" } else { "off" };
-        match &result {
-            Ok(()) => {
+        match (&result, &held) {
+            (Ok(()), Some(why)) => {
+                warn!(device = %o.device, write = %describe, %group, %issuer, reason = %why, "Broadcast switch-off skipped: an open alert's linkage holds the output on.")
+            }
+            (Ok(()), None) => {
                 info!(device = %o.device, write = %describe, %group, %issuer, state, "Broadcast write done.")
             }
-            Err(err) => {
+            (Err(err), _) => {
                 warn!(device = %o.device, write = %describe, %group, %issuer, state, error = %err, "Broadcast write failed.")
             }
         }
@@ -519,7 +553,7 @@ impl DutyDesk {
                 "device": o.device,
                 "write": describe,
                 "switch": state,
-                "result": result.as_ref().err().map_or("ok", String::as_str),
+                "result": outcome,
             }),
         );
         let store = lock(&self.inner.store).clone();
@@ -533,7 +567,39 @@ impl DutyDesk {
                 warn!(device = %o.device, "Broadcast write not recorded: the gateway is stopping.")
             }
         }
-        result.map_err(|err| format!("{} {describe}: {err}", o.device))
+        result
+            .map(|()| held.map(|why| format!("{} {describe}: {why}", o.device)))
+            .map_err(|err| format!("{} {describe}: {err}", o.device))
+    }
+
+    /// Why `o` must stay on, when an open alert's linkage switched it on (e.g. the
+    /// sounder of a confirmed fire): a broadcast, or its end, never silences it.
+    async fn held_by_linkage(&self, o: &BroadcastOutput) -> Option<String> {
+        let store = self.inner.alerts.store().clone();
+        let open = match tokio::task::spawn_blocking(move || store.open_alerts()).await {
+            Ok(Ok(open)) => open,
+            Ok(Err(err)) => {
+                warn!(error = %err, "Cannot read the open alerts; switching the broadcast output off regardless.");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let (table, address) = match (o.coil, o.register) {
+            (Some(a), _) => ("coil", a),
+            (None, Some(a)) => ("register", a),
+            (None, None) => return None,
+        };
+        open.iter().find_map(|a| {
+            a.actions
+                .iter()
+                .any(|x| {
+                    x.target == o.device
+                        && x.result == "ok"
+                        && linkage_write(&x.action)
+                            .is_some_and(|(t, addr, v)| t == table && addr == address && v != o.off)
+                })
+                .then(|| format!("alert {} ({}) switched it on by linkage", a.id, a.code))
+        })
     }
 }
 
@@ -588,6 +654,17 @@ impl Drop for Finish<'_> {
     }
 }
 
+/// `(table, address, value)` of a linkage action as recorded (`rule: coil 0 = 1`).
+fn linkage_write(action: &str) -> Option<(&str, u16, u16)> {
+    let (_, write) = action.rsplit_once(": ")?;
+    let mut words = write.split_whitespace();
+    let table = words.next()?;
+    let address = words.next()?.parse().ok()?;
+    (words.next()? == "=").then_some(())?;
+    let value = words.next()?.parse().ok()?;
+    Some((table, address, value))
+}
+
 fn key(o: &BroadcastOutput) -> OutputKey {
     (o.device.clone(), o.coil, o.register)
 }
@@ -625,4 +702,29 @@ fn truncate(s: &str, max: usize) -> &str {
 /// assignment or push).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{linkage_write, truncate};
+
+    #[test]
+    fn linkage_writes_are_read_back_as_recorded() {
+        assert_eq!(
+            linkage_write("fire-starts-sounder: coil 0 = 1"),
+            Some(("coil", 0, 1))
+        );
+        assert_eq!(
+            linkage_write("strobe: register 12 = 300"),
+            Some(("register", 12, 300))
+        );
+        assert_eq!(linkage_write("no write here"), None);
+        assert_eq!(linkage_write("x: coil zero = 1"), None);
+    }
+
+    #[test]
+    fn notes_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate("消防", 4), "消");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
 }
