@@ -577,3 +577,47 @@ async fn a_broadcast_never_silences_a_sounder_that_an_open_alarm_switched_on() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_left_on_by_a_stopped_gateway_is_switched_off_after_its_restart() {
+    let env = env();
+    let fleet = SimFleet::start(vec![BusSpec::loopback("lobby", Framing::Tcp).device(
+        1,
+        "sounder",
+        DeviceType::Sounder,
+    )])
+    .await
+    .expect("simulator starts");
+    let sounder = fleet.device("sounder");
+    // 8 s: ample for a stop in order, so the switch-off falls due after the restart.
+    let toml = sounder_toml(sounder.addr().port(), "")
+        .replace("max_duration = \"2s\"", "max_duration = \"1m\"");
+    let gw = InProcess::start(&env, &toml).await;
+    let on = pb::Broadcast {
+        group: "lobby".into(),
+        on: true,
+        duration_s: 8,
+        message: String::new(),
+    };
+    gw.running
+        .duty
+        .broadcast("city-drill", &on)
+        .await
+        .expect("switched on");
+    // Stopped (an upgrade, a power cut) before the switch-off was due: still on.
+    gw.stop().await;
+    assert!(
+        sounder.coil(0),
+        "the sounder was left on by the stopped gateway"
+    );
+    let gw = InProcess::start(&env, &toml).await;
+    let deadline = Instant::now() + STEP;
+    while sounder.coil(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted gateway switches the sounder off"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+}

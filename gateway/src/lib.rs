@@ -183,7 +183,8 @@ pub async fn run(
         alerts_handle.clone(),
         modbus_handle.clone(),
         handle.clone(),
-    );
+        &reader,
+    )?;
     // The first stage that ended while the gateway was running (see `guarded`).
     let ended: Ended = Arc::new(std::sync::OnceLock::new());
     let guard = |stage: &'static str, key: &'static str| Guarded {

@@ -31,14 +31,17 @@
 //!   so it is durable and forwarded to the city like any event. A later broadcast to an
 //!   output supersedes the earlier one's pending switch-off. Switching off (asked, or at
 //!   the end of the duration) skips an output an open alert's linkage switched on (its
-//!   recorded action), so a drill's end never silences a real fire's sounder.
+//!   recorded action), so a drill's end never silences a real fire's sounder. Pending
+//!   switch-offs are stored (sled tree `duty`) before switching on and run again by the
+//!   next start, so a gateway that stops during a broadcast does not leave it sounding.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use estate_config::{BroadcastConfig, BroadcastOutput, Config};
@@ -49,7 +52,7 @@ use crate::alerts::model::CityHandling;
 use crate::alerts::{AlertsHandle, OpError};
 use crate::events::{gateway_event, now_ms};
 use crate::ingest::modbus::{ModbusHandle, Write};
-use crate::store::StoreHandle;
+use crate::store::{StoreError, StoreHandle, StoreReader};
 
 /// Finished roll calls kept for `GET /api/roll-calls`.
 pub const HISTORY: usize = 20;
@@ -187,6 +190,22 @@ struct Inner {
     /// Per output, the generation of the broadcast that last switched it: a pending
     /// switch-off only acts while its generation is still the latest.
     generations: Mutex<HashMap<OutputKey, u64>>,
+    /// Pending switch-offs (sled tree `duty` in the store's database, key per output):
+    /// written before a broadcast switches on, removed once switched off, run again by
+    /// the next start when the gateway stopped (or died) before.
+    pending_offs: sled::Tree,
+    /// Cancelled by [`DutyDesk::stop`]: pending switch-off timers end (the next start
+    /// runs them from `pending_offs`).
+    stop: CancellationToken,
+}
+
+/// A switch-off to do, as kept in `pending_offs`.
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingOff {
+    off_at_ms: i64,
+    issuer: String,
+    group: String,
+    output: BroadcastOutput,
 }
 
 /// The duty desk. Cheap to clone.
@@ -197,14 +216,18 @@ pub struct DutyDesk {
 
 impl DutyDesk {
     /// `store` records broadcast writes; the desk holds it until [`DutyDesk::stop`].
+    /// `reader` holds the pending switch-offs: those left by the last run are scheduled
+    /// again (at once when overdue). Call inside the runtime.
     pub fn new(
         cfg: &Config,
         alerts: AlertsHandle,
         modbus: ModbusHandle,
         store: StoreHandle,
-    ) -> Self {
+        reader: &StoreReader,
+    ) -> Result<Self, StoreError> {
+        let pending_offs = reader.open_tree("duty")?;
         let (updates, _) = broadcast::channel(64);
-        DutyDesk {
+        let desk = DutyDesk {
             inner: Arc::new(Inner {
                 alerts,
                 modbus,
@@ -215,13 +238,79 @@ impl DutyDesk {
                 updates,
                 store: Mutex::new(Some(store)),
                 generations: Mutex::new(HashMap::new()),
+                pending_offs,
+                stop: CancellationToken::new(),
             }),
+        };
+        let mut left = Vec::new();
+        for item in desk.inner.pending_offs.iter() {
+            let (_, v) = item?;
+            match serde_json::from_slice::<PendingOff>(&v) {
+                Ok(p) => left.push(p),
+                Err(err) => warn!(error = %err, "Unreadable pending broadcast switch-off skipped."),
+            }
+        }
+        for p in left {
+            let after = Duration::from_millis(u64::try_from(p.off_at_ms - now_ms()).unwrap_or(0));
+            info!(device = %p.output.device, group = %p.group, after_ms = after.as_millis() as u64, "Broadcast switch-off left by the last run scheduled.");
+            let generation = desk.next_generation(std::slice::from_ref(&p.output));
+            desk.schedule_off(p.issuer, p.group, vec![p.output], generation, after);
+        }
+        Ok(desk)
+    }
+
+    /// Switches `outputs` off after `after`, those still of `generation`.
+    fn schedule_off(
+        &self,
+        issuer: String,
+        group: String,
+        outputs: Vec<BroadcastOutput>,
+        generation: u64,
+        after: Duration,
+    ) {
+        let desk = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = desk.inner.stop.cancelled() => return,
+                _ = tokio::time::sleep(after) => {}
+            }
+            let due: Vec<BroadcastOutput> = {
+                let g = lock(&desk.inner.generations);
+                outputs
+                    .into_iter()
+                    .filter(|o| g.get(&key(o)) == Some(&generation))
+                    .collect()
+            };
+            if !due.is_empty() {
+                desk.write_all(&issuer, &group, &due, false).await;
+            }
+        });
+    }
+
+    /// Keeps (or, with `None`, drops) the pending switch-off of `o`, durably.
+    async fn set_pending_off(&self, o: &BroadcastOutput, pending: Option<PendingOff>) {
+        let k = pending_key(o);
+        let r = match pending {
+            Some(p) => self
+                .inner
+                .pending_offs
+                .insert(k, serde_json::to_vec(&p).unwrap_or_default())
+                .map(|_| ()),
+            None => self.inner.pending_offs.remove(k).map(|_| ()),
+        };
+        let r = match r {
+            Ok(()) => self.inner.pending_offs.flush_async().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(err) = r {
+            warn!(device = %o.device, error = %err, "Pending broadcast switch-off not stored; a restart before it would leave the output on.");
         }
     }
 
     /// Lets go of the store (call once Modbus has stopped, before the store drains):
     /// writes after this are logged, not recorded.
     pub fn stop(&self) {
+        self.inner.stop.cancel();
         lock(&self.inner.store).take();
     }
 
@@ -390,30 +479,33 @@ impl DutyDesk {
             req.group.clone()
         };
         let generation = self.next_generation(&outputs);
+        let secs = u64::from(req.duration_s.max(1)).min(b.max_duration.as_secs().max(1));
+        let duration = Duration::from_secs(secs);
+        if req.on {
+            // Stored before switching on: a gateway that stops meanwhile switches off
+            // after its next start.
+            for o in &outputs {
+                let p = PendingOff {
+                    off_at_ms: now_ms() + ms(duration),
+                    issuer: issuer.to_owned(),
+                    group: group.clone(),
+                    output: o.clone(),
+                };
+                self.set_pending_off(o, Some(p)).await;
+            }
+        }
         let results = self.write_all(issuer, &group, &outputs, req.on).await;
         let n = outputs.len();
         let what = if req.on {
-            let secs = u64::from(req.duration_s.max(1)).min(b.max_duration.as_secs().max(1));
-            let duration = Duration::from_secs(secs);
             // Switched off after the duration even when some writes failed: a write that
             // timed out may still have happened.
-            let desk = self.clone();
-            let issuer = issuer.to_owned();
-            let group = group.clone();
-            let outputs = outputs.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(duration).await;
-                let due: Vec<BroadcastOutput> = {
-                    let g = lock(&desk.inner.generations);
-                    outputs
-                        .into_iter()
-                        .filter(|o| g.get(&key(o)) == Some(&generation))
-                        .collect()
-                };
-                if !due.is_empty() {
-                    desk.write_all(&issuer, &group, &due, false).await;
-                }
-            });
+            self.schedule_off(
+                issuer.to_owned(),
+                group.clone(),
+                outputs.clone(),
+                generation,
+                duration,
+            );
             let capped = if u64::from(req.duration_s) > secs {
                 " (capped at commands.broadcast.max_duration)"
             } else {
@@ -556,6 +648,9 @@ impl DutyDesk {
                 "result": outcome,
             }),
         );
+        if !on && result.is_ok() {
+            self.set_pending_off(o, None).await;
+        }
         let store = lock(&self.inner.store).clone();
         match store {
             Some(s) => {
@@ -663,6 +758,16 @@ fn linkage_write(action: &str) -> Option<(&str, u16, u16)> {
     (words.next()? == "=").then_some(())?;
     let value = words.next()?.parse().ok()?;
     Some((table, address, value))
+}
+
+/// `pending_offs` key of an output: `device/coil/N` or `device/register/N`.
+fn pending_key(o: &BroadcastOutput) -> Vec<u8> {
+    match (o.coil, o.register) {
+        (Some(a), _) => format!("{}/coil/{a}", o.device),
+        (None, Some(a)) => format!("{}/register/{a}", o.device),
+        (None, None) => o.device.clone(),
+    }
+    .into_bytes()
 }
 
 fn key(o: &BroadcastOutput) -> OutputKey {
