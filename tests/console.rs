@@ -759,3 +759,112 @@ async fn sigterm_stops_the_gateway_while_a_console_is_open() {
     );
     browser.expect("DOWN", STEP, &FixedLog(env.log_path()));
 }
+
+// ---------------------------------------------------------------------------------------
+// Roll calls (issue 14): the gateway in this process, whose duty desk the test calls as
+// the city link does
+// ---------------------------------------------------------------------------------------
+
+/// The gateway runs in the test's process: its log is the test's own output.
+struct InProcessLog;
+
+impl Logs for InProcessLog {
+    fn log_tail(&self, _n: usize) -> String {
+        "(the gateway runs in the test process)".into()
+    }
+}
+
+const ANSWER_BY: &str = "值班员 王芳";
+
+fn roll_call_request(id: &str, within: Duration) -> estate_gateway::duty::RollCallRequest {
+    let now = Instant::now();
+    estate_gateway::duty::RollCallRequest {
+        command_id: id.to_owned(),
+        issuer: "城市大脑 city-duty-7".into(),
+        message: "查岗：请值班员应答 Roll call: please answer".into(),
+        received: now,
+        deadline: now + within,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roll_call_shows_at_once_is_answered_on_the_page_and_one_left_alone_shows_as_missed() {
+    use estate_gateway::duty::RollCall;
+    if !browser_available("console roll-call test") {
+        return;
+    }
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    let path = write_config_with(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n"));
+    let cfg = estate_config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let opts = estate_gateway::RunOptions {
+        data_dir: env.data_dir(),
+        grace: Duration::from_millis(200),
+        api_listener: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+        on_ready: Some(ready_tx),
+    };
+    let gateway = tokio::spawn(estate_gateway::run(cfg, opts, shutdown.clone()));
+    let running = tokio::time::timeout(STEP, ready_rx)
+        .await
+        .expect("gateway ready")
+        .expect("gateway started");
+
+    let mut browser = Browser::open(
+        running.api_addr,
+        &env,
+        "rollcall",
+        "console-rollcall.png",
+        &[
+            ("CONSOLE_TOKEN", TOKEN.into()),
+            ("CONSOLE_ANSWER_BY", ANSWER_BY.into()),
+        ],
+    );
+    browser.expect("READY", STEP, &InProcessLog);
+
+    // The city calls; the open page must show it by itself, and the answer typed there
+    // is what the desk returns (to the city).
+    let id = common::unique_id("rc-");
+    let req = roll_call_request(&id, Duration::from_secs(120));
+    let received = req.received;
+    let desk = running.duty.clone();
+    let call = tokio::spawn(async move { desk.roll_call(req).await });
+    assert_eq!(browser.expect("ROLLCALL", STEP, &InProcessLog), id);
+    assert_eq!(browser.expect("ANSWERED", STEP, &InProcessLog), id);
+    let answered_within = received.elapsed();
+    let outcome = tokio::time::timeout(STEP, call)
+        .await
+        .expect("resolved once answered")
+        .expect("roll call task");
+    match outcome {
+        RollCall::Answered { by, after } => {
+            assert_eq!(by, ANSWER_BY);
+            assert!(
+                after > Duration::ZERO && after <= answered_within,
+                "{after:?} (answered within {answered_within:?})"
+            );
+        }
+        RollCall::NoAnswer => panic!("answered on the page, but the desk says no answer"),
+    }
+
+    // Nobody answers the next one: the desk says so at its deadline, the page shows it.
+    let id2 = common::unique_id("rc-");
+    let desk = running.duty.clone();
+    let call = tokio::spawn(async move {
+        desk.roll_call(roll_call_request(&id2, Duration::from_secs(8)))
+            .await
+    });
+    let missed = browser.expect("MISSED", STEP, &InProcessLog);
+    let outcome = tokio::time::timeout(STEP, call)
+        .await
+        .expect("resolved at the deadline")
+        .expect("roll call task");
+    assert_eq!(outcome, RollCall::NoAnswer, "{missed}");
+    browser.expect("DONE", STEP, &InProcessLog);
+    browser.finish();
+    assert_png(&artifact("console-rollcall.png"));
+    assert_png(&artifact("console-rollcall-missed.png"));
+    shutdown.cancel();
+    let _ = tokio::time::timeout(STEP, gateway).await;
+}

@@ -112,6 +112,93 @@ pub(crate) fn check(c: &CommandsConfig) -> Vec<(String, String)> {
     out
 }
 
+/// The rules of `[commands.broadcast]`, as (key path, message). `devices` are the
+/// configured devices as (id, has a `modbus` table).
+pub(crate) fn check_broadcast(
+    b: &BroadcastConfig,
+    devices: &[(String, bool)],
+) -> Vec<(String, String)> {
+    let mut f = Vec::new();
+    let d = b.max_duration;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+        f.push((
+            "commands.broadcast.max_duration".into(),
+            format!(
+                "must be between 1s and 1h, found {}",
+                humantime::format_duration(d)
+            ),
+        ));
+    }
+    if b.enabled && b.groups.is_empty() {
+        f.push((
+            "commands.broadcast.enabled".into(),
+            "broadcasts are enabled but no [[commands.broadcast.groups.NAME]] is configured: name the outputs they may switch".into(),
+        ));
+    }
+    for (name, outputs) in &b.groups {
+        let group = format!("commands.broadcast.groups.{name}");
+        if name.is_empty() || name.len() > 64 {
+            f.push((group.clone(), "a group name has 1 to 64 characters".into()));
+        } else if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            f.push((
+                group.clone(),
+                format!("{name:?} contains {c:?}; the city names groups in its commands, so only letters, digits, '-' and '_' are allowed"),
+            ));
+        }
+        if outputs.is_empty() {
+            f.push((group.clone(), "must list at least one output".into()));
+        }
+        for (i, o) in outputs.iter().enumerate() {
+            let key = |k: &str| format!("{group}[{i}].{k}");
+            match devices.iter().find(|d| d.0 == o.device) {
+                None => f.push((
+                    key("device"),
+                    format!("no device {:?} is configured in [[devices]]", o.device),
+                )),
+                Some((_, false)) => f.push((
+                    key("device"),
+                    format!(
+                        "device {:?} has no `modbus` table; broadcast writes go over Modbus",
+                        o.device
+                    ),
+                )),
+                Some(_) => {}
+            }
+            match (o.coil, o.register) {
+                (None, None) => f.push((
+                    key("coil"),
+                    "set `coil` or `register`: the address to write".into(),
+                )),
+                (Some(_), Some(_)) => f.push((
+                    key("register"),
+                    "set only one of `coil` and `register`".into(),
+                )),
+                (Some(_), None) => {
+                    for (k, v) in [("on", o.on), ("off", o.off)] {
+                        if v > 1 {
+                            f.push((key(k), format!("a coil takes 0 or 1, found {v}")));
+                        }
+                    }
+                }
+                (None, Some(_)) => {}
+            }
+            if o.on == o.off {
+                f.push((
+                    key("off"),
+                    format!(
+                        "`on` and `off` are both {}: the output would never change",
+                        o.on
+                    ),
+                ));
+            }
+        }
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +246,133 @@ mod tests {
             assert_eq!(found.len(), 1, "{bad:?}: {found:?}");
             assert_eq!(found[0].0, "commands.roll_call_answer_within");
         }
+    }
+
+    use crate::Config;
+
+    /// A config with a Modbus sounder (the shipped profile) and a device without Modbus.
+    fn load(broadcast: &str) -> Result<Config, crate::ConfigErrors> {
+        let profiles =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/sounder.toml");
+        let text = format!(
+            r#"[gateway]
+id = "gw-1"
+estate_id = "e1"
+
+[modbus]
+profile_files = [{profiles:?}]
+
+[[modbus.buses]]
+name = "b1"
+transport = "tcp"
+host = "127.0.0.1"
+
+[[devices]]
+id = "sounder-1"
+kind = "sounder"
+modbus = {{ bus = "b1", unit = 1, profile = "sounder" }}
+
+[[devices]]
+id = "smoke-1"
+kind = "smoke"
+
+{broadcast}"#
+        );
+        Config::from_toml_str(&text, "t.toml")
+    }
+
+    #[test]
+    fn broadcast_is_off_by_default() {
+        let c = load("").unwrap_or_else(|e| panic!("{e}"));
+        let b = &c.commands.broadcast;
+        assert!(!b.enabled && b.groups.is_empty());
+        assert_eq!(b.max_duration, std::time::Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_broadcast_group_loads() {
+        let c = load(
+            r#"[commands.broadcast]
+enabled = true
+max_duration = "5m"
+
+[[commands.broadcast.groups.lobby]]
+device = "sounder-1"
+coil = 0
+
+[[commands.broadcast.groups.lobby]]
+device = "sounder-1"
+register = 7
+on = 3
+off = 0
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let lobby = &c.commands.broadcast.groups["lobby"];
+        assert_eq!(lobby.len(), 2);
+        assert_eq!((lobby[0].coil, lobby[0].on, lobby[0].off), (Some(0), 1, 0));
+        assert_eq!((lobby[1].register, lobby[1].on), (Some(7), 3));
+    }
+
+    #[test]
+    fn every_broadcast_problem_is_reported_with_its_line() {
+        let text = r#"[commands.broadcast]
+enabled = true
+max_duration = "2h"
+
+[[commands.broadcast.groups."bad/name"]]
+device = "nope"
+coil = 0
+
+[[commands.broadcast.groups.lobby]]
+device = "smoke-1"
+coil = 0
+
+[[commands.broadcast.groups.lobby]]
+device = "sounder-1"
+coil = 0
+on = 2
+
+[[commands.broadcast.groups.lobby]]
+device = "sounder-1"
+coil = 1
+register = 1
+
+[[commands.broadcast.groups.lobby]]
+device = "sounder-1"
+
+[[commands.broadcast.groups.lobby]]
+device = "sounder-1"
+register = 4
+on = 0
+"#;
+        let errs = load(text).expect_err("rejected");
+        let at = |path: &str| -> String {
+            errs.iter()
+                .find(|p| p.path == path)
+                .map(|p| p.message.clone())
+                .unwrap_or_else(|| panic!("no problem at {path}:\n{errs}"))
+        };
+        assert!(at("commands.broadcast.max_duration").contains("1h"));
+        assert!(at("commands.broadcast.groups.bad/name").contains("'-' and '_'"));
+        assert!(at("commands.broadcast.groups.bad/name[0].device").contains("no device \"nope\""));
+        assert!(at("commands.broadcast.groups.lobby[0].device").contains("no `modbus` table"));
+        assert!(at("commands.broadcast.groups.lobby[1].on").contains("0 or 1"));
+        assert!(at("commands.broadcast.groups.lobby[2].register").contains("only one"));
+        assert!(at("commands.broadcast.groups.lobby[3].coil").contains("set `coil` or `register`"));
+        assert!(at("commands.broadcast.groups.lobby[4].off").contains("never change"));
+        // Located: the problem in the second output of `lobby` points at its own line.
+        let p = errs
+            .iter()
+            .find(|p| p.path == "commands.broadcast.groups.lobby[1].on")
+            .expect("found");
+        assert!(p.line.is_some(), "{p:?}");
+    }
+
+    #[test]
+    fn enabled_without_groups_is_refused() {
+        let errs = load("[commands.broadcast]\nenabled = true\n").expect_err("rejected");
+        assert!(errs.iter().any(|p| p.path == "commands.broadcast.enabled"
+            && p.message.contains("no [[commands.broadcast.groups")));
     }
 }

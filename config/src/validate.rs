@@ -246,6 +246,14 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
         for (path, message) in crate::commands::check(commands) {
             f.at(path, message);
         }
+        let devices: Vec<_> = parts
+            .devices
+            .iter()
+            .map(|(_, d)| (d.id.clone(), d.modbus.is_some()))
+            .collect();
+        for (path, message) in crate::commands::check_broadcast(&commands.broadcast, &devices) {
+            f.at(path, message);
+        }
     }
     f.0
 }

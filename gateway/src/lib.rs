@@ -16,10 +16,11 @@
 //! - [`alerts`] — local alerts: the pure rule engine, durable state and audit, linkage,
 //!   the alert topic; fed by the store writer with every committed event.
 //! - [`link`] — the city link: retained presence and last will, `GatewayStatus`, the
-//!   city's commands (seen-set, audit, resend); [`duty`] — what those commands ask of the
-//!   people on duty and the outputs.
-//! - [`api`] — local HTTP: alerts, devices, status, server-sent events, the console,
-//!   health and Prometheus metrics.
+//!   city's commands (seen-set, audit, resend).
+//! - [`duty`] — the duty desk: what those commands ask of the people on duty and the
+//!   outputs (roll calls, the city's alarm handling, broadcasts).
+//! - [`api`] — local HTTP: alerts, devices, status, roll calls, server-sent events, the
+//!   console, health and Prometheus metrics.
 //! - [`broker`] — embedded rumqttd for the demo and tests.
 //! - [`demo`] — the whole estate on one machine, nothing installed.
 //! - [`telemetry`] — metrics and logging; [`health`] — the conditions `/healthz` reports.
@@ -128,6 +129,8 @@ pub struct Running {
     pub boot_id: String,
     /// The local alerts (list, acknowledge, close, live updates).
     pub alerts: alerts::AlertsHandle,
+    /// The duty desk: roll calls, the city's alarm handling, broadcasts (issue 14).
+    pub duty: duty::DutyDesk,
 }
 
 impl Running {
@@ -184,6 +187,13 @@ pub async fn run(
         let reader = reader.clone();
         tokio::task::spawn_blocking(move || alerts::Alerts::new(&cfg, &reader)).await??
     };
+    let duty = duty::DutyDesk::new(
+        &cfg,
+        alerts_handle.clone(),
+        modbus_handle.clone(),
+        handle.clone(),
+        &reader,
+    )?;
     // The first stage that ended while the gateway was running (see `guarded`).
     let ended: Ended = Arc::new(std::sync::OnceLock::new());
     let guard = |stage: &'static str, key: &'static str| Guarded {
@@ -216,6 +226,7 @@ pub async fn run(
                 gateway_id: cfg.gateway.id.clone(),
                 estate_id: cfg.gateway.estate_id.clone(),
                 alerts: alerts_handle.clone(),
+                duty: duty.clone(),
                 token: cfg.api.token.clone(),
                 stop: stream_stop.clone(),
                 limits: api::server::Limits::from_config(&cfg.api),
@@ -255,7 +266,6 @@ pub async fn run(
     ));
     // Status, last will and commands on their own connection to the city broker; it
     // holds a StoreHandle (audit events), so it stops before the writer drains.
-    let duty = duty::DutyDesk::new(&cfg, alerts_handle.clone(), modbus_handle.clone());
     let city_link = tokio::spawn(guard("city link", "stage.link").run(
         city_link.run(
             link::Context {
@@ -263,7 +273,7 @@ pub async fn run(
                 store: handle.clone(),
                 metrics: metrics.clone(),
                 alerts: alerts_handle.clone(),
-                duty,
+                duty: duty.clone(),
                 store_dir: opts.data_dir.join("store"),
             },
             shutdown.clone(),
@@ -301,12 +311,15 @@ pub async fn run(
             reader: reader.clone(),
             boot_id,
             alerts: alerts_handle,
+            duty: duty.clone(),
         });
     }
 
     let ingest_result = ingest.await;
     // Modbus stops polling at a safe point and drops its StoreHandle before the store drains.
     let modbus_result = modbus.await;
+    // No broadcast writes after Modbus: the desk lets go of its StoreHandle.
+    duty.stop();
     alerts_stop.cancel();
     let alerts_result = alerts_task.join().await;
     let forward_result = forward.await;

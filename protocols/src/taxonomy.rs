@@ -108,6 +108,11 @@ pub const CODES: &[CodeInfo] = &[
     // The gateway's answer to one: {"command_id","kind","outcome","detail"} (and the
     // roll call's or resend's answer).
     c("GW.COMMAND_RESULT", S4, false, Some(K::Gateway), "Result of a city command"),
+    // A write of a city broadcast (issue 14) to a configured output, its detail naming
+    // the device, the write, the issuer and the result; a failed one is minor, so that
+    // the person on duty sees it as an alert.
+    c("GW.BROADCAST", S4, true, Some(K::Gateway), "Output switched by a city broadcast"),
+    c("GW.BROADCAST_FAILED", S3, false, Some(K::Gateway), "City broadcast write failed"),
     // The change of a local alert, carried upstream in `Event.alert` (always the alarms
     // lane: severity 1 for a critical alert, else 2). Never an alert itself.
     c("ALERT.UPDATE", S2, false, Some(K::Gateway), "Alert update"),

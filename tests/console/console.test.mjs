@@ -16,13 +16,20 @@
 //   script → test:  DOWN             the page noticed the stream dropped
 //   test → script:  (publishes a second alarm while the gateway is down, restarts it)
 //   script → test:  ALERT2 <id>      the page reconnected by itself and shows it
+//   rollcall mode (issue 14; the test calls the gateway's duty desk in its process):
+//   test → script:  (starts a roll call with a 2-minute deadline)
+//   script → test:  ROLLCALL <id>    shown at once, loud, at the top, counting down
+//   script → test:  ANSWERED <id>    answered on the page (name typed, button pressed)
+//   test → script:  (checks the desk's result, starts a roll call with a short deadline)
+//   script → test:  MISSED <id>      shown as missed once its deadline passed
 //   script → test:  SCREENSHOT <path>
 //   script → test:  DONE
 //
 // Any failed check prints `FAIL <reason>` and exits 1.
 //
 // Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly |
-// restart), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
+// restart | rollcall), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
+// CONSOLE_ANSWER_BY (rollcall mode: the name typed to answer; CONSOLE_TOKEN too),
 // CONSOLE_TOKEN and CONSOLE_OPERATOR (operator mode), CONSOLE_GATEWAY_ID,
 // CONSOLE_DEVICE (the device that will raise the alarm; silent until READY),
 // CONSOLE_OFFLINE_DEVICE (optional: a device that goes offline; it must end up on top),
@@ -141,6 +148,15 @@ async function main() {
 
   say('READY');
 
+  if (mode === 'rollcall') {
+    await rollCalls(page);
+    check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
+    check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
+    check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+    say('DONE');
+    return;
+  }
+
   // The test publishes a SMOKE.ALARM now; it must appear without a reload.
   const row = page.locator('#alerts li.alert[data-severity="1"]').first();
   await row.waitFor({ state: 'visible', timeout: STEP });
@@ -224,6 +240,67 @@ async function main() {
   say('DONE');
 }
 
+/** Seconds left as the banner's countdown shows them (`剩余 01:54 left`). */
+async function secondsLeft(banner) {
+  const text = await banner.locator('.rc-countdown').innerText();
+  const m = /(\d\d):(\d\d)/.exec(text);
+  check(m, `no countdown in ${JSON.stringify(text)}`);
+  return Number(m[1]) * 60 + Number(m[2]);
+}
+
+/** Rollcall mode: one roll call answered on the page, one left to be missed. */
+async function rollCalls(page) {
+  // It appears by itself, at once: no reload, nothing clicked.
+  const banner = page.locator('#roll-calls .roll-call[data-status="pending"]').first();
+  await banner.waitFor({ state: 'visible', timeout: STEP });
+  const id = await banner.getAttribute('data-roll-call-id');
+  const text = await banner.innerText();
+  check(text.includes('查岗') && text.includes('Roll call'), `not labelled a roll call: ${text}`);
+  check(text.includes('请值班员应答'), `the city's message is missing: ${text}`);
+  // Loud: the cue sounded (sound was enabled at READY), and it is at the top of the
+  // window, above everything else, however far the desk had scrolled.
+  await page.waitForSelector('body[data-roll-call-beeps]', { timeout: STEP });
+  const box = await banner.boundingBox();
+  check(box && box.y < 250 && box.height > 60, `the banner is not prominent at the top: ${JSON.stringify(box)}`);
+  // Counting down from the deadline (2 minutes).
+  const first = await secondsLeft(banner);
+  check(first > 60 && first <= 120, `countdown starts at ${first} s, want just under 120`);
+  await page.waitForFunction(
+    ([rid, s]) => {
+      const el = document.querySelector(`.roll-call[data-roll-call-id="${rid}"] .rc-countdown`);
+      const m = el && /(\d\d):(\d\d)/.exec(el.textContent);
+      return m && Number(m[1]) * 60 + Number(m[2]) < s;
+    },
+    [id, first],
+    { timeout: STEP },
+  );
+  await screenshot(page);
+  say(`ROLLCALL ${id}`);
+
+  // The person on duty types their name (and the token this tablet does not have yet)
+  // and presses answer.
+  await banner.locator('.rc-by').fill(env('CONSOLE_ANSWER_BY'));
+  await banner.locator('.rc-token').fill(env('CONSOLE_TOKEN'));
+  await banner.locator('.rc-btn').click();
+  const answered = page.locator(`.roll-call[data-roll-call-id="${id}"][data-status="answered"]`);
+  await answered.waitFor({ state: 'visible', timeout: STEP });
+  const result = await answered.locator('.rc-result').innerText();
+  check(result.includes(env('CONSOLE_ANSWER_BY')), `the answer does not name who answered: ${result}`);
+  say(`ANSWERED ${id}`);
+
+  // The next one is left alone until its deadline passes.
+  const second = page.locator(`#roll-calls .roll-call[data-status="pending"]:not([data-roll-call-id="${id}"])`);
+  await second.waitFor({ state: 'visible', timeout: STEP });
+  const id2 = await second.getAttribute('data-roll-call-id');
+  const missed = page.locator(`.roll-call[data-roll-call-id="${id2}"][data-status="missed"]`);
+  await missed.waitFor({ state: 'visible', timeout: STEP });
+  const missedText = await missed.innerText();
+  check(missedText.includes('未应答') && missedText.includes('Missed'), `not shown as missed: ${missedText}`);
+  check(await missed.locator('.rc-answer').isHidden(), 'a missed roll call still offers an answer');
+  await screenshot(page, 'missed');
+  say(`MISSED ${id2}`);
+}
+
 /** The device rows as [id, status], checked to have the offline ones on top. */
 async function devicesShown(page) {
   const shown = await page.$$eval('#devices li.device', (ls) => ls.map((l) => [l.dataset.deviceId, l.dataset.status]));
@@ -233,10 +310,11 @@ async function devicesShown(page) {
   return shown;
 }
 
-async function screenshot(page) {
-  mkdirSync(dirname(shot), { recursive: true });
-  await page.screenshot({ path: shot, fullPage: true });
-  say(`SCREENSHOT ${shot}`);
+async function screenshot(page, suffix = '') {
+  const path = suffix ? shot.replace(/\.png$/, `-${suffix}.png`) : shot;
+  mkdirSync(dirname(path), { recursive: true });
+  await page.screenshot({ path, fullPage: true });
+  say(`SCREENSHOT ${path}`);
 }
 
 try {

@@ -436,6 +436,7 @@ mod tests {
             actions: Vec::new(),
             opened_by_seq: 1,
             stored: true,
+            city: None,
         }
     }
 

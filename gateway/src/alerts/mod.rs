@@ -58,7 +58,7 @@ use crate::ingest::modbus::{ModbusHandle, Write};
 use crate::store::{StoreError, StoreHandle, StoreReader, Tapped};
 use crate::telemetry::Metrics;
 
-use model::{ActionRecord, Alert, AuditEntry, DeviceView, Disposition};
+use model::{ActionRecord, Alert, AuditEntry, CityHandling, DeviceView, Disposition};
 use rules::{Effect, Engine, LinkAction, LinkWrite};
 use state::AlertStore;
 
@@ -102,6 +102,11 @@ enum Command {
         by: String,
         disposition: Disposition,
         note: String,
+        reply: oneshot::Sender<Result<Alert, OpError>>,
+    },
+    City {
+        id: String,
+        handling: CityHandling,
         reply: oneshot::Sender<Result<Alert, OpError>>,
     },
 }
@@ -160,6 +165,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Ack { id, .. } => write!(f, "Ack({id})"),
             Command::Close { id, .. } => write!(f, "Close({id})"),
+            Command::City { id, .. } => write!(f, "City({id})"),
         }
     }
 }
@@ -199,6 +205,22 @@ impl AlertsHandle {
                 id: id.to_owned(),
                 by: by.to_owned(),
                 note: note.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| OpError::Stopped)?;
+        rx.await.map_err(|_| OpError::Stopped)?
+    }
+
+    /// Attaches the city's handling state to an alert, open or closed (issue 14): stored
+    /// with the alert, in its audit trail (by the city's issuer), on the live stream;
+    /// never upstream (the city set it). Resolves once the change is durable.
+    pub async fn city_handling(&self, id: &str, handling: CityHandling) -> Result<Alert, OpError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::City {
+                id: id.to_owned(),
+                handling,
                 reply,
             })
             .await
@@ -587,6 +609,22 @@ impl Alerts {
                     .map_err(|e| self.op_error(&id, e)),
                 reply,
             ),
+            Command::City {
+                id,
+                handling,
+                reply,
+            } => match self.engine.city_handling(&id, handling.clone()) {
+                Some(effect) => (Ok(vec![effect]), reply),
+                // Closed here, still handled there: attached to the stored alert.
+                None => (
+                    match self.store.get(&id) {
+                        Ok(Some(mut a)) => Ok(vec![rules::city_effect(&mut a, handling)]),
+                        Ok(None) => Err(OpError::NotFound(id)),
+                        Err(e) => Err(OpError::Store(e.to_string())),
+                    },
+                    reply,
+                ),
+            },
         };
         let effects = match result {
             Ok(effects) => effects,

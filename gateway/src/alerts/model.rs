@@ -44,6 +44,11 @@ pub struct Alert {
     /// `true` (the console shows "Not stored" until then).
     #[serde(default = "stored_default")]
     pub stored: bool,
+    /// The city platform's handling of this alert, as its latest command set it (issue
+    /// 14); `None` until the city says something. Informative: it never changes the
+    /// local status (closing stays with the person on duty here).
+    #[serde(default)]
+    pub city: Option<CityHandling>,
 }
 
 fn stored_default() -> bool {
@@ -92,6 +97,19 @@ impl Alert {
             opened_by_seq: self.opened_by_seq,
         }
     }
+}
+
+/// The city's state for an alert (`CityAlarmState` in `link.proto`) and its note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CityHandling {
+    /// `received`, `dispatched`, `on_scene` or `closed`.
+    pub state: String,
+    /// Free text from the city, e.g. the unit dispatched.
+    pub note: String,
+    /// Who at the city set it (the command's issuer).
+    pub by: String,
+    /// When the gateway attached it.
+    pub at_ms: i64,
 }
 
 /// Who acknowledged the alert, when, and why.
@@ -164,7 +182,8 @@ pub struct AuditEntry {
     pub at_ms: i64,
     /// The operator, or `gateway` for automatic changes.
     pub by: String,
-    /// `opened`, `acknowledged`, `escalated`, `cleared`, `reactivated`, `closed`, `action`.
+    /// `opened`, `acknowledged`, `escalated`, `cleared`, `reactivated`, `closed`, `action`,
+    /// `city` (the city's handling state; the note says which).
     pub action: String,
     pub note: String,
 }

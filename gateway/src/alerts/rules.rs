@@ -25,7 +25,8 @@ use estate_protocols::model::{
 use estate_protocols::taxonomy;
 
 use super::model::{
-    Acknowledged, ActionRecord, Alert, AuditEntry, Closed, DeviceStatus, DeviceView, Disposition,
+    Acknowledged, ActionRecord, Alert, AuditEntry, CityHandling, Closed, DeviceStatus, DeviceView,
+    Disposition,
 };
 
 /// Who automatic changes are attributed to.
@@ -526,6 +527,14 @@ impl Engine {
         Ok(out)
     }
 
+    /// The city's handling state, attached to an open alert (issue 14). Nothing goes
+    /// upstream: the city set it. `None` when the alert is not open (the caller attaches
+    /// it to the stored alert).
+    pub fn city_handling(&mut self, alert_id: &str, city: CityHandling) -> Option<Effect> {
+        let a = self.open.get_mut(alert_id)?;
+        Some(city_effect(a, city))
+    }
+
     /// The result of a linkage write, recorded on its alert. `None` when the alert was
     /// closed in the meantime (the caller records it on the stored alert).
     pub fn record_action(&mut self, alert_id: &str, record: ActionRecord) -> Option<Effect> {
@@ -791,6 +800,7 @@ impl Engine {
             actions: Vec::new(),
             opened_by_seq: ev.seq,
             stored: ev.seq != 0,
+            city: None,
         };
         let links: Vec<LinkAction> = self
             .cfg
@@ -1033,6 +1043,22 @@ fn link_action(name: &str, l: &Linkage) -> LinkAction {
         rule: name.to_owned(),
         device: l.device.clone(),
         write,
+    }
+}
+
+/// Attaches the city's handling to `a`, with its audit entry (`city`, by the issuer).
+pub(crate) fn city_effect(a: &mut Alert, city: CityHandling) -> Effect {
+    let note = if city.note.is_empty() {
+        city.state.clone()
+    } else {
+        format!("{}: {}", city.state, city.note)
+    };
+    let entry = audit(city.at_ms, &city.by, "city", &note);
+    a.city = Some(city);
+    Effect::Alert {
+        alert: a.clone(),
+        audit: Some(entry),
+        upstream: None,
     }
 }
 

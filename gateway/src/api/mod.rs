@@ -1,5 +1,6 @@
 //! The local HTTP API: health, metrics, alerts (list, get, acknowledge, close), devices,
-//! gateway status, a server-sent-event stream of live changes, and the web console.
+//! gateway status, the city's roll calls (list, answer), a server-sent-event stream of
+//! live changes, and the web console.
 //!
 //! Bound to loopback by default (`api.listen`). `run` takes an already-bound listener so
 //! tests and the demo can bind port 0. Reading needs no authentication; write actions
@@ -37,6 +38,7 @@ use estate_protocols::model::Lane;
 use crate::alerts::model::Disposition;
 use crate::alerts::state::Filter;
 use crate::alerts::{AlertsHandle, OpError, Update};
+use crate::duty::{AnswerError, RollCallView};
 use crate::store::StoreReader;
 use crate::telemetry::Metrics;
 
@@ -68,6 +70,8 @@ pub struct ApiState {
     pub gateway_id: String,
     pub estate_id: String,
     pub alerts: AlertsHandle,
+    /// Roll calls from the city (issue 14).
+    pub duty: crate::duty::DutyDesk,
     /// `api.token`: required for write actions; `None` makes the API read-only.
     pub token: Option<Secret>,
     /// Cancelled when the API stops: open event streams end then, so that graceful
@@ -92,6 +96,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/alerts/{id}/ack", post(ack_alert))
         .route("/api/alerts/{id}/close", post(close_alert))
         .route("/api/devices", get(devices))
+        .route("/api/roll-calls", get(roll_calls))
+        .route("/api/roll-calls/{id}/answer", post(answer_roll_call))
         .route("/api/stream", get(stream))
         .merge(console::routes())
         .with_state(state)
@@ -315,6 +321,13 @@ struct CloseBody {
     note: String,
 }
 
+/// `POST /api/roll-calls/{id}/answer`: who answers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    by: String,
+}
+
 /// The free-text fields of a write request, for their caps.
 trait OperatorFields {
     /// `(field, value, most characters)` of every free-text field.
@@ -328,6 +341,15 @@ impl OperatorFields for AckBody {
             ("by", &self.by, MAX_BY_CHARS),
             ("note", &self.note, MAX_NOTE_CHARS),
         ]
+    }
+    fn by(&self) -> &str {
+        &self.by
+    }
+}
+
+impl OperatorFields for AnswerBody {
+    fn fields(&self) -> Vec<(&'static str, &str, usize)> {
+        vec![("by", &self.by, MAX_BY_CHARS)]
     }
     fn by(&self) -> &str {
         &self.by
@@ -479,6 +501,32 @@ async fn close_alert(
     op_response(s.alerts.close(&id, b.by.trim(), disposition, &b.note).await)
 }
 
+/// `GET /api/roll-calls`: the pending roll calls (oldest first), then the last finished
+/// ones (newest first), each with its status (`pending`, `answered`, `missed`) and, while
+/// pending, `remaining_ms`.
+async fn roll_calls(State(s): State<ApiState>) -> impl IntoResponse {
+    Json(serde_json::json!({ "roll_calls": s.duty.roll_calls() }))
+}
+
+/// `POST /api/roll-calls/{id}/answer` `{"by": "…"}`: the person on duty answers; needs
+/// the token like every write. 404 for an unknown id, 409 once answered or missed.
+async fn answer_roll_call(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let b: AnswerBody = match operator_request(&s, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match s.duty.answer(&id, b.by.trim()) {
+        Ok(view) => Json(view).into_response(),
+        Err(e @ AnswerError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ AnswerError::Finished { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
 async fn devices(State(s): State<ApiState>) -> impl IntoResponse {
     Json(serde_json::json!({ "devices": s.alerts.devices() }))
 }
@@ -486,12 +534,14 @@ async fn devices(State(s): State<ApiState>) -> impl IntoResponse {
 /// What the SSE stream yields next.
 enum Next {
     Update(Result<Update, broadcast::error::RecvError>),
+    RollCall(Result<RollCallView, broadcast::error::RecvError>),
     Status,
     Stop,
 }
 
 /// `GET /api/stream`: `alert` events (an alert's JSON on every change), `device` events
-/// (a device's JSON when its status changes), `status` every second (the /api/status
+/// (a device's JSON when its status changes), `roll_call` events (a roll call's JSON
+/// when it arrives, is answered or is missed), `status` every second (the /api/status
 /// JSON), and keep-alive comments. A client that falls behind gets a `resync` event and
 /// should re-read the lists. The stream ends when the gateway stops (the client
 /// reconnects to the next one). At most `api.max_sse_clients` streams at once: beyond,
@@ -517,7 +567,7 @@ fn live_stream(
     s: ApiState,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = s.alerts.subscribe();
+    let rx = (s.alerts.subscribe(), s.duty.subscribe());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The permit lives in the stream's state: released when the stream is dropped.
@@ -527,7 +577,8 @@ fn live_stream(
         let next = tokio::select! {
             biased;
             _ = stop.cancelled() => Next::Stop,
-            u = rx.recv() => Next::Update(u),
+            r = rx.1.recv() => Next::RollCall(r),
+            u = rx.0.recv() => Next::Update(u),
             _ = tick.tick() => Next::Status,
         };
         let ev = match next {
@@ -537,10 +588,16 @@ fn live_stream(
             Next::Update(Ok(Update::Device(d))) => SseEvent::default()
                 .event("device")
                 .data(serde_json::to_string(&d).unwrap_or_default()),
-            Next::Update(Err(broadcast::error::RecvError::Lagged(n))) => SseEvent::default()
+            Next::RollCall(Ok(r)) => SseEvent::default()
+                .event("roll_call")
+                .data(serde_json::to_string(&r).unwrap_or_default()),
+            Next::Update(Err(broadcast::error::RecvError::Lagged(n)))
+            | Next::RollCall(Err(broadcast::error::RecvError::Lagged(n))) => SseEvent::default()
                 .event("resync")
                 .data(format!("{{\"missed\":{n}}}")),
-            Next::Update(Err(broadcast::error::RecvError::Closed)) | Next::Stop => return None,
+            Next::Update(Err(broadcast::error::RecvError::Closed))
+            | Next::RollCall(Err(broadcast::error::RecvError::Closed))
+            | Next::Stop => return None,
             Next::Status => SseEvent::default()
                 .event("status")
                 .data(status_json(&s).to_string()),

@@ -2,19 +2,25 @@
 // bundler, no external fetches: it is served by the gateway on the estate LAN.
 //
 // Data flow: one initial load through the GET endpoints, then live updates from
-// `EventSource('/api/stream')`: events `alert`, `device`, `status` (every second), and
-// `resync` (this client fell behind). After a reconnect or a resync the lists are loaded
+// `EventSource('/api/stream')`: events `alert`, `device`, `roll_call` (the city's 查岗:
+// shown at once, loud, with a countdown), `status` (every second), and `resync` (this
+// client fell behind). After a reconnect or a resync the lists are loaded
 // again, so changes missed meanwhile show up. Rows are keyed by id and updated in place;
 // only rows whose position changed move.
 //
 // Test hooks (read by tests/console): <body data-ready="1"> once loaded and live,
-// data-read-only, data-alert-beeps (sounds played for new critical alerts); each alert
-// row has data-alert-id, data-status and data-severity.
+// data-read-only, data-alert-beeps (sounds played for new critical alerts),
+// data-roll-call-beeps (sounds played for waiting roll calls); each alert row has
+// data-alert-id, data-status and data-severity; each roll call data-roll-call-id and
+// data-status (pending, answered, missed).
 
 const TOKEN_KEY = 'estate.console.token';
 const OPERATOR_KEY = 'estate.console.operator';
 const STALE_STREAM_MS = 10000; // status arrives every second; silence this long = dead link
 const REMINDER_MS = 30000; // repeat the cue while a critical alert is unacknowledged
+const ROLL_CALL_CUE_MS = 5000; // repeat the cue this often while a roll call waits
+const ANSWERED_SHOWN_MS = 15000; // an answered roll call stays on screen this long
+const MISSED_SHOWN_MS = 12 * 3600 * 1000; // missed ones older than this are not shown after a reload
 
 const $ = (id) => document.getElementById(id);
 
@@ -101,6 +107,13 @@ const CODE_ZH = {
   'GW.STORE_ROLLBACK': '存储回退，已开始新纪元',
   'GW.STORE_QUARANTINED': '存储损坏已隔离，已开始新纪元',
   'GW.DISK_LOW': '磁盘空间不足',
+};
+
+const CITY_STATE = {
+  received: '已接警 Received',
+  dispatched: '已派警 Dispatched',
+  on_scene: '已到场 On scene',
+  closed: '已结案 Closed',
 };
 
 const DEVICE_STATUS = {
@@ -210,6 +223,10 @@ const state = {
   closing: null, // alert id the close dialog is for
   /** ids that arrived after the first load: their rows flash once */
   fresh: new Set(),
+  /** roll-call id → { rc, deadline (local ms), row, dismissed, answeredAt } */
+  rollCalls: new Map(),
+  rollCallBeeps: 0,
+  lastRollCallCue: 0,
 };
 
 function token() {
@@ -330,7 +347,7 @@ function makeAlertRow(id) {
   const el = {
     sev: q('.sev'), title: q('.title'), code: q('.code'), repeat: q('.repeat'),
     cleared: q('.cleared'), escalated: q('.escalated'), unstored: q('.unstored'), state: q('.state'),
-    where: q('.where'), device: q('.device'), age: q('.age'), handled: q('.handled'),
+    where: q('.where'), device: q('.device'), age: q('.age'), handled: q('.handled'), city: q('.city'),
     actions: q('.actions'), ops: q('.ops'), ack: q('.ack'), close: q('.close'),
   };
   el.ack.addEventListener('click', () => acknowledge(id));
@@ -372,6 +389,14 @@ function renderAlertRow(row, a, now) {
     if (a.acknowledged.note) handled += ` · ${a.acknowledged.note}`;
   }
   setText(el.handled, handled);
+  // The city platform's handling (issue 14): received, dispatched, on scene, closed.
+  el.city.hidden = !a.city;
+  if (a.city) {
+    let city = `市级平台 City: ${CITY_STATE[a.city.state] || a.city.state}`;
+    if (a.city.note) city += ` · ${a.city.note}`;
+    city += ` · ${a.city.by} · ${clockText(a.city.at_ms)}`;
+    setText(el.city, city);
+  }
   const actions = a.actions || [];
   const key = JSON.stringify(actions);
   if (key !== row.actionsKey) {
@@ -414,6 +439,144 @@ function renderAlerts() {
   }
   setText($('alert-count'), String(sorted.length));
   $('no-alerts').hidden = sorted.length > 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Roll calls (查岗): the city asks whether anyone is on duty
+// ---------------------------------------------------------------------------------------
+
+function rollCallCue() {
+  if (beep()) {
+    state.rollCallBeeps += 1;
+    document.body.dataset.rollCallBeeps = String(state.rollCallBeeps);
+  }
+  state.lastRollCallCue = Date.now();
+}
+
+/** Applies one roll call from the stream, a list load or an answer. */
+function upsertRollCall(rc, { live }) {
+  let entry = state.rollCalls.get(rc.id);
+  if (!entry) {
+    // After a reload: a missed call is still news for the desk; an answered one is not.
+    const old = !live && rc.status !== 'pending';
+    entry = {
+      rc,
+      row: null,
+      dismissed: old && (rc.status === 'answered' || Date.now() - rc.deadline_ms > MISSED_SHOWN_MS),
+      answeredAt: 0,
+    };
+    state.rollCalls.set(rc.id, entry);
+    if (rc.status === 'pending') rollCallCue();
+  }
+  entry.rc = rc;
+  // Counted down from what the gateway says is left, whatever this tablet's clock says.
+  if (rc.status === 'pending') entry.deadline = Date.now() + rc.remaining_ms;
+  if (rc.status === 'answered' && !entry.answeredAt) entry.answeredAt = Date.now();
+  renderRollCalls();
+}
+
+function countdownText(ms) {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  const p = (n) => String(n).padStart(2, '0');
+  return `剩余 ${p(Math.floor(s / 60))}:${p(s % 60)} left`;
+}
+
+function makeRollCallRow(id) {
+  const div = $('roll-call-tpl').content.firstElementChild.cloneNode(true);
+  div.dataset.rollCallId = id;
+  const q = (sel) => div.querySelector(sel);
+  const el = {
+    from: q('.rc-from'), countdown: q('.rc-countdown'), message: q('.rc-message'),
+    form: q('.rc-answer'), by: q('.rc-by'), token: q('.rc-token'), tokenLabel: q('.rc-token-label'),
+    btn: q('.rc-btn'), result: q('.rc-result'), dismiss: q('.rc-dismiss'),
+  };
+  el.by.value = operator();
+  el.form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    answerRollCall(id);
+  });
+  el.dismiss.addEventListener('click', () => {
+    const entry = state.rollCalls.get(id);
+    if (entry) entry.dismissed = true;
+    renderRollCalls();
+  });
+  return { div, el };
+}
+
+function renderRollCalls() {
+  const now = Date.now();
+  const box = $('roll-calls');
+  let shown = 0;
+  let pending = 0;
+  for (const [id, entry] of state.rollCalls) {
+    const { rc } = entry;
+    if (rc.status === 'answered' && entry.answeredAt && now - entry.answeredAt > ANSWERED_SHOWN_MS) entry.dismissed = true;
+    if (entry.dismissed) {
+      if (entry.row) entry.row.div.remove();
+      entry.row = null;
+      if (rc.status !== 'pending') state.rollCalls.delete(id);
+      continue;
+    }
+    if (!entry.row) {
+      entry.row = makeRollCallRow(id);
+      box.append(entry.row.div);
+    }
+    shown += 1;
+    const { div, el } = entry.row;
+    setAttr(div, 'data-status', rc.status);
+    setText(el.from, `来自 from ${rc.issuer} · ${clockText(rc.received_ms)}`);
+    setText(el.message, rc.message || '请值班人员应答 · The person on duty, please answer');
+    const waiting = rc.status === 'pending';
+    if (waiting) pending += 1;
+    el.form.hidden = !waiting;
+    el.dismiss.hidden = rc.status !== 'missed';
+    el.countdown.hidden = !waiting;
+    if (waiting) setText(el.countdown, countdownText(entry.deadline - now));
+    el.tokenLabel.hidden = state.readOnly || Boolean(token());
+    el.btn.disabled = state.readOnly;
+    if (rc.status === 'answered') {
+      setText(el.result, `已应答 Answered: ${rc.answered_by} · 用时 after ${Math.round((rc.answer_after_ms || 0) / 1000)} s`);
+    } else if (rc.status === 'missed') {
+      setText(el.result, `未应答 Missed — 截止 deadline ${clockText(rc.deadline_ms)}；市级平台已收到“无人应答” · the city was told nobody answered`);
+    } else {
+      setText(el.result, state.readOnly ? '只读：此处无法应答 · read-only: cannot answer here' : '');
+    }
+  }
+  box.hidden = shown === 0;
+  document.body.classList.toggle('roll-call-pending', pending > 0);
+}
+
+/** Once a second while a roll call waits: the countdown, and the cue every few seconds. */
+function tickRollCalls() {
+  let pending = false;
+  for (const entry of state.rollCalls.values()) if (entry.rc.status === 'pending') pending = true;
+  if (pending && Date.now() - state.lastRollCallCue >= ROLL_CALL_CUE_MS) rollCallCue();
+  if (state.rollCalls.size) renderRollCalls();
+}
+
+async function answerRollCall(id) {
+  const entry = state.rollCalls.get(id);
+  if (!entry || !entry.row) return;
+  const { el } = entry.row;
+  const by = el.by.value.trim();
+  if (!by) {
+    el.by.focus();
+    return;
+  }
+  const t = el.token.value.trim();
+  if (t) {
+    localStorage.setItem(TOKEN_KEY, t);
+    el.token.value = '';
+    showSession();
+  }
+  el.btn.disabled = true;
+  const r = await post(`/api/roll-calls/${encodeURIComponent(id)}/answer`, { by }, {
+    needOperator: false,
+    notFound: '查岗不存在 Roll call not found',
+    conflict: '查岗已结束 The roll call has already ended',
+  });
+  el.btn.disabled = false;
+  if (r) upsertRollCall(r, { live: true });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -548,12 +711,13 @@ async function getJson(path) {
   return r.json();
 }
 
-async function post(path, body) {
+async function post(path, body, opts = {}) {
   const t = token();
-  if (!t || !operator()) {
-    showMessage('请先输入值班员与令牌 · Enter your name and the API token first');
+  const needOperator = opts.needOperator !== false;
+  if (!t || (needOperator && !operator())) {
+    showMessage(needOperator ? '请先输入值班员与令牌 · Enter your name and the API token first' : '请先输入令牌 · Enter the API token first');
     showSession();
-    $(operator() ? 'token-input' : 'operator-input').focus();
+    if (needOperator) $(operator() ? 'token-input' : 'operator-input').focus();
     return null;
   }
   let r;
@@ -582,9 +746,9 @@ async function post(path, body) {
     setReadOnly(true);
     showMessage(`只读 Read-only${detail}`);
   } else if (r.status === 404) {
-    showMessage(`告警不存在 Alert not found${detail}`);
+    showMessage(`${opts.notFound || '告警不存在 Alert not found'}${detail}`);
   } else if (r.status === 409) {
-    showMessage(`告警状态已变化 The alert has changed${detail}`);
+    showMessage(`${opts.conflict || '告警状态已变化 The alert has changed'}${detail}`);
   } else {
     showMessage(`操作失败 Failed: HTTP ${r.status}${detail}`);
   }
@@ -642,12 +806,14 @@ async function submitClose(ev) {
 async function loadAll() {
   state.touchedAlerts.clear();
   state.touchedDevices.clear();
-  const [status, alerts, devices] = await Promise.all([
+  const [status, alerts, devices, rollCalls] = await Promise.all([
     getJson('/api/status'),
     getJson('/api/alerts?status=open&limit=1000'),
     getJson('/api/devices'),
+    getJson('/api/roll-calls'),
   ]);
   applyStatus(status);
+  for (const rc of rollCalls.roll_calls) upsertRollCall(rc, { live: false });
   const seenA = new Set();
   for (const a of alerts.alerts) {
     seenA.add(a.id);
@@ -716,6 +882,10 @@ function connect() {
     state.touchedDevices.add(d.id);
     upsertDevice(d);
   });
+  es.addEventListener('roll_call', (e) => {
+    lastMessage = Date.now();
+    upsertRollCall(JSON.parse(e.data), { live: true });
+  });
   es.addEventListener('status', (e) => {
     lastMessage = Date.now();
     applyStatus(JSON.parse(e.data));
@@ -775,6 +945,7 @@ function start() {
   });
   setReadOnly(true);
   connect();
+  setInterval(tickRollCalls, 1000);
   setInterval(() => {
     // Ages move on; a stream that went silent is replaced.
     scheduleRender();
