@@ -14,6 +14,8 @@
 //! reports the seqs missing between 1 and the highest one seen.
 
 pub mod board;
+pub mod command;
+pub mod consumer;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -305,6 +307,17 @@ impl Ledger {
 
     /// Accounts one received MQTT message; `None` when it is not a decodable batch.
     pub fn on_batch(&mut self, topic: &str, payload: &[u8]) -> Option<BatchSeen> {
+        self.on_batch_with_gateway(topic, payload)
+            .map(|(_, seen)| seen)
+    }
+
+    /// [`Ledger::on_batch`], also giving back the batch's `gateway_id` (the decoded
+    /// string itself: no copy per batch).
+    pub fn on_batch_with_gateway(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Option<(String, BatchSeen)> {
         self.batches += 1;
         let Some(lane) = lane_of_topic(topic) else {
             self.unknown_topics += 1;
@@ -336,11 +349,12 @@ impl Ledger {
         }
         let store_epoch = batch.store_epoch;
         let recorded_id = self.record.then(|| batch.gateway_id.clone());
-        // The decoded id moves into the key: no allocation per batch.
-        let stream = self
-            .streams
-            .entry((batch.gateway_id, store_epoch))
-            .or_default();
+        // Looked up with the decoded id; its key is only copied for a new stream.
+        let key = (batch.gateway_id, store_epoch);
+        if !self.streams.contains_key(&key) {
+            self.streams.insert(key.clone(), SeqSet::default());
+        }
+        let stream = self.streams.get_mut(&key)?; // inserted just above
         for e in batch.events {
             let arrival = self.arrivals;
             self.arrivals += 1;
@@ -374,7 +388,7 @@ impl Ledger {
                 });
             }
         }
-        Some(seen)
+        Some((key.0, seen))
     }
 
     /// Every stream with a hole: (gateway_id, store_epoch, its gaps).
