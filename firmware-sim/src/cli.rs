@@ -28,6 +28,8 @@ pub enum Command {
     /// The reference city side: the consumer (dedup, gaps, the estate board) or, with a
     /// subcommand, a command to one gateway.
     City(Box<CityArgs>),
+    /// Publish the sensors of many simulated estates from one process (one connection).
+    Fleet(FleetArgs),
     /// Publish the mixed estate in third-party formats (zigbee2mqtt, Frigate, ISAPI-style
     /// camera, access-control SDK codes, NB-IoT smoke), as a real estate mixes them.
     Formats(FormatsArgs),
@@ -101,6 +103,37 @@ pub struct PublishArgs {
     /// Print the report as one JSON object (without the list of acked seqs).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Ingest broker address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    /// How many estates.
+    #[arg(long, default_value_t = 10)]
+    pub estates: u32,
+    /// The first estate's id (digits); estate i is base + i at the same width.
+    #[arg(long, default_value = "31011500000000000001")]
+    pub base: String,
+    /// Messages per second per estate.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Of every 1,000 messages, this many are SMOKE.ALARM.
+    #[arg(long, default_value_t = 2)]
+    pub alarms_per_mille: u64,
+    /// Messages per estate; default until stopped (Ctrl-C or --duration).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// First topic level of the native protocol.
+    #[arg(long, default_value = "estate")]
+    pub prefix: String,
+    /// QoS 1 messages awaiting PUBACK at once.
+    #[arg(long, default_value_t = 200)]
+    pub max_inflight: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -308,7 +341,39 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::City(a) => run_city(*a).await,
         Command::Modbus(a) => run_modbus(a).await,
         Command::Formats(a) => run_formats(a).await,
+        Command::Fleet(a) => run_fleet(a).await,
     }
+}
+
+async fn run_fleet(a: FleetArgs) -> Result<()> {
+    use estate_sim::fleet::{self, FleetOptions};
+    let (broker_host, broker_port) = parse_broker(&a.broker)?;
+    let stop = ctrl_c_token();
+    if let Some(d) = a.duration {
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            s.cancel();
+        });
+    }
+    let opts = FleetOptions {
+        broker_host,
+        broker_port,
+        prefix: a.prefix,
+        estates: a.estates,
+        base: a.base,
+        rate: a.rate,
+        alarms_per_mille: a.alarms_per_mille,
+        count: a.count,
+        max_inflight: a.max_inflight,
+        ..FleetOptions::default()
+    };
+    let r = fleet::run(opts, stop).await?;
+    println!(
+        "fleet: published {} messages, {} acknowledged, {} reconnects",
+        r.published, r.acked, r.reconnects
+    );
+    Ok(())
 }
 
 async fn run_formats(a: FormatsArgs) -> Result<()> {
