@@ -574,6 +574,10 @@ async fn run_city(a: CityArgs) -> Result<()> {
     if to_stdout {
         eprintln!("final: {}", snap.summary());
     } else {
+        print!(
+            "{}",
+            estate_sim::city::board::render_table(&snap.estates, snap.at_ms, c.rows)
+        );
         println!("final: {}", snap.summary());
     }
     Ok(())
