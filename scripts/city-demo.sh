@@ -22,7 +22,8 @@ GATEWAYS=${GATEWAYS:-5}
 DURATION=${DURATION:-80}          # seconds of fleet traffic
 RATE=${RATE:-50}                  # events per second per estate
 REPORTING_TIME=${REPORTING_TIME:-30s}
-DRAIN=${DRAIN:-30}                # seconds for the gateways to drain after the fleet stops
+DRAIN=${DRAIN:-20}                # seconds to drain after the fleet stops; keep it below the
+                                  # reporting time, or the idle gateways show dark at the end
 BASE=${BASE:-31011500000000000001}
 PORT0=${PORT0:-24000}             # NATS client 4222-like, cluster, MQTT ports start here
 
@@ -106,6 +107,9 @@ wait_port "$INGEST" mosquitto
   --json "$TMP/board.json" >"$TMP/city.out" 2>"$TMP/city.log" &
 CITY=$!
 PIDS+=($CITY)
+# Subscribed before any gateway publishes: a clean session misses what came before.
+for _ in $(seq 1 300); do grep -q "Subscribed" "$TMP/city.log" 2>/dev/null && break; sleep 0.1; done
+grep -q "Subscribed" "$TMP/city.log" || { echo "city-demo: the consumer did not subscribe" >&2; tail "$TMP/city.log" >&2; exit 1; }
 
 # --- the gateways ---------------------------------------------------------------------
 # Estate k: BASE + k at the width of BASE, as `estate-sim fleet` numbers them (the sum
