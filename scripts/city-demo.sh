@@ -159,6 +159,7 @@ victim=$((GATEWAYS - 1))
 victim_estate=$(estate "$victim")
 kill -9 "${GW_PID[$victim]}"
 killed=$(now_ms)
+wait "${GW_PID[$victim]}" 2>/dev/null || true
 echo "$(date +%T) SIGKILL gateway gw-city-$(printf %03d $victim) (estate $victim_estate)"
 (
   until [ "$(state_of "$victim_estate")" = dark ]; do sleep 0.1; done
@@ -168,6 +169,7 @@ PIDS+=($!)
 sleep $((DURATION / 4))
 echo "$(date +%T) kill -9 NATS node 1 (gateways on it stall: one uplink host each for now)"
 kill -9 "${NODE_PID[1]}"
+wait "${NODE_PID[1]}" 2>/dev/null || true
 sleep $((DURATION / 4))
 echo "$(date +%T) restart NATS node 1"
 start_node 1
