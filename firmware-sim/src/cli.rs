@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use estate_sim::city::{CityOptions, CityRecorder, CityReport};
+use estate_sim::city::board::{Rules, StatusSeen};
+use estate_sim::city::command::{self, Reply, SendOptions};
+use estate_sim::city::consumer::{self, ConsumerOptions, JsonOut, RepairOptions};
 use estate_sim::publish::{self, random_client_id, PublishOptions, Scenario};
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +25,11 @@ pub struct Cli {
 pub enum Command {
     /// Publish native-protocol events from the simulated estate and report PUBACKs.
     Publish(PublishArgs),
-    /// Subscribe to the gateway's uplink like the city platform and check it.
-    City(CityArgs),
+    /// The reference city side: the consumer (dedup, gaps, the estate board) or, with a
+    /// subcommand, a command to one gateway.
+    City(Box<CityArgs>),
+    /// Publish the sensors of many simulated estates from one process (one connection).
+    Fleet(FleetArgs),
     /// Publish the mixed estate in third-party formats (zigbee2mqtt, Frigate, ISAPI-style
     /// camera, access-control SDK codes, NB-IoT smoke), as a real estate mixes them.
     Formats(FormatsArgs),
@@ -100,6 +105,37 @@ pub struct PublishArgs {
     pub json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Ingest broker address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    /// How many estates.
+    #[arg(long, default_value_t = 10)]
+    pub estates: u32,
+    /// The first estate's id (digits); estate i is base + i at the same width.
+    #[arg(long, default_value = "31011500000000000001")]
+    pub base: String,
+    /// Messages per second per estate.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Of every 1,000 messages, this many are SMOKE.ALARM.
+    #[arg(long, default_value_t = 2)]
+    pub alarms_per_mille: u64,
+    /// Messages per estate; default until stopped (Ctrl-C or --duration).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// First topic level of the native protocol.
+    #[arg(long, default_value = "estate")]
+    pub prefix: String,
+    /// QoS 1 messages awaiting PUBACK at once.
+    #[arg(long, default_value_t = 200)]
+    pub max_inflight: u16,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
     Zigbee2mqtt,
@@ -146,19 +182,51 @@ pub struct FormatsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CityArgs {
-    /// Broker address, HOST:PORT.
-    #[arg(long, default_value = "127.0.0.1:1883")]
+    #[command(subcommand)]
+    pub command: Option<CityCommand>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+}
+
+/// The city broker and topic prefix, for the consumer and the commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LinkArgs {
+    /// City broker address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883", global = true)]
     pub broker: String,
-    /// Topic filter to subscribe to.
-    #[arg(long, default_value = "city/v1/#")]
-    pub topic: String,
+    /// Topic prefix of the city link.
+    #[arg(long, default_value = "city/v1", global = true)]
+    pub prefix: String,
     /// MQTT client id; default random.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub client_id: Option<String>,
-    /// Print one JSON report object per line instead of a human summary.
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConsumerArgs {
+    /// Dark when nothing (no batch, no status) arrived for this long: EN 50136-1's ATS
+    /// fault reporting time. Default 3 x the gateway's 10 s status interval.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub reporting_time: Duration,
+    /// Degraded when the backlog grew over each of this many statuses.
+    #[arg(long, default_value_t = 3)]
+    pub backlog_statuses: usize,
+    /// The board as JSON: `-` prints one snapshot object per line on stdout (instead of
+    /// the table); a path is rewritten atomically every --interval.
     #[arg(long)]
-    pub json: bool,
+    pub json: Option<String>,
+    /// Ask a gateway to resend (`Resend`) a gap that stayed open longer than --repair-after.
+    #[arg(long)]
+    pub repair: bool,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub repair_after: Duration,
+    /// At most one resend per stream this often.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub repair_every: Duration,
     /// Stop after this long, e.g. 30s or 5m.
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "until_events")]
     pub duration: Option<Duration>,
@@ -168,9 +236,76 @@ pub struct CityArgs {
     /// With --until-events: give up after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
     pub timeout: Duration,
-    /// How often to print a progress summary.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    /// How often the board is refreshed (table, JSON, change lines).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub interval: Duration,
+    /// Rows of the terminal table (dark and degraded first).
+    #[arg(long, default_value_t = 40)]
+    pub rows: usize,
+}
+
+/// Commands to one gateway; each waits for its results and exits non-zero unless OK.
+#[derive(Debug, Subcommand)]
+pub enum CityCommand {
+    /// 查岗: the person on duty must answer within --answer-within.
+    RollCall {
+        #[command(flatten)]
+        to: CommandTarget,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+        answer_within: Duration,
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Send a seq range of a store epoch again.
+    Resend {
+        #[command(flatten)]
+        to: CommandTarget,
+        #[arg(long)]
+        store_epoch: u64,
+        #[arg(long)]
+        first: u64,
+        #[arg(long)]
+        last: u64,
+    },
+    /// Switch the configured sounders and strobes of a group on or off.
+    Broadcast {
+        #[command(flatten)]
+        to: CommandTarget,
+        /// A group of [commands.broadcast.groups]; empty: every configured output.
+        #[arg(long, default_value = "")]
+        group: String,
+        /// Off instead of on.
+        #[arg(long)]
+        off: bool,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        duration: Duration,
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Ask for a GatewayStatus now.
+    Status {
+        #[command(flatten)]
+        to: CommandTarget,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CommandTarget {
+    /// The estate id (the topic level).
+    #[arg(long)]
+    pub estate: String,
+    /// The gateway's id; default: the one the estate's retained link state names.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Who issues it (audit trail).
+    #[arg(long, default_value = "estate-sim")]
+    pub issuer: String,
+    /// The command expires this long after issue.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub ttl: Duration,
+    /// Give up waiting for results after this long (roll call: its answer time plus this).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub wait: Duration,
 }
 
 /// `HOST:PORT` (the host may be a bracketed IPv6 address).
@@ -203,10 +338,42 @@ fn ctrl_c_token() -> CancellationToken {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Publish(a) => run_publish(a).await,
-        Command::City(a) => run_city(a).await,
+        Command::City(a) => run_city(*a).await,
         Command::Modbus(a) => run_modbus(a).await,
         Command::Formats(a) => run_formats(a).await,
+        Command::Fleet(a) => run_fleet(a).await,
     }
+}
+
+async fn run_fleet(a: FleetArgs) -> Result<()> {
+    use estate_sim::fleet::{self, FleetOptions};
+    let (broker_host, broker_port) = parse_broker(&a.broker)?;
+    let stop = ctrl_c_token();
+    if let Some(d) = a.duration {
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            s.cancel();
+        });
+    }
+    let opts = FleetOptions {
+        broker_host,
+        broker_port,
+        prefix: a.prefix,
+        estates: a.estates,
+        base: a.base,
+        rate: a.rate,
+        alarms_per_mille: a.alarms_per_mille,
+        count: a.count,
+        max_inflight: a.max_inflight,
+        ..FleetOptions::default()
+    };
+    let r = fleet::run(opts, stop).await?;
+    println!(
+        "fleet: published {} messages, {} acknowledged, {} reconnects",
+        r.published, r.acked, r.reconnects
+    );
+    Ok(())
 }
 
 async fn run_formats(a: FormatsArgs) -> Result<()> {
@@ -353,75 +520,191 @@ async fn run_publish(a: PublishArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_city(report: &CityReport, json: bool, label: &str) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(report)?);
-    } else {
-        println!("{label}: {report}");
-        if !report.gaps.is_empty() {
-            let shown: Vec<String> = report
-                .gaps
-                .iter()
-                .take(10)
-                .map(|(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect();
-            let more = report.gaps.len().saturating_sub(shown.len());
-            let more = if more > 0 {
-                format!(" (+{more} more)")
+async fn run_city(a: CityArgs) -> Result<()> {
+    let (broker_host, broker_port) = parse_broker(&a.link.broker)?;
+    let client_id = a
+        .link
+        .client_id
+        .clone()
+        .unwrap_or_else(|| random_client_id("estate-sim-city"));
+    if let Some(cmd) = a.command {
+        return run_city_command(cmd, a.link, broker_host, broker_port, client_id).await;
+    }
+    let c = a.consumer;
+    let opts = ConsumerOptions {
+        broker_host,
+        broker_port,
+        client_id,
+        prefix: a.link.prefix,
+        rules: Rules {
+            reporting_time: c.reporting_time,
+            backlog_statuses: c.backlog_statuses,
+        },
+        interval: c.interval,
+        json: c.json.map(|j| {
+            if j == "-" {
+                JsonOut::Stdout
             } else {
-                String::new()
-            };
-            println!("  missing seqs: {}{more}", shown.join(", "));
-        }
+                JsonOut::File(j.into())
+            }
+        }),
+        repair: c.repair.then(|| RepairOptions {
+            after: c.repair_after,
+            every: c.repair_every,
+            ..RepairOptions::default()
+        }),
+        until_events: c.until_events,
+        max_rows: c.rows,
+    };
+    let stop = ctrl_c_token();
+    let limit = c.duration.or(c.until_events.map(|_| c.timeout));
+    if let Some(d) = limit {
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            s.cancel();
+        });
+    }
+    let to_stdout = opts.json == Some(JsonOut::Stdout);
+    let snap = consumer::run(opts, stop).await?;
+    if to_stdout {
+        println!("{}", serde_json::to_string(&snap)?);
+    }
+    // The summary also goes to stderr with JSON on stdout, so the pipe stays JSON only.
+    if to_stdout {
+        eprintln!("final: {}", snap.summary());
+    } else {
+        print!(
+            "{}",
+            estate_sim::city::board::render_table(&snap.estates, snap.at_ms, c.rows)
+        );
+        println!("final: {}", snap.summary());
     }
     Ok(())
 }
 
-async fn run_city(a: CityArgs) -> Result<()> {
-    let (broker_host, broker_port) = parse_broker(&a.broker)?;
-    let opts = CityOptions {
+/// The gateway the estate's retained link state names (a short wait for it).
+async fn gateway_of(opts: &SendOptions) -> Result<String> {
+    use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+    let mut mqtt = MqttOptions::new(
+        format!("{}-lookup", opts.client_id),
+        &opts.broker_host,
+        opts.broker_port,
+    );
+    mqtt.set_clean_session(true);
+    let (client, mut ev) = AsyncClient::new(mqtt, 4);
+    let topic = format!("{}/{}/status", opts.prefix, opts.estate);
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ev.poll().await? {
+                Event::Incoming(Incoming::ConnAck(_)) => {
+                    client.try_subscribe(topic.as_str(), QoS::AtLeastOnce)?
+                }
+                Event::Incoming(Incoming::Publish(p)) if p.topic == topic => {
+                    let l = <estate_protocols::pb::LinkState as prost::Message>::decode(
+                        p.payload.as_ref(),
+                    )?;
+                    return anyhow::Ok(l.gateway_id);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    match found {
+        Ok(r) => r,
+        Err(_) => bail!("no retained link state on {topic} within 5 s: pass --gateway"),
+    }
+}
+
+async fn run_city_command(
+    cmd: CityCommand,
+    link: LinkArgs,
+    broker_host: String,
+    broker_port: u16,
+    client_id: String,
+) -> Result<()> {
+    use estate_protocols::pb;
+    let (to, kind, extra_wait) = match cmd {
+        CityCommand::RollCall {
+            to,
+            answer_within,
+            message,
+        } => (
+            to,
+            pb::command::Kind::RollCall(pb::RollCall {
+                answer_within_s: u32::try_from(answer_within.as_secs()).unwrap_or(u32::MAX),
+                message,
+            }),
+            answer_within,
+        ),
+        CityCommand::Resend {
+            to,
+            store_epoch,
+            first,
+            last,
+        } => (
+            to,
+            pb::command::Kind::Resend(pb::Resend {
+                store_epoch,
+                first_seq: first,
+                last_seq: last,
+            }),
+            Duration::ZERO,
+        ),
+        CityCommand::Broadcast {
+            to,
+            group,
+            off,
+            duration,
+            message,
+        } => (
+            to,
+            pb::command::Kind::Broadcast(pb::Broadcast {
+                group,
+                on: !off,
+                duration_s: u32::try_from(duration.as_secs()).unwrap_or(u32::MAX),
+                message,
+            }),
+            Duration::ZERO,
+        ),
+        CityCommand::Status { to } => (
+            to,
+            pb::command::Kind::Status(pb::StatusRequest {}),
+            Duration::ZERO,
+        ),
+    };
+    let opts = SendOptions {
         broker_host,
         broker_port,
-        client_id: a
-            .client_id
-            .unwrap_or_else(|| random_client_id("estate-sim-city")),
-        topic_filter: a.topic,
-        ..CityOptions::default()
+        client_id,
+        prefix: link.prefix,
+        estate: to.estate.clone(),
     };
-    let recorder = CityRecorder::start(opts).await?;
-    let stop = ctrl_c_token();
-    let mut tick = tokio::time::interval(a.interval);
-    tick.tick().await; // the first tick is immediate
-    let done = async {
-        match (a.duration, a.until_events) {
-            (Some(d), _) => tokio::time::sleep(d).await,
-            (None, Some(n)) => {
-                if let Err(err) = recorder.wait_for(|r| r.unique >= n, a.timeout).await {
-                    tracing::warn!(error = %err, "Stopped waiting.");
-                }
-            }
-            (None, None) => std::future::pending::<()>().await,
-        }
+    let gateway = match to.gateway {
+        Some(g) => g,
+        None => gateway_of(&opts).await?,
     };
-    {
-        tokio::pin!(done);
-        loop {
-            tokio::select! {
-                _ = &mut done => break,
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => print_city(&recorder.summary(), a.json, "so far")?,
-            }
-        }
+    let cmd = command::build(kind, &gateway, &to.issuer, to.ttl, command::now_ms());
+    println!("command {} to {gateway} ({})", cmd.id, to.estate);
+    let sent = std::time::Instant::now();
+    let result = command::send(&opts, &cmd, to.wait + extra_wait, |reply| match reply {
+        Reply::Result(r) => println!(
+            "{:>7.3}s {}",
+            sent.elapsed().as_secs_f64(),
+            command::describe(r)
+        ),
+        Reply::Status(s) => println!(
+            "{:>7.3}s status: {}",
+            sent.elapsed().as_secs_f64(),
+            serde_json::to_string(&StatusSeen::from_pb(s, command::now_ms())).unwrap_or_default()
+        ),
+    })
+    .await?;
+    if !command::is_ok(&result) {
+        bail!("{}", command::describe(&result));
     }
-    let report = recorder.summary();
-    recorder.shutdown().await;
-    print_city(&report, a.json, "final")?;
     Ok(())
 }
 

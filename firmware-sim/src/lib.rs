@@ -17,8 +17,13 @@
 //! - [`publish`] — the load generator: one MQTT connection, QoS1, PUBACK flow control or
 //!   a fixed rate; reports exactly which `seq`s were acknowledged ([`publish::AckTracker`]
 //!   is the pure packet-id bookkeeping).
-//! - [`city`] — the city-platform subscriber: [`city::Ledger`] (pure dedup / gap / lane
-//!   accounting of `EventBatch`es) behind [`city::CityRecorder`] (the MQTT task).
+//! - [`city`] — the reference city side: [`city::Ledger`] (pure dedup / gap / lane
+//!   accounting of `EventBatch`es in per-stream seq ranges; bounded unless recording)
+//!   behind [`city::CityRecorder`] (the MQTT task tests use); [`city::board`] (pure: ok /
+//!   degraded / dark per estate from its last messages and now); [`city::consumer`] (the
+//!   long-running `estate-sim city`: board, JSON, gap repair); [`city::command`] (commands
+//!   to a gateway and their results).
+//! - [`fleet`] — many simulated estates' sensors from one process.
 //! - [`modbus`] — simulated Modbus devices (rope leak, gas, fire panel, smoke loop, valve,
 //!   sounder) over Modbus TCP and RTU over TCP, scriptable faults, and a record of every
 //!   transaction (merged reads, overlapping transactions on a bus).
@@ -39,6 +44,7 @@
 
 pub mod city;
 pub mod estate;
+pub mod fleet;
 pub mod formats;
 pub mod modbus;
 pub mod native;

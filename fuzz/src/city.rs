@@ -24,16 +24,27 @@ pub fn batches(data: &[u8]) {
             1 => "city/v1/31011500000000000001/events",
             _ => "city/v1/31011500000000000001/other",
         };
-        ledger.on_batch(topic, payload);
+        let accounted = ledger.on_batch(topic, payload);
         batches += 1;
         if t % 3 == 2 {
             unknown_topics += 1;
+            assert!(accounted.is_none());
             continue;
         }
         let Ok(batch) = pb::EventBatch::decode(payload) else {
             decode_errors += 1;
+            assert!(accounted.is_none());
             continue;
         };
+        let accounted = accounted.expect("a decodable batch on a lane topic is accounted");
+        assert_eq!(accounted.events, batch.events.len() as u64);
+        let newest = batch
+            .events
+            .iter()
+            .map(|e| e.gateway_time_ms)
+            .fold(0, i64::max);
+        assert_eq!(accounted.newest_gateway_time_ms, newest);
+        let mut new_unique = 0;
         // What decodes re-encodes to something that decodes the same.
         let again = pb::EventBatch::decode(batch.encode_to_vec().as_slice()).expect("re-decodes");
         assert_eq!(again, batch);
@@ -41,10 +52,16 @@ pub fn batches(data: &[u8]) {
             .entry((batch.gateway_id.clone(), batch.store_epoch))
             .or_default();
         for e in &batch.events {
-            if e.seq != 0 && !stream.insert(e.seq) {
-                duplicates += 1;
+            if e.seq != 0 {
+                if stream.insert(e.seq) {
+                    new_unique += 1;
+                } else {
+                    duplicates += 1;
+                }
             }
         }
+        // What the board is told about each batch agrees with the model.
+        assert_eq!(accounted.unique, new_unique);
     }
     let r = ledger.summary();
     assert_eq!(r.batches, batches);

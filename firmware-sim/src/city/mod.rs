@@ -13,6 +13,10 @@
 //! the ledger keeps one *stream* per such pair, deduplicates on `seq` within it and
 //! reports the seqs missing between 1 and the highest one seen.
 
+pub mod board;
+pub mod command;
+pub mod consumer;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +47,9 @@ pub struct CityOptions {
     pub topic_filter: String,
     /// How long [`CityRecorder::start`] waits for CONNACK + SUBACK.
     pub connect_timeout: Duration,
+    /// Keep every unique event for [`CityRecorder::report`] (default: yes, for tests);
+    /// without, `received` stays empty and memory stays bounded.
+    pub record_events: bool,
 }
 
 impl Default for CityOptions {
@@ -53,6 +60,7 @@ impl Default for CityOptions {
             client_id: random_client_id("estate-sim-city"),
             topic_filter: "city/v1/#".into(),
             connect_timeout: Duration::from_secs(10),
+            record_events: true,
         }
     }
 }
@@ -216,6 +224,11 @@ impl SeqSet {
         self.ranges.last_key_value().map_or(0, |(_, &e)| e)
     }
 
+    /// True when a seq in `1..=max` is missing.
+    fn has_gaps(&self) -> bool {
+        self.ranges.len() > 1 || self.ranges.first_key_value().is_some_and(|(&s, _)| s > 1)
+    }
+
     /// Missing ranges within `1..=max`.
     fn gaps(&self) -> Vec<(u64, u64)> {
         let mut gaps = Vec::new();
@@ -243,7 +256,21 @@ pub struct Ledger {
     wrong_lane: u64,
     arrivals: u64,
     streams: BTreeMap<(String, u64), SeqSet>,
+    /// Keep every unique event in `received` (tests that check payloads); off for the
+    /// long-running consumer, whose memory then grows with streams and holes only.
+    record: bool,
     received: Vec<ReceivedEvent>,
+}
+
+/// What one accepted batch told the ledger, for the estate board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchSeen {
+    /// Events in the batch, duplicates included.
+    pub events: u64,
+    /// Of them, seen for the first time.
+    pub unique: u64,
+    /// The newest `gateway_time_ms` in the batch (0 without events).
+    pub newest_gateway_time_ms: i64,
 }
 
 /// The lane a topic carries, from its last level.
@@ -264,33 +291,58 @@ fn severity_lane(severity: i32) -> Option<Lane> {
 }
 
 impl Ledger {
+    /// A bounded ledger: counters and per-stream seq ranges only (`received` stays empty).
     pub fn new() -> Self {
         Ledger::default()
     }
 
-    /// Accounts one received MQTT message; the city link's status, health, commands and
-    /// results topics are passed over.
-    pub fn on_batch(&mut self, topic: &str, payload: &[u8]) {
+    /// A ledger that also keeps every unique event (for tests that check payloads; its
+    /// memory grows with every event).
+    pub fn recording() -> Self {
+        Ledger {
+            record: true,
+            ..Ledger::default()
+        }
+    }
+
+    /// Accounts one received MQTT message; `None` when it is not a decodable batch. The
+    /// city link's status, health, commands and results topics are passed over.
+    pub fn on_batch(&mut self, topic: &str, payload: &[u8]) -> Option<BatchSeen> {
+        self.on_batch_with_gateway(topic, payload)
+            .map(|(_, seen)| seen)
+    }
+
+    /// [`Ledger::on_batch`], also giving back the batch's `gateway_id` (the decoded
+    /// string itself: no copy per batch).
+    pub fn on_batch_with_gateway(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Option<(String, BatchSeen)> {
         // The city link's own messages (link.proto) are not batches.
         if matches!(
             topic.rsplit('/').next(),
             Some("status" | "health" | "results" | "commands")
         ) {
-            return;
+            return None;
         }
         self.batches += 1;
         let Some(lane) = lane_of_topic(topic) else {
             self.unknown_topics += 1;
             debug!(topic, "Message on a topic that is not a lane; ignored.");
-            return;
+            return None;
         };
         let batch = match pb::EventBatch::decode(payload) {
             Ok(b) => b,
             Err(err) => {
                 self.decode_errors += 1;
                 warn!(topic, error = %err, len = payload.len(), "Undecodable batch.");
-                return;
+                return None;
             }
+        };
+        let mut seen = BatchSeen {
+            events: batch.events.len() as u64,
+            ..BatchSeen::default()
         };
         if !Self::consistent(&batch, lane) {
             self.inconsistent_batches += 1;
@@ -303,13 +355,18 @@ impl Ledger {
                 "Batch breaks the uplink contract."
             );
         }
-        let stream = self
-            .streams
-            .entry((batch.gateway_id.clone(), batch.store_epoch))
-            .or_default();
+        let store_epoch = batch.store_epoch;
+        let recorded_id = self.record.then(|| batch.gateway_id.clone());
+        // Looked up with the decoded id; its key is only copied for a new stream.
+        let key = (batch.gateway_id, store_epoch);
+        if !self.streams.contains_key(&key) {
+            self.streams.insert(key.clone(), SeqSet::default());
+        }
+        let stream = self.streams.get_mut(&key)?; // inserted just above
         for e in batch.events {
             let arrival = self.arrivals;
             self.arrivals += 1;
+            seen.newest_gateway_time_ms = seen.newest_gateway_time_ms.max(e.gateway_time_ms);
             if e.seq == 0 {
                 continue; // counted as inconsistent above
             }
@@ -317,6 +374,7 @@ impl Ledger {
                 self.duplicates += 1;
                 continue;
             }
+            seen.unique += 1;
             match lane {
                 Lane::Alarms => self.alarms += 1,
                 Lane::Events => self.events += 1,
@@ -324,18 +382,35 @@ impl Ledger {
             if severity_lane(e.severity) != Some(lane) {
                 self.wrong_lane += 1;
             }
-            self.received.push(ReceivedEvent {
-                lane,
-                seq: e.seq,
-                code: e.code,
-                severity: e.severity,
-                device_id: e.device_id,
-                device_seq: e.device_seq,
-                arrival,
-                gateway_id: batch.gateway_id.clone(),
-                store_epoch: batch.store_epoch,
-            });
+            if let Some(gateway_id) = &recorded_id {
+                self.received.push(ReceivedEvent {
+                    lane,
+                    seq: e.seq,
+                    code: e.code,
+                    severity: e.severity,
+                    device_id: e.device_id,
+                    device_seq: e.device_seq,
+                    arrival,
+                    gateway_id: gateway_id.clone(),
+                    store_epoch,
+                });
+            }
         }
+        Some((key.0, seen))
+    }
+
+    /// Every stream with a hole: (gateway_id, store_epoch, its gaps).
+    pub fn stream_gaps(&self) -> impl Iterator<Item = (&str, u64, Vec<(u64, u64)>)> + '_ {
+        self.streams
+            .iter()
+            .filter(|(_, set)| set.has_gaps())
+            .map(|((gw, epoch), set)| (gw.as_str(), *epoch, set.gaps()))
+    }
+
+    /// Seq ranges held over all streams: what the ledger's memory grows with (besides
+    /// one entry per stream), not the event count.
+    pub fn ranges_held(&self) -> usize {
+        self.streams.values().map(|s| s.ranges.len()).sum()
     }
 
     fn consistent(batch: &pb::EventBatch, lane: Lane) -> bool {
@@ -426,7 +501,11 @@ impl CityRecorder {
         // Requests are one SUBSCRIBE per connection and DISCONNECT; rumqttc's automatic
         // PUBACKs bypass the channel. 16 never fills.
         let (client, eventloop) = AsyncClient::new(mqtt, 16);
-        let ledger = Arc::new(Mutex::new(Ledger::new()));
+        let ledger = Arc::new(Mutex::new(if opts.record_events {
+            Ledger::recording()
+        } else {
+            Ledger::new()
+        }));
         let (changes_tx, changes) = watch::channel(0u64);
         let stop = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -643,7 +722,7 @@ mod tests {
 
     #[test]
     fn dedups_redelivery_and_finds_a_gap_across_both_topics() {
-        let mut l = Ledger::new();
+        let mut l = Ledger::recording();
         l.on_batch(
             EVENTS,
             &batch(pb::Lane::Events, 1, vec![info(1), info(2), info(4)]),
@@ -679,7 +758,7 @@ mod tests {
 
     #[test]
     fn the_gap_before_the_first_seen_seq_counts() {
-        let mut l = Ledger::new();
+        let mut l = Ledger::recording();
         l.on_batch(EVENTS, &batch(pb::Lane::Events, 1, vec![info(3)]));
         assert_eq!(l.summary().gaps, [(1, 2)]);
         // Filling it in out of order merges the ranges.
@@ -693,7 +772,7 @@ mod tests {
 
     #[test]
     fn severity_on_the_wrong_topic_is_counted() {
-        let mut l = Ledger::new();
+        let mut l = Ledger::recording();
         // An alarm on the events topic, and an info event on the alarms topic; the
         // batches' lane fields agree with their topics.
         l.on_batch(EVENTS, &batch(pb::Lane::Events, 1, vec![alarm(1)]));
@@ -716,7 +795,7 @@ mod tests {
 
     #[test]
     fn undecodable_and_off_contract_messages_are_counted() {
-        let mut l = Ledger::new();
+        let mut l = Ledger::recording();
         l.on_batch(EVENTS, b"\xff\xff\xff not protobuf");
         l.on_batch("city/v1/e1/other", b"online");
         let mut bad =
@@ -735,7 +814,7 @@ mod tests {
 
     #[test]
     fn streams_are_keyed_by_gateway_and_store_epoch() {
-        let mut l = Ledger::new();
+        let mut l = Ledger::recording();
         l.on_batch(EVENTS, &batch(pb::Lane::Events, 1, vec![info(1), info(3)]));
         // The store was wiped: seqs restart under a new epoch and are not duplicates.
         l.on_batch(EVENTS, &batch(pb::Lane::Events, 2, vec![info(1), info(2)]));
@@ -762,5 +841,66 @@ mod tests {
         assert_eq!(s.gaps(), [(6, 8)]);
         assert!(!s.insert(3));
         assert!(s.insert(u64::MAX));
+    }
+
+    #[test]
+    fn seq_set_matches_a_plain_set_model() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(14);
+        for round in 0..200 {
+            let mut s = SeqSet::default();
+            let mut model = std::collections::BTreeSet::new();
+            let span = 1 + round % 60;
+            for _ in 0..300 {
+                let seq = rng.random_range(1..=span);
+                assert_eq!(s.insert(seq), model.insert(seq), "insert {seq}");
+                assert_eq!(s.len, model.len() as u64);
+                assert_eq!(s.max(), model.last().copied().unwrap_or(0));
+                let missing: Vec<u64> = (1..=s.max()).filter(|x| !model.contains(x)).collect();
+                let from_gaps: Vec<u64> = s.gaps().iter().flat_map(|&(a, b)| a..=b).collect();
+                assert_eq!(from_gaps, missing);
+                assert_eq!(s.has_gaps(), !missing.is_empty());
+                // Coalesced: no two ranges touch.
+                let r: Vec<(u64, u64)> = s.ranges.iter().map(|(&a, &b)| (a, b)).collect();
+                assert!(r.windows(2).all(|w| w[0].1 + 1 < w[1].0), "{r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bounded_ledger_holds_ranges_not_events() {
+        let mut l = Ledger::new();
+        let mut seq = 0;
+        for b in 0..5_000u64 {
+            let events: Vec<_> = (0..40)
+                .map(|_| {
+                    seq += 1;
+                    info(seq)
+                })
+                .collect();
+            // Every 1,000th batch is lost, and every 7th arrives twice.
+            if b % 1000 == 999 {
+                continue;
+            }
+            let payload = batch(pb::Lane::Events, 1, events);
+            let seen = l.on_batch(EVENTS, &payload).expect("a batch");
+            assert_eq!((seen.events, seen.unique), (40, 40));
+            if b % 7 == 0 {
+                assert_eq!(l.on_batch(EVENTS, &payload).map(|s| s.unique), Some(0));
+            }
+        }
+        let r = l.report();
+        assert!(r.received.is_empty(), "no event list kept");
+        assert_eq!(r.unique, 200_000 - 5 * 40);
+        assert_eq!(r.duplicates, 715 * 40);
+        assert_eq!(
+            r.missing(),
+            4 * 40,
+            "the last lost batch is above the highest seq"
+        );
+        assert_eq!(r.gaps.len(), 4);
+        assert_eq!(l.ranges_held(), 5, "200k events in 5 ranges");
+        let gaps: Vec<_> = l.stream_gaps().collect();
+        assert_eq!(gaps, [("gw-1", 1, r.gaps.clone())]);
     }
 }
