@@ -492,6 +492,7 @@ mod tests {
                 online: 10,
                 offline: life_safety_off + 1,
                 offline_life_safety: life_safety_off,
+                unknown: 0,
             }),
             health: health.into(),
             reasons: if health == "degraded" {
