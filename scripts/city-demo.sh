@@ -122,14 +122,16 @@ for k in $(seq 0 $((GATEWAYS - 1))); do
   est=$(estate "$k")
   mkdir -p "$TMP/$id"
   # The shipped config (its device list is the simulator's), with this gateway's ids and
-  # ports. TODO(lead): switch to `uplink.mqtt.hosts = [all three nodes]` once the
-  # uplink's host list lands; with one host a gateway stalls while its node is down.
-  awk -v id="$id" -v est="$est" -v ingest="$INGEST" -v up="$(mqtt_port $node)" '
+  # ports. The uplink lists all three nodes, starting at this gateway's own (spread over
+  # the cluster): when its node dies it moves to the next.
+  hosts="\"127.0.0.1:$(mqtt_port $node)\", \"127.0.0.1:$(mqtt_port $((node % 3 + 1)))\", \"127.0.0.1:$(mqtt_port $(((node + 1) % 3 + 1)))\""
+  awk -v id="$id" -v est="$est" -v ingest="$INGEST" -v hosts="$hosts" '
     /^\[/ { section = $0 }
     section == "[gateway]" && /^id = /        { $0 = "id = \"" id "\"" }
     section == "[gateway]" && /^estate_id = / { $0 = "estate_id = \"" est "\"" }
     section == "[ingest.mqtt]" && /^port = /  { $0 = "port = " ingest }
-    section == "[uplink.mqtt]" && /^port = /  { $0 = "port = " up }
+    section == "[uplink.mqtt]" && /^host = /  { $0 = "hosts = [" hosts "]" }
+    section == "[uplink.mqtt]" && /^port = /  { next }
     { print }
   ' config/gateway.toml >"$TMP/$id/gateway.toml"
   "$GW" run --config "$TMP/$id/gateway.toml" --data-dir "$TMP/$id/data" \
