@@ -77,6 +77,17 @@ impl InProcess {
     }
 }
 
+/// One simulated Modbus TCP sounder (unit 1) on a bus named `lobby`.
+async fn lobby_sounder() -> SimFleet {
+    SimFleet::start(vec![BusSpec::loopback("lobby", Framing::Tcp).device(
+        1,
+        "sounder",
+        DeviceType::Sounder,
+    )])
+    .await
+    .expect("simulator starts")
+}
+
 fn env() -> TestEnv {
     let broker = Broker::shared();
     let mut env = TestEnv::new(broker.clone(), broker);
@@ -388,13 +399,7 @@ fn sounder_toml(port: u16, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_switches_the_sounder_on_then_off_and_a_refused_write_fails_it() {
     let env = env();
-    let fleet = SimFleet::start(vec![BusSpec::loopback("lobby", Framing::Tcp).device(
-        1,
-        "sounder",
-        DeviceType::Sounder,
-    )])
-    .await
-    .expect("simulator starts");
+    let fleet = lobby_sounder().await;
     let sounder = fleet.device("sounder");
     let extra = sounder_toml(sounder.addr().port(), "");
     let tap = EventTap::start(&env.uplink, &env.estate_id).await;
@@ -499,13 +504,7 @@ async fn a_broadcast_switches_the_sounder_on_then_off_and_a_refused_write_fails_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_never_silences_a_sounder_that_an_open_alarm_switched_on() {
     let env = env();
-    let fleet = SimFleet::start(vec![BusSpec::loopback("lobby", Framing::Tcp).device(
-        1,
-        "sounder",
-        DeviceType::Sounder,
-    )])
-    .await
-    .expect("simulator starts");
+    let fleet = lobby_sounder().await;
     let sounder = fleet.device("sounder");
     let linkage = "\n[alerts.linkage.smoke-starts-sounder]\non = [\"SMOKE.ALARM\"]\n\
                    device = \"sounder-lobby\"\ncoil = 0\nvalue = 1\n";
@@ -581,13 +580,7 @@ async fn a_broadcast_never_silences_a_sounder_that_an_open_alarm_switched_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_left_on_by_a_stopped_gateway_is_switched_off_after_its_restart() {
     let env = env();
-    let fleet = SimFleet::start(vec![BusSpec::loopback("lobby", Framing::Tcp).device(
-        1,
-        "sounder",
-        DeviceType::Sounder,
-    )])
-    .await
-    .expect("simulator starts");
+    let fleet = lobby_sounder().await;
     let sounder = fleet.device("sounder");
     // 8 s: ample for a stop in order, so the switch-off falls due after the restart.
     let toml = sounder_toml(sounder.addr().port(), "")
