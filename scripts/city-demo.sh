@@ -169,7 +169,7 @@ echo "$(date +%T) SIGKILL gateway gw-city-$(printf %03d $victim) (estate $victim
 ) &
 PIDS+=($!)
 sleep $((DURATION / 4))
-echo "$(date +%T) kill -9 NATS node 1 (gateways on it stall: one uplink host each for now)"
+echo "$(date +%T) kill -9 NATS node 1 (its gateways move to the next node)"
 kill -9 "${NODE_PID[1]}"
 wait "${NODE_PID[1]}" 2>/dev/null || true
 sleep $((DURATION / 4))
@@ -183,5 +183,5 @@ kill -INT "$CITY"
 wait "$CITY" || true
 tail -n $((GATEWAYS + 3)) "$TMP/city.out"
 echo "dark on the board $(cat "$TMP/dark_ms" 2>/dev/null || echo never) ms after the SIGKILL of a gateway" \
-  "(reporting time $REPORTING_TIME; its last will, once gateways send one, makes it sooner)"
+  "(its last will; without one, the reporting time of $REPORTING_TIME)"
 echo "logs: $TMP (KEEP=1 keeps them)"
