@@ -274,3 +274,76 @@ async fn a_roll_call_is_answered_at_the_desk_and_one_left_alone_is_no_answer() {
     assert!(!command::is_ok(&result));
     drop(gw);
 }
+
+/// The contract's repair path end to end (issue 14: a broker that lost acknowledged
+/// events): a consumer that was away when the first events went up has a hole in the
+/// gateway's stream; with `--repair` it sends `Resend`, the gateway sends them again from
+/// its store (they are within `store.resend_window`), and the hole closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_missed_events_has_them_resent_and_the_gap_closes() {
+    const EARLY: u64 = 120;
+    const LATE: u64 = 40;
+    let city_broker = Broker::embedded();
+    let mut env = TestEnv::new(Broker::shared(), city_broker.clone());
+    // Statuses often, so the consumer soon knows how far the gateway has forwarded.
+    env.uplink_extra = "status_interval = \"1s\"".into();
+    let mut gw = env.start_gateway();
+    gw.wait_connected().await;
+    let early = estate_sim::publish::run(env.publish_options(EARLY, 10))
+        .await
+        .expect("publisher runs");
+    assert!(!early.incomplete && early.acked == EARLY, "{early}");
+    gw.wait_metrics(
+        "the early events forwarded (to nobody: the consumer is not there yet)",
+        Duration::from_secs(60),
+        |m| m.n("estate_forward_events_total", &[]) >= EARLY,
+    )
+    .await;
+
+    let board_path = env.dir().join("board.json");
+    let stop = CancellationToken::new();
+    let city = tokio::spawn(consumer::run(
+        ConsumerOptions {
+            broker_host: city_broker.host.clone(),
+            broker_port: city_broker.port,
+            client_id: random_client_id("e2e-city-repair"),
+            prefix: "city/v1".into(),
+            rules: Rules::default(),
+            interval: Duration::from_millis(200),
+            json: Some(JsonOut::File(board_path.clone())),
+            repair: Some(consumer::RepairOptions {
+                after: Duration::from_millis(500),
+                every: Duration::from_secs(1),
+                ..consumer::RepairOptions::default()
+            }),
+            until_events: None,
+            max_rows: 10,
+        },
+        stop.clone(),
+    ));
+    // Events the consumer does see, past the hole.
+    let late = estate_sim::publish::run(env.publish_options(LATE, 10))
+        .await
+        .expect("publisher runs");
+    assert!(!late.incomplete && late.acked == LATE, "{late}");
+
+    let (_, stream) = wait_board(
+        &board_path,
+        "the hole before the consumer came filled by a resend",
+        Duration::from_secs(60),
+        &env.estate_id,
+        &env.gateway_id,
+        |_, stream| {
+            stream["unique"].as_u64() >= Some(EARLY + LATE)
+                && stream["gaps"].as_array().is_some_and(|g| g.is_empty())
+        },
+    )
+    .await;
+    assert!(stream["max_seq"].as_u64() >= Some(EARLY + LATE), "{stream}");
+    stop.cancel();
+    let snap = city.await.expect("consumer task").expect("consumer ran");
+    assert!(snap.repair.sent >= 1, "{:?}", snap.repair);
+    assert!(snap.repair.resent >= EARLY, "{:?}", snap.repair);
+    assert_eq!(snap.repair.not_held, 0, "{:?}", snap.repair);
+    drop(gw);
+}

@@ -81,6 +81,26 @@ pub struct StatusSeen {
     pub reasons: Vec<String>,
 }
 
+/// Every seq up to this was acknowledged by the city broker when the status was taken.
+/// A lane's cursor covers the seqs of that lane only (seqs are one counter across both),
+/// so the bound is the lower of the lanes' cursors; a lane with no backlog has forwarded
+/// everything committed on it, so it bounds nothing below the highest committed seq (a
+/// gateway with no alarm yet would otherwise never have a gap repaired).
+fn forwarded_seq(s: &pb::GatewayStatus) -> u64 {
+    let committed = s.lanes.iter().map(|l| l.last_seq).max().unwrap_or(0);
+    s.lanes
+        .iter()
+        .map(|l| {
+            if l.backlog == 0 {
+                committed
+            } else {
+                l.forwarded_seq
+            }
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 impl StatusSeen {
     pub fn from_pb(s: &pb::GatewayStatus, received_ms: i64) -> StatusSeen {
         let lane = |l: pb::Lane| s.lanes.iter().find(|x| x.lane == l as i32);
@@ -100,7 +120,7 @@ impl StatusSeen {
                 .map(|l| l.oldest_unforwarded_age_ms)
                 .max()
                 .unwrap_or(0),
-            forwarded_seq: s.lanes.iter().map(|l| l.forwarded_seq).min().unwrap_or(0),
+            forwarded_seq: forwarded_seq(s),
             devices_offline: devices.offline,
             offline_life_safety: devices.offline_life_safety,
             open_alerts: [alerts.critical, alerts.major, alerts.minor, alerts.info],
@@ -530,12 +550,22 @@ mod tests {
         assert_eq!(s, State::Dark);
         assert!(why[0].contains("nothing for 30.0 s"), "{why:?}");
         // A status alone keeps it alive, and the lag is from the newest event.
-        b.on_status("e1", &status(0, 0, "ok"), T0 + 40_000);
+        b.on_status("e1", &status(20, 0, "ok"), T0 + 40_000);
         let v = &b.views(T0 + 41_000)[0];
         assert_eq!(v.state, State::Ok);
         assert_eq!(v.lag_ms, Some(41_400));
         assert_eq!(v.silent_ms, Some(1_000));
+        // The events lane's cursor bounds what is surely forwarded (seqs run across lanes).
         assert_eq!(v.status.as_ref().map(|s| s.forwarded_seq), Some(80));
+        // Both lanes drained: everything committed is forwarded, even with no alarm ever
+        // sent (an alarms cursor of 0 bounds nothing).
+        let mut drained = status(0, 0, "ok");
+        drained.lanes[0].last_seq = 0;
+        drained.lanes[0].forwarded_seq = 0;
+        drained.lanes[1].forwarded_seq = 100;
+        b.on_status("e1", &drained, T0 + 42_000);
+        let v = &b.views(T0 + 42_000)[0];
+        assert_eq!(v.status.as_ref().map(|s| s.forwarded_seq), Some(100));
     }
 
     #[test]
