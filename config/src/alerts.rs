@@ -46,10 +46,10 @@
 //! reported at its own key.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use estate_protocols::model::{DeviceKind, Severity};
-use estate_protocols::taxonomy;
+use estate_protocols::{rfc3339, taxonomy};
 use serde::{Deserialize, Serialize};
 
 /// `[alerts]`: local alert rules. Every key is optional.
@@ -283,14 +283,11 @@ pub struct Silence {
 impl Silence {
     /// The window as Unix epoch milliseconds, when both ends parse.
     pub fn window_ms(&self) -> Option<(i64, i64)> {
-        Some((rfc3339_ms(&self.from)?, rfc3339_ms(&self.until)?))
+        Some((
+            rfc3339::parse_ms(&self.from)?,
+            rfc3339::parse_ms(&self.until)?,
+        ))
     }
-}
-
-fn rfc3339_ms(s: &str) -> Option<i64> {
-    let t: SystemTime = humantime::parse_rfc3339_weak(s).ok()?;
-    let d = t.duration_since(UNIX_EPOCH).ok()?;
-    i64::try_from(d.as_millis()).ok()
 }
 
 /// True for codes whose alerts someone must see and close (never auto-closed).
@@ -512,8 +509,8 @@ pub(crate) fn check(
     }
     for (name, s) in &a.silence {
         let key = |k: &str| format!("alerts.silence.{name}.{k}");
-        let from = rfc3339_ms(&s.from);
-        let until = rfc3339_ms(&s.until);
+        let from = rfc3339::parse_ms(&s.from);
+        let until = rfc3339::parse_ms(&s.until);
         if from.is_none() {
             f.push((
                 key("from"),

@@ -7,6 +7,7 @@
 //!   protox at build time; no `protoc` needed). These are what goes on the wire.
 //! - [`model`] — the domain [`model::Event`] every ingest path produces. It is kept apart
 //!   from the generated types; [`model`] holds the checked conversions both ways.
+//! - [`rfc3339`] — the one RFC 3339 time parser every crate uses.
 //! - [`taxonomy`] — the event codes the gateway knows, with their default severity and
 //!   whether they describe a condition that later clears.
 //!
@@ -16,6 +17,7 @@
 //! whose `alert` field holds a `model::AlertUpdate` (`pb::AlertUpdate` on the wire).
 
 pub mod model;
+pub mod rfc3339;
 pub mod taxonomy;
 
 /// Generated protobuf types of package `estate.v1`.
