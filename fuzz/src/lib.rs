@@ -12,8 +12,7 @@ use std::sync::OnceLock;
 
 use estate_config::Config;
 use estate_gateway::ingest;
-use estate_gateway::ingest::formats::{Decoded, Sources};
-use estate_gateway::ingest::native::DecodeError;
+use estate_gateway::ingest::formats::{DecodeError, Decoded, Sources};
 use estate_protocols::model::Event;
 use estate_protocols::{pb, taxonomy};
 use prost::Message;
@@ -189,7 +188,7 @@ pub fn check_event(e: &Event, raw_limit: usize) {
 /// stable reason label, the topic and reason cut, the raw bytes within `raw_limit`.
 pub fn check_error(topic: &str, payload: &[u8], e: &DecodeError) {
     let raw_limit = config().ingest.raw_limit.as_usize();
-    assert!(!e.reason.is_empty() && e.reason.is_ascii());
+    assert!(!e.reason.as_str().is_empty() && e.reason.as_str().is_ascii());
     let letter = ingest::dead_letter(topic, payload, e, raw_limit, T0_MS);
     assert!(letter.source.len() <= ingest::DEAD_LETTER_TEXT_MAX);
     assert!(

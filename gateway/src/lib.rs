@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Layout (one purpose per room):
-//! - [`ingest`] — MQTT subscriber with manual acks; [`ingest::native`] is the pure decoder;
+//! - [`ingest`] — MQTT subscriber with manual acks; [`ingest::formats`] holds the pure decoders;
 //!   [`ingest::modbus`] polls Modbus devices (TCP, RTU, RTU over TCP) and writes for linkage.
 //! - [`store`] — the one writer, lanes, cursors, dead letters, disk budget.
 //! - [`forward`] — uplink publisher, alarms first, cursors move on PUBACK only.

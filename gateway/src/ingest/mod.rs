@@ -12,11 +12,10 @@
 //! ```
 //!
 //! Which decoder reads a message is chosen by topic (see [`formats`]); the native
-//! protocol is [`native`].
+//! protocol is [`formats::native`].
 
 pub mod formats;
 pub mod modbus;
-pub mod native;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -33,7 +32,7 @@ use crate::events::now_ms;
 use crate::health::{LogThrottle, Throttled};
 use crate::store::{DeadLetter, Pending, StoreError, StoreHandle};
 use crate::telemetry::Metrics;
-use formats::{cut, Sources};
+use formats::{bounded_raw, cut, DecodeError, Sources};
 
 /// Largest packet the client accepts. Payloads above `ingest.max_payload` are received
 /// whole and dead-lettered; only a packet above this would make rumqttc drop the
@@ -257,17 +256,20 @@ impl MqttIngest {
                 Ok((pending, telemetry))
             }
             Err(e) => {
-                metrics.dead_letter(e.reason);
+                metrics.dead_letter(e.reason.as_str());
                 let letter = dead_letter(&publish.topic, &publish.payload, &e, self.raw_limit, now);
-                let throttle = self.dead_letter_logs.entry(e.reason).or_insert_with(|| {
-                    LogThrottle::new(DEAD_LETTER_LOG_BURST, DEAD_LETTER_LOG_EVERY)
-                });
+                let throttle = self
+                    .dead_letter_logs
+                    .entry(e.reason.as_str())
+                    .or_insert_with(|| {
+                        LogThrottle::new(DEAD_LETTER_LOG_BURST, DEAD_LETTER_LOG_EVERY)
+                    });
                 match throttle.hit(std::time::Instant::now()) {
                     Throttled::Log => {
-                        warn!(topic = %letter.source, reason = e.reason, error = %cut(&e.detail, DEAD_LETTER_TEXT_MAX), "Malformed input dead-lettered.")
+                        warn!(topic = %letter.source, reason = %e.reason, error = %cut(&e.detail, DEAD_LETTER_TEXT_MAX), "Malformed input dead-lettered.")
                     }
                     Throttled::Summary(n) => {
-                        warn!(topic = %letter.source, reason = e.reason, error = %cut(&e.detail, DEAD_LETTER_TEXT_MAX), not_logged = n, "Malformed input dead-lettered; more of this reason were kept but not logged (see estate_dead_lettered).")
+                        warn!(topic = %letter.source, reason = %e.reason, error = %cut(&e.detail, DEAD_LETTER_TEXT_MAX), not_logged = n, "Malformed input dead-lettered; more of this reason were kept but not logged (see estate_dead_lettered).")
                     }
                     Throttled::Quiet => {}
                 }
@@ -311,11 +313,11 @@ pub const DEAD_LETTER_TEXT_MAX: usize = 512;
 pub fn dead_letter(
     topic: &str,
     payload: &[u8],
-    e: &native::DecodeError,
+    e: &DecodeError,
     raw_limit: usize,
     now_ms: i64,
 ) -> DeadLetter {
-    let (raw, _) = native::bounded_raw(payload, raw_limit);
+    let (raw, _) = bounded_raw(payload, raw_limit);
     DeadLetter {
         received_ms: now_ms,
         source: cut(topic, DEAD_LETTER_TEXT_MAX),

@@ -629,7 +629,7 @@ impl State<'_> {
     async fn on_undecodable(&mut self, p: Publish, why: String, now: i64) -> Result<(), LinkError> {
         self.ctx.metrics.dead_letter("command");
         warn!(topic = %p.topic, len = p.payload.len(), error = %why, "City command is malformed; dead-lettered.");
-        let (raw, _) = crate::ingest::native::bounded_raw(&p.payload, self.link.raw_limit);
+        let (raw, _) = crate::ingest::formats::bounded_raw(&p.payload, self.link.raw_limit);
         let letter = DeadLetter {
             received_ms: now,
             source: clip(&p.topic, TEXT_MAX).to_owned(),

@@ -10,9 +10,8 @@
 use estate_config::SourceFormat;
 use estate_protocols::model::{DeviceKind, EventState};
 
-use super::{
-    bad_field, error, json_object, missing, opt_time, req_id, text, DecodeError, Observation,
-};
+use super::decoded::{error, DecodeError, DecodeReason, Observation};
+use super::fields::{bad_field, json_object, missing, opt_time, req_id, text};
 
 const F: SourceFormat = SourceFormat::AccessControlJson;
 
@@ -44,7 +43,7 @@ impl AccessControl {
                 .ok_or_else(|| {
                     error(
                         F,
-                        "bad_topic",
+                        DecodeReason::BadTopic,
                         format!("topic {topic:?} names no controller"),
                     )
                 })?;
@@ -61,7 +60,7 @@ impl AccessControl {
                 )]),
                 other => Err(error(
                     F,
-                    "bad_field",
+                    DecodeReason::BadField,
                     format!("status payload: expected \"online\" or \"offline\", found {other:?}"),
                 )),
             };

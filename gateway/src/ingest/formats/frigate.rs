@@ -15,7 +15,8 @@ use serde_json::{Map, Value};
 use estate_config::SourceFormat;
 use estate_protocols::model::{DeviceKind, EventState};
 
-use super::{bad_field, error, json_object, missing, opt_str, text, DecodeError, Observation};
+use super::decoded::{error, DecodeError, DecodeReason, Observation};
+use super::fields::{bad_field, json_object, missing, opt_str, text};
 
 const F: SourceFormat = SourceFormat::Frigate;
 
@@ -49,7 +50,7 @@ impl Frigate {
                 )]),
                 other => Err(error(
                     F,
-                    "bad_field",
+                    DecodeReason::BadField,
                     format!("{topic}: expected \"online\" or \"offline\", found {other:?}"),
                 )),
             };
@@ -117,7 +118,7 @@ impl Frigate {
             }
             other => Err(error(
                 F,
-                "bad_field",
+                DecodeReason::BadField,
                 format!("field \"type\": expected \"new\", \"update\" or \"end\", found {other:?}"),
             )),
         }

@@ -16,7 +16,8 @@ use estate_config::SourceFormat;
 use estate_protocols::model::{DeviceKind, EventState};
 use estate_protocols::taxonomy;
 
-use super::{bad_field, error, json_object, missing, opt_str, opt_time, DecodeError, Observation};
+use super::decoded::{error, DecodeError, DecodeReason, Observation};
+use super::fields::{bad_field, json_object, missing, opt_str, opt_time};
 
 const F: SourceFormat = SourceFormat::CameraIsapiJson;
 
@@ -76,7 +77,7 @@ impl Isapi {
             .ok_or_else(|| {
                 error(
                     F,
-                    "bad_field",
+                    DecodeReason::BadField,
                     format!(
                         "field \"eventType\": {event_type:?} is not a known event type (known: {})",
                         EVENT_TYPES

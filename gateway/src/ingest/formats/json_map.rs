@@ -8,7 +8,8 @@ use serde_json::Value;
 use estate_config::{JsonMap, SourceFormat, TimeFormat};
 use estate_protocols::model::{EventState, Reading};
 
-use super::{error, json_object, json_type, show, text, DecodeError, Observation};
+use super::decoded::{error, DecodeError, DecodeReason, Observation};
+use super::fields::{json_object, json_type, show, text};
 
 const F: SourceFormat = SourceFormat::JsonMap;
 
@@ -63,7 +64,7 @@ impl JsonMapDecoder {
                     .ok_or_else(|| {
                         error(
                             F,
-                            "bad_field",
+                            DecodeReason::BadField,
                             format!(
                                 "field {:?}: value {key:?} is not in the code table (known: {})",
                                 self.map.code_field,
@@ -90,7 +91,7 @@ impl JsonMapDecoder {
                     } else {
                         return Err(error(
                             F,
-                            "bad_field",
+                            DecodeReason::BadField,
                             format!(
                                 "field {p:?}: value {t:?} is neither active ({}) nor cleared ({})",
                                 self.map.active.join(", "),
@@ -147,7 +148,13 @@ impl JsonMapDecoder {
             None => topic.rsplit('/').next(),
         }
         .filter(|d| !d.is_empty())
-        .ok_or_else(|| error(F, "bad_topic", format!("topic {topic:?} names no device")))?;
+        .ok_or_else(|| {
+            error(
+                F,
+                DecodeReason::BadTopic,
+                format!("topic {topic:?} names no device"),
+            )
+        })?;
         let t = text(F, payload)?;
         let code = if t == self.map.online {
             "DEV.ONLINE"
@@ -156,7 +163,7 @@ impl JsonMapDecoder {
         } else {
             return Err(error(
                 F,
-                "bad_field",
+                DecodeReason::BadField,
                 format!(
                     "availability payload: expected {:?} or {:?}, found {t:?}",
                     self.map.online, self.map.offline
@@ -178,7 +185,7 @@ fn as_text(v: &Value) -> Option<String> {
 
 fn parse_time(format: TimeFormat, v: &Value) -> Option<i64> {
     match (format, v) {
-        (TimeFormat::Rfc3339, Value::String(s)) => super::rfc3339_ms(s),
+        (TimeFormat::Rfc3339, Value::String(s)) => estate_protocols::rfc3339::parse_ms(s),
         (TimeFormat::EpochMs, Value::Number(n)) => n.as_i64(),
         (TimeFormat::EpochS, Value::Number(n)) => n.as_f64().map(|s| (s * 1000.0) as i64),
         _ => None,
@@ -188,7 +195,7 @@ fn parse_time(format: TimeFormat, v: &Value) -> Option<i64> {
 fn field(pointer: &str, expected: &str, found: &Value) -> DecodeError {
     error(
         F,
-        "bad_field",
+        DecodeReason::BadField,
         format!(
             "field {pointer:?}: expected {expected}, found {} {}",
             json_type(found),
@@ -198,5 +205,9 @@ fn field(pointer: &str, expected: &str, found: &Value) -> DecodeError {
 }
 
 fn absent(pointer: &str) -> DecodeError {
-    error(F, "bad_field", format!("field {pointer:?} is missing"))
+    error(
+        F,
+        DecodeReason::BadField,
+        format!("field {pointer:?} is missing"),
+    )
 }

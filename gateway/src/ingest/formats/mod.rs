@@ -23,280 +23,27 @@
 //! while the gateway was down is not re-sent.
 
 pub mod access_control;
+pub mod decoded;
+pub mod fields;
 pub mod frigate;
 pub mod isapi;
 pub mod json_map;
+pub mod native;
 pub mod nbiot;
 pub mod zigbee;
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
-
 use estate_config::{Config, SourceConfig, SourceFormat};
-use estate_protocols::model::{DeviceKind, Event, EventState, Reading, Source};
+use estate_protocols::model::{Event, Source};
 use estate_protocols::taxonomy;
 
-pub use super::native::DecodeError;
-use super::native::{self, bounded_raw, DecodeContext, DeviceInfo};
-
-/// What one message (or a timer) says about one device of a source.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Observation {
-    /// The device's id in its source (a zigbee friendly name, a camera id, a door).
-    pub source_id: String,
-    /// A taxonomy code.
-    pub code: &'static str,
-    /// Active or cleared.
-    pub state: EventState,
-    /// The device's own timestamp, when the payload has one.
-    pub device_time_ms: Option<i64>,
-    /// A reading (battery %, distance), when the payload has one.
-    pub value: Option<Reading>,
-    /// Where within the device's area it happened (Frigate zones); added to the location.
-    pub zone: Option<String>,
-    /// The kind the payload implies, for unregistered devices.
-    pub kind: Option<DeviceKind>,
-}
-
-impl Observation {
-    /// An active/cleared `code` of device `source_id`, nothing else known.
-    pub fn new(source_id: impl Into<String>, code: &'static str, state: EventState) -> Self {
-        Observation {
-            source_id: source_id.into(),
-            code,
-            state,
-            device_time_ms: None,
-            value: None,
-            zone: None,
-            kind: None,
-        }
-    }
-
-    fn with_time(mut self, t: Option<i64>) -> Self {
-        self.device_time_ms = t;
-        self
-    }
-
-    fn with_value(mut self, v: Option<Reading>) -> Self {
-        self.value = v;
-        self
-    }
-
-    fn with_kind(mut self, k: Option<DeviceKind>) -> Self {
-        self.kind = k;
-        self
-    }
-}
-
-/// A decode error for `format` (its `detail` starts with the format's name).
-pub fn error(format: SourceFormat, reason: &'static str, detail: impl AsRef<str>) -> DecodeError {
-    DecodeError {
-        reason,
-        detail: format!("{format}: {}", detail.as_ref()),
-    }
-}
-
-/// `format: field "name": expected …, found …`.
-pub fn bad_field(format: SourceFormat, field: &str, expected: &str, found: &Value) -> DecodeError {
-    error(
-        format,
-        "bad_field",
-        format!(
-            "field {field:?}: expected {expected}, found {}",
-            show(found)
-        ),
-    )
-}
-
-/// `format: field "name" is missing`.
-pub fn missing(format: SourceFormat, field: &str) -> DecodeError {
-    error(format, "bad_field", format!("field {field:?} is missing"))
-}
-
-/// A JSON value for an error message, bounded.
-pub fn show(v: &Value) -> String {
-    cut(&v.to_string(), 60)
-}
-
-/// The payload as a JSON object, or the error naming `format`.
-pub fn json_object(
-    format: SourceFormat,
-    payload: &[u8],
-) -> Result<Map<String, Value>, DecodeError> {
-    let text = std::str::from_utf8(payload).map_err(|e| {
-        error(
-            format,
-            "invalid_utf8",
-            format!(
-                "payload is not UTF-8 (first bad byte at offset {})",
-                e.valid_up_to()
-            ),
-        )
-    })?;
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(error(
-            format,
-            "bad_json",
-            format!(
-                "payload is JSON {} but must be an object",
-                json_type(&other)
-            ),
-        )),
-        Err(e) => Err(error(
-            format,
-            "bad_json",
-            format!("payload is not JSON: {e}"),
-        )),
-    }
-}
-
-/// The payload as trimmed UTF-8 text.
-pub fn text(format: SourceFormat, payload: &[u8]) -> Result<&str, DecodeError> {
-    std::str::from_utf8(payload).map(str::trim).map_err(|e| {
-        error(
-            format,
-            "invalid_utf8",
-            format!(
-                "payload is not UTF-8 (first bad byte at offset {})",
-                e.valid_up_to()
-            ),
-        )
-    })
-}
-
-/// "a string", "an object", … for error messages.
-pub fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// An optional boolean field (`null` is absent).
-pub fn opt_bool(
-    format: SourceFormat,
-    m: &Map<String, Value>,
-    field: &str,
-) -> Result<Option<bool>, DecodeError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(bad_field(format, field, "a boolean", other)),
-    }
-}
-
-/// An optional number field (`null` is absent).
-pub fn opt_f64(
-    format: SourceFormat,
-    m: &Map<String, Value>,
-    field: &str,
-) -> Result<Option<f64>, DecodeError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(other) => Err(bad_field(format, field, "a number", other)),
-    }
-}
-
-/// An optional string field (`null` is absent).
-pub fn opt_str<'a>(
-    format: SourceFormat,
-    m: &'a Map<String, Value>,
-    field: &str,
-) -> Result<Option<&'a str>, DecodeError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(bad_field(format, field, "a string", other)),
-    }
-}
-
-/// A required, non-empty id: a string or an integer.
-pub fn req_id(
-    format: SourceFormat,
-    m: &Map<String, Value>,
-    field: &str,
-) -> Result<String, DecodeError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Err(missing(format, field)),
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
-        Some(other) => Err(bad_field(
-            format,
-            field,
-            "a non-empty string or an integer",
-            other,
-        )),
-    }
-}
-
-/// An optional timestamp: RFC 3339 text or epoch milliseconds.
-pub fn opt_time(
-    format: SourceFormat,
-    m: &Map<String, Value>,
-    field: &str,
-) -> Result<Option<i64>, DecodeError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
-            bad_field(
-                format,
-                field,
-                "epoch milliseconds as an integer",
-                &Value::Number(n.clone()),
-            )
-        }),
-        Some(Value::String(s)) => rfc3339_ms(s)
-            .map(Some)
-            .ok_or_else(|| bad_field(format, field, "an RFC 3339 time", &Value::String(s.clone()))),
-        Some(other) => Err(bad_field(
-            format,
-            field,
-            "an RFC 3339 time or epoch milliseconds",
-            other,
-        )),
-    }
-}
-
-/// Epoch milliseconds of an RFC 3339 time.
-pub fn rfc3339_ms(s: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
-
-/// `s` cut to at most `max` bytes (≥ 3) at a character boundary, ending in `…` when cut.
-pub fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max - '…'.len_utf8();
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-/// Longest topic decoded, in bytes; a longer one is dead-lettered (`bad_topic`). Every
-/// event keeps its topic (`source.reference`) and most name their device from it, and
-/// an event's fields besides its raw bytes must fit in the 1 KiB that `ingest.raw_limit`
-/// leaves of a stored record and of an uplink batch. Found by the fuzz targets: a 700-byte
-/// topic made a 1.5 KiB event with no raw bytes at all.
-pub const MAX_TOPIC_BYTES: usize = 256;
-
-/// Longest device id taken from a message (the native topic's `{device_id}`, the
-/// `{source}.{id}` of an unregistered device), in bytes.
-pub const MAX_DEVICE_ID_BYTES: usize = 128;
-
-/// Longest unit (`"%LEL"`) and zone (Frigate's zone names) kept from a payload, in bytes;
-/// longer ones are cut (the whole payload is in the event's raw bytes).
-pub const MAX_UNIT_BYTES: usize = 16;
-pub const MAX_ZONE_BYTES: usize = 128;
+pub use decoded::{
+    DecodeError, DecodeReason, Decoded, DeviceInfo, Observation, MAX_DEVICE_ID_BYTES,
+    MAX_TOPIC_BYTES, MAX_UNIT_BYTES, MAX_ZONE_BYTES,
+};
+pub use fields::{bounded_raw, cut};
+use native::DecodeContext;
 
 /// The device id given to a device a source names but the config does not list:
 /// `{source}.{id}` with every character other than letters, digits, `-`, `_`, `.`
@@ -348,15 +95,6 @@ struct SourceRt {
     decoder: Decoder,
     /// Source id → configured device.
     devices: HashMap<String, Registered>,
-}
-
-/// What one message decoded to.
-#[derive(Debug, Default)]
-pub struct Decoded {
-    /// In the order they are to be stored.
-    pub events: Vec<Event>,
-    /// How many of them come from devices the config does not list.
-    pub unregistered: usize,
 }
 
 /// Every configured source, with the decoders' state. Built from config; pure apart from
@@ -488,29 +226,29 @@ impl Sources {
         now_ms: i64,
     ) -> Result<Decoded, DecodeError> {
         if topic.len() > MAX_TOPIC_BYTES {
-            return Err(DecodeError {
-                reason: "bad_topic",
-                detail: format!(
+            return Err(DecodeError::new(
+                DecodeReason::BadTopic,
+                format!(
                     "topic of {} bytes is longer than {MAX_TOPIC_BYTES} bytes: {:?}",
                     topic.len(),
                     cut(topic, 64)
                 ),
-            });
+            ));
         }
         let Some(i) = self.sources.iter().position(|s| {
             s.filters
                 .iter()
                 .any(|f| estate_config::topic_matches(f, topic))
         }) else {
-            return Err(DecodeError {
-                reason: "bad_topic",
-                detail: format!("topic {topic:?} matches no configured source"),
-            });
+            return Err(DecodeError::new(
+                DecodeReason::BadTopic,
+                format!("topic {topic:?} matches no configured source"),
+            ));
         };
         if payload.len() > self.max_payload {
-            return Err(error(
+            return Err(decoded::error(
                 self.sources[i].format,
-                "too_large",
+                DecodeReason::TooLarge,
                 format!(
                     "payload of {} bytes exceeds ingest.max_payload ({} bytes)",
                     payload.len(),
@@ -545,9 +283,9 @@ impl Sources {
             Decoder::Nbiot(d) => d.decode(topic, payload)?,
             Decoder::JsonMap(d) => d.decode(topic, payload)?,
             Decoder::Unmapped => {
-                return Err(error(
+                return Err(decoded::error(
                     SourceFormat::JsonMap,
-                    "bad_config",
+                    DecodeReason::BadConfig,
                     format!("source {:?} has no [ingest.sources.map]", source.name),
                 ))
             }

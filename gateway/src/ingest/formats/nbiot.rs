@@ -21,9 +21,8 @@ use std::collections::{BTreeSet, HashMap};
 use estate_config::SourceFormat;
 use estate_protocols::model::{DeviceKind, EventState, Reading};
 
-use super::{
-    bad_field, error, json_object, missing, opt_f64, opt_time, req_id, DecodeError, Observation,
-};
+use super::decoded::{error, DecodeError, DecodeReason, Observation};
+use super::fields::{bad_field, json_object, missing, opt_f64, opt_time, req_id};
 
 const F: SourceFormat = SourceFormat::NbiotSmokeJson;
 
@@ -102,7 +101,7 @@ impl Nbiot {
             other => {
                 return Err(error(
                     F,
-                    "bad_field",
+                    DecodeReason::BadField,
                     format!(
                         "field \"state\": unknown state code {other} (known: {})",
                         STATES

@@ -595,12 +595,12 @@ fn malformed_payloads_name_format_and_field() {
     ];
     for (topic, payload, reason, needle) in cases {
         let e = s.decode(topic, payload.as_bytes(), 1).expect_err(payload);
-        assert_eq!(e.reason, *reason, "{topic} {payload}: {e}");
+        assert_eq!(e.reason.as_str(), *reason, "{topic} {payload}: {e}");
         assert!(e.detail.contains(needle), "{e}\nshould contain\n{needle}");
     }
     let e = s.decode("zigbee2mqtt/x", b"\xff{}", 1).expect_err("utf8");
     assert_eq!(
-        (e.reason, e.detail.starts_with("zigbee2mqtt: ")),
+        (e.reason.as_str(), e.detail.starts_with("zigbee2mqtt: ")),
         ("invalid_utf8", true)
     );
 }
@@ -694,13 +694,13 @@ fn events_fit_the_room_beside_their_raw_bytes() {
     let err = s
         .decode(&longer, payload.as_bytes(), 0)
         .expect_err("too long");
-    assert_eq!(err.reason, "bad_topic");
+    assert_eq!(err.reason, DecodeReason::BadTopic);
     assert!(err.detail.contains("longer than 256 bytes"), "{err}");
     let long_id = format!("estate/E1/smoke/{device}d/event");
     let err = s
         .decode(&long_id, payload.as_bytes(), 0)
         .expect_err("id too long");
-    assert_eq!(err.reason, "bad_topic");
+    assert_eq!(err.reason, DecodeReason::BadTopic);
     assert!(err.detail.contains("more than 128"), "{err}");
 
     // Frigate zone names come from the payload: cut, like the camera's id.
@@ -744,7 +744,7 @@ fn dead_letters_keep_topic_and_reason_short() {
 
     let topic = format!("zigbee2mqtt/{}", "\u{1}é".repeat(20_000));
     let e = s.decode(&topic, b"{}", 0).expect_err("topic too long");
-    assert_eq!(e.reason, "bad_topic");
+    assert_eq!(e.reason, DecodeReason::BadTopic);
     let letter = dead_letter(&topic, b"{}", &e, 2048, 7);
     assert!(letter.source.len() <= DEAD_LETTER_TEXT_MAX && letter.source.ends_with('…'));
     assert!(letter.reason.len() <= DEAD_LETTER_TEXT_MAX);

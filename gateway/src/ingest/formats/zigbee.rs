@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use estate_config::SourceFormat;
 use estate_protocols::model::{DeviceKind, EventState, Reading};
 
-use super::{error, json_object, opt_bool, opt_f64, text, DecodeError, Observation};
+use super::decoded::{error, DecodeError, DecodeReason, Observation};
+use super::fields::{json_object, opt_bool, opt_f64, text};
 
 const F: SourceFormat = SourceFormat::Zigbee2mqtt;
 
@@ -64,7 +65,7 @@ impl Zigbee {
             .ok_or_else(|| {
                 error(
                     F,
-                    "bad_topic",
+                    DecodeReason::BadTopic,
                     format!("topic {topic:?} is not {}/<friendly name>", self.base),
                 )
             })?;
@@ -138,14 +139,14 @@ impl Zigbee {
             match body.get("state") {
                 Some(serde_json::Value::String(s)) => s.clone(),
                 Some(other) => {
-                    return Err(super::bad_field(
+                    return Err(super::fields::bad_field(
                         F,
                         "state",
                         "\"online\" or \"offline\"",
                         other,
                     ))
                 }
-                None => return Err(super::missing(F, "state")),
+                None => return Err(super::fields::missing(F, "state")),
             }
         } else {
             t.to_owned()
@@ -156,7 +157,7 @@ impl Zigbee {
             other => {
                 return Err(error(
                     F,
-                    "bad_field",
+                    DecodeReason::BadField,
                     format!("field \"state\": expected \"online\" or \"offline\", found {other:?}"),
                 ))
             }
