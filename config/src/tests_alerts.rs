@@ -155,3 +155,23 @@ until = "2026-12-01T12:00:00Z"
     assert!(at("alerts.silence.w.from").1.contains("RFC 3339"));
     assert!(errs.len() >= 9, "{errs}");
 }
+
+#[test]
+fn silence_windows_read_rfc3339_like_the_decoders() {
+    let window = |from: &str, until: &str| {
+        crate::alerts::Silence {
+            from: from.into(),
+            until: until.into(),
+            devices: vec![],
+            codes: vec![],
+            building: None,
+        }
+        .window_ms()
+    };
+    // The same instant written in UTC and at +08:00.
+    assert_eq!(
+        window("2026-12-01T08:00:00Z", "2026-12-01T20:00:00+08:00"),
+        Some((1_796_112_000_000, 1_796_112_000_000 + 4 * 3_600_000))
+    );
+    assert_eq!(window("tomorrow", "2026-12-01T12:00:00Z"), None);
+}

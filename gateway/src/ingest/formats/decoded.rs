@@ -172,3 +172,33 @@ pub const MAX_DEVICE_ID_BYTES: usize = 128;
 pub const MAX_UNIT_BYTES: usize = 16;
 /// Longest zone (Frigate's zone names) kept from a payload, in bytes; cut like a unit.
 pub const MAX_ZONE_BYTES: usize = 128;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_labels_are_the_metric_labels_dashboards_use() {
+        let labels: Vec<String> = DecodeReason::ALL.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            labels,
+            [
+                "too_large",
+                "bad_topic",
+                "invalid_utf8",
+                "bad_json",
+                "bad_field",
+                "unknown_code",
+                "bad_config"
+            ]
+        );
+        let e = DecodeError::new(
+            DecodeReason::BadTopic,
+            "topic \"x\" matches no configured source",
+        );
+        assert_eq!(
+            e.to_string(),
+            "bad_topic: topic \"x\" matches no configured source"
+        );
+    }
+}
