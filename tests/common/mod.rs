@@ -36,6 +36,21 @@ use estate_sim::city::{CityOptions, CityRecorder};
 use estate_sim::estate::demo_devices;
 use estate_sim::publish::{random_client_id, PublishOptions};
 
+/// True when every test must run (`CI` is set: `scripts/test.sh` sets it after installing
+/// every tool the tests need).
+pub fn everything_required() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// A test cannot run here because `missing` is: under [`everything_required`] that fails
+/// the test, otherwise it says `SKIPPED` on stderr and the caller returns.
+pub fn cannot_run(test: &str, missing: &str) {
+    if everything_required() {
+        panic!("{test}: {missing} (CI=1: every test must run; scripts/test.sh installs it)");
+    }
+    eprintln!("SKIPPED {test}: {missing}");
+}
+
 /// The gateway binary under test.
 pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_estate-gateway");
 
