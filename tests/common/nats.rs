@@ -104,10 +104,12 @@ impl NatsCluster {
             .status()
             .is_ok_and(|s| s.success());
         if !found {
-            super::cannot_run(
-                "a NATS cluster test",
-                "nats-server is not installed (apt-get install nats-server)",
-            );
+            // `super::cannot_run` is not there when a bench includes this file alone.
+            let missing = "nats-server is not installed (apt-get install nats-server)";
+            if std::env::var_os("CI").is_some() {
+                panic!("{missing} (CI=1: every test must run; scripts/test.sh installs it)");
+            }
+            eprintln!("SKIPPED a NATS cluster test: {missing}");
             return None;
         }
         let dir = tempfile::Builder::new()
