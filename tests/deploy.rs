@@ -293,7 +293,10 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     }
     let analyze = Command::new("systemd-analyze").arg("--version").output();
     if !analyze.is_ok_and(|o| o.status.success()) {
-        println!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+        common::cannot_run(
+            "the systemd unit check",
+            "systemd-analyze is not installed (apt-get install systemd)",
+        );
         return;
     }
     // verify checks that ExecStart's binary exists: point it at the one under test.

@@ -43,10 +43,7 @@ impl SmallDisk {
             }),
             other => {
                 let why = format!("cannot mount a tmpfs (root needed): {other:?}");
-                if std::env::var_os("CI").is_some() {
-                    panic!("{why}");
-                }
-                eprintln!("skipping: {why}");
+                common::cannot_run("a disk-full test", &why);
                 None
             }
         }

@@ -147,7 +147,10 @@ async fn wait_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rope_leak_over_a_serial_port_becomes_leak_alarm_upstream() {
     if !socat_available() {
-        println!("skipped: socat not installed");
+        common::cannot_run(
+            "the serial-port test",
+            "socat is not installed (apt-get install socat)",
+        );
         return;
     }
     let broker = Broker::shared();

@@ -140,7 +140,7 @@ async fn pipeline_embedded_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_external_broker() {
     let Some(broker) = Broker::external() else {
-        eprintln!("skipped: ESTATE_TEST_MQTT not set");
+        common::cannot_run("pipeline_external_broker", "ESTATE_TEST_MQTT is not set");
         return;
     };
     ten_thousand_events_arrive_upstream(broker).await;

@@ -37,7 +37,7 @@ fn skip_reason() -> Option<String> {
     for tool in ["mosquitto", "openssl"] {
         if !have(tool) {
             return Some(format!(
-                "skipped: `{tool}` is not installed (apt-get install mosquitto openssl)"
+                "`{tool}` is not installed (apt-get install mosquitto openssl)"
             ));
         }
     }
@@ -302,7 +302,7 @@ fn wait_log(gw: &mut Gateway, log: &Path, needle: &str, timeout: Duration) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_on_both_connections_delivers_an_event_upstream() {
     if let Some(reason) = skip_reason() {
-        println!("{reason}");
+        common::cannot_run("a TLS test", &reason);
         return;
     }
     let w = World::new();
@@ -392,7 +392,7 @@ async fn mutual_tls_on_both_connections_delivers_an_event_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_without_a_client_certificate_is_refused() {
     if let Some(reason) = skip_reason() {
-        println!("{reason}");
+        common::cannot_run("a TLS test", &reason);
         return;
     }
     let w = World::new();
@@ -427,7 +427,7 @@ async fn gateway_without_a_client_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_signed_by_an_unknown_ca_is_refused_with_a_clear_error() {
     if let Some(reason) = skip_reason() {
-        println!("{reason}");
+        common::cannot_run("a TLS test", &reason);
         return;
     }
     let w = World::new();
