@@ -61,6 +61,7 @@ pub mod demo;
 pub mod duty;
 pub mod events;
 pub mod forward;
+pub mod hash;
 pub mod health;
 pub mod ingest;
 pub mod link;

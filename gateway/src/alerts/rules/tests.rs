@@ -3,7 +3,12 @@
 //! millisecond without a clock or sleeps.
 
 use super::*;
+use bytes::Bytes;
 use estate_config::Config;
+use estate_protocols::model::{AlertStatus, EventState, Severity, Source};
+use estate_protocols::taxonomy;
+
+use crate::alerts::model::{ActionRecord, DeviceStatus, Disposition};
 
 const T0: i64 = 1_800_000_000_000;
 
