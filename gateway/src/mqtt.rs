@@ -30,6 +30,8 @@ use rumqttc::{
 };
 
 use estate_config::{BrokerConfig, TlsConfig};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -37,6 +39,11 @@ pub enum TlsError {
     Read {
         path: String,
         source: std::io::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Pem {
+        path: String,
+        source: rustls::pki_types::pem::Error,
     },
     #[error("{path} holds no {what}")]
     Empty { path: String, what: &'static str },
@@ -197,8 +204,8 @@ pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> 
     let mut roots = rustls::RootCertStore::empty();
     let ca = read(&tls.ca_file)?;
     let mut n = 0;
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        let cert = cert.map_err(|source| TlsError::Read {
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        let cert = cert.map_err(|source| TlsError::Pem {
             path: tls.ca_file.display().to_string(),
             source,
         })?;
@@ -217,22 +224,28 @@ pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> 
     Ok(match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
             let pem = read(cert)?;
-            let chain = rustls_pemfile::certs(&mut pem.as_slice())
+            let chain = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| TlsError::Read {
+                .map_err(|source| TlsError::Pem {
                     path: cert.display().to_string(),
                     source,
                 })?;
             let key_pem = read(key)?;
-            let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-                .map_err(|source| TlsError::Read {
-                    path: key.display().to_string(),
-                    source,
-                })?
-                .ok_or_else(|| TlsError::Empty {
-                    path: key.display().to_string(),
-                    what: "PEM private key",
-                })?;
+            let key_der = match PrivateKeyDer::from_pem_slice(&key_pem) {
+                Ok(k) => k,
+                Err(pem::Error::NoItemsFound) => {
+                    return Err(TlsError::Empty {
+                        path: key.display().to_string(),
+                        what: "PEM private key",
+                    })
+                }
+                Err(source) => {
+                    return Err(TlsError::Pem {
+                        path: key.display().to_string(),
+                        source,
+                    })
+                }
+            };
             builder.with_client_auth_cert(chain, key_der)?
         }
         (None, None) => builder.with_no_client_auth(),
