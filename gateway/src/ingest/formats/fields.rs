@@ -94,17 +94,30 @@ pub fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// An optional field (`null` is absent) that `pick` reads as `expected` ("a boolean", …);
+/// any other JSON type is a `bad_field` error naming what was expected.
+fn opt<'a, T>(
+    format: SourceFormat,
+    m: &'a Map<String, Value>,
+    field: &str,
+    expected: &str,
+    pick: impl FnOnce(&'a Value) -> Option<T>,
+) -> Result<Option<T>, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => pick(v)
+            .map(Some)
+            .ok_or_else(|| bad_field(format, field, expected, v)),
+    }
+}
+
 /// An optional boolean field (`null` is absent).
 pub fn opt_bool(
     format: SourceFormat,
     m: &Map<String, Value>,
     field: &str,
 ) -> Result<Option<bool>, DecodeError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(bad_field(format, field, "a boolean", other)),
-    }
+    opt(format, m, field, "a boolean", Value::as_bool)
 }
 
 /// An optional number field (`null` is absent).
@@ -113,11 +126,7 @@ pub fn opt_f64(
     m: &Map<String, Value>,
     field: &str,
 ) -> Result<Option<f64>, DecodeError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(other) => Err(bad_field(format, field, "a number", other)),
-    }
+    opt(format, m, field, "a number", Value::as_f64)
 }
 
 /// An optional string field (`null` is absent).
@@ -126,11 +135,7 @@ pub fn opt_str<'a>(
     m: &'a Map<String, Value>,
     field: &str,
 ) -> Result<Option<&'a str>, DecodeError> {
-    match m.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(bad_field(format, field, "a string", other)),
-    }
+    opt(format, m, field, "a string", Value::as_str)
 }
 
 /// A required, non-empty id: a string or an integer.
