@@ -10,7 +10,10 @@
 # copy of it (later runs, phase 1 skipped): the store's layout after a fill depends on
 # timing, so comparing two builds on the same store takes that variance out.
 # ESTATE_FILL_RATE (default 10000) is the fill's events/s: 1000 builds the backlog the way
-# an outage at that rate does (a 17-minute fill). ESTATE_FOOTPRINT_SECS (60) is the length
+# an outage at that rate does (a 17-minute fill), `max` publishes as fast as the gateway
+# takes them (full ingest speed). ESTATE_ALARM_EVERY_MS (default 100) is how often an alarm
+# comes among the 1,000 events/s of phases 2 and 3 (10 = an alarm every 10 ms).
+# ESTATE_FOOTPRINT_SECS (60) is the length
 # of phases 2 and 3, ESTATE_FOOTPRINT_CACHE and ESTATE_FOOTPRINT_RECORD set
 # store.cache_capacity and store.record_max_bytes, ESTATE_BIN_DIR the binaries' directory.
 #
@@ -29,6 +32,11 @@ for t in mosquitto curl; do
     command -v "$t" >/dev/null || { echo "skipped: $t is not installed"; exit 0; }
 done
 secs="${ESTATE_FOOTPRINT_SECS:-60}"   # length of phases 2 and 3
+fill_rate="${ESTATE_FILL_RATE:-10000}"
+rate_args=(--rate "$fill_rate")
+[ "$fill_rate" = max ] && rate_args=()
+alarm_ms="${ESTATE_ALARM_EVERY_MS:-100}"
+alarms=$((secs * 1000 / alarm_ms)) # alarms among the secs*1000 events of phases 2 and 3
 bindir="${ESTATE_BIN_DIR:-target/release}"
 gw=$bindir/estate-gateway
 sim=$bindir/estate-sim
@@ -129,11 +137,11 @@ if [ -n "$snapshot" ] && [ -d "$snapshot" ]; then
     cp -a "$snapshot" "$work/data"
     sync # the copy's writeback would otherwise compete with the gateway's fsyncs
 else
-    echo "== 1. fill: $events events, uplink down"
+    echo "== 1. fill: $events events at $fill_rate events/s, uplink down"
     start_gateway
     t=$(now_ms)
     "$sim" publish --broker "127.0.0.1:$port" --estate-id "$estate" --count "$events" \
-        --rate "${ESTATE_FILL_RATE:-10000}" --max-inflight 1000 --alarms $((events / 100)) --drain-timeout 120s --json > "$work/fill.json"
+        "${rate_args[@]}" --max-inflight 1000 --alarms $((events / 100)) --drain-timeout 120s --json > "$work/fill.json"
     echo "   published in $(( $(now_ms) - t )) ms (PUBACKs from Mosquitto; it queues what the gateway has not taken yet)"
     # The gateway acknowledges after its group commit; wait until it has taken everything.
     until [ "$(backlog)" -ge "$events" ] 2>/dev/null; do sleep 0.5; done
@@ -147,12 +155,12 @@ else
     fi
 fi
 
-echo "== 2. steady: 1,000 events/s for $secs s on a backlog of $events, uplink down"
+echo "== 2. steady: 1,000 events/s (an alarm every $alarm_ms ms) for $secs s on a backlog of $events, uplink down"
 start_gateway
 touch "$work/rss2"
 sample_rss "$gwpid" "$work/rss2" &
 "$sim" publish --broker "127.0.0.1:$port" --estate-id "$estate" --count $((secs * 1000)) --rate 1000 \
-    --alarms $((secs * 10)) --json > "$work/steady.json"
+    --alarms $alarms --json > "$work/steady.json"
 echo "   backlog $(backlog); RSS max $(max_of "$work/rss2") kB (sampled), VmHWM $(awk '/VmHWM/ {print $2}' /proc/$gwpid/status) kB"
 rm -f "$work/rss2"
 stop_gateway
@@ -169,8 +177,8 @@ sample_rss "$gwpid" "$work/rss3" &
 ( until [ "$(backlog)" -lt 1000 ] 2>/dev/null; do sleep 0.1; done; echo $(( $(now_ms) - t_conn )) > "$work/drained" ) &
 pids+=($!)
 "$sim" publish --broker "127.0.0.1:$port" --estate-id "$estate" --count $((secs * 1000)) --rate 1000 \
-    --alarms $((secs * 10)) --json > "$work/drain.json"
-echo "   while draining + 1,000 events/s for $secs s: backlog now $(backlog); RSS max $(max_of "$work/rss3") kB (sampled), VmHWM $(awk '/VmHWM/ {print $2}' /proc/$gwpid/status) kB"
+    --alarms $alarms --json > "$work/drain.json"
+echo "   while draining + 1,000 events/s (an alarm every $alarm_ms ms) for $secs s: backlog now $(backlog); RSS max $(max_of "$work/rss3") kB (sampled), VmHWM $(awk '/VmHWM/ {print $2}' /proc/$gwpid/status) kB"
 if [ -s "$work/drained" ]; then
     echo "   drained (backlog under 1,000 events) $(cat "$work/drained") ms after connecting"
 else
