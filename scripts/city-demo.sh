@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The city link on one machine (README, "The reference city side"):
+# The city link on one machine (docs/uplink.md, "The reference city side"):
 #
 #   a 3-node NATS cluster on loopback (JetStream, MQTT with stream_replicas 3, routes),
 #   an ingest broker (Mosquitto), GATEWAYS real gateways (release build, own config and

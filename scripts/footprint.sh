@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the footprint numbers of README "Footprint" (issue 6 budget):
+# Reproduces the footprint numbers of docs/footprint.md (issue 6 budget):
 #   RSS <= 32 MB with a 1 M-event backlog and 1,000 events/s flowing,
 #   cold start to ready (store opened, both brokers connected) < 300 ms.
 # (The stripped aarch64 binary size comes from scripts/cross-build.sh.)

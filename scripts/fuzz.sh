@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds and runs every fuzz target (README "Fuzzing"), one after the other:
+# Builds and runs every fuzz target (docs/fuzzing.md), one after the other:
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     # default 60 s per target, all targets
 #

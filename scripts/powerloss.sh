@@ -3,7 +3,7 @@
 #
 #   scripts/powerloss.sh LAZYFS_BINARY [CUTS] [SEED]      # defaults: 20 cuts, seed 1
 #
-# LAZYFS_BINARY is LazyFS (github.com/dsrhaslab/lazyfs) built by you; docs/power-loss.md
+# LAZYFS_BINARY is LazyFS (github.com/dsrhaslab/lazyfs) built by you; docs/never-lost.md
 # says how. The gateway's data dir lives on a LazyFS mount, which keeps every write that
 # was not fsynced in its cache; a cut is SIGSTOP of the gateway, `lazyfs::clear-cache`
 # (the unsynced writes are gone, as after a power cut), then SIGKILL. Then the gateway is

@@ -1,6 +1,6 @@
 //! A store that comes back behind itself never reuses a seq, and a store that cannot be
-//! opened is quarantined instead of crash-looping (issue 13, README "What never lost
-//! means here").
+//! opened is quarantined instead of crash-looping (issue 13, docs/never-lost.md,
+//! "What never lost means here").
 //!
 //! - Rollback: the store folder is put back to an older copy (as a restored backup, or a
 //!   disk that lost flushed writes, would); the next start must begin a new epoch, raise

@@ -97,7 +97,7 @@ pub struct IngestConfig {
     /// event is stored and forwarded whole. Default: `"2 KiB"`.
     pub raw_limit: ByteSize,
     /// `[[ingest.sources]]`: the payload formats to read and their topics (see the
-    /// README, "Device formats"). When absent, exactly one native source under
+    /// docs/formats.md). When absent, exactly one native source under
     /// `topic_prefix`. When present, exactly the listed sources (list `format =
     /// "native"` too to keep the native devices). Default: absent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -344,7 +344,7 @@ pub struct StoreConfig {
     pub keep_forwarded: bool,
     /// With `keep_forwarded = false`: how long forwarded events stay before they are
     /// deleted, so that the city can still have them sent again (a `Resend` command,
-    /// README "The city link") when its broker lost some after acknowledging them. The
+    /// docs/uplink.md, "The city link") when its broker lost some after acknowledging them. The
     /// disk budget still comes first: forwarded events are evicted before anything else.
     /// `"0s"` deletes them as soon as the city broker has acknowledged them. At most a
     /// day. Default: `"10m"`.
@@ -390,12 +390,12 @@ pub struct UplinkConfig {
     /// city broker's limit (EMQX `mqtt.max_packet_size`, 1 MB by default; Mosquitto
     /// `max_packet_size`; AWS IoT Core 128 KB): a broker drops the connection on a
     /// bigger packet. Batches are cut to fit, and an event too big for a packet on its
-    /// own is forwarded shortened and flagged (`raw_truncated`, `text_truncated`; README
+    /// own is forwarded shortened and flagged (`raw_truncated`, `text_truncated`; docs/uplink.md,
     /// "The uplink contract"), so no event can hold up a lane. Default: `"1 MiB"`.
     pub max_packet_size: ByteSize,
     /// Batches published but not yet acknowledged by the broker. More hides the uplink's
     /// round-trip time; 1 sends strictly one at a time. Each one more holds another batch
-    /// in memory while a backlog drains: 8 peaked 2–8 MB above 2 (README "Footprint").
+    /// in memory while a backlog drains: 8 peaked 2–8 MB above 2 (docs/footprint.md).
     /// 2 × 500 events per round trip is 10,000 events/s over a 100 ms uplink; raise it
     /// for a slower link on a board with memory to spare.
     /// 1–65535. Default: `2`.
@@ -405,7 +405,7 @@ pub struct UplinkConfig {
     #[serde(with = "crate::units::duration")]
     pub down_alert_after: Duration,
     /// How often the gateway publishes its `GatewayStatus` on
-    /// `{topic_prefix}/{gateway.estate_id}/health` (README "The city link"), besides
+    /// `{topic_prefix}/{gateway.estate_id}/health` (docs/uplink.md, "The city link"), besides
     /// once on every connect and on a STATUS command. The city raises an estate as dark
     /// when nothing arrived for about three intervals, so this bounds how fast it notices
     /// a gateway that is connected but stuck (a dead connection is the last will's job,

@@ -14,7 +14,7 @@ use crate::schema::{
 use crate::units::ByteSize;
 
 /// Values above this go to sled's blob files, which the store's fdatasync of `db` does
-/// not cover (DESIGN.md, "Durable means power-loss durable").
+/// not cover, so they would not survive a power cut (docs/never-lost.md).
 pub const SLED_BLOB_THRESHOLD: ByteSize = ByteSize::kib(128);
 
 /// Longest wait a config may set for a poll interval, a backoff, a reconnect or an alert

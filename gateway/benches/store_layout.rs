@@ -2,7 +2,7 @@
 //! --bench store_layout`.
 //!
 //! While a large backlog drains (read in order, deleted once forwarded) memory follows the
-//! number of sled keys (README "Footprint"). This bench isolates sled: in a fresh child
+//! number of sled keys (docs/footprint.md). This bench isolates sled: in a fresh child
 //! process per step it fills a tree with `BENCH_EVENTS` (1,000,000) events of 400 bytes,
 //! then, in another fresh process, opens it and drains it the way the forwarder and writer
 //! do (range-read ~200 KB, delete what was read in one batch, flush). It reports the peak

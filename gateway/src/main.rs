@@ -144,7 +144,7 @@ fn main() -> ExitCode {
 /// large stored backlog are freed in small pieces between live ones, in a heap and in one
 /// arena per thread. Two arenas, blocks of 64 KiB and more in their own mappings, and the
 /// heap trimmed from 128 KiB free: measured 57–73 MB → 31–32 MB RSS on a 1 M-event
-/// backlog (README "Footprint"). An operator's `MALLOC_*` environment takes precedence.
+/// backlog (docs/footprint.md). An operator's `MALLOC_*` environment takes precedence.
 /// The static musl build keeps musl's allocator as it is (not measured).
 ///
 /// Returns whether this tuning is in effect (glibc, and no `MALLOC_*` set).
@@ -186,7 +186,7 @@ const HEAP_TRIM_EVERY: Duration = Duration::from_millis(250);
 /// drains a backlog, sled reads pages back and drops them at a high rate, and RSS then
 /// stayed at 38–40 MB after the drain. `malloc_trim` releases every free page in every
 /// arena; the daemon calls it from its own thread every `HEAP_TRIM_EVERY` (250 ms):
-/// 22–24 MB after the same drain (README "Footprint"). One call measured 0.1–1 ms of
+/// 22–24 MB after the same drain (docs/footprint.md). One call measured 0.1–1 ms of
 /// that thread's time on this 2-core VM; it holds an arena's lock only while it walks
 /// that arena.
 fn spawn_heap_trimmer() {

@@ -1,4 +1,4 @@
-//! The event-code taxonomy (DESIGN.md): every code the gateway accepts, its default
+//! The event-code taxonomy (docs/protocol.md, "Event codes"): every code the gateway accepts, its default
 //! severity, and whether it names a condition that has an end (`state` may be `cleared`).
 //!
 //! Extend, never rename: codes are part of the uplink contract.
@@ -37,7 +37,7 @@ const fn c(
 use DeviceKind as K;
 use Severity::{Critical as S1, Info as S4, Major as S2, Minor as S3};
 
-/// Every known code. Sorted by family as in DESIGN.md.
+/// Every known code. Sorted by family as in docs/protocol.md, "Event codes".
 #[rustfmt::skip]
 pub const CODES: &[CodeInfo] = &[
     c("FIRE.ALARM", S1, true, Some(K::FirePanel), "Fire alarm"),
@@ -101,7 +101,7 @@ pub const CODES: &[CodeInfo] = &[
     c("GW.STORE_ROLLBACK", S2, false, Some(K::Gateway), "Store rolled back, new epoch started"),
     // The store could not be opened: moved aside, a fresh store (new epoch) started.
     c("GW.STORE_QUARANTINED", S2, false, Some(K::Gateway), "Store unreadable, quarantined, new epoch started"),
-    // A command from the city platform as received (issue 14, README "The city link"):
+    // A command from the city platform as received (issue 14, docs/uplink.md, "The city link"):
     // raw JSON {"command_id","issuer","kind","issued_at_ms","expires_at_ms","gateway_id"}.
     // The audit trail of the city link; never an alert.
     c("GW.COMMAND", S4, false, Some(K::Gateway), "Command from the city platform"),

@@ -1,4 +1,4 @@
-//! The simulated devices' register maps (`../shared/DEVICES.md`), as pure functions of
+//! The simulated devices' register maps (as in `config/profiles/`), as pure functions of
 //! each device's state. Addresses are zero-based PDU addresses (Modicon 30001 = input 0,
 //! 40001 = holding 0, 38001 = input 8000, 49500 = holding 9499).
 //!

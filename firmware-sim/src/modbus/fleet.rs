@@ -60,7 +60,7 @@ pub fn demo_fleet(base_port: u16, framing: Framing) -> Vec<BusSpec> {
         .collect()
 }
 
-/// Every device type of DEVICES.md, in the spec's order.
+/// Every simulated device type, in the order of the buses of `config/estate-demo.toml`.
 pub const DEMO_TYPES: [DeviceType; 7] = [
     DeviceType::RopeLeak,
     DeviceType::GasPt495,

@@ -1,4 +1,4 @@
-//! Simulated Modbus field devices (`../shared/DEVICES.md`): a rope leak detector, two gas
+//! Simulated Modbus field devices (profiles in `config/profiles/`): a rope leak detector, two gas
 //! detectors, a fire-panel gateway, a GB/T 26875.3 smoke loop, a valve and a sounder,
 //! served over Modbus TCP or RTU over TCP, with scriptable state and faults.
 //!

@@ -39,7 +39,7 @@ pub struct Alert {
     /// Seq of the committed event that opened the alert (0 while it is not stored).
     pub opened_by_seq: u64,
     /// Whether an event of this alert is in the store. `false`: the alert opened from an
-    /// event the store could not commit (a full disk, README "Full disk"); the broker
+    /// event the store could not commit (a full disk, docs/never-lost.md, "Full disk"); the broker
     /// redelivers that message, and once one of the alert's events commits this turns
     /// `true` (the console shows "Not stored" until then).
     #[serde(default = "stored_default")]

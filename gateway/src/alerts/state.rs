@@ -17,7 +17,7 @@
 //! History is bounded: beyond `alerts.history_max` closed alerts the oldest are removed
 //! with their audit trail. Open alerts are never pruned. Starting and listing open
 //! alerts read only the open ones (`o/`), not the whole history: every page sled reads
-//! stays in memory for a long while (README "Footprint").
+//! stays in memory for a long while (docs/footprint.md).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -6,9 +6,9 @@
 //! tests and the demo can bind port 0. Reading needs no authentication; write actions
 //! need `Authorization: Bearer <api.token>` (the scheme in any case), and without a
 //! configured token the API is read-only (writes get 403). The contract is documented in
-//! the README ("HTTP API").
+//! docs/alerts-and-api.md ("HTTP API").
 //!
-//! Limits (issue 13; README "HTTP limits"): [`server`] keeps the connection cap and the
+//! Limits (issue 13; docs/alerts-and-api.md, "HTTP limits"): [`server`] keeps the connection cap and the
 //! header-read and idle timeouts; live streams have their own cap
 //! (`api.max_sse_clients`); a write action's body is at most [`MAX_BODY_BYTES`] (413
 //! beyond) and its free-text fields are capped ([`MAX_BY_CHARS`], [`MAX_NOTE_CHARS`],

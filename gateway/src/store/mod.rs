@@ -23,7 +23,7 @@
 //!   behind), the writer packs its small records: the commit that brings the newest small
 //!   ones to [`PACK_BYTES`] writes them again as one record and removes them, in the same
 //!   batch. A backlog is then about a ninth of the sled keys, which is what holds the
-//!   gateway's memory down while it drains (README "Footprint").
+//!   gateway's memory down while it drains (docs/footprint.md).
 //! - **Lanes.** Severity 1–2 events go to the alarms lane, the rest to the events lane;
 //!   `seq` is one counter across both. Each lane has a forward cursor.
 //! - **Disk budget.** When stored bytes exceed the budget the writer evicts, in order:
@@ -71,7 +71,7 @@ pub enum StoreError {
     Closed,
     #[error("commit failed: {0}")]
     CommitFailed(String),
-    /// Writes are paused: the data folder's filesystem is full (README "Full disk").
+    /// Writes are paused: the data folder's filesystem is full (docs/never-lost.md, "Full disk").
     #[error("not stored: the disk is full, store writes are paused")]
     DiskFull,
 }
@@ -108,7 +108,7 @@ pub const PACK_BACKLOG: u64 = 2048;
 /// See [`StoreOptions::pack_bytes`]. sled alone, 400-byte events written two per commit
 /// then packed: 3 KiB records drained a 400,000-event backlog in 16 MB, 6 KiB in 8 MB,
 /// 10 KiB in 7 MB, against 28 MB unpacked; filling peaked at 15, 22 and 30 MB against 23.
-/// In the gateway 3, 6 and 12 KiB measured within noise of each other (README
+/// In the gateway 3, 6 and 12 KiB measured within noise of each other (docs/footprint.md,
 /// "Footprint"), and the larger packs left more garbage in sled's file (1 M events:
 /// 570, 650 and 700 MB filled at 1,000 events/s): 3 KiB.
 pub const PACK_BYTES: usize = 3 * 1024;

@@ -35,7 +35,7 @@ const HEALTH_DISK_LOW: &str = "disk";
 const HEALTH_STORE: &str = "store";
 /// Logical bytes kept at most, as a share of the budget: sled's log holds dead space
 /// until it rewrites a segment, so live data at half the budget keeps the folder's real
-/// size near it (measured in tests/disk_full.rs, README "Full disk").
+/// size near it (measured in tests/disk_full.rs, docs/never-lost.md, "Full disk").
 const LIVE_SHARE: u64 = 2;
 /// Writes resume at this much free space: room to take the reserve again and stay above
 /// the floor (the released reserve alone must not end the pause, or the gateway would
@@ -135,7 +135,7 @@ struct Prepared {
 /// Draining it deletes them one by one, and sled merges the emptied leaves and relocates
 /// their segments. A 1 M-event backlog built at 1,000 events/s was 857,000 records and
 /// drained at 60 MB of RSS; packed, it is 96,000 and drained at 35 MB, before the heap
-/// trimmer, the smaller uplink window and the sled cache patch (README "Footprint"). An
+/// trimmer, the smaller uplink window and the sled cache patch (docs/footprint.md). An
 /// event is written at most twice: small, then packed.
 #[derive(Debug, Default)]
 struct Tail {

@@ -374,7 +374,7 @@ function renderAlertRow(row, a, now) {
   setText(el.repeat, `×${a.count} 重复${a.count}次 · ${a.count} times`);
   el.cleared.hidden = !a.cleared;
   el.escalated.hidden = !a.escalated;
-  // Opened while the disk was full (README "Full disk"); older alerts have no field.
+  // Opened while the disk was full (docs/never-lost.md, "Full disk"); older alerts have no field.
   el.unstored.hidden = a.stored !== false;
   setText(el.state, STATUS[a.status] || a.status);
   setAttr(el.state, 'data-status', a.status);
