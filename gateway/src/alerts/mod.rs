@@ -17,6 +17,11 @@
 //! - [`rules`] — the pure engine: events and time in, effects out.
 //! - [`state`] — durable state and history in the store's database.
 //! - [`cli`] — `estate-gateway alerts | ack | close`, the terminal client of the API.
+//! - [`linkage`] — the [`LinkagePort`] linkage writes go through (`lib.rs` hands in
+//!   the Modbus buses), one task per write.
+//! - `handle.rs` ([`AlertsHandle`], operator commands), `effects.rs` (carrying out the
+//!   engine's effects), `updates.rs` (what a change looks like outside), `publish.rs`
+//!   (the alert topic), `meter.rs` (the event rate on `/api/status`).
 //!
 //! **No alert lost on a crash.** The engine's progress (`last_seq`) is written with the
 //! alert changes it caused, in one sled batch. On start the engine replays the committed
@@ -40,6 +45,7 @@ pub mod linkage;
 mod meter;
 pub mod model;
 mod publish;
+mod replay;
 pub mod rules;
 pub mod state;
 pub mod supervisor;
@@ -53,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use estate_config::Config;
-use estate_protocols::model::{Event, Lane};
+use estate_protocols::model::Event;
 
 use crate::events::now_ms;
 use crate::mqtt::Endpoints;
@@ -167,7 +173,7 @@ impl Alerts {
                 "{}/{}/alerts",
                 cfg.ingest.topic_prefix, cfg.gateway.estate_id
             ),
-            mqtt: alert_topic_broker(cfg),
+            mqtt: publish::broker(cfg),
             forward: cfg.alerts.forward,
         };
         Ok((stage, handle))
@@ -246,21 +252,6 @@ impl Alerts {
         self.finish(out, &mut saved_devices, publisher_stop).await;
     }
 
-    /// Replays what was committed but not handled before the last stop, a page at a
-    /// time (a long backlog never sits in memory whole).
-    async fn replay(&mut self, out: &mut Outputs) {
-        while self.last_seq < self.replay_until {
-            match self.replay_page(self.last_seq) {
-                Ok(page) if !page.is_empty() => self.handle_events(page, out).await,
-                Ok(_) => break,
-                Err(err) => {
-                    warn!(error = %err, after = self.last_seq, "Cannot read committed events to replay; continuing with new ones.");
-                    break;
-                }
-            }
-        }
-    }
-
     /// `first` and what else the tap holds now, up to [`BATCH`].
     fn take_batch(&mut self, first: Tapped) -> Vec<Tapped> {
         let mut batch = vec![first];
@@ -324,29 +315,6 @@ impl Alerts {
         }
     }
 
-    /// The next committed events after `after`, in seq order, from both lanes (at most
-    /// a page of each; where both pages are full, cut at the lower of their last seqs so
-    /// the merge never skips an event).
-    fn replay_page(&self, after: u64) -> Result<Vec<Event>, StoreError> {
-        const PAGE: usize = 512;
-        let mut all = Vec::new();
-        let mut cut = u64::MAX;
-        for lane in Lane::ALL {
-            let page = self.reader.read_lane(lane, after, PAGE, 4 << 20)?;
-            if page.len() == PAGE {
-                cut = cut.min(page.last().map_or(u64::MAX, |e| e.seq));
-            }
-            all.extend(page);
-        }
-        let mut out: Vec<Event> = all
-            .into_iter()
-            .filter(|e| e.seq <= cut && e.seq <= self.replay_until)
-            .filter_map(|e| Event::try_from(e).ok())
-            .collect();
-        out.sort_by_key(|e| e.seq);
-        Ok(out)
-    }
-
     /// Committed events advance the engine's progress; events the store could not commit
     /// open (or fold into) their alerts too, marked not stored, and leave the progress
     /// alone: their seq is 0 and the broker redelivers them.
@@ -389,25 +357,6 @@ impl Alerts {
         }
         self.last_seq = last;
         let _ = self.apply(effects, Some(last), out).await;
-    }
-}
-
-/// The ingest broker, as the alert topic's publisher connects to it (a clean session,
-/// its own client id), or `None` (logged) when its TLS settings do not load.
-fn alert_topic_broker(cfg: &Config) -> Option<Endpoints> {
-    let client_id = format!("{}-alerts", cfg.ingest_client_id());
-    match Endpoints::new(&cfg.ingest.mqtt, &client_id) {
-        Ok(mut b) => {
-            b.configure(|o| {
-                o.set_clean_session(true);
-                o.set_max_packet_size(4 << 20, 64 << 10);
-            });
-            Some(b)
-        }
-        Err(err) => {
-            warn!(error = %err, "Alert topic disabled: the ingest broker's TLS settings do not load.");
-            None
-        }
     }
 }
 

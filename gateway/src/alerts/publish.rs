@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use estate_config::Config;
+
 use crate::mqtt::{Endpoints, Poller};
 
 /// The client's request queue (see [`Endpoints::client`]); only the publisher task
@@ -165,4 +167,23 @@ async fn run(endpoints: Endpoints, mut rx: mpsc::Receiver<MqttMsg>, stop: Cancel
         while conn.poller.next().await.is_ok() {}
     })
     .await;
+}
+
+/// The ingest broker, as the alert topic's publisher connects to it (a clean session,
+/// its own client id), or `None` (logged) when its TLS settings do not load.
+pub(crate) fn broker(cfg: &Config) -> Option<Endpoints> {
+    let client_id = format!("{}-alerts", cfg.ingest_client_id());
+    match Endpoints::new(&cfg.ingest.mqtt, &client_id) {
+        Ok(mut b) => {
+            b.configure(|o| {
+                o.set_clean_session(true);
+                o.set_max_packet_size(4 << 20, 64 << 10);
+            });
+            Some(b)
+        }
+        Err(err) => {
+            warn!(error = %err, "Alert topic disabled: the ingest broker's TLS settings do not load.");
+            None
+        }
+    }
 }
