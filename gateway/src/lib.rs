@@ -246,7 +246,7 @@ pub async fn run(
         alerts_stage,
         cfg.clone(),
         handle.clone(),
-        modbus_handle.clone(),
+        Arc::new(modbus_handle.clone()),
         metrics.clone(),
         alerts_stop.clone(),
         shutdown.clone(),
@@ -407,5 +407,29 @@ impl Guarded {
         let out = stage_future.await;
         on_end.1 = Some(cause(&out));
         out
+    }
+}
+
+/// Linkage writes go to the Modbus buses: the port the alerts stage drives its outputs
+/// through, handed in above, so that `alerts/` knows nothing of `ingest/`.
+impl alerts::LinkagePort for ingest::modbus::ModbusHandle {
+    fn write(
+        &self,
+        device: &str,
+        write: alerts::rules::LinkWrite,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), alerts::LinkError>> {
+        let write = match write {
+            alerts::rules::LinkWrite::Coil { address, value } => {
+                ingest::modbus::Write::Coil { address, value }
+            }
+            alerts::rules::LinkWrite::Register { address, value } => {
+                ingest::modbus::Write::Register { address, value }
+            }
+        };
+        let (modbus, device) = (self.clone(), device.to_owned());
+        Box::pin(async move {
+            modbus.write(&device, write).await?;
+            Ok(())
+        })
     }
 }

@@ -50,8 +50,8 @@ use estate_config::Config;
 use estate_protocols::model::Event;
 
 use super::Alerts;
+use super::Linkage;
 use crate::health::Level;
-use crate::ingest::modbus::ModbusHandle;
 use crate::store::StoreHandle;
 use crate::telemetry::{Metrics, StageLabel};
 
@@ -105,7 +105,7 @@ pub fn spawn(
     stage: Alerts,
     cfg: Config,
     store: StoreHandle,
-    modbus: ModbusHandle,
+    linkage: Linkage,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
     gateway: CancellationToken,
@@ -114,7 +114,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("alerts".into())
         .spawn(move || {
-            let result = supervise(stage, &cfg, store, modbus, &metrics, &stop, &gateway);
+            let result = supervise(stage, &cfg, store, linkage, &metrics, &stop, &gateway);
             let _ = tx.send(result);
         })
         .map_err(SupervisorError::Start)?;
@@ -132,7 +132,7 @@ fn supervise(
     mut stage: Alerts,
     cfg: &Config,
     store: StoreHandle,
-    modbus: ModbusHandle,
+    linkage: Linkage,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
     gateway: &CancellationToken,
@@ -173,7 +173,7 @@ fn supervise(
         }
         let cause = match cause {
             Some(cause) => cause,
-            None => match run_once(&mut stage, restarted, &store, &modbus, metrics, stop)? {
+            None => match run_once(&mut stage, restarted, &store, &linkage, metrics, stop)? {
                 None => return Ok(()),
                 Some(cause) => cause,
             },
@@ -234,14 +234,14 @@ fn run_once(
     stage: &mut Alerts,
     restarted: bool,
     store: &StoreHandle,
-    modbus: &ModbusHandle,
+    linkage: &Linkage,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
 ) -> Result<Option<String>, SupervisorError> {
     let rt = runtime()?;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         rt.block_on(async {
-            let run = stage.run(store.clone(), modbus.clone(), metrics.clone(), stop.clone());
+            let run = stage.run(store.clone(), linkage.clone(), metrics.clone(), stop.clone());
             tokio::pin!(run);
             if restarted {
                 tokio::select! {

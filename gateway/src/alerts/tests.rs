@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use estate_config::Config;
 use estate_protocols::model::{DeviceKind, Event, EventState, Lane, Severity};
 
+use super::linkage::Unwired;
 use super::state::Filter;
 use super::*;
-use crate::ingest::modbus::ModbusHandle;
 use crate::store::{self, StoreOptions};
 use crate::telemetry::Metrics;
 
@@ -104,7 +104,7 @@ async fn an_alarm_committed_before_the_engine_saw_it_is_alerted_after_a_restart(
         let task = tokio::spawn({
             let (h, metrics, stop) = (h.clone(), metrics.clone(), stop.clone());
             let mut alerts = alerts;
-            async move { alerts.run(h, ModbusHandle::default(), metrics, stop).await }
+            async move { alerts.run(h, Arc::new(Unwired), metrics, stop).await }
         });
         let open = Filter {
             status: "open".into(),
