@@ -84,26 +84,50 @@ use estate_config::Config;
 use crate::store::StoreReader;
 use crate::telemetry::Metrics;
 
+/// Why the gateway could not start or did not stop cleanly. Each variant names what
+/// failed and keeps the cause as its [`source`](std::error::Error::source): print it
+/// with its chain (see [`error_chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("store: {0}")]
+    /// Opening or running the store.
+    #[error("store")]
     Store(#[from] store::StoreError),
+    /// Building the MQTT ingest stage.
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    /// Building or running forward (the uplink).
     #[error(transparent)]
     Forward(#[from] forward::ForwardError),
-    #[error("modbus: {0}")]
+    /// Building the Modbus stage.
+    #[error("modbus")]
     Modbus(#[from] ingest::modbus::ModbusError),
-    #[error("API listener: {0}")]
-    Api(std::io::Error),
-    #[error("a stage panicked: {0}")]
+    /// Binding or setting up the API listener.
+    #[error("API listener")]
+    Api(#[source] std::io::Error),
+    /// A stage's task panicked.
+    #[error("a stage panicked")]
     Join(#[from] tokio::task::JoinError),
+    /// Starting or running the alert engine.
     #[error(transparent)]
     Alerts(#[from] alerts::supervisor::SupervisorError),
+    /// Building or running the city link.
     #[error(transparent)]
     Link(#[from] link::LinkError),
+    /// A stage ended by itself while the gateway was running (it has been logged).
     #[error("the {0} stage stopped while the gateway was running")]
     StageEnded(&'static str),
+}
+
+/// `err` and its sources, joined by `": "` (what `anyhow`'s `{:#}` prints).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// How to run, besides the config.
@@ -208,8 +232,8 @@ pub async fn run(
         tokio::task::spawn_blocking(move || writer.run()),
         |r| match r {
             Ok(Ok(())) => "it returned".to_owned(),
-            Ok(Err(err)) => err.to_string(),
-            Err(err) => err.to_string(),
+            Ok(Err(err)) => error_chain(err),
+            Err(err) => error_chain(err),
         },
     ));
 
@@ -349,10 +373,10 @@ pub async fn run(
 type Ended = Arc<std::sync::OnceLock<&'static str>>;
 
 /// Why a stage that returns a `Result` ended.
-fn result_cause<E: std::fmt::Display>(r: &Result<(), E>) -> String {
+fn result_cause<E: std::error::Error>(r: &Result<(), E>) -> String {
     match r {
         Ok(()) => "it returned".to_owned(),
-        Err(err) => err.to_string(),
+        Err(err) => error_chain(err),
     }
 }
 
