@@ -709,7 +709,7 @@ async fn coil_write_closes_the_valve_and_its_feedback_is_read_back() {
     assert!(
         matches!(
             refused,
-            Err(estate_gateway::ingest::modbus::WriteError::Exception { code: 2, .. })
+            Err(estate_gateway::ingest::modbus::TxError::Exception { code: 2, .. })
         ),
         "{refused:?}"
     );

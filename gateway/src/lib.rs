@@ -84,26 +84,50 @@ use estate_config::Config;
 use crate::store::StoreReader;
 use crate::telemetry::Metrics;
 
+/// Why the gateway could not start or did not stop cleanly. Each variant names what
+/// failed and keeps the cause as its [`source`](std::error::Error::source): print it
+/// with its chain (see [`error_chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("store: {0}")]
+    /// Opening or running the store.
+    #[error("store")]
     Store(#[from] store::StoreError),
+    /// Building the MQTT ingest stage.
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    /// Building or running forward (the uplink).
     #[error(transparent)]
     Forward(#[from] forward::ForwardError),
-    #[error("modbus: {0}")]
+    /// Building the Modbus stage.
+    #[error("modbus")]
     Modbus(#[from] ingest::modbus::ModbusError),
-    #[error("API listener: {0}")]
-    Api(std::io::Error),
-    #[error("a stage panicked: {0}")]
+    /// Binding or setting up the API listener.
+    #[error("API listener")]
+    Api(#[source] std::io::Error),
+    /// A stage's task panicked.
+    #[error("a stage panicked")]
     Join(#[from] tokio::task::JoinError),
+    /// Starting or running the alert engine.
     #[error(transparent)]
     Alerts(#[from] alerts::supervisor::SupervisorError),
+    /// Building or running the city link.
     #[error(transparent)]
     Link(#[from] link::LinkError),
+    /// A stage ended by itself while the gateway was running (it has been logged).
     #[error("the {0} stage stopped while the gateway was running")]
     StageEnded(&'static str),
+}
+
+/// `err` and its sources, joined by `": "` (what `anyhow`'s `{:#}` prints).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// How to run, besides the config.
@@ -164,24 +188,9 @@ pub async fn run(
     let city_link = link::Link::new(&cfg, &boot_id)?;
     let modbus = ingest::modbus::Modbus::new(&cfg)?;
     let modbus_handle = modbus.handle();
-    let api_listener = match opts.api_listener {
-        Some(l) => l,
-        None => std::net::TcpListener::bind(cfg.api.listen).map_err(GatewayError::Api)?,
-    };
-    api_listener
-        .set_nonblocking(true)
-        .map_err(GatewayError::Api)?;
-    let api_addr = api_listener.local_addr().map_err(GatewayError::Api)?;
-    let api_listener =
-        tokio::net::TcpListener::from_std(api_listener).map_err(GatewayError::Api)?;
+    let (api_listener, api_addr) = bind_api(opts.api_listener, &cfg)?;
 
-    let store_opts = store::StoreOptions::from_config(&cfg);
-    let dir = opts.data_dir.join("store");
-    let (handle, reader, writer) = tokio::task::spawn_blocking({
-        let metrics = metrics.clone();
-        move || store::open(&dir, store_opts, metrics)
-    })
-    .await??;
+    let (handle, reader, writer) = open_store(&cfg, &opts.data_dir, &metrics).await?;
     // Attach the alert engine before anything appends, so it sees every commit.
     let (alerts_stage, alerts_handle) = {
         let cfg = cfg.clone();
@@ -204,14 +213,7 @@ pub async fn run(
         metrics: metrics.clone(),
         ended: ended.clone(),
     };
-    let writer = tokio::spawn(guard("store writer", "stage.store").run(
-        tokio::task::spawn_blocking(move || writer.run()),
-        |r| match r {
-            Ok(Ok(())) => "it returned".to_owned(),
-            Ok(Err(err)) => err.to_string(),
-            Err(err) => err.to_string(),
-        },
-    ));
+    let writer = spawn_writer(guard("store writer", "stage.store"), writer);
 
     // The API outlives the stages so health stays visible while draining.
     let api_stop = CancellationToken::new();
@@ -221,19 +223,7 @@ pub async fn run(
     let api = tokio::spawn(guard("API", "stage.api").run(
         api::run(
             api_listener,
-            api::ApiState {
-                metrics: metrics.clone(),
-                reader: reader.clone(),
-                gateway_id: cfg.gateway.id.clone(),
-                estate_id: cfg.gateway.estate_id.clone(),
-                alerts: alerts_handle.clone(),
-                duty: duty.clone(),
-                token: cfg.api.token.clone(),
-                stop: stream_stop.clone(),
-                limits: api::server::Limits::from_config(&cfg.api),
-                sse_clients: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_sse_clients.max(1))),
-                max_sse_clients: cfg.api.max_sse_clients,
-            },
+            api_state(&cfg, &metrics, &reader, &alerts_handle, &duty, stream_stop),
             api_stop.clone(),
         ),
         result_cause,
@@ -251,36 +241,25 @@ pub async fn run(
         alerts_stop.clone(),
         shutdown.clone(),
     )?;
-    let ingest = tokio::spawn(guard("ingest", "stage.ingest").run(
-        ingest.run(handle.clone(), metrics.clone(), shutdown.clone()),
-        result_cause,
-    ));
-    let forward = tokio::spawn(guard("forward", "stage.forward").run(
-        forwarder.run(
-            reader.clone(),
-            handle.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-            opts.grace,
-        ),
-        result_cause,
-    ));
-    // Status, last will and commands on their own connection to the city broker; it
-    // holds a StoreHandle (audit events), so it stops before the writer drains.
-    let city_link = tokio::spawn(guard("city link", "stage.link").run(
-        city_link.run(
-            link::Context {
-                reader: reader.clone(),
-                store: handle.clone(),
-                metrics: metrics.clone(),
-                alerts: alerts_handle.clone(),
-                duty: duty.clone(),
-                store_dir: opts.data_dir.join("store"),
-            },
-            shutdown.clone(),
-        ),
-        result_cause,
-    ));
+    let link_context = link::Context {
+        reader: reader.clone(),
+        store: handle.clone(),
+        metrics: metrics.clone(),
+        alerts: alerts_handle.clone(),
+        duty: duty.clone(),
+        store_dir: opts.data_dir.join("store"),
+    };
+    let (ingest, forward, city_link) = spawn_mqtt_stages(
+        guard,
+        MqttStages {
+            ingest,
+            forwarder,
+            city_link,
+        },
+        link_context,
+        &shutdown,
+        opts.grace,
+    );
     // Modbus polling; each bus task restarts itself after a bug (see ingest::modbus).
     let modbus = tokio::spawn(guard("Modbus", "stage.modbus").run(
         modbus.run(handle.clone(), metrics.clone(), shutdown.clone()),
@@ -294,8 +273,159 @@ pub async fn run(
     }
     drop(handle);
     info!(gateway_id = %cfg.gateway.id, estate_id = %cfg.gateway.estate_id, %api_addr, epoch = reader.epoch(), %boot_id, "Gateway running.");
-    // Ready means the store is open and every stage runs; brokers connect (and reconnect)
-    // on their own, and an uplink that is down at boot is exactly what the store is for.
+    announce_ready(
+        &shutdown,
+        opts.on_ready,
+        Running {
+            api_addr,
+            metrics: metrics.clone(),
+            modbus: modbus_handle,
+            reader: reader.clone(),
+            boot_id,
+            alerts: alerts_handle,
+            duty: duty.clone(),
+        },
+    );
+    Stages {
+        ingest,
+        modbus,
+        duty,
+        alerts_stop,
+        alerts: alerts_task,
+        forward,
+        city_link,
+        writer,
+        api_stop,
+        api,
+    }
+    .stop_in_order(&ended)
+    .await
+}
+
+/// Opens the store under `data_dir/store` on the blocking pool.
+async fn open_store(
+    cfg: &Config,
+    data_dir: &std::path::Path,
+    metrics: &Arc<Metrics>,
+) -> Result<store::Opened, GatewayError> {
+    let store_opts = store::StoreOptions::from_config(cfg);
+    let dir = data_dir.join("store");
+    let metrics = metrics.clone();
+    Ok(tokio::task::spawn_blocking(move || store::open(&dir, store_opts, metrics)).await??)
+}
+
+/// Runs the store writer on the blocking pool under `guard`.
+fn spawn_writer(
+    guard: Guarded,
+    writer: store::StoreWriter,
+) -> tokio::task::JoinHandle<Result<Result<(), store::StoreError>, tokio::task::JoinError>> {
+    tokio::spawn(guard.run(
+        tokio::task::spawn_blocking(move || writer.run()),
+        |r| match r {
+            Ok(Ok(())) => "it returned".to_owned(),
+            Ok(Err(err)) => error_chain(err),
+            Err(err) => error_chain(err),
+        },
+    ))
+}
+
+/// The stages that talk MQTT, built and not yet running.
+struct MqttStages {
+    ingest: ingest::MqttIngest,
+    forwarder: forward::Forwarder,
+    city_link: link::Link,
+}
+
+/// Spawns ingest, forward and the city link, each under its guard. The city link
+/// (status, last will and commands on its own connection to the city broker) holds a
+/// StoreHandle (audit events), so it stops before the writer drains.
+#[allow(clippy::type_complexity)]
+fn spawn_mqtt_stages(
+    guard: impl Fn(&'static str, &'static str) -> Guarded,
+    stages: MqttStages,
+    link_context: link::Context,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> (
+    tokio::task::JoinHandle<Result<(), ingest::IngestError>>,
+    tokio::task::JoinHandle<Result<(), forward::ForwardError>>,
+    tokio::task::JoinHandle<Result<(), link::LinkError>>,
+) {
+    let store = link_context.store.clone();
+    let metrics = link_context.metrics.clone();
+    let ingest = tokio::spawn(
+        guard("ingest", "stage.ingest").run(
+            stages
+                .ingest
+                .run(store.clone(), metrics.clone(), shutdown.clone()),
+            result_cause,
+        ),
+    );
+    let forward = tokio::spawn(guard("forward", "stage.forward").run(
+        stages.forwarder.run(
+            link_context.reader.clone(),
+            store,
+            metrics,
+            shutdown.clone(),
+            grace,
+        ),
+        result_cause,
+    ));
+    let city_link = tokio::spawn(guard("city link", "stage.link").run(
+        stages.city_link.run(link_context, shutdown.clone()),
+        result_cause,
+    ));
+    (ingest, forward, city_link)
+}
+
+/// The API listener: `given` (already bound) or one bound to `api.listen`, made async.
+fn bind_api(
+    given: Option<std::net::TcpListener>,
+    cfg: &Config,
+) -> Result<(tokio::net::TcpListener, SocketAddr), GatewayError> {
+    let listener = match given {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(cfg.api.listen).map_err(GatewayError::Api)?,
+    };
+    listener.set_nonblocking(true).map_err(GatewayError::Api)?;
+    let addr = listener.local_addr().map_err(GatewayError::Api)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(GatewayError::Api)?;
+    Ok((listener, addr))
+}
+
+/// What the API serves from; live streams end when `stream_stop` is cancelled.
+fn api_state(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    reader: &StoreReader,
+    alerts: &alerts::AlertsHandle,
+    duty: &duty::DutyDesk,
+    stream_stop: CancellationToken,
+) -> api::ApiState {
+    api::ApiState {
+        metrics: metrics.clone(),
+        reader: reader.clone(),
+        gateway_id: cfg.gateway.id.clone(),
+        estate_id: cfg.gateway.estate_id.clone(),
+        alerts: alerts.clone(),
+        duty: duty.clone(),
+        token: cfg.api.token.clone(),
+        stop: stream_stop,
+        limits: api::server::Limits::from_config(&cfg.api),
+        sse_clients: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_sse_clients.max(1))),
+        max_sse_clients: cfg.api.max_sse_clients,
+    }
+}
+
+/// Tells systemd (READY now, STOPPING once `shutdown` is cancelled) and the caller
+/// (`on_ready`) that the gateway runs. Ready means the store is open and every stage
+/// runs; brokers connect (and reconnect) on their own, and an uplink that is down at
+/// boot is exactly what the store is for.
+fn announce_ready(
+    shutdown: &CancellationToken,
+    on_ready: Option<oneshot::Sender<Running>>,
+    running: Running,
+) {
     systemd::notify_or_log("READY=1");
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -304,55 +434,68 @@ pub async fn run(
             systemd::notify_or_log("STOPPING=1");
         }
     });
-    if let Some(tx) = opts.on_ready {
-        let _ = tx.send(Running {
-            api_addr,
-            metrics: metrics.clone(),
-            modbus: modbus_handle,
-            reader: reader.clone(),
-            boot_id,
-            alerts: alerts_handle,
-            duty: duty.clone(),
-        });
+    if let Some(tx) = on_ready {
+        let _ = tx.send(running);
     }
+}
 
-    let ingest_result = ingest.await;
-    // Modbus stops polling at a safe point and drops its StoreHandle before the store drains.
-    let modbus_result = modbus.await;
-    // No broadcast writes after Modbus: the desk lets go of its StoreHandle.
-    duty.stop();
-    alerts_stop.cancel();
-    let alerts_result = alerts_task.join().await;
-    let forward_result = forward.await;
-    let link_result = city_link.await;
-    // Every StoreHandle is gone now: the writer commits what is queued and exits.
-    let writer_result = writer.await.and_then(|r| r);
-    api_stop.cancel();
-    let _ = api.await;
-    if let Ok(Err(err)) = &writer_result {
-        error!(error = %err, "Store writer failed while stopping.");
+/// The running stages, stopped by [`Stages::stop_in_order`].
+struct Stages {
+    ingest: tokio::task::JoinHandle<Result<(), ingest::IngestError>>,
+    modbus: tokio::task::JoinHandle<()>,
+    duty: duty::DutyDesk,
+    alerts_stop: CancellationToken,
+    alerts: alerts::supervisor::Supervised,
+    forward: tokio::task::JoinHandle<Result<(), forward::ForwardError>>,
+    city_link: tokio::task::JoinHandle<Result<(), link::LinkError>>,
+    writer: tokio::task::JoinHandle<Result<Result<(), store::StoreError>, tokio::task::JoinError>>,
+    api_stop: CancellationToken,
+    api: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl Stages {
+    /// Waits for the stages (shutdown has been or will be requested) in the order that
+    /// lets every committed event reach alerts and the store drain last, then returns
+    /// the first error, or [`GatewayError::StageEnded`] if a stage ended on its own.
+    async fn stop_in_order(self, ended: &Ended) -> Result<(), GatewayError> {
+        let ingest_result = self.ingest.await;
+        // Modbus stops polling at a safe point and drops its StoreHandle before the store drains.
+        let modbus_result = self.modbus.await;
+        // No broadcast writes after Modbus: the desk lets go of its StoreHandle.
+        self.duty.stop();
+        self.alerts_stop.cancel();
+        let alerts_result = self.alerts.join().await;
+        let forward_result = self.forward.await;
+        let link_result = self.city_link.await;
+        // Every StoreHandle is gone now: the writer commits what is queued and exits.
+        let writer_result = self.writer.await.and_then(|r| r);
+        self.api_stop.cancel();
+        let _ = self.api.await;
+        if let Ok(Err(err)) = &writer_result {
+            error!(error = %err, "Store writer failed while stopping.");
+        }
+        ingest_result??;
+        modbus_result?;
+        alerts_result?;
+        forward_result??;
+        link_result??;
+        writer_result??;
+        if let Some(stage) = ended.get() {
+            return Err(GatewayError::StageEnded(stage));
+        }
+        info!("Gateway stopped.");
+        Ok(())
     }
-    ingest_result??;
-    modbus_result?;
-    alerts_result?;
-    forward_result??;
-    link_result??;
-    writer_result??;
-    if let Some(stage) = ended.get() {
-        return Err(GatewayError::StageEnded(stage));
-    }
-    info!("Gateway stopped.");
-    Ok(())
 }
 
 /// The first stage that ended while the gateway was running.
 type Ended = Arc<std::sync::OnceLock<&'static str>>;
 
 /// Why a stage that returns a `Result` ended.
-fn result_cause<E: std::fmt::Display>(r: &Result<(), E>) -> String {
+fn result_cause<E: std::error::Error>(r: &Result<(), E>) -> String {
     match r {
         Ok(()) => "it returned".to_owned(),
-        Err(err) => err.to_string(),
+        Err(err) => error_chain(err),
     }
 }
 

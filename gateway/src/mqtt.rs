@@ -33,22 +33,38 @@ use estate_config::{BrokerConfig, TlsConfig};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Why a broker's TLS settings do not load; the cause (if any) is the
+/// [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {path}: {source}")]
+    /// A CA, certificate or key file cannot be read.
+    #[error("reading {path}")]
     Read {
+        /// The file.
         path: String,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
-    #[error("reading {path}: {source}")]
+    /// A file is not valid PEM.
+    #[error("reading {path}")]
     Pem {
+        /// The file.
         path: String,
+        /// What is wrong with its PEM.
         source: rustls::pki_types::pem::Error,
     },
+    /// A file holds no certificate (or no private key).
     #[error("{path} holds no {what}")]
-    Empty { path: String, what: &'static str },
-    #[error("TLS set-up: {0}")]
+    Empty {
+        /// The file.
+        path: String,
+        /// `PEM certificate` or `PEM private key`.
+        what: &'static str,
+    },
+    /// rustls refused the certificates or key.
+    #[error("TLS set-up")]
     Rustls(#[from] rustls::Error),
+    /// Only one of `tls.cert_file` and `tls.key_file` is set.
     #[error("tls.cert_file and tls.key_file must be given together")]
     HalfClientIdentity,
 }

@@ -51,13 +51,17 @@ use crate::telemetry::Metrics;
 pub use batch::{max_payload, pack, publish_size, Cut, Header, Limits, Packed, Unfit};
 pub use inflight::{Advance, InFlight};
 
+/// Why forward could not start or stopped; the cause is the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("uplink TLS: {0}")]
+    /// The uplink broker's TLS settings do not load.
+    #[error("uplink TLS")]
     Tls(#[from] crate::mqtt::TlsError),
-    #[error("store: {0}")]
+    /// A store read or write failed.
+    #[error("store")]
     Store(#[from] crate::store::StoreError),
-    #[error("a store read on the blocking pool did not finish: {0}")]
+    /// A store read on the blocking pool panicked or was cancelled.
+    #[error("a store read on the blocking pool did not finish")]
     Blocking(#[from] tokio::task::JoinError),
 }
 

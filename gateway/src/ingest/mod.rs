@@ -54,9 +54,11 @@ const REQUEST_CAPACITY: usize = 16 * 1024;
 /// further message, not even an alarm, would arrive).
 const RESESSION_AFTER: Duration = Duration::from_secs(2);
 
+/// Why MQTT ingest could not start; the cause is the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("ingest broker TLS: {0}")]
+    /// The ingest broker's TLS settings do not load.
+    #[error("ingest broker TLS")]
     Tls(#[from] crate::mqtt::TlsError),
 }
 

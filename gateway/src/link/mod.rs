@@ -86,13 +86,18 @@ use crate::telemetry::{Metrics, OutcomeLabel};
 use command::{clip, Refusal};
 pub use command::{Kind, Rules};
 
+/// Why the city link could not start or stopped; the cause is the
+/// [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("city link TLS: {0}")]
+    /// The city broker's TLS settings do not load.
+    #[error("city link TLS")]
     Tls(#[from] crate::mqtt::TlsError),
-    #[error("store: {0}")]
+    /// A store read or write failed.
+    #[error("store")]
     Store(#[from] StoreError),
-    #[error("a store call on the blocking pool did not finish: {0}")]
+    /// A store call on the blocking pool panicked or was cancelled.
+    #[error("a store call on the blocking pool did not finish")]
     Blocking(#[from] tokio::task::JoinError),
 }
 

@@ -35,7 +35,7 @@ use super::decode::{self, Data, Emit, Tracker};
 use super::health::{poll_delay, Health, Transition};
 use super::link::{Link, LinkChange, TxError};
 use super::plan::{plan, ReadRequest};
-use super::{Write, WriteError, WriteOutcome};
+use super::{Write, WriteOutcome};
 use crate::events::now_ms;
 use crate::store::StoreHandle;
 use crate::telemetry::{
@@ -85,7 +85,7 @@ pub(crate) struct WriteCommand {
     /// Index into the bus's devices.
     pub device: usize,
     pub write: Write,
-    pub reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+    pub reply: oneshot::Sender<Result<WriteOutcome, TxError>>,
 }
 
 /// What the bus task needs from the rest of the gateway.
@@ -235,7 +235,7 @@ async fn run_bus(
                 Some(cmd) => {
                     tokio::select! {
                         biased;
-                        // The dropped reply tells the writer `WriteError::Stopped`.
+                        // The dropped reply tells the writer `TxError::Stopped`.
                         _ = shutdown.cancelled() => break,
                         _ = write(&spec, &mut link, &env, cmd) => {}
                     }
@@ -420,7 +420,7 @@ async fn write(spec: &BusSpec, link: &mut Link, env: &Env, cmd: WriteCommand) {
     let Some(device) = spec.devices.get(cmd.device) else {
         let _ = cmd
             .reply
-            .send(Err(WriteError::UnknownDevice(format!("#{}", cmd.device))));
+            .send(Err(TxError::UnknownDevice(format!("#{}", cmd.device))));
         return;
     };
     let result = write_once(link, device, cmd.write).await;
@@ -449,7 +449,7 @@ pub(crate) async fn write_once(
     link: &mut Link,
     device: &DeviceSpec,
     w: Write,
-) -> Result<WriteOutcome, WriteError> {
+) -> Result<WriteOutcome, TxError> {
     let request = match w {
         Write::Coil { address, value } => Request::WriteSingleCoil(address, value),
         Write::Register { address, value } => Request::WriteSingleRegister(address, value),
@@ -457,8 +457,7 @@ pub(crate) async fn write_once(
     let t0 = Instant::now();
     let response = link
         .transact(device.modbus.unit, request, device.modbus.timeout)
-        .await
-        .map_err(WriteError::from)?;
+        .await?;
     let echoed = match (w, response) {
         (Write::Coil { address, value }, Response::WriteSingleCoil(a, v)) => {
             a == address && v == value
@@ -469,7 +468,7 @@ pub(crate) async fn write_once(
         _ => false,
     };
     if !echoed {
-        return Err(WriteError::Protocol(
+        return Err(TxError::Protocol(
             "the answer does not echo the write".into(),
         ));
     }

@@ -24,27 +24,45 @@ use tokio_modbus::Slave;
 
 use estate_config::{BusConfig, BusTransport, Parity};
 
-/// Why a transaction failed.
+/// Why a Modbus transaction (a poll's read or a linkage write) failed, or why a write
+/// did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TxError {
+    /// No Modbus device of that id is configured (a write only).
+    #[error("no Modbus device {0:?} is configured")]
+    UnknownDevice(String),
+    /// No answer within the device's timeout: a write may or may not have happened.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The device answered with an exception code: it refused the request.
     #[error("the device answered with exception {code:#04x} ({name})")]
-    Exception { code: u8, name: &'static str },
+    Exception {
+        /// The Modbus exception code.
+        code: u8,
+        /// Its standard name ([`exception_name`]).
+        name: &'static str,
+    },
+    /// The connection could not be opened or failed.
     #[error("transport: {0}")]
     Transport(String),
+    /// An answer did not match its request or could not be decoded.
     #[error("bad answer: {0}")]
     Protocol(String),
+    /// The gateway is stopping (or Modbus is not running); a write only.
+    #[error("Modbus is not running")]
+    Stopped,
 }
 
 impl TxError {
-    /// The metric label of the failure.
+    /// The metric label: `exception`, `timeout`, `transport`, `decode`, `unknown`, `stopped`.
     pub fn kind(&self) -> &'static str {
         match self {
+            TxError::UnknownDevice(_) => "unknown",
             TxError::Timeout(_) => "timeout",
             TxError::Exception { .. } => "exception",
             TxError::Transport(_) => "transport",
             TxError::Protocol(_) => "decode",
+            TxError::Stopped => "stopped",
         }
     }
 }

@@ -52,7 +52,7 @@ use estate_config::Config;
 use crate::store::StoreHandle;
 use crate::telemetry::Metrics;
 use bus::{BusSpec, DeviceSpec, Env, WriteCommand};
-use link::TxError;
+pub use link::TxError;
 
 /// Writes queued per bus before [`ModbusHandle::write`] waits for room.
 const WRITE_QUEUE: usize = 32;
@@ -69,51 +69,6 @@ pub enum Write {
 pub struct WriteOutcome {
     /// From sending the request to its answer (not counting the wait for the bus).
     pub round_trip: Duration,
-}
-
-/// Why a write did not happen (or was not confirmed).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
-    #[error("no Modbus device {0:?} is configured")]
-    UnknownDevice(String),
-    /// The device answered with an exception code: it refused the write.
-    #[error("the device answered with exception {code:#04x} ({name})")]
-    Exception { code: u8, name: &'static str },
-    /// No answer within the device's timeout: the write may or may not have happened.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("transport: {0}")]
-    Transport(String),
-    #[error("bad answer: {0}")]
-    Protocol(String),
-    /// The gateway is stopping (or Modbus is not running).
-    #[error("Modbus is not running")]
-    Stopped,
-}
-
-impl WriteError {
-    /// The metric label: `exception`, `timeout`, `transport`, `decode`, `unknown`, `stopped`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            WriteError::UnknownDevice(_) => "unknown",
-            WriteError::Exception { .. } => "exception",
-            WriteError::Timeout(_) => "timeout",
-            WriteError::Transport(_) => "transport",
-            WriteError::Protocol(_) => "decode",
-            WriteError::Stopped => "stopped",
-        }
-    }
-}
-
-impl From<TxError> for WriteError {
-    fn from(e: TxError) -> Self {
-        match e {
-            TxError::Timeout(d) => WriteError::Timeout(d),
-            TxError::Exception { code, name } => WriteError::Exception { code, name },
-            TxError::Transport(s) => WriteError::Transport(s),
-            TxError::Protocol(s) => WriteError::Protocol(s),
-        }
-    }
 }
 
 /// A configuration the Modbus stage cannot run (config validation rules these out; this
@@ -141,11 +96,11 @@ impl ModbusHandle {
     /// Writes one coil or register on a configured Modbus device, in turn with the
     /// polls of its bus (ahead of them), and returns what the device said. Waits while
     /// the bus's write queue is full; wrap it in a timeout if the caller cannot wait.
-    pub async fn write(&self, device_id: &str, write: Write) -> Result<WriteOutcome, WriteError> {
+    pub async fn write(&self, device_id: &str, write: Write) -> Result<WriteOutcome, TxError> {
         let (tx, device) = self
             .devices
             .get(device_id)
-            .ok_or_else(|| WriteError::UnknownDevice(device_id.to_owned()))?;
+            .ok_or_else(|| TxError::UnknownDevice(device_id.to_owned()))?;
         let (reply, rx) = oneshot::channel();
         tx.send(WriteCommand {
             device: *device,
@@ -153,8 +108,8 @@ impl ModbusHandle {
             reply,
         })
         .await
-        .map_err(|_| WriteError::Stopped)?;
-        rx.await.map_err(|_| WriteError::Stopped)?
+        .map_err(|_| TxError::Stopped)?;
+        rx.await.map_err(|_| TxError::Stopped)?
     }
 
     /// The ids of the Modbus devices this handle can write to.
