@@ -14,8 +14,8 @@
 //!   drop QoS 1 messages for a session that lags: with Mosquitto set
 //!   `max_queued_messages 0` (its default, 1000, loses messages under the pipeline test's
 //!   load; see [`broker_drop_hint`]).
-//! - Observation: [`http_get`] is a tiny HTTP/1.1 client for `/metrics` and `/healthz`;
-//!   [`Metrics`] parses the Prometheus text; waits poll with a deadline and fail with the
+//! - Observation: [`http_get`] (hyper's HTTP/1.1 client) for `/metrics` and `/healthz`;
+//!   [`Metrics`] parses the Prometheus text with `prometheus-parse`; waits poll with a deadline and fail with the
 //!   last values seen. Nothing sleeps to order steps.
 
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
