@@ -23,12 +23,11 @@ use estate_config::Config;
 use estate_gateway::{RunOptions, Running};
 use estate_protocols::model::Lane;
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::{percentile, rand_id};
 
-#[path = "../../tests/common/nats.rs"]
-#[allow(dead_code)]
-mod nats;
+use common::nats;
 
 const ESTATE: &str = "benchuplink000000001";
 const RATE: f64 = 50.0;

@@ -1,4 +1,5 @@
-//! Shared helpers for the black-box end-to-end tests.
+//! Shared helpers for the black-box end-to-end tests and the benches (each bench
+//! includes this module with `#[path = "../../tests/common/mod.rs"]`).
 //!
 //! - The gateway runs as a real process ([`Gateway`]): `estate-gateway run` with a config
 //!   written per test, its API on port 0 (learned from the one `ready` line on stdout),
@@ -81,4 +82,6 @@ mod config;
 pub use config::*;
 mod cli;
 pub use cli::*;
+mod bench;
 pub mod nats;
+pub use bench::*;

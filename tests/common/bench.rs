@@ -1,9 +1,8 @@
-//! What the in-process benches share: the broker, a gateway started in this process, and
-//! percentiles.
+//! What the in-process benches (gateway/benches/) add to the harness: the broker they
+//! measure through, a gateway started in the bench's own process, and percentiles.
 
-#![allow(dead_code)]
-
-use std::time::Duration;
+#[allow(unused_imports)]
+use super::*;
 
 use tokio_util::sync::CancellationToken;
 
