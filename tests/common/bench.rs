@@ -58,6 +58,19 @@ pub async fn start_gateway(
         "bench.toml",
     )
     .expect("bench config is valid");
+    run_in_process(cfg).await
+}
+
+/// A gateway running in this process with `cfg`, its data in a fresh folder (keep the
+/// returned one alive); returns once ingest has subscribed.
+pub async fn run_in_process(
+    cfg: Config,
+) -> (
+    Running,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
