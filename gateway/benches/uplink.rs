@@ -39,12 +39,7 @@ async fn gateway(
     ingest: (String, u16),
     uplink_toml: &str,
     linger: &str,
-) -> (
-    Running,
-    CancellationToken,
-    tokio::task::JoinHandle<()>,
-    tempfile::TempDir,
-) {
+) -> common::InProcess {
     let cfg = Config::from_toml_str(
         &format!(
             "[gateway]\nid = \"{id}\"\nestate_id = \"{ESTATE}\"\n\
