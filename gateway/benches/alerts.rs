@@ -25,6 +25,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::{broker, percentile, rand_id};
 

@@ -17,6 +17,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use estate_gateway::Running;
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::{broker, percentile, rand_id, start_gateway};
 

@@ -20,15 +20,14 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use estate_config::Config;
-use estate_gateway::{RunOptions, Running};
+use estate_gateway::Running;
 use estate_protocols::model::Lane;
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::{percentile, rand_id};
 
-#[path = "../../tests/common/nats.rs"]
-#[allow(dead_code)]
-mod nats;
+use common::nats;
 
 const ESTATE: &str = "benchuplink000000001";
 const RATE: f64 = 50.0;
@@ -40,12 +39,7 @@ async fn gateway(
     ingest: (String, u16),
     uplink_toml: &str,
     linger: &str,
-) -> (
-    Running,
-    CancellationToken,
-    tokio::task::JoinHandle<()>,
-    tempfile::TempDir,
-) {
+) -> common::InProcess {
     let cfg = Config::from_toml_str(
         &format!(
             "[gateway]\nid = \"{id}\"\nestate_id = \"{ESTATE}\"\n\
@@ -57,27 +51,7 @@ async fn gateway(
         "bench.toml",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let opts = RunOptions {
-        data_dir: dir.path().to_path_buf(),
-        grace: Duration::from_millis(100),
-        api_listener: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
-        on_ready: Some(tx),
-    };
-    let s = shutdown.clone();
-    let task = tokio::spawn(async move {
-        estate_gateway::run(cfg, opts, s)
-            .await
-            .expect("gateway runs");
-    });
-    let running = rx.await.expect("gateway ready");
-    running
-        .wait_subscribed(Duration::from_secs(10))
-        .await
-        .expect("ingest subscribes");
-    (running, shutdown, task, dir)
+    common::run_in_process(cfg).await
 }
 
 /// What a city subscriber counted on `city/v1/{ESTATE}/#` (and the bare topic).

@@ -1,9 +1,12 @@
-//! HTTP to the gateway's API: a tiny HTTP/1.1 client.
+//! HTTP to the gateway's API through hyper's HTTP/1.1 client.
 
 #[allow(unused_imports)]
 use super::*;
 
-/// `GET path` over HTTP/1.1 (`Connection: close`): status and body. 10 s at most.
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+
+/// `GET path`: status and body. 10 s at most.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let (status, _headers, body) = http_get_full(addr, path).await?;
     Ok((status, body))
@@ -29,7 +32,8 @@ pub async fn http_request(
     Ok((status, body))
 }
 
-/// `METHOD path` over HTTP/1.1 (`Connection: close`): status, headers, body. 10 s at most.
+/// `METHOD path` over HTTP/1.1 with hyper's client: status, headers (lower-cased names),
+/// body. 10 s at most.
 pub async fn http_request_full(
     addr: SocketAddr,
     method: &str,
@@ -38,75 +42,37 @@ pub async fn http_request_full(
     body: &str,
 ) -> Result<(u16, Vec<(String, String)>, String)> {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string());
         for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+            req = req.header(*k, *v);
         }
         if !body.is_empty() || method != "GET" {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            req = req.header("content-type", "application/json");
         }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
+        let req = req.body(Full::new(Bytes::from(body.to_owned())))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .collect();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, headers, body))
     };
-    let buf = tokio::time::timeout(Duration::from_secs(10), fut)
+    let (status, headers, body) = tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .map_err(|_| anyhow!("{method} {path} on {addr}: no response within 10 s"))??;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("GET {path}: no end of headers"))?;
-    let head = std::str::from_utf8(&buf[..split]).context("response head")?;
-    let raw_body = &buf[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(raw_body)?
-    } else {
-        raw_body.to_vec()
-    };
-    Ok((
-        status,
-        headers,
-        String::from_utf8(body).context("body is not UTF-8")?,
-    ))
-}
-
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| anyhow!("bad chunk header"))?;
-        let size_text = std::str::from_utf8(&b[..eol])?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(b.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
-        b = b
-            .get(size + 2..)
-            .ok_or_else(|| anyhow!("short chunk trailer"))?;
-    }
+    let body = String::from_utf8(body.to_vec()).context("body is not UTF-8")?;
+    Ok((status, headers, body))
 }

@@ -1,30 +1,40 @@
-//! The Prometheus text of `/metrics` ([`Metrics`]).
+//! The Prometheus text of `/metrics` ([`Metrics`]), parsed with the `prometheus-parse` crate.
 
 #[allow(unused_imports)]
 use super::*;
 
-/// One sample of the Prometheus text exposition.
+use prometheus_parse::{Scrape, Value};
+
+/// One sample of the Prometheus text exposition (a histogram gives one `_bucket` sample
+/// per bucket, with its `le` label, as in the text).
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// The sample's name as written (`…_bucket` for a histogram bucket).
     pub name: String,
+    /// Its labels, sorted by name.
     pub labels: Vec<(String, String)>,
+    /// Its value.
     pub value: f64,
 }
 
 /// A parsed `/metrics` response.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// The exposition as received.
     pub text: String,
+    /// Every sample, in the parser's order.
     pub samples: Vec<Sample>,
 }
 
 impl Metrics {
+    /// Parses the exposition; lines the parser cannot read are left out.
     pub fn parse(text: &str) -> Metrics {
-        let samples = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(parse_sample)
-            .collect();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = Scrape::parse(lines).unwrap_or(Scrape {
+            docs: Default::default(),
+            samples: Vec::new(),
+        });
+        let samples = scrape.samples.into_iter().flat_map(flatten).collect();
         Metrics {
             text: text.to_owned(),
             samples,
@@ -75,26 +85,50 @@ impl Metrics {
     }
 }
 
-fn parse_sample(line: &str) -> Option<Sample> {
-    let (name, rest) = match line.find(['{', ' ']) {
-        Some(i) => (&line[..i], &line[i..]),
-        None => return None,
+/// One parsed sample as the text's samples: a histogram back into its `_bucket` lines
+/// (`le` label), a summary into its `quantile` lines.
+fn flatten(s: prometheus_parse::Sample) -> Vec<Sample> {
+    let mut labels: Vec<(String, String)> = s
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.sort();
+    let with = |key: &str, bound: f64| {
+        let mut l = labels.clone();
+        l.push((key.to_owned(), format_bound(bound)));
+        l
     };
-    let mut labels = Vec::new();
-    let rest = if let Some(r) = rest.strip_prefix('{') {
-        let end = r.find('}')?;
-        for pair in r[..end].split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=')?;
-            labels.push((k.trim().to_owned(), v.trim().trim_matches('"').to_owned()));
-        }
-        &r[end + 1..]
+    match s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => vec![Sample {
+            name: s.metric,
+            labels,
+            value: v,
+        }],
+        Value::Histogram(buckets) => buckets
+            .iter()
+            .map(|b| Sample {
+                name: format!("{}_bucket", s.metric),
+                labels: with("le", b.less_than),
+                value: b.count,
+            })
+            .collect(),
+        Value::Summary(quantiles) => quantiles
+            .iter()
+            .map(|q| Sample {
+                name: s.metric.clone(),
+                labels: with("quantile", q.quantile),
+                value: q.count,
+            })
+            .collect(),
+    }
+}
+
+/// A bucket bound as the exposition writes it (`+Inf` for infinity).
+fn format_bound(b: f64) -> String {
+    if b.is_infinite() {
+        "+Inf".to_owned()
     } else {
-        rest
-    };
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some(Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    })
+        b.to_string()
+    }
 }

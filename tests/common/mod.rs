@@ -1,4 +1,5 @@
-//! Shared helpers for the black-box end-to-end tests.
+//! Shared helpers for the black-box end-to-end tests and the benches (each bench
+//! includes this module with `#[path = "../../tests/common/mod.rs"]`).
 //!
 //! - The gateway runs as a real process ([`Gateway`]): `estate-gateway run` with a config
 //!   written per test, its API on port 0 (learned from the one `ready` line on stdout),
@@ -14,8 +15,8 @@
 //!   drop QoS 1 messages for a session that lags: with Mosquitto set
 //!   `max_queued_messages 0` (its default, 1000, loses messages under the pipeline test's
 //!   load; see [`broker_drop_hint`]).
-//! - Observation: [`http_get`] is a tiny HTTP/1.1 client for `/metrics` and `/healthz`;
-//!   [`Metrics`] parses the Prometheus text; waits poll with a deadline and fail with the
+//! - Observation: [`http_get`] (hyper's HTTP/1.1 client) for `/metrics` and `/healthz`;
+//!   [`Metrics`] parses the Prometheus text with `prometheus-parse`; waits poll with a deadline and fail with the
 //!   last values seen. Nothing sleeps to order steps.
 
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
@@ -81,4 +82,6 @@ mod config;
 pub use config::*;
 mod cli;
 pub use cli::*;
+mod bench;
 pub mod nats;
+pub use bench::*;

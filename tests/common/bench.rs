@@ -1,14 +1,22 @@
-//! What the in-process benches share: the broker, a gateway started in this process, and
-//! percentiles.
+//! What the in-process benches (gateway/benches/) add to the harness: the broker they
+//! measure through, a gateway started in the bench's own process, and percentiles.
 
-#![allow(dead_code)]
-
-use std::time::Duration;
+#[allow(unused_imports)]
+use super::*;
 
 use tokio_util::sync::CancellationToken;
 
 use estate_config::Config;
 use estate_gateway::{RunOptions, Running};
+
+/// A gateway run in the bench's process: its handle, the token that stops it, its task,
+/// and its data folder (keep it alive while the gateway runs).
+pub type InProcess = (
+    Running,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    tempfile::TempDir,
+);
 
 /// The broker to measure through: `ESTATE_BENCH_MQTT=host:port` (e.g. a local Mosquitto
 /// with `config/mosquitto/estate-broker.conf`), else an embedded one.
@@ -41,16 +49,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// A gateway running in this process, subscribed to the estate `estate` on `host:port`.
 /// The uplink points at a closed port (the discard port) and its outage alert is an hour
 /// away, so ingest and local work are measured alone. Keep the returned folder alive.
-pub async fn start_gateway(
-    estate: &str,
-    host: &str,
-    port: u16,
-) -> (
-    Running,
-    CancellationToken,
-    tokio::task::JoinHandle<()>,
-    tempfile::TempDir,
-) {
+pub async fn start_gateway(estate: &str, host: &str, port: u16) -> InProcess {
     let cfg = Config::from_toml_str(
         &format!(
             "[gateway]\nid = \"bench-gw\"\nestate_id = \"{estate}\"\n[ingest.mqtt]\nhost = \"{host}\"\nport = {port}\nclient_id = \"bench-gw-{:x}\"\n[uplink]\ndown_alert_after = \"1h\"\n[uplink.mqtt]\nhost = \"127.0.0.1\"\nport = 9\n",
@@ -59,6 +58,12 @@ pub async fn start_gateway(
         "bench.toml",
     )
     .expect("bench config is valid");
+    run_in_process(cfg).await
+}
+
+/// A gateway running in this process with `cfg`, its data in a fresh folder (keep the
+/// returned one alive); returns once ingest has subscribed.
+pub async fn run_in_process(cfg: Config) -> InProcess {
     let dir = tempfile::tempdir().expect("tempdir");
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
