@@ -125,77 +125,89 @@ async fn health_and_metrics_report_a_connected_gateway() {
         "{}",
         m.summary()
     );
+
+    // stderr is a file here, not a terminal: the log is plain text, no colour codes.
+    let log = std::fs::read_to_string(env.log_path()).expect("gateway log");
+    assert!(!log.is_empty(), "the gateway logged something");
+    assert!(
+        !log.contains("\x1b["),
+        "ANSI escape codes in a log written to a file:\n{log}"
+    );
 }
 
-/// Samples `promtool check metrics` finds without HELP: the unlabelled counters, whose
-/// HELP is written for the family (`# HELP estate_ingest_acked`) and not for the sample
-/// (`estate_ingest_acked_total`), which the classic text format reads as another metric.
-/// src/telemetry.rs fixes that on another branch; then this list goes and the test
-/// asserts there are none.
-const KNOWN_MISSING_HELP: &[&str] = &[
-    "estate_alerts_opened_total",
-    "estate_ingest_acked_total",
-    "estate_ingest_acked_unstored_total",
-    "estate_ingest_received_total",
-    "estate_ingest_unregistered_total",
-    "estate_store_errors_total",
-    "estate_store_not_stored_total",
-    "estate_uplink_refused_total",
-];
-
-/// Every metric on `/metrics` says what it counts: a non-empty HELP, read by a maintained
-/// Prometheus text parser the way `promtool check metrics` reads it.
+/// Every metric on `/metrics` says what it counts, the way `promtool check metrics` reads
+/// the classic text format: each sample's metric (a histogram's parts belong to their
+/// histogram) has a non-empty HELP and a TYPE of its own name and of its kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_has_help() {
+async fn every_metric_has_help_and_type() {
     let broker = Broker::shared();
     let env = TestEnv::new(broker.clone(), broker);
     let mut gw = env.start_gateway();
     gw.wait_connected().await;
-    let (status, _, text) = http_get_full(gw.api, "/metrics")
+    let (status, headers, text) = http_get_full(gw.api, "/metrics")
         .await
         .expect("GET /metrics");
     assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("text/plain; version=0.0.4")),
+        "/metrics without Accept is the classic text format: {headers:?}"
+    );
+    assert!(!text.contains("# EOF"), "no OpenMetrics trailer:\n{text}");
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .expect("/metrics parses as Prometheus text");
     assert!(!scrape.samples.is_empty(), "/metrics has samples:\n{text}");
-    let help = |name: &str| {
-        scrape
-            .docs
-            .get(name)
-            .map(|h| h.trim())
-            .is_some_and(|h| !h.is_empty())
-    };
-    // Each family has a HELP of its own (OpenMetrics: `x_total` belongs to `x`), and each
-    // sample one under its own name (the classic text format; histogram parts belong to
-    // their histogram).
-    let mut no_family_help = Vec::new();
-    let mut missing = Vec::new();
+    let types: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("# TYPE ")?.split_whitespace();
+            Some((w.next()?, w.next()?))
+        })
+        .collect();
+    let mut wrong = Vec::new();
     for sample in &scrape.samples {
         let name = sample.metric.as_str();
-        let base = |suffixes: &[&str]| {
-            suffixes
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .unwrap_or(name)
+        let kind = match sample.value {
+            prometheus_parse::Value::Counter(_) => "counter",
+            prometheus_parse::Value::Gauge(_) => "gauge",
+            prometheus_parse::Value::Histogram(_) => "histogram",
+            prometheus_parse::Value::Summary(_) => "summary",
+            prometheus_parse::Value::Untyped(_) => "untyped",
         };
-        let histogram_part = base(&["_count", "_sum", "_bucket"]);
-        let of_family = base(&["_total", "_created", "_info", "_count", "_sum", "_bucket"]);
-        if !help(of_family) && !help(name) && !no_family_help.contains(&of_family) {
-            no_family_help.push(of_family);
-        }
-        if !help(name) && !help(histogram_part) && !missing.contains(&name) {
-            missing.push(name);
+        // A histogram's `_sum` and `_count` are its parts, typed and helped under its name.
+        let (name, kind) = match ["_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)) {
+            Some(base) if types.get(base) == Some(&"histogram") => (base, "histogram"),
+            _ => (name, kind),
+        };
+        let helped = scrape.docs.get(name).is_some_and(|h| !h.trim().is_empty());
+        let typed = types.get(name) == Some(&kind) && kind != "untyped";
+        if (!helped || !typed) && !wrong.contains(&name) {
+            wrong.push(name);
         }
     }
     assert_eq!(
-        no_family_help,
+        wrong,
         Vec::<&str>::new(),
-        "metric families without HELP:\n{text}"
+        "metrics without HELP or a TYPE of their own:\n{text}"
     );
-    missing.sort_unstable();
-    println!("metrics without HELP of their own: {missing:?}");
-    assert_eq!(
-        missing, KNOWN_MISSING_HELP,
-        "metrics without HELP (or no longer missing one; then shorten KNOWN_MISSING_HELP):\n{text}"
+
+    // OpenMetrics stays one Accept header away.
+    let (status, headers, om) = common::http_request_full(
+        gw.api,
+        "GET",
+        "/metrics",
+        &[("accept", "application/openmetrics-text; version=1.0.0")],
+        "",
+    )
+    .await
+    .expect("GET /metrics (OpenMetrics)");
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v.starts_with("application/openmetrics-text")),
+        "{headers:?}"
     );
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
 }

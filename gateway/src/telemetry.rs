@@ -408,12 +408,18 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Prometheus text exposition of every metric.
+    /// OpenMetrics text exposition of every metric (`application/openmetrics-text`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The classic Prometheus text exposition (`text/plain; version=0.0.4`) of every
+    /// metric: what `promtool check metrics` and scrapers without OpenMetrics read.
+    pub fn encode_classic(&self) -> String {
+        openmetrics_to_classic(&self.encode())
     }
 
     pub fn dead_letter(&self, reason: &'static str) {
@@ -423,23 +429,104 @@ impl Metrics {
     }
 }
 
+/// Rewrites OpenMetrics text as the classic Prometheus text format. The two differ, for
+/// what this registry writes, in three places: a counter's HELP and TYPE name its family
+/// (`x`) in OpenMetrics but its sample (`x_total`) in the classic format; `# UNIT` lines
+/// and the closing `# EOF` exist only in OpenMetrics. Samples pass unchanged.
+pub fn openmetrics_to_classic(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some((name, "counter")) = type_line(line) {
+            counters.insert(name);
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rest = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match rest {
+            Some((tag, r)) => {
+                let (name, tail) = r.split_once(' ').unwrap_or((r, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{tag}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `(name, kind)` of a `# TYPE name kind` line.
+fn type_line(line: &str) -> Option<(&str, &str)> {
+    let mut words = line.strip_prefix("# TYPE ")?.split_whitespace();
+    Some((words.next()?, words.next()?))
+}
+
 /// Log output format (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines (the default).
     #[default]
     Text,
+    /// One JSON object per line, event fields flattened.
     Json,
 }
 
-/// Installs the global tracing subscriber. `RUST_LOG` overrides `level`.
+/// Installs the global tracing subscriber. `RUST_LOG` overrides `level`. Text logs carry
+/// ANSI colours only when stderr is a terminal, so files, pipes and journald get plain text.
 pub fn init_logging(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_by_their_samples_and_drops_eof() {
+        let om = "# HELP acked Messages acknowledged.\n# TYPE acked counter\nacked_total 2\n\
+                  # HELP up Connected.\n# TYPE up gauge\n# UNIT up seconds\nup 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_classic(om),
+            "# HELP acked_total Messages acknowledged.\n# TYPE acked_total counter\nacked_total 2\n\
+             # HELP up Connected.\n# TYPE up gauge\nup 1\n"
+        );
+    }
+
+    #[test]
+    fn the_registry_in_classic_text_has_help_and_type_on_every_counter_sample() {
+        let text = Metrics::new().encode_classic();
+        assert!(!text.contains("# EOF"), "{text}");
+        let counters: Vec<&str> = text
+            .lines()
+            .filter_map(type_line)
+            .filter(|(_, kind)| *kind == "counter")
+            .map(|(name, _)| name)
+            .collect();
+        assert!(!counters.is_empty(), "{text}");
+        for name in counters {
+            assert!(name.ends_with("_total"), "{name}:\n{text}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+        }
+    }
 }

@@ -61,12 +61,14 @@ impl Metrics {
         self.sum(name, filter).max(0.0) as u64
     }
 
-    /// Whether the exposition declares the metric family (`# TYPE family …`).
+    /// Whether the exposition declares the metric family (`# TYPE family …`, or
+    /// `# TYPE family_total counter` in the classic text format).
     pub fn has_family(&self, family: &str) -> bool {
+        let total = format!("{family}_total");
         self.text.lines().any(|l| {
             l.strip_prefix("# TYPE ")
                 .and_then(|r| r.split_whitespace().next())
-                == Some(family)
+                .is_some_and(|name| name == family || name == total)
         })
     }
 

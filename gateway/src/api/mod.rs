@@ -157,15 +157,26 @@ async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
     (code, body)
 }
 
-async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
+/// `/metrics`: OpenMetrics when the request's `Accept` asks for it, else the classic
+/// Prometheus text format (what `promtool check metrics` and older scrapers read).
+async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+            s.metrics.encode(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            s.metrics.encode_classic(),
+        )
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body)
 }
 
 fn status_json(s: &ApiState) -> serde_json::Value {
