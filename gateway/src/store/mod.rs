@@ -32,6 +32,7 @@
 
 mod disk;
 mod keys;
+mod plan;
 pub mod recovery;
 pub mod verify;
 mod writer;
