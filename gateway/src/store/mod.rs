@@ -55,23 +55,35 @@ use crate::telemetry::Metrics;
 pub use disk::{dir_disk_bytes, free_bytes};
 pub use writer::StoreWriter;
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sled failed.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// Reading or syncing the store's files failed.
     #[error("I/O on the store's files: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored record does not decode.
     #[error("stored record {key:?} does not decode: {source}")]
     Corrupt {
+        /// The record's key.
         key: Vec<u8>,
+        /// What the decoder found.
         source: prost::DecodeError,
     },
+    /// A metadata value has the wrong length or form.
     #[error("store metadata {} is malformed", String::from_utf8_lossy(.key))]
-    BadMetadata { key: Vec<u8> },
+    BadMetadata {
+        /// The metadata key.
+        key: Vec<u8>,
+    },
+    /// The writer has ended; nothing more is stored.
     #[error("the store writer has stopped")]
     Closed,
+    /// The group this submission joined was not written (the broker redelivers it).
     #[error("commit failed: {0}")]
-    CommitFailed(String),
+    CommitFailed(#[source] Arc<StoreError>),
     /// Writes are paused: the data folder's filesystem is full (README "Full disk").
     #[error("not stored: the disk is full, store writes are paused")]
     DiskFull,

@@ -526,7 +526,7 @@ impl StoreWriter {
                     format!("group commit failed: {err}; nothing of it is acknowledged, the broker redelivers it"),
                 );
                 error!(error = %err, inputs = prepared.answers.len(), "Group commit failed; inputs not acknowledged, the broker will redeliver them.");
-                self.fail_group(prepared, Some(err.to_string()));
+                self.fail_group(prepared, Some(Arc::new(err)));
                 // A failing disk would otherwise spin this loop.
                 std::thread::sleep(PAUSED_RETRY);
             }
@@ -680,7 +680,7 @@ impl StoreWriter {
     /// (once). `error` is the commit's error; none for a pause, which still answers the
     /// watchdog's pings: the writer is alive and waiting for space, which a restart
     /// would not bring.
-    fn fail_group(&mut self, p: Prepared, error: Option<String>) {
+    fn fail_group(&mut self, p: Prepared, error: Option<Arc<StoreError>>) {
         // The tails may hold events of this group, which was not written.
         for tail in &mut self.tails {
             tail.clear();
@@ -720,7 +720,7 @@ impl StoreWriter {
         for (done, _, _) in p.answers {
             if let Some(done) = done {
                 let _ = done.send(Err(match &error {
-                    Some(msg) => StoreError::CommitFailed(msg.clone()),
+                    Some(err) => StoreError::CommitFailed(err.clone()),
                     None => StoreError::DiskFull,
                 }));
             }
