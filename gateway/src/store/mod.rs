@@ -32,6 +32,7 @@
 
 mod disk;
 mod keys;
+mod plan;
 pub mod recovery;
 pub mod verify;
 mod writer;
@@ -54,23 +55,35 @@ use crate::telemetry::Metrics;
 pub use disk::{dir_disk_bytes, free_bytes};
 pub use writer::StoreWriter;
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sled failed.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// Reading or syncing the store's files failed.
     #[error("I/O on the store's files: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored record does not decode.
     #[error("stored record {key:?} does not decode: {source}")]
     Corrupt {
+        /// The record's key.
         key: Vec<u8>,
+        /// What the decoder found.
         source: prost::DecodeError,
     },
+    /// A metadata value has the wrong length or form.
     #[error("store metadata {} is malformed", String::from_utf8_lossy(.key))]
-    BadMetadata { key: Vec<u8> },
+    BadMetadata {
+        /// The metadata key.
+        key: Vec<u8>,
+    },
+    /// The writer has ended; nothing more is stored.
     #[error("the store writer has stopped")]
     Closed,
+    /// The group this submission joined was not written (the broker redelivers it).
     #[error("commit failed: {0}")]
-    CommitFailed(String),
+    CommitFailed(#[source] Arc<StoreError>),
     /// Writes are paused: the data folder's filesystem is full (docs/never-lost.md, "Full disk").
     #[error("not stored: the disk is full, store writes are paused")]
     DiskFull,
@@ -515,82 +528,24 @@ fn open_store(
     let log_path: PathBuf = dir.join("db");
     let log_file = std::fs::File::open(&log_path)?;
 
-    let new_epoch = || loop {
-        let e: u64 = rand::random();
-        if e != 0 {
-            break e;
-        }
-    };
-    let mut epoch = match db.get(keys::EPOCH)? {
-        Some(v) => keys::u64_value(Some(v)),
-        None => {
-            // A fresh store: a new epoch tells receivers that seq starts again.
-            let epoch = new_epoch();
-            db.insert(keys::EPOCH, &epoch.to_be_bytes())?;
-            let fresh = keys::State {
-                next_seq: 1,
-                ..keys::State::default()
-            };
-            db.insert(keys::STATE, fresh.encode())?;
-            db.insert(keys::NEXT_SEQ, &1u64.to_be_bytes())?;
-            db.flush()?;
-            log_file.sync_all()?;
-            epoch
-        }
-    };
+    let mut epoch = stored_epoch(&db, &log_file)?;
 
     // `m/next_seq` is written with every commit by this version and the previous one:
     // when it differs from `m/state`, the previous version ran last (a rollback and
     // back) and its counters are the current ones.
-    let legacy_next_seq = keys::u64_value(db.get(keys::NEXT_SEQ)?);
-    let saved = db
-        .get(keys::STATE)?
-        .map(|v| {
-            keys::State::decode(&v).ok_or(StoreError::BadMetadata {
-                key: keys::STATE.to_vec(),
-            })
-        })
-        .transpose()?;
-    let mut state = match saved {
-        Some(s) if s.next_seq == legacy_next_seq => s,
-        _ => keys::State::read_legacy(&db)?,
-    };
-    state.next_seq = state.next_seq.max(1);
+    let state = saved_state(&db)?;
 
     // Behind the high-water mark (or quarantined): a new epoch, so that no seq the city
     // may already hold is ever assigned again.
     let mut high_water = recovery::HighWater::open(&recovery::path_for(dir))?;
-    let mut findings = Vec::new();
-    let mut salvaged = Vec::new();
-    if let Some((error, moved_to, events)) = quarantined {
-        findings.push(recovery::Finding::Quarantined {
-            error,
-            moved_to,
-            new_epoch: epoch,
-            salvaged: events.len() as u64,
-        });
-        salvaged = events;
-    } else if let Some(mark) = recovery::behind(high_water.mark(), epoch, state.next_seq) {
-        let old_epoch = epoch;
-        epoch = new_epoch();
-        db.insert(keys::EPOCH, &epoch.to_be_bytes())?;
-        db.flush()?;
-        log_file.sync_all()?;
-        let finding = recovery::Finding::Rollback {
-            old_epoch: mark.epoch,
-            new_epoch: epoch,
-            // Another epoch than the mark's (a fresh or restored store): all of the
-            // mark's epoch that was not forwarded may be gone.
-            first_lost: if mark.epoch == old_epoch {
-                state.next_seq
-            } else {
-                1
-            },
-            last_lost: mark.next_seq.saturating_sub(1),
-        };
-        tracing::error!(reason = %finding.reason(), "Store rollback detected.");
-        findings.push(finding);
-    }
+    let (findings, salvaged) = recover(
+        &db,
+        &log_file,
+        &high_water,
+        &mut epoch,
+        state.next_seq,
+        quarantined,
+    )?;
     high_water.set(recovery::Mark {
         epoch,
         next_seq: state.next_seq,
@@ -602,24 +557,7 @@ fn open_store(
             finding.reason(),
         );
     }
-    let lanes: [LaneState; 2] = Default::default();
-    for lane in Lane::ALL {
-        let st = &lanes[lane_index(lane)];
-        let saved = &state.lanes[lane_index(lane)];
-        st.cursor.store(saved.cursor, Ordering::Release);
-        st.stored_bytes.store(saved.stored_bytes, Ordering::Release);
-        let last = db
-            .range(keys::records_from(lane, 0))
-            .next_back()
-            .transpose()?
-            .and_then(|(k, _)| keys::seq_of_record_key(&k))
-            .unwrap_or(0);
-        st.last_seq.store(last, Ordering::Release);
-        metrics
-            .store_stored_bytes
-            .get_or_create(&lane.into())
-            .set(st.stored_bytes.load(Ordering::Acquire) as i64);
-    }
+    let lanes = lane_states(&db, &state, &metrics)?;
     let (committed, _) = watch::channel(state.next_seq - 1);
     let shared = Arc::new(Shared {
         epoch,
@@ -657,6 +595,131 @@ fn open_store(
     );
     writer.recovered(high_water, findings, salvaged);
     Ok((StoreHandle { tx }, reader, writer))
+}
+
+/// A random non-zero epoch (0 means none).
+fn new_epoch() -> u64 {
+    loop {
+        let e: u64 = rand::random();
+        if e != 0 {
+            break e;
+        }
+    }
+}
+
+/// The store's epoch; a fresh store gets a new one (receivers then know that seq starts
+/// again) and its first counters, durable before anything else.
+fn stored_epoch(db: &sled::Db, log_file: &std::fs::File) -> Result<u64, StoreError> {
+    Ok(match db.get(keys::EPOCH)? {
+        Some(v) => keys::u64_value(Some(v)),
+        None => {
+            // A fresh store: a new epoch tells receivers that seq starts again.
+            let epoch = new_epoch();
+            db.insert(keys::EPOCH, &epoch.to_be_bytes())?;
+            let fresh = keys::State {
+                next_seq: 1,
+                ..keys::State::default()
+            };
+            db.insert(keys::STATE, fresh.encode())?;
+            db.insert(keys::NEXT_SEQ, &1u64.to_be_bytes())?;
+            db.flush()?;
+            log_file.sync_all()?;
+            epoch
+        }
+    })
+}
+
+/// The counters saved by the last commit. `m/next_seq` is written with every commit by
+/// this version and the previous one: when it differs from `m/state`, the previous
+/// version ran last (a rollback and back) and its counters are the current ones.
+fn saved_state(db: &sled::Db) -> Result<keys::State, StoreError> {
+    let legacy_next_seq = keys::u64_value(db.get(keys::NEXT_SEQ)?);
+    let saved = db
+        .get(keys::STATE)?
+        .map(|v| {
+            keys::State::decode(&v).ok_or(StoreError::BadMetadata {
+                key: keys::STATE.to_vec(),
+            })
+        })
+        .transpose()?;
+    let mut state = match saved {
+        Some(s) if s.next_seq == legacy_next_seq => s,
+        _ => keys::State::read_legacy(db)?,
+    };
+    state.next_seq = state.next_seq.max(1);
+    Ok(state)
+}
+
+/// What [`recover`] found and the events salvaged from a quarantined store.
+type Recovered = (Vec<recovery::Finding>, Vec<pb::Event>);
+
+/// Findings and salvaged events to raise: a quarantined store, or one behind its
+/// high-water mark, which gets a new epoch (durable now) so that no seq the city may
+/// already hold is ever assigned again.
+fn recover(
+    db: &sled::Db,
+    log_file: &std::fs::File,
+    high_water: &recovery::HighWater,
+    epoch: &mut u64,
+    next_seq: u64,
+    quarantined: Option<(String, PathBuf, Vec<pb::Event>)>,
+) -> Result<Recovered, StoreError> {
+    let mut findings = Vec::new();
+    let mut salvaged = Vec::new();
+    if let Some((error, moved_to, events)) = quarantined {
+        findings.push(recovery::Finding::Quarantined {
+            error,
+            moved_to,
+            new_epoch: *epoch,
+            salvaged: events.len() as u64,
+        });
+        salvaged = events;
+    } else if let Some(mark) = recovery::behind(high_water.mark(), *epoch, next_seq) {
+        let old_epoch = *epoch;
+        *epoch = new_epoch();
+        db.insert(keys::EPOCH, &epoch.to_be_bytes())?;
+        db.flush()?;
+        log_file.sync_all()?;
+        let finding = recovery::Finding::Rollback {
+            old_epoch: mark.epoch,
+            new_epoch: *epoch,
+            // Another epoch than the mark's (a fresh or restored store): all of the
+            // mark's epoch that was not forwarded may be gone.
+            first_lost: if mark.epoch == old_epoch { next_seq } else { 1 },
+            last_lost: mark.next_seq.saturating_sub(1),
+        };
+        tracing::error!(reason = %finding.reason(), "Store rollback detected.");
+        findings.push(finding);
+    }
+    Ok((findings, salvaged))
+}
+
+/// Per lane, the counters loaded into the shared state (the last seq read from the
+/// tree), and the stored-bytes gauges set.
+fn lane_states(
+    db: &sled::Db,
+    state: &keys::State,
+    metrics: &Metrics,
+) -> Result<[LaneState; 2], StoreError> {
+    let lanes: [LaneState; 2] = Default::default();
+    for lane in Lane::ALL {
+        let st = &lanes[lane_index(lane)];
+        let saved = &state.lanes[lane_index(lane)];
+        st.cursor.store(saved.cursor, Ordering::Release);
+        st.stored_bytes.store(saved.stored_bytes, Ordering::Release);
+        let last = db
+            .range(keys::records_from(lane, 0))
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| keys::seq_of_record_key(&k))
+            .unwrap_or(0);
+        st.last_seq.store(last, Ordering::Release);
+        metrics
+            .store_stored_bytes
+            .get_or_create(&lane.into())
+            .set(st.stored_bytes.load(Ordering::Acquire) as i64);
+    }
+    Ok(lanes)
 }
 
 /// Decodes one stored record; a record that does not decode names its key.

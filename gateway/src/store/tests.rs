@@ -24,7 +24,7 @@ fn opts() -> StoreOptions {
     }
 }
 
-fn event(code: &str, severity: Severity, raw_len: usize) -> Event {
+pub(super) fn event(code: &str, severity: Severity, raw_len: usize) -> Event {
     Event {
         seq: 0,
         event_id: ulid::Ulid::new().to_string(),

@@ -93,32 +93,7 @@ pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
     }
     let _ = writeln!(out, "next seq: {}", state.next_seq);
     for lane in Lane::ALL {
-        let mut r = LaneReport {
-            cursor: state.lanes[super::lane_index(lane)].cursor,
-            ..LaneReport::default()
-        };
-        for item in db.range(keys::records_from(lane, 0)) {
-            let (_, v) = match item {
-                Ok(kv) => kv,
-                Err(_) => {
-                    r.undecodable += 1;
-                    continue;
-                }
-            };
-            let Ok(rec) = pb::EventBatch::decode(&*v) else {
-                r.undecodable += 1;
-                continue;
-            };
-            r.records += 1;
-            for e in &rec.events {
-                r.events += 1;
-                r.first_seq = Some(r.first_seq.map_or(e.seq, |s| s.min(e.seq)));
-                r.last_seq = Some(r.last_seq.map_or(e.seq, |s| s.max(e.seq)));
-                if e.seq > r.cursor {
-                    r.unforwarded += 1;
-                }
-            }
-        }
+        let r = lane_report(&db, lane, state.lanes[super::lane_index(lane)].cursor);
         if r.undecodable > 0 {
             sound = false;
         }
@@ -134,11 +109,46 @@ pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
     }
     let dead = db.range(keys::DEAD_LETTERS).count();
     let _ = writeln!(out, "dead letters: {dead}");
-    let hw_path = recovery::path_for(&store);
+    sound &= high_water(&store, epoch, state.next_seq, &mut out);
+    let _ = writeln!(out, "verdict: {}", if sound { "ok" } else { "NOT OK" });
+    Ok((out, sound))
+}
+
+/// One lane's records as they decode; `cursor` is the lane's forwarded-up-to seq.
+fn lane_report(db: &sled::Db, lane: Lane, cursor: u64) -> LaneReport {
+    let mut r = LaneReport {
+        cursor,
+        ..LaneReport::default()
+    };
+    for item in db.range(keys::records_from(lane, 0)) {
+        let Ok((_, v)) = item else {
+            r.undecodable += 1;
+            continue;
+        };
+        let Ok(rec) = pb::EventBatch::decode(&*v) else {
+            r.undecodable += 1;
+            continue;
+        };
+        r.records += 1;
+        for e in &rec.events {
+            r.events += 1;
+            r.first_seq = Some(r.first_seq.map_or(e.seq, |s| s.min(e.seq)));
+            r.last_seq = Some(r.last_seq.map_or(e.seq, |s| s.max(e.seq)));
+            if e.seq > r.cursor {
+                r.unforwarded += 1;
+            }
+        }
+    }
+    r
+}
+
+/// Reports the store's high-water mark into `out`; false when the store is behind it.
+fn high_water(store: &Path, epoch: u64, next_seq: u64, out: &mut String) -> bool {
+    let hw_path = recovery::path_for(store);
     if hw_path.is_file() {
         match recovery::HighWater::open(&hw_path).map(|h| h.mark()) {
             Ok(Some(mark)) => {
-                let behind = recovery::behind(Some(mark), epoch, state.next_seq).is_some();
+                let behind = recovery::behind(Some(mark), epoch, next_seq).is_some();
                 let _ = writeln!(
                     out,
                     "high-water mark: epoch {} next seq {}: {}",
@@ -150,7 +160,7 @@ pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
                         "the store is at it"
                     }
                 );
-                sound &= !behind;
+                return !behind;
             }
             Ok(None) => {
                 let _ = writeln!(out, "high-water mark: none readable");
@@ -162,8 +172,7 @@ pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
     } else {
         let _ = writeln!(out, "high-water mark: none ({} missing)", hw_path.display());
     }
-    let _ = writeln!(out, "verdict: {}", if sound { "ok" } else { "NOT OK" });
-    Ok((out, sound))
+    true
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

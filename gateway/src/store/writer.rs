@@ -1,6 +1,7 @@
 //! The store's single writer: group commit, cursors, dead letters, eviction and the disk.
 //!
-//! One group goes through [`StoreWriter::prepare`] (the sled batch and the counters it
+//! One group is planned in pure code (`store/plan.rs`: seqs, cursor moves, counters),
+//! then [`StoreWriter::prepare`] adds what needs the tree (the sled batch and the counters it
 //! would leave), then either [`StoreWriter::finish`] (the batch is durable: counters
 //! published, submitters answered, events tapped) or [`StoreWriter::fail_group`] (nothing
 //! was written: submitters get an error and the broker redelivers, the cursor moves and
@@ -21,12 +22,11 @@ use estate_protocols::model::{Event, EventState, Lane, Reading};
 use estate_protocols::pb;
 
 use super::disk::{self, Reserve, WRITE_FLOOR};
+use super::plan::{self, Done};
 use super::recovery::{Finding, HighWater, Mark};
 use super::{decode_record, keys, lane_index, Command, Shared, StoreError, StoreOptions, Tapped};
 use crate::health::Level;
 use crate::telemetry::{EvictLabel, Metrics};
-
-type Done = Option<oneshot::Sender<Result<u64, StoreError>>>;
 
 /// `/healthz` key while free space is below `store.disk_low_free`.
 const HEALTH_DISK_LOW: &str = "disk";
@@ -526,7 +526,7 @@ impl StoreWriter {
                     format!("group commit failed: {err}; nothing of it is acknowledged, the broker redelivers it"),
                 );
                 error!(error = %err, inputs = prepared.answers.len(), "Group commit failed; inputs not acknowledged, the broker will redeliver them.");
-                self.fail_group(prepared, Some(err.to_string()));
+                self.fail_group(prepared, Some(Arc::new(err)));
                 // A failing disk would otherwise spin this loop.
                 std::thread::sleep(PAUSED_RETRY);
             }
@@ -534,124 +534,94 @@ impl StoreWriter {
     }
 
     /// Builds the group's sled batch and the counters it would leave; writes nothing.
+    /// The ids and counters come from [`plan`]; this adds the records (packing a lane's
+    /// tail) and the forwarded records to drop, which need the tree.
     fn prepare(&mut self, group: Vec<Command>, deferred: usize) -> Prepared {
+        let start = plan::Start {
+            next_seq: self.next_seq,
+            next_dead_letter: self.next_dead_letter,
+            dead_letter_max: self.opts.dead_letter_max as u64,
+            carried: self.carried,
+        };
+        let mut g = plan::take_group(group, &start);
         let mut batch = sled::Batch::default();
-        let mut lanes: [Vec<pb::Event>; 2] = [Vec::new(), Vec::new()];
-        let mut answers: Vec<(Done, u64, Option<Instant>)> = Vec::with_capacity(group.len());
-        let mut cursor_moves: [Option<u64>; 2] = [self.carried[0].0, self.carried[1].0];
-        let mut forwarded: [u64; 2] = [self.carried[0].1, self.carried[1].1];
-        let mut seq = self.next_seq;
-        let mut dead_letter_id = self.next_dead_letter;
-        let mut needs_sync = false;
-        let mut pings = Vec::new();
-        let mut events: Vec<(Event, bool)> = Vec::new();
-        for cmd in group {
-            match cmd {
-                Command::Append {
-                    mut event,
-                    received,
-                    done,
-                } => {
-                    event.seq = seq;
-                    lanes[lane_index(event.lane())].push(pb::Event::from(&*event));
-                    events.push((*event, done.is_none()));
-                    answers.push((done, seq, Some(received)));
-                    seq += 1;
-                    needs_sync = true;
-                }
-                Command::DeadLetter {
-                    letter,
-                    received,
-                    done,
-                } => {
-                    batch.insert(&keys::dead_letter(dead_letter_id), letter.encode());
-                    if let Some(old) = dead_letter_id.checked_sub(self.opts.dead_letter_max as u64)
-                    {
-                        batch.remove(&keys::dead_letter(old));
-                    }
-                    answers.push((done, dead_letter_id, Some(received)));
-                    dead_letter_id += 1;
-                    needs_sync = true;
-                }
-                Command::Forwarded { lane, seq, count } => {
-                    let i = lane_index(lane);
-                    cursor_moves[i] = Some(cursor_moves[i].unwrap_or(0).max(seq));
-                    forwarded[i] += count;
-                }
-                Command::Ping { done } => pings.push(done),
+        for op in std::mem::take(&mut g.ops) {
+            match op {
+                plan::Op::Insert(k, v) => batch.insert(k, v),
+                plan::Op::Remove(k) => batch.remove(k),
             }
         }
-
-        let mut state = self.state();
-        state.next_seq = seq;
-        state.next_dead_letter = dead_letter_id;
-        for (i, c) in state.lanes.iter_mut().enumerate() {
-            c.cursor = c.cursor.max(cursor_moves[i].unwrap_or(0));
-        }
-        let mut added_bytes = [0u64; 2];
-        let mut added_events = [0u64; 2];
+        let mut state = plan::advance(&self.state(), &g);
+        let mut delta = [plan::Delta::default(); 2];
         let mut last_added = [None; 2];
-        let mut freed = [0u64; 2];
         for lane in Lane::ALL {
             let i = lane_index(lane);
-            let events = std::mem::take(&mut lanes[i]);
-            added_events[i] = events.len() as u64;
+            let events = std::mem::take(&mut g.lanes[i]);
+            delta[i].added_events = events.len() as u64;
+            delta[i].gone_events = g.forwarded[i];
             last_added[i] = events.last().map(|e| e.seq);
             let cursor = state.lanes[i].cursor;
-            for rec in self.records(lane, events, cursor, &mut batch, &mut freed[i]) {
+            let mut freed = 0;
+            for rec in self.records(lane, events, cursor, &mut batch, &mut freed) {
                 let value = rec.encode_to_vec();
-                added_bytes[i] += value.len() as u64;
+                delta[i].added_bytes += value.len() as u64;
                 batch.insert(&keys::record(lane, rec.last_seq), value);
             }
+            delta[i].freed_bytes = freed;
         }
-
-        // Drop records that are forwarded when the config says not to keep them, once
-        // they are older than the resend window.
-        if !self.opts.keep_forwarded {
-            let aged = self.aged_seq(seq);
-            // Records the alert engine has not processed yet stay for its replay.
-            let alerts_done = self.shared.alerts_done.load(Ordering::Acquire);
-            for lane in Lane::ALL {
-                let i = lane_index(lane);
-                let upto = state.lanes[i].cursor.min(alerts_done).min(aged);
-                if upto <= self.deleted_upto[i] {
-                    continue;
-                }
-                match self.forwarded_records(lane, upto) {
-                    Ok(recs) => {
-                        for (k, v) in recs {
-                            batch.remove(k);
-                            freed[i] += v.len() as u64;
-                        }
-                        self.deleted_upto[i] = upto;
-                    }
-                    Err(err) => warn!(%lane, error = %err, "Could not list forwarded records."),
-                }
-            }
-        }
-        for (i, c) in state.lanes.iter_mut().enumerate() {
-            c.stored_bytes = (c.stored_bytes + added_bytes[i]).saturating_sub(freed[i]);
-            c.backlog = c
-                .backlog
-                .map(|b| (b + added_events[i]).saturating_sub(forwarded[i]));
-        }
+        self.drop_forwarded(&state, g.next_seq, &mut batch, &mut delta);
+        plan::settle(&mut state, &delta);
         batch.insert(keys::STATE, state.encode());
         // Also where the previous version reads it, so that rolling back after a crash
         // (no clean stop to write the other counters) never reuses a seq: receivers
         // deduplicate on it. Its other counters, stale then, only cost duplicates.
-        batch.insert(keys::NEXT_SEQ, &seq.to_be_bytes());
+        batch.insert(keys::NEXT_SEQ, &g.next_seq.to_be_bytes());
         Prepared {
             batch,
-            answers,
-            pings,
-            events,
+            answers: g.answers,
+            pings: g.pings,
+            events: g.events,
             state,
-            cursor_moves,
-            forwarded,
-            added_events,
+            cursor_moves: g.cursor_moves,
+            forwarded: g.forwarded,
+            added_events: delta.map(|d| d.added_events),
             last_added,
-            needs_sync,
+            needs_sync: g.needs_sync,
             deferred,
+        }
+    }
+
+    /// Drops records that are forwarded when the config says not to keep them, once
+    /// they are older than the resend window, adding their bytes to `delta`.
+    fn drop_forwarded(
+        &mut self,
+        state: &keys::State,
+        next_seq: u64,
+        batch: &mut sled::Batch,
+        delta: &mut [plan::Delta; 2],
+    ) {
+        if self.opts.keep_forwarded {
+            return;
+        }
+        let aged = self.aged_seq(next_seq);
+        // Records the alert engine has not processed yet stay for its replay.
+        let alerts_done = self.shared.alerts_done.load(Ordering::Acquire);
+        for lane in Lane::ALL {
+            let i = lane_index(lane);
+            let upto = state.lanes[i].cursor.min(alerts_done).min(aged);
+            if upto <= self.deleted_upto[i] {
+                continue;
+            }
+            match self.forwarded_records(lane, upto) {
+                Ok(recs) => {
+                    for (k, v) in recs {
+                        batch.remove(k);
+                        delta[i].freed_bytes += v.len() as u64;
+                    }
+                    self.deleted_upto[i] = upto;
+                }
+                Err(err) => warn!(%lane, error = %err, "Could not list forwarded records."),
+            }
         }
     }
 
@@ -710,7 +680,7 @@ impl StoreWriter {
     /// (once). `error` is the commit's error; none for a pause, which still answers the
     /// watchdog's pings: the writer is alive and waiting for space, which a restart
     /// would not bring.
-    fn fail_group(&mut self, p: Prepared, error: Option<String>) {
+    fn fail_group(&mut self, p: Prepared, error: Option<Arc<StoreError>>) {
         // The tails may hold events of this group, which was not written.
         for tail in &mut self.tails {
             tail.clear();
@@ -750,7 +720,7 @@ impl StoreWriter {
         for (done, _, _) in p.answers {
             if let Some(done) = done {
                 let _ = done.send(Err(match &error {
-                    Some(msg) => StoreError::CommitFailed(msg.clone()),
+                    Some(err) => StoreError::CommitFailed(err.clone()),
                     None => StoreError::DiskFull,
                 }));
             }
@@ -887,58 +857,29 @@ impl StoreWriter {
             }
         }
         // 2. Not yet forwarded: telemetry first, alarms last.
-        for lane in [Lane::Events, Lane::Alarms] {
+        for lane in plan::EVICTION_ORDER {
             if total <= target {
                 break;
             }
-            let cursor = self.lane(lane).cursor.load(Ordering::Acquire);
-            let mut range: Option<(u64, u64, u64)> = None;
-            for item in self
-                .db
-                .range(keys::records_from(lane, cursor.saturating_add(1)))
-            {
-                if total <= target {
-                    break;
-                }
-                let (k, v) = item?;
-                let rec = decode_record(&k, &v)?;
-                let unforwarded: Vec<u64> = rec
-                    .events
-                    .iter()
-                    .map(|e| e.seq)
-                    .filter(|s| *s > cursor)
-                    .collect();
-                let already_forwarded = (rec.events.len() - unforwarded.len()) as u64;
-                if already_forwarded > 0 {
-                    self.metrics
-                        .store_evicted
-                        .get_or_create(&EvictLabel {
-                            lane: lane.as_str(),
-                            kind: "forwarded",
-                        })
-                        .inc_by(already_forwarded);
-                }
-                if let (Some(first), Some(last)) = (unforwarded.first(), unforwarded.last()) {
-                    let r = range.get_or_insert((*first, *last, 0));
-                    r.1 = *last;
-                    r.2 += unforwarded.len() as u64;
-                }
-                batch.remove(k);
-                total = total.saturating_sub(v.len() as u64);
-                freed[lane_index(lane)] += v.len() as u64;
-            }
-            if let Some((first, last, n)) = range {
+            let mut step = Evicting {
+                target,
+                total: &mut total,
+                batch: &mut batch,
+                freed: &mut freed[lane_index(lane)],
+            };
+            if let Some((first, last, n)) = self.evict_unforwarded(lane, &mut step)? {
                 lost.push((lane, first, last, n));
             }
         }
         let mut state = self.state();
-        for (i, c) in state.lanes.iter_mut().enumerate() {
-            c.stored_bytes = c.stored_bytes.saturating_sub(freed[i]);
+        let mut delta = [plan::Delta::default(); 2];
+        for (i, d) in delta.iter_mut().enumerate() {
+            d.freed_bytes = freed[i];
         }
         for (lane, _, _, n) in &lost {
-            let c = &mut state.lanes[lane_index(*lane)];
-            c.backlog = c.backlog.map(|b| b.saturating_sub(*n));
+            delta[lane_index(*lane)].gone_events += n;
         }
+        plan::settle(&mut state, &delta);
         batch.insert(keys::STATE, state.encode());
         self.db.apply_batch(batch)?;
         self.db.flush()?;
@@ -962,7 +903,62 @@ impl StoreWriter {
     }
 }
 
+/// One lane's step of [`StoreWriter::evict`]: the bytes still stored (`total`), the batch
+/// of removals and the lane's freed bytes.
+struct Evicting<'a> {
+    target: u64,
+    total: &'a mut u64,
+    batch: &'a mut sled::Batch,
+    freed: &'a mut u64,
+}
+
 impl StoreWriter {
+    /// Removes `lane`'s oldest unforwarded records until `step.total` is at its target;
+    /// returns the unforwarded seqs lost (first, last, count), if any.
+    fn evict_unforwarded(
+        &self,
+        lane: Lane,
+        step: &mut Evicting<'_>,
+    ) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        let cursor = self.lane(lane).cursor.load(Ordering::Acquire);
+        let mut range: Option<(u64, u64, u64)> = None;
+        for item in self
+            .db
+            .range(keys::records_from(lane, cursor.saturating_add(1)))
+        {
+            if *step.total <= step.target {
+                break;
+            }
+            let (k, v) = item?;
+            let rec = decode_record(&k, &v)?;
+            let unforwarded: Vec<u64> = rec
+                .events
+                .iter()
+                .map(|e| e.seq)
+                .filter(|s| *s > cursor)
+                .collect();
+            let already_forwarded = (rec.events.len() - unforwarded.len()) as u64;
+            if already_forwarded > 0 {
+                self.metrics
+                    .store_evicted
+                    .get_or_create(&EvictLabel {
+                        lane: lane.as_str(),
+                        kind: "forwarded",
+                    })
+                    .inc_by(already_forwarded);
+            }
+            if let (Some(first), Some(last)) = (unforwarded.first(), unforwarded.last()) {
+                let r = range.get_or_insert((*first, *last, 0));
+                r.1 = *last;
+                r.2 += unforwarded.len() as u64;
+            }
+            step.batch.remove(k);
+            *step.total = step.total.saturating_sub(v.len() as u64);
+            *step.freed += v.len() as u64;
+        }
+        Ok(range)
+    }
+
     /// Raises the unforwarded evictions summed since a lane's last `GW.STORE_EVICTED`, at
     /// most one per lane per [`EVICTED_EVENT_EVERY`] (a long outage at the budget would
     /// otherwise raise one per commit).
