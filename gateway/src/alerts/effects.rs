@@ -146,7 +146,7 @@ impl Alerts {
             .collect();
         // Events that changed nothing (most of them) leave their progress for the next
         // tick: replaying them after a crash changes nothing either, and a sled write per
-        // group commit costs memory while a backlog is stored (README "Footprint").
+        // group commit costs memory while a backlog is stored (docs/footprint.md).
         let progress = if refs.is_empty() && sorted.raise.is_empty() && sorted.links.is_empty() {
             self.unsaved_progress = last_seq.or(self.unsaved_progress);
             None
