@@ -142,7 +142,8 @@ async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
         "problems": problems,
         "gateway_id": s.gateway_id,
         "estate_id": s.estate_id,
-        "store_epoch": s.reader.epoch(),
+        // A string: a 64-bit id as a JSON number is rounded by JavaScript and jq.
+        "store_epoch": s.reader.epoch().to_string(),
         "ingest_connected": m.ingest_connected.get() == 1,
         "uplink_connected": m.uplink_connected.get() == 1,
         "backlog": {
