@@ -4,13 +4,18 @@
 #   scripts/build-deb.sh [TARGET]          # default: aarch64-unknown-linux-gnu
 #   scripts/build-deb.sh x86_64-unknown-linux-gnu
 #
-# Cross-builds first (scripts/cross-build.sh) unless the binary exists and
-# ESTATE_DEB_NO_BUILD=1. Output: target/deb/estate-gateway_VERSION_ARCH.deb
+# Cross-builds first (scripts/cross-build.sh; the field build, without the `demo` feature)
+# unless the binary exists and ESTATE_DEB_NO_BUILD=1. ESTATE_DEB_BIN=PATH packages that
+# binary instead (no build); ESTATE_DEB_OUT=DIR writes the .deb there.
+# Output: target/deb/estate-gateway_VERSION_ARCH.deb
 #
 # The package installs
 #   /usr/bin/estate-gateway
 #   /lib/systemd/system/estate-gateway.service
 #   /etc/estate-gateway/gateway.toml            (conffile: upgrades keep local edits)
+#   /etc/estate-gateway/profiles/*.toml         (the Modbus device profiles, conffiles;
+#                                                `modbus.profile_files = ["profiles/NAME.toml"]`
+#                                                is relative to the config file's folder)
 #   /usr/share/doc/estate-gateway/{README.md,copyright}
 # and on install creates the system user `estate-gateway`, /var/lib/estate-gateway
 # (0750, owned by it), gives the group read access to /etc/estate-gateway, and enables
@@ -28,10 +33,12 @@ case "$target" in
 esac
 command -v dpkg-deb >/dev/null || { echo "error: dpkg-deb is missing (apt-get install dpkg)" >&2; exit 1; }
 
-bin="target/$target/release/estate-gateway"
-if [ "${ESTATE_DEB_NO_BUILD:-}" != 1 ] || [ ! -x "$bin" ]; then
+bin="${ESTATE_DEB_BIN:-target/$target/release/estate-gateway}"
+if [ -n "${ESTATE_DEB_BIN:-}" ]; then
+    [ -x "$bin" ] || { echo "error: ESTATE_DEB_BIN=$bin is not an executable" >&2; exit 1; }
+elif [ "${ESTATE_DEB_NO_BUILD:-}" != 1 ] || [ ! -x "$bin" ]; then
     if [[ "$target" == x86_64-* ]]; then
-        cargo build --release --locked --target "$target" -p estate-gateway --bin estate-gateway
+        cargo build --release --locked --target "$target" -p estate-gateway --no-default-features --bin estate-gateway
     else
         scripts/cross-build.sh "$target"
     fi
@@ -54,6 +61,11 @@ sed -e 's/^id = "gw-demo-01"$/id = ""          # required: set before starting/'
 chmod 0640 "$pkg/etc/estate-gateway/gateway.toml"
 grep -q '^id = ""' "$pkg/etc/estate-gateway/gateway.toml" && grep -q '^estate_id = ""' "$pkg/etc/estate-gateway/gateway.toml" \
     || { echo "error: config/gateway.toml's [gateway] ids changed; update the sed above" >&2; exit 1; }
+# The Modbus device profiles, where a config in /etc/estate-gateway finds them as
+# "profiles/NAME.toml".
+for profile in config/profiles/*.toml; do
+    install -D -m 0644 "$profile" "$pkg/etc/estate-gateway/profiles/$(basename "$profile")"
+done
 install -D -m 0644 README.md "$pkg/usr/share/doc/estate-gateway/README.md"
 install -D -m 0644 /dev/null "$pkg/usr/share/doc/estate-gateway/copyright"
 cat > "$pkg/usr/share/doc/estate-gateway/copyright" <<COPYRIGHT
@@ -82,7 +94,12 @@ Description: Edge gateway for residential-estate safety sensors
  durably on local disk (sled), and forwards protobuf batches to the city platform
  over MQTT with mutual TLS. Runs as the hardened systemd service estate-gateway.
 CONTROL
-printf '/etc/estate-gateway/gateway.toml\n' > "$pkg/DEBIAN/conffiles"
+{
+    printf '/etc/estate-gateway/gateway.toml\n'
+    for profile in config/profiles/*.toml; do
+        printf '/etc/estate-gateway/profiles/%s\n' "$(basename "$profile")"
+    done
+} > "$pkg/DEBIAN/conffiles"
 
 cat > "$pkg/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
@@ -138,8 +155,9 @@ exit 0
 POSTRM
 chmod 0755 "$pkg/DEBIAN/postinst" "$pkg/DEBIAN/prerm" "$pkg/DEBIAN/postrm"
 
-mkdir -p target/deb
-out="target/deb/estate-gateway_${version}_${arch}.deb"
+out_dir="${ESTATE_DEB_OUT:-target/deb}"
+mkdir -p "$out_dir"
+out="$out_dir/estate-gateway_${version}_${arch}.deb"
 dpkg-deb --root-owner-group --build "$pkg" "$out" >/dev/null
 echo "built $out ($(stat -c %s "$out") bytes)"
 dpkg-deb --info "$out" | sed -n '/Package:/,$p'

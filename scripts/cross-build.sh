@@ -6,7 +6,8 @@
 #   scripts/cross-build.sh aarch64-unknown-linux-musl      # static 64-bit binary, no glibc needed
 #
 # Uses Debian's cross gcc as linker and as C compiler for ring (the only C code in the
-# tree). Installs the cross gcc (apt-get) and the Rust target (rustup) when missing;
+# tree). The field build: `--no-default-features` leaves out the `demo` feature, so the
+# binary links neither the embedded broker (rumqttd) nor the simulator. Installs the cross gcc (apt-get) and the Rust target (rustup) when missing;
 # if either cannot be had, it says so and exits non-zero. Prints the path and size of
 # the binary on the last line: `built TARGET PATH BYTES`.
 set -euo pipefail
@@ -52,7 +53,7 @@ fi
 # 3. No second C crypto library: rustls must use ring only (aws-lc-sys needs cmake and a
 #    much larger C build, and doubles the TLS code in the binary).
 echo "== cargo tree -i aws-lc-sys (must find nothing)"
-if out=$(cargo tree -p estate-gateway --target "$target" -e normal -i aws-lc-sys 2>&1); then
+if out=$(cargo tree -p estate-gateway --no-default-features --target "$target" -e normal -i aws-lc-sys 2>&1); then
     echo "$out"
     echo "error: aws-lc-sys is in the dependency tree (see above)" >&2
     exit 1
@@ -71,8 +72,8 @@ if [[ "$target" == *musl ]]; then
     # gcc is only the linker driver here.
     export "CARGO_TARGET_${upper}_RUSTFLAGS=-C target-feature=+crt-static"
 fi
-echo "== cargo build --release --target $target -p estate-gateway --bin estate-gateway"
-cargo build --release --locked --target "$target" -p estate-gateway --bin estate-gateway
+echo "== cargo build --release --target $target -p estate-gateway --no-default-features --bin estate-gateway"
+cargo build --release --locked --target "$target" -p estate-gateway --no-default-features --bin estate-gateway
 
 bin="target/$target/release/estate-gateway"
 bytes=$(stat -c %s "$bin")

@@ -53,4 +53,5 @@ export ESTATE_TEST_MQTT=127.0.0.1:1883
 # Every test must run: one that finds a tool missing fails instead of skipping.
 export CI=1
 
+cargo check -p estate-gateway --no-default-features
 exec cargo test --workspace "$@"

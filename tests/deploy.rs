@@ -4,7 +4,10 @@
 //!   `check-config` output, nor in the logs of a gateway run at `--log-level debug`;
 //! - `check-config` warns, and still exits 0, about a private key or password file that
 //!   others can read, an uplink without TLS, and an API beyond loopback without a token;
-//! - the shipped systemd unit passes `systemd-analyze verify`.
+//! - the shipped systemd unit passes `systemd-analyze verify`;
+//! - the field binary (`--no-default-features`, as `scripts/cross-build.sh` and the `.deb`
+//!   build it) links neither the embedded broker nor the simulator, and the `.deb` ships
+//!   the Modbus device profiles (issue 15).
 
 mod common;
 
@@ -377,4 +380,123 @@ fn tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops() {
         .wait_exit(Duration::from_secs(30))
         .expect("exits after SIGTERM");
     assert!(status.success(), "clean exit after SIGTERM: {status}");
+}
+
+/// Issue 15: the field build, without the `demo` feature, has neither rumqttd nor the
+/// simulator in its dependency tree (the default build, for the demo, has both).
+#[test]
+fn the_field_build_links_neither_the_embedded_broker_nor_the_simulator() {
+    let tree = |extra: &[&str]| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["tree", "--locked", "--offline", "-p", "estate-gateway"])
+            .args(["-e", "normal", "--prefix", "none"])
+            .args(extra)
+            .output()
+            .expect("run cargo tree");
+        assert!(
+            out.status.success(),
+            "cargo tree {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let names = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let field = names(&tree(&["--no-default-features"]));
+    let demo = names(&tree(&[]));
+    for crate_name in ["rumqttd", "estate-sim"] {
+        assert!(
+            !field.iter().any(|n| n == crate_name),
+            "the field build links {crate_name}"
+        );
+        assert!(
+            demo.iter().any(|n| n == crate_name),
+            "the default (demo) build links {crate_name}"
+        );
+    }
+    assert!(
+        field.iter().any(|n| n == "rumqttc"),
+        "the field build still has its MQTT client"
+    );
+}
+
+/// Issue 15: the `.deb` ships every Modbus device profile under
+/// /etc/estate-gateway/profiles (where `modbus.profile_files = ["profiles/NAME.toml"]` in
+/// /etc/estate-gateway/gateway.toml finds them), as conffiles an upgrade keeps.
+#[test]
+fn the_deb_ships_the_modbus_profiles() {
+    let dpkg = Command::new("dpkg-deb").arg("--version").output();
+    if !dpkg.is_ok_and(|o| o.status.success()) {
+        common::cannot_run(
+            "the .deb check",
+            "dpkg-deb is not installed (apt-get install dpkg)",
+        );
+        return;
+    }
+    let root = workspace_root();
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let built = Command::new("bash")
+        .arg(root.join("scripts/build-deb.sh"))
+        .arg("x86_64-unknown-linux-gnu")
+        .current_dir(&root)
+        .env("ESTATE_DEB_BIN", GATEWAY_BIN)
+        .env("ESTATE_DEB_OUT", out_dir.path())
+        .output()
+        .expect("run scripts/build-deb.sh");
+    assert!(
+        built.status.success(),
+        "scripts/build-deb.sh: {}\n{}",
+        built.status,
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let deb = std::fs::read_dir(out_dir.path())
+        .expect("read the output folder")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb was written");
+    let run = |args: &[&str]| {
+        let out = Command::new("dpkg-deb")
+            .args(args)
+            .arg(&deb)
+            .output()
+            .expect("run dpkg-deb");
+        assert!(out.status.success(), "dpkg-deb {args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let contents = run(&["--contents"]);
+    let conffiles_text = {
+        let out = Command::new("dpkg-deb")
+            .arg("--info")
+            .arg(&deb)
+            .arg("conffiles")
+            .output()
+            .expect("run dpkg-deb --info DEB conffiles");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut profiles: Vec<String> = std::fs::read_dir(root.join("config/profiles"))
+        .expect("read config/profiles")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    profiles.sort();
+    assert!(!profiles.is_empty(), "config/profiles has profiles");
+    for name in &profiles {
+        let installed = format!("/etc/estate-gateway/profiles/{name}");
+        assert!(
+            contents.contains(&format!(".{installed}")),
+            "the .deb installs {installed}:\n{contents}"
+        );
+        assert!(
+            conffiles_text.lines().any(|l| l == installed),
+            "{installed} is a conffile:\n{conffiles_text}"
+        );
+    }
 }

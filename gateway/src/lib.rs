@@ -21,8 +21,10 @@
 //!   outputs (roll calls, the city's alarm handling, broadcasts).
 //! - [`api`] — local HTTP: alerts, devices, status, roll calls, server-sent events, the
 //!   console, health and Prometheus metrics.
-//! - [`broker`] — embedded rumqttd for the demo and tests.
-//! - [`demo`] — the whole estate on one machine, nothing installed.
+//! - `broker` — embedded rumqttd for the demo and tests; `demo` — the whole estate on one
+//!   machine, nothing installed. Both only with the `demo` cargo feature (on by default;
+//!   the field build, `scripts/cross-build.sh` and the `.deb`, turns it off and links
+//!   neither rumqttd nor the simulator).
 //! - [`telemetry`] — metrics and logging; [`health`] — the conditions `/healthz` reports.
 //! - [`systemd`] — `sd_notify` readiness and the watchdog (a no-op outside systemd).
 //!
@@ -56,7 +58,9 @@
 
 pub mod alerts;
 pub mod api;
+#[cfg(any(test, feature = "demo"))]
 pub mod broker;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod duty;
 pub mod events;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::{anyhow, bail, Context as _};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +53,15 @@ enum Command {
     },
     /// Run a whole simulated estate on this machine: embedded broker, gateway, devices,
     /// and a reference city-platform subscriber. Nothing to install.
+    #[cfg(feature = "demo")]
     Demo(estate_gateway::demo::DemoArgs),
+    /// (A field build has no demo: this only says so.)
+    #[cfg(not(feature = "demo"))]
+    #[command(hide = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Modbus tools for installers: `probe` reads a configured device once and prints
     /// every decoded point; `write` writes one coil or register. No daemon needed.
     Modbus(estate_gateway::ingest::modbus::cli::ModbusArgs),
@@ -87,8 +96,19 @@ fn main() -> ExitCode {
     let malloc_tuned = tune_malloc();
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
-    match cli.command {
-        Command::CheckConfig { file } => check_config(&file),
+    match execute(cli.command, malloc_tuned) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", cause_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one subcommand: its exit status, or the error to print (exit status 1).
+fn execute(command: Command, malloc_tuned: bool) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::CheckConfig { file } => check_config(&file)?,
         Command::Run {
             config,
             data_dir,
@@ -98,46 +118,60 @@ fn main() -> ExitCode {
             if malloc_tuned {
                 spawn_heap_trimmer();
             }
-            runtime().and_then(|rt| rt.block_on(run(config, data_dir, grace, api_listen)))
+            runtime()?.block_on(run(config, data_dir, grace, api_listen))?;
         }
-        Command::Demo(args) => runtime().and_then(|rt| {
-            rt.block_on(estate_gateway::demo::run(args))
-                .map_err(|e| format!("demo failed: {e:#}"))
-        }),
-        Command::Modbus(args) => runtime().and_then(|rt| {
-            rt.block_on(estate_gateway::ingest::modbus::cli::run(args))
-                .map(|text| print!("{text}"))
-        }),
-        Command::Alerts(args) => {
-            runtime().and_then(|rt| rt.block_on(estate_gateway::alerts::cli::list(args)))
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => runtime()?
+            .block_on(estate_gateway::demo::run(args))
+            .context("demo failed")?,
+        #[cfg(not(feature = "demo"))]
+        Command::Demo { .. } => bail!(
+            "this estate-gateway was built without the `demo` cargo feature (a field build); \
+             run the demo from a source checkout: cargo run --release -p estate-gateway -- demo"
+        ),
+        Command::Modbus(args) => {
+            let text = runtime()?
+                .block_on(estate_gateway::ingest::modbus::cli::run(args))
+                .map_err(anyhow::Error::msg)?;
+            print!("{text}");
         }
-        Command::Ack(args) => {
-            runtime().and_then(|rt| rt.block_on(estate_gateway::alerts::cli::ack(args)))
-        }
-        Command::Close(args) => {
-            runtime().and_then(|rt| rt.block_on(estate_gateway::alerts::cli::close(args)))
-        }
+        Command::Alerts(args) => runtime()?
+            .block_on(estate_gateway::alerts::cli::list(args))
+            .map_err(anyhow::Error::msg)?,
+        Command::Ack(args) => runtime()?
+            .block_on(estate_gateway::alerts::cli::ack(args))
+            .map_err(anyhow::Error::msg)?,
+        Command::Close(args) => runtime()?
+            .block_on(estate_gateway::alerts::cli::close(args))
+            .map_err(anyhow::Error::msg)?,
         Command::Store(StoreCommand::Verify { dir, copy }) => {
-            match estate_gateway::store::verify::verify(&dir, copy) {
-                Ok((report, sound)) => {
-                    print!("{report}");
-                    if sound {
-                        Ok(())
-                    } else {
-                        return ExitCode::FAILURE;
-                    }
-                }
-                Err(msg) => Err(msg),
+            let (report, sound) =
+                estate_gateway::store::verify::verify(&dir, copy).map_err(anyhow::Error::msg)?;
+            print!("{report}");
+            if !sound {
+                return Ok(ExitCode::FAILURE);
             }
         }
     }
-    .map_or_else(
-        |msg| {
-            eprintln!("error: {msg}");
-            ExitCode::FAILURE
-        },
-        |()| ExitCode::SUCCESS,
-    )
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The error and its causes, `: `-separated as `{:#}` prints them, less a cause that
+/// the message before it already ends with: some error types spell out their source in
+/// their own message (`#[error("store: {0}")]`), which `{:#}` would print twice.
+fn cause_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.ends_with(&msg) && !out.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }
 
 /// glibc's malloc, left to itself, keeps what sled frees: the pages sled reads back from a
@@ -210,14 +244,14 @@ fn spawn_heap_trimmer() {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .context("cannot start the runtime")
 }
 
-fn check_config(file: &std::path::Path) -> Result<(), String> {
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     match Config::load(file) {
         Ok(cfg) => {
             // The verdict first, then the warnings. Secrets never reach this output:
@@ -243,11 +277,7 @@ fn check_config(file: &std::path::Path) -> Result<(), String> {
             for p in &errors.0 {
                 println!("{p}");
             }
-            Err(format!(
-                "{} problem(s) in {}",
-                errors.0.len(),
-                file.display()
-            ))
+            bail!("{} problem(s) in {}", errors.0.len(), file.display())
         }
     }
 }
@@ -257,18 +287,18 @@ async fn run(
     data_dir: Option<PathBuf>,
     grace: Duration,
     api_listen: Option<std::net::SocketAddr>,
-) -> Result<(), String> {
-    let cfg = Config::load(&config).map_err(|e| format!("invalid config:\n{e}"))?;
+) -> anyhow::Result<()> {
+    let cfg = Config::load(&config).map_err(|e| anyhow!("invalid config:\n{e}"))?;
     for w in cfg.warnings() {
         tracing::warn!(key = %w.path, "{}", w.message);
     }
     let data_dir = data_dir
         .or_else(|| cfg.gateway.data_dir.clone())
-        .ok_or("no data directory: pass --data-dir or set gateway.data_dir")?;
+        .context("no data directory: pass --data-dir or set gateway.data_dir")?;
     let api_listener = match api_listen {
         Some(addr) => Some(
             std::net::TcpListener::bind(addr)
-                .map_err(|e| format!("cannot bind the API on {addr}: {e}"))?,
+                .with_context(|| format!("cannot bind the API on {addr}"))?,
         ),
         None => None,
     };
@@ -298,8 +328,8 @@ async fn run(
         },
         shutdown,
     )
-    .await
-    .map_err(|e| e.to_string())
+    .await?;
+    Ok(())
 }
 
 /// SIGTERM or SIGINT → orderly shutdown.
