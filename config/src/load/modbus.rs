@@ -16,8 +16,8 @@ use toml_edit::{ImDocument, Item, Table, Value};
 use super::{describe, Loader, Section, Source};
 use crate::error::ConfigProblem;
 use crate::modbus::{BusConfig, BusTransport, ModbusConfig, Point, Profile};
+use crate::validate::modbus as validate_modbus;
 use crate::validate::Finding;
-use crate::validate_modbus;
 
 /// What `[modbus]` yielded.
 #[derive(Default)]

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use estate_protocols::taxonomy;
 
+use super::core::too_long;
+use super::findings::Finding;
 use crate::modbus::{BusConfig, BusTransport, DataType, DeviceModbusConfig, Profile, Table};
 use crate::schema::DeviceConfig;
-use crate::validate::{too_long, Finding};
 
 fn at(f: &mut Vec<Finding>, path: impl Into<String>, message: impl Into<String>) {
     f.push(Finding {
