@@ -4,6 +4,10 @@
 //! [`Findings`]: a key path, the other keys the rule read, and a message. The loader
 //! (`load.rs`) turns the paths into file, line and column.
 
+use std::collections::HashMap;
+
+use crate::error::ConfigProblem;
+use crate::modbus::{BusConfig, BusTransport, ModbusConfig};
 use crate::schema::{
     ApiConfig, DeviceConfig, GatewayConfig, IngestConfig, StoreConfig, UplinkConfig,
 };
@@ -34,6 +38,8 @@ pub(crate) struct Parts {
     /// The broker keys that the file gives explicitly, of those whose default cannot
     /// tell (`ingest.mqtt.host`, `….port`, `uplink.mqtt.host`, `….port`).
     pub given: Vec<String>,
+    /// `[modbus]`, its buses and the profiles of its profile files.
+    pub modbus: ModbusParts,
 }
 
 impl Default for Parts {
@@ -52,8 +58,26 @@ impl Default for Parts {
             source_names: Vec::new(),
             sources_complete: true,
             given: Vec::new(),
+            modbus: ModbusParts::default(),
         }
     }
+}
+
+/// What `[modbus]` yielded.
+#[derive(Debug, Default)]
+pub(crate) struct ModbusParts {
+    /// `None` when the section itself is broken (already reported).
+    pub config: Option<ModbusConfig>,
+    /// Buses that deserialized, with their index.
+    pub buses: Vec<(usize, BusConfig)>,
+    /// Every bus name seen (with its transport when the bus deserialized).
+    pub bus_names: HashMap<String, Option<BusTransport>>,
+    /// Problems located in profile files, each file's in file order.
+    pub profile_problems: Vec<ConfigProblem>,
+    /// Every profile name seen in a profile file, including profiles that failed.
+    pub profile_names: Vec<String>,
+    /// Every profile file was read and parsed (so an unknown profile is really unknown).
+    pub profiles_complete: bool,
 }
 
 /// One rule violation.

@@ -11,8 +11,8 @@
 //!   meet across them.
 //! - `sources.rs`: `[[ingest.sources]]` and the devices' `source`.
 //! - `alerts.rs`: `[alerts]`.
-//! - `modbus.rs`: `[modbus]` buses, the devices' `modbus` table and profiles (run by the
-//!   loader, which reads the profile files).
+//! - `modbus.rs`: `[modbus]` buses and the devices' `modbus` table; the profiles' rules
+//!   run as the loader reads each profile file, since they are located in that file.
 
 mod alerts;
 mod core;
@@ -22,7 +22,7 @@ mod sources;
 
 pub(crate) use self::core::effective_client_id;
 pub use self::core::{publish_overhead, INGEST_MAX_PACKET, SLED_BLOB_THRESHOLD};
-pub(crate) use self::findings::{Finding, Findings, Parts};
+pub(crate) use self::findings::{Finding, Findings, ModbusParts, Parts};
 
 /// Runs every rule set over the sections that deserialized; the findings in rule order.
 pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
@@ -31,6 +31,7 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
     sources::check(parts, &mut f);
     alerts::check(parts, &mut f);
     self::core::check_commands(parts, &mut f);
+    modbus::check(parts, &mut f);
     f.0
 }
 
