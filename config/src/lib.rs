@@ -75,7 +75,6 @@ mod secrets;
 mod sources;
 mod units;
 mod validate;
-mod validate_modbus;
 mod warnings;
 
 use std::path::Path;

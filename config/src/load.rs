@@ -154,15 +154,14 @@ impl<'a> Loader<'a> {
         self.ingest(&mut parts);
         self.devices(&mut parts);
         parts.given = self.given_broker_keys();
-        let modbus = self.modbus();
+        parts.modbus = self.modbus();
 
         let mut findings = validate(&parts);
-        findings.extend(self.modbus_findings(&parts.devices, &modbus));
         // Secrets from files and environment variables (never part of any message).
         findings.extend(crate::secrets::resolve(&mut parts));
         self.report(findings);
 
-        if self.problems.is_empty() && modbus.profile_problems.is_empty() {
+        if self.problems.is_empty() && parts.modbus.profile_problems.is_empty() {
             if let (
                 Some(gateway),
                 Some(ingest),
@@ -178,7 +177,7 @@ impl<'a> Loader<'a> {
                 parts.store,
                 parts.uplink,
                 parts.api,
-                modbus.config,
+                parts.modbus.config,
                 parts.alerts,
                 parts.commands,
             ) {
@@ -203,7 +202,7 @@ impl<'a> Loader<'a> {
         // problems at one spot keep the order they were found in.
         problems.sort_by_key(|p| (p.line.unwrap_or(0), p.column.unwrap_or(0)));
         // Then the problems found in profile files, file by file.
-        problems.extend(modbus.profile_problems);
+        problems.extend(parts.modbus.profile_problems);
         Err(ConfigErrors(problems))
     }
 

@@ -7,7 +7,6 @@
 //! file. Cross-references (a device's bus and profile, a profile's kind) are checked
 //! against the main file and reported there.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -15,26 +14,9 @@ use toml_edit::{ImDocument, Item, Table, Value};
 
 use super::{describe, Loader, Section, Source};
 use crate::error::ConfigProblem;
-use crate::modbus::{BusConfig, BusTransport, ModbusConfig, Point, Profile};
-use crate::validate::Finding;
-use crate::validate_modbus;
-
-/// What `[modbus]` yielded.
-#[derive(Default)]
-pub(super) struct ModbusParts {
-    /// `None` when the section itself is broken (already reported).
-    pub config: Option<ModbusConfig>,
-    /// Buses that deserialized, with their index.
-    pub buses: Vec<(usize, BusConfig)>,
-    /// Every bus name seen (with its transport when the bus deserialized).
-    pub bus_names: HashMap<String, Option<BusTransport>>,
-    /// Problems located in profile files, each file's in file order.
-    pub profile_problems: Vec<ConfigProblem>,
-    /// Every profile name seen in a profile file, including profiles that failed.
-    pub profile_names: Vec<String>,
-    /// Every profile file was read and parsed (so an unknown profile is really unknown).
-    pub profiles_complete: bool,
-}
+use crate::modbus::{BusConfig, ModbusConfig, Point, Profile};
+use crate::validate::modbus as validate_modbus;
+use crate::validate::{Finding, ModbusParts};
 
 impl Loader<'_> {
     /// Reads `[modbus]`, its buses and its profile files.
@@ -121,26 +103,6 @@ impl Loader<'_> {
         config.profiles = loaded;
         out.config = Some(config);
         out
-    }
-
-    /// Findings for the devices' `modbus` tables and the buses (main file).
-    pub(super) fn modbus_findings(
-        &self,
-        devices: &[(usize, crate::schema::DeviceConfig)],
-        m: &ModbusParts,
-    ) -> Vec<Finding> {
-        let mut f = Vec::new();
-        validate_modbus::check_buses(&m.buses, &mut f);
-        let mut profiles: HashMap<String, Option<&Profile>> =
-            m.profile_names.iter().map(|n| (n.clone(), None)).collect();
-        if let Some(config) = &m.config {
-            for p in &config.profiles {
-                profiles.insert(p.name.clone(), Some(p));
-            }
-        }
-        let complete = m.profiles_complete && m.config.is_some();
-        validate_modbus::check_devices(devices, &m.bus_names, &profiles, complete, &mut f);
-        f
     }
 
     /// The entries of an array of tables (`[[x]]` or `x = [{…}, …]`), with their index;

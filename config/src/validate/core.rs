@@ -1,15 +1,12 @@
-//! Semantic rules: what a well-typed config must also satisfy.
-//!
-//! Pure: the rules see typed sections and return findings named by key path; the loader
-//! turns paths into file locations. A section that failed to deserialize is `None` and
-//! its rules are skipped (its type errors were already reported).
+//! The core sections' rules: gateway, brokers, store, uplink, API, devices, commands.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
+use super::findings::{Finding, Findings, Parts};
 use crate::schema::{
-    ApiConfig, BrokerConfig, DeviceConfig, GatewayConfig, IngestConfig, StoreConfig, UplinkConfig,
+    ApiConfig, BrokerConfig, GatewayConfig, IngestConfig, StoreConfig, UplinkConfig,
 };
 use crate::units::ByteSize;
 
@@ -68,105 +65,14 @@ fn uplink_topic_len(uplink: &UplinkConfig, gateway: Option<&GatewayConfig>) -> u
     uplink.topic_prefix.len() + 1 + estate + 1 + "alarms".len()
 }
 
-/// The sections as far as they deserialized.
-#[derive(Debug)]
-pub(crate) struct Parts {
-    pub gateway: Option<GatewayConfig>,
-    pub ingest: Option<IngestConfig>,
-    pub store: Option<StoreConfig>,
-    pub uplink: Option<UplinkConfig>,
-    pub api: Option<ApiConfig>,
-    pub alerts: Option<crate::alerts::AlertsConfig>,
-    pub commands: Option<crate::CommandsConfig>,
-    /// Devices that deserialized, with their index in `[[devices]]`.
-    pub devices: Vec<(usize, DeviceConfig)>,
-    /// Every device id that is at least a string, including devices that failed to
-    /// deserialize for another reason, so duplicates are found among all of them.
-    pub device_ids: Vec<(usize, String)>,
-    /// `[[ingest.sources]]` entries that deserialized, with their index.
-    pub sources: Vec<(usize, crate::sources::SourceConfig)>,
-    /// Every source's effective name that is known, including sources that failed to
-    /// deserialize but have a `name`.
-    pub source_names: Vec<(usize, String)>,
-    /// False when some `[[ingest.sources]]` entry failed to deserialize (so a name not
-    /// found among them may still be meant).
-    pub sources_complete: bool,
-    /// The broker keys that the file gives explicitly, of those whose default cannot
-    /// tell (`ingest.mqtt.host`, `….port`, `uplink.mqtt.host`, `….port`).
-    pub given: Vec<String>,
-}
-
-impl Default for Parts {
-    fn default() -> Self {
-        Parts {
-            gateway: None,
-            ingest: None,
-            store: None,
-            uplink: None,
-            api: None,
-            alerts: None,
-            commands: None,
-            devices: Vec::new(),
-            device_ids: Vec::new(),
-            sources: Vec::new(),
-            source_names: Vec::new(),
-            sources_complete: true,
-            given: Vec::new(),
-        }
-    }
-}
-
-/// One rule violation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Finding {
-    /// Where to point the user.
-    pub path: String,
-    /// Other keys the rule read. The finding is reported at the first of `path` and
-    /// these that the file actually sets; and if any of them was already reported as
-    /// broken (and so replaced by its default), it is dropped as a likely consequence.
-    pub involves: Vec<String>,
-    /// Another place the message refers to (shown with its line by the loader).
-    pub related: Option<String>,
-    pub message: String,
-}
-
-#[derive(Default)]
-pub(crate) struct Findings(pub(crate) Vec<Finding>);
-
-impl Findings {
-    pub(crate) fn at(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Finding {
-            path: path.into(),
-            involves: Vec::new(),
-            related: None,
-            message: message.into(),
-        });
-    }
-
-    /// A finding whose rule also read `other` keys.
-    pub(crate) fn across(
-        &mut self,
-        path: impl Into<String>,
-        other: &[String],
-        message: impl Into<String>,
-    ) {
-        self.0.push(Finding {
-            path: path.into(),
-            involves: other.to_vec(),
-            related: None,
-            message: message.into(),
-        });
-    }
-}
-
-pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
-    let mut f = Findings::default();
+/// The rules of the core sections: gateway, brokers, store, uplink, API and devices.
+pub(super) fn check(parts: &Parts, f: &mut Findings) {
     if let Some(gateway) = &parts.gateway {
-        check_gateway(gateway, &mut f);
+        check_gateway(gateway, f);
     }
     if let Some(ingest) = &parts.ingest {
-        check_broker("ingest.mqtt", &ingest.mqtt, &parts.given, &mut f);
-        check_topic_prefix("ingest.topic_prefix", &ingest.topic_prefix, &mut f);
+        check_broker("ingest.mqtt", &ingest.mqtt, &parts.given, f);
+        check_topic_prefix("ingest.topic_prefix", &ingest.topic_prefix, f);
         let max_payload = INGEST_MAX_PACKET.as_u64() - INGEST_TOPIC_ROOM;
         if ingest.max_payload.as_u64() == 0 || ingest.max_payload.as_u64() > max_payload {
             f.at(
@@ -181,7 +87,7 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
         }
     }
     if let Some(store) = &parts.store {
-        check_store(store, &mut f);
+        check_store(store, f);
     }
     if let (Some(ingest), Some(store)) = (&parts.ingest, &parts.store) {
         let room = store.record_max_bytes.as_u64().saturating_sub(1024);
@@ -197,16 +103,11 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
         }
     }
     if let Some(uplink) = &parts.uplink {
-        check_uplink(uplink, &parts.given, &mut f);
-        check_uplink_sizes(
-            parts.gateway.as_ref(),
-            parts.ingest.as_ref(),
-            uplink,
-            &mut f,
-        );
+        check_uplink(uplink, &parts.given, f);
+        check_uplink_sizes(parts.gateway.as_ref(), parts.ingest.as_ref(), uplink, f);
     }
     if let Some(api) = &parts.api {
-        check_api(api, &mut f);
+        check_api(api, f);
     }
     if let (Some(gateway), Some(ingest), Some(uplink)) =
         (&parts.gateway, &parts.ingest, &parts.uplink)
@@ -223,25 +124,11 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
             );
         }
     }
-    check_devices(parts, &mut f);
-    crate::sources::check(parts, &mut f);
-    if let Some(alerts) = &parts.alerts {
-        let devices: Vec<_> = parts
-            .devices
-            .iter()
-            .map(|(_, d)| {
-                (
-                    d.id.clone(),
-                    d.kind,
-                    d.location.building.clone(),
-                    d.modbus.is_some(),
-                )
-            })
-            .collect();
-        for (path, message) in crate::alerts::check(alerts, &devices) {
-            f.at(path, message);
-        }
-    }
+    check_devices(parts, f);
+}
+
+/// The rules of `[commands]`, including broadcast targets among the devices.
+pub(super) fn check_commands(parts: &Parts, f: &mut Findings) {
     if let Some(commands) = &parts.commands {
         for (path, message) in crate::commands::check(commands) {
             f.at(path, message);
@@ -255,7 +142,6 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
             f.at(path, message);
         }
     }
-    f.0
 }
 
 /// `client_id` if set, else `estate-gw-{gateway_id}-{role}`.
@@ -764,23 +650,5 @@ mod tests {
         ] {
             assert!(topic_prefix_problem(bad).is_some(), "{bad}");
         }
-    }
-
-    #[test]
-    fn defaults_pass_every_rule() {
-        let parts = Parts {
-            gateway: Some(GatewayConfig {
-                id: "gw-1".into(),
-                estate_id: "31011500000000000001".into(),
-                data_dir: None,
-            }),
-            ingest: Some(IngestConfig::default()),
-            store: Some(StoreConfig::default()),
-            uplink: Some(UplinkConfig::default()),
-            api: Some(ApiConfig::default()),
-            alerts: Some(crate::alerts::AlertsConfig::default()),
-            ..Parts::default()
-        };
-        assert_eq!(validate(&parts), Vec::new());
     }
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use estate_protocols::taxonomy;
 
+use super::core::too_long;
+use super::findings::{Finding, Findings, Parts};
 use crate::modbus::{BusConfig, BusTransport, DataType, DeviceModbusConfig, Profile, Table};
 use crate::schema::DeviceConfig;
-use crate::validate::{too_long, Finding};
 
 fn at(f: &mut Vec<Finding>, path: impl Into<String>, message: impl Into<String>) {
     f.push(Finding {
@@ -45,6 +46,23 @@ fn check_code(path: String, code: &str, f: &mut Vec<Finding>) {
             ),
         );
     }
+}
+
+/// The rules of `[modbus]` buses and the devices' `modbus` tables (main file). The
+/// profiles' own rules ran when their files were read ([`check_profiles`]), as their
+/// findings are located in those files.
+pub(super) fn check(parts: &Parts, f: &mut Findings) {
+    let m = &parts.modbus;
+    check_buses(&m.buses, &mut f.0);
+    let mut profiles: HashMap<String, Option<&Profile>> =
+        m.profile_names.iter().map(|n| (n.clone(), None)).collect();
+    if let Some(config) = &m.config {
+        for p in &config.profiles {
+            profiles.insert(p.name.clone(), Some(p));
+        }
+    }
+    let complete = m.profiles_complete && m.config.is_some();
+    check_devices(&parts.devices, &m.bus_names, &profiles, complete, &mut f.0);
 }
 
 /// Rules for the profiles of one profile file. `profiles` holds those that deserialized,
@@ -330,7 +348,7 @@ fn check_points(base: &str, p: &Profile, f: &mut Vec<Finding>) {
 }
 
 /// Rules for `[[modbus.buses]]` entries (with their index).
-pub(crate) fn check_buses(buses: &[(usize, BusConfig)], f: &mut Vec<Finding>) {
+pub(super) fn check_buses(buses: &[(usize, BusConfig)], f: &mut Vec<Finding>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, b) in buses {
         let base = format!("modbus.buses[{i}]");
@@ -454,7 +472,7 @@ pub(crate) fn check_buses(buses: &[(usize, BusConfig)], f: &mut Vec<Finding>) {
 /// `profile_names` holds every profile name seen in a profile file, including profiles
 /// that failed to load (so a reference to them is not also reported as unknown).
 /// `bus_names` likewise, with each bus's transport when it deserialized.
-pub(crate) fn check_devices(
+pub(super) fn check_devices(
     devices: &[(usize, DeviceConfig)],
     buses: &HashMap<String, Option<BusTransport>>,
     profiles: &HashMap<String, Option<&Profile>>,

@@ -1,0 +1,256 @@
+//! The rules of `[alerts]`: codes of the taxonomy, known devices, bounded delays.
+
+use std::time::Duration;
+
+use estate_protocols::model::DeviceKind;
+use estate_protocols::{rfc3339, taxonomy};
+
+use super::findings::{Findings, Parts};
+use crate::alerts::*;
+
+/// The rules of `[alerts]`, against the configured devices.
+pub(super) fn check(parts: &Parts, f: &mut Findings) {
+    let Some(alerts) = &parts.alerts else {
+        return;
+    };
+    let devices: Vec<_> = parts
+        .devices
+        .iter()
+        .map(|(_, d)| {
+            (
+                d.id.clone(),
+                d.kind,
+                d.location.building.clone(),
+                d.modbus.is_some(),
+            )
+        })
+        .collect();
+    for (path, message) in rules(alerts, &devices) {
+        f.at(path, message);
+    }
+}
+
+/// One rule violation in `[alerts]`: key path (below `alerts`) and message.
+type AlertFinding = (String, String);
+
+/// The semantic rules of `[alerts]`. `devices` are the configured devices as (id, kind,
+/// building, has modbus).
+fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Vec<AlertFinding> {
+    let mut f: Vec<AlertFinding> = Vec::new();
+    let known = |code: &str| taxonomy::lookup(code).is_some();
+    let unknown_code = |code: &str| {
+        format!(
+            "unknown event code {code:?}; expected a code of the taxonomy (e.g. \"SMOKE.ALARM\")"
+        )
+    };
+    let level_ok = |l: u8| (1..=4).contains(&l);
+    if !level_ok(a.min_severity) {
+        f.push((
+            "alerts.min_severity".into(),
+            format!("must be 1–4, found {}", a.min_severity),
+        ));
+    }
+    if a.history_max == 0 {
+        f.push(("alerts.history_max".into(), "must be at least 1".into()));
+    }
+    for (i, code) in a.auto_close.iter().enumerate() {
+        let key = format!("alerts.auto_close[{i}]");
+        if !known(code) {
+            f.push((key, unknown_code(code)));
+        } else if is_life_safety_code(code) {
+            f.push((
+                key,
+                format!("{code} is a life-safety code: its alerts must be closed by an operator, never automatically"),
+            ));
+        }
+    }
+    for (code, level) in &a.severity {
+        let key = format!("alerts.severity.{code:?}");
+        if !known(code) {
+            f.push((key, unknown_code(code)));
+        } else if !level_ok(*level) {
+            f.push((key, format!("severity must be 1–4, found {level}")));
+        }
+    }
+    for (device, codes) in &a.device_severity {
+        if !devices.iter().any(|d| &d.0 == device) {
+            f.push((
+                format!("alerts.device_severity.{device:?}"),
+                format!("no device {device:?} is configured in [[devices]]"),
+            ));
+        }
+        for (code, level) in codes {
+            let key = format!("alerts.device_severity.{device:?}.{code:?}");
+            if !known(code) {
+                f.push((key, unknown_code(code)));
+            } else if !level_ok(*level) {
+                f.push((key, format!("severity must be 1–4, found {level}")));
+            }
+        }
+    }
+    for (code, d) in &a.debounce {
+        let key = format!("alerts.debounce.{code:?}");
+        if !known(code) {
+            f.push((key, unknown_code(code)));
+        } else if *d > Duration::from_secs(3600) {
+            f.push((key, format!("must be at most 1h, found {}", fmt_d(*d))));
+        }
+    }
+    if let Some(d) = a.held_open_after {
+        if d < Duration::from_secs(1) {
+            f.push((
+                "alerts.held_open_after".into(),
+                format!("must be at least 1s, found {}", fmt_d(d)),
+            ));
+        }
+    }
+    let o = &a.offline;
+    if !(1..=100).contains(&o.missed_heartbeats) {
+        f.push((
+            "alerts.offline.missed_heartbeats".into(),
+            format!("must be 1–100, found {}", o.missed_heartbeats),
+        ));
+    }
+    for (kind, n) in &o.classes {
+        if !(1..=100).contains(n) {
+            f.push((
+                format!("alerts.offline.classes.{kind}"),
+                format!("must be 1–100, found {n}"),
+            ));
+        }
+    }
+    if let Some(e) = &a.escalation {
+        if e.after < Duration::from_secs(1) {
+            f.push((
+                "alerts.escalation.after".into(),
+                format!("must be at least 1s, found {}", fmt_d(e.after)),
+            ));
+        }
+        if !level_ok(e.max_severity) {
+            f.push((
+                "alerts.escalation.max_severity".into(),
+                format!("must be 1–4, found {}", e.max_severity),
+            ));
+        }
+    }
+    for (name, c) in &a.correlation {
+        let key = |k: &str| format!("alerts.correlation.{name}.{k}");
+        if c.codes.is_empty() {
+            f.push((key("codes"), "must name at least one code".into()));
+        }
+        for (i, code) in c.codes.iter().enumerate() {
+            if !known(code) {
+                f.push((format!("{}[{i}]", key("codes")), unknown_code(code)));
+            }
+        }
+        if !(2..=1000).contains(&c.min_devices) {
+            f.push((
+                key("min_devices"),
+                format!("must be 2–1000, found {}", c.min_devices),
+            ));
+        }
+        if c.within < Duration::from_secs(1) || c.within > Duration::from_secs(86_400) {
+            f.push((
+                key("within"),
+                format!("must be between 1s and 1day, found {}", fmt_d(c.within)),
+            ));
+        }
+        if !known(&c.raise) {
+            f.push((key("raise"), unknown_code(&c.raise)));
+        } else if c.codes.contains(&c.raise) {
+            f.push((
+                key("raise"),
+                format!(
+                    "{} is also one of `codes`: the rule would feed itself",
+                    c.raise
+                ),
+            ));
+        }
+    }
+    for (name, l) in &a.linkage {
+        let key = |k: &str| format!("alerts.linkage.{name}.{k}");
+        if l.on.is_empty() {
+            f.push((key("on"), "must name at least one alert code".into()));
+        }
+        for (i, code) in l.on.iter().enumerate() {
+            if !known(code) {
+                f.push((format!("{}[{i}]", key("on")), unknown_code(code)));
+            }
+        }
+        match devices.iter().find(|d| d.0 == l.device) {
+            None => f.push((
+                key("device"),
+                format!("no device {:?} is configured in [[devices]]", l.device),
+            )),
+            Some(d) if !d.3 => f.push((
+                key("device"),
+                format!(
+                    "device {:?} has no `modbus` table; linkage writes go over Modbus",
+                    l.device
+                ),
+            )),
+            Some(_) => {}
+        }
+        match (l.coil, l.register) {
+            (None, None) => f.push((
+                key("coil"),
+                "set `coil` or `register`: the address to write".into(),
+            )),
+            (Some(_), Some(_)) => f.push((
+                key("register"),
+                "set only one of `coil` and `register`".into(),
+            )),
+            (Some(_), None) if l.value > 1 => f.push((
+                key("value"),
+                format!("a coil takes 0 or 1, found {}", l.value),
+            )),
+            _ => {}
+        }
+    }
+    for (name, s) in &a.silence {
+        let key = |k: &str| format!("alerts.silence.{name}.{k}");
+        let from = rfc3339::parse_ms(&s.from);
+        let until = rfc3339::parse_ms(&s.until);
+        if from.is_none() {
+            f.push((
+                key("from"),
+                format!(
+                    "{:?} is not an RFC 3339 time like \"2026-12-01T08:00:00Z\"",
+                    s.from
+                ),
+            ));
+        }
+        if until.is_none() {
+            f.push((
+                key("until"),
+                format!(
+                    "{:?} is not an RFC 3339 time like \"2026-12-01T12:00:00Z\"",
+                    s.until
+                ),
+            ));
+        }
+        if let (Some(a), Some(b)) = (from, until) {
+            if b <= a {
+                f.push((key("until"), format!("must be after `from` ({})", s.from)));
+            }
+        }
+        for (i, code) in s.codes.iter().enumerate() {
+            if !known(code) {
+                f.push((format!("{}[{i}]", key("codes")), unknown_code(code)));
+            }
+        }
+        for (i, dev) in s.devices.iter().enumerate() {
+            if !devices.iter().any(|d| &d.0 == dev) {
+                f.push((
+                    format!("{}[{i}]", key("devices")),
+                    format!("no device {dev:?} is configured in [[devices]]"),
+                ));
+            }
+        }
+    }
+    f
+}
+
+fn fmt_d(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

@@ -1,0 +1,275 @@
+//! The rules of `[[ingest.sources]]` and the devices' `source`: names, topic filters
+//! (valid, not overlapping), format-specific keys and taxonomy codes.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::time::Duration;
+
+use super::core::check_id;
+use super::findings::{Finding, Findings, Parts};
+use crate::sources::*;
+
+/// The rules for `[[ingest.sources]]` and the devices' `source`.
+pub(super) fn check(parts: &Parts, f: &mut Findings) {
+    let Some(ingest) = &parts.ingest else {
+        return;
+    };
+    if ingest.sources.as_ref().is_some_and(Vec::is_empty) && parts.sources_complete {
+        f.at(
+            "ingest.sources",
+            "lists no source, so nothing would be read; remove it to read the native format only",
+        );
+    }
+    // Names: valid and unique among all sources that have one.
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in &parts.source_names {
+        let explicit = parts
+            .sources
+            .iter()
+            .find(|(j, _)| j == i)
+            .is_none_or(|(_, s)| s.name.is_some());
+        let path = if explicit {
+            format!("ingest.sources[{i}].name")
+        } else {
+            format!("ingest.sources[{i}].format")
+        };
+        check_id(&path, name, &['-', '_'], 64, f);
+        match seen.entry(name.as_str()) {
+            Entry::Occupied(first) => f.0.push(Finding {
+                path,
+                involves: Vec::new(),
+                related: Some(format!("ingest.sources[{}]", first.get())),
+                message: format!(
+                    "duplicate source name {name:?}, already used by ingest.sources[{}]; give one of them a different `name`",
+                    first.get()
+                ),
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert(*i);
+            }
+        }
+    }
+
+    // Per source: topics, format-specific keys.
+    let mut all_filters: Vec<(usize, String, String)> = Vec::new();
+    let estate = parts.gateway.as_ref().map(|g| g.estate_id.as_str());
+    for (i, s) in &parts.sources {
+        let base = format!("ingest.sources[{i}]");
+        match (s.format, &s.topics) {
+            (SourceFormat::Native, Some(_)) => f.at(
+                format!("{base}.topics"),
+                "the native format always reads `ingest.topic_prefix`/{estate_id}/…; remove `topics`",
+            ),
+            (SourceFormat::JsonMap, None) => f.at(
+                format!("{base}.format"),
+                "json-map needs `topics`: the MQTT topic filters its devices publish to",
+            ),
+            (_, Some(t)) if t.is_empty() => {
+                f.at(format!("{base}.topics"), "must list at least one topic filter")
+            }
+            _ => {}
+        }
+        if let Some(topics) = &s.topics {
+            for (k, t) in topics.iter().enumerate() {
+                if let Some(why) = topic_filter_problem(t) {
+                    f.at(format!("{base}.topics[{k}]"), format!("{t:?} {why}"));
+                } else {
+                    all_filters.push((*i, format!("{base}.topics[{k}]"), t.clone()));
+                }
+            }
+        } else if s.format == SourceFormat::Native {
+            if let Some(estate) = estate {
+                for leaf in ["event", "heartbeat"] {
+                    all_filters.push((
+                        *i,
+                        format!("{base}.format"),
+                        format!("{}/{estate}/+/+/{leaf}", ingest.topic_prefix),
+                    ));
+                }
+            }
+        } else {
+            for t in s.format.default_topics() {
+                all_filters.push((*i, format!("{base}.format"), (*t).to_owned()));
+            }
+        }
+        if let Some(after) = s.clear_after {
+            if s.format != SourceFormat::CameraIsapiJson {
+                f.at(
+                    format!("{base}.clear_after"),
+                    format!(
+                        "only applies to format \"camera-isapi-json\" (this source is {:?})",
+                        s.format.as_str()
+                    ),
+                );
+            } else if after < Duration::from_secs(1) || after > Duration::from_secs(3600) {
+                f.at(
+                    format!("{base}.clear_after"),
+                    format!(
+                        "must be between 1s and 1h (cameras repeat about once a second), found {}",
+                        humantime::format_duration(after)
+                    ),
+                );
+            }
+        }
+        match (s.format, &s.map) {
+            (SourceFormat::JsonMap, None) => f.at(
+                format!("{base}.format"),
+                "json-map needs an [ingest.sources.map] table saying how to read the payload",
+            ),
+            (SourceFormat::JsonMap, Some(map)) => check_map(&base, s, map, f),
+            (_, Some(_)) => f.at(
+                format!("{base}.map"),
+                format!(
+                    "only applies to format \"json-map\" (this source is {:?})",
+                    s.format.as_str()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    // Two sources whose filters share a topic would both receive (or fight over) it.
+    for (n, (i, path, a)) in all_filters.iter().enumerate() {
+        if let Some((j, other, b)) = all_filters[..n]
+            .iter()
+            .find(|(j, _, b)| j != i && filters_overlap(a, b))
+        {
+            f.0.push(Finding {
+                path: path.clone(),
+                involves: Vec::new(),
+                related: Some(other.clone()),
+                message: format!(
+                    "topic filter {a:?} overlaps {b:?} of ingest.sources[{j}]: a message on a topic both match would be read by two sources"
+                ),
+            });
+        }
+    }
+
+    // Devices known by their source's own id.
+    let sources: HashMap<&str, SourceFormat> = parts
+        .sources
+        .iter()
+        .map(|(_, s)| (s.effective_name(), s.format))
+        .collect();
+    let mut ids: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, d) in &parts.devices {
+        let Some(src) = &d.source else {
+            continue;
+        };
+        let path = format!("devices[{i}].source");
+        if ingest.sources.is_none() {
+            f.at(
+                format!("{path}.name"),
+                format!(
+                    "names source {:?}, but there is no [[ingest.sources]] list (only the native format is read)",
+                    src.name
+                ),
+            );
+            continue;
+        }
+        match sources.get(src.name.as_str()) {
+            Some(SourceFormat::Native) => f.at(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is a native source, whose devices are known by their `id`; remove `source`",
+                    src.name
+                ),
+            ),
+            None if parts.sources_complete => {
+                let mut known: Vec<&str> = sources.keys().copied().collect();
+                known.sort_unstable();
+                f.at(
+                    format!("{path}.name"),
+                    format!(
+                        "no [[ingest.sources]] entry is named {:?}; known: {}",
+                        src.name,
+                        known.join(", ")
+                    ),
+                )
+            }
+            _ => {}
+        }
+        if src.id.is_empty() {
+            f.at(format!("{path}.id"), "must not be empty");
+            continue;
+        }
+        match ids.entry((src.name.as_str(), src.id.as_str())) {
+            Entry::Occupied(first) => f.0.push(Finding {
+                path: format!("{path}.id"),
+                involves: Vec::new(),
+                related: Some(format!("devices[{}].source", first.get())),
+                message: format!(
+                    "source {:?} id {:?} is already devices[{}]",
+                    src.name,
+                    src.id,
+                    first.get()
+                ),
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert(*i);
+            }
+        }
+    }
+}
+
+fn check_map(base: &str, s: &SourceConfig, map: &JsonMap, f: &mut Findings) {
+    let key = |k: &str| format!("{base}.map.{k}");
+    let pointers = [
+        ("device_id", Some(&map.device_id)),
+        ("code_field", Some(&map.code_field)),
+        ("state_field", map.state_field.as_ref()),
+        ("time_field", map.time_field.as_ref()),
+        ("value_field", map.value_field.as_ref()),
+    ];
+    for (k, p) in pointers {
+        if let Some(p) = p {
+            if !p.starts_with('/') {
+                f.at(
+                    key(k),
+                    format!(
+                        "{p:?} is not a JSON pointer; write it like \"/object/{}\"",
+                        p.trim_start_matches('/')
+                    ),
+                );
+            }
+        }
+    }
+    if map.codes.is_empty() {
+        f.at(
+            key("codes"),
+            "must map at least one source value to an event code",
+        );
+    }
+    for (value, code) in &map.codes {
+        if estate_protocols::taxonomy::lookup(code).is_none() {
+            f.at(
+                key("codes"),
+                format!("{value:?} maps to {code:?}, which is not an event code of the taxonomy (see the README, \"Event codes\")"),
+            );
+        }
+    }
+    if let Some(both) = map.active.iter().find(|a| map.cleared.contains(a)) {
+        f.across(
+            key("active"),
+            &[key("cleared")],
+            format!("{both:?} is listed both as active and as cleared"),
+        );
+    }
+    if let Some(t) = &map.availability_topic {
+        if let Some(why) = topic_filter_problem(t) {
+            f.at(key("availability_topic"), format!("{t:?} {why}"));
+        } else if !s
+            .effective_topics()
+            .iter()
+            .any(|filter| filters_overlap(filter, t))
+        {
+            f.at(
+                key("availability_topic"),
+                format!(
+                    "{t:?} is not covered by this source's `topics`, so it would never be received"
+                ),
+            );
+        }
+    }
+    if map.online == map.offline {
+        f.at(key("offline"), "must differ from `online`");
+    }
+}
