@@ -42,7 +42,7 @@ fn check_code(path: String, code: &str, f: &mut Vec<Finding>) {
             f,
             path,
             format!(
-                "unknown event code {code:?}; use a code of the taxonomy (README, \"Event codes\")"
+                "unknown event code {code:?}; use a code of the taxonomy (docs/protocol.md, \"Event codes\")"
             ),
         );
     }

@@ -242,7 +242,7 @@ fn check_map(base: &str, s: &SourceConfig, map: &JsonMap, f: &mut Findings) {
         if estate_protocols::taxonomy::lookup(code).is_none() {
             f.at(
                 key("codes"),
-                format!("{value:?} maps to {code:?}, which is not an event code of the taxonomy (see the README, \"Event codes\")"),
+                format!("{value:?} maps to {code:?}, which is not an event code of the taxonomy (see docs/protocol.md, \"Event codes\")"),
             );
         }
     }
