@@ -22,23 +22,26 @@
 //! - `units.rs`: value types: [`ByteSize`] (`"64 KiB"`), [`Secret`] (prints `***`).
 //!   Durations are humantime strings (`"30s"`, `"2ms"`).
 //! - `load.rs`: text → document → sections, collecting type errors per key.
-//! - `validate.rs`: semantic rules over the typed sections (ranges, cross-field checks,
-//!   topic-safe ids, duplicate devices).
+//! - `validate/`: semantic rules over the typed sections, all run from `validate()` with
+//!   one signature (`check(&Parts, &mut Findings)`): `findings.rs` (the one findings type),
+//!   `core.rs` (ranges, cross-field checks, topic-safe ids, duplicate devices, commands),
+//!   `sources.rs`, `alerts.rs`, `modbus.rs` (buses and devices' `modbus` tables).
 //! - `secrets.rs`: `password_file` / `password_env` / `token_file` / `token_env`, read
 //!   into their [`Secret`] field at load time.
 //! - `warnings.rs`: [`Config::warnings`] — insecure but valid settings (a key file others
 //!   can read, an uplink without TLS, an API beyond loopback without a token).
 //! - `modbus.rs`: `[modbus]` buses, the devices' `modbus` table, and device profiles
 //!   ([`ModbusConfig`], [`BusConfig`], [`DeviceModbusConfig`], [`Profile`], [`Point`]);
-//!   `validate_modbus.rs` their rules. Profile files named in `modbus.profile_files` are
+//!   `validate/modbus.rs` their rules (a profile's own rules run as its file is read, so
+//!   that its problems are located in it). Profile files named in `modbus.profile_files` are
 //!   read relative to the config file's folder, and their problems are located in them.
 //! - `sources.rs`: `[[ingest.sources]]` ([`SourceConfig`], [`SourceFormat`], [`JsonMap`])
 //!   and a device's identity in its source ([`DeviceSource`]); MQTT topic-filter helpers.
-//!   Each source is deserialized on its own, like a device; `validate.rs` checks names,
+//!   Each source is deserialized on its own, like a device; `validate/sources.rs` checks names,
 //!   filters (valid, not overlapping), format-specific keys and taxonomy codes.
 //! - `alerts.rs`: `[alerts]` — local alert rules (severity overrides, debounce,
 //!   hold-open, offline detection, escalation, correlation, linkage, silence windows),
-//!   [`AlertsConfig`], and their validation.
+//!   [`AlertsConfig`]; `validate/alerts.rs` their rules.
 //! - `error.rs`: [`ConfigErrors`] / [`ConfigProblem`].
 //!
 //! # Flow
