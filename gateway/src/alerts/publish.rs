@@ -182,7 +182,7 @@ pub(crate) fn broker(cfg: &Config) -> Option<Endpoints> {
             Some(b)
         }
         Err(err) => {
-            warn!(error = %err, "Alert topic disabled: the ingest broker's TLS settings do not load.");
+            warn!(error = %crate::error_chain(&err), "Alert topic disabled: the ingest broker's TLS settings do not load.");
             None
         }
     }
