@@ -3,10 +3,14 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
+/// Runs one subcommand; on failure prints the error with its causes (`{:#}`: `error:
+/// what: why: ...`) on stderr and exits 1.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -15,5 +19,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    cli::run(args).await
+    match cli::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

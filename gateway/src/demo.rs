@@ -10,9 +10,11 @@
 //! read. Every two seconds it prints what flows; at the end, a summary with what the city
 //! platform received.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use estate_config::Config;
@@ -23,6 +25,7 @@ use estate_sim::publish::{self, PublishOptions, Scenario};
 /// The shipped default configuration, compiled in so the demo needs no files.
 pub const SHIPPED_CONFIG: &str = include_str!("../../config/gateway.toml");
 
+/// The `demo` subcommand's flags.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// How long to run (e.g. "30s"); runs until Ctrl-C when not given.
@@ -36,20 +39,10 @@ pub struct DemoArgs {
     pub alarm_every: u64,
 }
 
+/// Runs the demo until `--duration` is over or Ctrl-C, then prints the summary.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let broker = tokio::task::spawn_blocking(|| crate::broker::start(0)).await??;
-    let mut cfg = Config::from_toml_str(SHIPPED_CONFIG, "config/gateway.toml")
-        .map_err(|e| anyhow::anyhow!("shipped config: {e}"))?;
-    cfg.ingest.mqtt.host = broker.addr.ip().to_string();
-    cfg.ingest.mqtt.port = broker.addr.port();
-    cfg.uplink.mqtt.host = broker.addr.ip().to_string();
-    cfg.uplink.mqtt.port = broker.addr.port();
-    // A fresh token per run so the console can acknowledge and close alerts; the
-    // shipped config has none (read-only API).
-    let token = format!("demo-{:016x}", rand::random::<u64>());
-    if cfg.api.token.is_none() {
-        cfg.api.token = Some(estate_config::Secret::new(token.clone()));
-    }
+    let (cfg, token) = demo_config(broker.addr)?;
     let data = tempfile::Builder::new().prefix("estate-demo-").tempdir()?;
     let estate = cfg.gateway.estate_id.clone();
 
@@ -84,47 +77,98 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("the gateway did not subscribe to the embedded broker within 10 s")?;
 
+    let stop_publishing = CancellationToken::new();
+    let publisher = spawn_sensors(&args, broker.addr, &estate, stop_publishing.clone());
+    let formats = spawn_formats(broker.addr, stop_publishing.clone());
+    print_banner(broker.addr, &running, &token, &data, &estate);
+    print_progress(&args, &running, &city).await;
+
+    stop_publishing.cancel();
+    let report = publisher.await??;
+    let formats_acked = formats.await??;
+    settle(&running, &city, report.acked + formats_acked).await;
+    shutdown.cancel();
+    gateway.await??;
+    let c = city.summary();
+    println!(
+        "\nSensors published {} (acknowledged {}) plus {formats_acked} in third-party formats; the city platform received {} unique events ({} alarms, {} events), {} duplicates, {} missing, {} decode errors.",
+        report.sent, report.acked, c.unique, c.alarms, c.events, c.duplicates, c.missing(), c.decode_errors
+    );
+    Ok(())
+}
+
+/// The shipped config pointed at the embedded broker (ingest and uplink), with an API
+/// token so the console can acknowledge and close alerts; the token too.
+fn demo_config(broker: SocketAddr) -> anyhow::Result<(Config, String)> {
+    let mut cfg = Config::from_toml_str(SHIPPED_CONFIG, "config/gateway.toml")
+        .map_err(|e| anyhow::anyhow!("shipped config: {e}"))?;
+    cfg.ingest.mqtt.host = broker.ip().to_string();
+    cfg.ingest.mqtt.port = broker.port();
+    cfg.uplink.mqtt.host = broker.ip().to_string();
+    cfg.uplink.mqtt.port = broker.port();
+    // A fresh token per run; the shipped config has none (read-only API).
+    let token = format!("demo-{:016x}", rand::random::<u64>());
+    if cfg.api.token.is_none() {
+        cfg.api.token = Some(estate_config::Secret::new(token.clone()));
+    }
+    Ok((cfg, token))
+}
+
+/// The native devices: the mixed scenario at `--rate` until `stop`.
+fn spawn_sensors(
+    args: &DemoArgs,
+    broker: SocketAddr,
+    estate: &str,
+    stop: CancellationToken,
+) -> JoinHandle<anyhow::Result<publish::PublishReport>> {
     let seconds = args.duration.map_or(86_400.0 * 365.0, |d| d.as_secs_f64());
     let count = ((args.rate * seconds) as u64).max(1);
-    let stop_publishing = CancellationToken::new();
-    let publisher = tokio::spawn(publish::run_until(
+    tokio::spawn(publish::run_until(
         PublishOptions {
-            broker_host: broker.addr.ip().to_string(),
-            broker_port: broker.addr.port(),
-            estate_id: estate.clone(),
+            broker_host: broker.ip().to_string(),
+            broker_port: broker.port(),
+            estate_id: estate.to_owned(),
             count,
             rate: Some(args.rate),
             alarms: count / args.alarm_every.max(1),
             scenario: Scenario::Mixed,
             ..Default::default()
         },
-        stop_publishing.clone(),
-    ));
+        stop,
+    ))
+}
 
-    // Third-party formats beside the native devices, the script repeated until the end.
-    let formats = tokio::spawn({
-        let stop = stop_publishing.clone();
-        let host = broker.addr.ip().to_string();
-        let port = broker.addr.port();
-        async move {
-            // Not retained here (availability topics are, on a real broker): a retained
-            // publish is one more rumqttd path, and the demo's broker is rumqttd.
-            let mut steps = estate_sim::formats::mixed_estate("");
-            for s in &mut steps {
-                s.msg.retain = false;
-            }
-            let mut acked = 0u64;
-            while !stop.is_cancelled() {
-                let id = estate_sim::publish::random_client_id("demo-formats");
-                acked += estate_sim::publish::publish_steps(&host, port, &id, &steps, stop.clone())
-                    .await?;
-            }
-            anyhow::Ok(acked)
+/// Third-party formats beside the native devices, the script repeated until `stop`; how
+/// many messages the broker acknowledged.
+fn spawn_formats(broker: SocketAddr, stop: CancellationToken) -> JoinHandle<anyhow::Result<u64>> {
+    let host = broker.ip().to_string();
+    let port = broker.port();
+    tokio::spawn(async move {
+        // Not retained here (availability topics are, on a real broker): a retained
+        // publish is one more rumqttd path, and the demo's broker is rumqttd.
+        let mut steps = estate_sim::formats::mixed_estate("");
+        for s in &mut steps {
+            s.msg.retain = false;
         }
-    });
+        let mut acked = 0u64;
+        while !stop.is_cancelled() {
+            let id = publish::random_client_id("demo-formats");
+            acked += publish::publish_steps(&host, port, &id, &steps, stop.clone()).await?;
+        }
+        anyhow::Ok(acked)
+    })
+}
 
+/// Where everything is: broker, console, token, API, store, topics.
+fn print_banner(
+    broker: SocketAddr,
+    running: &crate::Running,
+    token: &str,
+    data: &tempfile::TempDir,
+    estate: &str,
+) {
     println!("estate-gateway demo: a simulated estate on this machine");
-    println!("  broker (embedded)   mqtt://{}", broker.addr);
+    println!("  broker (embedded)   mqtt://{broker}");
     println!(
         "  console             http://{}/   (open it in a browser)",
         running.api_addr
@@ -143,7 +187,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  and third-party     zigbee2mqtt/#, frigate/events, isapi/#, acs/#, nbiot/#");
     println!("  city stream         city/v1/{estate}/alarms|events");
     println!("Press Ctrl-C to stop.\n");
+}
 
+/// Every two seconds one line of what flows, until `--duration` is over or Ctrl-C.
+async fn print_progress(args: &DemoArgs, running: &crate::Running, city: &CityRecorder) {
     let started = Instant::now();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -177,30 +224,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         last_committed = committed;
     }
+}
 
-    stop_publishing.cancel();
-    let report = publisher.await??;
-    let formats_acked = formats.await??;
-    // Let the last events reach the city before stopping: first everything the sensors
-    // got a PUBACK for is committed, then the city has received it all.
+/// Lets the last events reach the city before stopping: first everything the sensors
+/// got a PUBACK for (`acked`) is committed, then the city has received it all (10 s
+/// each at most).
+async fn settle(running: &crate::Running, city: &CityRecorder, acked: u64) {
     let settle = tokio::time::Instant::now() + Duration::from_secs(10);
-    while m.ingest_acked.get() < report.acked + formats_acked
-        && tokio::time::Instant::now() < settle
-    {
+    while running.metrics.ingest_acked.get() < acked && tokio::time::Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let committed_total = *running.reader.committed().borrow();
     let _ = city
         .wait_for(|r| r.unique >= committed_total, Duration::from_secs(10))
         .await;
-    shutdown.cancel();
-    gateway.await??;
-    let c = city.summary();
-    println!(
-        "\nSensors published {} (acknowledged {}) plus {formats_acked} in third-party formats; the city platform received {} unique events ({} alarms, {} events), {} duplicates, {} missing, {} decode errors.",
-        report.sent, report.acked, c.unique, c.alarms, c.events, c.duplicates, c.missing(), c.decode_errors
-    );
-    Ok(())
 }
 
 fn dead_letters(m: &crate::telemetry::Metrics) -> u64 {
