@@ -3,21 +3,26 @@
 //! certificate for mutual TLS).
 //!
 //! [`Endpoints`] is a broker's node list (`hosts`, or `host`/`port`) with the node in use
-//! and the reconnect backoff: a stage asks it for a [`client`](Endpoints::client) for the
-//! current node, tells it [`failed`](Endpoints::failed) when a connection or attempt is
-//! lost (it moves to the next node, round robin, and says how long to wait), and
-//! [`proved`](Endpoints::proved) once the broker has acknowledged something (only then
-//! does the backoff start again from `reconnect_min`). One attempt at a time: the caller
-//! drops the old event loop (closing its socket) before it builds the next client.
+//! and the reconnect backoff: it moves to the next node, round robin, when a connection
+//! or attempt is [`failed`](Endpoints::failed), and starts the backoff again from
+//! `reconnect_min` only once the broker has acknowledged something
+//! ([`proved`](Endpoints::proved)).
 //!
-//! The event loop comes wrapped in a [`Poller`], whose [`next`](Poller::next) may be
-//! cancelled (a `select!` branch) without harm. rumqttc's own `EventLoop::poll` may not:
-//! while it connects, its future owns the new socket, so a `select!` whose other branch
-//! fires (a commit, a timer) drops it, closes that socket, and the next poll opens
+//! [`Connection`] is the one reconnect loop every MQTT client of the gateway runs (ingest,
+//! the uplink, the city link, the alert topic): a client for the node in use, polled
+//! through [`Connection::next`], which reports a loss once ([`Lost`]), then waits out the
+//! backoff and connects again, to the next node, in the way the stage asks for
+//! ([`Renew`]). One attempt at a time: the old event loop (and its socket) is dropped
+//! before the next client is built.
+//!
+//! Everything here is cancel-safe (a `select!` branch). rumqttc's own `EventLoop::poll`
+//! is not: while it connects, its future owns the new socket, so a `select!` whose other
+//! branch fires (a commit, a timer) drops it, closes that socket, and the next poll opens
 //! another. The broker still completes the CONNECT it has read, and with the same client
 //! id each late session takes over the live one. That was issue 14's "a new connection
 //! every 200 ms while a broker is slow to CONNACK" and its drop cycles (seen against
 //! NATS 2.9: three connections of one gateway within 2 s, each replacing the other).
+//! [`Poller`] keeps the poll in progress instead of dropping it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,9 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, TlsConfiguration,
-    Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions,
+    NetworkOptions, TlsConfiguration, Transport,
 };
+use tokio::time::Instant;
 
 use estate_config::{BrokerConfig, TlsConfig};
 use rustls::pki_types::pem::{self, PemObject};
@@ -161,30 +167,12 @@ impl Endpoints {
         false
     }
 
-    /// A fresh client for the node in use, whose attempt to connect (TCP, TLS, CONNACK)
-    /// is given up only after `connect_timeout`, and its event loop in a cancel-safe
-    /// [`Poller`]. `cap`: its request queue (requests beyond it wait, or fail with
-    /// `try_*`).
-    pub fn client(&self, cap: usize) -> (AsyncClient, Poller) {
-        let (client, mut eventloop) = AsyncClient::new(self.options().clone(), cap);
-        eventloop.set_network_options(self.network_options());
-        (client, Poller::new(eventloop))
-    }
-
     /// The network options that carry `connect_timeout` (rumqttc counts it in whole
     /// seconds; validation keeps it so).
-    pub fn network_options(&self) -> NetworkOptions {
+    fn network_options(&self) -> NetworkOptions {
         let mut n = NetworkOptions::new();
         n.set_connection_timeout(self.connect_timeout.as_secs().max(1));
         n
-    }
-
-    /// Points a kept event loop (one whose client lives on, with its session's pending
-    /// requests) at the node in use: `options` are that node's options with whatever the
-    /// caller sets per attempt (a last will), and the connect timeout.
-    pub fn point(&self, eventloop: &mut EventLoop, options: MqttOptions) {
-        eventloop.mqtt_options = options;
-        eventloop.set_network_options(self.network_options());
     }
 
     /// A connection, or an attempt, was lost: moves to the next node and returns how
@@ -274,7 +262,7 @@ type Polled = (EventLoop, Result<Event, ConnectionError>);
 /// An event loop whose [`next`](Poller::next) is cancel-safe: the poll in progress is
 /// kept, not dropped, when a `select!` takes another branch (see the module doc).
 /// Dropping the `Poller` closes the connection.
-pub struct Poller {
+struct Poller {
     /// The event loop between polls.
     idle: Option<EventLoop>,
     /// The poll in progress, which owns the event loop until it ends.
@@ -293,7 +281,7 @@ async fn poll_owned(mut eventloop: EventLoop) -> Polled {
 }
 
 impl Poller {
-    pub fn new(eventloop: EventLoop) -> Self {
+    fn new(eventloop: EventLoop) -> Self {
         Poller {
             idle: Some(eventloop),
             polling: None,
@@ -302,7 +290,7 @@ impl Poller {
 
     /// The next event, as `EventLoop::poll` gives it (it connects first, and again
     /// after an error). Cancelling this loses nothing: the poll goes on at the next call.
-    pub async fn next(&mut self) -> Result<Event, ConnectionError> {
+    async fn next(&mut self) -> Result<Event, ConnectionError> {
         let polling = match (&mut self.polling, self.idle.take()) {
             (Some(p), _) => p,
             (None, Some(eventloop)) => self.polling.insert(Box::pin(poll_owned(eventloop))),
@@ -315,11 +303,231 @@ impl Poller {
     }
 
     /// The event loop between polls (after [`next`](Poller::next) returned), e.g. to
-    /// point it at another node after an error: [`Endpoints::point`]. `None` while a
-    /// poll is in progress.
-    pub fn idle_mut(&mut self) -> Option<&mut EventLoop> {
+    /// point it at another node after an error. `None` while a poll is in progress.
+    fn idle_mut(&mut self) -> Option<&mut EventLoop> {
         self.idle.as_mut()
     }
+}
+
+/// How a [`Connection`] connects again after a loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renew {
+    /// A fresh client for every attempt: the requests the lost one held are dropped (the
+    /// uplink resends from its cursors instead).
+    Fresh,
+    /// The same event loop while the broker has one node, keeping its session's pending
+    /// requests and acknowledgements; a fresh client for each attempt when there are
+    /// several (another node's session knows nothing of this one's packet ids).
+    KeepOnOneNode,
+    /// The same event loop, pointed at whichever node is next: its queued publishes go
+    /// to the next node (the city link's outbox).
+    Keep,
+}
+
+/// A connection was lost, or an attempt failed: what [`Connection::next`] reports, once
+/// per loss. The connection waits out `retry_in`, then tries `next`.
+#[derive(Debug)]
+pub struct Lost {
+    /// What rumqttc said.
+    pub error: ConnectionError,
+    /// `host:port` of the node that was lost.
+    pub broker: String,
+    /// `host:port` of the node tried next.
+    pub next: String,
+    /// The backoff before that attempt.
+    pub retry_in: Duration,
+    /// The client itself refused a packet it was writing (too large for the broker's
+    /// limit) rather than the link failing: the same node is tried again after
+    /// `reconnect_min`, and the backoff does not grow. Resending that packet unchanged
+    /// would fail the same way; what to do with it is the stage's business.
+    pub refused: bool,
+}
+
+/// Makes the last will for an attempt, when it starts.
+pub type WillFn = Box<dyn Fn() -> LastWill + Send + Sync>;
+
+/// The one reconnect loop of every MQTT client here (see the module doc): the client for
+/// the node in use, and how it is replaced after a loss.
+pub struct Connection {
+    endpoints: Endpoints,
+    /// The client's request queue (requests beyond it wait, or fail with `try_*`).
+    cap: usize,
+    renew: Renew,
+    /// Makes the last will of each attempt (the city link's "offline" status, stamped
+    /// with the attempt's time).
+    last_will: Option<WillFn>,
+    client: AsyncClient,
+    poller: Poller,
+    /// After a loss: when the next attempt is due.
+    retry_at: Option<Instant>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("broker", &self.endpoints.addr())
+            .field("renew", &self.renew)
+            .field("retry_at", &self.retry_at)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// A client for the first node of `endpoints`; it connects at the first
+    /// [`next`](Connection::next). `cap`: its request queue.
+    pub fn new(endpoints: Endpoints, cap: usize, renew: Renew) -> Self {
+        let (client, poller) = fresh(&endpoints, None, cap);
+        Connection {
+            endpoints,
+            cap,
+            renew,
+            last_will: None,
+            client,
+            poller,
+            retry_at: None,
+        }
+    }
+
+    /// Gives every attempt from the next one on the last will `will` makes when the
+    /// attempt starts (the attempt in progress, if any, keeps the one it started with).
+    pub fn set_last_will(&mut self, will: WillFn) {
+        self.last_will = Some(will);
+        if let Some(eventloop) = self.poller.idle_mut() {
+            eventloop.mqtt_options = attempt_options(&self.endpoints, self.last_will.as_ref());
+        }
+    }
+
+    /// The client of the connection in use, to publish and subscribe with. It changes
+    /// when the connection is renewed: take it anew after every [`Lost`].
+    pub fn client(&self) -> &AsyncClient {
+        &self.client
+    }
+
+    /// The broker's nodes and the one in use.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// `host:port` of the node in use.
+    pub fn addr(&self) -> String {
+        self.endpoints.addr()
+    }
+
+    /// The next event. After a loss it first waits out the backoff, then connects again
+    /// (to the next node, as [`Renew`] says). An acknowledgement from the broker (of a
+    /// publish, a subscription or a ping) proves the connection: the backoff starts
+    /// again from `reconnect_min` after the next loss. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Event, Lost> {
+        if let Some(at) = self.retry_at {
+            tokio::time::sleep_until(at).await;
+            self.retry_at = None;
+            self.reconnect();
+        }
+        match self.poller.next().await {
+            Ok(event) => {
+                if matches!(
+                    event,
+                    Event::Incoming(
+                        Incoming::PubAck(_)
+                            | Incoming::PubComp(_)
+                            | Incoming::SubAck(_)
+                            | Incoming::UnsubAck(_)
+                            | Incoming::PingResp
+                    )
+                ) {
+                    self.endpoints.proved();
+                }
+                Ok(event)
+            }
+            Err(error) => Err(self.lost(error)),
+        }
+    }
+
+    /// The next event of the session in use, never connecting again: `None` once it is
+    /// lost (or while it is down). For the last acknowledgements at a stop.
+    pub async fn next_in_session(&mut self) -> Option<Event> {
+        if self.retry_at.is_some() {
+            return None;
+        }
+        match self.poller.next().await {
+            Ok(event) => Some(event),
+            Err(error) => {
+                self.lost(error);
+                None
+            }
+        }
+    }
+
+    /// Drops the connection now and opens a new session with a fresh client at the next
+    /// [`next`](Connection::next), without counting a failure (ingest, so that the
+    /// broker redelivers what it left unacknowledged).
+    pub fn renew_now(&mut self) {
+        (self.client, self.poller) = fresh(&self.endpoints, self.last_will.as_ref(), self.cap);
+        self.retry_at = None;
+    }
+
+    fn lost(&mut self, error: ConnectionError) -> Lost {
+        let broker = self.endpoints.addr();
+        let refused = is_refusal(&error);
+        let retry_in = if refused {
+            self.endpoints.reconnect_min
+        } else {
+            self.endpoints.failed()
+        };
+        self.retry_at = Some(Instant::now() + retry_in);
+        Lost {
+            error,
+            broker,
+            next: self.endpoints.addr(),
+            retry_in,
+            refused,
+        }
+    }
+
+    /// After the backoff: a fresh client, or the kept event loop pointed at the node in
+    /// use.
+    fn reconnect(&mut self) {
+        let keep = match self.renew {
+            Renew::Fresh => false,
+            Renew::KeepOnOneNode => self.endpoints.len() == 1,
+            Renew::Keep => true,
+        };
+        match self.poller.idle_mut() {
+            Some(eventloop) if keep => {
+                eventloop.mqtt_options = attempt_options(&self.endpoints, self.last_will.as_ref());
+                eventloop.set_network_options(self.endpoints.network_options());
+            }
+            _ => self.renew_now(),
+        }
+    }
+}
+
+/// The options of an attempt on the node in use.
+fn attempt_options(endpoints: &Endpoints, last_will: Option<&WillFn>) -> MqttOptions {
+    let mut options = endpoints.options().clone();
+    if let Some(will) = last_will {
+        options.set_last_will(will());
+    }
+    options
+}
+
+/// A fresh client for the node in use, whose attempt to connect (TCP, TLS, CONNACK) is
+/// given up only after `connect_timeout`.
+fn fresh(endpoints: &Endpoints, last_will: Option<&WillFn>, cap: usize) -> (AsyncClient, Poller) {
+    let (client, mut eventloop) = AsyncClient::new(attempt_options(endpoints, last_will), cap);
+    eventloop.set_network_options(endpoints.network_options());
+    (client, Poller::new(eventloop))
+}
+
+/// A packet the client itself refused (rumqttc's size check while writing it), as
+/// opposed to the link failing.
+fn is_refusal(err: &ConnectionError) -> bool {
+    matches!(
+        err,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::OutgoingPacketTooLarge { .. }
+        ))
+    )
 }
 
 #[cfg(test)]

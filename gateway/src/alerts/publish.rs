@@ -5,22 +5,22 @@
 //!   every reconnect so that a late subscriber sees the truth;
 //! - `{prefix}/{estate}/alerts/changes` — one message per transition, not retained.
 //!
-//! It reconnects with the ingest broker's backoff (`ingest.mqtt.reconnect_min`, doubled
-//! per failed round of its nodes up to `reconnect_max`, as ingest does): see
-//! [`reconnect`], the one place that manages its connection.
+//! It reconnects as ingest does, through [`Connection`], with the ingest broker's backoff
+//! (`ingest.mqtt.reconnect_min`, doubled per failed round of its nodes up to
+//! `reconnect_max`).
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, QoS};
+use rumqttc::{Event, Incoming, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use estate_config::Config;
 
-use crate::mqtt::{Endpoints, Poller};
+use crate::mqtt::{Connection, Endpoints, Renew};
 
-/// The client's request queue (see [`Endpoints::client`]); only the publisher task
+/// The client's request queue (see [`Connection::new`]); only the publisher task
 /// fills it, with `try_publish`, and drops what does not fit.
 const REQUESTS: usize = 64;
 /// How long the queued publishes and the disconnect may take at the end.
@@ -84,39 +84,10 @@ impl Publisher {
     }
 }
 
-/// The connection to the ingest broker: a client for the node in use and its event loop.
-struct Connection {
-    endpoints: Endpoints,
-    client: AsyncClient,
-    poller: Poller,
-}
-
-/// The connection was lost (or an attempt failed): waits the configured backoff, then
-/// moves on to the broker's next node (a fresh client; with one node the same event loop
-/// connects again). `false` when `stop` came first.
-async fn reconnect(conn: &mut Connection, err: &ConnectionError, stop: &CancellationToken) -> bool {
-    let lost = conn.endpoints.addr();
-    let retry_in = conn.endpoints.failed();
-    debug!(broker = %lost, error = %err, next = %conn.endpoints.addr(), ?retry_in, "Alert topic publisher disconnected; reconnecting.");
-    tokio::select! {
-        () = stop.cancelled() => return false,
-        () = tokio::time::sleep(retry_in) => {}
-    }
-    if conn.endpoints.len() > 1 {
-        (conn.client, conn.poller) = conn.endpoints.client(REQUESTS);
-    }
-    true
-}
-
 /// The publisher task: publishes what comes in, keeps the latest retained document for
 /// each new connection, and at `stop` sends what is queued and disconnects.
 async fn run(endpoints: Endpoints, mut rx: mpsc::Receiver<MqttMsg>, stop: CancellationToken) {
-    let (client, poller) = endpoints.client(REQUESTS);
-    let mut conn = Connection {
-        endpoints,
-        client,
-        poller,
-    };
+    let mut conn = Connection::new(endpoints, REQUESTS, Renew::KeepOnOneNode);
     // The latest retained document, re-sent after every reconnect.
     let mut retained: Option<MqttMsg> = None;
     loop {
@@ -126,7 +97,7 @@ async fn run(endpoints: Endpoints, mut rx: mpsc::Receiver<MqttMsg>, stop: Cancel
                 let Some(msg) = msg else { break };
                 // Never await the request queue here: only this loop drains it.
                 if conn
-                    .client
+                    .client()
                     .try_publish(msg.topic.clone(), QoS::AtLeastOnce, msg.retain, msg.payload.clone())
                     .is_err()
                 {
@@ -136,35 +107,28 @@ async fn run(endpoints: Endpoints, mut rx: mpsc::Receiver<MqttMsg>, stop: Cancel
                     retained = Some(msg);
                 }
             }
-            ev = conn.poller.next() => match ev {
+            ev = conn.next() => match ev {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                     if let Some(m) = &retained {
-                        let _ = conn.client.try_publish(m.topic.clone(), QoS::AtLeastOnce, true, m.payload.clone());
+                        let _ = conn.client().try_publish(m.topic.clone(), QoS::AtLeastOnce, true, m.payload.clone());
                     }
-                }
-                // The broker acknowledged something: the backoff starts again from
-                // `reconnect_min` after the next loss (a CONNACK alone proves nothing).
-                Ok(Event::Incoming(Incoming::PubAck(_) | Incoming::PingResp)) => {
-                    conn.endpoints.proved();
                 }
                 Ok(_) => {}
-                Err(err) => {
-                    if !reconnect(&mut conn, &err, &stop).await {
-                        break;
-                    }
+                Err(lost) => {
+                    debug!(broker = %lost.broker, error = %lost.error, next = %lost.next, retry_in = ?lost.retry_in, "Alert topic publisher disconnected; reconnecting.");
                 }
             }
         }
     }
     while let Ok(msg) = rx.try_recv() {
         let _ = conn
-            .client
+            .client()
             .try_publish(msg.topic, QoS::AtLeastOnce, msg.retain, msg.payload);
     }
-    let _ = conn.client.try_disconnect();
+    let _ = conn.client().try_disconnect();
     // Let the disconnect (and queued publishes) go out.
     let _ = tokio::time::timeout(FINAL_FLUSH, async {
-        while conn.poller.next().await.is_ok() {}
+        while conn.next_in_session().await.is_some() {}
     })
     .await;
 }

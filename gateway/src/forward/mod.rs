@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use rumqttc::{ConnectionError, Event as MqttEvent, Outgoing, Packet, QoS};
+use rumqttc::{Event as MqttEvent, Outgoing, Packet, QoS};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -46,6 +46,7 @@ use estate_protocols::pb;
 
 use crate::events::{gateway_event, now_ms};
 use crate::health::{Level, LogThrottle, Throttled};
+use crate::mqtt::{Connection, Renew};
 use crate::store::{DeadLetter, StoreHandle, StoreReader};
 use crate::telemetry::Metrics;
 pub use batch::{max_payload, pack, publish_size, Cut, Header, Limits, Packed, Unfit};
@@ -94,7 +95,6 @@ pub struct Forwarder {
     max_packet: usize,
     max_inflight: usize,
     down_alert_after: Duration,
-    reconnect_min: Duration,
     /// `uplink.linger`: how long the events lane waits for a batch to fill.
     linger: Duration,
     /// The ERROR for a refused publish or an event given up on: the first, then one
@@ -127,7 +127,6 @@ impl Forwarder {
             cut_log: Arc::new(LogThrottle::new(5, Duration::from_secs(60))),
             max_inflight: u.max_inflight_batches.max(1),
             down_alert_after: u.down_alert_after,
-            reconnect_min: u.mqtt.reconnect_min,
             linger: u.linger,
         })
     }
@@ -183,8 +182,11 @@ impl Forwarder {
             down_since: Some(Instant::now()),
             down_alert_raised: false,
         };
-        let mut endpoints = self.endpoints.clone();
-        let mut reconnect_at = Instant::now();
+        let mut conn = Connection::new(
+            self.endpoints.clone(),
+            self.max_inflight * 2 + 16,
+            Renew::Fresh,
+        );
         // Since when the events lane has held a batch that is not full (`uplink.linger`).
         let mut lingering: Option<Instant> = None;
         let mut lanes = self.lanes(&reader);
@@ -195,22 +197,11 @@ impl Forwarder {
         let mut strikes: (u32, [u64; 2]) = (0, [0, 0]);
 
         'connection: loop {
-            // Wait out the backoff (still raising the outage alert and honouring shutdown).
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled(), if timers.deadline.is_none() => timers.shutdown_requested(),
-                    timer = timers.next() => if self.on_timer(timer, &mut timers, &endpoints.addr(), &store).await?.is_break() {
-                        info!("Uplink still down at the end of the shutdown grace period.");
-                        return Ok(());
-                    },
-                    _ = tokio::time::sleep_until(reconnect_at) => break,
-                }
-            }
-
-            // The previous event loop, and with it its socket, is gone: one attempt at a
+            // A fresh client for every connection, after the backoff (which `conn.next()`
+            // waits out in the `select!` below, so the outage alert and shutdown go on):
+            // the previous event loop, and with it its socket, is gone, one attempt at a
             // time per client id (issue 14).
-            let (client, mut eventloop) = endpoints.client(self.max_inflight * 2 + 16);
-            let broker = endpoints.addr();
+            let broker = conn.addr();
             let mut inflight = InFlight::default();
             // The last seq handed to the client (or skipped), per lane: from the cursor,
             // or past it where an acknowledgement or a skip has not reached the store yet.
@@ -272,7 +263,7 @@ impl Forwarder {
                                 }
                                 let last = packed.batch.last_seq;
                                 let n = packed.batch.events.len() as u64;
-                                if let Err(err) = client.try_publish(
+                                if let Err(err) = conn.client().try_publish(
                                     lanes[i].topic.clone(),
                                     QoS::AtLeastOnce,
                                     false,
@@ -298,9 +289,10 @@ impl Forwarder {
                     && Lane::ALL.iter().all(|l| reader.backlog(*l) == 0)
                 {
                     info!("Everything committed was forwarded; uplink done.");
-                    let _ = client.try_disconnect();
+                    let _ = conn.client().try_disconnect();
                     let _ =
-                        tokio::time::timeout(Duration::from_millis(500), eventloop.next()).await;
+                        tokio::time::timeout(Duration::from_millis(500), conn.next_in_session())
+                            .await;
                     return Ok(());
                 }
                 let careful =
@@ -319,7 +311,7 @@ impl Forwarder {
                     // the window has room: until then a PUBACK is what wakes it).
                     _ = tokio::time::sleep_until(lingering.map_or_else(Instant::now, |t| t + self.linger)), if connected && lingering.is_some() && room => {}
                     // Cancel-safe: a commit or timer never abandons a connection attempt.
-                    polled = eventloop.next() => match polled {
+                    polled = conn.next() => match polled {
                         Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                             info!(%broker, "Uplink connected.");
                             connected = true;
@@ -335,9 +327,7 @@ impl Forwarder {
                                 debug!(pkid, "Publish id with no batch waiting for it.");
                             }
                         }
-                        Ok(MqttEvent::Incoming(Packet::PingResp)) => endpoints.proved(),
                         Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                            endpoints.proved();
                             for adv in inflight.on_puback(ack.pkid) {
                                 if careful_sent.as_ref().is_some_and(|(i, e, _)| lanes[*i].lane == adv.lane && e.seq <= adv.cursor) {
                                     careful_sent = None;
@@ -348,24 +338,23 @@ impl Forwarder {
                             }
                         }
                         Ok(_) => {}
-                        Err(err) if is_refusal(&err) => {
+                        Err(lost) if lost.refused => {
                             metrics.uplink_connected.set(0);
-                            let refusal = Refusal::Client(format!("the uplink client refused it: {err}"));
+                            let refusal = Refusal::Client(format!("the uplink client refused it: {}", lost.error));
                             if self.on_refused(refusal, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
                                 gave_up_at = Some(Instant::now());
                             }
+                            // Not a link failure: the same node again after `reconnect_min`,
+                            // without growing the backoff.
                             inflight.clear();
-                            // Not a link failure: reconnect at once, without growing the backoff.
-                            reconnect_at = Instant::now() + self.reconnect_min;
                             continue 'connection;
                         }
-                        Err(err) => {
+                        Err(lost) => {
                             metrics.uplink_connected.set(0);
                             if connected || timers.down_since.is_none() {
                                 timers.down_since = Some(Instant::now());
                             }
-                            let retry_in = endpoints.failed();
-                            warn!(%broker, error = %err, next = %endpoints.addr(), ?retry_in, in_flight = inflight.len(), "Uplink connection failed; will resend from the cursors.");
+                            warn!(broker = %lost.broker, error = %lost.error, next = %lost.next, retry_in = ?lost.retry_in, in_flight = inflight.len(), "Uplink connection failed; will resend from the cursors.");
                             if connected && !advanced && !inflight.is_empty() {
                                 strikes = if strikes.1 == start { (strikes.0 + 1, start) } else { (1, start) };
                             } else {
@@ -373,13 +362,12 @@ impl Forwarder {
                             }
                             if strikes.0 >= BROKER_STRIKES {
                                 strikes.0 = 0;
-                                let refusal = Refusal::Broker(format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {err}"));
+                                let refusal = Refusal::Broker(format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {}", lost.error));
                                 if self.on_refused(refusal, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
                                     gave_up_at = Some(Instant::now());
                                 }
                             }
                             inflight.clear();
-                            reconnect_at = Instant::now() + retry_in;
                             continue 'connection;
                         }
                     }
@@ -803,17 +791,6 @@ async fn read_lane(
         tokio::task::spawn_blocking(move || reader.read_lane(lane, after, max_events, max_bytes))
             .await??;
     Ok(events)
-}
-
-/// A publish the uplink client itself refused (rumqttc's packet check while writing it),
-/// as opposed to the link failing: resending it unchanged would fail the same way.
-fn is_refusal(err: &ConnectionError) -> bool {
-    matches!(
-        err,
-        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-            rumqttc::Error::OutgoingPacketTooLarge { .. }
-        ))
-    )
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.

@@ -30,6 +30,7 @@ use estate_config::Config;
 
 use crate::events::now_ms;
 use crate::health::{LogThrottle, Throttled};
+use crate::mqtt::{Connection, Renew};
 use crate::store::{DeadLetter, Pending, StoreError, StoreHandle};
 use crate::telemetry::Metrics;
 use formats::{bounded_raw, cut, DecodeError, Sources};
@@ -118,7 +119,11 @@ impl MqttIngest {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
-        let (mut client, mut eventloop) = self.endpoints.client(REQUEST_CAPACITY);
+        let mut conn = Connection::new(
+            self.endpoints.clone(),
+            REQUEST_CAPACITY,
+            Renew::KeepOnOneNode,
+        );
         let mut resession_at: Option<tokio::time::Instant> = None;
         let mut acks = AckQueue::default();
         // Clears camera alarms after their silence; only sources that need it tick.
@@ -127,10 +132,10 @@ impl MqttIngest {
             tick_every.unwrap_or(3_600_000).max(1) as u64,
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        info!(broker = %self.endpoints.addr(), nodes = self.endpoints.len(), client_id = %self.endpoints.options().client_id(), "MQTT ingest starting.");
+        info!(broker = %conn.addr(), nodes = self.endpoints.len(), client_id = %self.endpoints.options().client_id(), "MQTT ingest starting.");
         loop {
             acks.promote();
-            acks.flush(&client, &metrics);
+            acks.flush(conn.client(), &metrics);
             let reading = acks.waiting.len() < MAX_UNACKED;
             if std::mem::take(&mut acks.left_unacked) {
                 resession_at = Some(tokio::time::Instant::now() + RESESSION_AFTER);
@@ -144,7 +149,7 @@ impl MqttIngest {
                     metrics.ingest_connected.set(0);
                     // Dropping the event loop closes the connection; the persistent
                     // session keeps the unacknowledged messages for the new one.
-                    (client, eventloop) = self.endpoints.client(REQUEST_CAPACITY);
+                    conn.renew_now();
                 }
                 done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
                 _ = tick.tick(), if tick_every.is_some() => {
@@ -153,7 +158,7 @@ impl MqttIngest {
                         break;
                     }
                 }
-                polled = eventloop.next(), if reading => match polled {
+                polled = conn.next(), if reading => match polled {
                     Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                         metrics.ingest_received.inc();
                         match self.accept(&publish, &store, &metrics).await {
@@ -165,35 +170,24 @@ impl MqttIngest {
                         }
                     }
                     Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                        info!(broker = %self.endpoints.addr(), session_present = ack.session_present, "Connected to the ingest broker.");
-                        if let Err(err) = client.try_subscribe_many(self.filters()) {
+                        info!(broker = %conn.addr(), session_present = ack.session_present, "Connected to the ingest broker.");
+                        if let Err(err) = conn.client().try_subscribe_many(self.filters()) {
                             warn!(error = %err, "Could not queue the subscription.");
                         }
                     }
                     Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
                         debug!(codes = ?ack.return_codes, "Subscribed.");
-                        self.endpoints.proved();
                         // Connected *and* subscribed: from here on the broker keeps
                         // what the sensors publish for this session.
                         metrics.ingest_connected.set(1);
                     }
                     Ok(_) => {}
-                    Err(err) => {
+                    Err(lost) => {
                         metrics.ingest_connected.set(0);
-                        let lost = self.endpoints.addr();
-                        let retry_in = self.endpoints.failed();
-                        warn!(broker = %lost, error = %err, next = %self.endpoints.addr(), ?retry_in, "Ingest broker connection failed; reconnecting.");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(retry_in) => {}
-                        }
-                        if self.endpoints.len() > 1 {
-                            // The next node: a fresh client (the lost one's socket is
-                            // closed). Its persistent session there redelivers what was
-                            // not acknowledged. With one node the same event loop
-                            // reconnects, keeping its session state.
-                            (client, eventloop) = self.endpoints.client(REQUEST_CAPACITY);
-                        }
+                        // With one node the same event loop reconnects, keeping its
+                        // session state; a fresh client at the next node, whose
+                        // persistent session there redelivers what was not acknowledged.
+                        warn!(broker = %lost.broker, error = %lost.error, next = %lost.next, retry_in = ?lost.retry_in, "Ingest broker connection failed; reconnecting.");
                     }
                 },
             }
@@ -203,21 +197,21 @@ impl MqttIngest {
         let drain = async {
             loop {
                 acks.promote();
-                acks.flush(&client, &metrics);
+                acks.flush(conn.client(), &metrics);
                 if acks.waiting.is_empty() && acks.ready.is_empty() {
                     break;
                 }
                 tokio::select! {
                     done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
-                    p = eventloop.next() => if p.is_err() { return },
+                    p = conn.next_in_session() => if p.is_none() { return },
                 }
             }
-            let _ = client.try_disconnect();
+            let _ = conn.client().try_disconnect();
             // Read until the broker closes the connection. Closing our end first while
             // its publishes still sit unread in the socket makes the kernel send a reset,
             // and the broker then discards the final PUBACKs it has not read yet: those
             // messages would come back after a restart as new events under new seqs.
-            while eventloop.next().await.is_ok() {}
+            while conn.next_in_session().await.is_some() {}
         };
         if tokio::time::timeout(Duration::from_secs(5), drain)
             .await

@@ -63,7 +63,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ use crate::duty::{DutyDesk, DutyError, RollCall, RollCallRequest};
 use crate::events::{gateway_event, now_ms};
 use crate::forward::{Header, Limits};
 use crate::health::Level;
-use crate::mqtt::Endpoints;
+use crate::mqtt::{Connection, Endpoints, Renew, WillFn};
 use crate::store::{DeadLetter, StoreError, StoreHandle, StoreReader};
 use crate::telemetry::{Metrics, OutcomeLabel};
 use command::{clip, Refusal};
@@ -224,21 +224,20 @@ impl Link {
         }
     }
 
-    /// The one place the link's connection is set up: the options for the next
-    /// connection attempt to the node `endpoints` is at, carrying its last will
-    /// (offline, stamped `since_ms`). The one event loop makes one attempt at a time
-    /// (polled through a cancel-safe [`crate::mqtt::Poller`], so a `select!` never abandons an
-    /// attempt the broker may still complete), and the link waits out the backoff
-    /// between them, so there is never more than one live attempt for this client id.
-    fn connection(&self, endpoints: &Endpoints, since_ms: i64) -> MqttOptions {
-        let mut o = endpoints.options().clone();
-        o.set_last_will(LastWill::new(
-            self.topics.status.clone(),
-            self.link_state(false, since_ms).encode_to_vec(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-        o
+    /// The last will of each connection attempt: offline, stamped with the attempt's
+    /// time (the broker publishes it later, unchanged). One event loop makes one attempt
+    /// at a time and waits out the backoff between them ([`Connection`]), so there is
+    /// never more than one live attempt for this client id.
+    fn last_will(&self) -> WillFn {
+        let topic = self.topics.status.clone();
+        let offline = self.link_state(false, 0);
+        Box::new(move || {
+            let state = pb::LinkState {
+                since_ms: now_ms(),
+                ..offline.clone()
+            };
+            LastWill::new(topic.clone(), state.encode_to_vec(), QoS::AtLeastOnce, true)
+        })
     }
 
     /// Runs until `shutdown`: connects (and reconnects with backoff), publishes the
@@ -249,11 +248,8 @@ impl Link {
             let reader = ctx.reader.clone();
             blocking(move || seen::Seen::open(&reader)).await?
         };
-        let mut endpoints = self.endpoints.clone();
-        let (client, mut eventloop) = endpoints.client(REQUEST_CAPACITY);
-        if let Some(el) = eventloop.idle_mut() {
-            endpoints.point(el, self.connection(&endpoints, now_ms()));
-        }
+        let mut conn = Connection::new(self.endpoints.clone(), REQUEST_CAPACITY, Renew::Keep);
+        conn.set_last_will(self.last_will());
         // Finished commands from their tasks. Bounded: a task waits while it is full (the
         // loop drains it every turn).
         let (done_tx, mut done_rx) = mpsc::channel::<pb::CommandResult>(64);
@@ -272,7 +268,7 @@ impl Link {
             link: &self,
             ctx,
             seen,
-            client,
+            client: conn.client().clone(),
             outbox: VecDeque::new(),
             pending: HashMap::new(),
             tasks: JoinSet::new(),
@@ -281,7 +277,7 @@ impl Link {
         };
         st.answer_interrupted().await?;
         st.prune().await?;
-        info!(client_id = %endpoints.options().client_id(), broker = %endpoints.addr(), nodes = endpoints.len(), commands = self.commands_enabled, "City link starting.");
+        info!(client_id = %self.endpoints.options().client_id(), broker = %conn.addr(), nodes = self.endpoints.len(), commands = self.commands_enabled, "City link starting.");
 
         let mut tick = tokio::time::interval_at(
             tokio::time::Instant::now() + self.status_interval,
@@ -305,9 +301,9 @@ impl Link {
                 }
                 _ = tick.tick(), if connected => st.publish_status("").await?,
                 _ = prune.tick() => st.prune().await?,
-                polled = eventloop.next() => match polled {
+                polled = conn.next() => match polled {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                        info!(session_present = ack.session_present, broker = %endpoints.addr(), "City link connected.");
+                        info!(session_present = ack.session_present, broker = %conn.addr(), "City link connected.");
                         connected = true;
                         st.ctx.metrics.link_connected.set(1);
                         st.send(&self.topics.status, self.link_state(true, now_ms()).encode_to_vec(), true);
@@ -334,9 +330,7 @@ impl Link {
                             st.ack(p);
                         }
                     }
-                    Ok(MqttEvent::Incoming(Packet::PubAck(_) | Packet::PingResp)) => endpoints.proved(),
                     Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                        endpoints.proved();
                         if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                             warn!(topic = %self.topics.commands, "The city broker refused the commands subscription (its ACL for this identity?); no command can arrive.");
                             st.ctx.metrics.health.set(HEALTH_KEY, Level::Degraded, format!("the city broker refused the subscription to {}: commands from the city cannot arrive (check the broker's ACL for this gateway)", self.topics.commands));
@@ -346,20 +340,10 @@ impl Link {
                         }
                     }
                     Ok(_) => {}
-                    Err(err) => {
+                    Err(lost) => {
                         connected = false;
                         st.ctx.metrics.link_connected.set(0);
-                        let failed = endpoints.addr();
-                        let wait = endpoints.failed();
-                        warn!(error = %err, broker = %failed, next = %endpoints.addr(), retry_in = ?wait, "City link connection failed; reconnecting.");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(wait) => {}
-                        }
-                        let options = self.connection(&endpoints, now_ms());
-                        if let Some(el) = eventloop.idle_mut() {
-                            endpoints.point(el, options);
-                        }
+                        warn!(error = %lost.error, broker = %lost.broker, next = %lost.next, retry_in = ?lost.retry_in, "City link connection failed; reconnecting.");
                     }
                 },
             }
@@ -389,12 +373,12 @@ impl Link {
                     if st.outbox.is_empty() {
                         break;
                     }
-                    if eventloop.next().await.is_err() {
+                    if conn.next_in_session().await.is_none() {
                         return;
                     }
                 }
                 let _ = st.client.try_disconnect();
-                while eventloop.next().await.is_ok() {}
+                while conn.next_in_session().await.is_some() {}
             };
             if tokio::time::timeout(STOP_WITHIN, drain).await.is_err() {
                 warn!("City link: the offline status or the last results may not have gone out before the stop.");
