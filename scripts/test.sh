@@ -4,9 +4,10 @@
 # to `cargo test` (e.g. `scripts/test.sh -p estate-gateway --test tls`).
 #
 # What a test cannot do without (each installed only when missing): Mosquitto (the
-# external-broker and TLS tests), nats-server (the 3-node cluster tests), openssl (the TLS
-# tests' certificates), socat (the Modbus serial test's pseudo-terminal), systemd-analyze
-# (the unit check), headless Chromium with a CJK font and node/npm (the console tests).
+# external-broker and TLS tests), nats-server (the 3-node cluster tests), systemd-analyze
+# (the unit check), headless Chromium with a CJK font and node/npm (the console tests). The
+# TLS tests make their certificates with rcgen and the Modbus serial test its
+# pseudo-terminal with rustix (dev-dependencies), so neither needs openssl or socat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +27,6 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 have mosquitto || install mosquitto mosquitto-clients
 have nats-server || install nats-server
-have openssl || install openssl
-have socat || install socat
 have systemd-analyze || install systemd
 if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi 'wqy'; then
     install chromium fonts-wqy-microhei

@@ -1,95 +1,134 @@
 //! Modbus RTU over a real serial port, end to end: the gateway binary opens a
-//! pseudo-terminal as its `transport = "rtu"` bus (tokio-serial), and `socat` bridges the
-//! other side of the pty to the simulator's RTU-over-TCP server.
+//! pseudo-terminal as its `transport = "rtu"` bus (tokio-serial), and the test bridges the
+//! pty's master to the simulator's RTU-over-TCP server.
 //!
 //! - a leak at 12.5 m on the simulated rope detector is `LEAK.ALARM` with value 12.5 m
 //!   on the alarms lane upstream;
 //! - the simulator never saw two transactions in flight on the bus.
 //!
-//! Needs `socat` on the PATH; without it the test prints "skipped: socat not installed"
-//! and passes.
+//! The pty comes from the kernel through rustix (no external tool), so the test always runs.
 
 mod common;
 
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::OpenptFlags;
+use rustix::termios::OptionalActions;
 
 use estate_protocols::pb::EventState;
 use estate_sim::modbus::{BusSpec, DeviceType, Framing, SimFleet};
 
 use common::{Broker, EventTap, Gateway, TestEnv};
 
-/// Whether `socat` can be run.
-fn socat_available() -> bool {
-    Command::new("socat")
-        .arg("-V")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// A serial line made of a pseudo-terminal pair: the gateway opens the slave at `path`,
+/// and the master is bridged, byte for byte both ways, to a TCP address (the simulator's
+/// RTU-over-TCP server) by two threads doing blocking reads. The bridge stops on drop.
+struct SerialLine {
+    path: PathBuf,
+    /// Held open for the whole test: while no one has the slave open the master reads
+    /// EIO, and this keeps the line up (and its raw mode) around the gateway's opens.
+    _slave: OwnedFd,
+    /// Shut down on drop, which ends the simulator → gateway thread; the other one ends
+    /// when the slave is closed by everyone (EIO) or the TCP write fails.
+    tcp: TcpStream,
+    /// What the bridge did: bytes each way and how each direction ended.
+    log: Arc<Mutex<String>>,
 }
 
-/// A running `socat` bridging a pty (at `link`) to a TCP address; killed on drop.
-struct Socat {
-    child: Child,
-    log: PathBuf,
-}
+impl SerialLine {
+    fn start(tcp: std::net::SocketAddr) -> std::io::Result<SerialLine> {
+        let master =
+            rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+        rustix::pty::grantpt(&master)?;
+        rustix::pty::unlockpt(&master)?;
+        let path = PathBuf::from(std::ffi::OsString::from_vec(
+            rustix::pty::ptsname(&master, Vec::new())?.into_bytes(),
+        ));
+        let slave = rustix::fs::open(
+            &path,
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        // Raw (cfmakeraw): no echo, no CR/LF translation, no line editing; an RTU frame
+        // holds any byte.
+        let mut termios = rustix::termios::tcgetattr(&slave)?;
+        termios.make_raw();
+        rustix::termios::tcsetattr(&slave, OptionalActions::Now, &termios)?;
 
-impl Socat {
-    fn start(link: &Path, tcp: std::net::SocketAddr, log: PathBuf) -> Socat {
-        let stderr = std::fs::File::create(&log).expect("create socat log");
-        let child = Command::new("socat")
-            .arg("-d")
-            .arg("-d")
-            .arg(format!("pty,raw,echo=0,link={}", link.display()))
-            .arg(format!("tcp:{tcp}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn socat");
-        Socat { child, log }
+        let tcp = TcpStream::connect(tcp)?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let master = File::from(master);
+        // Gateway → simulator, and simulator → gateway.
+        pump(
+            "pty → tcp",
+            master.try_clone()?,
+            tcp.try_clone()?,
+            log.clone(),
+        )?;
+        pump("tcp → pty", tcp.try_clone()?, master, log.clone())?;
+        Ok(SerialLine {
+            path,
+            _slave: slave,
+            tcp,
+            log,
+        })
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (polling every 10 ms) until `link` exists; panics after `timeout` or when
-    /// socat exits first.
-    fn wait_for_link(&mut self, link: &Path, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if link.exists() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "socat exited ({status}) before creating {}:\n{}",
-                    link.display(),
-                    self.log()
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "socat did not create {} within {timeout:?}:\n{}",
-                    link.display(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let ended = self.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if ended.is_empty() {
+            "bridge running both ways".into()
+        } else {
+            ended
         }
     }
 }
 
-impl Drop for Socat {
+impl Drop for SerialLine {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.tcp.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// Copies `from` to `to` on a thread of its own until either side fails or ends, then
+/// notes in `log` how many bytes went and why it stopped.
+fn pump(
+    name: &'static str,
+    mut from: impl Read + Send + 'static,
+    mut to: impl Write + Send + 'static,
+    log: Arc<Mutex<String>>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut buf = [0u8; 512];
+            let mut total = 0usize;
+            let end = loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break "end of stream".to_string(),
+                    Ok(n) => n,
+                    Err(e) => break format!("read: {e}"),
+                };
+                if let Err(e) = to.write_all(&buf[..n]) {
+                    break format!("write: {e}");
+                }
+                total += n;
+            };
+            let line = format!("{name}: {total} bytes, then {end}\n");
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_str(&line);
+        })
+        .map(drop)
 }
 
 /// `[modbus]` with every shipped profile, one RTU bus on the serial `device` at 9600
@@ -113,10 +152,10 @@ fn serial_toml(device: &Path, kind: &str, profile: &str) -> String {
 }
 
 /// Waits (polling every 20 ms) until `cond` holds; panics with `what`, the gateway log
-/// and the socat log after `timeout` or when the gateway exits.
+/// and the bridge's log after `timeout` or when the gateway exits.
 async fn wait_until(
     gw: &mut Gateway,
-    socat: &Socat,
+    line: &SerialLine,
     timeout: Duration,
     what: &str,
     cond: impl Fn() -> bool,
@@ -128,16 +167,16 @@ async fn wait_until(
         }
         if let Some(status) = gw.try_exit_status() {
             panic!(
-                "gateway exited ({status}) while waiting for {what}\n{}\nsocat:\n{}",
+                "gateway exited ({status}) while waiting for {what}\n{}\nserial line:\n{}",
                 gw.log_tail(60),
-                socat.log()
+                line.log()
             );
         }
         if Instant::now() >= deadline {
             panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}\nsocat:\n{}",
+                "timed out after {timeout:?} waiting for {what}\n{}\nserial line:\n{}",
                 gw.log_tail(60),
-                socat.log()
+                line.log()
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -146,13 +185,6 @@ async fn wait_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rope_leak_over_a_serial_port_becomes_leak_alarm_upstream() {
-    if !socat_available() {
-        common::cannot_run(
-            "the serial-port test",
-            "socat is not installed (apt-get install socat)",
-        );
-        return;
-    }
     let broker = Broker::shared();
     let mut env = TestEnv::new(broker.clone(), broker);
     env.down_alert_after = "1h".into();
@@ -163,16 +195,18 @@ async fn rope_leak_over_a_serial_port_becomes_leak_alarm_upstream() {
     .expect("simulator starts");
     let leak = fleet.device("leak");
 
-    let link = env.dir().join("ttyV0");
-    let mut socat = Socat::start(&link, leak.addr(), env.dir().join("socat.log"));
-    socat.wait_for_link(&link, Duration::from_secs(10));
+    let line = SerialLine::start(leak.addr()).expect("a pseudo-terminal bridged to the simulator");
 
     let tap = EventTap::start(&env.uplink, &env.estate_id).await;
-    let toml = serial_toml(&link, leak.device_type.kind(), leak.device_type.profile());
+    let toml = serial_toml(
+        &line.path,
+        leak.device_type.kind(),
+        leak.device_type.profile(),
+    );
     let mut gw = common::start_gateway_with(&env, &toml);
     wait_until(
         &mut gw,
-        &socat,
+        &line,
         Duration::from_secs(20),
         "the rope detector to be polled over the serial port",
         || leak.request_count() >= 2,

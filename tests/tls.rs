@@ -1,6 +1,6 @@
 //! TLS on both MQTT connections, against a real Mosquitto that requires client
 //! certificates (`require_certificate true`), with a CA, server and client certificates
-//! made at test time by the `openssl` CLI.
+//! made at test time with `rcgen`.
 //!
 //! - mutual TLS on ingest and uplink: an event published by a TLS client reaches the
 //!   city topic, decoded as an `EventBatch`;
@@ -9,8 +9,8 @@
 //! - a gateway that trusts the wrong CA refuses the broker, and the log names the
 //!   certificate problem.
 //!
-//! Skipped, with a printed reason, when `mosquitto` or `openssl` is not installed
-//! (`.ci/run` installs both).
+//! Skipped, with a printed reason, when `mosquitto` is not installed; under `CI=1` that
+//! fails instead (`scripts/test.sh` installs it).
 
 mod common;
 
@@ -34,89 +34,74 @@ fn have(tool: &str) -> bool {
 
 /// Why the TLS tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
-    for tool in ["mosquitto", "openssl"] {
-        if !have(tool) {
-            return Some(format!(
-                "`{tool}` is not installed (apt-get install mosquitto openssl)"
-            ));
-        }
+    if !have("mosquitto") {
+        return Some("`mosquitto` is not installed (apt-get install mosquitto)".into());
     }
     None
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Writes one PEM file into the test's folder (the gateway and Mosquitto read files).
+fn write_pem(dir: &Path, file: &str, pem: &str) {
+    std::fs::write(dir.join(file), pem).unwrap_or_else(|e| panic!("write {file}: {e}"));
 }
 
-/// A CA (`{name}-ca.crt`) and, signed by it, a server certificate for 127.0.0.1 and a
-/// client certificate.
+/// A CA (`{name}-ca.crt`) and, signed by it, a server certificate for 127.0.0.1 and
+/// localhost (`{name}-server.crt`) and a client certificate (`{name}-client.crt`), each
+/// with its P-256 key beside it (`.key`), valid from now for two days.
 fn make_pki(dir: &Path, name: &str) {
-    let ca_key = format!("{name}-ca.key");
-    let ca_crt = format!("{name}-ca.crt");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca_crt,
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=estate test CA {name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+
+    let now = time::OffsetDateTime::now_utc();
+    let params = |cn: &str, is_ca: IsCa, key_usages: Vec<KeyUsagePurpose>| {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = is_ca;
+        p.key_usages = key_usages;
+        p.not_before = now;
+        p.not_after = now + time::Duration::days(2);
+        p
+    };
+
+    // keyUsage and basicConstraints are critical in a CA certificate from rcgen.
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_params = params(
+        &format!("estate test CA {name}"),
+        IsCa::Ca(BasicConstraints::Unconstrained),
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign],
     );
-    for (leaf, cn, ext) in [
-        (
-            "server",
-            "localhost",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        ),
-        (
-            "client",
-            "estate-gateway",
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-        ),
-    ] {
-        let key = format!("{name}-{leaf}.key");
-        let csr = format!("{name}-{leaf}.csr");
-        let crt = format!("{name}-{leaf}.crt");
-        let ext_file = format!("{name}-{leaf}.ext");
-        std::fs::write(dir.join(&ext_file), ext).expect("write ext file");
-        openssl(
-            dir,
-            &[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={cn}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key,
-                "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", &ext_file,
-            ],
-        );
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign the CA");
+    write_pem(dir, &format!("{name}-ca.key"), &ca_key.serialize_pem());
+    write_pem(dir, &format!("{name}-ca.crt"), &ca_cert.pem());
+    let ca = Issuer::new(ca_params, ca_key);
+
+    let mut server = params(
+        "localhost",
+        IsCa::ExplicitNoCa,
+        vec![KeyUsagePurpose::DigitalSignature],
+    );
+    server.subject_alt_names = vec![
+        SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        SanType::DnsName("localhost".try_into().expect("a DNS name")),
+    ];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+
+    let mut client = params(
+        "estate-gateway",
+        IsCa::ExplicitNoCa,
+        vec![KeyUsagePurpose::DigitalSignature],
+    );
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+
+    for (leaf, leaf_params) in [("server", server), ("client", client)] {
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = leaf_params
+            .signed_by(&key, &ca)
+            .unwrap_or_else(|e| panic!("sign the {leaf} certificate: {e}"));
+        write_pem(dir, &format!("{name}-{leaf}.key"), &key.serialize_pem());
+        write_pem(dir, &format!("{name}-{leaf}.crt"), &cert.pem());
     }
 }
 
