@@ -35,10 +35,12 @@
 //!   `validate/modbus.rs` their rules (a profile's own rules run as its file is read, so
 //!   that its problems are located in it). Profile files named in `modbus.profile_files` are
 //!   read relative to the config file's folder, and their problems are located in them.
-//! - `sources.rs`: `[[ingest.sources]]` ([`SourceConfig`], [`SourceFormat`], [`JsonMap`])
-//!   and a device's identity in its source ([`DeviceSource`]); MQTT topic-filter helpers.
-//!   Each source is deserialized on its own, like a device; `validate/sources.rs` checks names,
-//!   filters (valid, not overlapping), format-specific keys and taxonomy codes.
+//! - `sources.rs`: `[[ingest.sources]]` ([`SourceConfig`] with its [`SourceKind`],
+//!   [`SourceFormat`], [`JsonMap`]) and a device's identity in its source
+//!   ([`DeviceSource`]); MQTT topic-filter helpers. Each source is deserialized on its own,
+//!   like a device, as the flat [`SourceTable`] written in the file; `validate/sources.rs`
+//!   checks names, filters (valid, not overlapping), format-specific keys and taxonomy
+//!   codes, and a table whose keys fit its format becomes a [`SourceConfig`].
 //! - `alerts.rs`: `[alerts]` — local alert rules (severity overrides, debounce,
 //!   hold-open, offline detection, escalation, correlation, linkage, silence windows),
 //!   [`AlertsConfig`]; `validate/alerts.rs` their rules.
@@ -99,7 +101,7 @@ pub use schema::{
 };
 pub use sources::{
     filters_overlap, topic_filter_problem, topic_matches, DeviceSource, JsonMap, SourceConfig,
-    SourceFormat, TimeFormat,
+    SourceFormat, SourceKind, SourceTable, TimeFormat,
 };
 pub use units::{ByteSize, ByteSizeError, Secret};
 pub use validate::{publish_overhead, INGEST_MAX_PACKET, SLED_BLOB_THRESHOLD};

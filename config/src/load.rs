@@ -344,15 +344,19 @@ impl<'a> Loader<'a> {
                 if let Some(Item::Value(Value::String(name))) = t.get("name") {
                     parts.source_names.push((i, name.value().clone()));
                 }
-                match self.section::<crate::sources::SourceConfig>(t, &base, span) {
-                    Some(source) => {
-                        if source.name.is_none() {
+                match self.section::<crate::sources::SourceTable>(t, &base, span) {
+                    Some(table) => {
+                        if table.name.is_none() {
                             parts
                                 .source_names
-                                .push((i, source.effective_name().to_owned()));
+                                .push((i, table.effective_name().to_owned()));
                         }
-                        parts.sources.push((i, source.clone()));
-                        sources.push(source);
+                        // A table whose keys do not fit its format stays out; the rules
+                        // report why (`validate/sources.rs`).
+                        if let Ok(source) = crate::sources::SourceConfig::try_from(table.clone()) {
+                            sources.push(source);
+                        }
+                        parts.sources.push((i, table));
                     }
                     None => parts.sources_complete = false,
                 }

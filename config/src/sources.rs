@@ -74,18 +74,19 @@ impl std::fmt::Display for SourceFormat {
     }
 }
 
-/// One `[[ingest.sources]]` table.
+/// One `[[ingest.sources]]` entry: its name and topics, and what its format needs.
+///
+/// In the file it is one flat table, the format named by `format` and the format's own
+/// keys beside it (`clear_after`, `[ingest.sources.map]`); see [`SourceTable`]. Here the
+/// format-specific part is a [`SourceKind`], so a json-map source always has its map and
+/// only a camera source has a `clear_after`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SourceTable", into = "SourceTable")]
 pub struct SourceConfig {
-    /// Required. The payload format: `native`, `zigbee2mqtt`, `frigate`,
-    /// `camera-isapi-json`, `access-control-json`, `nbiot-smoke-json` or `json-map`.
-    pub format: SourceFormat,
     /// The source's label: in every event's `source.reference` (`{name}:{topic}`), in
     /// dead-letter reasons, in `[[devices]] source = { name = … }` and in the device id
     /// of unregistered devices (`{name}.{their id}`). Letters, digits, `-`, `_`; unique.
     /// Default: the format's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// MQTT topic filters to subscribe to (`+` and `#` allowed). Default per format:
     /// zigbee2mqtt `["zigbee2mqtt/#"]`, frigate `["frigate/events", "frigate/available"]`,
@@ -93,11 +94,126 @@ pub struct SourceConfig {
     /// nbiot-smoke-json `["nbiot/#"]`; required for json-map; not allowed for native
     /// (it uses `ingest.topic_prefix`). No two sources may have filters that match the
     /// same topic.
+    pub topics: Option<Vec<String>>,
+    /// The payload format, with the keys only that format has.
+    pub kind: SourceKind,
+}
+
+/// The format of a source and its format-specific settings (the `format` key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// `native`: our own firmware under `ingest.topic_prefix`.
+    Native,
+    /// `zigbee2mqtt`.
+    Zigbee2mqtt,
+    /// `frigate`.
+    Frigate,
+    /// `camera-isapi-json`.
+    CameraIsapiJson {
+        /// Cameras repeat an active alarm about once a second and never send a clear,
+        /// so an alarm is cleared after this much silence. 1 s to 1 h. Default: `"5s"`
+        /// ([`SourceConfig::DEFAULT_CLEAR_AFTER`]).
+        clear_after: Option<Duration>,
+    },
+    /// `access-control-json`.
+    AccessControlJson,
+    /// `nbiot-smoke-json`.
+    NbiotSmokeJson,
+    /// `json-map`, read as its `[ingest.sources.map]` says.
+    JsonMap(Box<JsonMap>),
+}
+
+impl SourceKind {
+    /// The format's name, as in config, metrics and dead-letter reasons.
+    pub fn format(&self) -> SourceFormat {
+        match self {
+            SourceKind::Native => SourceFormat::Native,
+            SourceKind::Zigbee2mqtt => SourceFormat::Zigbee2mqtt,
+            SourceKind::Frigate => SourceFormat::Frigate,
+            SourceKind::CameraIsapiJson { .. } => SourceFormat::CameraIsapiJson,
+            SourceKind::AccessControlJson => SourceFormat::AccessControlJson,
+            SourceKind::NbiotSmokeJson => SourceFormat::NbiotSmokeJson,
+            SourceKind::JsonMap(_) => SourceFormat::JsonMap,
+        }
+    }
+}
+
+impl SourceConfig {
+    /// Default for `clear_after`.
+    pub const DEFAULT_CLEAR_AFTER: Duration = Duration::from_secs(5);
+
+    /// The one source read when `ingest.sources` is absent: native, default name.
+    pub fn native() -> Self {
+        SourceConfig {
+            name: None,
+            topics: None,
+            kind: SourceKind::Native,
+        }
+    }
+
+    /// The payload format.
+    pub fn format(&self) -> SourceFormat {
+        self.kind.format()
+    }
+
+    /// `name`, or the format's name.
+    pub fn effective_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.format().as_str())
+    }
+
+    /// `topics`, or the format's defaults.
+    pub fn effective_topics(&self) -> Vec<String> {
+        effective_topics(self.format(), self.topics.as_deref())
+    }
+
+    /// A camera-isapi-json source's `clear_after`, or its default; `None` for the other
+    /// formats, which clear nothing by silence.
+    pub fn clear_after(&self) -> Option<Duration> {
+        match self.kind {
+            SourceKind::CameraIsapiJson { clear_after } => {
+                Some(clear_after.unwrap_or(Self::DEFAULT_CLEAR_AFTER))
+            }
+            _ => None,
+        }
+    }
+
+    /// A json-map source's `[ingest.sources.map]`.
+    pub fn map(&self) -> Option<&JsonMap> {
+        match &self.kind {
+            SourceKind::JsonMap(map) => Some(map),
+            _ => None,
+        }
+    }
+}
+
+fn effective_topics(format: SourceFormat, topics: Option<&[String]>) -> Vec<String> {
+    match topics {
+        Some(t) => t.to_vec(),
+        None => format
+            .default_topics()
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect(),
+    }
+}
+
+/// One `[[ingest.sources]]` table as written: every key of every format side by side.
+/// The loader reads this (so each unknown or mistyped key is reported where it is), the
+/// rules check which keys the format allows, and only then it becomes a
+/// [`SourceConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTable {
+    /// Required. The payload format: `native`, `zigbee2mqtt`, `frigate`,
+    /// `camera-isapi-json`, `access-control-json`, `nbiot-smoke-json` or `json-map`.
+    pub format: SourceFormat,
+    /// See [`SourceConfig::name`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// See [`SourceConfig::topics`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topics: Option<Vec<String>>,
-    /// camera-isapi-json only: cameras repeat an active alarm about once a second and
-    /// never send a clear, so an alarm is cleared after this much silence. 1 s to 1 h.
-    /// Default: `"5s"`.
+    /// camera-isapi-json only; see [`SourceKind::CameraIsapiJson`].
     #[serde(
         default,
         with = "crate::units::duration::option",
@@ -110,10 +226,7 @@ pub struct SourceConfig {
     pub map: Option<JsonMap>,
 }
 
-impl SourceConfig {
-    /// Default for `clear_after`.
-    pub const DEFAULT_CLEAR_AFTER: Duration = Duration::from_secs(5);
-
+impl SourceTable {
     /// `name`, or the format's name.
     pub fn effective_name(&self) -> &str {
         self.name.as_deref().unwrap_or(self.format.as_str())
@@ -121,20 +234,92 @@ impl SourceConfig {
 
     /// `topics`, or the format's defaults.
     pub fn effective_topics(&self) -> Vec<String> {
-        match &self.topics {
-            Some(t) => t.clone(),
-            None => self
-                .format
-                .default_topics()
-                .iter()
-                .map(|t| (*t).to_owned())
-                .collect(),
-        }
+        effective_topics(self.format, self.topics.as_deref())
     }
 
-    /// `clear_after`, or its default.
-    pub fn effective_clear_after(&self) -> Duration {
-        self.clear_after.unwrap_or(Self::DEFAULT_CLEAR_AFTER)
+    /// The format-specific keys that are wrong for `format`: each as the key to point
+    /// at (`clear_after`, `map`, or `format` for a key missing) and what is wrong.
+    pub fn format_key_problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.clear_after.is_some() && self.format != SourceFormat::CameraIsapiJson {
+            problems.push((
+                "clear_after",
+                format!(
+                    "only applies to format \"camera-isapi-json\" (this source is {:?})",
+                    self.format.as_str()
+                ),
+            ));
+        }
+        match (self.format, &self.map) {
+            (SourceFormat::JsonMap, None) => problems.push((
+                "format",
+                "json-map needs an [ingest.sources.map] table saying how to read the payload"
+                    .to_owned(),
+            )),
+            (SourceFormat::JsonMap, Some(_)) | (_, None) => {}
+            (_, Some(_)) => problems.push((
+                "map",
+                format!(
+                    "only applies to format \"json-map\" (this source is {:?})",
+                    self.format.as_str()
+                ),
+            )),
+        }
+        problems
+    }
+}
+
+impl TryFrom<SourceTable> for SourceConfig {
+    type Error = String;
+
+    /// Fails with [`SourceTable::format_key_problems`].
+    fn try_from(t: SourceTable) -> Result<Self, String> {
+        let problems = t.format_key_problems();
+        if !problems.is_empty() {
+            let all: Vec<String> = problems
+                .into_iter()
+                .map(|(key, why)| format!("`{key}`: {why}"))
+                .collect();
+            return Err(all.join("; "));
+        }
+        let kind = match t.format {
+            SourceFormat::Native => SourceKind::Native,
+            SourceFormat::Zigbee2mqtt => SourceKind::Zigbee2mqtt,
+            SourceFormat::Frigate => SourceKind::Frigate,
+            SourceFormat::CameraIsapiJson => SourceKind::CameraIsapiJson {
+                clear_after: t.clear_after,
+            },
+            SourceFormat::AccessControlJson => SourceKind::AccessControlJson,
+            SourceFormat::NbiotSmokeJson => SourceKind::NbiotSmokeJson,
+            // `format_key_problems` said a json-map source has its map.
+            SourceFormat::JsonMap => SourceKind::JsonMap(Box::new(
+                t.map
+                    .ok_or("json-map needs an [ingest.sources.map] table")?,
+            )),
+        };
+        Ok(SourceConfig {
+            name: t.name,
+            topics: t.topics,
+            kind,
+        })
+    }
+}
+
+impl From<SourceConfig> for SourceTable {
+    fn from(s: SourceConfig) -> Self {
+        let format = s.format();
+        let (clear_after, map) = match s.kind {
+            SourceKind::CameraIsapiJson { clear_after } => (clear_after, None),
+            SourceKind::JsonMap(map) => (None, Some(*map)),
+            _ => (None, None),
+        };
+        SourceTable {
+            format,
+            name: s.name,
+            topics: s.topics,
+            clear_after,
+            map,
+        }
     }
 }
 

@@ -71,9 +71,10 @@ source = {{ name = "zigbee", id = "b1-101 kitchen leak" }}
         s[2].effective_topics(),
         vec!["frigate/events".to_owned(), "frigate/available".to_owned()]
     );
-    assert_eq!(s[3].effective_clear_after(), Duration::from_secs(3));
-    assert_eq!(s[4].effective_clear_after(), Duration::from_secs(5));
-    let map = s[6].map.as_ref().expect("map");
+    assert_eq!(s[3].clear_after(), Some(Duration::from_secs(3)));
+    assert_eq!(s[4].clear_after(), None, "only cameras clear by silence");
+    assert_eq!(s[6].format(), SourceFormat::JsonMap);
+    let map = s[6].map().expect("map");
     assert_eq!(map.time_format, TimeFormat::EpochS);
     assert_eq!(map.online, "online");
     assert!(map.active.contains(&"1".to_owned()));

@@ -27,8 +27,9 @@ pub(crate) struct Parts {
     /// Every device id that is at least a string, including devices that failed to
     /// deserialize for another reason, so duplicates are found among all of them.
     pub device_ids: Vec<(usize, String)>,
-    /// `[[ingest.sources]]` entries that deserialized, with their index.
-    pub sources: Vec<(usize, crate::sources::SourceConfig)>,
+    /// `[[ingest.sources]]` tables that deserialized, with their index (as written: their
+    /// format-specific keys are checked by the rules).
+    pub sources: Vec<(usize, crate::sources::SourceTable)>,
     /// Every source's effective name that is known, including sources that failed to
     /// deserialize but have a `name`.
     pub source_names: Vec<(usize, String)>,

@@ -13,7 +13,9 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
     let Some(ingest) = &parts.ingest else {
         return;
     };
-    if ingest.sources.as_ref().is_some_and(Vec::is_empty) && parts.sources_complete {
+    // `ingest.sources` holds only the tables that became a source; `parts.sources` every
+    // one that deserialized.
+    if ingest.sources.is_some() && parts.sources.is_empty() && parts.sources_complete {
         f.at(
             "ingest.sources",
             "lists no source, so nothing would be read; remove it to read the native format only",
@@ -91,16 +93,11 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
                 all_filters.push((*i, format!("{base}.format"), (*t).to_owned()));
             }
         }
-        if let Some(after) = s.clear_after {
-            if s.format != SourceFormat::CameraIsapiJson {
-                f.at(
-                    format!("{base}.clear_after"),
-                    format!(
-                        "only applies to format \"camera-isapi-json\" (this source is {:?})",
-                        s.format.as_str()
-                    ),
-                );
-            } else if after < Duration::from_secs(1) || after > Duration::from_secs(3600) {
+        for (key, why) in s.format_key_problems() {
+            f.at(format!("{base}.{key}"), why);
+        }
+        if let (SourceFormat::CameraIsapiJson, Some(after)) = (s.format, s.clear_after) {
+            if after < Duration::from_secs(1) || after > Duration::from_secs(3600) {
                 f.at(
                     format!("{base}.clear_after"),
                     format!(
@@ -110,20 +107,8 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
                 );
             }
         }
-        match (s.format, &s.map) {
-            (SourceFormat::JsonMap, None) => f.at(
-                format!("{base}.format"),
-                "json-map needs an [ingest.sources.map] table saying how to read the payload",
-            ),
-            (SourceFormat::JsonMap, Some(map)) => check_map(&base, s, map, f),
-            (_, Some(_)) => f.at(
-                format!("{base}.map"),
-                format!(
-                    "only applies to format \"json-map\" (this source is {:?})",
-                    s.format.as_str()
-                ),
-            ),
-            _ => {}
+        if let (SourceFormat::JsonMap, Some(map)) = (s.format, &s.map) {
+            check_map(&base, s, map, f);
         }
     }
     // Two sources whose filters share a topic would both receive (or fight over) it.
@@ -210,7 +195,7 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
     }
 }
 
-fn check_map(base: &str, s: &SourceConfig, map: &JsonMap, f: &mut Findings) {
+fn check_map(base: &str, s: &SourceTable, map: &JsonMap, f: &mut Findings) {
     let key = |k: &str| format!("{base}.map.{k}");
     let pointers = [
         ("device_id", Some(&map.device_id)),

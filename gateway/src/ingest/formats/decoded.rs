@@ -24,8 +24,6 @@ pub enum DecodeReason {
     BadField,
     /// A native event code that is not in the taxonomy.
     UnknownCode,
-    /// The source cannot decode at all: a json-map source without its map.
-    BadConfig,
 }
 
 impl DecodeReason {
@@ -37,7 +35,6 @@ impl DecodeReason {
         DecodeReason::BadJson,
         DecodeReason::BadField,
         DecodeReason::UnknownCode,
-        DecodeReason::BadConfig,
     ];
 
     /// The label: `bad_field`, `bad_topic`, …
@@ -49,7 +46,6 @@ impl DecodeReason {
             DecodeReason::BadJson => "bad_json",
             DecodeReason::BadField => "bad_field",
             DecodeReason::UnknownCode => "unknown_code",
-            DecodeReason::BadConfig => "bad_config",
         }
     }
 }
@@ -188,8 +184,7 @@ mod tests {
                 "invalid_utf8",
                 "bad_json",
                 "bad_field",
-                "unknown_code",
-                "bad_config"
+                "unknown_code"
             ]
         );
         let e = DecodeError::new(

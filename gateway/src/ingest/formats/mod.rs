@@ -34,7 +34,7 @@ pub mod zigbee;
 
 use std::collections::HashMap;
 
-use estate_config::{Config, SourceConfig, SourceFormat};
+use estate_config::{Config, SourceConfig, SourceFormat, SourceKind};
 use estate_protocols::model::{Event, Source};
 use estate_protocols::taxonomy;
 
@@ -82,8 +82,6 @@ enum Decoder {
     AccessControl(access_control::AccessControl),
     Nbiot(nbiot::Nbiot),
     JsonMap(Box<json_map::JsonMapDecoder>),
-    /// A json-map source without a map (only reachable with an unvalidated config).
-    Unmapped,
 }
 
 /// One `[[ingest.sources]]` entry at run time.
@@ -114,20 +112,14 @@ pub struct Sources {
 impl Sources {
     /// The sources of `cfg`: `ingest.sources`, or one native source when it is absent.
     pub fn new(cfg: &Config) -> Self {
-        let native_source = [SourceConfig {
-            format: SourceFormat::Native,
-            name: None,
-            topics: None,
-            clear_after: None,
-            map: None,
-        }];
+        let native_source = [SourceConfig::native()];
         let list: &[SourceConfig] = cfg.ingest.sources.as_deref().unwrap_or(&native_source);
         let sources = list
             .iter()
             .map(|s| {
                 let name = s.effective_name().to_owned();
-                let filters = match s.format {
-                    SourceFormat::Native => ["event", "heartbeat"]
+                let filters = match s.kind {
+                    SourceKind::Native => ["event", "heartbeat"]
                         .iter()
                         .map(|leaf| {
                             format!(
@@ -138,24 +130,21 @@ impl Sources {
                         .collect(),
                     _ => s.effective_topics(),
                 };
-                let decoder = match s.format {
-                    SourceFormat::Native => Decoder::Native,
-                    SourceFormat::Zigbee2mqtt => Decoder::Zigbee(zigbee::Zigbee::new(&filters)),
-                    SourceFormat::Frigate => Decoder::Frigate(frigate::Frigate::default()),
-                    SourceFormat::CameraIsapiJson => Decoder::Isapi(isapi::Isapi::new(
-                        s.effective_clear_after().as_millis() as i64,
-                    )),
-                    SourceFormat::AccessControlJson => {
+                let decoder = match &s.kind {
+                    SourceKind::Native => Decoder::Native,
+                    SourceKind::Zigbee2mqtt => Decoder::Zigbee(zigbee::Zigbee::new(&filters)),
+                    SourceKind::Frigate => Decoder::Frigate(frigate::Frigate::default()),
+                    SourceKind::CameraIsapiJson { clear_after } => {
+                        let after = clear_after.unwrap_or(SourceConfig::DEFAULT_CLEAR_AFTER);
+                        Decoder::Isapi(isapi::Isapi::new(after.as_millis() as i64))
+                    }
+                    SourceKind::AccessControlJson => {
                         Decoder::AccessControl(access_control::AccessControl)
                     }
-                    SourceFormat::NbiotSmokeJson => Decoder::Nbiot(nbiot::Nbiot::default()),
-                    SourceFormat::JsonMap => match &s.map {
-                        Some(map) => {
-                            Decoder::JsonMap(Box::new(json_map::JsonMapDecoder::new(map.clone())))
-                        }
-                        // Validation requires a map; without one nothing can be read.
-                        None => Decoder::Unmapped,
-                    },
+                    SourceKind::NbiotSmokeJson => Decoder::Nbiot(nbiot::Nbiot::default()),
+                    SourceKind::JsonMap(map) => {
+                        Decoder::JsonMap(Box::new(json_map::JsonMapDecoder::new((**map).clone())))
+                    }
                 };
                 let devices = cfg
                     .devices
@@ -178,7 +167,7 @@ impl Sources {
                     .collect();
                 SourceRt {
                     name,
-                    format: s.format,
+                    format: s.format(),
                     filters,
                     decoder,
                     devices,
@@ -282,13 +271,6 @@ impl Sources {
             Decoder::AccessControl(d) => d.decode(topic, payload)?,
             Decoder::Nbiot(d) => d.decode(topic, payload)?,
             Decoder::JsonMap(d) => d.decode(topic, payload)?,
-            Decoder::Unmapped => {
-                return Err(decoded::error(
-                    SourceFormat::JsonMap,
-                    DecodeReason::BadConfig,
-                    format!("source {:?} has no [ingest.sources.map]", source.name),
-                ))
-            }
         };
         let (raw, truncated) = bounded_raw(payload, self.raw_limit);
         let reference = format!("{}:{topic}", source.name);
