@@ -752,6 +752,65 @@ async fn sigterm_stops_the_gateway_while_an_event_stream_is_open() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The event-code list the console labels alerts with
+// ---------------------------------------------------------------------------------------
+
+/// `GET /api/codes` lists every code of the taxonomy, in its order, with its Chinese
+/// label (the console shows it first), readable without a token; a matching
+/// `If-None-Match` gets 304.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_lists_every_event_code_with_its_chinese_label() {
+    let env = env();
+    let gw = env.start_gateway();
+    let (status, headers, body) = common::http_get_full(gw.api, "/api/codes")
+        .await
+        .expect("GET /api/codes");
+    assert_eq!(status, 200, "{body}");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} header: {headers:?}"))
+    };
+    assert!(header("content-type").starts_with("application/json"));
+    let codes: Vec<Value> = serde_json::from_str(&body).expect("a JSON array");
+    let taxonomy = estate_protocols::taxonomy::CODES;
+    assert_eq!(codes.len(), taxonomy.len(), "{body}");
+    for (c, t) in codes.iter().zip(taxonomy) {
+        assert_eq!(c["code"], t.code, "taxonomy order: {c}");
+        assert_eq!(c["title"], t.title, "{c}");
+        assert_eq!(c["title_zh"], t.title_zh, "{c}");
+        assert!(!t.title_zh.is_empty(), "{c}");
+        assert_eq!(c["severity"], u64::from(t.severity.level()), "{c}");
+        assert_eq!(c["stateful"], t.stateful, "{c}");
+        assert_eq!(
+            c["kind"],
+            serde_json::json!(t.kind.map(|k| k.as_str())),
+            "{c}"
+        );
+    }
+    let smoke = codes
+        .iter()
+        .find(|c| c["code"] == "SMOKE.ALARM")
+        .expect("SMOKE.ALARM listed");
+    assert_eq!(smoke["title_zh"], "烟感报警");
+    assert_eq!(smoke["kind"], "smoke");
+    // Fixed for a build: a client revalidates with the ETag and gets 304.
+    let etag = header("etag");
+    let (status, _, body) = common::http_request_full(
+        gw.api,
+        "GET",
+        "/api/codes",
+        &[("If-None-Match", etag.as_str())],
+        "",
+    )
+    .await
+    .expect("GET /api/codes again");
+    assert_eq!(status, 304, "{body}");
+}
+
+// ---------------------------------------------------------------------------------------
 // The terminal client
 // ---------------------------------------------------------------------------------------
 

@@ -165,6 +165,8 @@ async function main() {
   const text = await row.innerText();
   check(text.includes('紧急 Critical'), `severity label missing: ${text}`);
   check(text.includes('SMOKE.ALARM'), `code missing: ${text}`);
+  // The Chinese label comes from GET /api/codes (the gateway's taxonomy).
+  check(text.includes('烟感报警 Smoke detected'), `Chinese label missing: ${text}`);
   check(text.includes(expectWhere), `location "${expectWhere}" not spelled out: ${text}`);
   check(/ago/.test(text) && /前/.test(text), `age missing: ${text}`);
   check((await row.getAttribute('data-status')) === 'active', 'a new alert is not active');

@@ -10,7 +10,8 @@
 //! Caching: every asset is served with `Cache-Control: no-cache` and a strong `ETag` (a
 //! hash of its bytes), so a browser revalidates with a cheap `304` and never shows a
 //! stale console after an upgrade; the page also names its script and stylesheet with a
-//! `?v=` query of the assets' combined hash.
+//! `?v=` query of the assets' combined hash. `GET /api/codes` (the taxonomy's code list
+//! with the Chinese labels the console shows) is built and served the same way.
 
 use std::sync::OnceLock;
 
@@ -53,6 +54,7 @@ struct Assets {
     index: Asset,
     js: Asset,
     css: Asset,
+    codes: Asset,
 }
 
 fn assets() -> &'static Assets {
@@ -69,6 +71,7 @@ fn assets() -> &'static Assets {
             ),
             js: Asset::new(CONSOLE_JS.to_owned(), "text/javascript; charset=utf-8"),
             css: Asset::new(CONSOLE_CSS.to_owned(), "text/css; charset=utf-8"),
+            codes: Asset::new(codes_json(), "application/json"),
         }
     })
 }
@@ -88,6 +91,33 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
             "/console.css",
             get(|h: HeaderMap| async move { serve(&assets().css, &h) }),
         )
+}
+
+/// `GET /api/codes`: every event code of the taxonomy
+/// (`estate_protocols::taxonomy::CODES`) in its order, as
+/// `{code, severity, stateful, kind, title, title_zh}` (severity 1 critical … 4 info;
+/// kind `null` when the code has no usual device kind). The console labels alerts with
+/// it. Fixed for one build, so it is served like the console's assets: built once, with
+/// an `ETag` (a hash of the body) and `304 Not Modified` on a matching `If-None-Match`.
+pub(super) async fn codes(h: HeaderMap) -> Response {
+    serve(&assets().codes, &h)
+}
+
+fn codes_json() -> String {
+    let list: Vec<serde_json::Value> = estate_protocols::taxonomy::CODES
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "code": c.code,
+                "severity": c.severity.level(),
+                "stateful": c.stateful,
+                "kind": c.kind.map(|k| k.as_str()),
+                "title": c.title,
+                "title_zh": c.title_zh,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
 }
 
 fn serve(asset: &'static Asset, request: &HeaderMap) -> Response {

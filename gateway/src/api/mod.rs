@@ -1,4 +1,4 @@
-//! The local HTTP API: health, metrics, alerts (list, get, acknowledge, close), devices,
+//! The local HTTP API: health, metrics, the event-code list, alerts (list, get, acknowledge, close), devices,
 //! gateway status, the city's roll calls (list, answer), a server-sent-event stream of
 //! live changes, and the web console.
 //!
@@ -91,6 +91,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
+        .route("/api/codes", get(console::codes))
         .route("/api/alerts", get(list_alerts))
         .route("/api/alerts/{id}", get(get_alert))
         .route("/api/alerts/{id}/ack", post(ack_alert))

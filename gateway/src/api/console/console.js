@@ -1,8 +1,8 @@
 // Duty console for property management (物业值班台). Plain ES module, no framework, no
 // bundler, no external fetches: it is served by the gateway on the estate LAN.
 //
-// Data flow: one initial load through the GET endpoints, then live updates from
-// `EventSource('/api/stream')`: events `alert`, `device`, `roll_call` (the city's 查岗:
+// Data flow: one initial load through the GET endpoints (the code labels from /api/codes
+// once), then live updates from `EventSource('/api/stream')`: events `alert`, `device`, `roll_call` (the city's 查岗:
 // shown at once, loud, with a countdown), `status` (every second), and `resync` (this
 // client fell behind). After a reconnect or a resync the lists are loaded
 // again, so changes missed meanwhile show up. Rows are keyed by id and updated in place;
@@ -64,50 +64,24 @@ const KIND = {
   gateway: '网关 Gateway',
 };
 
-const CODE_ZH = {
-  'FIRE.ALARM': '火警',
-  'FIRE.MANUAL_CALL': '手动报警',
-  'FIRE.CONFIRMED': '确认火警',
-  'SMOKE.ALARM': '烟感报警',
-  'FIRE.SUPERVISORY': '消防监管',
-  'SMOKE.TAMPER': '烟感被拆',
-  'FIRE.FAULT': '消防故障',
-  'FIRE.POWER_FAULT': '消防电源故障',
-  'FIRE.DISABLED': '消防屏蔽',
-  'SMOKE.LOW_BATT': '烟感电量低',
-  'SMOKE.DUST': '烟感积尘',
-  'SMOKE.TEST': '烟感测试',
-  'SMOKE.SILENCED': '烟感消音',
-  'GAS.AL2': '燃气高报',
-  'GAS.AL1': '燃气低报',
-  'GAS.FAULT': '燃气探测器故障',
-  'LEAK.ALARM': '漏水报警',
-  'LEAK.CABLE_BREAK': '漏水线缆断开',
-  'ACS.FORCED_OPEN': '门被强行打开',
-  'ACS.DURESS': '胁迫开门',
-  'ACS.TAMPER': '门禁被拆',
-  'ACS.HELD_OPEN': '门长时间未关',
-  'ACS.TAILGATE': '尾随进入',
-  'ACS.INVALID_CRED': '无效卡',
-  'ACS.OPEN': '开门',
-  'VID.INTRUSION': '区域入侵',
-  'VID.LINE_CROSS': '越线',
-  'VID.FIRE_LANE': '消防通道占用',
-  'VID.TAMPER': '摄像机遮挡',
-  'VID.LOITER': '徘徊',
-  'VID.LOSS': '视频丢失',
-  'ELEV.TRAPPED': '电梯困人',
-  'ELEV.FAULT': '电梯故障',
-  'SOS.PRESSED': '一键求助',
-  'SOS.LOW_BATT': '求助按钮电量低',
-  'DEV.OFFLINE': '设备离线',
-  'DEV.ONLINE': '设备上线',
-  'GW.UPLINK_DOWN': '上行中断',
-  'GW.STORE_EVICTED': '存储已清除旧数据',
-  'GW.STORE_ROLLBACK': '存储回退，已开始新纪元',
-  'GW.STORE_QUARANTINED': '存储损坏已隔离，已开始新纪元',
-  'GW.DISK_LOW': '磁盘空间不足',
-};
+// The Chinese label of every event code, from `GET /api/codes` (the gateway's taxonomy,
+// protocols/src/taxonomy.rs): read once at start, before the first render. Without it
+// (an older gateway, a failed request) alerts show their English title and code.
+const codeZh = new Map();
+let codesLoaded = null;
+
+function loadCodes() {
+  if (!codesLoaded) {
+    codesLoaded = getJson('/api/codes')
+      .then((codes) => {
+        for (const c of codes) if (c.title_zh) codeZh.set(c.code, c.title_zh);
+      })
+      .catch(() => {
+        codesLoaded = null; // try again with the next load of the lists
+      });
+  }
+  return codesLoaded;
+}
 
 const CITY_STATE = {
   received: '已接警 Received',
@@ -367,7 +341,7 @@ function renderAlertRow(row, a, now) {
   setAttr(li, 'data-severity', String(a.severity));
   setAttr(li, 'class', `alert sev${a.severity}${row.fresh ? ' new' : ''}`);
   setText(el.sev, SEVERITY[a.severity] || `${a.severity}`);
-  const zh = CODE_ZH[a.code];
+  const zh = codeZh.get(a.code);
   setText(el.title, zh && a.title && zh !== a.title ? `${zh} ${a.title}` : (zh || a.title || a.code));
   setText(el.code, a.code);
   el.repeat.hidden = !(a.count > 1);
@@ -776,7 +750,7 @@ function openCloseDialog(id) {
   state.closing = id;
   const form = $('close-form');
   form.reset();
-  setText($('close-what'), `${CODE_ZH[a.code] || ''} ${a.title || a.code} — ${placeText(a.location)}`);
+  setText($('close-what'), `${codeZh.get(a.code) || ''} ${a.title || a.code} — ${placeText(a.location)}`);
   $('close-dialog').showModal();
 }
 
@@ -811,6 +785,7 @@ async function loadAll() {
     getJson('/api/alerts?status=open&limit=1000'),
     getJson('/api/devices'),
     getJson('/api/roll-calls'),
+    loadCodes(),
   ]);
   applyStatus(status);
   for (const rc of rollCalls.roll_calls) upsertRollCall(rc, { live: false });
