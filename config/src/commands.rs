@@ -153,37 +153,22 @@ pub(crate) fn check_broadcast(
         }
         for (i, o) in outputs.iter().enumerate() {
             let key = |k: &str| format!("{group}[{i}].{k}");
-            match devices.iter().find(|d| d.0 == o.device) {
-                None => f.push((
-                    key("device"),
-                    format!("no device {:?} is configured in [[devices]]", o.device),
-                )),
-                Some((_, false)) => f.push((
-                    key("device"),
-                    format!(
-                        "device {:?} has no `modbus` table; broadcast writes go over Modbus",
-                        o.device
-                    ),
-                )),
-                Some(_) => {}
-            }
-            match (o.coil, o.register) {
-                (None, None) => f.push((
-                    key("coil"),
-                    "set `coil` or `register`: the address to write".into(),
-                )),
-                (Some(_), Some(_)) => f.push((
-                    key("register"),
-                    "set only one of `coil` and `register`".into(),
-                )),
-                (Some(_), None) => {
-                    for (k, v) in [("on", o.on), ("off", o.off)] {
-                        if v > 1 {
-                            f.push((key(k), format!("a coil takes 0 or 1, found {v}")));
-                        }
+            let has_modbus = devices.iter().find(|d| d.0 == o.device).map(|d| d.1);
+            let coil = crate::validate::check_write_target(
+                &mut f,
+                &key,
+                "broadcast",
+                &o.device,
+                has_modbus,
+                o.coil,
+                o.register,
+            );
+            if coil {
+                for (k, v) in [("on", o.on), ("off", o.off)] {
+                    if v > 1 {
+                        f.push((key(k), format!("a coil takes 0 or 1, found {v}")));
                     }
                 }
-                (None, Some(_)) => {}
             }
             if o.on == o.off {
                 f.push((

@@ -22,7 +22,7 @@
 //! id each late session takes over the live one. That was issue 14's "a new connection
 //! every 200 ms while a broker is slow to CONNACK" and its drop cycles (seen against
 //! NATS 2.9: three connections of one gateway within 2 s, each replacing the other).
-//! [`Poller`] keeps the poll in progress instead of dropping it.
+//! `Poller` (private) keeps the poll in progress instead of dropping it.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -177,34 +177,15 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
                 f.push((format!("{}[{i}]", key("on")), unknown_code(code)));
             }
         }
-        match devices.iter().find(|d| d.0 == l.device) {
-            None => f.push((
-                key("device"),
-                format!("no device {:?} is configured in [[devices]]", l.device),
-            )),
-            Some(d) if !d.3 => f.push((
-                key("device"),
-                format!(
-                    "device {:?} has no `modbus` table; linkage writes go over Modbus",
-                    l.device
-                ),
-            )),
-            Some(_) => {}
-        }
-        match (l.coil, l.register) {
-            (None, None) => f.push((
-                key("coil"),
-                "set `coil` or `register`: the address to write".into(),
-            )),
-            (Some(_), Some(_)) => f.push((
-                key("register"),
-                "set only one of `coil` and `register`".into(),
-            )),
-            (Some(_), None) if l.value > 1 => f.push((
+        let has_modbus = devices.iter().find(|d| d.0 == l.device).map(|d| d.3);
+        let coil = super::check_write_target(
+            &mut f, &key, "linkage", &l.device, has_modbus, l.coil, l.register,
+        );
+        if coil && l.value > 1 {
+            f.push((
                 key("value"),
                 format!("a coil takes 0 or 1, found {}", l.value),
-            )),
-            _ => {}
+            ));
         }
     }
     for (name, s) in &a.silence {

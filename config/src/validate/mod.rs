@@ -35,10 +35,91 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
     f.0
 }
 
+/// The rules of one Modbus write target (an alert linkage, a broadcast output), as (key
+/// path, message): `device` must be configured (`has_modbus` is its entry: whether it
+/// has a `modbus` table) and have a `modbus` table, and exactly one of `coil` and
+/// `register` be set. `what` names the writes in messages (`linkage`, `broadcast`).
+/// Returns whether the target is a coil, whose values the caller checks (0 or 1).
+pub(crate) fn check_write_target(
+    f: &mut Vec<(String, String)>,
+    key: &dyn Fn(&str) -> String,
+    what: &str,
+    device: &str,
+    has_modbus: Option<bool>,
+    coil: Option<u16>,
+    register: Option<u16>,
+) -> bool {
+    match has_modbus {
+        None => f.push((
+            key("device"),
+            format!("no device {device:?} is configured in [[devices]]"),
+        )),
+        Some(false) => f.push((
+            key("device"),
+            format!("device {device:?} has no `modbus` table; {what} writes go over Modbus"),
+        )),
+        Some(true) => {}
+    }
+    match (coil, register) {
+        (None, None) => f.push((
+            key("coil"),
+            "set `coil` or `register`: the address to write".into(),
+        )),
+        (Some(_), Some(_)) => f.push((
+            key("register"),
+            "set only one of `coil` and `register`".into(),
+        )),
+        (Some(_), None) => return true,
+        (None, Some(_)) => {}
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::schema::{ApiConfig, GatewayConfig, IngestConfig, StoreConfig, UplinkConfig};
+
+    /// Alert linkages and broadcast outputs write over Modbus: the same target rules,
+    /// each problem at its own key, named for what writes.
+    #[test]
+    fn write_targets_need_a_modbus_device_and_one_address() {
+        let key = |k: &str| format!("t[0].{k}");
+        let run = |has_modbus, coil, register| {
+            let mut f = Vec::new();
+            let is_coil =
+                check_write_target(&mut f, &key, "linkage", "siren", has_modbus, coil, register);
+            (f, is_coil)
+        };
+        assert_eq!(run(Some(true), Some(3), None), (vec![], true));
+        assert_eq!(run(Some(true), None, Some(40001)), (vec![], false));
+        let (f, _) = run(None, None, None);
+        assert_eq!(
+            f,
+            vec![
+                (
+                    "t[0].device".to_owned(),
+                    "no device \"siren\" is configured in [[devices]]".to_owned()
+                ),
+                (
+                    "t[0].coil".to_owned(),
+                    "set `coil` or `register`: the address to write".to_owned()
+                ),
+            ]
+        );
+        let (f, _) = run(Some(false), Some(1), Some(2));
+        assert_eq!(
+            f[0].1,
+            "device \"siren\" has no `modbus` table; linkage writes go over Modbus"
+        );
+        assert_eq!(
+            f[1],
+            (
+                "t[0].register".to_owned(),
+                "set only one of `coil` and `register`".to_owned()
+            )
+        );
+    }
 
     #[test]
     fn defaults_pass_every_rule() {
