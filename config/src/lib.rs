@@ -24,8 +24,10 @@
 //! - `load.rs`: text → document → sections, collecting type errors per key.
 //! - `validate/`: semantic rules over the typed sections, all run from `validate()` with
 //!   one signature (`check(&Parts, &mut Findings)`): `findings.rs` (the one findings type),
-//!   `core.rs` (ranges, cross-field checks, topic-safe ids, duplicate devices, commands),
-//!   `sources.rs`, `alerts.rs`, `modbus.rs` (buses and devices' `modbus` tables).
+//!   `core.rs` (ranges, cross-field checks, topic-safe ids, duplicate devices),
+//!   `commands.rs` (`[commands]` and broadcast outputs), `sources.rs`, `alerts.rs`,
+//!   `modbus.rs` (buses and devices' `modbus` tables); `check_write_target` in `mod.rs`
+//!   is the one rule for a Modbus write target (a linkage, a broadcast output).
 //! - `secrets.rs`: `password_file` / `password_env` / `token_file` / `token_env`, read
 //!   into their [`Secret`] field at load time.
 //! - `warnings.rs`: [`Config::warnings`] — insecure but valid settings (a key file others

@@ -127,23 +127,6 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
     check_devices(parts, f);
 }
 
-/// The rules of `[commands]`, including broadcast targets among the devices.
-pub(super) fn check_commands(parts: &Parts, f: &mut Findings) {
-    if let Some(commands) = &parts.commands {
-        for (path, message) in crate::commands::check(commands) {
-            f.at(path, message);
-        }
-        let devices: Vec<_> = parts
-            .devices
-            .iter()
-            .map(|(_, d)| (d.id.clone(), d.modbus.is_some()))
-            .collect();
-        for (path, message) in crate::commands::check_broadcast(&commands.broadcast, &devices) {
-            f.at(path, message);
-        }
-    }
-}
-
 /// `client_id` if set, else `estate-gw-{gateway_id}-{role}`.
 pub(crate) fn effective_client_id(broker: &BrokerConfig, gateway_id: &str, role: &str) -> String {
     match &broker.client_id {

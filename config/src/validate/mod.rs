@@ -15,6 +15,7 @@
 //!   run as the loader reads each profile file, since they are located in that file.
 
 mod alerts;
+pub(crate) mod commands;
 mod core;
 mod findings;
 pub(crate) mod modbus;
@@ -30,7 +31,7 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
     self::core::check(parts, &mut f);
     sources::check(parts, &mut f);
     alerts::check(parts, &mut f);
-    self::core::check_commands(parts, &mut f);
+    self::commands::check(parts, &mut f);
     modbus::check(parts, &mut f);
     f.0
 }
