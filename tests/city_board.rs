@@ -222,6 +222,7 @@ async fn a_roll_call_is_answered_at_the_desk_and_one_left_alone_is_no_answer() {
     let env = TestEnv::new(broker.clone(), broker.clone());
     let mut gw = common::start_gateway_with(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n"));
     gw.wait_connected().await;
+    gw.wait_commands_subscribed().await;
     let opts = SendOptions {
         broker_host: broker.host.clone(),
         broker_port: broker.port,

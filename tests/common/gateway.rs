@@ -189,6 +189,30 @@ impl Gateway {
         .await;
     }
 
+    /// Waits until the city link has subscribed to the city's commands (its log says so;
+    /// no metric does): a command published before that reaches no one.
+    pub async fn wait_commands_subscribed(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains("Subscribed to the city's commands.") {
+                return;
+            }
+            if let Some(status) = self.try_exit_status() {
+                panic!(
+                    "gateway exited ({status}) before the commands subscription\n{}",
+                    self.log_tail(60)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the city link never subscribed to the commands\n{}",
+                self.log_tail(60)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until both broker connections are up: ingest subscribed, uplink connected.
     pub async fn wait_connected(&mut self) {
         self.wait_metrics("both broker connections up", Duration::from_secs(30), |m| {
