@@ -489,6 +489,22 @@ impl Page {
         self.cache_infos.iter().map(|ci| ci.log_size).sum()
     }
 
+    /// estate-gateway: the size the page cache (`Lru`) counts this page at. For a page
+    /// whose base is a blob, `log_size` is only the log's pointer to the blob file (tens
+    /// of bytes), while the node in memory is the whole blob (over a quarter segment,
+    /// 128 KiB and more): counted at `log_size`, such pages never filled the cache and
+    /// none was paged out. See PATCHES.md, change 4.
+    pub(crate) fn cache_size(&self) -> u64 {
+        let log_size = self.log_size();
+        if !self.cache_infos.iter().any(|ci| ci.pointer.is_blob()) {
+            return log_size;
+        }
+        match self.update.as_deref() {
+            Some(Update::Node(node)) => log_size.max(node.serialized_size()),
+            _ => log_size,
+        }
+    }
+
     fn ts(&self) -> u64 {
         self.cache_infos.last().map_or(0, |ci| ci.ts)
     }
@@ -1110,7 +1126,7 @@ impl PageCache {
 
                     // possibly evict an item now that our cache has grown
                     let total_page_size =
-                        unsafe { new_shared.deref().log_size() };
+                        unsafe { new_shared.deref().cache_size() };
                     let to_evict =
                         self.lru.accessed(pid, total_page_size, guard);
                     trace!(
@@ -1306,7 +1322,7 @@ impl PageCache {
 
                     // possibly evict an item now that our cache has grown
                     let total_page_size =
-                        unsafe { new_shared.deref().log_size() };
+                        unsafe { new_shared.deref().cache_size() };
                     let to_evict =
                         self.lru.accessed(pid, total_page_size, guard);
                     trace!(
@@ -1543,7 +1559,7 @@ impl PageCache {
 
                     // possibly evict an item now that our cache has grown
                     let total_page_size =
-                        unsafe { new_shared.deref().log_size() };
+                        unsafe { new_shared.deref().cache_size() };
                     let to_evict =
                         self.lru.accessed(pid, total_page_size, guard);
                     trace!(
@@ -1684,7 +1700,7 @@ impl PageCache {
 
             if page_view.update.is_some() {
                 // possibly evict an item now that our cache has grown
-                let total_page_size = page_view.log_size();
+                let total_page_size = page_view.cache_size();
                 let to_evict = self.lru.accessed(pid, total_page_size, guard);
                 trace!(
                     "accessed pid {} -> paging out pids {:?}",
@@ -1759,7 +1775,7 @@ impl PageCache {
             }
 
             // possibly evict an item now that our cache has grown
-            let total_page_size = unsafe { new_shared.deref().log_size() };
+            let total_page_size = unsafe { new_shared.deref().cache_size() };
             let to_evict = self.lru.accessed(pid, total_page_size, guard);
             trace!("accessed pid {} -> paging out pids {:?}", pid, to_evict);
             if !to_evict.is_empty() {
