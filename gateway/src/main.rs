@@ -66,7 +66,7 @@ enum Command {
     /// every decoded point; `write` writes one coil or register. No daemon needed.
     Modbus(estate_gateway::ingest::modbus::cli::ModbusArgs),
     /// List the gateway's alerts (open ones; `--all` adds the history), most urgent
-    /// first; `--follow` then prints every change as it happens.
+    /// first; `--follow` then keeps printing changes (repeats fold).
     Alerts(estate_gateway::alerts::cli::ListArgs),
     /// Acknowledge an alert (needs the API token: --token or ESTATE_API_TOKEN).
     Ack(estate_gateway::alerts::cli::AckArgs),

@@ -40,6 +40,27 @@ impl Gateway {
         log: &Path,
         env: &[(&str, &str)],
     ) -> Result<Gateway> {
+        Gateway::spawn(config, data_dir, log, "127.0.0.1:0", env)
+    }
+
+    /// [`Gateway::start`] with the API on `api` instead of a free port: a restart where
+    /// its clients were (e.g. `alerts --follow` reconnecting, tests/follow.rs).
+    pub fn start_on(
+        config: &Path,
+        data_dir: &Path,
+        log: &Path,
+        api: SocketAddr,
+    ) -> Result<Gateway> {
+        Gateway::spawn(config, data_dir, log, &api.to_string(), &[])
+    }
+
+    fn spawn(
+        config: &Path,
+        data_dir: &Path,
+        log: &Path,
+        api_listen: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Gateway> {
         // Append: a restarted gateway's log follows the previous one's.
         let stderr = OpenOptions::new()
             .create(true)
@@ -52,7 +73,7 @@ impl Gateway {
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--api-listen", "127.0.0.1:0", "--grace", "5s"])
+            .args(["--api-listen", api_listen, "--grace", "5s"])
             .args(["--log-level", "info,rumqttd=warn,estate_gateway=debug"])
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
