@@ -16,7 +16,8 @@
 #   /etc/estate-gateway/profiles/*.toml         (the Modbus device profiles, conffiles;
 #                                                `modbus.profile_files = ["profiles/NAME.toml"]`
 #                                                is relative to the config file's folder)
-#   /usr/share/doc/estate-gateway/{README.md,copyright}
+#   /usr/share/doc/estate-gateway/{README.md,copyright} and docs/*.md (the README's
+#                                                links resolve there)
 # and on install creates the system user `estate-gateway`, /var/lib/estate-gateway
 # (0750, owned by it), gives the group read access to /etc/estate-gateway, and enables
 # the service. It is started only if the config passes `check-config`: the shipped config
@@ -67,6 +68,9 @@ for profile in config/profiles/*.toml; do
     install -D -m 0644 "$profile" "$pkg/etc/estate-gateway/profiles/$(basename "$profile")"
 done
 install -D -m 0644 README.md "$pkg/usr/share/doc/estate-gateway/README.md"
+for doc in docs/*.md; do
+    install -D -m 0644 "$doc" "$pkg/usr/share/doc/estate-gateway/$doc"
+done
 install -D -m 0644 /dev/null "$pkg/usr/share/doc/estate-gateway/copyright"
 cat > "$pkg/usr/share/doc/estate-gateway/copyright" <<COPYRIGHT
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/

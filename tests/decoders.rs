@@ -207,3 +207,81 @@ async fn mixed_estate_formats_reach_the_city_as_the_expected_events() {
     }
     city.shutdown().await;
 }
+
+/// A LoRaWAN network server's uplinks through a `json-map` source with `seq_field`: the
+/// device's frame counter reaches the city as `device_seq` (so a lost uplink shows as a
+/// gap in the device's own numbering), and a counter that is not a non-negative integer
+/// is dead-lettered naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_map_device_counter_reaches_the_city_as_device_seq() {
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker.clone());
+    let base = env.estate_id.clone();
+    let config = format!(
+        r#"{}
+[[ingest.sources]]
+format = "json-map"
+name = "lora"
+topics = ["{base}/lora/+/up"]
+
+[ingest.sources.map]
+device_id = "/deviceInfo/devEui"
+code_field = "/object/alarm"
+codes = {{ leak = "LEAK.ALARM" }}
+state_field = "/object/active"
+seq_field = "/fCnt"
+"#,
+        env.config_toml()
+    );
+    let path = env.dir().join("gateway.toml");
+    std::fs::write(&path, &config).expect("write config");
+    let tap = EventTap::start(&broker, &env.estate_id).await;
+    let mut gw = common::Gateway::start(&path, &env.data_dir(), &env.log_path())
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", common::log_tail(&env.log_path(), 60)));
+    gw.wait_connected().await;
+
+    let mut raw = env.raw_client().await;
+    let eui = "a84041000181c4e1";
+    let topic = format!("{base}/lora/{eui}/up");
+    let uplink = |fcnt: &str, active: bool| {
+        format!(
+            r#"{{"deviceInfo":{{"devEui":"{eui}"}},"fCnt":{fcnt},"object":{{"alarm":"leak","active":{active}}}}}"#
+        )
+        .into_bytes()
+    };
+    // Frame 9 never arrived (radio loss); "x" is a broken network-server payload.
+    for (fcnt, active) in [("7", true), ("8", false), ("10", true), (r#""x""#, false)] {
+        raw.publish(&topic, uplink(fcnt, active)).await;
+    }
+
+    let device = format!("lora.{eui}");
+    tap.wait_for(
+        "three leak events from the LoRa sensor",
+        Duration::from_secs(30),
+        |events| {
+            let seqs: std::collections::HashSet<u64> = events
+                .iter()
+                .filter(|(_, e)| e.device_id == device && e.code == "LEAK.ALARM")
+                .map(|(_, e)| e.seq)
+                .collect();
+            seqs.len() >= 3
+        },
+    )
+    .await;
+    let mut leaks = tap.of(&device, "LEAK.ALARM");
+    leaks.sort_by_key(|(_, e)| e.seq);
+    let got: Vec<(Option<u64>, i32)> = leaks.iter().map(|(_, e)| (e.device_seq, e.state)).collect();
+    assert_eq!(
+        got,
+        [(Some(7), ACTIVE), (Some(8), CLEARED), (Some(10), ACTIVE)],
+        "the device's own counter, with its gap, reaches the city"
+    );
+    let m = gw
+        .wait_metrics(
+            "the broken uplink dead-lettered",
+            Duration::from_secs(30),
+            |m| m.n("estate_dead_lettered_total", &[("reason", "bad_field")]) >= 1,
+        )
+        .await;
+    assert_eq!(m.n("estate_dead_lettered_total", &[]), 1, "{}", m.summary());
+}

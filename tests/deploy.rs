@@ -428,9 +428,10 @@ fn the_field_build_links_neither_the_embedded_broker_nor_the_simulator() {
 
 /// Issue 15: the `.deb` ships every Modbus device profile under
 /// /etc/estate-gateway/profiles (where `modbus.profile_files = ["profiles/NAME.toml"]` in
-/// /etc/estate-gateway/gateway.toml finds them), as conffiles an upgrade keeps.
+/// /etc/estate-gateway/gateway.toml finds them), as conffiles an upgrade keeps, and the
+/// README with every page of docs/ it links to.
 #[test]
-fn the_deb_ships_the_modbus_profiles() {
+fn the_deb_ships_the_modbus_profiles_and_the_docs() {
     let dpkg = Command::new("dpkg-deb").arg("--version").output();
     if !dpkg.is_ok_and(|o| o.status.success()) {
         common::cannot_run(
@@ -497,6 +498,19 @@ fn the_deb_ships_the_modbus_profiles() {
         assert!(
             conffiles_text.lines().any(|l| l == installed),
             "{installed} is a conffile:\n{conffiles_text}"
+        );
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("read README.md");
+    let linked: std::collections::BTreeSet<&str> = readme
+        .match_indices("](docs/")
+        .filter_map(|(i, _)| readme[i + 2..].split([')', '#']).next())
+        .collect();
+    assert!(!linked.is_empty(), "the README links to docs/");
+    for page in ["README.md"].into_iter().chain(linked) {
+        let installed = format!("./usr/share/doc/estate-gateway/{page}");
+        assert!(
+            contents.contains(&installed),
+            "the .deb installs {installed}, which the README links to:\n{contents}"
         );
     }
 }

@@ -388,6 +388,12 @@ pub struct JsonMap {
     /// Unit of `value_field`, e.g. `"m"`, `"%LEL"`. Default: empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub unit: String,
+    /// Pointer to the device's own message counter (a non-negative integer, e.g. a
+    /// LoRaWAN `fCnt`), kept as the event's `device_seq` so the city can tell a lost or
+    /// repeated uplink. A message whose counter is not a non-negative integer is
+    /// dead-lettered. Default: unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_field: Option<String>,
     /// A topic filter on which the devices' availability / last-will messages arrive,
     /// e.g. `"lora/+/status"`; the device id is then the topic level matched by the
     /// first `+` (or the last level). Must be one of this source's `topics` or be

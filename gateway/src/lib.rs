@@ -122,13 +122,18 @@ pub enum GatewayError {
     StageEnded(&'static str),
 }
 
-/// `err` and its sources, joined by `": "` (what `anyhow`'s `{:#}` prints).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
+/// `err` and its sources, joined by `": "` as anyhow's `{:#}` prints them, less a cause
+/// that the message before it already ends with: some error types spell out their source
+/// in their own message (`#[error("store: {0}")]`), which `{:#}` would print twice.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let msg = s.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
         source = s.source();
     }
     out
@@ -496,7 +501,7 @@ impl Stages {
 type Ended = Arc<std::sync::OnceLock<&'static str>>;
 
 /// Why a stage that returns a `Result` ended.
-fn result_cause<E: std::error::Error>(r: &Result<(), E>) -> String {
+fn result_cause<E: std::error::Error + 'static>(r: &Result<(), E>) -> String {
     match r {
         Ok(()) => "it returned".to_owned(),
         Err(err) => error_chain(err),
@@ -578,5 +583,33 @@ impl alerts::LinkagePort for ingest::modbus::ModbusHandle {
             modbus.write(&device, write).await?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("store: {0}")]
+    struct Spelled(#[source] std::io::Error);
+
+    #[test]
+    fn the_error_chain_names_every_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let e = Err::<(), _>(Spelled(io()))
+            .context("open /var/lib/estate/store")
+            .expect_err("an error");
+        assert_eq!(
+            super::error_chain(e.as_ref()),
+            "open /var/lib/estate/store: store: No space left on device"
+        );
+        let e = Err::<(), _>(io())
+            .context("write the dead letter")
+            .expect_err("an error");
+        assert_eq!(
+            super::error_chain(e.as_ref()),
+            "write the dead letter: No space left on device"
+        );
     }
 }

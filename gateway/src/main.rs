@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     match execute(cli.command, malloc_tuned) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", cause_chain(&e));
+            eprintln!("error: {}", estate_gateway::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -154,24 +154,6 @@ fn execute(command: Command, malloc_tuned: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The error and its causes, `: `-separated as `{:#}` prints them, less a cause that
-/// the message before it already ends with: some error types spell out their source in
-/// their own message (`#[error("store: {0}")]`), which `{:#}` would print twice.
-fn cause_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let msg = cause.to_string();
-        if out.ends_with(&msg) && !out.is_empty() {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&msg);
-    }
-    out
 }
 
 /// glibc's malloc, left to itself, keeps what sled frees: the pages sled reads back from a

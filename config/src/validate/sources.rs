@@ -203,6 +203,7 @@ fn check_map(base: &str, s: &SourceTable, map: &JsonMap, f: &mut Findings) {
         ("state_field", map.state_field.as_ref()),
         ("time_field", map.time_field.as_ref()),
         ("value_field", map.value_field.as_ref()),
+        ("seq_field", map.seq_field.as_ref()),
     ];
     for (k, p) in pointers {
         if let Some(p) = p {

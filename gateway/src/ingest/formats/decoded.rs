@@ -99,6 +99,8 @@ pub struct Observation {
     pub zone: Option<String>,
     /// The kind the payload implies, for unregistered devices.
     pub kind: Option<DeviceKind>,
+    /// The device's own message counter, when the payload has one.
+    pub device_seq: Option<u64>,
 }
 
 impl Observation {
@@ -112,6 +114,7 @@ impl Observation {
             value: None,
             zone: None,
             kind: None,
+            device_seq: None,
         }
     }
 
@@ -124,6 +127,12 @@ impl Observation {
     /// With a reading.
     pub fn with_value(mut self, v: Option<Reading>) -> Self {
         self.value = v;
+        self
+    }
+
+    /// With the device's message counter.
+    pub fn with_seq(mut self, seq: Option<u64>) -> Self {
+        self.device_seq = seq;
         self
     }
 

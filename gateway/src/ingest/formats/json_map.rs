@@ -40,99 +40,82 @@ impl JsonMapDecoder {
             }
         }
         let body = Value::Object(json_object(F, payload)?);
-        let device = match body.pointer(&self.map.device_id) {
+        let m = &self.map;
+        let device = match body.pointer(&m.device_id) {
             Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
             Some(Value::Number(n)) => n.to_string(),
             Some(other) => {
-                return Err(field(
-                    &self.map.device_id,
-                    "a non-empty string or a number",
-                    other,
-                ))
+                return Err(field(&m.device_id, "a non-empty string or a number", other))
             }
-            None => return Err(absent(&self.map.device_id)),
+            None => return Err(absent(&m.device_id)),
         };
-        let code = match body.pointer(&self.map.code_field) {
+        let code = match body.pointer(&m.code_field) {
             None | Some(Value::Null) => "DEV.HEARTBEAT",
-            Some(v) => {
-                let key = as_text(v)
-                    .ok_or_else(|| field(&self.map.code_field, "a string, number or boolean", v))?;
-                self.codes
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, c)| *c)
-                    .ok_or_else(|| {
-                        error(
-                            F,
-                            DecodeReason::BadField,
-                            format!(
-                                "field {:?}: value {key:?} is not in the code table (known: {})",
-                                self.map.code_field,
-                                self.codes
-                                    .iter()
-                                    .map(|(k, _)| k.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        )
-                    })?
-            }
+            Some(v) => self.code(v)?,
         };
-        let state = match &self.map.state_field {
-            None => EventState::Active,
-            Some(p) => match body.pointer(p) {
-                None | Some(Value::Null) => EventState::Active,
-                Some(v) => {
-                    let t = as_text(v).ok_or_else(|| field(p, "a string, number or boolean", v))?;
-                    if self.map.active.contains(&t) {
-                        EventState::Active
-                    } else if self.map.cleared.contains(&t) {
-                        EventState::Cleared
-                    } else {
-                        return Err(error(
-                            F,
-                            DecodeReason::BadField,
-                            format!(
-                                "field {p:?}: value {t:?} is neither active ({}) nor cleared ({})",
-                                self.map.active.join(", "),
-                                self.map.cleared.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            },
-        };
-        let time = match &self.map.time_field {
-            None => None,
-            Some(p) => match body.pointer(p) {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(parse_time(self.map.time_format, v).ok_or_else(|| {
-                    field(
-                        p,
-                        match self.map.time_format {
-                            TimeFormat::Rfc3339 => "an RFC 3339 time",
-                            TimeFormat::EpochMs => "epoch milliseconds",
-                            TimeFormat::EpochS => "epoch seconds",
-                        },
-                        v,
-                    )
-                })?),
-            },
-        };
-        let value = match &self.map.value_field {
-            None => None,
-            Some(p) => match body.pointer(p) {
-                None | Some(Value::Null) => None,
-                Some(Value::Number(n)) => n.as_f64().map(|v| Reading {
-                    value: v,
-                    unit: self.map.unit.clone(),
-                }),
-                Some(other) => return Err(field(p, "a number", other)),
-            },
-        };
+        let state =
+            optional(&body, &m.state_field, |p, v| self.state(p, v))?.unwrap_or(EventState::Active);
+        let time = optional(&body, &m.time_field, |p, v| {
+            parse_time(m.time_format, v).ok_or_else(|| field(p, time_format_name(m.time_format), v))
+        })?;
+        let value = optional(&body, &m.value_field, |p, v| match v {
+            Value::Number(n) => Ok(n.as_f64().map(|value| Reading {
+                value,
+                unit: m.unit.clone(),
+            })),
+            other => Err(field(p, "a number", other)),
+        })?
+        .flatten();
+        let seq = optional(&body, &m.seq_field, |p, v| {
+            v.as_u64()
+                .ok_or_else(|| field(p, "a non-negative integer", v))
+        })?;
         Ok(vec![Observation::new(device, code, state)
             .with_time(time)
-            .with_value(value)])
+            .with_value(value)
+            .with_seq(seq)])
+    }
+
+    /// The code `codes` maps the code field's value `v` to.
+    fn code(&self, v: &Value) -> Result<&'static str, DecodeError> {
+        let key = as_text(v)
+            .ok_or_else(|| field(&self.map.code_field, "a string, number or boolean", v))?;
+        self.codes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| *c)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.codes.iter().map(|(k, _)| k.as_str()).collect();
+                error(
+                    F,
+                    DecodeReason::BadField,
+                    format!(
+                        "field {:?}: value {key:?} is not in the code table (known: {})",
+                        self.map.code_field,
+                        known.join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// Active or cleared, from the state field `p`'s value `v`.
+    fn state(&self, p: &str, v: &Value) -> Result<EventState, DecodeError> {
+        let t = as_text(v).ok_or_else(|| field(p, "a string, number or boolean", v))?;
+        if self.map.active.contains(&t) {
+            Ok(EventState::Active)
+        } else if self.map.cleared.contains(&t) {
+            Ok(EventState::Cleared)
+        } else {
+            Err(error(
+                F,
+                DecodeReason::BadField,
+                format!(
+                    "field {p:?}: value {t:?} is neither active ({}) nor cleared ({})",
+                    self.map.active.join(", "),
+                    self.map.cleared.join(", ")
+                ),
+            ))
+        }
     }
 
     fn availability(
@@ -171,6 +154,30 @@ impl JsonMapDecoder {
             ));
         };
         Ok(vec![Observation::new(device, code, EventState::Active)])
+    }
+}
+
+/// An optional field: `None` when it is not mapped, absent or null, else what `read`
+/// makes of its value.
+fn optional<T>(
+    body: &Value,
+    pointer: &Option<String>,
+    read: impl FnOnce(&str, &Value) -> Result<T, DecodeError>,
+) -> Result<Option<T>, DecodeError> {
+    match pointer {
+        None => Ok(None),
+        Some(p) => match body.pointer(p) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => read(p, v).map(Some),
+        },
+    }
+}
+
+fn time_format_name(format: TimeFormat) -> &'static str {
+    match format {
+        TimeFormat::Rfc3339 => "an RFC 3339 time",
+        TimeFormat::EpochMs => "epoch milliseconds",
+        TimeFormat::EpochS => "epoch seconds",
     }
 }
 

@@ -370,7 +370,7 @@ impl Sources {
                 raw: raw.clone(),
                 raw_truncated,
                 registered: registered.is_some(),
-                device_seq: None,
+                device_seq: o.device_seq,
                 alert: None,
             });
         }

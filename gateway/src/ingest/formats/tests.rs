@@ -41,6 +41,7 @@ codes = { leak = "LEAK.ALARM", tamper = "DEV.TAMPER" }
 state_field = "/object/active"
 time_field = "/time"
 value_field = "/object/distance"
+seq_field = "/fCnt"
 unit = "m"
 availability_topic = "lora/+/status"
 
@@ -469,7 +470,7 @@ fn nbiot_state_codes_with_folding_and_normal_clearing() {
 #[test]
 fn json_map_reads_the_configured_fields() {
     let mut s = sources();
-    let up = r#"{"deviceInfo":{"devEui":"a84041000181c4e1"},"time":"2026-11-26T20:00:00Z","object":{"alarm":"leak","active":1,"distance":3.5}}"#;
+    let up = r#"{"deviceInfo":{"devEui":"a84041000181c4e1"},"fCnt":41,"time":"2026-11-26T20:00:00Z","object":{"alarm":"leak","active":1,"distance":3.5}}"#;
     let e = decode(&mut s, "lora/a84041000181c4e1/up", up, 1);
     assert_eq!(
         summary(&e),
@@ -481,6 +482,7 @@ fn json_map_reads_the_configured_fields() {
     );
     assert_eq!(e[0].device_time_ms, Some(1_795_723_200_000));
     assert_eq!(e[0].device_kind, Some(DeviceKind::WaterLeak));
+    assert_eq!(e[0].device_seq, Some(41), "the device's counter is kept");
     let e = decode(
         &mut s,
         "lora/a84041000181c4e1/up",
@@ -495,6 +497,10 @@ fn json_map_reads_the_configured_fields() {
         3,
     );
     assert_eq!(e[0].code, "DEV.HEARTBEAT");
+    assert_eq!(
+        e[0].device_seq, None,
+        "a message without a counter has none"
+    );
     let e = decode(&mut s, "lora/a84041000181c4e1/status", "offline", 4);
     assert_eq!(
         summary(&e),
@@ -585,6 +591,18 @@ fn malformed_payloads_name_format_and_field() {
             r#"{"object":{"alarm":"leak"}}"#,
             "bad_field",
             r#"json-map: field "/deviceInfo/devEui" is missing"#,
+        ),
+        (
+            "lora/x/up",
+            r#"{"deviceInfo":{"devEui":"x"},"fCnt":-1,"object":{"alarm":"leak"}}"#,
+            "bad_field",
+            r#"json-map: field "/fCnt": expected a non-negative integer, found a number -1"#,
+        ),
+        (
+            "lora/x/up",
+            r#"{"deviceInfo":{"devEui":"x"},"fCnt":"7","object":{"alarm":"leak"}}"#,
+            "bad_field",
+            r#"json-map: field "/fCnt": expected a non-negative integer"#,
         ),
         (
             "lora/x/up",
