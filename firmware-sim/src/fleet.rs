@@ -17,13 +17,18 @@ use crate::native::{event_topic, now_ms};
 use crate::publish::random_client_id;
 use crate::scenario::{Plan, Scenario};
 
+/// How `estate-sim fleet` publishes: many estates' sensors from one MQTT connection.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
+    /// The ingest broker's host name or address.
     pub broker_host: String,
+    /// The ingest broker's MQTT port.
     pub broker_port: u16,
+    /// The MQTT client id (random by default).
     pub client_id: String,
     /// First topic level of the native protocol.
     pub prefix: String,
+    /// How many estates to simulate, with ids `base`, `base + 1`, ….
     pub estates: u32,
     /// The first estate's id: digits (see the module docs).
     pub base: String,
@@ -67,8 +72,11 @@ pub fn estate_id(base: &str, index: u32) -> Result<String> {
 /// What a fleet run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FleetReport {
+    /// Messages published (QoS 1).
     pub published: u64,
+    /// Of those, acknowledged by the broker (PUBACK).
     pub acked: u64,
+    /// Times the connection was lost and made again.
     pub reconnects: u64,
 }
 

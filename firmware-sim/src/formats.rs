@@ -15,7 +15,9 @@ use serde_json::json;
 /// One MQTT message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Msg {
+    /// The full topic (its format's prefix included).
     pub topic: String,
+    /// The payload bytes, as the device's format writes them.
     pub payload: Vec<u8>,
     /// Published retained (availability topics are).
     pub retain: bool,
@@ -40,11 +42,17 @@ fn topic(base: &str, rest: &str) -> String {
 /// A zigbee2mqtt sensor's full state (the exposes of an Aqara leak or Heiman smoke sensor).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ZigbeeState {
+    /// `Some(true)` while water is detected; `None` leaves the key out (a smoke sensor).
     pub water_leak: Option<bool>,
+    /// `Some(true)` while smoke is detected; `None` leaves the key out (a leak sensor).
     pub smoke: Option<bool>,
+    /// Battery charge, percent (0–100).
     pub battery: u8,
+    /// The sensor's own low-battery flag.
     pub battery_low: bool,
+    /// True while the case is open.
     pub tamper: bool,
+    /// Zigbee link quality, 0–255.
     pub linkquality: u8,
 }
 
@@ -188,16 +196,24 @@ pub fn nbiot_state(base: &str, imei: &str, state: u32, battery: u8, ts_ms: i64) 
 /// One step of a script: wait `after`, then publish `msg`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// How long to wait after the previous step.
     pub after: Duration,
+    /// What to publish then.
     pub msg: Msg,
 }
 
-/// The mixed estate's devices in their sources' own names.
+/// The mixed estate's zigbee2mqtt leak sensor, by its friendly name. These constants are
+/// the mixed estate's devices in their sources' own names.
 pub const ZIGBEE_LEAK: &str = "b1-101 kitchen leak";
+/// The zigbee2mqtt friendly name of the smoke sensor.
 pub const ZIGBEE_SMOKE: &str = "b1-102 hall smoke";
+/// The Frigate camera name.
 pub const FRIGATE_CAMERA: &str = "north_gate";
+/// The ISAPI camera's MAC address (its identity in the alarm payload).
 pub const ISAPI_MAC: &str = "44:19:b6:6d:24:85";
+/// The access controller's id in its SDK events.
 pub const ACS_CONTROLLER: &str = "ctl-01";
+/// The NB-IoT smoke detector's IMEI.
 pub const NBIOT_IMEI: &str = "868120300000001";
 
 /// A mixed estate over about 15 s: a zigbee leak (with full-state repeats), a person at

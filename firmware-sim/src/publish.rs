@@ -27,12 +27,15 @@ pub use crate::scenario::Scenario;
 /// What to publish, where, and how fast.
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
+    /// The ingest broker's host name or address.
     pub broker_host: String,
+    /// The ingest broker's MQTT port.
     pub broker_port: u16,
     /// MQTT client id; the default is random (`estate-sim-pub-…`).
     pub client_id: String,
     /// First topic level of the native protocol.
     pub prefix: String,
+    /// The estate id in the topics (the gateway's `gateway.estate_id`).
     pub estate_id: String,
     /// How many event messages to publish; their payload `seq` runs `1..=count`.
     pub count: u64,
@@ -40,6 +43,7 @@ pub struct PublishOptions {
     pub rate: Option<f64>,
     /// How many of `count` are `SMOKE.ALARM`, spread evenly over the run.
     pub alarms: u64,
+    /// Which messages make up the run (see [`Scenario`]).
     pub scenario: Scenario,
     /// QoS1 publishes awaiting PUBACK at once (also the request channel's capacity).
     pub max_inflight: u16,
@@ -48,6 +52,7 @@ pub struct PublishOptions {
     /// After the last message has been handed over, how long to wait for outstanding
     /// PUBACKs (and reconnects) before returning a partial report.
     pub drain_timeout: Duration,
+    /// MQTT keep-alive of the connection.
     pub keep_alive: Duration,
 }
 
@@ -189,6 +194,8 @@ impl AckTracker {
         self.resend.insert(seq);
     }
 
+    /// rumqttc wrote a publish with packet id `pkid` (`Outgoing::Publish`): the next queued
+    /// seq now waits for that pkid's PUBACK (a retransmission of a pkid in flight changes nothing).
     pub fn on_outgoing_publish(&mut self, pkid: u16) {
         if self.inflight.contains_key(&pkid) {
             // A retransmission of a message already in flight (same pkid).
@@ -215,6 +222,8 @@ impl AckTracker {
         }
     }
 
+    /// rumqttc held a publish back because `pkid` is still in flight (`Outgoing::AwaitAck`):
+    /// the next queued seq is written, under that pkid, once it is acknowledged.
     pub fn on_await_ack(&mut self, pkid: u16) {
         match self.queued.pop_front() {
             Some(seq) => self.collision = Some((pkid, seq)),
@@ -222,6 +231,7 @@ impl AckTracker {
         }
     }
 
+    /// The broker acknowledged `pkid`: its seq counts as acked.
     pub fn on_puback(&mut self, pkid: u16) {
         match self.inflight.remove(&pkid) {
             Some(seq) => self.acked.push(seq),
@@ -250,14 +260,17 @@ impl AckTracker {
             && self.resend.is_empty()
     }
 
+    /// True while a message lost with a session waits to be published again.
     pub fn has_resend(&self) -> bool {
         !self.resend.is_empty()
     }
 
+    /// Messages written at least once (a republished one counts once).
     pub fn sent(&self) -> u64 {
         self.sent
     }
 
+    /// The seqs the broker acknowledged, in PUBACK order (a seq acknowledged twice appears twice).
     pub fn acked(&self) -> &[u64] {
         &self.acked
     }

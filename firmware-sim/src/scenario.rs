@@ -27,7 +27,10 @@ pub enum Scenario {
     /// Every smoke detector in `building` goes into `SMOKE.ALARM`, then the fire panel
     /// raises `FIRE.ALARM` and the building's manual call point `FIRE.MANUAL_CALL`;
     /// telemetry follows, and the run ends with everything clearing.
-    Fire { building: String },
+    Fire {
+        /// The building on fire, as in the devices' `location.building` (`"1"`).
+        building: String,
+    },
     /// Every water-leak detector raises `LEAK.ALARM` (with a leak distance); telemetry
     /// follows; the leak clears at the end.
     Leak,
@@ -37,6 +40,8 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// The name as `--scenario` spells it (and log lines show it): `"telemetry"`, `"fire"`,
+    /// `"leak"` or `"mixed"`.
     pub fn name(&self) -> &'static str {
         match self {
             Scenario::Telemetry => "telemetry",
@@ -52,7 +57,9 @@ impl Scenario {
 pub struct Planned<'a> {
     /// Index of `device` in [`Plan::devices`].
     pub index: usize,
+    /// The device that sends it.
     pub device: &'a SimDevice,
+    /// The message, with `seq` set to its position in the run (1-based).
     pub event: NativeEvent,
 }
 
@@ -218,10 +225,13 @@ impl Plan {
         })
     }
 
+    /// Messages in the run (payload `seq` 1..=count).
     pub fn count(&self) -> u64 {
         self.count
     }
 
+    /// The devices the plan draws from, as given to [`Plan::new`] ([`Planned::index`]
+    /// indexes them).
     pub fn devices(&self) -> &[SimDevice] {
         &self.devices
     }
