@@ -394,119 +394,145 @@ pub(super) fn check_buses(buses: &[(usize, BusConfig)], f: &mut Vec<Finding>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, b) in buses {
         let base = format!("modbus.buses[{i}]");
-        if b.name.is_empty()
-            || b.name.len() > 64
-            || b.name
-                .chars()
-                .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
-            at(
-                f,
-                format!("{base}.name"),
-                format!(
-                    "{:?}: 1–64 letters, digits, '-' or '_' (it appears in metrics and event sources)",
-                    b.name
-                ),
-            );
-        } else if let Some(first) = names.get(b.name.as_str()) {
-            related(
-                f,
-                format!("{base}.name"),
-                format!("modbus.buses[{first}].name"),
-                format!(
-                    "duplicate bus name {:?}, already used by modbus.buses[{first}]",
-                    b.name
-                ),
-            );
-        } else {
-            names.insert(b.name.as_str(), *i);
-        }
-        let tcp = !matches!(b.transport, BusTransport::Rtu);
-        match (&b.host, tcp) {
-            (None, true) => at(
-                f,
-                format!("{base}.transport"),
-                format!(
-                    "a {} bus needs `host` (and `port`, default 502)",
-                    b.transport
-                ),
+        check_bus_name(&base, *i, b, &mut names, f);
+        check_bus_endpoint(&base, b, f);
+        check_bus_line(&base, b, f);
+        check_bus_reconnect(&base, b, f);
+    }
+}
+
+/// A bus name: 1–64 letters, digits, '-' or '_', and unique (`names`: name → first index).
+fn check_bus_name<'a>(
+    base: &str,
+    i: usize,
+    b: &'a BusConfig,
+    names: &mut HashMap<&'a str, usize>,
+    f: &mut Vec<Finding>,
+) {
+    if b.name.is_empty()
+        || b.name.len() > 64
+        || b.name
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        at(
+            f,
+            format!("{base}.name"),
+            format!(
+                "{:?}: 1–64 letters, digits, '-' or '_' (it appears in metrics and event sources)",
+                b.name
             ),
-            (Some(h), true) if h.trim().is_empty() || h.contains("://") || h.contains(' ') => at(
-                f,
-                format!("{base}.host"),
-                format!("{h:?} is not a host name or address"),
+        );
+    } else if let Some(first) = names.get(b.name.as_str()) {
+        related(
+            f,
+            format!("{base}.name"),
+            format!("modbus.buses[{first}].name"),
+            format!(
+                "duplicate bus name {:?}, already used by modbus.buses[{first}]",
+                b.name
             ),
-            (Some(_), false) => at(
-                f,
-                format!("{base}.host"),
-                "`host` is for tcp and rtu-over-tcp buses; an rtu bus uses `device`",
+        );
+    } else {
+        names.insert(b.name.as_str(), i);
+    }
+}
+
+/// Where the bus is: `host` for tcp and rtu-over-tcp, `device` (a serial port) for rtu.
+fn check_bus_endpoint(base: &str, b: &BusConfig, f: &mut Vec<Finding>) {
+    let tcp = !matches!(b.transport, BusTransport::Rtu);
+    match (&b.host, tcp) {
+        (None, true) => at(
+            f,
+            format!("{base}.transport"),
+            format!(
+                "a {} bus needs `host` (and `port`, default 502)",
+                b.transport
             ),
-            _ => {}
+        ),
+        (Some(h), true) if h.trim().is_empty() || h.contains("://") || h.contains(' ') => at(
+            f,
+            format!("{base}.host"),
+            format!("{h:?} is not a host name or address"),
+        ),
+        (Some(_), false) => at(
+            f,
+            format!("{base}.host"),
+            "`host` is for tcp and rtu-over-tcp buses; an rtu bus uses `device`",
+        ),
+        _ => {}
+    }
+    match (&b.device, b.transport) {
+        (None, BusTransport::Rtu) => at(
+            f,
+            format!("{base}.transport"),
+            "an rtu bus needs `device`, the serial port (e.g. \"/dev/ttyS1\")",
+        ),
+        (Some(d), BusTransport::Rtu) if d.trim().is_empty() => {
+            at(f, format!("{base}.device"), "must not be empty")
         }
-        match (&b.device, b.transport) {
-            (None, BusTransport::Rtu) => at(
-                f,
-                format!("{base}.transport"),
-                "an rtu bus needs `device`, the serial port (e.g. \"/dev/ttyS1\")",
+        (Some(_), BusTransport::Tcp | BusTransport::RtuOverTcp) => at(
+            f,
+            format!("{base}.device"),
+            "`device` (a serial port) is for rtu buses; tcp buses use `host` and `port`",
+        ),
+        _ => {}
+    }
+}
+
+/// The serial line's settings: baud, data and stop bits, the inter-frame gap.
+fn check_bus_line(base: &str, b: &BusConfig, f: &mut Vec<Finding>) {
+    if b.baud < 300 || b.baud > 1_000_000 {
+        at(
+            f,
+            format!("{base}.baud"),
+            format!("must be between 300 and 1000000, found {}", b.baud),
+        );
+    }
+    if !(7..=8).contains(&b.data_bits) {
+        at(
+            f,
+            format!("{base}.data_bits"),
+            format!("must be 7 or 8, found {}", b.data_bits),
+        );
+    }
+    if !(1..=2).contains(&b.stop_bits) {
+        at(
+            f,
+            format!("{base}.stop_bits"),
+            format!("must be 1 or 2, found {}", b.stop_bits),
+        );
+    }
+    if b.inter_frame_gap
+        .is_some_and(|g| g > Duration::from_secs(1))
+    {
+        at(f, format!("{base}.inter_frame_gap"), "must be at most 1s");
+    }
+}
+
+/// The reconnect backoff: a minimum above 0, a maximum not too long and not below it.
+fn check_bus_reconnect(base: &str, b: &BusConfig, f: &mut Vec<Finding>) {
+    if b.reconnect_min.is_zero() {
+        at(
+            f,
+            format!("{base}.reconnect_min"),
+            "must be more than 0s, or an unreachable bus is retried in a tight loop",
+        );
+    }
+    if let Some(m) = too_long(b.reconnect_max) {
+        at(f, format!("{base}.reconnect_max"), m);
+    }
+    if b.reconnect_max < b.reconnect_min {
+        f.push(Finding {
+            path: format!("{base}.reconnect_min"),
+            involves: vec![format!("{base}.reconnect_max")],
+            related: None,
+            message: format!(
+                "reconnect_min ({}) must not exceed reconnect_max ({})",
+                fmt_d(b.reconnect_min),
+                fmt_d(b.reconnect_max)
             ),
-            (Some(d), BusTransport::Rtu) if d.trim().is_empty() => {
-                at(f, format!("{base}.device"), "must not be empty")
-            }
-            (Some(_), BusTransport::Tcp | BusTransport::RtuOverTcp) => at(
-                f,
-                format!("{base}.device"),
-                "`device` (a serial port) is for rtu buses; tcp buses use `host` and `port`",
-            ),
-            _ => {}
-        }
-        if b.baud < 300 || b.baud > 1_000_000 {
-            at(
-                f,
-                format!("{base}.baud"),
-                format!("must be between 300 and 1000000, found {}", b.baud),
-            );
-        }
-        if !(7..=8).contains(&b.data_bits) {
-            at(
-                f,
-                format!("{base}.data_bits"),
-                format!("must be 7 or 8, found {}", b.data_bits),
-            );
-        }
-        if !(1..=2).contains(&b.stop_bits) {
-            at(
-                f,
-                format!("{base}.stop_bits"),
-                format!("must be 1 or 2, found {}", b.stop_bits),
-            );
-        }
-        if b.inter_frame_gap
-            .is_some_and(|g| g > Duration::from_secs(1))
-        {
-            at(f, format!("{base}.inter_frame_gap"), "must be at most 1s");
-        }
-        if b.reconnect_min.is_zero() {
-            at(
-                f,
-                format!("{base}.reconnect_min"),
-                "must be more than 0s, or an unreachable bus is retried in a tight loop",
-            );
-        }
-        if let Some(m) = too_long(b.reconnect_max) {
-            at(f, format!("{base}.reconnect_max"), m);
-        }
-        if b.reconnect_max < b.reconnect_min {
-            f.push(Finding {
-                path: format!("{base}.reconnect_min"),
-                involves: vec![format!("{base}.reconnect_max")],
-                related: None,
-                message: format!(
-                    "reconnect_min ({}) must not exceed reconnect_max ({})",
-                    fmt_d(b.reconnect_min),
-                    fmt_d(b.reconnect_max)
-                ),
-            });
-        }
+        });
     }
 }
 
