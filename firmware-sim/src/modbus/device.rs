@@ -278,142 +278,168 @@ impl SimDevice {
         self.pt495_latched || self.lel[0] >= self.al1
     }
 
-    /// One register, or `None` if the device has no such address.
+    /// One register, or `None` if the device has no such address (exception 02).
     pub fn register(&self, table: Table, addr: u16) -> Option<u16> {
         use DeviceType as D;
         match (self.device_type, table) {
-            (D::RopeLeak, Table::Input) => {
-                let leak = self.leak_m.is_some();
-                Some(match addr {
-                    0 => {
-                        let mut s = 0;
-                        if leak {
-                            s |= 1;
-                        }
-                        if self.fault {
-                            s |= 2;
-                        }
-                        if leak || self.fault {
-                            s |= 8;
-                        }
-                        s
-                    }
-                    1 => self.leak_in_unit().round() as u16,
-                    2 => self.feet as u16,
-                    3 => {
-                        if leak {
-                            150
-                        } else {
-                            0
-                        }
-                    }
-                    4 => {
-                        if self.feet {
-                            (self.cable_m as f64 / 0.3048).round() as u16
-                        } else {
-                            self.cable_m
-                        }
-                    }
-                    5 | 6 => {
-                        if self.fault {
-                            0xFFFF
-                        } else {
-                            2600
-                        }
-                    }
-                    7 => 0,
-                    8 => 301,
-                    8000 | 8001 => {
-                        f32_word_swapped(self.leak_in_unit() as f32)[(addr - 8000) as usize]
-                    }
-                    _ => return None,
-                })
-            }
-            (D::GasPt495, Table::Holding) => Some(match addr {
-                0 => times10(self.lel[0]),
-                1 => {
-                    let mut s = pt495::SENSOR_LEL;
-                    if self.pt495_alarm() {
-                        s |= pt495::ALARM;
-                    }
-                    if self.calibrating {
-                        s |= pt495::CALIBRATION;
-                    }
-                    if self.fault {
-                        s |= pt495::FAULT;
-                    }
-                    s
-                }
-                2 => times10(self.al1),
-                3 => self.al1_latching as u16,
-                4 => times10(self.al2),
-                5 => self.al2_latching as u16,
-                6 => 0,
-                _ => return None,
-            }),
-            (D::GasToc635, Table::Input) => match addr {
-                1..=TOC_CHANNELS => Some(toc_raw(self.lel[addr as usize - 1])),
-                3001..=3008 => {
-                    let lel = self.lel[addr as usize - 3001];
-                    let mut s = 0;
-                    for (i, level) in toc::LEVELS.iter().enumerate() {
-                        if lel >= *level {
-                            s |= 1 << i;
-                        }
-                    }
-                    if self.fault {
-                        s |= toc::FAULT | toc::SENSOR_FAULT;
-                    }
-                    if lel < -10.0 {
-                        s |= toc::UNDER_RANGE;
-                    }
-                    if lel > 110.0 {
-                        s |= toc::OVER_RANGE;
-                    }
-                    if self.muted && s & (toc::AL1 | toc::AL2 | toc::AL3) != 0 {
-                        s |= toc::MUTED;
-                    }
-                    Some(s)
-                }
-                _ => None,
-            },
-            (D::FireNotifier, Table::Holding) => match addr {
-                0..NOTIFIER_POINTS => {
-                    if addr >= NOTIFIER_PROGRAMMED {
-                        return Some(notifier::NOT_PROGRAMMED);
-                    }
-                    let mut w = notifier::ENABLED;
-                    if self.fire[addr as usize] {
-                        w |= notifier::ACTIVE | NOTIFIER_EVENT_FIRE;
-                    } else {
-                        w |= notifier::INACTIVE;
-                    }
-                    if self.fault {
-                        w |= notifier::TROUBLE;
-                    }
-                    Some(w)
-                }
-                NOTIFIER_PANEL_STATUS => Some(self.panel_status),
-                _ => None,
-            },
-            (D::SmokeGb26875, Table::Holding) => match addr {
-                0..GB26875_DETECTORS => {
-                    let i = addr as usize;
-                    let mut w = gb26875::NORMAL;
-                    if self.fire[i] {
-                        w |= gb26875::FIRE;
-                    }
-                    if self.fault {
-                        w |= gb26875::FAULT;
-                    }
-                    if self.disabled[i] {
-                        w |= gb26875::DISABLED;
-                    }
-                    Some(w)
-                }
-                _ => None,
-            },
+            (D::RopeLeak, Table::Input) => self.rope_leak_input(addr),
+            (D::GasPt495, Table::Holding) => self.pt495_holding(addr),
+            (D::GasToc635, Table::Input) => self.toc635_input(addr),
+            (D::FireNotifier, Table::Holding) => self.notifier_holding(addr),
+            (D::SmokeGb26875, Table::Holding) => self.gb26875_holding(addr),
             (D::Bank(n), Table::Holding) if addr < n => Some(self.bank[addr as usize]),
+            _ => None,
+        }
+    }
+
+    /// Rope leak, input registers 0..=8 (30001–30009: status, distance in whole units,
+    /// unit, leak current, cable length, the two leg resistances (0xFFFF on a cable
+    /// fault), reserved, firmware) and 8000–8001 (the distance as a word-swapped f32).
+    fn rope_leak_input(&self, addr: u16) -> Option<u16> {
+        let leak = self.leak_m.is_some();
+        Some(match addr {
+            0 => {
+                let mut s = 0;
+                if leak {
+                    s |= 1;
+                }
+                if self.fault {
+                    s |= 2;
+                }
+                if leak || self.fault {
+                    s |= 8;
+                }
+                s
+            }
+            1 => self.leak_in_unit().round() as u16,
+            2 => self.feet as u16,
+            3 => {
+                if leak {
+                    150
+                } else {
+                    0
+                }
+            }
+            4 => {
+                if self.feet {
+                    (self.cable_m as f64 / 0.3048).round() as u16
+                } else {
+                    self.cable_m
+                }
+            }
+            5 | 6 => {
+                if self.fault {
+                    0xFFFF
+                } else {
+                    2600
+                }
+            }
+            7 => 0,
+            8 => 301,
+            8000 | 8001 => f32_word_swapped(self.leak_in_unit() as f32)[(addr - 8000) as usize],
+            _ => return None,
+        })
+    }
+
+    /// PT495, holding registers: concentration ×10, the status word, and the set points
+    /// (×10) with their latching.
+    fn pt495_holding(&self, addr: u16) -> Option<u16> {
+        Some(match addr {
+            0 => times10(self.lel[0]),
+            1 => {
+                let mut s = pt495::SENSOR_LEL;
+                if self.pt495_alarm() {
+                    s |= pt495::ALARM;
+                }
+                if self.calibrating {
+                    s |= pt495::CALIBRATION;
+                }
+                if self.fault {
+                    s |= pt495::FAULT;
+                }
+                s
+            }
+            2 => times10(self.al1),
+            3 => self.al1_latching as u16,
+            4 => times10(self.al2),
+            5 => self.al2_latching as u16,
+            6 => 0,
+            _ => return None,
+        })
+    }
+
+    /// TOC-635, input registers: each channel's raw value (1..=8) and status word
+    /// (3001..=3008).
+    fn toc635_input(&self, addr: u16) -> Option<u16> {
+        match addr {
+            1..=TOC_CHANNELS => Some(toc_raw(self.lel[addr as usize - 1])),
+            3001..=3008 => {
+                let lel = self.lel[addr as usize - 3001];
+                let mut s = 0;
+                for (i, level) in toc::LEVELS.iter().enumerate() {
+                    if lel >= *level {
+                        s |= 1 << i;
+                    }
+                }
+                if self.fault {
+                    s |= toc::FAULT | toc::SENSOR_FAULT;
+                }
+                if lel < -10.0 {
+                    s |= toc::UNDER_RANGE;
+                }
+                if lel > 110.0 {
+                    s |= toc::OVER_RANGE;
+                }
+                if self.muted && s & (toc::AL1 | toc::AL2 | toc::AL3) != 0 {
+                    s |= toc::MUTED;
+                }
+                Some(s)
+            }
+            _ => None,
+        }
+    }
+
+    /// Notifier MODBUS-GW, holding registers: one word per point (0..32), the panel
+    /// status at 9499.
+    fn notifier_holding(&self, addr: u16) -> Option<u16> {
+        match addr {
+            0..NOTIFIER_POINTS => {
+                if addr >= NOTIFIER_PROGRAMMED {
+                    return Some(notifier::NOT_PROGRAMMED);
+                }
+                let mut w = notifier::ENABLED;
+                if self.fire[addr as usize] {
+                    w |= notifier::ACTIVE | NOTIFIER_EVENT_FIRE;
+                } else {
+                    w |= notifier::INACTIVE;
+                }
+                if self.fault {
+                    w |= notifier::TROUBLE;
+                }
+                Some(w)
+            }
+            NOTIFIER_PANEL_STATUS => Some(self.panel_status),
+            _ => None,
+        }
+    }
+
+    /// GB/T 26875.3 loop, holding registers: one component status word per detector.
+    fn gb26875_holding(&self, addr: u16) -> Option<u16> {
+        match addr {
+            0..GB26875_DETECTORS => {
+                let i = addr as usize;
+                let mut w = gb26875::NORMAL;
+                if self.fire[i] {
+                    w |= gb26875::FIRE;
+                }
+                if self.fault {
+                    w |= gb26875::FAULT;
+                }
+                if self.disabled[i] {
+                    w |= gb26875::DISABLED;
+                }
+                Some(w)
+            }
             _ => None,
         }
     }
