@@ -192,11 +192,13 @@ fn default_escalate_severity() -> u8 {
 pub enum Scope {
     /// Anywhere in the estate.
     Estate,
+    /// Same building; devices without a building never correlate.
     Building,
     /// Same building and unit.
     Unit,
     /// Same building, unit and floor.
     Floor,
+    /// Same `zone` (whatever the building); devices without a zone never correlate.
     Zone,
 }
 

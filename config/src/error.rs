@@ -9,18 +9,22 @@ use std::fmt;
 pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
 impl ConfigErrors {
+    /// The problems, in file order.
     pub fn problems(&self) -> &[ConfigProblem] {
         &self.0
     }
 
+    /// How many problems were found.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// True when there are none (never for a `ConfigErrors` returned as an error).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The problems in file order, as [`ConfigErrors::problems`].
     pub fn iter(&self) -> std::slice::Iter<'_, ConfigProblem> {
         self.0.iter()
     }
@@ -60,11 +64,15 @@ impl fmt::Display for Lines<'_> {
 pub struct ConfigProblem {
     /// The file name, as given to the loader.
     pub file: String,
+    /// 1-based line of the offending key or value; `None` when it cannot be located (a
+    /// missing key, a problem with the file as a whole).
     pub line: Option<usize>,
+    /// 1-based column, in characters, on `line`; `None` when `line` is.
     pub column: Option<usize>,
     /// Dotted key path, e.g. `uplink.mqtt.port` or `devices[2].kind`; empty for a
     /// problem with the file as a whole (unreadable, TOML syntax).
     pub path: String,
+    /// What is wrong and, where it helps, what to write instead.
     pub message: String,
 }
 

@@ -54,6 +54,7 @@ pub struct ModbusConfig {
 }
 
 impl ModbusConfig {
+    /// True with no buses, no profile files and no profiles: Modbus is off.
     pub fn is_empty(&self) -> bool {
         self.profile_files.is_empty() && self.buses.is_empty() && self.profiles.is_empty()
     }
@@ -83,6 +84,7 @@ pub enum BusTransport {
 }
 
 impl BusTransport {
+    /// The name as written in `transport`: `"tcp"`, `"rtu"` or `"rtu-over-tcp"`.
     pub fn as_str(self) -> &'static str {
         match self {
             BusTransport::Tcp => "tcp",
@@ -107,9 +109,12 @@ impl fmt::Display for BusTransport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Parity {
+    /// No parity bit (the default).
     #[default]
     None,
+    /// Even parity.
     Even,
+    /// Odd parity.
     Odd,
 }
 
@@ -282,6 +287,7 @@ pub enum Table {
 }
 
 impl Table {
+    /// The name as written in `table`: `"coil"`, `"discrete"`, `"input"` or `"holding"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Table::Coil => "coil",
@@ -318,15 +324,20 @@ impl fmt::Display for Table {
 pub enum DataType {
     /// One bit of a coil or discrete input.
     Bool,
+    /// Unsigned 16-bit, one register (0–65535).
     U16,
+    /// Signed 16-bit (two's complement), one register.
     I16,
+    /// Unsigned 32-bit in two registers (see `word_order`).
     U32,
+    /// Signed 32-bit in two registers (see `word_order`).
     I32,
     /// IEEE 754 single precision in two registers.
     F32,
 }
 
 impl DataType {
+    /// The name as written in `type`: `"bool"`, `"u16"`, … `"f32"`.
     pub fn as_str(self) -> &'static str {
         match self {
             DataType::Bool => "bool",

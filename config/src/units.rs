@@ -16,22 +16,27 @@ use serde::{Deserialize, Serialize, Serializer};
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// `bytes` bytes.
     pub const fn b(bytes: u64) -> Self {
         ByteSize(bytes)
     }
 
+    /// `n` KiB (n × 1024 bytes).
     pub const fn kib(n: u64) -> Self {
         ByteSize(n * 1024)
     }
 
+    /// `n` MiB (n × 1024² bytes).
     pub const fn mib(n: u64) -> Self {
         ByteSize(n * 1024 * 1024)
     }
 
+    /// `n` GiB (n × 1024³ bytes).
     pub const fn gib(n: u64) -> Self {
         ByteSize(n * 1024 * 1024 * 1024)
     }
 
+    /// The size in bytes.
     pub const fn as_u64(self) -> u64 {
         self.0
     }
@@ -70,12 +75,22 @@ impl fmt::Display for ByteSize {
 /// Why a string is not a byte size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ByteSizeError {
+    /// The string is empty or only spaces.
     #[error("empty byte size; write e.g. \"64 KiB\" or a number of bytes")]
     Empty,
+    /// It does not start with digits, or the number has a fraction (`"1.5 MiB"`); the
+    /// input, as written.
     #[error("{0:?} is not a byte size: it must start with a whole, non-negative number (e.g. \"64 KiB\")")]
     NotANumber(String),
+    /// The unit after the number is none of B, KB, MB, GB, KiB, MiB, GiB.
     #[error("unknown size unit {unit:?} in {input:?}; use B, KB, MB, GB (1000-based) or KiB, MiB, GiB (1024-based)")]
-    UnknownUnit { input: String, unit: String },
+    UnknownUnit {
+        /// The whole input, as written.
+        input: String,
+        /// The unit part of it.
+        unit: String,
+    },
+    /// The number of bytes does not fit in 64 bits (the input, as written).
     #[error("byte size {0:?} is too large")]
     Overflow(String),
 }
@@ -168,6 +183,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value` (a password or token read from the config, a file or the environment).
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }

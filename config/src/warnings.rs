@@ -20,6 +20,7 @@ use crate::schema::{BrokerConfig, Config};
 pub struct ConfigWarning {
     /// Key path, e.g. `uplink.mqtt.tls.key_file`.
     pub path: String,
+    /// What is insecure about the setting and how to fix it.
     pub message: String,
 }
 

@@ -12,11 +12,14 @@ use estate_protocols::model::{DeviceKind, Location};
 pub struct SimDevice {
     /// Device id as configured on the gateway; the last topic level before `event`.
     pub id: String,
+    /// What the device is; decides its topic's kind level and which scenarios use it.
     pub kind: DeviceKind,
+    /// Where it is, as in the gateway's config (the gateway takes the location from there, not from the message).
     pub location: Location,
 }
 
 impl SimDevice {
+    /// A device `id` of `kind` at `location`.
     pub fn new(id: &str, kind: DeviceKind, location: Location) -> Self {
         SimDevice {
             id: id.to_owned(),

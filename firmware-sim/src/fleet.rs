@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -17,13 +17,18 @@ use crate::native::{event_topic, now_ms};
 use crate::publish::random_client_id;
 use crate::scenario::{Plan, Scenario};
 
+/// How `estate-sim fleet` publishes: many estates' sensors from one MQTT connection.
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
+    /// The ingest broker's host name or address.
     pub broker_host: String,
+    /// The ingest broker's MQTT port.
     pub broker_port: u16,
+    /// The MQTT client id (random by default).
     pub client_id: String,
     /// First topic level of the native protocol.
     pub prefix: String,
+    /// How many estates to simulate, with ids `base`, `base + 1`, ….
     pub estates: u32,
     /// The first estate's id: digits (see the module docs).
     pub base: String,
@@ -67,8 +72,11 @@ pub fn estate_id(base: &str, index: u32) -> Result<String> {
 /// What a fleet run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FleetReport {
+    /// Messages published (QoS 1).
     pub published: u64,
+    /// Of those, acknowledged by the broker (PUBACK).
     pub acked: u64,
+    /// Times the connection was lost and made again.
     pub reconnects: u64,
 }
 
@@ -102,55 +110,73 @@ pub async fn run(opts: FleetOptions, stop: CancellationToken) -> Result<FleetRep
         .set_inflight(opts.max_inflight.max(1));
     // `publish().await` waits while the channel is full: back-pressure from the broker
     // slows the fleet down rather than dropping messages.
-    let (client, mut eventloop) = AsyncClient::new(mqtt, usize::from(opts.max_inflight.max(1)));
-    let driver_stop = stop.clone();
-    let driver = tokio::spawn(async move {
-        let mut r = FleetReport::default();
-        let mut connected = false;
-        loop {
-            let ev = tokio::select! {
-                ev = eventloop.poll() => ev,
-                _ = driver_stop.cancelled() => {
-                    // Let the last PUBACKs in (briefly), then leave.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while let Ok(ev) = eventloop.poll().await {
-                            if let Event::Incoming(Incoming::PubAck(_)) = ev { r.acked += 1; }
-                        }
-                    }).await;
-                    return r;
-                }
-            };
-            match ev {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    if connected {
-                        r.reconnects += 1;
-                    }
-                    connected = true;
-                }
-                Ok(Event::Incoming(Incoming::PubAck(_))) => r.acked += 1,
-                Ok(Event::Outgoing(Outgoing::Publish(_))) => r.published += 1,
-                Ok(_) => {}
-                Err(err) => {
-                    warn!(error = %err, "Fleet lost its broker; reconnecting.");
-                    tokio::select! {
-                        _ = sleep(Duration::from_millis(500)) => {}
-                        _ = driver_stop.cancelled() => return r,
-                    }
-                }
-            }
-        }
-    });
+    let (client, eventloop) = AsyncClient::new(mqtt, usize::from(opts.max_inflight.max(1)));
+    let driver = tokio::spawn(drive(eventloop, stop.clone()));
     info!(
         estates = opts.estates,
         rate = opts.rate,
         first = %ids[0],
         "Fleet publishing."
     );
-    // Every estate sends message n at start + n / rate, estates staggered within it.
+    publish_plan(&client, &plan, &topics, opts.rate, &stop).await;
+    stop.cancel();
+    let report = driver.await.context("fleet driver")?;
+    Ok(report)
+}
+
+/// Polls the connection (rumqttc reconnects on the next poll) and counts publishes,
+/// PUBACKs and reconnects until `stop`; then lets the last PUBACKs in for up to 2 s.
+async fn drive(mut eventloop: EventLoop, stop: CancellationToken) -> FleetReport {
+    let mut r = FleetReport::default();
+    let mut connected = false;
+    loop {
+        let ev = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = stop.cancelled() => {
+                // Let the last PUBACKs in (briefly), then leave.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Ok(ev) = eventloop.poll().await {
+                        if let Event::Incoming(Incoming::PubAck(_)) = ev { r.acked += 1; }
+                    }
+                }).await;
+                return r;
+            }
+        };
+        match ev {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                if connected {
+                    r.reconnects += 1;
+                }
+                connected = true;
+            }
+            Ok(Event::Incoming(Incoming::PubAck(_))) => r.acked += 1,
+            Ok(Event::Outgoing(Outgoing::Publish(_))) => r.published += 1,
+            Ok(_) => {}
+            Err(err) => {
+                warn!(error = %err, "Fleet lost its broker; reconnecting.");
+                tokio::select! {
+                    _ = sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => return r,
+                }
+            }
+        }
+    }
+}
+
+/// Publishes messages 1..=`plan.count()` of the plan to every estate
+/// (`topics[estate][device]`), estates staggered within each message's slot: message n at
+/// start + (n − 1) / `rate`; until the plan ends, `stop`, or the client fails.
+async fn publish_plan(
+    client: &AsyncClient,
+    plan: &Plan,
+    topics: &[Vec<String>],
+    rate: f64,
+    stop: &CancellationToken,
+) {
     let start = Instant::now();
-    let period = Duration::from_secs_f64(1.0 / opts.rate);
+    let period = Duration::from_secs_f64(1.0 / rate);
     let mut n = 1u64;
-    'outer: while n <= count {
+    'outer: while n <= plan.count() {
         let due = start + period.mul_f64((n - 1) as f64);
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
@@ -160,7 +186,7 @@ pub async fn run(opts: FleetOptions, stop: CancellationToken) -> Result<FleetRep
         let mut event = planned.event;
         event.ts_ms = Some(now_ms());
         let payload = event.to_json();
-        for t in &topics {
+        for t in topics {
             tokio::select! {
                 sent = client.publish(t[planned.index].as_str(), QoS::AtLeastOnce, false, payload.clone()) => {
                     if sent.is_err() { break 'outer; }
@@ -170,9 +196,6 @@ pub async fn run(opts: FleetOptions, stop: CancellationToken) -> Result<FleetRep
         }
         n += 1;
     }
-    stop.cancel();
-    let report = driver.await.context("fleet driver")?;
-    Ok(report)
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ use serde_json::json;
 /// One MQTT message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Msg {
+    /// The full topic (its format's prefix included).
     pub topic: String,
+    /// The payload bytes, as the device's format writes them.
     pub payload: Vec<u8>,
     /// Published retained (availability topics are).
     pub retain: bool,
@@ -40,11 +42,17 @@ fn topic(base: &str, rest: &str) -> String {
 /// A zigbee2mqtt sensor's full state (the exposes of an Aqara leak or Heiman smoke sensor).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ZigbeeState {
+    /// `Some(true)` while water is detected; `None` leaves the key out (a smoke sensor).
     pub water_leak: Option<bool>,
+    /// `Some(true)` while smoke is detected; `None` leaves the key out (a leak sensor).
     pub smoke: Option<bool>,
+    /// Battery charge, percent (0–100).
     pub battery: u8,
+    /// The sensor's own low-battery flag.
     pub battery_low: bool,
+    /// True while the case is open.
     pub tamper: bool,
+    /// Zigbee link quality, 0–255.
     pub linkquality: u8,
 }
 
@@ -188,16 +196,24 @@ pub fn nbiot_state(base: &str, imei: &str, state: u32, battery: u8, ts_ms: i64) 
 /// One step of a script: wait `after`, then publish `msg`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
+    /// How long to wait after the previous step.
     pub after: Duration,
+    /// What to publish then.
     pub msg: Msg,
 }
 
-/// The mixed estate's devices in their sources' own names.
+/// The mixed estate's zigbee2mqtt leak sensor, by its friendly name. These constants are
+/// the mixed estate's devices in their sources' own names.
 pub const ZIGBEE_LEAK: &str = "b1-101 kitchen leak";
+/// The zigbee2mqtt friendly name of the smoke sensor.
 pub const ZIGBEE_SMOKE: &str = "b1-102 hall smoke";
+/// The Frigate camera name.
 pub const FRIGATE_CAMERA: &str = "north_gate";
+/// The ISAPI camera's MAC address (its identity in the alarm payload).
 pub const ISAPI_MAC: &str = "44:19:b6:6d:24:85";
+/// The access controller's id in its SDK events.
 pub const ACS_CONTROLLER: &str = "ctl-01";
+/// The NB-IoT smoke detector's IMEI.
 pub const NBIOT_IMEI: &str = "868120300000001";
 
 /// A mixed estate over about 15 s: a zigbee leak (with full-state repeats), a person at
@@ -205,122 +221,119 @@ pub const NBIOT_IMEI: &str = "868120300000001";
 /// clear), a forced door and a bad card, an NB-IoT smoke alarm and its end, and a zigbee
 /// sensor going offline (its last will).
 pub fn mixed_estate(base: &str) -> Vec<Step> {
-    let s = |after_ms: u64, msg: Msg| Step {
+    let mut steps = vec![
+        step(0, zigbee_availability(base, ZIGBEE_LEAK, true)),
+        step(0, frigate_available(base, true)),
+        step(0, acs_status(base, ACS_CONTROLLER, true)),
+    ];
+    steps.extend(leak_starts(base));
+    steps.extend([
+        step(200, person_at_the_gate(base, "new")),
+        step(500, person_at_the_gate(base, "update")),
+        step(500, person_at_the_gate(base, "update")),
+    ]);
+    steps.extend(intrusion_repeats(base));
+    steps.push(step(200, person_at_the_gate(base, "end")));
+    steps.extend(door_and_smoke(base));
+    steps.extend(sensors_settle(base));
+    steps
+}
+
+fn step(after_ms: u64, msg: Msg) -> Step {
+    Step {
         after: Duration::from_millis(after_ms),
         msg,
-    };
-    let dry = ZigbeeState {
-        water_leak: Some(false),
-        battery: 97,
-        linkquality: 120,
-        ..Default::default()
-    };
-    let wet = ZigbeeState {
-        water_leak: Some(true),
-        linkquality: 117,
-        ..dry
-    };
-    let t0 = 1_764_187_200.0;
-    let mut steps = vec![
-        s(0, zigbee_availability(base, ZIGBEE_LEAK, true)),
-        s(0, frigate_available(base, true)),
-        s(0, acs_status(base, ACS_CONTROLLER, true)),
-        s(100, zigbee_state(base, ZIGBEE_LEAK, &dry)),
-        s(500, zigbee_state(base, ZIGBEE_LEAK, &dry)),
-        s(500, zigbee_state(base, ZIGBEE_LEAK, &wet)),
-        s(500, zigbee_state(base, ZIGBEE_LEAK, &wet)),
-        s(500, zigbee_state(base, ZIGBEE_LEAK, &wet)),
-        s(
-            200,
-            frigate_event(
-                base,
-                "new",
-                "1764187201.5-abc123",
-                FRIGATE_CAMERA,
-                "person",
-                &["gate"],
-                t0 + 1.5,
-            ),
-        ),
-        s(
-            500,
-            frigate_event(
-                base,
-                "update",
-                "1764187201.5-abc123",
-                FRIGATE_CAMERA,
-                "person",
-                &["gate"],
-                t0 + 1.5,
-            ),
-        ),
-        s(
-            500,
-            frigate_event(
-                base,
-                "update",
-                "1764187201.5-abc123",
-                FRIGATE_CAMERA,
-                "person",
-                &["gate"],
-                t0 + 1.5,
-            ),
-        ),
-    ];
-    for _ in 0..4 {
-        steps.push(s(
-            1000,
-            isapi_alarm(
-                base,
-                ISAPI_MAC,
-                1,
-                "fielddetection",
-                true,
-                "2026-11-26T20:00:05+08:00",
-            ),
-        ));
     }
-    steps.extend([
-        s(
-            200,
-            frigate_event(
-                base,
-                "end",
-                "1764187201.5-abc123",
-                FRIGATE_CAMERA,
-                "person",
-                &["gate"],
-                t0 + 1.5,
-            ),
-        ),
-        s(200, acs_event(base, ACS_CONTROLLER, 1, 0x1b, "")),
-        s(200, acs_event(base, ACS_CONTROLLER, 1, 0x09, "3081234567")),
-        s(200, nbiot_state(base, NBIOT_IMEI, 1, 87, 1_764_187_210_000)),
-        s(
+}
+
+/// The zigbee leak sensor's full state, dry or wet.
+fn leak_sensor(wet: bool) -> ZigbeeState {
+    ZigbeeState {
+        water_leak: Some(wet),
+        battery: 97,
+        linkquality: if wet { 117 } else { 120 },
+        ..Default::default()
+    }
+}
+
+/// The zigbee leak sensor reports dry twice, then wet three times (repeats of one leak).
+fn leak_starts(base: &str) -> [Step; 5] {
+    let (dry, wet) = (leak_sensor(false), leak_sensor(true));
+    [
+        step(100, zigbee_state(base, ZIGBEE_LEAK, &dry)),
+        step(500, zigbee_state(base, ZIGBEE_LEAK, &dry)),
+        step(500, zigbee_state(base, ZIGBEE_LEAK, &wet)),
+        step(500, zigbee_state(base, ZIGBEE_LEAK, &wet)),
+        step(500, zigbee_state(base, ZIGBEE_LEAK, &wet)),
+    ]
+}
+
+/// One Frigate event (`"new"`, `"update"`, `"end"`) of the person in the north gate's
+/// `gate` zone.
+fn person_at_the_gate(base: &str, kind: &str) -> Msg {
+    let t0 = 1_764_187_200.0;
+    frigate_event(
+        base,
+        kind,
+        "1764187201.5-abc123",
+        FRIGATE_CAMERA,
+        "person",
+        &["gate"],
+        t0 + 1.5,
+    )
+}
+
+/// The ISAPI camera's field detection on channel 1, repeated once a second, never cleared.
+fn intrusion_repeats(base: &str) -> Vec<Step> {
+    (0..4)
+        .map(|_| {
+            step(
+                1000,
+                isapi_alarm(
+                    base,
+                    ISAPI_MAC,
+                    1,
+                    "fielddetection",
+                    true,
+                    "2026-11-26T20:00:05+08:00",
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A forced door (0x1b) and an invalid card (0x09) on door 1, then the NB-IoT smoke
+/// detector: alarm (state 1) twice, then its end (state 7).
+fn door_and_smoke(base: &str) -> [Step; 5] {
+    [
+        step(200, acs_event(base, ACS_CONTROLLER, 1, 0x1b, "")),
+        step(200, acs_event(base, ACS_CONTROLLER, 1, 0x09, "3081234567")),
+        step(200, nbiot_state(base, NBIOT_IMEI, 1, 87, 1_764_187_210_000)),
+        step(
             1000,
             nbiot_state(base, NBIOT_IMEI, 1, 87, 1_764_187_211_000),
         ),
-        s(
+        step(
             1000,
             nbiot_state(base, NBIOT_IMEI, 7, 87, 1_764_187_212_000),
         ),
-        s(200, zigbee_state(base, ZIGBEE_LEAK, &dry)),
-        s(
-            200,
-            zigbee_state(
-                base,
-                ZIGBEE_SMOKE,
-                &ZigbeeState {
-                    smoke: Some(false),
-                    battery: 80,
-                    linkquality: 90,
-                    ..Default::default()
-                },
-            ),
-        ),
-        s(200, zigbee_availability(base, ZIGBEE_LEAK, false)),
-    ]);
-    steps
+    ]
+}
+
+/// The leak sensor is dry again, the zigbee smoke sensor reports its quiet state, and the
+/// leak sensor goes offline (its last will).
+fn sensors_settle(base: &str) -> [Step; 3] {
+    let smoke = ZigbeeState {
+        smoke: Some(false),
+        battery: 80,
+        linkquality: 90,
+        ..Default::default()
+    };
+    [
+        step(200, zigbee_state(base, ZIGBEE_LEAK, &leak_sensor(false))),
+        step(200, zigbee_state(base, ZIGBEE_SMOKE, &smoke)),
+        step(200, zigbee_availability(base, ZIGBEE_LEAK, false)),
+    ]
 }
 
 /// The `[[ingest.sources]]` and `[[devices]]` that read [`mixed_estate`] published under

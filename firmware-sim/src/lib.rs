@@ -42,6 +42,8 @@
 //! A test that wants "acked means delivered" publishes with [`publish::run`] and checks
 //! `CityReport::missing_device_seqs(&report.acked_seqs)` is empty.
 
+#![warn(missing_docs)]
+
 pub mod city;
 pub mod estate;
 pub mod fleet;

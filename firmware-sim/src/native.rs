@@ -39,10 +39,13 @@ pub enum TsFormat {
 pub struct NativeEvent {
     /// Taxonomy code, e.g. `SMOKE.ALARM`. The only required field.
     pub code: String,
+    /// `active` or `cleared`; `None` leaves it out, which the gateway reads as active.
     pub state: Option<EventState>,
     /// Device time, Unix epoch milliseconds.
     pub ts_ms: Option<i64>,
+    /// A reading (in `unit`); `None` sends none.
     pub value: Option<f64>,
+    /// The reading's unit (`"%LEL"`, `"m"`, …); `None` sends none.
     pub unit: Option<String>,
     /// The device's own message counter.
     pub seq: Option<u64>,
@@ -116,6 +119,7 @@ impl NativeEvent {
 /// One native heartbeat message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NativeHeartbeat {
+    /// Device time, Unix epoch milliseconds; `None` sends none.
     pub ts_ms: Option<i64>,
     /// Battery charge, percent.
     pub battery: Option<u8>,

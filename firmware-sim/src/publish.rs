@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -27,12 +27,15 @@ pub use crate::scenario::Scenario;
 /// What to publish, where, and how fast.
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
+    /// The ingest broker's host name or address.
     pub broker_host: String,
+    /// The ingest broker's MQTT port.
     pub broker_port: u16,
     /// MQTT client id; the default is random (`estate-sim-pub-…`).
     pub client_id: String,
     /// First topic level of the native protocol.
     pub prefix: String,
+    /// The estate id in the topics (the gateway's `gateway.estate_id`).
     pub estate_id: String,
     /// How many event messages to publish; their payload `seq` runs `1..=count`.
     pub count: u64,
@@ -40,6 +43,7 @@ pub struct PublishOptions {
     pub rate: Option<f64>,
     /// How many of `count` are `SMOKE.ALARM`, spread evenly over the run.
     pub alarms: u64,
+    /// Which messages make up the run (see [`Scenario`]).
     pub scenario: Scenario,
     /// QoS1 publishes awaiting PUBACK at once (also the request channel's capacity).
     pub max_inflight: u16,
@@ -48,6 +52,7 @@ pub struct PublishOptions {
     /// After the last message has been handed over, how long to wait for outstanding
     /// PUBACKs (and reconnects) before returning a partial report.
     pub drain_timeout: Duration,
+    /// MQTT keep-alive of the connection.
     pub keep_alive: Duration,
 }
 
@@ -189,6 +194,8 @@ impl AckTracker {
         self.resend.insert(seq);
     }
 
+    /// rumqttc wrote a publish with packet id `pkid` (`Outgoing::Publish`): the next queued
+    /// seq now waits for that pkid's PUBACK (a retransmission of a pkid in flight changes nothing).
     pub fn on_outgoing_publish(&mut self, pkid: u16) {
         if self.inflight.contains_key(&pkid) {
             // A retransmission of a message already in flight (same pkid).
@@ -215,6 +222,8 @@ impl AckTracker {
         }
     }
 
+    /// rumqttc held a publish back because `pkid` is still in flight (`Outgoing::AwaitAck`):
+    /// the next queued seq is written, under that pkid, once it is acknowledged.
     pub fn on_await_ack(&mut self, pkid: u16) {
         match self.queued.pop_front() {
             Some(seq) => self.collision = Some((pkid, seq)),
@@ -222,6 +231,7 @@ impl AckTracker {
         }
     }
 
+    /// The broker acknowledged `pkid`: its seq counts as acked.
     pub fn on_puback(&mut self, pkid: u16) {
         match self.inflight.remove(&pkid) {
             Some(seq) => self.acked.push(seq),
@@ -250,14 +260,18 @@ impl AckTracker {
             && self.resend.is_empty()
     }
 
+    /// True while a message lost with a session waits to be published again.
     pub fn has_resend(&self) -> bool {
         !self.resend.is_empty()
     }
 
+    /// Messages written at least once (a republished one counts once).
     pub fn sent(&self) -> u64 {
         self.sent
     }
 
+    /// The seqs the broker acknowledged, in PUBACK order (a seq acknowledged twice appears
+    /// twice).
     pub fn acked(&self) -> &[u64] {
         &self.acked
     }
@@ -291,37 +305,7 @@ pub async fn run_until(opts: PublishOptions, stop: CancellationToken) -> Result<
             "rate must be a positive number, got {rate}"
         );
     }
-    // Topics are the same for every message of a device: build them once.
-    let topics: Vec<String> = plan
-        .devices()
-        .iter()
-        .map(|d| event_topic(&opts.prefix, &opts.estate_id, d.kind, &d.id))
-        .collect();
-
-    let max_inflight = opts.max_inflight.max(1);
-    let cap = usize::from(max_inflight);
-    let mut mqtt = MqttOptions::new(&opts.client_id, &opts.broker_host, opts.broker_port);
-    mqtt.set_clean_session(true)
-        .set_keep_alive(opts.keep_alive)
-        .set_inflight(max_inflight)
-        .set_max_packet_size(1 << 20, 1 << 20)
-        .set_request_channel_capacity(cap);
-    // The request channel holds at most `cap` publishes: this task never hands over more
-    // than fit (try_publish), so it never blocks and never loses track of what is queued.
-    let (client, mut eventloop) = AsyncClient::new(mqtt, cap);
-
-    let mut tracker = AckTracker::default();
-    let mut next_seq = 1u64; // next fresh message of the plan
-    let mut handed = 0u64; // fresh + resent messages handed over, for rate pacing
-    let mut connected = false;
-    let mut ever_connected = false;
-    let mut started: Option<Instant> = None;
-    let mut last_ack: Option<Instant> = None;
-    let mut drain_deadline: Option<Instant> = None;
-    let mut reconnects = 0u64;
-    let mut backoff = Duration::from_millis(100);
-    let mut incomplete = false;
-
+    let (mut run, mut eventloop) = Run::new(&opts, plan);
     info!(
         broker = %format_args!("{}:{}", opts.broker_host, opts.broker_port),
         client_id = %opts.client_id,
@@ -329,149 +313,254 @@ pub async fn run_until(opts: PublishOptions, stop: CancellationToken) -> Result<
         scenario = opts.scenario.name(),
         "Publishing."
     );
+    let incomplete = run.drive(&mut eventloop, &stop).await?;
+    if run.connected {
+        run.disconnect(&mut eventloop).await;
+    }
+    let report = run.report(incomplete);
+    info!(%report, "Publishing done.");
+    Ok(report)
+}
 
-    loop {
-        let all_handed = next_seq > opts.count && !tracker.has_resend();
-        if ever_connected && all_handed && tracker.idle() {
-            break;
-        }
-        if all_handed && drain_deadline.is_none() {
-            drain_deadline = Some(Instant::now() + opts.drain_timeout);
-        }
+/// One run of [`run_until`]: the plan, the client's request half and what has happened so
+/// far. The `EventLoop` stays outside, so a poll in progress can be held while the request
+/// channel is topped up.
+struct Run<'a> {
+    opts: &'a PublishOptions,
+    plan: Plan,
+    /// Each device's event topic, by its index in the plan (the same for all its messages).
+    topics: Vec<String>,
+    client: AsyncClient,
+    /// Capacity of the request channel: publishes handed over and not yet written.
+    cap: usize,
+    tracker: AckTracker,
+    /// Next fresh message of the plan.
+    next_seq: u64,
+    /// Fresh and resent messages handed over, for rate pacing.
+    handed: u64,
+    connected: bool,
+    ever_connected: bool,
+    /// The first CONNACK: the start of the rate pacing and of `elapsed`.
+    started: Option<Instant>,
+    last_ack: Option<Instant>,
+    reconnects: u64,
+    /// Wait before the next reconnect: 100 ms, doubling to at most 5 s.
+    backoff: Duration,
+}
 
-        let step = {
-            let poll = eventloop.poll();
-            tokio::pin!(poll);
-            loop {
-                // Top up the request channel while connected and within the rate.
-                let mut wake: Option<Instant> = None;
-                if connected && !stop.is_cancelled() {
-                    while tracker.queued_len() < cap {
-                        if let (Some(rate), Some(t0)) = (opts.rate, started) {
-                            let due = t0 + Duration::from_secs_f64(handed as f64 / rate);
-                            if due > Instant::now() {
-                                wake = Some(due);
-                                break;
-                            }
-                        }
-                        let (seq, resend) = match tracker.take_resend() {
-                            Some(seq) => (seq, true),
-                            None if next_seq <= opts.count => (next_seq, false),
-                            None => break,
-                        };
-                        let planned = plan.message(seq);
-                        let mut event = planned.event;
-                        event.ts_ms = Some(now_ms());
-                        let topic = &topics[planned.index];
-                        match client.try_publish(
-                            topic.as_str(),
-                            QoS::AtLeastOnce,
-                            false,
-                            event.to_json(),
-                        ) {
-                            Ok(()) => {
-                                tracker.queued(seq);
-                                handed += 1;
-                                if !resend {
-                                    next_seq += 1;
-                                }
-                            }
-                            Err(err) => {
-                                // Full cannot happen (we count what is queued); a closed
-                                // channel means the event loop is gone. Retry on next wake.
-                                if resend {
-                                    tracker.untake_resend(seq);
-                                }
-                                debug!(seq, error = %err, "Request channel refused a publish; retrying.");
-                                break;
-                            }
-                        }
+impl<'a> Run<'a> {
+    fn new(opts: &'a PublishOptions, plan: Plan) -> (Run<'a>, EventLoop) {
+        let topics: Vec<String> = plan
+            .devices()
+            .iter()
+            .map(|d| event_topic(&opts.prefix, &opts.estate_id, d.kind, &d.id))
+            .collect();
+        let max_inflight = opts.max_inflight.max(1);
+        let cap = usize::from(max_inflight);
+        let mut mqtt = MqttOptions::new(&opts.client_id, &opts.broker_host, opts.broker_port);
+        mqtt.set_clean_session(true)
+            .set_keep_alive(opts.keep_alive)
+            .set_inflight(max_inflight)
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_request_channel_capacity(cap);
+        // The request channel holds at most `cap` publishes: this task never hands over more
+        // than fit (try_publish), so it never blocks and never loses track of what is queued.
+        let (client, eventloop) = AsyncClient::new(mqtt, cap);
+        let run = Run {
+            opts,
+            plan,
+            topics,
+            client,
+            cap,
+            tracker: AckTracker::default(),
+            next_seq: 1,
+            handed: 0,
+            connected: false,
+            ever_connected: false,
+            started: None,
+            last_ack: None,
+            reconnects: 0,
+            backoff: Duration::from_millis(100),
+        };
+        (run, eventloop)
+    }
+
+    /// Polls and publishes until every message is acknowledged, `stop` is cancelled or
+    /// the drain timeout passes. Ok(true) when it ended before every message was
+    /// acknowledged; fails only when the first connection attempt fails.
+    async fn drive(&mut self, eventloop: &mut EventLoop, stop: &CancellationToken) -> Result<bool> {
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let all_handed = self.next_seq > self.opts.count && !self.tracker.has_resend();
+            if self.ever_connected && all_handed && self.tracker.idle() {
+                return Ok(false);
+            }
+            if all_handed && drain_deadline.is_none() {
+                drain_deadline = Some(Instant::now() + self.opts.drain_timeout);
+            }
+            match self.next_step(eventloop, stop, drain_deadline).await {
+                Step::Event(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
+                    self.on_connack(eventloop, ack.session_present)
+                }
+                Step::Event(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                    self.tracker.on_outgoing_publish(pkid)
+                }
+                Step::Event(Ok(Event::Outgoing(Outgoing::AwaitAck(pkid)))) => {
+                    self.tracker.on_await_ack(pkid)
+                }
+                Step::Event(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
+                    self.tracker.on_puback(ack.pkid);
+                    self.last_ack = Some(Instant::now());
+                }
+                Step::Event(Ok(_)) => {}
+                Step::Event(Err(err)) => {
+                    if self.on_connection_error(err, stop).await? {
+                        return Ok(true);
                     }
                 }
-                let wake = wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-                let deadline =
-                    drain_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-                tokio::select! {
-                    biased;
-                    ev = &mut poll => break Step::Event(ev),
-                    _ = stop.cancelled() => break Step::Cancelled,
-                    _ = sleep_until(deadline), if drain_deadline.is_some() => break Step::DrainTimeout,
-                    _ = sleep_until(wake) => {}
+                Step::Cancelled => {
+                    info!("Stopped before every message was acknowledged.");
+                    return Ok(true);
                 }
-            }
-        };
-
-        match step {
-            Step::Event(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
-                if ever_connected && !ack.session_present {
-                    // rumqttc dropped its pending requests; so does the tracker, which
-                    // queues them for publishing again. A held-back publish would be
-                    // written by rumqttc later under a stale packet id: forget it.
-                    eventloop.state.collision = None;
-                    tracker.on_session_lost();
+                Step::DrainTimeout => {
+                    warn!(timeout = ?self.opts.drain_timeout, "Gave up waiting for PUBACKs.");
+                    return Ok(true);
                 }
-                if !ever_connected {
-                    started = Some(Instant::now());
-                    info!(client_id = %opts.client_id, "Connected.");
-                } else {
-                    info!(client_id = %opts.client_id, "Reconnected.");
-                }
-                ever_connected = true;
-                connected = true;
-                backoff = Duration::from_millis(100);
-            }
-            Step::Event(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                tracker.on_outgoing_publish(pkid)
-            }
-            Step::Event(Ok(Event::Outgoing(Outgoing::AwaitAck(pkid)))) => {
-                tracker.on_await_ack(pkid)
-            }
-            Step::Event(Ok(Event::Incoming(Incoming::PubAck(ack)))) => {
-                tracker.on_puback(ack.pkid);
-                last_ack = Some(Instant::now());
-            }
-            Step::Event(Ok(_)) => {}
-            Step::Event(Err(err)) => {
-                if !ever_connected {
-                    return Err(anyhow!(err)).with_context(|| {
-                        format!(
-                            "connecting to MQTT broker {}:{}",
-                            opts.broker_host, opts.broker_port
-                        )
-                    });
-                }
-                if connected {
-                    reconnects += 1;
-                }
-                connected = false;
-                warn!(error = %err, retry_in = ?backoff, "MQTT connection lost; reconnecting.");
-                tokio::select! {
-                    _ = sleep(backoff) => {}
-                    _ = stop.cancelled() => { incomplete = true; break; }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Step::Cancelled => {
-                info!("Stopped before every message was acknowledged.");
-                incomplete = true;
-                break;
-            }
-            Step::DrainTimeout => {
-                warn!(timeout = ?opts.drain_timeout, "Gave up waiting for PUBACKs.");
-                incomplete = true;
-                break;
             }
         }
     }
 
-    if connected {
-        // A clean DISCONNECT; ignore failures, the report is already settled.
-        if client.try_disconnect().is_ok() {
+    /// Waits for the event loop's next event (or `stop`, or the drain deadline), topping
+    /// up the request channel meanwhile without cancelling the poll in progress.
+    async fn next_step(
+        &mut self,
+        eventloop: &mut EventLoop,
+        stop: &CancellationToken,
+        drain_deadline: Option<Instant>,
+    ) -> Step {
+        let poll = eventloop.poll();
+        tokio::pin!(poll);
+        loop {
+            let wake = if self.connected && !stop.is_cancelled() {
+                self.top_up()
+            } else {
+                None
+            };
+            let wake = wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let deadline =
+                drain_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                ev = &mut poll => return Step::Event(ev),
+                _ = stop.cancelled() => return Step::Cancelled,
+                _ = sleep_until(deadline), if drain_deadline.is_some() => return Step::DrainTimeout,
+                _ = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Hands messages to the request channel (resends first) until it is full, the plan is
+    /// exhausted, or the rate says wait: then returns when the next one is due.
+    fn top_up(&mut self) -> Option<Instant> {
+        while self.tracker.queued_len() < self.cap {
+            if let (Some(rate), Some(t0)) = (self.opts.rate, self.started) {
+                let due = t0 + Duration::from_secs_f64(self.handed as f64 / rate);
+                if due > Instant::now() {
+                    return Some(due);
+                }
+            }
+            let (seq, resend) = match self.tracker.take_resend() {
+                Some(seq) => (seq, true),
+                None if self.next_seq <= self.opts.count => (self.next_seq, false),
+                None => break,
+            };
+            let planned = self.plan.message(seq);
+            let mut event = planned.event;
+            event.ts_ms = Some(now_ms());
+            let topic = &self.topics[planned.index];
+            match self
+                .client
+                .try_publish(topic.as_str(), QoS::AtLeastOnce, false, event.to_json())
+            {
+                Ok(()) => {
+                    self.tracker.queued(seq);
+                    self.handed += 1;
+                    if !resend {
+                        self.next_seq += 1;
+                    }
+                }
+                Err(err) => {
+                    // Full cannot happen (we count what is queued); a closed
+                    // channel means the event loop is gone. Retry on next wake.
+                    if resend {
+                        self.tracker.untake_resend(seq);
+                    }
+                    debug!(seq, error = %err, "Request channel refused a publish; retrying.");
+                    break;
+                }
+            }
+        }
+        None
+    }
+
+    fn on_connack(&mut self, eventloop: &mut EventLoop, session_present: bool) {
+        if self.ever_connected && !session_present {
+            // rumqttc dropped its pending requests; so does the tracker, which
+            // queues them for publishing again. A held-back publish would be
+            // written by rumqttc later under a stale packet id: forget it.
+            eventloop.state.collision = None;
+            self.tracker.on_session_lost();
+        }
+        if !self.ever_connected {
+            self.started = Some(Instant::now());
+            info!(client_id = %self.opts.client_id, "Connected.");
+        } else {
+            info!(client_id = %self.opts.client_id, "Reconnected.");
+        }
+        self.ever_connected = true;
+        self.connected = true;
+        self.backoff = Duration::from_millis(100);
+    }
+
+    /// The connection failed: fatal before the first CONNACK; afterwards waits out the
+    /// backoff (the next poll reconnects). Ok(true) when `stop` came during the wait.
+    async fn on_connection_error(
+        &mut self,
+        err: rumqttc::ConnectionError,
+        stop: &CancellationToken,
+    ) -> Result<bool> {
+        if !self.ever_connected {
+            return Err(anyhow!(err)).with_context(|| {
+                format!(
+                    "connecting to MQTT broker {}:{}",
+                    self.opts.broker_host, self.opts.broker_port
+                )
+            });
+        }
+        if self.connected {
+            self.reconnects += 1;
+        }
+        self.connected = false;
+        warn!(error = %err, retry_in = ?self.backoff, "MQTT connection lost; reconnecting.");
+        tokio::select! {
+            _ = sleep(self.backoff) => {}
+            _ = stop.cancelled() => return Ok(true),
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        Ok(false)
+    }
+
+    /// A clean DISCONNECT; failures are ignored, the report is already settled (PUBACKs
+    /// that still arrive are counted).
+    async fn disconnect(&mut self, eventloop: &mut EventLoop) {
+        if self.client.try_disconnect().is_ok() {
             let _ = timeout(Duration::from_secs(2), async {
                 loop {
                     match eventloop.poll().await {
                         Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                        Ok(Event::Incoming(Incoming::PubAck(ack))) => tracker.on_puback(ack.pkid),
+                        Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                            self.tracker.on_puback(ack.pkid)
+                        }
                         Ok(_) => {}
                     }
                 }
@@ -480,28 +569,28 @@ pub async fn run_until(opts: PublishOptions, stop: CancellationToken) -> Result<
         }
     }
 
-    let end = if incomplete {
-        Some(Instant::now())
-    } else {
-        last_ack
-    };
-    let elapsed = match (started, end) {
-        (Some(s), Some(e)) => e.saturating_duration_since(s),
-        _ => Duration::ZERO,
-    };
-    let mut acked_seqs = tracker.acked().to_vec();
-    acked_seqs.sort_unstable();
-    let report = PublishReport {
-        sent: tracker.sent(),
-        acked: acked_seqs.len() as u64,
-        acked_seqs,
-        elapsed,
-        reconnects,
-        republished: tracker.republished,
-        incomplete: incomplete || tracker.acked().len() as u64 != opts.count,
-    };
-    info!(%report, "Publishing done.");
-    Ok(report)
+    fn report(&self, incomplete: bool) -> PublishReport {
+        let end = if incomplete {
+            Some(Instant::now())
+        } else {
+            self.last_ack
+        };
+        let elapsed = match (self.started, end) {
+            (Some(s), Some(e)) => e.saturating_duration_since(s),
+            _ => Duration::ZERO,
+        };
+        let mut acked_seqs = self.tracker.acked().to_vec();
+        acked_seqs.sort_unstable();
+        PublishReport {
+            sent: self.tracker.sent(),
+            acked: acked_seqs.len() as u64,
+            acked_seqs,
+            elapsed,
+            reconnects: self.reconnects,
+            republished: self.tracker.republished,
+            incomplete: incomplete || self.tracker.acked().len() as u64 != self.opts.count,
+        }
+    }
 }
 
 /// Publishes a script of third-party-format messages ([`crate::formats::mixed_estate`])

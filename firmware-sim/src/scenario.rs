@@ -27,7 +27,10 @@ pub enum Scenario {
     /// Every smoke detector in `building` goes into `SMOKE.ALARM`, then the fire panel
     /// raises `FIRE.ALARM` and the building's manual call point `FIRE.MANUAL_CALL`;
     /// telemetry follows, and the run ends with everything clearing.
-    Fire { building: String },
+    Fire {
+        /// The building on fire, as in the devices' `location.building` (`"1"`).
+        building: String,
+    },
     /// Every water-leak detector raises `LEAK.ALARM` (with a leak distance); telemetry
     /// follows; the leak clears at the end.
     Leak,
@@ -37,6 +40,8 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// The name as `--scenario` spells it (and log lines show it): `"telemetry"`, `"fire"`,
+    /// `"leak"` or `"mixed"`.
     pub fn name(&self) -> &'static str {
         match self {
             Scenario::Telemetry => "telemetry",
@@ -52,7 +57,9 @@ impl Scenario {
 pub struct Planned<'a> {
     /// Index of `device` in [`Plan::devices`].
     pub index: usize,
+    /// The device that sends it.
     pub device: &'a SimDevice,
+    /// The message, with `seq` set to its position in the run (1-based).
     pub event: NativeEvent,
 }
 
@@ -83,6 +90,143 @@ fn with_value(mut e: NativeEvent, value: f64, unit: &str) -> NativeEvent {
     e
 }
 
+/// A scenario's own messages (device index, event), besides telemetry and alarm slots.
+#[derive(Default)]
+struct Script {
+    /// Sent first, in order.
+    head: Vec<(usize, NativeEvent)>,
+    /// Sent last, in order.
+    tail: Vec<(usize, NativeEvent)>,
+    /// Mixed's incidents, taken in rotation through the run.
+    incidents: Vec<(usize, NativeEvent)>,
+}
+
+/// Indices of the devices of `kind`, in list order.
+fn of_kind(devices: &[SimDevice], kind: DeviceKind) -> Vec<usize> {
+    devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.kind == kind)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Index of the first device of `kind`.
+fn first_of(devices: &[SimDevice], kind: DeviceKind) -> Option<usize> {
+    of_kind(devices, kind).first().copied()
+}
+
+/// Fire in `building`: its smoke detectors, then the fire panel (the building's, or any),
+/// then its manual call points go active; at the end all clear. Returns the first smoke
+/// detector (it sends the alarm slots) with the script.
+fn fire(devices: &[SimDevice], building: &str) -> Result<(usize, Script)> {
+    use EventState::{Active, Cleared};
+    let in_building = |kind| -> Vec<usize> {
+        of_kind(devices, kind)
+            .into_iter()
+            .filter(|&i| devices[i].location.building == building)
+            .collect()
+    };
+    let smokes = in_building(DeviceKind::Smoke);
+    let Some(&first_smoke) = smokes.first() else {
+        bail!("no smoke detector in building {building:?}");
+    };
+    let panel = in_building(DeviceKind::FirePanel)
+        .first()
+        .copied()
+        .or_else(|| first_of(devices, DeviceKind::FirePanel));
+    let mcps = in_building(DeviceKind::ManualCallPoint);
+    let mut script = Script::default();
+    for &s in &smokes {
+        script.head.push((s, ev("SMOKE.ALARM", Active)));
+    }
+    if let Some(p) = panel {
+        script.head.push((p, ev("FIRE.ALARM", Active)));
+    }
+    for &m in &mcps {
+        script.head.push((m, ev("FIRE.MANUAL_CALL", Active)));
+    }
+    for &s in &smokes {
+        script.tail.push((s, ev("SMOKE.ALARM", Cleared)));
+    }
+    for &m in &mcps {
+        script.tail.push((m, ev("FIRE.MANUAL_CALL", Cleared)));
+    }
+    if let Some(p) = panel {
+        script.tail.push((p, ev("FIRE.ALARM", Cleared)));
+    }
+    Ok((first_smoke, script))
+}
+
+/// Every water-leak detector raises `LEAK.ALARM` at 3.2 m first and clears it last.
+fn leak(devices: &[SimDevice]) -> Result<Script> {
+    use EventState::{Active, Cleared};
+    let leaks = of_kind(devices, DeviceKind::WaterLeak);
+    if leaks.is_empty() {
+        bail!("no water-leak detector in the simulated estate");
+    }
+    let mut script = Script::default();
+    for &l in &leaks {
+        script
+            .head
+            .push((l, with_value(ev("LEAK.ALARM", Active), 3.2, "m")));
+        script.tail.push((l, ev("LEAK.ALARM", Cleared)));
+    }
+    Ok(script)
+}
+
+/// One incident per kind present (leak, forced door, SOS, gas, intrusion, trapped lift),
+/// from the first device of that kind: all raised, then all cleared.
+fn mixed(devices: &[SimDevice]) -> Script {
+    use EventState::{Active, Cleared};
+    let pairs: [(DeviceKind, NativeEvent, NativeEvent); 6] = [
+        (
+            DeviceKind::WaterLeak,
+            with_value(ev("LEAK.ALARM", Active), 3.2, "m"),
+            ev("LEAK.ALARM", Cleared),
+        ),
+        (
+            DeviceKind::AccessControl,
+            ev("ACS.FORCED_OPEN", Active),
+            ev("ACS.FORCED_OPEN", Cleared),
+        ),
+        (
+            DeviceKind::EmergencyButton,
+            ev("SOS.PRESSED", Active),
+            // SOS.PRESSED is momentary; the pendant just checks in afterwards.
+            with_value(NativeEvent::new("DEV.HEARTBEAT"), 90.0, "%"),
+        ),
+        (
+            DeviceKind::Gas,
+            with_value(ev("GAS.AL1", Active), 12.0, "%LEL"),
+            with_value(ev("GAS.AL1", Cleared), 2.0, "%LEL"),
+        ),
+        (
+            DeviceKind::Camera,
+            ev("VID.INTRUSION", Active),
+            ev("VID.INTRUSION", Cleared),
+        ),
+        (
+            DeviceKind::Elevator,
+            ev("ELEV.TRAPPED", Active),
+            ev("ELEV.TRAPPED", Cleared),
+        ),
+    ];
+    let mut script = Script::default();
+    // Raise all, then clear all, so each incident stays open for a while.
+    let present: Vec<_> = pairs
+        .iter()
+        .filter_map(|(k, a, c)| first_of(devices, *k).map(|i| (i, a, c)))
+        .collect();
+    script
+        .incidents
+        .extend(present.iter().map(|(i, a, _)| (*i, (*a).clone())));
+    script
+        .incidents
+        .extend(present.iter().map(|(i, _, c)| (*i, (*c).clone())));
+    script
+}
+
 impl Plan {
     /// Lays out `scenario` over `count` messages from `devices`. Fails when the scenario
     /// needs a device the list lacks (a smoke detector in the building on fire, a leak
@@ -99,111 +243,17 @@ impl Plan {
         if alarms > count {
             bail!("--alarms {alarms} is more than --count {count}");
         }
-        let of_kind = |kind: DeviceKind| -> Vec<usize> {
-            devices
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| d.kind == kind)
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let first = |kind: DeviceKind| of_kind(kind).first().copied();
-        let mut alarm_device = first(DeviceKind::Smoke);
-        let mut head = Vec::new();
-        let mut tail = Vec::new();
-        let mut incidents = Vec::new();
-        use EventState::{Active, Cleared};
-        match scenario {
-            Scenario::Telemetry => {}
+        let mut alarm_device = first_of(&devices, DeviceKind::Smoke);
+        let script = match scenario {
+            Scenario::Telemetry => Script::default(),
             Scenario::Fire { building } => {
-                let in_building = |kind| -> Vec<usize> {
-                    of_kind(kind)
-                        .into_iter()
-                        .filter(|&i| &devices[i].location.building == building)
-                        .collect()
-                };
-                let smokes = in_building(DeviceKind::Smoke);
-                if smokes.is_empty() {
-                    bail!("no smoke detector in building {building:?}");
-                }
-                alarm_device = smokes.first().copied();
-                let panel = in_building(DeviceKind::FirePanel)
-                    .first()
-                    .copied()
-                    .or_else(|| first(DeviceKind::FirePanel));
-                let mcps = in_building(DeviceKind::ManualCallPoint);
-                for &s in &smokes {
-                    head.push((s, ev("SMOKE.ALARM", Active)));
-                }
-                if let Some(p) = panel {
-                    head.push((p, ev("FIRE.ALARM", Active)));
-                }
-                for &m in &mcps {
-                    head.push((m, ev("FIRE.MANUAL_CALL", Active)));
-                }
-                for &s in &smokes {
-                    tail.push((s, ev("SMOKE.ALARM", Cleared)));
-                }
-                for &m in &mcps {
-                    tail.push((m, ev("FIRE.MANUAL_CALL", Cleared)));
-                }
-                if let Some(p) = panel {
-                    tail.push((p, ev("FIRE.ALARM", Cleared)));
-                }
+                let (smoke, script) = fire(&devices, building)?;
+                alarm_device = Some(smoke);
+                script
             }
-            Scenario::Leak => {
-                let leaks = of_kind(DeviceKind::WaterLeak);
-                if leaks.is_empty() {
-                    bail!("no water-leak detector in the simulated estate");
-                }
-                for &l in &leaks {
-                    head.push((l, with_value(ev("LEAK.ALARM", Active), 3.2, "m")));
-                    tail.push((l, ev("LEAK.ALARM", Cleared)));
-                }
-            }
-            Scenario::Mixed => {
-                let pairs: [(DeviceKind, NativeEvent, NativeEvent); 6] = [
-                    (
-                        DeviceKind::WaterLeak,
-                        with_value(ev("LEAK.ALARM", Active), 3.2, "m"),
-                        ev("LEAK.ALARM", Cleared),
-                    ),
-                    (
-                        DeviceKind::AccessControl,
-                        ev("ACS.FORCED_OPEN", Active),
-                        ev("ACS.FORCED_OPEN", Cleared),
-                    ),
-                    (
-                        DeviceKind::EmergencyButton,
-                        ev("SOS.PRESSED", Active),
-                        // SOS.PRESSED is momentary; the pendant just checks in afterwards.
-                        with_value(NativeEvent::new("DEV.HEARTBEAT"), 90.0, "%"),
-                    ),
-                    (
-                        DeviceKind::Gas,
-                        with_value(ev("GAS.AL1", Active), 12.0, "%LEL"),
-                        with_value(ev("GAS.AL1", Cleared), 2.0, "%LEL"),
-                    ),
-                    (
-                        DeviceKind::Camera,
-                        ev("VID.INTRUSION", Active),
-                        ev("VID.INTRUSION", Cleared),
-                    ),
-                    (
-                        DeviceKind::Elevator,
-                        ev("ELEV.TRAPPED", Active),
-                        ev("ELEV.TRAPPED", Cleared),
-                    ),
-                ];
-                // Raise all, then clear all, so each incident stays open for a while.
-                let present: Vec<_> = pairs
-                    .iter()
-                    .filter_map(|(k, a, c)| first(*k).map(|i| (i, a, c)))
-                    .collect();
-                incidents.extend(present.iter().map(|(i, a, _)| (*i, (*a).clone())));
-                incidents.extend(present.iter().map(|(i, _, c)| (*i, (*c).clone())));
-            }
-        }
+            Scenario::Leak => leak(&devices)?,
+            Scenario::Mixed => mixed(&devices),
+        };
         if alarms > 0 && alarm_device.is_none() {
             bail!("--alarms needs a smoke detector in the simulated estate");
         }
@@ -212,16 +262,19 @@ impl Plan {
             count,
             alarms,
             alarm_device,
-            head,
-            tail,
-            incidents,
+            head: script.head,
+            tail: script.tail,
+            incidents: script.incidents,
         })
     }
 
+    /// Messages in the run (payload `seq` 1..=count).
     pub fn count(&self) -> u64 {
         self.count
     }
 
+    /// The devices the plan draws from, as given to [`Plan::new`] ([`Planned::index`]
+    /// indexes them).
     pub fn devices(&self) -> &[SimDevice] {
         &self.devices
     }

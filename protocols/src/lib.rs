@@ -16,12 +16,15 @@
 //! Changes of the gateway's local alerts ride the same stream as `ALERT.UPDATE` events
 //! whose `alert` field holds a `model::AlertUpdate` (`pb::AlertUpdate` on the wire).
 
+#![warn(missing_docs)]
+
 pub mod model;
 pub mod rfc3339;
 pub mod taxonomy;
 
-/// Generated protobuf types of package `estate.v1`.
-#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+/// Generated protobuf types of package `estate.v1`. Their docs are the comments of the
+/// `.proto` files (prost copies them), so every message, field and enum value there has one.
+#[allow(clippy::all, missing_debug_implementations)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/estate.v1.rs"));
 }

@@ -12,9 +12,13 @@ use crate::pb;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
+    /// 1 紧急: life safety, act now (fire, smoke, high gas, duress, forced door).
     Critical = 1,
+    /// 2 重要: act soon (tamper, low gas, leak, intrusion).
     Major = 2,
+    /// 3 一般: a fault, or maintenance needed.
     Minor = 3,
+    /// 4 提示: informational.
     Info = 4,
 }
 
@@ -27,6 +31,8 @@ impl Severity {
         }
     }
 
+    /// The severity of level 1–4 (as written in config and the native protocol); `None`
+    /// for any other number.
     pub fn from_level(level: u8) -> Option<Self> {
         Some(match level {
             1 => Severity::Critical,
@@ -37,6 +43,7 @@ impl Severity {
         })
     }
 
+    /// The level, 1 (critical) to 4 (info).
     pub fn level(self) -> u8 {
         self as u8
     }
@@ -46,13 +53,17 @@ impl Severity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Lane {
+    /// Severity 1–2 and every alert update; published on `city/v1/{estate}/alarms`.
     Alarms,
+    /// Severity 3–4; published on `city/v1/{estate}/events`, after the alarms lane is drained.
     Events,
 }
 
 impl Lane {
+    /// Both lanes, alarms first (the order they drain in).
     pub const ALL: [Lane; 2] = [Lane::Alarms, Lane::Events];
 
+    /// `"alarms"` or `"events"`: the topic suffix, metric label and JSON name.
     pub fn as_str(self) -> &'static str {
         match self {
             Lane::Alarms => "alarms",
@@ -75,11 +86,14 @@ impl fmt::Display for Lane {
     }
 }
 
+/// Whether an event starts or ends a condition (`"active"` / `"cleared"` in JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventState {
+    /// A condition began, or a momentary event happened (the default).
     #[default]
     Active,
+    /// A condition ended (only for codes that are `stateful` in the taxonomy).
     Cleared,
 }
 
@@ -95,14 +109,16 @@ impl FromStr for EventState {
 }
 
 macro_rules! device_kinds {
-    ($($variant:ident = $name:literal),+ $(,)?) => {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal),+ $(,)?) => {
         /// The class of a device. Names are the snake_case strings used in config and topics.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
-        pub enum DeviceKind { $($variant),+ }
+        pub enum DeviceKind { $($(#[$doc])* $variant),+ }
 
         impl DeviceKind {
+            /// Every kind, in the order of the `.proto`'s `DeviceKind`.
             pub const ALL: &'static [DeviceKind] = &[$(DeviceKind::$variant),+];
+            /// The snake_case name used in config, topics and JSON (`"water_leak"`).
             pub fn as_str(self) -> &'static str {
                 match self { $(DeviceKind::$variant => $name),+ }
             }
@@ -121,17 +137,29 @@ macro_rules! device_kinds {
 }
 
 device_kinds! {
+    /// A door controller or card reader.
     AccessControl = "access_control",
+    /// A smoke detector (life-safety).
     Smoke = "smoke",
+    /// A water-leak sensor or sensing rope.
     WaterLeak = "water_leak",
+    /// A combustible-gas detector, readings in %LEL (life-safety).
     Gas = "gas",
+    /// A camera with its own analytics (intrusion, line crossing, fire lane).
     Camera = "camera",
+    /// A fire alarm control panel (life-safety).
     FirePanel = "fire_panel",
+    /// A manual call point, break glass (life-safety).
     ManualCallPoint = "manual_call_point",
+    /// A lift controller (life-safety: trapped passengers).
     Elevator = "elevator",
+    /// An emergency (panic) button (life-safety).
     EmergencyButton = "emergency_button",
+    /// A motorised valve the gateway may close (linkage).
     Valve = "valve",
+    /// A sounder or strobe the gateway may switch (linkage, broadcasts).
     Sounder = "sounder",
+    /// The gateway itself, the device of its own `GW.*` events.
     Gateway = "gateway",
 }
 
@@ -161,17 +189,25 @@ impl fmt::Display for DeviceKind {
 #[error("unknown name {0:?}")]
 pub struct UnknownName(pub String);
 
+/// Where a device is installed, as configured. Every part is free text; empty means
+/// unknown.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Location {
+    /// Building number or name.
     pub building: String,
+    /// Unit (entrance or stairwell) within the building.
     pub unit: String,
+    /// Floor, as written on site (`"11"`, `"B1"`).
     pub floor: String,
+    /// Room or flat number (`"1102"`).
     pub room: String,
+    /// Free-form zone name (a car park, a fire lane, a camera's detection zone).
     pub zone: String,
 }
 
 impl Location {
+    /// True when every part is unknown (such a location is not sent on the wire).
     pub fn is_empty(&self) -> bool {
         self == &Location::default()
     }
@@ -199,12 +235,16 @@ impl fmt::Display for Location {
     }
 }
 
+/// A measured value that came with an event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
+    /// The number, in `unit`.
     pub value: f64,
+    /// Unit as text: `"%LEL"`, `"m"`, `"%"`, `"ohm"`, ….
     pub unit: String,
 }
 
+/// The path an event took into the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Source {
     /// "mqtt", "modbus" or "gateway".
@@ -216,23 +256,43 @@ pub struct Source {
 /// One normalized event. `seq` is 0 until the store commits it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// Store sequence number: one counter across both lanes, contiguous, assigned at
+    /// commit; 0 before. With `gateway_id` and the store epoch, the receiver's dedup key.
     pub seq: u64,
+    /// Globally unique id (a ULID, 26 characters), kept when the event is resent.
     pub event_id: String,
+    /// The configured id of the gateway that took the event in.
     pub gateway_id: String,
+    /// The estate that gateway serves.
     pub estate_id: String,
+    /// The device's configured id, or the id it announced itself with when unregistered.
     pub device_id: String,
+    /// From the device's config; for an unregistered device, what its source says (the
+    /// topic, or the code's usual kind). `None` when nothing says.
     pub device_kind: Option<DeviceKind>,
+    /// Taxonomy code (`protocols/src/taxonomy.rs`), e.g. `"SMOKE.ALARM"`; never empty.
     pub code: String,
+    /// How urgent the event is; picks the lane (see [`Event::lane`]).
     pub severity: Severity,
+    /// Whether a condition began or ended.
     pub state: EventState,
+    /// Where the device is; empty parts are unknown.
     pub location: Location,
+    /// Time the device reported, Unix epoch ms; `None` when it sent none.
     pub device_time_ms: Option<i64>,
+    /// Time the gateway received the input, Unix epoch ms.
     pub gateway_time_ms: i64,
+    /// A reading with its unit, when the device sent one.
     pub value: Option<Reading>,
+    /// Protocol and topic (or Modbus register) the event came in on.
     pub source: Source,
+    /// The original payload, cut to `ingest.raw_limit` bytes.
     pub raw: Bytes,
+    /// True when `raw` was cut short.
     pub raw_truncated: bool,
+    /// False when the device is not in the gateway's configuration (still accepted).
     pub registered: bool,
+    /// The device's own message counter, when it sends one; `None` otherwise.
     pub device_seq: Option<u64>,
     /// Set on `ALERT.UPDATE` events: the change of a local alert they carry upstream.
     pub alert: Option<Box<AlertUpdate>>,
@@ -254,11 +314,17 @@ impl Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertChange {
+    /// The alert was raised.
     Opened,
+    /// An operator acknowledged it.
     Acknowledged,
+    /// Nobody acknowledged it in time: its severity went up one level.
     Escalated,
+    /// Its condition ended; it stays open until closed.
     Cleared,
+    /// Closed, by an operator or automatically (`disposition` says why).
     Closed,
+    /// A linkage action ran (`action`, `action_target`, `action_result`).
     Action,
 }
 
@@ -266,12 +332,16 @@ pub enum AlertChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertStatus {
+    /// Open, not yet acknowledged.
     Active,
+    /// Open and acknowledged.
     Acknowledged,
+    /// Closed.
     Closed,
 }
 
 impl AlertStatus {
+    /// `"active"`, `"acknowledged"` or `"closed"`, as in the API's JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             AlertStatus::Active => "active",
@@ -284,23 +354,42 @@ impl AlertStatus {
 /// One change of a local alert, as forwarded upstream (field docs in the `.proto`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertUpdate {
+    /// The alert's id (a ULID), the same in all its updates.
     pub alert_id: String,
+    /// What this update changed.
     pub change: AlertChange,
+    /// The alert's status after the change.
     pub status: AlertStatus,
+    /// The alert's event code, e.g. `"FIRE.CONFIRMED"`.
     pub code: String,
+    /// Its current severity, after overrides and escalation.
     pub severity: Severity,
+    /// The device it is about (the gateway's own id for derived alerts).
     pub device_id: String,
+    /// Its condition has ended.
     pub cleared: bool,
+    /// It was escalated for want of an acknowledgement.
     pub escalated: bool,
+    /// Events folded into it so far.
     pub count: u64,
+    /// Gateway time of its first event, Unix epoch ms.
     pub first_seen_ms: i64,
+    /// Gateway time of its latest event, Unix epoch ms.
     pub last_seen_ms: i64,
+    /// Who made the change: an operator's name, or `"gateway"`.
     pub by: String,
+    /// For `Closed`: `"real"`, `"false_alarm"`, `"test"`, `"maintenance"` or
+    /// `"auto_cleared"`; empty otherwise.
     pub disposition: String,
+    /// The operator's note, or the detail of an automatic change.
     pub note: String,
+    /// For `Action`: the linkage action (`"close_valve"`, `"write_coil"`, …).
     pub action: String,
+    /// For `Action`: the device it was aimed at.
     pub action_target: String,
+    /// For `Action`: `"ok"` or the error.
     pub action_result: String,
+    /// Seq of the event that opened the alert.
     pub opened_by_seq: u64,
 }
 
@@ -415,10 +504,18 @@ fn severity_from_pb(value: i32, field: &'static str) -> Result<Severity, Convers
 /// Why a wire event is not a valid domain event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConversionError {
+    /// A required enum field (named, e.g. `"severity"`, `"alert.change"`) is 0, UNSPECIFIED.
     #[error("field `{0}` is unspecified")]
     Unspecified(&'static str),
+    /// An enum field holds a number this build does not know (a newer sender).
     #[error("field `{field}` has unknown value {value}")]
-    UnknownEnum { field: &'static str, value: i32 },
+    UnknownEnum {
+        /// The field, as in `Unspecified`.
+        field: &'static str,
+        /// The number it held.
+        value: i32,
+    },
+    /// The event has no code.
     #[error("field `code` is empty")]
     EmptyCode,
 }

@@ -8,7 +8,10 @@ use crate::model::{DeviceKind, Severity};
 /// What the gateway knows about one event code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodeInfo {
+    /// The code as it travels, `FAMILY.NAME` (`"SMOKE.ALARM"`).
     pub code: &'static str,
+    /// The default severity of events with this code (`DEV.OFFLINE` of a life-safety device
+    /// is major instead: [`default_severity`]).
     pub severity: Severity,
     /// True for conditions that end (a leak, a fault); false for momentary events.
     pub stateful: bool,

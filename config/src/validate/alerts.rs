@@ -33,17 +33,43 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
 /// One rule violation in `[alerts]`: key path (below `alerts`) and message.
 type AlertFinding = (String, String);
 
+/// A configured device as these rules see it: (id, kind, building, has modbus).
+type DeviceRow = (String, DeviceKind, String, bool);
+
 /// The semantic rules of `[alerts]`. `devices` are the configured devices as (id, kind,
 /// building, has modbus).
-fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Vec<AlertFinding> {
+fn rules(a: &AlertsConfig, devices: &[DeviceRow]) -> Vec<AlertFinding> {
     let mut f: Vec<AlertFinding> = Vec::new();
-    let known = |code: &str| taxonomy::lookup(code).is_some();
-    let unknown_code = |code: &str| {
-        format!(
-            "unknown event code {code:?}; expected a code of the taxonomy (e.g. \"SMOKE.ALARM\")"
-        )
-    };
-    let level_ok = |l: u8| (1..=4).contains(&l);
+    check_general(a, &mut f);
+    check_severities(a, devices, &mut f);
+    check_delays(a, &mut f);
+    check_offline(&a.offline, &mut f);
+    if let Some(e) = &a.escalation {
+        check_escalation(e, &mut f);
+    }
+    check_correlation(a, &mut f);
+    check_linkage(a, devices, &mut f);
+    check_silence(a, devices, &mut f);
+    f
+}
+
+/// A code of the taxonomy (`protocols/src/taxonomy.rs`).
+fn known(code: &str) -> bool {
+    taxonomy::lookup(code).is_some()
+}
+
+/// The message for a code that is not in the taxonomy.
+fn unknown_code(code: &str) -> String {
+    format!("unknown event code {code:?}; expected a code of the taxonomy (e.g. \"SMOKE.ALARM\")")
+}
+
+/// A severity level: 1 (critical) to 4 (info).
+fn level_ok(l: u8) -> bool {
+    (1..=4).contains(&l)
+}
+
+/// `min_severity`, `history_max`, and `auto_close` (known codes, none of life safety).
+fn check_general(a: &AlertsConfig, f: &mut Vec<AlertFinding>) {
     if !level_ok(a.min_severity) {
         f.push((
             "alerts.min_severity".into(),
@@ -64,6 +90,10 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
             ));
         }
     }
+}
+
+/// `[alerts.severity]` and `[alerts.device_severity]`: known codes and devices, levels 1–4.
+fn check_severities(a: &AlertsConfig, devices: &[DeviceRow], f: &mut Vec<AlertFinding>) {
     for (code, level) in &a.severity {
         let key = format!("alerts.severity.{code:?}");
         if !known(code) {
@@ -88,6 +118,10 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
             }
         }
     }
+}
+
+/// `[alerts.debounce]` (known codes, at most 1 h) and `held_open_after` (at least 1 s).
+fn check_delays(a: &AlertsConfig, f: &mut Vec<AlertFinding>) {
     for (code, d) in &a.debounce {
         let key = format!("alerts.debounce.{code:?}");
         if !known(code) {
@@ -104,7 +138,10 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
             ));
         }
     }
-    let o = &a.offline;
+}
+
+/// `[alerts.offline]`: missed heartbeats 1–100, overall and per device class.
+fn check_offline(o: &OfflineRules, f: &mut Vec<AlertFinding>) {
     if !(1..=100).contains(&o.missed_heartbeats) {
         f.push((
             "alerts.offline.missed_heartbeats".into(),
@@ -119,20 +156,27 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
             ));
         }
     }
-    if let Some(e) = &a.escalation {
-        if e.after < Duration::from_secs(1) {
-            f.push((
-                "alerts.escalation.after".into(),
-                format!("must be at least 1s, found {}", fmt_d(e.after)),
-            ));
-        }
-        if !level_ok(e.max_severity) {
-            f.push((
-                "alerts.escalation.max_severity".into(),
-                format!("must be 1–4, found {}", e.max_severity),
-            ));
-        }
+}
+
+/// `[alerts.escalation]`: `after` at least 1 s, `max_severity` 1–4.
+fn check_escalation(e: &Escalation, f: &mut Vec<AlertFinding>) {
+    if e.after < Duration::from_secs(1) {
+        f.push((
+            "alerts.escalation.after".into(),
+            format!("must be at least 1s, found {}", fmt_d(e.after)),
+        ));
     }
+    if !level_ok(e.max_severity) {
+        f.push((
+            "alerts.escalation.max_severity".into(),
+            format!("must be 1–4, found {}", e.max_severity),
+        ));
+    }
+}
+
+/// `[alerts.correlation.NAME]`: known codes, 2–1000 devices, a window of 1 s to 1 day, and
+/// a raised code that does not feed the rule itself.
+fn check_correlation(a: &AlertsConfig, f: &mut Vec<AlertFinding>) {
     for (name, c) in &a.correlation {
         let key = |k: &str| format!("alerts.correlation.{name}.{k}");
         if c.codes.is_empty() {
@@ -167,6 +211,10 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
             ));
         }
     }
+}
+
+/// `[alerts.linkage.NAME]`: known alert codes and a Modbus write target that exists.
+fn check_linkage(a: &AlertsConfig, devices: &[DeviceRow], f: &mut Vec<AlertFinding>) {
     for (name, l) in &a.linkage {
         let key = |k: &str| format!("alerts.linkage.{name}.{k}");
         if l.on.is_empty() {
@@ -179,7 +227,7 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
         }
         let has_modbus = devices.iter().find(|d| d.0 == l.device).map(|d| d.3);
         let coil = super::check_write_target(
-            &mut f, &key, "linkage", &l.device, has_modbus, l.coil, l.register,
+            f, &key, "linkage", &l.device, has_modbus, l.coil, l.register,
         );
         if coil && l.value > 1 {
             f.push((
@@ -188,6 +236,11 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
             ));
         }
     }
+}
+
+/// `[alerts.silence.NAME]`: an RFC 3339 window that ends after it starts, known codes and
+/// configured devices.
+fn check_silence(a: &AlertsConfig, devices: &[DeviceRow], f: &mut Vec<AlertFinding>) {
     for (name, s) in &a.silence {
         let key = |k: &str| format!("alerts.silence.{name}.{k}");
         let from = rfc3339::parse_ms(&s.from);
@@ -229,7 +282,6 @@ fn rules(a: &AlertsConfig, devices: &[(String, DeviceKind, String, bool)]) -> Ve
             }
         }
     }
-    f
 }
 
 fn fmt_d(d: Duration) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::findings::{Finding, Findings, Parts};
 use crate::schema::{
-    ApiConfig, BrokerConfig, GatewayConfig, IngestConfig, StoreConfig, UplinkConfig,
+    ApiConfig, BrokerConfig, GatewayConfig, IngestConfig, StoreConfig, TlsConfig, UplinkConfig,
 };
 use crate::units::ByteSize;
 
@@ -179,35 +179,12 @@ fn check_gateway(g: &GatewayConfig, f: &mut Findings) {
     }
 }
 
+/// The rules of one broker table (`ingest.mqtt`, `uplink.mqtt`) below `prefix`; `given`:
+/// the `host`/`port` keys the file sets explicitly (`Parts::given`).
 fn check_broker(prefix: &str, b: &BrokerConfig, given: &[String], f: &mut Findings) {
     let key = |k: &str| format!("{prefix}.{k}");
     if !b.hosts.is_empty() {
-        for k in ["host", "port"] {
-            if given.contains(&key(k)) {
-                f.across(
-                    key(k),
-                    &[key("hosts")],
-                    "is set and so is `hosts`: give the broker's nodes in `hosts`, or one node in `host`/`port`, not both",
-                );
-            }
-        }
-        if b.hosts.len() > MAX_HOSTS {
-            f.at(
-                key("hosts"),
-                format!("lists {} nodes; at most {MAX_HOSTS}", b.hosts.len()),
-            );
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, h) in b.hosts.iter().enumerate() {
-            match crate::schema::parse_host_port(h) {
-                Err(m) => f.at(format!("{prefix}.hosts[{i}]"), m),
-                Ok(hp) if !seen.insert(hp.clone()) => f.at(
-                    format!("{prefix}.hosts[{i}]"),
-                    format!("{h:?} is listed twice"),
-                ),
-                Ok(_) => {}
-            }
-        }
+        check_broker_nodes(prefix, b, given, f);
     }
     let ct = b.connect_timeout;
     if ct.subsec_nanos() != 0 || ct < Duration::from_secs(1) || ct > MAX_CONNECT_TIMEOUT {
@@ -220,9 +197,52 @@ fn check_broker(prefix: &str, b: &BrokerConfig, given: &[String], f: &mut Findin
             ),
         );
     }
-    if !b.hosts.is_empty() {
-        // `host` is not used.
-    } else if b.host.trim().is_empty() {
+    if b.hosts.is_empty() {
+        check_broker_host(prefix, b, f);
+    }
+    check_broker_session(prefix, b, f);
+    if let Some(tls) = &b.tls {
+        check_broker_tls(prefix, tls, f);
+    }
+    check_broker_reconnect(prefix, b, f);
+}
+
+/// `hosts`, the broker's nodes: not beside `host`/`port`, at most `MAX_HOSTS`, each a valid
+/// `host:port` listed once.
+fn check_broker_nodes(prefix: &str, b: &BrokerConfig, given: &[String], f: &mut Findings) {
+    let key = |k: &str| format!("{prefix}.{k}");
+    for k in ["host", "port"] {
+        if given.contains(&key(k)) {
+            f.across(
+                key(k),
+                &[key("hosts")],
+                "is set and so is `hosts`: give the broker's nodes in `hosts`, or one node in `host`/`port`, not both",
+            );
+        }
+    }
+    if b.hosts.len() > MAX_HOSTS {
+        f.at(
+            key("hosts"),
+            format!("lists {} nodes; at most {MAX_HOSTS}", b.hosts.len()),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, h) in b.hosts.iter().enumerate() {
+        match crate::schema::parse_host_port(h) {
+            Err(m) => f.at(format!("{prefix}.hosts[{i}]"), m),
+            Ok(hp) if !seen.insert(hp.clone()) => f.at(
+                format!("{prefix}.hosts[{i}]"),
+                format!("{h:?} is listed twice"),
+            ),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// `host` (when there is no `hosts` list): a bare host name or address, no URL, no port.
+fn check_broker_host(prefix: &str, b: &BrokerConfig, f: &mut Findings) {
+    let key = |k: &str| format!("{prefix}.{k}");
+    if b.host.trim().is_empty() {
         f.at(key("host"), "must not be empty");
     } else if b.host.contains("://") {
         f.at(
@@ -243,7 +263,12 @@ fn check_broker(prefix: &str, b: &BrokerConfig, given: &[String], f: &mut Findin
             ),
         );
     }
+}
 
+/// The MQTT session: keep-alive in whole seconds up to 65535, a client id without spaces,
+/// no password without a user name.
+fn check_broker_session(prefix: &str, b: &BrokerConfig, f: &mut Findings) {
+    let key = |k: &str| format!("{prefix}.{k}");
     let ka = b.keep_alive;
     if ka.subsec_nanos() != 0 || ka < Duration::from_secs(1) || ka > Duration::from_secs(65_535) {
         f.at(
@@ -280,24 +305,30 @@ fn check_broker(prefix: &str, b: &BrokerConfig, given: &[String], f: &mut Findin
         ),
         _ => {}
     }
+}
 
-    if let Some(tls) = &b.tls {
-        if tls.ca_file.as_os_str().is_empty() {
-            f.at(key("tls.ca_file"), "must not be empty");
-        }
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => f.at(
-                key("tls.cert_file"),
-                "is set but `key_file` is not; a client certificate needs its private key",
-            ),
-            (None, Some(_)) => f.at(
-                key("tls.key_file"),
-                "is set but `cert_file` is not; a private key needs its client certificate",
-            ),
-            _ => {}
-        }
+/// `tls`: a CA file, and a client certificate only with its key (and the other way round).
+fn check_broker_tls(prefix: &str, tls: &TlsConfig, f: &mut Findings) {
+    let key = |k: &str| format!("{prefix}.{k}");
+    if tls.ca_file.as_os_str().is_empty() {
+        f.at(key("tls.ca_file"), "must not be empty");
     }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => f.at(
+            key("tls.cert_file"),
+            "is set but `key_file` is not; a client certificate needs its private key",
+        ),
+        (None, Some(_)) => f.at(
+            key("tls.key_file"),
+            "is set but `cert_file` is not; a private key needs its client certificate",
+        ),
+        _ => {}
+    }
+}
 
+/// The reconnect backoff: a minimum above 0, a maximum not too long and not below it.
+fn check_broker_reconnect(prefix: &str, b: &BrokerConfig, f: &mut Findings) {
+    let key = |k: &str| format!("{prefix}.{k}");
     if b.reconnect_min.is_zero() {
         f.at(
             key("reconnect_min"),

@@ -11,7 +11,7 @@ use estate_protocols::taxonomy;
 
 use super::core::too_long;
 use super::findings::{Finding, Findings, Parts};
-use crate::modbus::{BusConfig, BusTransport, DataType, DeviceModbusConfig, Profile, Table};
+use crate::modbus::{BusConfig, BusTransport, DataType, DeviceModbusConfig, Point, Profile, Table};
 use crate::schema::DeviceConfig;
 
 fn at(f: &mut Vec<Finding>, path: impl Into<String>, message: impl Into<String>) {
@@ -85,239 +85,281 @@ pub(crate) fn check_profiles(profiles: &[(usize, Profile)], f: &mut Vec<Finding>
     }
 }
 
+/// Rules for one profile's points: each point on its own, then overlaps per table.
 fn check_points(base: &str, p: &Profile, f: &mut Vec<Finding>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (j, pt) in p.points.iter().enumerate() {
         let pb = format!("{base}.points[{j}]");
-        if pt.name.is_empty() {
-            at(f, format!("{pb}.name"), "must not be empty");
-        } else if let Some(first) = names.insert(pt.name.as_str(), j) {
-            related(
-                f,
-                format!("{pb}.name"),
-                format!("{base}.points[{first}].name"),
-                format!(
-                    "duplicate point name {:?}, already used by points[{first}]",
-                    pt.name
-                ),
-            );
-            names.insert(pt.name.as_str(), first);
+        check_point_name(base, &pb, j, pt, &mut names, f);
+        check_point_shape(&pb, pt, f);
+        if pt.data_type != DataType::Bool {
+            check_bit_fields(&pb, p, pt, f);
         }
-        let bits_table = pt.table.is_bits();
-        let bool_type = pt.data_type == DataType::Bool;
-        if bits_table && !bool_type {
-            at(
+        check_thresholds(&pb, pt, f);
+        check_report(&pb, pt, f);
+    }
+    check_overlaps(base, p, f);
+}
+
+/// A point's name: not empty, and unique within the profile (`names`: name → first index).
+fn check_point_name<'a>(
+    base: &str,
+    pb: &str,
+    j: usize,
+    pt: &'a Point,
+    names: &mut HashMap<&'a str, usize>,
+    f: &mut Vec<Finding>,
+) {
+    if pt.name.is_empty() {
+        at(f, format!("{pb}.name"), "must not be empty");
+    } else if let Some(first) = names.insert(pt.name.as_str(), j) {
+        related(
+            f,
+            format!("{pb}.name"),
+            format!("{base}.points[{first}].name"),
+            format!(
+                "duplicate point name {:?}, already used by points[{first}]",
+                pt.name
+            ),
+        );
+        names.insert(pt.name.as_str(), first);
+    }
+}
+
+/// A point's type against its table, its count, address range, scale and offset, and the
+/// keys a bool point cannot have.
+fn check_point_shape(pb: &str, pt: &Point, f: &mut Vec<Finding>) {
+    let bits_table = pt.table.is_bits();
+    let bool_type = pt.data_type == DataType::Bool;
+    if bits_table && !bool_type {
+        at(
+            f,
+            format!("{pb}.type"),
+            format!(
+                "a {} holds single bits: the type must be \"bool\", found {:?}",
+                pt.table,
+                pt.data_type.as_str()
+            ),
+        );
+    } else if !bits_table && bool_type {
+        at(
+            f,
+            format!("{pb}.type"),
+            format!(
+                "\"bool\" is for coils and discrete inputs; a {} register is u16, i16, u32, i32 or f32 (use `bits` for its bits)",
+                pt.table
+            ),
+        );
+    }
+    if pt.count == 0 {
+        at(f, format!("{pb}.count"), "must be at least 1");
+    } else if pt.span() > u32::from(pt.table.max_read()) {
+        at(
+            f,
+            format!("{pb}.count"),
+            format!(
+                "{} × {} spans {} {}, more than one read may ask for ({})",
+                pt.count,
+                pt.data_type,
+                pt.span(),
+                if bits_table { "bits" } else { "registers" },
+                pt.table.max_read()
+            ),
+        );
+    }
+    if pt.end() > 65_536 {
+        at(
+            f,
+            format!("{pb}.address"),
+            format!(
+                "the point covers addresses {}..{} but the last {} address is 65535",
+                pt.address,
+                pt.end() - 1,
+                pt.table
+            ),
+        );
+    }
+    if !pt.scale.is_finite() || pt.scale == 0.0 {
+        at(
+            f,
+            format!("{pb}.scale"),
+            format!("must be a finite number other than 0, found {}", pt.scale),
+        );
+    }
+    if !pt.offset.is_finite() {
+        at(f, format!("{pb}.offset"), "must be a finite number");
+    }
+    if pt.data_type.width() == 1 && pt.word_order != Default::default() {
+        at(
+            f,
+            format!("{pb}.word_order"),
+            format!(
+                "only 32-bit types have a word order; this point is {}",
+                pt.data_type
+            ),
+        );
+    }
+    if bool_type && pt.byte_order != Default::default() {
+        at(
+            f,
+            format!("{pb}.byte_order"),
+            "a bool point has no byte order",
+        );
+    }
+    if !pt.bits.is_empty() && bool_type {
+        at(
+            f,
+            format!("{pb}.bits"),
+            "a bool point has no bit fields; its value is the bit",
+        );
+    }
+    if !pt.thresholds.is_empty() && bool_type {
+        at(
+            f,
+            format!("{pb}.thresholds"),
+            "thresholds need a numeric point, this one is bool",
+        );
+    }
+}
+
+/// The `bits` of a register point: `bit` or `mask` within the type's width, a code or a
+/// meaning, and a numeric `value_point` of the same profile.
+fn check_bit_fields(pb: &str, p: &Profile, pt: &Point, f: &mut Vec<Finding>) {
+    let width = pt.data_type.bits();
+    for (k, b) in pt.bits.iter().enumerate() {
+        let bb = format!("{pb}.bits[{k}]");
+        match (b.bit, b.mask) {
+            (Some(_), Some(_)) => at(
                 f,
-                format!("{pb}.type"),
-                format!(
-                    "a {} holds single bits: the type must be \"bool\", found {:?}",
-                    pt.table,
-                    pt.data_type.as_str()
-                ),
-            );
-        } else if !bits_table && bool_type {
-            at(
+                bb.clone(),
+                format!("bits[{k}] has both `bit` and `mask`; give one"),
+            ),
+            (None, None) => at(
                 f,
-                format!("{pb}.type"),
-                format!(
-                    "\"bool\" is for coils and discrete inputs; a {} register is u16, i16, u32, i32 or f32 (use `bits` for its bits)",
-                    pt.table
-                ),
-            );
-        }
-        if pt.count == 0 {
-            at(f, format!("{pb}.count"), "must be at least 1");
-        } else if pt.span() > u32::from(pt.table.max_read()) {
-            at(
-                f,
-                format!("{pb}.count"),
-                format!(
-                    "{} × {} spans {} {}, more than one read may ask for ({})",
-                    pt.count,
-                    pt.data_type,
-                    pt.span(),
-                    if bits_table { "bits" } else { "registers" },
-                    pt.table.max_read()
-                ),
-            );
-        }
-        if pt.end() > 65_536 {
-            at(
-                f,
-                format!("{pb}.address"),
-                format!(
-                    "the point covers addresses {}..{} but the last {} address is 65535",
-                    pt.address,
-                    pt.end() - 1,
-                    pt.table
-                ),
-            );
-        }
-        if !pt.scale.is_finite() || pt.scale == 0.0 {
-            at(
-                f,
-                format!("{pb}.scale"),
-                format!("must be a finite number other than 0, found {}", pt.scale),
-            );
-        }
-        if !pt.offset.is_finite() {
-            at(f, format!("{pb}.offset"), "must be a finite number");
-        }
-        if pt.data_type.width() == 1 && pt.word_order != Default::default() {
-            at(
-                f,
-                format!("{pb}.word_order"),
-                format!(
-                    "only 32-bit types have a word order; this point is {}",
-                    pt.data_type
-                ),
-            );
-        }
-        if bool_type && pt.byte_order != Default::default() {
-            at(
-                f,
-                format!("{pb}.byte_order"),
-                "a bool point has no byte order",
-            );
-        }
-        if !pt.bits.is_empty() && bool_type {
-            at(
-                f,
-                format!("{pb}.bits"),
-                "a bool point has no bit fields; its value is the bit",
-            );
-        }
-        if !pt.thresholds.is_empty() && bool_type {
-            at(
-                f,
-                format!("{pb}.thresholds"),
-                "thresholds need a numeric point, this one is bool",
-            );
-        }
-        if !bool_type {
-            let width = pt.data_type.bits();
-            for (k, b) in pt.bits.iter().enumerate() {
-                let bb = format!("{pb}.bits[{k}]");
-                match (b.bit, b.mask) {
-                    (Some(_), Some(_)) => at(
-                        f,
-                        bb.clone(),
-                        format!("bits[{k}] has both `bit` and `mask`; give one"),
-                    ),
-                    (None, None) => at(
-                        f,
-                        bb.clone(),
-                        format!("bits[{k}] needs `bit` (one bit) or `mask` (a multi-bit field)"),
-                    ),
-                    (Some(bit), None) => {
-                        if u32::from(bit) >= width {
-                            at(
-                                f,
-                                bb.clone(),
-                                format!(
-                                    "bits[{k}]: bit {bit} does not exist in a {} (bits 0–{})",
-                                    pt.data_type,
-                                    width - 1
-                                ),
-                            );
-                        }
-                        if b.equals.is_some() {
-                            at(
-                                f,
-                                bb.clone(),
-                                format!("bits[{k}]: `equals` goes with `mask`, not `bit`"),
-                            );
-                        }
-                    }
-                    (None, Some(mask)) => {
-                        let fits = if width >= 32 {
-                            u32::MAX
-                        } else {
-                            (1u32 << width) - 1
-                        };
-                        if mask == 0 || mask & !fits != 0 {
-                            at(
-                                f,
-                                bb.clone(),
-                                format!(
-                                    "bits[{k}]: mask {mask:#x} must be non-zero and within the {} bits of a {}",
-                                    width, pt.data_type
-                                ),
-                            );
-                        } else if b.equals.is_some_and(|e| e & !mask != 0) {
-                            at(
-                                f,
-                                bb.clone(),
-                                format!("bits[{k}]: `equals` sets bits outside `mask`, so it can never match"),
-                            );
-                        }
-                    }
-                }
-                if let Some(code) = &b.code {
-                    check_code(format!("{bb}.code"), code, f);
-                }
-                if b.code.is_none() && b.meaning.is_empty() {
+                bb.clone(),
+                format!("bits[{k}] needs `bit` (one bit) or `mask` (a multi-bit field)"),
+            ),
+            (Some(bit), None) => {
+                if u32::from(bit) >= width {
                     at(
                         f,
                         bb.clone(),
-                        format!("bits[{k}] has neither `code` nor `meaning`"),
+                        format!(
+                            "bits[{k}]: bit {bit} does not exist in a {} (bits 0–{})",
+                            pt.data_type,
+                            width - 1
+                        ),
                     );
                 }
-                if let Some(vp) = &b.value_point {
-                    match p.points.iter().find(|o| &o.name == vp) {
-                        None => at(
-                            f,
-                            bb.clone(),
-                            format!("bits[{k}]: value_point {vp:?} is not a point of profile {:?}", p.name),
+                if b.equals.is_some() {
+                    at(
+                        f,
+                        bb.clone(),
+                        format!("bits[{k}]: `equals` goes with `mask`, not `bit`"),
+                    );
+                }
+            }
+            (None, Some(mask)) => {
+                let fits = if width >= 32 {
+                    u32::MAX
+                } else {
+                    (1u32 << width) - 1
+                };
+                if mask == 0 || mask & !fits != 0 {
+                    at(
+                        f,
+                        bb.clone(),
+                        format!(
+                            "bits[{k}]: mask {mask:#x} must be non-zero and within the {} bits of a {}",
+                            width, pt.data_type
                         ),
-                        Some(o) if o.data_type == DataType::Bool => at(
-                            f,
-                            bb.clone(),
-                            format!("bits[{k}]: value_point {vp:?} is a bool point; it must have a numeric value"),
+                    );
+                } else if b.equals.is_some_and(|e| e & !mask != 0) {
+                    at(
+                        f,
+                        bb.clone(),
+                        format!(
+                            "bits[{k}]: `equals` sets bits outside `mask`, so it can never match"
                         ),
-                        Some(_) => {}
-                    }
+                    );
                 }
             }
         }
-        for (k, t) in pt.thresholds.iter().enumerate() {
-            let tb = format!("{pb}.thresholds[{k}]");
-            check_code(format!("{tb}.code"), &t.code, f);
-            if !t.above.is_finite() {
-                at(
-                    f,
-                    tb.clone(),
-                    format!("thresholds[{k}]: `above` must be a finite number"),
-                );
-            }
-            if !(t.hysteresis.is_finite() && t.hysteresis >= 0.0) {
-                at(
-                    f,
-                    tb.clone(),
-                    format!(
-                        "thresholds[{k}]: `hysteresis` must be 0 or more, found {}",
-                        t.hysteresis
-                    ),
-                );
-            }
+        if let Some(code) = &b.code {
+            check_code(format!("{bb}.code"), code, f);
         }
-        if let Some(r) = &pt.report {
-            if !(r.deadband.is_finite() && r.deadband >= 0.0) {
-                at(
+        if b.code.is_none() && b.meaning.is_empty() {
+            at(
+                f,
+                bb.clone(),
+                format!("bits[{k}] has neither `code` nor `meaning`"),
+            );
+        }
+        if let Some(vp) = &b.value_point {
+            match p.points.iter().find(|o| &o.name == vp) {
+                None => at(
                     f,
-                    format!("{pb}.report"),
-                    format!("`deadband` must be 0 or more, found {}", r.deadband),
-                );
-            }
-            if r.max_interval.is_some_and(|d| d < Duration::from_secs(1)) {
-                at(
+                    bb.clone(),
+                    format!("bits[{k}]: value_point {vp:?} is not a point of profile {:?}", p.name),
+                ),
+                Some(o) if o.data_type == DataType::Bool => at(
                     f,
-                    format!("{pb}.report"),
-                    "`max_interval` must be at least 1s",
-                );
+                    bb.clone(),
+                    format!("bits[{k}]: value_point {vp:?} is a bool point; it must have a numeric value"),
+                ),
+                Some(_) => {}
             }
         }
     }
+}
+
+/// A point's `thresholds`: a known code, a finite `above`, a hysteresis of 0 or more.
+fn check_thresholds(pb: &str, pt: &Point, f: &mut Vec<Finding>) {
+    for (k, t) in pt.thresholds.iter().enumerate() {
+        let tb = format!("{pb}.thresholds[{k}]");
+        check_code(format!("{tb}.code"), &t.code, f);
+        if !t.above.is_finite() {
+            at(
+                f,
+                tb.clone(),
+                format!("thresholds[{k}]: `above` must be a finite number"),
+            );
+        }
+        if !(t.hysteresis.is_finite() && t.hysteresis >= 0.0) {
+            at(
+                f,
+                tb.clone(),
+                format!(
+                    "thresholds[{k}]: `hysteresis` must be 0 or more, found {}",
+                    t.hysteresis
+                ),
+            );
+        }
+    }
+}
+
+/// A point's `report`: a deadband of 0 or more, a `max_interval` of at least 1 s.
+fn check_report(pb: &str, pt: &Point, f: &mut Vec<Finding>) {
+    if let Some(r) = &pt.report {
+        if !(r.deadband.is_finite() && r.deadband >= 0.0) {
+            at(
+                f,
+                format!("{pb}.report"),
+                format!("`deadband` must be 0 or more, found {}", r.deadband),
+            );
+        }
+        if r.max_interval.is_some_and(|d| d < Duration::from_secs(1)) {
+            at(
+                f,
+                format!("{pb}.report"),
+                "`max_interval` must be at least 1s",
+            );
+        }
+    }
+}
+
+/// Points of one table whose address ranges overlap, in address order.
+fn check_overlaps(base: &str, p: &Profile, f: &mut Vec<Finding>) {
     // Overlaps, per table, in address order.
     let mut by_table: Vec<(Table, u32, u32, usize)> = p
         .points
@@ -352,119 +394,145 @@ pub(super) fn check_buses(buses: &[(usize, BusConfig)], f: &mut Vec<Finding>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, b) in buses {
         let base = format!("modbus.buses[{i}]");
-        if b.name.is_empty()
-            || b.name.len() > 64
-            || b.name
-                .chars()
-                .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
-            at(
-                f,
-                format!("{base}.name"),
-                format!(
-                    "{:?}: 1–64 letters, digits, '-' or '_' (it appears in metrics and event sources)",
-                    b.name
-                ),
-            );
-        } else if let Some(first) = names.get(b.name.as_str()) {
-            related(
-                f,
-                format!("{base}.name"),
-                format!("modbus.buses[{first}].name"),
-                format!(
-                    "duplicate bus name {:?}, already used by modbus.buses[{first}]",
-                    b.name
-                ),
-            );
-        } else {
-            names.insert(b.name.as_str(), *i);
-        }
-        let tcp = !matches!(b.transport, BusTransport::Rtu);
-        match (&b.host, tcp) {
-            (None, true) => at(
-                f,
-                format!("{base}.transport"),
-                format!(
-                    "a {} bus needs `host` (and `port`, default 502)",
-                    b.transport
-                ),
+        check_bus_name(&base, *i, b, &mut names, f);
+        check_bus_endpoint(&base, b, f);
+        check_bus_line(&base, b, f);
+        check_bus_reconnect(&base, b, f);
+    }
+}
+
+/// A bus name: 1–64 letters, digits, '-' or '_', and unique (`names`: name → first index).
+fn check_bus_name<'a>(
+    base: &str,
+    i: usize,
+    b: &'a BusConfig,
+    names: &mut HashMap<&'a str, usize>,
+    f: &mut Vec<Finding>,
+) {
+    if b.name.is_empty()
+        || b.name.len() > 64
+        || b.name
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        at(
+            f,
+            format!("{base}.name"),
+            format!(
+                "{:?}: 1–64 letters, digits, '-' or '_' (it appears in metrics and event sources)",
+                b.name
             ),
-            (Some(h), true) if h.trim().is_empty() || h.contains("://") || h.contains(' ') => at(
-                f,
-                format!("{base}.host"),
-                format!("{h:?} is not a host name or address"),
+        );
+    } else if let Some(first) = names.get(b.name.as_str()) {
+        related(
+            f,
+            format!("{base}.name"),
+            format!("modbus.buses[{first}].name"),
+            format!(
+                "duplicate bus name {:?}, already used by modbus.buses[{first}]",
+                b.name
             ),
-            (Some(_), false) => at(
-                f,
-                format!("{base}.host"),
-                "`host` is for tcp and rtu-over-tcp buses; an rtu bus uses `device`",
+        );
+    } else {
+        names.insert(b.name.as_str(), i);
+    }
+}
+
+/// Where the bus is: `host` for tcp and rtu-over-tcp, `device` (a serial port) for rtu.
+fn check_bus_endpoint(base: &str, b: &BusConfig, f: &mut Vec<Finding>) {
+    let tcp = !matches!(b.transport, BusTransport::Rtu);
+    match (&b.host, tcp) {
+        (None, true) => at(
+            f,
+            format!("{base}.transport"),
+            format!(
+                "a {} bus needs `host` (and `port`, default 502)",
+                b.transport
             ),
-            _ => {}
+        ),
+        (Some(h), true) if h.trim().is_empty() || h.contains("://") || h.contains(' ') => at(
+            f,
+            format!("{base}.host"),
+            format!("{h:?} is not a host name or address"),
+        ),
+        (Some(_), false) => at(
+            f,
+            format!("{base}.host"),
+            "`host` is for tcp and rtu-over-tcp buses; an rtu bus uses `device`",
+        ),
+        _ => {}
+    }
+    match (&b.device, b.transport) {
+        (None, BusTransport::Rtu) => at(
+            f,
+            format!("{base}.transport"),
+            "an rtu bus needs `device`, the serial port (e.g. \"/dev/ttyS1\")",
+        ),
+        (Some(d), BusTransport::Rtu) if d.trim().is_empty() => {
+            at(f, format!("{base}.device"), "must not be empty")
         }
-        match (&b.device, b.transport) {
-            (None, BusTransport::Rtu) => at(
-                f,
-                format!("{base}.transport"),
-                "an rtu bus needs `device`, the serial port (e.g. \"/dev/ttyS1\")",
+        (Some(_), BusTransport::Tcp | BusTransport::RtuOverTcp) => at(
+            f,
+            format!("{base}.device"),
+            "`device` (a serial port) is for rtu buses; tcp buses use `host` and `port`",
+        ),
+        _ => {}
+    }
+}
+
+/// The serial line's settings: baud, data and stop bits, the inter-frame gap.
+fn check_bus_line(base: &str, b: &BusConfig, f: &mut Vec<Finding>) {
+    if b.baud < 300 || b.baud > 1_000_000 {
+        at(
+            f,
+            format!("{base}.baud"),
+            format!("must be between 300 and 1000000, found {}", b.baud),
+        );
+    }
+    if !(7..=8).contains(&b.data_bits) {
+        at(
+            f,
+            format!("{base}.data_bits"),
+            format!("must be 7 or 8, found {}", b.data_bits),
+        );
+    }
+    if !(1..=2).contains(&b.stop_bits) {
+        at(
+            f,
+            format!("{base}.stop_bits"),
+            format!("must be 1 or 2, found {}", b.stop_bits),
+        );
+    }
+    if b.inter_frame_gap
+        .is_some_and(|g| g > Duration::from_secs(1))
+    {
+        at(f, format!("{base}.inter_frame_gap"), "must be at most 1s");
+    }
+}
+
+/// The reconnect backoff: a minimum above 0, a maximum not too long and not below it.
+fn check_bus_reconnect(base: &str, b: &BusConfig, f: &mut Vec<Finding>) {
+    if b.reconnect_min.is_zero() {
+        at(
+            f,
+            format!("{base}.reconnect_min"),
+            "must be more than 0s, or an unreachable bus is retried in a tight loop",
+        );
+    }
+    if let Some(m) = too_long(b.reconnect_max) {
+        at(f, format!("{base}.reconnect_max"), m);
+    }
+    if b.reconnect_max < b.reconnect_min {
+        f.push(Finding {
+            path: format!("{base}.reconnect_min"),
+            involves: vec![format!("{base}.reconnect_max")],
+            related: None,
+            message: format!(
+                "reconnect_min ({}) must not exceed reconnect_max ({})",
+                fmt_d(b.reconnect_min),
+                fmt_d(b.reconnect_max)
             ),
-            (Some(d), BusTransport::Rtu) if d.trim().is_empty() => {
-                at(f, format!("{base}.device"), "must not be empty")
-            }
-            (Some(_), BusTransport::Tcp | BusTransport::RtuOverTcp) => at(
-                f,
-                format!("{base}.device"),
-                "`device` (a serial port) is for rtu buses; tcp buses use `host` and `port`",
-            ),
-            _ => {}
-        }
-        if b.baud < 300 || b.baud > 1_000_000 {
-            at(
-                f,
-                format!("{base}.baud"),
-                format!("must be between 300 and 1000000, found {}", b.baud),
-            );
-        }
-        if !(7..=8).contains(&b.data_bits) {
-            at(
-                f,
-                format!("{base}.data_bits"),
-                format!("must be 7 or 8, found {}", b.data_bits),
-            );
-        }
-        if !(1..=2).contains(&b.stop_bits) {
-            at(
-                f,
-                format!("{base}.stop_bits"),
-                format!("must be 1 or 2, found {}", b.stop_bits),
-            );
-        }
-        if b.inter_frame_gap
-            .is_some_and(|g| g > Duration::from_secs(1))
-        {
-            at(f, format!("{base}.inter_frame_gap"), "must be at most 1s");
-        }
-        if b.reconnect_min.is_zero() {
-            at(
-                f,
-                format!("{base}.reconnect_min"),
-                "must be more than 0s, or an unreachable bus is retried in a tight loop",
-            );
-        }
-        if let Some(m) = too_long(b.reconnect_max) {
-            at(f, format!("{base}.reconnect_max"), m);
-        }
-        if b.reconnect_max < b.reconnect_min {
-            f.push(Finding {
-                path: format!("{base}.reconnect_min"),
-                involves: vec![format!("{base}.reconnect_max")],
-                related: None,
-                message: format!(
-                    "reconnect_min ({}) must not exceed reconnect_max ({})",
-                    fmt_d(b.reconnect_min),
-                    fmt_d(b.reconnect_max)
-                ),
-            });
-        }
+        });
     }
 }
 

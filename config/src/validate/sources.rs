@@ -21,7 +21,23 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
             "lists no source, so nothing would be read; remove it to read the native format only",
         );
     }
-    // Names: valid and unique among all sources that have one.
+    check_names(parts, f);
+    // Per source: topics, format-specific keys.
+    let mut all_filters: Vec<Filter> = Vec::new();
+    let estate = parts.gateway.as_ref().map(|g| g.estate_id.as_str());
+    for (i, s) in &parts.sources {
+        check_source(*i, s, &ingest.topic_prefix, estate, &mut all_filters, f);
+    }
+    check_overlaps(&all_filters, f);
+    check_device_sources(parts, ingest.sources.is_some(), f);
+}
+
+/// A topic filter a source reads: (source index, the key that sets it, the filter).
+type Filter = (usize, String, String);
+
+/// Names: valid and unique among all sources that have one (a source without `name` is
+/// named after its format, so its problem is located at `format`).
+fn check_names(parts: &Parts, f: &mut Findings) {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, name) in &parts.source_names {
         let explicit = parts
@@ -50,68 +66,78 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
             }
         }
     }
+}
 
-    // Per source: topics, format-specific keys.
-    let mut all_filters: Vec<(usize, String, String)> = Vec::new();
-    let estate = parts.gateway.as_ref().map(|g| g.estate_id.as_str());
-    for (i, s) in &parts.sources {
-        let base = format!("ingest.sources[{i}]");
-        match (s.format, &s.topics) {
-            (SourceFormat::Native, Some(_)) => f.at(
-                format!("{base}.topics"),
-                "the native format always reads `ingest.topic_prefix`/{estate_id}/…; remove `topics`",
-            ),
-            (SourceFormat::JsonMap, None) => f.at(
-                format!("{base}.format"),
-                "json-map needs `topics`: the MQTT topic filters its devices publish to",
-            ),
-            (_, Some(t)) if t.is_empty() => {
-                f.at(format!("{base}.topics"), "must list at least one topic filter")
-            }
-            _ => {}
-        }
-        if let Some(topics) = &s.topics {
-            for (k, t) in topics.iter().enumerate() {
-                if let Some(why) = topic_filter_problem(t) {
-                    f.at(format!("{base}.topics[{k}]"), format!("{t:?} {why}"));
-                } else {
-                    all_filters.push((*i, format!("{base}.topics[{k}]"), t.clone()));
-                }
-            }
-        } else if s.format == SourceFormat::Native {
-            if let Some(estate) = estate {
-                for leaf in ["event", "heartbeat"] {
-                    all_filters.push((
-                        *i,
-                        format!("{base}.format"),
-                        format!("{}/{estate}/+/+/{leaf}", ingest.topic_prefix),
-                    ));
-                }
-            }
-        } else {
-            for t in s.format.default_topics() {
-                all_filters.push((*i, format!("{base}.format"), (*t).to_owned()));
+/// One source's topics and format-specific keys; its valid topic filters (or those its
+/// format reads by default) go to `filters` for the overlap check.
+fn check_source(
+    i: usize,
+    s: &SourceTable,
+    topic_prefix: &str,
+    estate: Option<&str>,
+    filters: &mut Vec<Filter>,
+    f: &mut Findings,
+) {
+    let base = format!("ingest.sources[{i}]");
+    match (s.format, &s.topics) {
+        (SourceFormat::Native, Some(_)) => f.at(
+            format!("{base}.topics"),
+            "the native format always reads `topic_prefix`/{estate_id}/…; remove `topics`",
+        ),
+        (SourceFormat::JsonMap, None) => f.at(
+            format!("{base}.format"),
+            "json-map needs `topics`: the MQTT topic filters its devices publish to",
+        ),
+        (_, Some(t)) if t.is_empty() => f.at(
+            format!("{base}.topics"),
+            "must list at least one topic filter",
+        ),
+        _ => {}
+    }
+    if let Some(topics) = &s.topics {
+        for (k, t) in topics.iter().enumerate() {
+            if let Some(why) = topic_filter_problem(t) {
+                f.at(format!("{base}.topics[{k}]"), format!("{t:?} {why}"));
+            } else {
+                filters.push((i, format!("{base}.topics[{k}]"), t.clone()));
             }
         }
-        for (key, why) in s.format_key_problems() {
-            f.at(format!("{base}.{key}"), why);
-        }
-        if let (SourceFormat::CameraIsapiJson, Some(after)) = (s.format, s.clear_after) {
-            if after < Duration::from_secs(1) || after > Duration::from_secs(3600) {
-                f.at(
-                    format!("{base}.clear_after"),
-                    format!(
-                        "must be between 1s and 1h (cameras repeat about once a second), found {}",
-                        humantime::format_duration(after)
-                    ),
-                );
+    } else if s.format == SourceFormat::Native {
+        if let Some(estate) = estate {
+            for leaf in ["event", "heartbeat"] {
+                filters.push((
+                    i,
+                    format!("{base}.format"),
+                    format!("{}/{estate}/+/+/{leaf}", topic_prefix),
+                ));
             }
         }
-        if let (SourceFormat::JsonMap, Some(map)) = (s.format, &s.map) {
-            check_map(&base, s, map, f);
+    } else {
+        for t in s.format.default_topics() {
+            filters.push((i, format!("{base}.format"), (*t).to_owned()));
         }
     }
-    // Two sources whose filters share a topic would both receive (or fight over) it.
+    for (key, why) in s.format_key_problems() {
+        f.at(format!("{base}.{key}"), why);
+    }
+    if let (SourceFormat::CameraIsapiJson, Some(after)) = (s.format, s.clear_after) {
+        if after < Duration::from_secs(1) || after > Duration::from_secs(3600) {
+            f.at(
+                format!("{base}.clear_after"),
+                format!(
+                    "must be between 1s and 1h (cameras repeat about once a second), found {}",
+                    humantime::format_duration(after)
+                ),
+            );
+        }
+    }
+    if let (SourceFormat::JsonMap, Some(map)) = (s.format, &s.map) {
+        check_map(&base, s, map, f);
+    }
+}
+
+/// Two sources whose filters share a topic would both receive (or fight over) it.
+fn check_overlaps(all_filters: &[Filter], f: &mut Findings) {
     for (n, (i, path, a)) in all_filters.iter().enumerate() {
         if let Some((j, other, b)) = all_filters[..n]
             .iter()
@@ -127,8 +153,11 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
             });
         }
     }
+}
 
-    // Devices known by their source's own id.
+/// Devices known by their source's own id: a source that exists and is not native, and
+/// an id unique within it. `listed`: the config has an `[[ingest.sources]]` list.
+fn check_device_sources(parts: &Parts, listed: bool, f: &mut Findings) {
     let sources: HashMap<&str, SourceFormat> = parts
         .sources
         .iter()
@@ -140,7 +169,7 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
             continue;
         };
         let path = format!("devices[{i}].source");
-        if ingest.sources.is_none() {
+        if !listed {
             f.at(
                 format!("{path}.name"),
                 format!(

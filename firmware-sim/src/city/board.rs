@@ -38,15 +38,20 @@ impl Default for Rules {
     }
 }
 
+/// An estate's state on the board, worst last (`Ord`: ok < degraded < dark).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
+    /// Heard from within the reporting time, and nothing wrong in its last status.
     Ok,
+    /// Heard from, but its status says degraded, life-safety devices are offline, or its backlog keeps growing.
     Degraded,
+    /// Nothing heard within the reporting time, or its last will says offline.
     Dark,
 }
 
 impl State {
+    /// `"ok"`, `"degraded"` or `"dark"`, as printed and in the JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Ok => "ok",
@@ -63,9 +68,13 @@ pub struct StatusSeen {
     pub received_ms: i64,
     /// When the gateway took it (its clock).
     pub at_ms: i64,
+    /// The gateway process's boot id (new on every start).
     pub boot_id: String,
+    /// The store epoch the gateway reported.
     pub store_epoch: u64,
+    /// Committed events not yet acknowledged by the city broker, alarms lane.
     pub backlog_alarms: u64,
+    /// Committed events not yet acknowledged by the city broker, events lane.
     pub backlog_events: u64,
     /// Age of the oldest unforwarded event over both lanes, ms.
     pub oldest_unforwarded_ms: u64,
@@ -73,11 +82,15 @@ pub struct StatusSeen {
     /// the city broker (each lane forwards in order), so a hole below it is a loss behind
     /// the broker, not a batch still on its way.
     pub forwarded_seq: u64,
+    /// Configured devices the gateway counts offline.
     pub devices_offline: u32,
+    /// Of those, life-safety devices (smoke, gas, fire panel, …); above 0 the estate is degraded.
     pub offline_life_safety: u32,
     /// Open alerts: critical, major, minor, info.
     pub open_alerts: [u32; 4],
+    /// The gateway's `/healthz` status: `"ok"`, `"degraded"` or `"failed"`.
     pub health: String,
+    /// Why `health` is not ok, each `"key: reason"`.
     pub reasons: Vec<String>,
 }
 
@@ -102,6 +115,7 @@ fn forwarded_seq(s: &pb::GatewayStatus) -> u64 {
 }
 
 impl StatusSeen {
+    /// Keeps what the board needs of `s`, received at `received_ms` (Unix ms, the consumer's clock).
     pub fn from_pb(s: &pb::GatewayStatus, received_ms: i64) -> StatusSeen {
         let lane = |l: pb::Lane| s.lanes.iter().find(|x| x.lane == l as i32);
         let backlog = |l| lane(l).map_or(0, |x| x.backlog);
@@ -129,6 +143,7 @@ impl StatusSeen {
         }
     }
 
+    /// Both lanes' backlog together.
     pub fn backlog(&self) -> u64 {
         self.backlog_alarms + self.backlog_events
     }
@@ -137,9 +152,13 @@ impl StatusSeen {
 /// The last retained `LinkState`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LinkSeen {
+    /// When it arrived (the consumer's clock, Unix ms).
     pub received_ms: i64,
+    /// False in the gateway's last will (it vanished) or after a clean stop.
     pub online: bool,
+    /// When the gateway set it (its clock, Unix ms): for the last will, when that connection was made.
     pub since_ms: i64,
+    /// The boot id of the gateway process that published it.
     pub boot_id: String,
 }
 
@@ -147,16 +166,21 @@ pub struct LinkSeen {
 /// event count.
 #[derive(Debug, Clone, Default)]
 pub struct EstateSeen {
+    /// The gateway id last seen in any of its messages (empty until one named it).
     pub gateway_id: String,
     /// When the last batch arrived (the consumer's clock, Unix ms).
     pub last_batch_ms: Option<i64>,
     /// The newest `gateway_time_ms` of any event received.
     pub newest_event_ms: Option<i64>,
+    /// Batches received (duplicates included).
     pub batches: u64,
+    /// Events received in those batches (duplicates included).
     pub events: u64,
+    /// The last `GatewayStatus`; `None` before one arrived.
     pub status: Option<StatusSeen>,
     /// Total backlog of the last statuses, oldest first (at most `Rules::backlog_statuses`).
     pub backlogs: VecDeque<u64>,
+    /// The last retained `LinkState`; `None` before one arrived.
     pub link: Option<LinkSeen>,
 }
 
@@ -182,8 +206,11 @@ impl EstateSeen {
 /// One row of the board.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EstateView {
+    /// The estate's id, from the topic.
     pub estate_id: String,
+    /// Its gateway's id (empty until a message named it).
     pub gateway_id: String,
+    /// Ok, degraded or dark.
     pub state: State,
     /// Why it is not ok (empty when ok).
     pub reasons: Vec<String>,
@@ -193,8 +220,11 @@ pub struct EstateView {
     pub lag_ms: Option<i64>,
     /// Now − the last message of any kind, ms.
     pub silent_ms: Option<i64>,
+    /// Batches received.
     pub batches: u64,
+    /// Events received (duplicates included).
     pub events: u64,
+    /// The last status; `None` before one arrived.
     pub status: Option<StatusSeen>,
 }
 
@@ -291,11 +321,13 @@ pub fn split_topic(topic: &str) -> Option<(&str, &str)> {
 /// Every estate heard of, and the rules.
 #[derive(Debug, Default)]
 pub struct Board {
+    /// When an estate is dark or degraded.
     pub rules: Rules,
     estates: HashMap<String, EstateSeen>,
 }
 
 impl Board {
+    /// An empty board judged by `rules`.
     pub fn new(rules: Rules) -> Board {
         Board {
             rules,
@@ -319,6 +351,7 @@ impl Board {
         seen
     }
 
+    /// Counts a batch of `estate_id` received at `now_ms` (consumer's clock, Unix ms).
     pub fn on_batch(
         &mut self,
         estate_id: &str,
@@ -336,6 +369,7 @@ impl Board {
         }
     }
 
+    /// Keeps the estate's `GatewayStatus` received at `now_ms`, and its backlog for the growth rule.
     pub fn on_status(&mut self, estate_id: &str, status: &pb::GatewayStatus, now_ms: i64) {
         let keep = self.rules.backlog_statuses.max(2);
         let seen = self.estate(estate_id, &status.gateway_id);
@@ -347,6 +381,7 @@ impl Board {
         seen.status = Some(st);
     }
 
+    /// Keeps the estate's retained `LinkState` received at `now_ms`.
     pub fn on_link(&mut self, estate_id: &str, link: &pb::LinkState, now_ms: i64) {
         let seen = self.estate(estate_id, &link.gateway_id);
         seen.link = Some(LinkSeen {
@@ -357,14 +392,17 @@ impl Board {
         });
     }
 
+    /// What the board remembers of `estate_id`; `None` for an estate never heard of.
     pub fn get(&self, estate_id: &str) -> Option<&EstateSeen> {
         self.estates.get(estate_id)
     }
 
+    /// Estates heard of.
     pub fn len(&self) -> usize {
         self.estates.len()
     }
 
+    /// True before any estate was heard of.
     pub fn is_empty(&self) -> bool {
         self.estates.is_empty()
     }
@@ -393,11 +431,15 @@ impl Board {
 /// How many estates are in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
+    /// Estates in state ok.
     pub ok: usize,
+    /// Estates in state degraded.
     pub degraded: usize,
+    /// Estates in state dark.
     pub dark: usize,
 }
 
+/// How many of `views` are in each state.
 pub fn counts(views: &[EstateView]) -> Counts {
     let mut c = Counts::default();
     for v in views {

@@ -37,6 +37,7 @@ pub fn build(
     }
 }
 
+/// `{prefix}/{estate}/commands`: where the gateway of `estate` takes its commands.
 pub fn commands_topic(prefix: &str, estate: &str) -> String {
     format!("{prefix}/{estate}/commands")
 }
@@ -49,6 +50,7 @@ pub fn is_final(r: &pb::CommandResult) -> bool {
     )
 }
 
+/// True when the outcome is OK (not accepted, refused, failed, …).
 pub fn is_ok(r: &pb::CommandResult) -> bool {
     r.outcome == pb::CommandOutcome::Ok as i32
 }
@@ -90,6 +92,7 @@ pub fn describe(r: &pb::CommandResult) -> String {
 /// What came back for a command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
+    /// A `CommandResult` whose `command_id` is the command's.
     Result(pb::CommandResult),
     /// The `GatewayStatus` answering a STATUS command.
     Status(pb::GatewayStatus),
@@ -98,11 +101,15 @@ pub enum Reply {
 /// Where to send.
 #[derive(Debug, Clone)]
 pub struct SendOptions {
+    /// The city broker's host name or address.
     pub broker_host: String,
+    /// The city broker's MQTT port (1883 without TLS).
     pub broker_port: u16,
+    /// The MQTT client id to connect with (clean session).
     pub client_id: String,
     /// `city/v1` by default.
     pub prefix: String,
+    /// The estate whose gateway gets the command (the topic's `{estate_id}`).
     pub estate: String,
 }
 

@@ -60,17 +60,24 @@ impl Default for RepairOptions {
     }
 }
 
+/// What `estate-sim city` connects to, how it judges estates, and what it writes.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
+    /// The city broker's host name or address.
     pub broker_host: String,
+    /// The city broker's MQTT port.
     pub broker_port: u16,
+    /// The MQTT client id (random by default, so two consumers never take each other's session).
     pub client_id: String,
     /// `city/v1`.
     pub prefix: String,
+    /// When an estate counts as dark or degraded.
     pub rules: Rules,
     /// How often the board is printed and the JSON rewritten.
     pub interval: Duration,
+    /// Where to write the snapshot as JSON (`--json`); `None` writes none.
     pub json: Option<JsonOut>,
+    /// Ask gateways to resend the gaps (`--repair`); `None` only reports them.
     pub repair: Option<RepairOptions>,
     /// Stop once this many unique events have arrived.
     pub until_events: Option<u64>,
@@ -81,7 +88,9 @@ pub struct ConsumerOptions {
 /// Resends sent and what came back.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RepairStats {
+    /// `Resend` commands sent.
     pub sent: u64,
+    /// Final results received for them.
     pub answered: u64,
     /// Events the gateways sent again.
     pub resent: u64,
@@ -92,10 +101,15 @@ pub struct RepairStats {
 /// What the consumer shows and writes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
+    /// When the snapshot was taken (the consumer's clock, Unix ms).
     pub at_ms: i64,
+    /// Estates per state.
     pub counts: Counts,
+    /// What the ledger counted over all streams (without the events themselves).
     pub ledger: CityReport,
+    /// What gap repair asked for and got.
     pub repair: RepairStats,
+    /// Every estate's row, by estate id.
     pub estates: Vec<EstateView>,
 }
 
@@ -151,9 +165,13 @@ pub struct Repairer {
 /// One `Resend` to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResendDue {
+    /// The gateway to ask.
     pub gateway_id: String,
+    /// The store epoch the gap is in.
     pub store_epoch: u64,
+    /// First missing seq.
     pub first: u64,
+    /// Last missing seq (inclusive).
     pub last: u64,
 }
 

@@ -39,7 +39,9 @@ use crate::publish::random_client_id;
 /// Where and what to subscribe.
 #[derive(Debug, Clone)]
 pub struct CityOptions {
+    /// The city broker's host name or address.
     pub broker_host: String,
+    /// The city broker's MQTT port.
     pub broker_port: u16,
     /// Unique per recorder (clean session); the default is random (`estate-sim-city-…`).
     pub client_id: String,
@@ -70,25 +72,34 @@ impl Default for CityOptions {
 pub struct ReceivedEvent {
     /// The lane of the topic it arrived on.
     pub lane: Lane,
+    /// The event's seq in its stream.
     pub seq: u64,
+    /// The event's taxonomy code, e.g. `"SMOKE.ALARM"`.
     pub code: String,
     /// Raw `pb::Severity` value (1 critical … 4 info).
     pub severity: i32,
+    /// The device the event is about.
     pub device_id: String,
+    /// The device's own counter, when the event carried one.
     pub device_seq: Option<u64>,
     /// Position among all decoded events, duplicates included, over all topics (0-based).
     pub arrival: u64,
-    /// The batch's `gateway_id` and `store_epoch` (the dedup stream).
+    /// The batch's `gateway_id` (with `store_epoch`, the dedup stream).
     pub gateway_id: String,
+    /// The batch's `store_epoch`.
     pub store_epoch: u64,
 }
 
 /// Per-`(gateway_id, store_epoch)` view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StreamReport {
+    /// The gateway of the stream.
     pub gateway_id: String,
+    /// The store epoch of the stream.
     pub store_epoch: u64,
+    /// Distinct seqs received in it.
     pub unique: u64,
+    /// Highest seq received in it.
     pub max_seq: u64,
     /// Missing inclusive seq ranges within `1..=max_seq`.
     pub gaps: Vec<(u64, u64)>,
@@ -122,6 +133,7 @@ pub struct CityReport {
     /// Unique events whose severity does not belong on the topic's lane (severity 1–2 on
     /// events, 3–4 on alarms, or a severity outside 1–4).
     pub wrong_lane: u64,
+    /// One entry per `(gateway_id, store_epoch)` stream, ordered by both.
     pub streams: Vec<StreamReport>,
     /// Unique events in arrival order. Empty in [`Ledger::summary`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -468,13 +480,20 @@ impl Ledger {
 /// Why [`CityRecorder::wait_for`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
+    /// No matching report within `timeout`.
     #[error("timed out after {timeout:?} waiting on the city stream; last report: {report}")]
     Timeout {
+        /// How long it waited.
         timeout: Duration,
+        /// What had arrived by then.
         report: Box<CityReport>,
     },
+    /// The recorder's background task ended before a report matched.
     #[error("the city recorder stopped; last report: {report}")]
-    Stopped { report: Box<CityReport> },
+    Stopped {
+        /// What had arrived by then.
+        report: Box<CityReport>,
+    },
 }
 
 /// Handle to a running city-platform subscriber. Dropping it stops the background task.

@@ -92,41 +92,70 @@ pub fn toc_raw(lel: f64) -> u16 {
 
 /// GB/T 26875.3 component status word bits.
 pub mod gb26875 {
+    /// Bit 0: normal, always set by the simulator (a real detector in test clears it; the
+    /// profile reads it inverted as `SMOKE.TEST`).
     pub const NORMAL: u16 = 1 << 0;
+    /// Bit 1: fire (`SMOKE.ALARM`).
     pub const FIRE: u16 = 1 << 1;
+    /// Bit 2: fault (`FIRE.FAULT`).
     pub const FAULT: u16 = 1 << 2;
+    /// Bit 3: disabled, 屏蔽 (`FIRE.DISABLED`).
     pub const DISABLED: u16 = 1 << 3;
+    /// Bit 4: supervisory (`FIRE.SUPERVISORY`).
     pub const SUPERVISORY: u16 = 1 << 4;
+    /// Bit 5: started (an output component was started).
     pub const STARTED: u16 = 1 << 5;
+    /// Bit 6: feedback (an output component reported back).
     pub const FEEDBACK: u16 = 1 << 6;
+    /// Bit 7: delay (a delayed start is counting down).
     pub const DELAY: u16 = 1 << 7;
+    /// Bit 8: power fault (`FIRE.POWER_FAULT`).
     pub const POWER_FAULT: u16 = 1 << 8;
 }
 
 /// Notifier MODBUS-GW point word, upper byte.
 pub mod notifier {
+    /// Bit 15: acknowledgement block.
     pub const ACK_BLOCK: u16 = 1 << 15;
+    /// Bit 14: pre-alarm.
     pub const PRE_ALARM: u16 = 1 << 14;
+    /// Bit 13: trouble (`FIRE.FAULT`).
     pub const TROUBLE: u16 = 1 << 13;
+    /// Bit 12: inactive.
     pub const INACTIVE: u16 = 1 << 12;
+    /// Bit 11: active; the low byte holds the event type ([`super::NOTIFIER_EVENT_FIRE`] for a fire).
     pub const ACTIVE: u16 = 1 << 11;
+    /// Bit 10: enabled.
     pub const ENABLED: u16 = 1 << 10;
+    /// Bit 9: disabled (`FIRE.DISABLED`).
     pub const DISABLED: u16 = 1 << 9;
+    /// Bit 8: fire alarm acknowledged.
     pub const FIRE_ACKED: u16 = 1 << 8;
+    /// The whole word of a point that is not programmed.
     pub const NOT_PROGRAMMED: u16 = 0x00FF;
 }
 
 /// TOC-635 channel status bits.
 pub mod toc {
+    /// Bit 0: alarm level 1 reached (`GAS.AL1`).
     pub const AL1: u16 = 1 << 0;
+    /// Bit 1: alarm level 2 reached (`GAS.AL2`).
     pub const AL2: u16 = 1 << 1;
+    /// Bit 2: alarm level 3 reached.
     pub const AL3: u16 = 1 << 2;
+    /// Bit 3: channel fault (`GAS.FAULT`).
     pub const FAULT: u16 = 1 << 3;
+    /// Bit 4: channel disabled.
     pub const DISABLED: u16 = 1 << 4;
+    /// Bit 5: sensor fault.
     pub const SENSOR_FAULT: u16 = 1 << 5;
+    /// Bit 6: under range.
     pub const UNDER_RANGE: u16 = 1 << 6;
+    /// Bit 7: over range.
     pub const OVER_RANGE: u16 = 1 << 7;
+    /// Bit 8: communication fault with the channel's sensor.
     pub const COMMS: u16 = 1 << 8;
+    /// Bits 13–15: set on a channel in alarm while "mute all" (coil 0) is on.
     pub const MUTED: u16 = 0b111 << 13;
     /// The controller's alarm levels, %LEL.
     pub const LEVELS: [f64; 3] = [10.0, 25.0, 50.0];
@@ -134,15 +163,20 @@ pub mod toc {
 
 /// PT495 status word: high byte sensor type, low byte flags.
 pub mod pt495 {
+    /// High byte 0x02: the sensor measures %LEL.
     pub const SENSOR_LEL: u16 = 0x02 << 8;
+    /// Bit 0: alarm relay on (latched until reset when latching).
     pub const ALARM: u16 = 1 << 0;
+    /// Bit 1: calibration in progress.
     pub const CALIBRATION: u16 = 1 << 1;
+    /// Bit 2: fault (`GAS.FAULT`).
     pub const FAULT: u16 = 1 << 2;
 }
 
 /// The state of one simulated device. What the registers read is derived from it.
 #[derive(Debug, Clone)]
 pub struct SimDevice {
+    /// Which product the device models; fixes its register map.
     pub device_type: DeviceType,
     /// Rope leak: the leak position in metres while leaking.
     pub leak_m: Option<f64>,
@@ -154,10 +188,15 @@ pub struct SimDevice {
     pub lel: [f64; TOC_CHANNELS as usize],
     /// PT495 set points (%LEL) and latching; alarm latched until reset.
     pub al1: f64,
+    /// PT495: alarm level 2 set point, %LEL.
     pub al2: f64,
+    /// PT495: level 1 alarms stay latched until reset.
     pub al1_latching: bool,
+    /// PT495: level 2 alarms stay latched until reset.
     pub al2_latching: bool,
+    /// PT495: a latched alarm is holding the alarm relay on.
     pub pt495_latched: bool,
+    /// PT495: in calibration (status bit 1).
     pub calibrating: bool,
     /// Device-level fault (sensor fault, cable break, panel trouble, …).
     pub fault: bool,
@@ -175,12 +214,14 @@ pub struct SimDevice {
     pub travel: Duration,
     /// Valve: the feedback position before the last coil change, and when it changed.
     pub feedback_from: bool,
+    /// Valve: when the coil last changed; `None` before any change.
     pub coil_changed: Option<Instant>,
     /// Bank: holding register values.
     pub bank: Vec<u16>,
 }
 
 impl SimDevice {
+    /// A device of `device_type` in its quiet state: no leak, 0 %LEL, no fire, no fault, coil off.
     pub fn new(device_type: DeviceType) -> SimDevice {
         let points = match device_type {
             DeviceType::FireNotifier => NOTIFIER_POINTS as usize,
@@ -237,142 +278,168 @@ impl SimDevice {
         self.pt495_latched || self.lel[0] >= self.al1
     }
 
-    /// One register, or `None` if the device has no such address.
+    /// One register, or `None` if the device has no such address (exception 02).
     pub fn register(&self, table: Table, addr: u16) -> Option<u16> {
         use DeviceType as D;
         match (self.device_type, table) {
-            (D::RopeLeak, Table::Input) => {
-                let leak = self.leak_m.is_some();
-                Some(match addr {
-                    0 => {
-                        let mut s = 0;
-                        if leak {
-                            s |= 1;
-                        }
-                        if self.fault {
-                            s |= 2;
-                        }
-                        if leak || self.fault {
-                            s |= 8;
-                        }
-                        s
-                    }
-                    1 => self.leak_in_unit().round() as u16,
-                    2 => self.feet as u16,
-                    3 => {
-                        if leak {
-                            150
-                        } else {
-                            0
-                        }
-                    }
-                    4 => {
-                        if self.feet {
-                            (self.cable_m as f64 / 0.3048).round() as u16
-                        } else {
-                            self.cable_m
-                        }
-                    }
-                    5 | 6 => {
-                        if self.fault {
-                            0xFFFF
-                        } else {
-                            2600
-                        }
-                    }
-                    7 => 0,
-                    8 => 301,
-                    8000 | 8001 => {
-                        f32_word_swapped(self.leak_in_unit() as f32)[(addr - 8000) as usize]
-                    }
-                    _ => return None,
-                })
-            }
-            (D::GasPt495, Table::Holding) => Some(match addr {
-                0 => times10(self.lel[0]),
-                1 => {
-                    let mut s = pt495::SENSOR_LEL;
-                    if self.pt495_alarm() {
-                        s |= pt495::ALARM;
-                    }
-                    if self.calibrating {
-                        s |= pt495::CALIBRATION;
-                    }
-                    if self.fault {
-                        s |= pt495::FAULT;
-                    }
-                    s
-                }
-                2 => times10(self.al1),
-                3 => self.al1_latching as u16,
-                4 => times10(self.al2),
-                5 => self.al2_latching as u16,
-                6 => 0,
-                _ => return None,
-            }),
-            (D::GasToc635, Table::Input) => match addr {
-                1..=TOC_CHANNELS => Some(toc_raw(self.lel[addr as usize - 1])),
-                3001..=3008 => {
-                    let lel = self.lel[addr as usize - 3001];
-                    let mut s = 0;
-                    for (i, level) in toc::LEVELS.iter().enumerate() {
-                        if lel >= *level {
-                            s |= 1 << i;
-                        }
-                    }
-                    if self.fault {
-                        s |= toc::FAULT | toc::SENSOR_FAULT;
-                    }
-                    if lel < -10.0 {
-                        s |= toc::UNDER_RANGE;
-                    }
-                    if lel > 110.0 {
-                        s |= toc::OVER_RANGE;
-                    }
-                    if self.muted && s & (toc::AL1 | toc::AL2 | toc::AL3) != 0 {
-                        s |= toc::MUTED;
-                    }
-                    Some(s)
-                }
-                _ => None,
-            },
-            (D::FireNotifier, Table::Holding) => match addr {
-                0..NOTIFIER_POINTS => {
-                    if addr >= NOTIFIER_PROGRAMMED {
-                        return Some(notifier::NOT_PROGRAMMED);
-                    }
-                    let mut w = notifier::ENABLED;
-                    if self.fire[addr as usize] {
-                        w |= notifier::ACTIVE | NOTIFIER_EVENT_FIRE;
-                    } else {
-                        w |= notifier::INACTIVE;
-                    }
-                    if self.fault {
-                        w |= notifier::TROUBLE;
-                    }
-                    Some(w)
-                }
-                NOTIFIER_PANEL_STATUS => Some(self.panel_status),
-                _ => None,
-            },
-            (D::SmokeGb26875, Table::Holding) => match addr {
-                0..GB26875_DETECTORS => {
-                    let i = addr as usize;
-                    let mut w = gb26875::NORMAL;
-                    if self.fire[i] {
-                        w |= gb26875::FIRE;
-                    }
-                    if self.fault {
-                        w |= gb26875::FAULT;
-                    }
-                    if self.disabled[i] {
-                        w |= gb26875::DISABLED;
-                    }
-                    Some(w)
-                }
-                _ => None,
-            },
+            (D::RopeLeak, Table::Input) => self.rope_leak_input(addr),
+            (D::GasPt495, Table::Holding) => self.pt495_holding(addr),
+            (D::GasToc635, Table::Input) => self.toc635_input(addr),
+            (D::FireNotifier, Table::Holding) => self.notifier_holding(addr),
+            (D::SmokeGb26875, Table::Holding) => self.gb26875_holding(addr),
             (D::Bank(n), Table::Holding) if addr < n => Some(self.bank[addr as usize]),
+            _ => None,
+        }
+    }
+
+    /// Rope leak, input registers 0..=8 (30001–30009: status, distance in whole units,
+    /// unit, leak current, cable length, the two leg resistances (0xFFFF on a cable
+    /// fault), reserved, firmware) and 8000–8001 (the distance as a word-swapped f32).
+    fn rope_leak_input(&self, addr: u16) -> Option<u16> {
+        let leak = self.leak_m.is_some();
+        Some(match addr {
+            0 => {
+                let mut s = 0;
+                if leak {
+                    s |= 1;
+                }
+                if self.fault {
+                    s |= 2;
+                }
+                if leak || self.fault {
+                    s |= 8;
+                }
+                s
+            }
+            1 => self.leak_in_unit().round() as u16,
+            2 => self.feet as u16,
+            3 => {
+                if leak {
+                    150
+                } else {
+                    0
+                }
+            }
+            4 => {
+                if self.feet {
+                    (self.cable_m as f64 / 0.3048).round() as u16
+                } else {
+                    self.cable_m
+                }
+            }
+            5 | 6 => {
+                if self.fault {
+                    0xFFFF
+                } else {
+                    2600
+                }
+            }
+            7 => 0,
+            8 => 301,
+            8000 | 8001 => f32_word_swapped(self.leak_in_unit() as f32)[(addr - 8000) as usize],
+            _ => return None,
+        })
+    }
+
+    /// PT495, holding registers: concentration ×10, the status word, and the set points
+    /// (×10) with their latching.
+    fn pt495_holding(&self, addr: u16) -> Option<u16> {
+        Some(match addr {
+            0 => times10(self.lel[0]),
+            1 => {
+                let mut s = pt495::SENSOR_LEL;
+                if self.pt495_alarm() {
+                    s |= pt495::ALARM;
+                }
+                if self.calibrating {
+                    s |= pt495::CALIBRATION;
+                }
+                if self.fault {
+                    s |= pt495::FAULT;
+                }
+                s
+            }
+            2 => times10(self.al1),
+            3 => self.al1_latching as u16,
+            4 => times10(self.al2),
+            5 => self.al2_latching as u16,
+            6 => 0,
+            _ => return None,
+        })
+    }
+
+    /// TOC-635, input registers: each channel's raw value (1..=8) and status word
+    /// (3001..=3008).
+    fn toc635_input(&self, addr: u16) -> Option<u16> {
+        match addr {
+            1..=TOC_CHANNELS => Some(toc_raw(self.lel[addr as usize - 1])),
+            3001..=3008 => {
+                let lel = self.lel[addr as usize - 3001];
+                let mut s = 0;
+                for (i, level) in toc::LEVELS.iter().enumerate() {
+                    if lel >= *level {
+                        s |= 1 << i;
+                    }
+                }
+                if self.fault {
+                    s |= toc::FAULT | toc::SENSOR_FAULT;
+                }
+                if lel < -10.0 {
+                    s |= toc::UNDER_RANGE;
+                }
+                if lel > 110.0 {
+                    s |= toc::OVER_RANGE;
+                }
+                if self.muted && s & (toc::AL1 | toc::AL2 | toc::AL3) != 0 {
+                    s |= toc::MUTED;
+                }
+                Some(s)
+            }
+            _ => None,
+        }
+    }
+
+    /// Notifier MODBUS-GW, holding registers: one word per point (0..32), the panel
+    /// status at 9499.
+    fn notifier_holding(&self, addr: u16) -> Option<u16> {
+        match addr {
+            0..NOTIFIER_POINTS => {
+                if addr >= NOTIFIER_PROGRAMMED {
+                    return Some(notifier::NOT_PROGRAMMED);
+                }
+                let mut w = notifier::ENABLED;
+                if self.fire[addr as usize] {
+                    w |= notifier::ACTIVE | NOTIFIER_EVENT_FIRE;
+                } else {
+                    w |= notifier::INACTIVE;
+                }
+                if self.fault {
+                    w |= notifier::TROUBLE;
+                }
+                Some(w)
+            }
+            NOTIFIER_PANEL_STATUS => Some(self.panel_status),
+            _ => None,
+        }
+    }
+
+    /// GB/T 26875.3 loop, holding registers: one component status word per detector.
+    fn gb26875_holding(&self, addr: u16) -> Option<u16> {
+        match addr {
+            0..GB26875_DETECTORS => {
+                let i = addr as usize;
+                let mut w = gb26875::NORMAL;
+                if self.fire[i] {
+                    w |= gb26875::FIRE;
+                }
+                if self.fault {
+                    w |= gb26875::FAULT;
+                }
+                if self.disabled[i] {
+                    w |= gb26875::DISABLED;
+                }
+                Some(w)
+            }
             _ => None,
         }
     }

@@ -11,10 +11,13 @@ use super::server::{lock, Bus, BusStats, Faults, Framing, RequestRecord, UnitSta
 /// One bus to start: a listener and the devices (unit id, name, type) behind it.
 #[derive(Debug, Clone)]
 pub struct BusSpec {
+    /// The bus's name (the profile name in the demo fleet), used by [`SimFleet::bus`] and in logs.
     pub name: String,
+    /// How requests are framed on it: Modbus TCP or RTU over TCP.
     pub framing: Framing,
     /// Where to listen; port 0 picks a free one.
     pub bind: SocketAddr,
+    /// The devices behind it: (unit id, device name, type).
     pub devices: Vec<(u8, String, DeviceType)>,
 }
 
@@ -29,6 +32,7 @@ impl BusSpec {
         }
     }
 
+    /// Listens on `port` instead (0 picks a free one).
     pub fn port(mut self, port: u16) -> BusSpec {
         self.bind.set_port(port);
         self
@@ -74,7 +78,9 @@ pub const DEMO_TYPES: [DeviceType; 7] = [
 /// Running buses and their devices.
 #[derive(Debug)]
 pub struct SimFleet {
+    /// The running buses, in the order of their specs.
     pub buses: Vec<Bus>,
+    /// Every device of every bus, in spec order.
     pub devices: Vec<SimHandle>,
 }
 
@@ -111,10 +117,12 @@ impl SimFleet {
             .unwrap_or_else(|| panic!("no simulated device {name:?}"))
     }
 
+    /// The device named `name`; `None` when there is none.
     pub fn find(&self, name: &str) -> Option<&SimHandle> {
         self.devices.iter().find(|d| d.name == name)
     }
 
+    /// The bus named `name`; panics if there is none (test convenience).
     pub fn bus(&self, name: &str) -> &Bus {
         self.buses
             .iter()
@@ -122,6 +130,7 @@ impl SimFleet {
             .unwrap_or_else(|| panic!("no simulated bus {name:?}"))
     }
 
+    /// Stops every bus's listener and connections (also on drop).
     pub fn shutdown(&self) {
         for b in &self.buses {
             b.shutdown();
@@ -138,8 +147,11 @@ impl Drop for SimFleet {
 /// Scriptable control of one simulated device. Clones share the device.
 #[derive(Debug, Clone)]
 pub struct SimHandle {
+    /// The device's name (from its [`BusSpec`]).
     pub name: String,
+    /// Its Modbus unit id on the bus.
     pub unit: u8,
+    /// Which product it models.
     pub device_type: DeviceType,
     bus: Bus,
     state: Arc<Mutex<UnitState>>,
@@ -155,10 +167,12 @@ impl SimHandle {
         f(&mut lock(&self.state).faults)
     }
 
+    /// The bus the device is on.
     pub fn bus(&self) -> &Bus {
         &self.bus
     }
 
+    /// The address its bus listens on.
     pub fn addr(&self) -> SocketAddr {
         self.bus.addr()
     }
@@ -168,6 +182,7 @@ impl SimHandle {
         self.with(|d| d.leak_m = Some(metres));
     }
 
+    /// Rope leak: the leak is gone.
     pub fn clear_leak(&self) {
         self.with(|d| d.leak_m = None);
     }
@@ -232,6 +247,7 @@ impl SimHandle {
         self.faults(|f| *f = Faults::default());
     }
 
+    /// The communication faults the device is scripted with now.
     pub fn current_faults(&self) -> Faults {
         lock(&self.state).faults.clone()
     }
@@ -248,6 +264,8 @@ impl SimHandle {
             .unwrap_or(false)
     }
 
+    /// Register `addr` of `table` as the device reads it now; `None` where the device has
+    /// none (exception 02 on the wire).
     pub fn register(&self, table: Table, addr: u16) -> Option<u16> {
         self.with(|d| d.register(table, addr))
     }
@@ -303,6 +321,7 @@ pub enum Command {
     Heal(String),
     /// `status`: coils, feedback and bus counters.
     Status,
+    /// `help` or `?`: print [`HELP`].
     Help,
 }
 
@@ -389,6 +408,7 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
     Ok(c)
 }
 
+/// The line commands the CLI reads on stdin, for `help`.
 pub const HELP: &str = "commands: leak M|off · gas LEL [CH] · fire N on|off · fault DEV on|off · \
 slow DEV DUR · silent DEV on|off · drop DEV [on|off|now] · exception DEV CODE|off · \
 garbage DEV on|off · heal DEV · status";

@@ -6,11 +6,18 @@
 
 /// Exception codes used by the simulator.
 pub mod exception {
+    /// 01: the function code is not supported.
     pub const ILLEGAL_FUNCTION: u8 = 0x01;
+    /// 02: an address (or the range from it) the device does not have, or a read-only one
+    /// written to.
     pub const ILLEGAL_DATA_ADDRESS: u8 = 0x02;
+    /// 03: a value or count the request may not carry (a count of 0, too many items).
     pub const ILLEGAL_DATA_VALUE: u8 = 0x03;
+    /// 04: the device failed while handling the request.
     pub const SERVER_DEVICE_FAILURE: u8 = 0x04;
+    /// 06: busy with a long command; the client should retry later.
     pub const SERVER_DEVICE_BUSY: u8 = 0x06;
+    /// 0B: a gateway got no answer from the target device.
     pub const GATEWAY_TARGET_FAILED: u8 = 0x0B;
 }
 
@@ -18,9 +25,13 @@ pub mod exception {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Table {
+    /// Coils: read/write bits (FC 01, 05, 15).
     Coil,
+    /// Discrete inputs: read-only bits (FC 02).
     Discrete,
+    /// Input registers: read-only 16-bit words (FC 04).
     Input,
+    /// Holding registers: read/write 16-bit words (FC 03, 06, 16).
     Holding,
 }
 
@@ -29,20 +40,48 @@ pub enum Table {
 pub enum Request {
     /// FC 01 / 02 / 03 / 04.
     Read {
+        /// The table the function code reads.
         table: Table,
+        /// First address, zero-based.
         address: u16,
+        /// Items to read (bits or registers).
         count: u16,
     },
     /// FC 05.
-    WriteCoil { address: u16, value: bool },
+    WriteCoil {
+        /// The coil, zero-based.
+        address: u16,
+        /// On (0xFF00 on the wire) or off (0x0000).
+        value: bool,
+    },
     /// FC 06.
-    WriteRegister { address: u16, value: u16 },
+    WriteRegister {
+        /// The holding register, zero-based.
+        address: u16,
+        /// The value to write.
+        value: u16,
+    },
     /// FC 15.
-    WriteCoils { address: u16, values: Vec<bool> },
+    WriteCoils {
+        /// First coil, zero-based.
+        address: u16,
+        /// One value per coil from `address` on.
+        values: Vec<bool>,
+    },
     /// FC 16.
-    WriteRegisters { address: u16, values: Vec<u16> },
+    WriteRegisters {
+        /// First holding register, zero-based.
+        address: u16,
+        /// One value per register from `address` on.
+        values: Vec<u16>,
+    },
     /// Anything else, or a malformed request: answered with this exception.
-    Invalid { function: u8, exception: u8 },
+    Invalid {
+        /// The request's function code (answered with it | 0x80).
+        function: u8,
+        /// The exception code to answer with ([`exception`]).
+        exception: u8,
+    },
 }
 
 impl Request {
@@ -229,8 +268,11 @@ pub fn exception_pdu(function: u8, code: u8) -> Vec<u8> {
 /// One MBAP frame split off a receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpFrame<'a> {
+    /// The MBAP transaction id, echoed in the response.
     pub tid: u16,
+    /// The unit id (the device behind a gateway; often 1 or 255 on plain TCP).
     pub unit: u8,
+    /// The PDU: function code and data.
     pub pdu: &'a [u8],
     /// Bytes the frame took from the buffer.
     pub len: usize,

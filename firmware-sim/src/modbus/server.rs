@@ -84,16 +84,22 @@ pub enum Outcome {
 /// One request as the simulator received it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
+    /// Position of the request in the bus's log (0, 1, … in arrival order).
     pub id: u64,
     /// Arrival, relative to the bus start.
     #[serde(with = "duration_secs")]
     pub at: Duration,
     /// The connection (1, 2, … in accept order).
     pub conn: u64,
+    /// The unit id it was addressed to.
     pub unit: u8,
+    /// Its function code (for an invalid request, as received).
     pub function: u8,
+    /// First address it names (0 when it names none).
     pub address: u16,
+    /// Items it reads or writes (0 when it names none).
     pub count: u16,
+    /// How the simulator answered it.
     pub outcome: Outcome,
 }
 
@@ -114,6 +120,7 @@ pub struct Violation {
     pub request: RequestRecord,
     /// The request that was still in flight.
     pub in_flight: RequestRecord,
+    /// Both came on the same connection (a master pipelining), not on two.
     pub same_connection: bool,
 }
 
@@ -122,11 +129,17 @@ pub struct Violation {
 pub struct BusStats {
     /// Requests received (good frames).
     pub transactions: u64,
+    /// Requests answered normally.
     pub answered: u64,
+    /// Requests answered with an exception (illegal address, injected, …).
     pub exceptions: u64,
+    /// Requests answered with undecodable bytes (injected).
     pub garbage: u64,
+    /// Requests after which the simulator closed the connection (injected).
     pub dropped: u64,
+    /// Requests left unanswered (the `silent` fault, an unknown RTU unit).
     pub silent: u64,
+    /// Requests whose connection the client closed before the answer.
     pub abandoned: u64,
     /// RTU frames with a bad CRC (ignored, like a real slave does).
     pub bad_crc: u64,
@@ -135,6 +148,7 @@ pub struct BusStats {
     /// Most transactions ever in flight at once, counting only violating overlaps (1 for
     /// a well-behaved master; 0 before the first request).
     pub max_in_flight: usize,
+    /// Each overlapping request, with the one it overlapped.
     pub violations: Vec<Violation>,
     /// Shortest time from the end of an answer to the next request on the bus (the
     /// master's inter-frame gap as the simulator sees it; includes the network).
@@ -274,14 +288,17 @@ impl Bus {
         Ok(Bus { inner })
     }
 
+    /// The bus's name.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
+    /// The address it listens on (the bound port when it was asked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
     }
 
+    /// How it frames requests.
     pub fn framing(&self) -> Framing {
         self.inner.framing
     }
