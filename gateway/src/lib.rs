@@ -56,6 +56,8 @@
 //! the stage returned without an error. A panic is caught because the release profile
 //! unwinds (Cargo.toml).
 
+#![warn(missing_docs)]
+
 pub mod alerts;
 pub mod api;
 #[cfg(any(test, feature = "demo"))]
@@ -137,6 +139,8 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 /// How to run, besides the config.
 #[derive(Debug)]
 pub struct RunOptions {
+    /// The gateway's folder: the store lives in `data_dir/store`, its high-water mark and
+    /// quarantined stores beside it. Must be on a local filesystem that honours fdatasync.
     pub data_dir: PathBuf,
     /// How long forward may keep delivering after shutdown is requested.
     pub grace: Duration,
@@ -150,11 +154,16 @@ pub struct RunOptions {
 /// Handles to a running gateway, for the demo, benches and tests.
 #[derive(Debug, Clone)]
 pub struct Running {
+    /// Where the local API listens (the bound port when it was asked for port 0).
     pub api_addr: SocketAddr,
+    /// The metrics and health conditions `/metrics` and `/healthz` serve.
     pub metrics: Arc<Metrics>,
     /// Writes to Modbus devices (linkage), through their buses' schedulers.
     pub modbus: ingest::modbus::ModbusHandle,
+    /// Read-only view of the store: cursors, backlog, epoch.
     pub reader: StoreReader,
+    /// This process's ULID, sent in every `EventBatch` and `GatewayStatus`: the city
+    /// tells restarts apart by it.
     pub boot_id: String,
     /// The local alerts (list, acknowledge, close, live updates).
     pub alerts: alerts::AlertsHandle,

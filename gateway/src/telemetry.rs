@@ -12,8 +12,10 @@ use prometheus_client::registry::Registry;
 
 use estate_protocols::model::Lane;
 
+/// A store lane, as metrics label it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LaneLabel {
+    /// `alarms` or `events`.
     pub lane: &'static str,
 }
 
@@ -23,19 +25,25 @@ impl From<Lane> for LaneLabel {
     }
 }
 
+/// Why an input was dead-lettered or an API connection refused or closed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    /// A short fixed word (a `DecodeReason`, `command`, `connections`, `idle_timeout`, …),
+    /// never free text, so the label set stays small.
     pub reason: &'static str,
 }
 
 /// A long-running stage, for its restarts (lib.rs, "Supervised stages").
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
+    /// The restarted stage: `alerts` or `modbus`.
     pub stage: &'static str,
 }
 
+/// An eviction under the disk budget: which lane, and whether it lost data.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EvictLabel {
+    /// `alarms` or `events`.
     pub lane: &'static str,
     /// `forwarded` (already delivered upstream: housekeeping) or `unforwarded` (data loss).
     pub kind: &'static str,
@@ -45,13 +53,16 @@ pub struct EvictLabel {
 /// `no_answer`, `accepted`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
+    /// One of the outcomes above.
     pub outcome: &'static str,
 }
 
 /// A Modbus device: its bus and id.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusDeviceLabel {
+    /// The bus's name (`[[modbus.buses]] name`).
     pub bus: String,
+    /// The device's id (`[[devices]] id`).
     pub device: String,
 }
 
@@ -60,21 +71,29 @@ pub struct ModbusDeviceLabel {
 /// answer that does not fit the request or the profile).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusErrorLabel {
+    /// The bus's name.
     pub bus: String,
+    /// The device's id.
     pub device: String,
+    /// One of the kinds above.
     pub kind: &'static str,
 }
 
+/// A Modbus bus (one TCP connection or serial port).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusBusLabel {
+    /// The bus's name (`[[modbus.buses]] name`).
     pub bus: String,
 }
 
 /// A Modbus write: `result` is `ok`, `exception`, `timeout`, `transport` or `decode`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusWriteLabel {
+    /// The bus's name.
     pub bus: String,
+    /// The device's id.
     pub device: String,
+    /// One of the results above.
     pub result: &'static str,
 }
 
@@ -91,13 +110,25 @@ fn modbus_round_trip_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// MQTT messages received on the ingest subscription, before decoding
+    /// (`estate_ingest_received_total`).
     pub ingest_received: Counter,
+    /// Events from devices not in `[[devices]]`; they are accepted anyway.
     pub ingest_unregistered: Counter,
+    /// Messages acknowledged to the ingest broker, each after its event or dead letter
+    /// was durable.
     pub ingest_acked: Counter,
+    /// 1 while connected to the ingest broker and subscribed, else 0.
     pub ingest_connected: Gauge,
+    /// Inputs kept as dead letters instead of events, by reason (see [`Metrics::dead_letter`]).
     pub dead_lettered: Family<ReasonLabel, Counter>,
+    /// Events committed (flushed and fdatasync'ed), by lane.
     pub store_committed: Family<LaneLabel, Counter>,
+    /// Events evicted to stay within `store.disk_budget`, by lane and whether they had
+    /// been forwarded.
     pub store_evicted: Family<EvictLabel, Counter>,
+    /// Group commits that failed: none of their inputs was acknowledged, the broker
+    /// redelivers them.
     pub store_errors: Counter,
     /// Inputs whose group could not be committed (a full disk): not acknowledged.
     pub store_not_stored: Counter,
@@ -107,11 +138,17 @@ pub struct Metrics {
     pub store_disk_bytes: Gauge,
     /// Telemetry messages acknowledged to the broker unstored while the disk was full.
     pub ingest_acked_unstored: Counter,
+    /// Seconds from an input's receipt to its durable commit (buckets 50 µs … ~1.6 s).
     pub store_commit_latency: Histogram,
+    /// Inputs per group commit (one flush and fdatasync each; buckets 1 … 2048).
     pub store_group_size: Histogram,
+    /// Logical bytes of stored events, by lane (not their size on disk).
     pub store_stored_bytes: Family<LaneLabel, Gauge>,
+    /// Events the uplink broker acknowledged (PUBACK), by lane.
     pub forward_events: Family<LaneLabel, Counter>,
+    /// `EventBatch` messages the uplink broker acknowledged, by lane.
     pub forward_batches: Family<LaneLabel, Counter>,
+    /// Committed events not yet acknowledged upstream, by lane.
     pub forward_backlog: Family<LaneLabel, Gauge>,
     /// Events forwarded shortened to fit one uplink packet (raw bytes, then free text).
     pub forward_truncated: Family<LaneLabel, Counter>,
@@ -120,6 +157,7 @@ pub struct Metrics {
     pub forward_dead_lettered: Family<LaneLabel, Counter>,
     /// Publishes the uplink client refused (the connection is rebuilt after each).
     pub uplink_refused: Counter,
+    /// 1 while the uplink (city broker) connection of the forwarder is up, else 0.
     pub uplink_connected: Gauge,
     /// 1 while the city link connection (status and commands) is up.
     pub link_connected: Gauge,
@@ -165,6 +203,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric at zero, registered under the `estate_` prefix with its HELP text.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("estate");
         let m = Metrics {
@@ -422,6 +461,7 @@ impl Metrics {
         openmetrics_to_classic(&self.encode())
     }
 
+    /// Counts one dead letter under `reason` (`estate_dead_lettered_total{reason}`).
     pub fn dead_letter(&self, reason: &'static str) {
         self.dead_lettered
             .get_or_create(&ReasonLabel { reason })

@@ -49,8 +49,9 @@ use crate::health::{Level, LogThrottle, Throttled};
 use crate::mqtt::{Connection, Renew};
 use crate::store::{DeadLetter, StoreHandle, StoreReader};
 use crate::telemetry::Metrics;
-pub use batch::{max_payload, pack, publish_size, Cut, Header, Limits, Packed, Unfit};
-pub use inflight::{Advance, InFlight};
+// The city link packs a resend as the forwarder packs a batch; nothing else leaves the crate.
+pub(crate) use batch::{max_payload, pack, publish_size, Cut, Header, Limits, Unfit};
+use inflight::{Advance, InFlight};
 
 /// Why forward could not start or stopped; the cause is the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// The uplink stage from `[uplink]`: a clean session, at most
+    /// `uplink.max_inflight_batches` batches unacknowledged, packets cut to
+    /// `uplink.max_packet_size`. Fails only on TLS settings that do not load; it connects
+    /// in [`Forwarder::run`].
     pub fn new(cfg: &Config, boot_id: &str) -> Result<Self, ForwardError> {
         let u = &cfg.uplink;
         let mut endpoints = crate::mqtt::Endpoints::new(&u.mqtt, &cfg.uplink_client_id())?;
@@ -131,6 +136,8 @@ impl Forwarder {
         })
     }
 
+    /// Where `lane`'s batches go: `{uplink.topic_prefix}/{gateway.estate_id}/alarms` or
+    /// `…/events`.
     pub fn topic(&self, lane: Lane) -> String {
         format!("{}/{}/{}", self.topic_prefix, self.estate_id, lane.as_str())
     }

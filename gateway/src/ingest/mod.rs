@@ -82,6 +82,9 @@ const DEAD_LETTER_LOG_BURST: u64 = 5;
 const DEAD_LETTER_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl MqttIngest {
+    /// The ingest stage from `[ingest]`, `[[sources]]` and `[[devices]]`: a persistent
+    /// session (`clean_session = false`) with manual acks. Fails only on TLS settings
+    /// that do not load; it connects in [`MqttIngest::run`].
     pub fn new(cfg: &Config) -> Result<Self, IngestError> {
         let mut endpoints = crate::mqtt::Endpoints::new(&cfg.ingest.mqtt, &cfg.ingest_client_id())?;
         endpoints.configure(|o| {

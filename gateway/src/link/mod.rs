@@ -43,7 +43,7 @@
 //! Kinds: roll call → [`DutyDesk::roll_call`] in a task (`ACCEPTED` at once, then `OK`
 //! with who answered and when, or `NO_ANSWER`); alarm handling and broadcast →
 //! [`DutyDesk`] in a task; resend → the store's events of the range, this epoch only,
-//! packed as the forwarder packs them ([`crate::forward::pack`]) and published on the lane
+//! packed as the forwarder packs them (`pack` in `forward/batch.rs`) and published on the lane
 //! topics, answered with what was resent and what is no longer held; status → a
 //! `GatewayStatus` with the command's id. Store reads and sled writes run on the blocking
 //! pool, never on an async worker.
@@ -84,7 +84,7 @@ use crate::mqtt::{Connection, Endpoints, Renew, WillFn};
 use crate::store::{DeadLetter, StoreError, StoreHandle, StoreReader};
 use crate::telemetry::{Metrics, OutcomeLabel};
 use command::{clip, Refusal};
-pub use command::{Kind, Rules};
+use command::{Kind, Rules};
 
 /// Why the city link could not start or stopped; the cause is the
 /// [`source`](std::error::Error::source).
@@ -164,16 +164,25 @@ pub struct Link {
 /// What the link reads from and hands work to.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// Backlog, cursors and stored events: `GatewayStatus` and resends.
     pub reader: StoreReader,
+    /// Where the link stores each command's audit (`GW.COMMAND`) before acting on it,
+    /// its result event (`GW.COMMAND_RESULT`), and malformed commands as dead letters.
     pub store: StoreHandle,
+    /// Counters (`estate_link_*`) and the health conditions `GatewayStatus` reports.
     pub metrics: Arc<Metrics>,
+    /// Devices and open alerts, counted in `GatewayStatus`.
     pub alerts: AlertsHandle,
+    /// Where roll calls, the city's alarm handling and broadcasts go.
     pub duty: DutyDesk,
     /// The store's folder (for the status's disk figures).
     pub store_dir: PathBuf,
 }
 
 impl Link {
+    /// The city link from `[uplink]` (the same broker nodes as the forwarder, its own
+    /// persistent session and client id) and `[commands]`. Fails only on TLS settings
+    /// that do not load; it connects in [`Link::run`].
     pub fn new(cfg: &Config, boot_id: &str) -> Result<Link, LinkError> {
         let u = &cfg.uplink;
         let max_packet = u.max_packet_size.as_usize();

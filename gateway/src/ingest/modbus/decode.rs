@@ -21,18 +21,26 @@ use super::plan::ReadRequest;
 /// What one read request returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Data {
+    /// Coils or discrete inputs (FC01/FC02), one per bit read.
     Bits(Vec<bool>),
+    /// Holding or input registers (FC03/FC04), one per register read.
     Words(Vec<u16>),
 }
 
 /// A raw value as the device sent it (after byte and word order).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Raw {
+    /// A coil or discrete input.
     Bool(bool),
+    /// One register, unsigned.
     U16(u16),
+    /// One register, two's complement.
     I16(i16),
+    /// Two registers, unsigned, in the profile's word order.
     U32(u32),
+    /// Two registers, two's complement, in the profile's word order.
     I32(i32),
+    /// Two registers as an IEEE 754 single, in the profile's word order.
     F32(f32),
 }
 
@@ -49,6 +57,8 @@ impl Raw {
         }
     }
 
+    /// The number it stands for (a bool is 0 or 1); exact, since every variant fits in
+    /// an `f64`. Scale and offset apply to this.
     pub fn as_f64(self) -> f64 {
         match self {
             Raw::Bool(b) => f64::from(u8::from(b)),
@@ -81,9 +91,11 @@ pub struct Value {
     pub point: usize,
     /// 0-based element of an array point (0 for a single point).
     pub element: u16,
+    /// The table it was read from.
     pub table: Table,
     /// The element's own address.
     pub address: u16,
+    /// What the device sent, before scale and offset.
     pub raw: Raw,
     /// `raw × scale + offset`.
     pub value: f64,
@@ -203,13 +215,19 @@ pub fn decode_words(p: &Point, words: &[u16]) -> Result<Raw, DecodeError> {
 /// An event to raise, before it gets the device's identity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Emit {
+    /// The event code the profile maps this to, e.g. `GAS.ALARM` or `DEV.READING`.
     pub code: String,
+    /// `active`, or `cleared` when a stateful condition (a bit, a threshold) ends.
     pub state: EventState,
     /// The point element it comes from.
     pub point: usize,
+    /// 0-based element of an array point (0 for a single point).
     pub element: u16,
+    /// The table the element was read from.
     pub table: Table,
+    /// The element's own address.
     pub address: u16,
+    /// What the device sent, before scale and offset.
     pub raw: Raw,
     /// The value to attach, with its unit.
     pub value: Option<(f64, String)>,
@@ -239,6 +257,8 @@ fn stateful(code: &str) -> bool {
 }
 
 impl Tracker {
+    /// A device of `profile` seen for the first time: no bit or threshold state yet and
+    /// nothing reported.
     pub fn new(profile: &Profile) -> Tracker {
         Tracker {
             state: profile
