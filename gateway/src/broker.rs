@@ -11,10 +11,14 @@ use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
+/// Why [`start`] gave no broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// Port 0 was asked for and no free loopback port could be bound to pick one.
     #[error("no free port on loopback: {0}")]
     Port(std::io::Error),
+    /// rumqttd did not accept a TCP connection within 5 s (the port was taken, or its
+    /// thread failed); its thread is left running.
     #[error("embedded broker did not start listening on {0} within 5 s")]
     NotListening(SocketAddr),
 }
@@ -22,6 +26,7 @@ pub enum BrokerError {
 /// A running embedded broker.
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedBroker {
+    /// Where it listens: `127.0.0.1` and the port asked for (or the one picked for 0).
     pub addr: SocketAddr,
 }
 

@@ -22,11 +22,14 @@ use std::time::{Duration, Instant, SystemTime};
 /// How bad a condition is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// Working, with something an operator should know (`/healthz` stays 200).
     Degraded,
+    /// A stage has stopped or cannot do its job: `/healthz` answers 503.
     Failed,
 }
 
 impl Level {
+    /// `degraded` or `failed`, as `/healthz` prints it.
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Degraded => "degraded",
@@ -38,6 +41,7 @@ impl Level {
 /// One thing that is wrong, as `/healthz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
+    /// How bad it is; the worst level of all conditions is `/healthz`'s status.
     pub level: Level,
     /// One sentence for the operator: what is wrong, and what the gateway does about it.
     pub reason: String,
@@ -133,6 +137,8 @@ pub enum Throttled {
 }
 
 impl LogThrottle {
+    /// Lets the first `burst` occurrences be logged in full, then at most one summary
+    /// per `every`.
     pub const fn new(burst: u64, every: Duration) -> Self {
         LogThrottle {
             burst,

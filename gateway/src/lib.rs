@@ -56,6 +56,8 @@
 //! the stage returned without an error. A panic is caught because the release profile
 //! unwinds (Cargo.toml).
 
+#![warn(missing_docs)]
+
 pub mod alerts;
 pub mod api;
 #[cfg(any(test, feature = "demo"))]
@@ -142,6 +144,8 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// How to run, besides the config.
 #[derive(Debug)]
 pub struct RunOptions {
+    /// The gateway's folder: the store lives in `data_dir/store`, its high-water mark and
+    /// quarantined stores beside it. Must be on a local filesystem that honours fdatasync.
     pub data_dir: PathBuf,
     /// How long forward may keep delivering after shutdown is requested.
     pub grace: Duration,
@@ -155,11 +159,16 @@ pub struct RunOptions {
 /// Handles to a running gateway, for the demo, benches and tests.
 #[derive(Debug, Clone)]
 pub struct Running {
+    /// Where the local API listens (the bound port when it was asked for port 0).
     pub api_addr: SocketAddr,
+    /// The metrics and health conditions `/metrics` and `/healthz` serve.
     pub metrics: Arc<Metrics>,
     /// Writes to Modbus devices (linkage), through their buses' schedulers.
     pub modbus: ingest::modbus::ModbusHandle,
+    /// Read-only view of the store: cursors, backlog, epoch.
     pub reader: StoreReader,
+    /// This process's ULID, sent in every `EventBatch` and `GatewayStatus`: the city
+    /// tells restarts apart by it.
     pub boot_id: String,
     /// The local alerts (list, acknowledge, close, live updates).
     pub alerts: alerts::AlertsHandle,
@@ -192,36 +201,22 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let metrics = Arc::new(Metrics::new());
     let boot_id = ulid::Ulid::new().to_string();
-    let ingest = ingest::MqttIngest::new(&cfg)?;
-    let forwarder = forward::Forwarder::new(&cfg, &boot_id)?;
-    let city_link = link::Link::new(&cfg, &boot_id)?;
+    let mqtt_stages = MqttStages::new(&cfg, &boot_id)?;
     let modbus = ingest::modbus::Modbus::new(&cfg)?;
     let modbus_handle = modbus.handle();
     let (api_listener, api_addr) = bind_api(opts.api_listener, &cfg)?;
 
-    let (handle, reader, writer) = open_store(&cfg, &opts.data_dir, &metrics).await?;
-    // Attach the alert engine before anything appends, so it sees every commit.
-    let (alerts_stage, alerts_handle) = {
-        let cfg = cfg.clone();
-        let reader = reader.clone();
-        tokio::task::spawn_blocking(move || alerts::Alerts::new(&cfg, &reader)).await??
-    };
-    let duty = duty::DutyDesk::new(
-        &cfg,
-        alerts_handle.clone(),
-        modbus_handle.clone(),
-        handle.clone(),
-        &reader,
-    )?;
+    let Core {
+        handle,
+        reader,
+        writer,
+        alerts_stage,
+        alerts_handle,
+        duty,
+    } = open_core(&cfg, &opts.data_dir, &metrics, &modbus_handle).await?;
     // The first stage that ended while the gateway was running (see `guarded`).
     let ended: Ended = Arc::new(std::sync::OnceLock::new());
-    let guard = |stage: &'static str, key: &'static str| Guarded {
-        stage,
-        key,
-        shutdown: shutdown.clone(),
-        metrics: metrics.clone(),
-        ended: ended.clone(),
-    };
+    let guard = Guarded::maker(&shutdown, &metrics, &ended);
     let writer = spawn_writer(guard("store writer", "stage.store"), writer);
 
     // The API outlives the stages so health stays visible while draining.
@@ -258,28 +253,9 @@ pub async fn run(
         duty: duty.clone(),
         store_dir: opts.data_dir.join("store"),
     };
-    let (ingest, forward, city_link) = spawn_mqtt_stages(
-        guard,
-        MqttStages {
-            ingest,
-            forwarder,
-            city_link,
-        },
-        link_context,
-        &shutdown,
-        opts.grace,
-    );
-    // Modbus polling; each bus task restarts itself after a bug (see ingest::modbus).
-    let modbus = tokio::spawn(guard("Modbus", "stage.modbus").run(
-        modbus.run(handle.clone(), metrics.clone(), shutdown.clone()),
-        |()| "it returned".to_owned(),
-    ));
-    if let Some(interval) = systemd::watchdog_interval() {
-        tokio::spawn(guard("systemd watchdog", "stage.watchdog").run(
-            systemd::watchdog(interval, handle.clone(), shutdown.clone()),
-            |()| "it returned".to_owned(),
-        ));
-    }
+    let (ingest, forward, city_link) =
+        spawn_mqtt_stages(guard, mqtt_stages, link_context, &shutdown, opts.grace);
+    let modbus = spawn_modbus_and_watchdog(guard, modbus, &handle, &metrics, &shutdown);
     drop(handle);
     info!(gateway_id = %cfg.gateway.id, estate_id = %cfg.gateway.estate_id, %api_addr, epoch = reader.epoch(), %boot_id, "Gateway running.");
     announce_ready(
@@ -323,6 +299,70 @@ async fn open_store(
     Ok(tokio::task::spawn_blocking(move || store::open(&dir, store_opts, metrics)).await??)
 }
 
+/// The store and what sits directly on it, before any stage runs.
+struct Core {
+    handle: store::StoreHandle,
+    reader: StoreReader,
+    writer: store::StoreWriter,
+    alerts_stage: alerts::Alerts,
+    alerts_handle: alerts::AlertsHandle,
+    duty: duty::DutyDesk,
+}
+
+/// Opens the store, attaches the alert engine before anything appends (so it sees every
+/// commit), and builds the duty desk on both and the Modbus outputs.
+async fn open_core(
+    cfg: &Config,
+    data_dir: &std::path::Path,
+    metrics: &Arc<Metrics>,
+    modbus: &ingest::modbus::ModbusHandle,
+) -> Result<Core, GatewayError> {
+    let (handle, reader, writer) = open_store(cfg, data_dir, metrics).await?;
+    let (alerts_stage, alerts_handle) = {
+        let cfg = cfg.clone();
+        let reader = reader.clone();
+        tokio::task::spawn_blocking(move || alerts::Alerts::new(&cfg, &reader)).await??
+    };
+    let duty = duty::DutyDesk::new(
+        cfg,
+        alerts_handle.clone(),
+        modbus.clone(),
+        handle.clone(),
+        &reader,
+    )?;
+    Ok(Core {
+        handle,
+        reader,
+        writer,
+        alerts_stage,
+        alerts_handle,
+        duty,
+    })
+}
+
+/// Starts Modbus polling (each bus task restarts itself after a bug, see
+/// [`ingest::modbus`]) and, under systemd, the watchdog; both guarded. Returns the Modbus
+/// stage's task (the watchdog ends with the shutdown on its own).
+fn spawn_modbus_and_watchdog(
+    guard: impl Fn(&'static str, &'static str) -> Guarded,
+    modbus: ingest::modbus::Modbus,
+    handle: &store::StoreHandle,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let task = tokio::spawn(guard("Modbus", "stage.modbus").run(
+        modbus.run(handle.clone(), metrics.clone(), shutdown.clone()),
+        |()| "it returned".to_owned(),
+    ));
+    if let Some(interval) = systemd::watchdog_interval() {
+        tokio::spawn(guard("systemd watchdog", "stage.watchdog").run(
+            systemd::watchdog(interval, handle.clone(), shutdown.clone()),
+            |()| "it returned".to_owned(),
+        ));
+    }
+    task
+}
+
 /// Runs the store writer on the blocking pool under `guard`.
 fn spawn_writer(
     guard: Guarded,
@@ -343,6 +383,18 @@ struct MqttStages {
     ingest: ingest::MqttIngest,
     forwarder: forward::Forwarder,
     city_link: link::Link,
+}
+
+impl MqttStages {
+    /// The three MQTT stages from the config (this fails only on TLS settings that do
+    /// not load); none connects before it runs.
+    fn new(cfg: &Config, boot_id: &str) -> Result<MqttStages, GatewayError> {
+        Ok(MqttStages {
+            ingest: ingest::MqttIngest::new(cfg)?,
+            forwarder: forward::Forwarder::new(cfg, boot_id)?,
+            city_link: link::Link::new(cfg, boot_id)?,
+        })
+    }
 }
 
 /// Spawns ingest, forward and the city link, each under its guard. The city link
@@ -522,6 +574,22 @@ struct Guarded {
 }
 
 impl Guarded {
+    /// Makes the guard of each stage of one run (`stage` for the log, `key` for
+    /// `/healthz`), all sharing its shutdown, metrics and first-ended record.
+    fn maker<'a>(
+        shutdown: &'a CancellationToken,
+        metrics: &'a Arc<Metrics>,
+        ended: &'a Ended,
+    ) -> impl Fn(&'static str, &'static str) -> Guarded + Copy + 'a {
+        move |stage, key| Guarded {
+            stage,
+            key,
+            shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+            ended: ended.clone(),
+        }
+    }
+
     async fn run<F: std::future::Future>(
         self,
         stage_future: F,

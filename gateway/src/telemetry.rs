@@ -12,8 +12,10 @@ use prometheus_client::registry::Registry;
 
 use estate_protocols::model::Lane;
 
+/// A store lane, as metrics label it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LaneLabel {
+    /// `alarms` or `events`.
     pub lane: &'static str,
 }
 
@@ -23,19 +25,25 @@ impl From<Lane> for LaneLabel {
     }
 }
 
+/// Why an input was dead-lettered or an API connection refused or closed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    /// A short fixed word (a `DecodeReason`, `command`, `connections`, `idle_timeout`, …),
+    /// never free text, so the label set stays small.
     pub reason: &'static str,
 }
 
 /// A long-running stage, for its restarts (lib.rs, "Supervised stages").
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
+    /// The restarted stage: `alerts` or `modbus`.
     pub stage: &'static str,
 }
 
+/// An eviction under the disk budget: which lane, and whether it lost data.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EvictLabel {
+    /// `alarms` or `events`.
     pub lane: &'static str,
     /// `forwarded` (already delivered upstream: housekeeping) or `unforwarded` (data loss).
     pub kind: &'static str,
@@ -45,13 +53,16 @@ pub struct EvictLabel {
 /// `no_answer`, `accepted`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
+    /// One of the outcomes above.
     pub outcome: &'static str,
 }
 
 /// A Modbus device: its bus and id.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusDeviceLabel {
+    /// The bus's name (`[[modbus.buses]] name`).
     pub bus: String,
+    /// The device's id (`[[devices]] id`).
     pub device: String,
 }
 
@@ -60,21 +71,29 @@ pub struct ModbusDeviceLabel {
 /// answer that does not fit the request or the profile).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusErrorLabel {
+    /// The bus's name.
     pub bus: String,
+    /// The device's id.
     pub device: String,
+    /// One of the kinds above.
     pub kind: &'static str,
 }
 
+/// A Modbus bus (one TCP connection or serial port).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusBusLabel {
+    /// The bus's name (`[[modbus.buses]] name`).
     pub bus: String,
 }
 
 /// A Modbus write: `result` is `ok`, `exception`, `timeout`, `transport` or `decode`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModbusWriteLabel {
+    /// The bus's name.
     pub bus: String,
+    /// The device's id.
     pub device: String,
+    /// One of the results above.
     pub result: &'static str,
 }
 
@@ -91,13 +110,25 @@ fn modbus_round_trip_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// MQTT messages received on the ingest subscription, before decoding
+    /// (`estate_ingest_received_total`).
     pub ingest_received: Counter,
+    /// Events from devices not in `[[devices]]`; they are accepted anyway.
     pub ingest_unregistered: Counter,
+    /// Messages acknowledged to the ingest broker, each after its event or dead letter
+    /// was durable.
     pub ingest_acked: Counter,
+    /// 1 while connected to the ingest broker and subscribed, else 0.
     pub ingest_connected: Gauge,
+    /// Inputs kept as dead letters instead of events, by reason (see [`Metrics::dead_letter`]).
     pub dead_lettered: Family<ReasonLabel, Counter>,
+    /// Events committed (flushed and fdatasync'ed), by lane.
     pub store_committed: Family<LaneLabel, Counter>,
+    /// Events evicted to stay within `store.disk_budget`, by lane and whether they had
+    /// been forwarded.
     pub store_evicted: Family<EvictLabel, Counter>,
+    /// Group commits that failed: none of their inputs was acknowledged, the broker
+    /// redelivers them.
     pub store_errors: Counter,
     /// Inputs whose group could not be committed (a full disk): not acknowledged.
     pub store_not_stored: Counter,
@@ -107,11 +138,17 @@ pub struct Metrics {
     pub store_disk_bytes: Gauge,
     /// Telemetry messages acknowledged to the broker unstored while the disk was full.
     pub ingest_acked_unstored: Counter,
+    /// Seconds from an input's receipt to its durable commit (buckets 50 µs … ~1.6 s).
     pub store_commit_latency: Histogram,
+    /// Inputs per group commit (one flush and fdatasync each; buckets 1 … 2048).
     pub store_group_size: Histogram,
+    /// Logical bytes of stored events, by lane (not their size on disk).
     pub store_stored_bytes: Family<LaneLabel, Gauge>,
+    /// Events the uplink broker acknowledged (PUBACK), by lane.
     pub forward_events: Family<LaneLabel, Counter>,
+    /// `EventBatch` messages the uplink broker acknowledged, by lane.
     pub forward_batches: Family<LaneLabel, Counter>,
+    /// Committed events not yet acknowledged upstream, by lane.
     pub forward_backlog: Family<LaneLabel, Gauge>,
     /// Events forwarded shortened to fit one uplink packet (raw bytes, then free text).
     pub forward_truncated: Family<LaneLabel, Counter>,
@@ -120,6 +157,7 @@ pub struct Metrics {
     pub forward_dead_lettered: Family<LaneLabel, Counter>,
     /// Publishes the uplink client refused (the connection is rebuilt after each).
     pub uplink_refused: Counter,
+    /// 1 while the uplink (city broker) connection of the forwarder is up, else 0.
     pub uplink_connected: Gauge,
     /// 1 while the city link connection (status and commands) is up.
     pub link_connected: Gauge,
@@ -165,9 +203,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric at zero, registered under the `estate_` prefix with its HELP text.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("estate");
-        let m = Metrics {
+        let mut m = Metrics {
             ingest_received: Counter::default(),
             ingest_unregistered: Counter::default(),
             ingest_acked: Counter::default(),
@@ -212,200 +250,241 @@ impl Metrics {
             api_connections: Gauge::default(),
             api_closed: Family::default(),
             health: crate::health::Health::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("estate"),
         };
-        let r = &mut registry;
+        m.register_ingest();
+        m.register_store();
+        m.register_forward();
+        m.register_link();
+        m.register_modbus();
+        m.register_alerts();
+        m.register_api();
+        m
+    }
+
+    /// Registers the metrics of MQTT ingest: messages in, acknowledgements, dead letters.
+    fn register_ingest(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "ingest_received",
             "MQTT messages received from sensors",
-            m.ingest_received.clone(),
+            self.ingest_received.clone(),
         );
         r.register(
             "ingest_unregistered",
             "Events from devices that are not in the config (accepted anyway)",
-            m.ingest_unregistered.clone(),
+            self.ingest_unregistered.clone(),
         );
         r.register(
             "ingest_acked",
             "MQTT messages acknowledged to the broker after their event or dead letter was durable",
-            m.ingest_acked.clone(),
+            self.ingest_acked.clone(),
         );
         r.register(
             "ingest_connected",
             "1 while connected to the ingest broker and subscribed",
-            m.ingest_connected.clone(),
+            self.ingest_connected.clone(),
         );
         r.register(
             "dead_lettered",
             "Inputs kept in the dead-letter tree instead of becoming events, by reason",
-            m.dead_lettered.clone(),
-        );
-        r.register(
-            "store_committed",
-            "Events committed (flushed and fsynced) to the store, by lane",
-            m.store_committed.clone(),
-        );
-        r.register(
-            "store_evicted",
-            "Events evicted to respect the disk budget, by lane and whether they had been forwarded",
-            m.store_evicted.clone(),
-        );
-        r.register(
-            "store_errors",
-            "Group commits that failed (events not acknowledged; the broker redelivers)",
-            m.store_errors.clone(),
-        );
-        r.register(
-            "store_not_stored",
-            "Inputs whose group commit failed or was paused (disk full); not acknowledged, the broker redelivers them",
-            m.store_not_stored.clone(),
-        );
-        r.register(
-            "store_disk_free_bytes",
-            "Free bytes on the data folder's filesystem",
-            m.store_disk_free.clone(),
-        );
-        r.register(
-            "store_disk_bytes",
-            "Real bytes (allocated blocks) of the store's folder; store.disk_budget bounds it",
-            m.store_disk_bytes.clone(),
+            self.dead_lettered.clone(),
         );
         r.register(
             "ingest_acked_unstored",
             "Telemetry messages acknowledged without being stored while the disk was full (alarms never are)",
-            m.ingest_acked_unstored.clone(),
+            self.ingest_acked_unstored.clone(),
+        );
+    }
+
+    /// Registers the metrics of the store writer: commits, groups, eviction, the disk.
+    fn register_store(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "store_committed",
+            "Events committed (flushed and fsynced) to the store, by lane",
+            self.store_committed.clone(),
+        );
+        r.register(
+            "store_evicted",
+            "Events evicted to respect the disk budget, by lane and whether they had been forwarded",
+            self.store_evicted.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Group commits that failed (events not acknowledged; the broker redelivers)",
+            self.store_errors.clone(),
+        );
+        r.register(
+            "store_not_stored",
+            "Inputs whose group commit failed or was paused (disk full); not acknowledged, the broker redelivers them",
+            self.store_not_stored.clone(),
+        );
+        r.register(
+            "store_disk_free_bytes",
+            "Free bytes on the data folder's filesystem",
+            self.store_disk_free.clone(),
+        );
+        r.register(
+            "store_disk_bytes",
+            "Real bytes (allocated blocks) of the store's folder; store.disk_budget bounds it",
+            self.store_disk_bytes.clone(),
         );
         r.register(
             "store_commit_latency_seconds",
             "Time from receipt of an input to its durable commit",
-            m.store_commit_latency.clone(),
+            self.store_commit_latency.clone(),
         );
         r.register(
             "store_group_size",
             "Inputs per group commit (one flush + fdatasync each)",
-            m.store_group_size.clone(),
+            self.store_group_size.clone(),
         );
         r.register(
             "store_stored_bytes",
             "Logical bytes of stored events, by lane",
-            m.store_stored_bytes.clone(),
+            self.store_stored_bytes.clone(),
         );
-        r.register(
-            "link_connected",
-            "1 while the city link connection (status, last will, commands) is up",
-            m.link_connected.clone(),
-        );
-        r.register(
-            "link_results",
-            "Results sent for commands from the city, by outcome",
-            m.link_results.clone(),
-        );
+    }
+
+    /// Registers the metrics of the uplink: batches, backlog, cut and refused events.
+    fn register_forward(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "forward_events",
             "Events acknowledged (PUBACK) by the uplink broker, by lane",
-            m.forward_events.clone(),
+            self.forward_events.clone(),
         );
         r.register(
             "forward_batches",
             "EventBatch messages acknowledged by the uplink broker, by lane",
-            m.forward_batches.clone(),
+            self.forward_batches.clone(),
         );
         r.register(
             "forward_backlog",
             "Committed events not yet acknowledged upstream, by lane",
-            m.forward_backlog.clone(),
+            self.forward_backlog.clone(),
         );
         r.register(
             "forward_truncated",
             "Events forwarded shortened to fit one uplink packet (raw_truncated / text_truncated), by lane",
-            m.forward_truncated.clone(),
+            self.forward_truncated.clone(),
         );
         r.register(
             "forward_dead_lettered",
             "Events the uplink would not take even reduced to their envelope: dead-lettered, announced by GW.UPLINK_REFUSED, by lane",
-            m.forward_dead_lettered.clone(),
+            self.forward_dead_lettered.clone(),
         );
         r.register(
             "uplink_refused",
             "Publishes the uplink MQTT client refused (e.g. above its packet limit)",
-            m.uplink_refused.clone(),
+            self.uplink_refused.clone(),
         );
         r.register(
             "uplink_connected",
             "1 while the uplink (city broker) connection is up",
-            m.uplink_connected.clone(),
+            self.uplink_connected.clone(),
         );
+    }
+
+    /// Registers the metrics of the city link: its connection and the commands' results.
+    fn register_link(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "link_connected",
+            "1 while the city link connection (status, last will, commands) is up",
+            self.link_connected.clone(),
+        );
+        r.register(
+            "link_results",
+            "Results sent for commands from the city, by outcome",
+            self.link_results.clone(),
+        );
+    }
+
+    /// Registers the metrics of Modbus: polls, errors, round trips, devices and buses, writes.
+    fn register_modbus(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "modbus_polls",
             "Modbus polls that read and decoded every point of the device",
-            m.modbus_polls.clone(),
+            self.modbus_polls.clone(),
         );
         r.register(
             "modbus_errors",
             "Failed Modbus transactions, by kind (timeout, exception, transport, decode)",
-            m.modbus_errors.clone(),
+            self.modbus_errors.clone(),
         );
         r.register(
             "modbus_round_trip_seconds",
             "Round trip of one Modbus transaction, per bus",
-            m.modbus_round_trip.clone(),
+            self.modbus_round_trip.clone(),
         );
         r.register(
             "modbus_poll_duration_seconds",
             "One whole poll of a Modbus device (all its reads)",
-            m.modbus_poll_duration.clone(),
+            self.modbus_poll_duration.clone(),
         );
         r.register(
             "modbus_device_online",
             "1 while the Modbus device answers, 0 once it is reported offline",
-            m.modbus_device_online.clone(),
+            self.modbus_device_online.clone(),
         );
         r.register(
             "modbus_bus_connected",
             "1 while the Modbus bus has an open connection or serial port",
-            m.modbus_bus_connected.clone(),
+            self.modbus_bus_connected.clone(),
         );
         r.register(
             "modbus_connects",
             "Modbus connections or serial ports opened, per bus",
-            m.modbus_connects.clone(),
+            self.modbus_connects.clone(),
         );
         r.register(
             "modbus_writes",
             "Modbus writes (linkage), by result",
-            m.modbus_writes.clone(),
+            self.modbus_writes.clone(),
         );
+    }
+
+    /// Registers the metrics of local alerts and the supervised stages.
+    fn register_alerts(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "alerts_open",
             "Local alerts not closed (active or acknowledged)",
-            m.alerts_open.clone(),
+            self.alerts_open.clone(),
         );
         r.register(
             "alerts_opened",
             "Local alerts opened",
-            m.alerts_opened.clone(),
+            self.alerts_opened.clone(),
         );
         r.register(
             "alerts_backlog",
             "Committed events waiting for the alert engine",
-            m.alerts_backlog.clone(),
+            self.alerts_backlog.clone(),
         );
         r.register(
             "stage_restarts",
             "Stages restarted in place after a failure, by stage",
-            m.stage_restarts.clone(),
+            self.stage_restarts.clone(),
         );
+    }
+
+    /// Registers the metrics of the local API's connections.
+    fn register_api(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "api_connections",
             "HTTP connections open on the local API",
-            m.api_connections.clone(),
+            self.api_connections.clone(),
         );
         r.register(
             "api_closed",
             "API connections refused or closed by a limit (connections, streams over their cap; header_timeout, idle_timeout)",
-            m.api_closed.clone(),
+            self.api_closed.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// OpenMetrics text exposition of every metric (`application/openmetrics-text`).
@@ -422,6 +501,7 @@ impl Metrics {
         openmetrics_to_classic(&self.encode())
     }
 
+    /// Counts one dead letter under `reason` (`estate_dead_lettered_total{reason}`).
     pub fn dead_letter(&self, reason: &'static str) {
         self.dead_lettered
             .get_or_create(&ReasonLabel { reason })

@@ -12,27 +12,42 @@ use estate_protocols::model::{AlertChange, AlertStatus, AlertUpdate, Location, S
 pub struct Alert {
     /// ULID: sorts by creation time.
     pub id: String,
+    /// The taxonomy code of the events folded in, e.g. `SMOKE.ALARM`
+    /// (`protocols/src/taxonomy.rs`).
     pub code: String,
     /// Human text for the code (the taxonomy's description).
     pub title: String,
     /// 1 critical … 4 info, after overrides and escalation.
     pub severity: u8,
+    /// `active`, `acknowledged` or `closed`; only an operator (or `alerts.auto_close`)
+    /// closes an alert.
     pub status: AlertStatus,
     /// The condition has ended (a leak dried, a door closed, a device came back).
     pub cleared: bool,
     /// Not acknowledged within `alerts.escalation.after`.
     pub escalated: bool,
+    /// The device that reported it, as in its events.
     pub device_id: String,
+    /// The device's kind (`smoke`, `water_leak`, …) from the event or else the config;
+    /// `None` when neither says.
     pub device_kind: Option<String>,
     /// The configured device's name; empty when unknown.
     pub device_name: String,
+    /// Where the device is: the event's location, or the configured device's when the
+    /// event carries none.
     pub location: Location,
     /// Events folded into this alert.
     pub count: u64,
+    /// Gateway receive time (Unix ms) of the event that opened the alert.
     pub first_seen_ms: i64,
+    /// Gateway receive time (Unix ms) of the latest event folded in; never moves back.
     pub last_seen_ms: i64,
+    /// When (Unix ms, gateway receive time) the condition ended; `None` while it holds
+    /// (a repeat after a clear reactivates the alert and resets this).
     pub cleared_ms: Option<i64>,
+    /// Set once an operator acknowledged it; `None` before.
     pub acknowledged: Option<Acknowledged>,
+    /// Set once the alert is closed (`status` is then `closed`); `None` while open.
     pub closed: Option<Closed>,
     /// Linkage actions run for this alert, with their results.
     pub actions: Vec<ActionRecord>,
@@ -56,10 +71,13 @@ fn stored_default() -> bool {
 }
 
 impl Alert {
+    /// Not closed yet: active or acknowledged (what `estate_alerts_open` counts).
     pub fn is_open(&self) -> bool {
         self.status != AlertStatus::Closed
     }
 
+    /// `severity` as the taxonomy's type; a level outside 1–4 reads as critical, so a
+    /// corrupt record errs on the loud side.
     pub fn severity(&self) -> Severity {
         Severity::from_level(self.severity).unwrap_or(Severity::Critical)
     }
@@ -115,17 +133,24 @@ pub struct CityHandling {
 /// Who acknowledged the alert, when, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Acknowledged {
+    /// The operator, as the API request named them (trimmed).
     pub by: String,
+    /// When (Unix ms, gateway clock).
     pub at_ms: i64,
+    /// Free text from the operator; may be empty.
     pub note: String,
 }
 
 /// Who closed the alert, when, with which disposition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Closed {
+    /// The operator, or `gateway` for an automatic close.
     pub by: String,
+    /// When (Unix ms, gateway clock).
     pub at_ms: i64,
+    /// What the alert turned out to be.
     pub disposition: Disposition,
+    /// Free text from the operator; may be empty.
     pub note: String,
 }
 
@@ -134,14 +159,21 @@ pub struct Closed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
+    /// A real incident (`real`).
     Real,
+    /// Nothing was wrong, e.g. a faulty or oversensitive detector (`false_alarm`).
     FalseAlarm,
+    /// A planned test of the device (`test`).
     Test,
+    /// Caused by maintenance work (`maintenance`).
     Maintenance,
+    /// Closed by the gateway when the condition cleared (`auto_cleared`); never chosen by
+    /// an operator.
     AutoCleared,
 }
 
 impl Disposition {
+    /// The snake_case name used in JSON, the audit and `AlertUpdate.disposition`.
     pub fn as_str(self) -> &'static str {
         match self {
             Disposition::Real => "real",
@@ -171,6 +203,7 @@ pub struct ActionRecord {
     pub action: String,
     /// The device written to.
     pub target: String,
+    /// When it was run (Unix ms, gateway clock).
     pub at_ms: i64,
     /// `ok` or the error.
     pub result: String,
@@ -179,23 +212,32 @@ pub struct ActionRecord {
 /// One line of an alert's audit trail: every change, automatic or by an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// When the change happened (Unix ms, gateway clock).
     pub at_ms: i64,
     /// The operator, or `gateway` for automatic changes.
     pub by: String,
     /// `opened`, `acknowledged`, `escalated`, `cleared`, `reactivated`, `closed`, `action`,
     /// `city` (the city's handling state; the note says which).
     pub action: String,
+    /// The operator's note, or what changed (e.g. the code that reactivated it).
     pub note: String,
 }
 
 /// Status of one device as the gateway sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceView {
+    /// The device id, as in its events and the config.
     pub id: String,
+    /// Its kind (`smoke`, `water_leak`, …); `None` when neither the config nor its events
+    /// said.
     pub kind: Option<String>,
+    /// The configured name; empty for a device not in the config.
     pub name: String,
+    /// Where it is: from the config, or from its events for an unregistered device.
     pub location: Location,
+    /// Online, offline or never heard from.
     pub status: DeviceStatus,
+    /// Gateway receive time (Unix ms) of its latest event; `None` if never heard from.
     pub last_seen_ms: Option<i64>,
     /// In the config's `[[devices]]`.
     pub registered: bool,
@@ -206,7 +248,10 @@ pub struct DeviceView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceStatus {
+    /// Heard from, and not reported offline since.
     Online,
+    /// Missed its heartbeats, failed its polls, or was reported by `DEV.OFFLINE`.
     Offline,
+    /// Configured but never heard from.
     Unknown,
 }

@@ -47,8 +47,11 @@ pub struct AlertStore {
 pub struct Filter {
     /// `open` (not closed), `active`, `acknowledged`, `closed`, `all`.
     pub status: String,
+    /// Only this device's alerts; `None`: every device.
     pub device: Option<String>,
+    /// Only alerts of exactly this level (1 critical … 4 info); `None`: every level.
     pub severity: Option<u8>,
+    /// At most this many, most severe and oldest first; 0: no limit.
     pub limit: usize,
 }
 
@@ -104,6 +107,8 @@ impl AlertStore {
         Ok(out)
     }
 
+    /// The alert with this id, open or closed; `None` when there is none (or it was
+    /// pruned from the history, or its record does not parse).
     pub fn get(&self, id: &str) -> Result<Option<Alert>, StoreError> {
         Ok(self
             .tree

@@ -65,16 +65,25 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 const HEALTH_KEY: &str = "stage.alerts";
 
+/// Why the supervised alerts stage ended other than by a clean stop; each one stops the
+/// gateway with exit status 1 (lib.rs, "Supervised stages").
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
+    /// More than [`MAX_RESTARTS`] failures within [`WINDOW`]: not restarted again.
     #[error("the alerts stage failed {failures} times within {window:?} (last: {cause}); gave up")]
     GaveUp {
+        /// Failures counted within the window, the last one included.
         failures: usize,
+        /// The window they fell in ([`WINDOW`]).
         window: Duration,
+        /// What the last failure was (an error or a panic message).
         cause: String,
     },
+    /// It failed after the stop was asked for; not restarted, the committed events it did
+    /// not handle are replayed at the next start. Carries the cause.
     #[error("the alerts stage failed while stopping: {0}")]
     FailedAtStop(String),
+    /// Its thread or its tokio runtime could not be created.
     #[error("cannot run the alerts stage: {0}")]
     Start(std::io::Error),
 }

@@ -65,10 +65,16 @@ pub const MAX_DISPOSITION_CHARS: usize = 32;
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct ApiState {
+    /// The gateway's metrics and health conditions: `/metrics`, `/healthz`.
     pub metrics: Arc<Metrics>,
+    /// Read-only view of the store for `/api/status` and `/healthz` (cursors, backlog,
+    /// epoch); the API never writes through it.
     pub reader: StoreReader,
+    /// `gateway.id`, reported by `/healthz` and `/api/status`.
     pub gateway_id: String,
+    /// `gateway.estate_id`, reported by `/healthz` and `/api/status`.
     pub estate_id: String,
+    /// The alerts stage: lists, acknowledgements, closes and the live change stream.
     pub alerts: AlertsHandle,
     /// Roll calls from the city (issue 14).
     pub duty: crate::duty::DutyDesk,
@@ -86,6 +92,8 @@ pub struct ApiState {
     pub max_sse_clients: usize,
 }
 
+/// Every route of the local API (`/healthz`, `/metrics`, `/api/...`, the console) over
+/// `state`, without the connection limits (those are [`server::serve`]'s).
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))

@@ -69,12 +69,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The HTTP limits, from `[api]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// From accept (or the first byte of a later request) until the request head is
+    /// complete; slower connections are closed (`api.header_read_timeout`).
     pub header_read_timeout: Duration,
+    /// A kept-alive connection with no new request this long is closed (`api.idle_timeout`).
     pub idle_timeout: Duration,
+    /// Connections open at once, live streams included; at least 1 (`api.max_connections`).
     pub max_connections: usize,
 }
 
 impl Limits {
+    /// The limits `[api]` configures; a `max_connections` of 0 becomes 1.
     pub fn from_config(api: &ApiConfig) -> Limits {
         Limits {
             header_read_timeout: api.header_read_timeout,

@@ -61,6 +61,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest city note kept on an alert, in bytes (`AlarmHandling.note`: at most 1 KiB).
 const MAX_CITY_NOTE_BYTES: usize = 1024;
 
+/// Why the duty desk could not do what a city command asked; the city link sends it
+/// back as the command's result.
 #[derive(Debug, thiserror::Error)]
 pub enum DutyError {
     /// The command names something this gateway does not have (an alert id, a group).
@@ -74,15 +76,25 @@ pub enum DutyError {
 /// How a roll call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RollCall {
-    Answered { by: String, after: Duration },
+    /// Someone on duty answered before the deadline.
+    Answered {
+        /// Who answered (the API request's `by`).
+        by: String,
+        /// How long after the command reached the gateway.
+        after: Duration,
+    },
+    /// Nobody answered by the deadline.
     NoAnswer,
 }
 
 /// A roll call as the city sent it.
 #[derive(Debug, Clone)]
 pub struct RollCallRequest {
+    /// The city command's id; the roll call's id on the API.
     pub command_id: String,
+    /// Who at the city sent it (the command's issuer).
     pub issuer: String,
+    /// The text shown to the person on duty.
     pub message: String,
     /// When the command reached the gateway: `after` is measured from here.
     pub received: Instant,
@@ -94,8 +106,11 @@ pub struct RollCallRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RollCallStatus {
+    /// Waiting for an answer; the deadline has not passed.
     Pending,
+    /// Answered in time.
     Answered,
+    /// The deadline passed without an answer.
     Missed,
 }
 
@@ -104,15 +119,22 @@ pub enum RollCallStatus {
 pub struct RollCallView {
     /// The command's id.
     pub id: String,
+    /// Who at the city sent it.
     pub issuer: String,
+    /// The text shown to the person on duty.
     pub message: String,
+    /// Pending, answered or missed.
     pub status: RollCallStatus,
     /// When the command arrived and when the answer is due, Unix epoch milliseconds.
     pub received_ms: i64,
+    /// When the answer is due, Unix epoch milliseconds.
     pub deadline_ms: i64,
-    /// Who answered, when, and how long after the command arrived.
+    /// Who answered, when, and how long after the command arrived; all `None` until
+    /// answered (and for a missed roll call).
     pub answered_by: Option<String>,
+    /// When it was answered, Unix epoch milliseconds.
     pub answered_ms: Option<i64>,
+    /// Milliseconds from the command's arrival to the answer.
     pub answer_after_ms: Option<u64>,
     /// Milliseconds left to answer when this was sent (0 once finished): a console
     /// counts down from it, whatever its own clock says.
@@ -155,11 +177,17 @@ impl RollCallView {
 /// Why an answer was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnswerError {
+    /// No roll call has this id (pending or among the last [`HISTORY`] finished).
     #[error("no roll call {0}")]
     NotFound(String),
     /// Already answered, or missed: the city has its result.
     #[error("roll call {id} is already {status}")]
-    Finished { id: String, status: &'static str },
+    Finished {
+        /// The roll call's id.
+        id: String,
+        /// `answered` or `missed`.
+        status: &'static str,
+    },
 }
 
 #[derive(Debug, Default)]

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use rumqttc::{Event as MqttEvent, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, Outgoing, Packet, QoS};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -49,8 +49,9 @@ use crate::health::{Level, LogThrottle, Throttled};
 use crate::mqtt::{Connection, Renew};
 use crate::store::{DeadLetter, StoreHandle, StoreReader};
 use crate::telemetry::Metrics;
-pub use batch::{max_payload, pack, publish_size, Cut, Header, Limits, Packed, Unfit};
-pub use inflight::{Advance, InFlight};
+// The city link packs a resend as the forwarder packs a batch; nothing else leaves the crate.
+pub(crate) use batch::{max_payload, pack, publish_size, Cut, Header, Limits, Unfit};
+use inflight::{Advance, InFlight};
 
 /// Why forward could not start or stopped; the cause is the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// The uplink stage from `[uplink]`: a clean session, at most
+    /// `uplink.max_inflight_batches` batches unacknowledged, packets cut to
+    /// `uplink.max_packet_size`. Fails only on TLS settings that do not load; it connects
+    /// in [`Forwarder::run`].
     pub fn new(cfg: &Config, boot_id: &str) -> Result<Self, ForwardError> {
         let u = &cfg.uplink;
         let mut endpoints = crate::mqtt::Endpoints::new(&u.mqtt, &cfg.uplink_client_id())?;
@@ -131,6 +136,8 @@ impl Forwarder {
         })
     }
 
+    /// Where `lane`'s batches go: `{uplink.topic_prefix}/{gateway.estate_id}/alarms` or
+    /// `…/events`.
     pub fn topic(&self, lane: Lane) -> String {
         format!("{}/{}/{}", self.topic_prefix, self.estate_id, lane.as_str())
     }
@@ -173,119 +180,45 @@ impl Forwarder {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> Result<(), ForwardError> {
+        let env = Env {
+            reader: &reader,
+            store: &store,
+            metrics: &metrics,
+        };
         let mut committed = reader.committed();
         let mut committed_open = true;
-        let mut timers = Timers {
-            grace,
-            down_alert_after: self.down_alert_after,
-            deadline: None,
-            down_since: Some(Instant::now()),
-            down_alert_raised: false,
+        let mut p = Progress {
+            lanes: self.lanes(&reader),
+            timers: Timers {
+                grace,
+                down_alert_after: self.down_alert_after,
+                deadline: None,
+                down_since: Some(Instant::now()),
+                down_alert_raised: false,
+            },
+            lingering: None,
+            gave_up_at: None,
+            strikes: (0, [0, 0]),
         };
         let mut conn = Connection::new(
             self.endpoints.clone(),
             self.max_inflight * 2 + 16,
             Renew::Fresh,
         );
-        // Since when the events lane has held a batch that is not full (`uplink.linger`).
-        let mut lingering: Option<Instant> = None;
-        let mut lanes = self.lanes(&reader);
-        let mut gave_up_at: Option<Instant> = None;
-        // Connections in a row that the broker dropped with batches in flight and none
-        // acknowledged, all starting from `strikes.1`: a broker that drops the link on a
-        // packet above its own limit looks like this.
-        let mut strikes: (u32, [u64; 2]) = (0, [0, 0]);
 
         'connection: loop {
             // A fresh client for every connection, after the backoff (which `conn.next()`
             // waits out in the `select!` below, so the outage alert and shutdown go on):
             // the previous event loop, and with it its socket, is gone, one attempt at a
             // time per client id (issue 14).
-            let broker = conn.addr();
-            let mut inflight = InFlight::default();
-            // The last seq handed to the client (or skipped), per lane: from the cursor,
-            // or past it where an acknowledgement or a skip has not reached the store yet.
-            let mut sent = [0, 1].map(|i| reader.cursor(lanes[i].lane).max(lanes[i].passed));
-            let start = sent;
-            // The event of the last careful batch published, and whether it went as its
-            // envelope: the one a refusal names while it is the only batch in flight.
-            let mut careful_sent: Option<(usize, pb::Event, bool)> = None;
-            let mut connected = false;
-            let mut advanced = false;
+            let mut s = Session::new(conn.addr(), &reader, &p.lanes);
             loop {
-                if connected {
-                    loop {
-                        let careful = careful_sent.is_some()
-                            || (0..2).any(|i| sent[i] < lanes[i].careful_until);
-                        let window = if careful { 1 } else { self.max_inflight };
-                        if inflight.len() >= window {
-                            break;
-                        }
-                        let linger = timers.deadline.is_none().then_some(&mut lingering);
-                        let Some(next) =
-                            self.next_batch(&reader, &lanes, &mut sent, linger).await?
-                        else {
-                            break;
-                        };
-                        match next {
-                            Next::Unfit { i, before, unfit } => {
-                                let why = format!(
-                                    "{} bytes with its raw bytes and free text cut, the uplink packet leaves {} for one event",
-                                    unfit.size, unfit.room
-                                );
-                                self.give_up(&lanes[i], &unfit.event, &why, &store, &metrics)
-                                    .await?;
-                                gave_up_at = Some(Instant::now());
-                                debug_assert!(before < unfit.event.seq);
-                                if let Some(adv) =
-                                    inflight.push_skip(lanes[i].lane, unfit.event.seq)
-                                {
-                                    self.on_advance(&adv, &mut lanes, &store, &metrics, gave_up_at)
-                                        .await?;
-                                }
-                            }
-                            Next::Batch {
-                                i,
-                                before,
-                                packed,
-                                careful,
-                                enveloped,
-                            } => {
-                                let lane = lanes[i].lane;
-                                let payload = packed.batch.encode_to_vec();
-                                // What rumqttc checks; `batch` makes it hold by construction.
-                                debug_assert!(
-                                    publish_size(lanes[i].topic.len(), payload.len())
-                                        <= self.max_packet
-                                );
-                                if let Some(cut) = &packed.cut {
-                                    self.on_cut(lane, cut, &metrics);
-                                }
-                                let last = packed.batch.last_seq;
-                                let n = packed.batch.events.len() as u64;
-                                if let Err(err) = conn.client().try_publish(
-                                    lanes[i].topic.clone(),
-                                    QoS::AtLeastOnce,
-                                    false,
-                                    payload,
-                                ) {
-                                    // The request queue holds twice the window, so this is
-                                    // the client going away; the batch is read again.
-                                    warn!(error = %err, "Could not hand a batch to the uplink client.");
-                                    sent[i] = before;
-                                    break;
-                                }
-                                inflight.push(lane, last, n);
-                                careful_sent = careful
-                                    .then(|| packed.batch.events.into_iter().next())
-                                    .flatten()
-                                    .map(|e| (i, e, enveloped));
-                            }
-                        }
-                    }
+                if s.connected {
+                    self.fill_window(&env, conn.client(), &mut s, &mut p)
+                        .await?;
                 }
-                if timers.deadline.is_some()
-                    && inflight.is_empty()
+                if p.timers.deadline.is_some()
+                    && s.inflight.is_empty()
                     && Lane::ALL.iter().all(|l| reader.backlog(*l) == 0)
                 {
                     info!("Everything committed was forwarded; uplink done.");
@@ -295,13 +228,12 @@ impl Forwarder {
                             .await;
                     return Ok(());
                 }
-                let careful =
-                    careful_sent.is_some() || (0..2).any(|i| sent[i] < lanes[i].careful_until);
-                let room = inflight.len() < if careful { 1 } else { self.max_inflight };
+                let room = s.inflight.len() < self.window(&s, &p.lanes);
+                let lingering = p.lingering;
                 tokio::select! {
-                    _ = shutdown.cancelled(), if timers.deadline.is_none() => timers.shutdown_requested(),
-                    timer = timers.next() => if self.on_timer(timer, &mut timers, &broker, &store).await?.is_break() {
-                        info!(in_flight = inflight.len(), "Shutdown grace period over; undelivered events stay in the store.");
+                    _ = shutdown.cancelled(), if p.timers.deadline.is_none() => p.timers.shutdown_requested(),
+                    timer = p.timers.next() => if self.on_timer(timer, &mut p.timers, &s.broker, &store).await?.is_break() {
+                        info!(in_flight = s.inflight.len(), "Shutdown grace period over; undelivered events stay in the store.");
                         return Ok(());
                     },
                     c = committed.changed(), if committed_open => {
@@ -309,71 +241,240 @@ impl Forwarder {
                     }
                     // A held events batch is due (it is published in the loop above, once
                     // the window has room: until then a PUBACK is what wakes it).
-                    _ = tokio::time::sleep_until(lingering.map_or_else(Instant::now, |t| t + self.linger)), if connected && lingering.is_some() && room => {}
+                    _ = tokio::time::sleep_until(lingering.map_or_else(Instant::now, |t| t + self.linger)), if s.connected && lingering.is_some() && room => {}
                     // Cancel-safe: a commit or timer never abandons a connection attempt.
                     polled = conn.next() => match polled {
                         Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                            info!(%broker, "Uplink connected.");
-                            connected = true;
-                            metrics.uplink_connected.set(1);
-                            if timers.down_alert_raised {
-                                timers.down_alert_raised = false;
-                                self.raise_uplink(&broker, &store, EventState::Cleared, timers.down_since).await?;
-                            }
-                            timers.down_since = None;
+                            self.on_connected(&env, &mut s, &mut p.timers).await?;
                         }
                         Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => {
-                            if !inflight.on_outgoing_publish(pkid) {
+                            if !s.inflight.on_outgoing_publish(pkid) {
                                 debug!(pkid, "Publish id with no batch waiting for it.");
                             }
                         }
                         Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                            for adv in inflight.on_puback(ack.pkid) {
-                                if careful_sent.as_ref().is_some_and(|(i, e, _)| lanes[*i].lane == adv.lane && e.seq <= adv.cursor) {
-                                    careful_sent = None;
-                                }
-                                advanced = true;
-                                strikes.0 = 0;
-                                self.on_advance(&adv, &mut lanes, &store, &metrics, gave_up_at).await?;
-                            }
+                            self.on_puback(&env, &mut s, &mut p, ack.pkid).await?;
                         }
                         Ok(_) => {}
-                        Err(lost) if lost.refused => {
-                            metrics.uplink_connected.set(0);
-                            let refusal = Refusal::Client(format!("the uplink client refused it: {}", lost.error));
-                            if self.on_refused(refusal, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
-                                gave_up_at = Some(Instant::now());
-                            }
-                            // Not a link failure: the same node again after `reconnect_min`,
-                            // without growing the backoff.
-                            inflight.clear();
-                            continue 'connection;
-                        }
                         Err(lost) => {
-                            metrics.uplink_connected.set(0);
-                            if connected || timers.down_since.is_none() {
-                                timers.down_since = Some(Instant::now());
-                            }
-                            warn!(broker = %lost.broker, error = %lost.error, next = %lost.next, retry_in = ?lost.retry_in, in_flight = inflight.len(), "Uplink connection failed; will resend from the cursors.");
-                            if connected && !advanced && !inflight.is_empty() {
-                                strikes = if strikes.1 == start { (strikes.0 + 1, start) } else { (1, start) };
-                            } else {
-                                strikes.0 = 0;
-                            }
-                            if strikes.0 >= BROKER_STRIKES {
-                                strikes.0 = 0;
-                                let refusal = Refusal::Broker(format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {}", lost.error));
-                                if self.on_refused(refusal, careful_sent.take(), &inflight, &mut lanes, &store, &metrics).await? {
-                                    gave_up_at = Some(Instant::now());
-                                }
-                            }
-                            inflight.clear();
+                            self.on_lost(&env, &mut s, &mut p, lost).await?;
                             continue 'connection;
                         }
                     }
                 }
             }
         }
+    }
+
+    /// How many batches may be in flight: one while anything is sent carefully (after a
+    /// refusal), else `uplink.max_inflight_batches`.
+    fn window(&self, s: &Session, lanes: &[LaneState; 2]) -> usize {
+        let careful =
+            s.careful_sent.is_some() || (0..2).any(|i| s.sent[i] < lanes[i].careful_until);
+        if careful {
+            1
+        } else {
+            self.max_inflight
+        }
+    }
+
+    /// Hands the client the next batches while the window has room and there is
+    /// something to send (or to give up on: an event no packet can carry is passed over).
+    async fn fill_window(
+        &self,
+        env: &Env<'_>,
+        client: &AsyncClient,
+        s: &mut Session,
+        p: &mut Progress,
+    ) -> Result<(), ForwardError> {
+        loop {
+            if s.inflight.len() >= self.window(s, &p.lanes) {
+                return Ok(());
+            }
+            let linger = p.timers.deadline.is_none().then_some(&mut p.lingering);
+            let Some(next) = self
+                .next_batch(env.reader, &p.lanes, &mut s.sent, linger)
+                .await?
+            else {
+                return Ok(());
+            };
+            match next {
+                Next::Unfit { i, before, unfit } => {
+                    let why = format!(
+                        "{} bytes with its raw bytes and free text cut, the uplink packet leaves {} for one event",
+                        unfit.size, unfit.room
+                    );
+                    self.give_up(&p.lanes[i], &unfit.event, &why, env.store, env.metrics)
+                        .await?;
+                    p.gave_up_at = Some(Instant::now());
+                    debug_assert!(before < unfit.event.seq);
+                    if let Some(adv) = s.inflight.push_skip(p.lanes[i].lane, unfit.event.seq) {
+                        self.on_advance(&adv, &mut p.lanes, env.store, env.metrics, p.gave_up_at)
+                            .await?;
+                    }
+                }
+                Next::Batch(ready) => {
+                    if !self.publish(client, s, &p.lanes, env.metrics, ready) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one batch to the client and tracks it in flight. False when the client
+    /// would not take it (it is going away): the batch is read again later.
+    fn publish(
+        &self,
+        client: &AsyncClient,
+        s: &mut Session,
+        lanes: &[LaneState; 2],
+        metrics: &Metrics,
+        ready: Ready,
+    ) -> bool {
+        let Ready {
+            i,
+            before,
+            packed,
+            careful,
+            enveloped,
+        } = ready;
+        let lane = lanes[i].lane;
+        let payload = packed.batch.encode_to_vec();
+        // What rumqttc checks; `batch` makes it hold by construction.
+        debug_assert!(publish_size(lanes[i].topic.len(), payload.len()) <= self.max_packet);
+        if let Some(cut) = &packed.cut {
+            self.on_cut(lane, cut, metrics);
+        }
+        let last = packed.batch.last_seq;
+        let n = packed.batch.events.len() as u64;
+        if let Err(err) =
+            client.try_publish(lanes[i].topic.clone(), QoS::AtLeastOnce, false, payload)
+        {
+            // The request queue holds twice the window, so this is the client going away;
+            // the batch is read again.
+            warn!(error = %err, "Could not hand a batch to the uplink client.");
+            s.sent[i] = before;
+            return false;
+        }
+        s.inflight.push(lane, last, n);
+        s.careful_sent = careful
+            .then(|| packed.batch.events.into_iter().next())
+            .flatten()
+            .map(|e| (i, e, enveloped));
+        true
+    }
+
+    /// The broker accepted the connection: count it, and clear the outage alert if it
+    /// was raised.
+    async fn on_connected(
+        &self,
+        env: &Env<'_>,
+        s: &mut Session,
+        timers: &mut Timers,
+    ) -> Result<(), ForwardError> {
+        info!(broker = %s.broker, "Uplink connected.");
+        s.connected = true;
+        env.metrics.uplink_connected.set(1);
+        if timers.down_alert_raised {
+            timers.down_alert_raised = false;
+            self.raise_uplink(&s.broker, env.store, EventState::Cleared, timers.down_since)
+                .await?;
+        }
+        timers.down_since = None;
+        Ok(())
+    }
+
+    /// A PUBACK: every cursor advance it makes final goes to the store; a careful batch
+    /// it covers is no longer the one a refusal would name.
+    async fn on_puback(
+        &self,
+        env: &Env<'_>,
+        s: &mut Session,
+        p: &mut Progress,
+        pkid: u16,
+    ) -> Result<(), ForwardError> {
+        for adv in s.inflight.on_puback(pkid) {
+            if s.careful_sent
+                .as_ref()
+                .is_some_and(|(i, e, _)| p.lanes[*i].lane == adv.lane && e.seq <= adv.cursor)
+            {
+                s.careful_sent = None;
+            }
+            s.advanced = true;
+            p.strikes.0 = 0;
+            self.on_advance(&adv, &mut p.lanes, env.store, env.metrics, p.gave_up_at)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The connection was lost or refused a publish: decide whether what was in flight
+    /// was refused (by the client, or by a broker that keeps dropping the link with it in
+    /// flight), and forget the in-flight batches; the next connection resends from the
+    /// cursors.
+    async fn on_lost(
+        &self,
+        env: &Env<'_>,
+        s: &mut Session,
+        p: &mut Progress,
+        lost: crate::mqtt::Lost,
+    ) -> Result<(), ForwardError> {
+        env.metrics.uplink_connected.set(0);
+        if lost.refused {
+            let refusal = Refusal::Client(format!("the uplink client refused it: {}", lost.error));
+            if self
+                .on_refused(
+                    refusal,
+                    s.careful_sent.take(),
+                    &s.inflight,
+                    &mut p.lanes,
+                    env.store,
+                    env.metrics,
+                )
+                .await?
+            {
+                p.gave_up_at = Some(Instant::now());
+            }
+            // Not a link failure: the same node again after `reconnect_min`, without
+            // growing the backoff.
+            s.inflight.clear();
+            return Ok(());
+        }
+        if s.connected || p.timers.down_since.is_none() {
+            p.timers.down_since = Some(Instant::now());
+        }
+        warn!(broker = %lost.broker, error = %lost.error, next = %lost.next, retry_in = ?lost.retry_in, in_flight = s.inflight.len(), "Uplink connection failed; will resend from the cursors.");
+        // See `Progress::strikes`.
+        let strikes = &mut p.strikes;
+        if s.connected && !s.advanced && !s.inflight.is_empty() {
+            *strikes = if strikes.1 == s.start {
+                (strikes.0 + 1, s.start)
+            } else {
+                (1, s.start)
+            };
+        } else {
+            strikes.0 = 0;
+        }
+        if strikes.0 >= BROKER_STRIKES {
+            strikes.0 = 0;
+            let refusal = Refusal::Broker(format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {}", lost.error));
+            if self
+                .on_refused(
+                    refusal,
+                    s.careful_sent.take(),
+                    &s.inflight,
+                    &mut p.lanes,
+                    env.store,
+                    env.metrics,
+                )
+                .await?
+            {
+                p.gave_up_at = Some(Instant::now());
+            }
+        }
+        s.inflight.clear();
+        Ok(())
     }
 
     /// A publish was refused (`cause`). When it was a careful batch alone in flight, its
@@ -615,13 +716,13 @@ impl Forwarder {
             match batch::pack(&st.header, events, st.limits, now_ms()) {
                 Ok(Some(packed)) => {
                     sent[i] = packed.batch.last_seq;
-                    return Ok(Some(Next::Batch {
+                    return Ok(Some(Next::Batch(Ready {
                         i,
                         before,
                         packed,
                         careful,
                         enveloped,
-                    }));
+                    })));
                 }
                 Ok(None) => continue,
                 Err(unfit) => {
@@ -762,19 +863,82 @@ enum Refusal {
 /// What [`Forwarder::next_batch`] found for lane `i` (`before`: its sent mark before).
 #[derive(Debug)]
 enum Next {
-    Batch {
-        i: usize,
-        before: u64,
-        packed: batch::Packed,
-        careful: bool,
-        enveloped: bool,
-    },
+    Batch(Ready),
     /// The lane's next event does not fit a packet even cut: it is given up on.
     Unfit {
         i: usize,
         before: u64,
         unfit: Box<Unfit>,
     },
+}
+
+/// A batch of lane `i` to publish (`before`: the lane's sent mark before it).
+#[derive(Debug)]
+struct Ready {
+    i: usize,
+    before: u64,
+    packed: batch::Packed,
+    /// Sent carefully (one event, one batch in flight), after a refusal.
+    careful: bool,
+    /// Its event reduced to its envelope.
+    enveloped: bool,
+}
+
+/// What `run` reads from and writes to.
+#[derive(Debug, Clone, Copy)]
+struct Env<'a> {
+    reader: &'a StoreReader,
+    store: &'a StoreHandle,
+    metrics: &'a Metrics,
+}
+
+/// What outlives a connection, besides the store's cursors.
+#[derive(Debug)]
+struct Progress {
+    lanes: [LaneState; 2],
+    timers: Timers,
+    /// Since when the events lane has held a batch that is not full (`uplink.linger`).
+    lingering: Option<Instant>,
+    /// When an event was last given up on (`/healthz` keeps saying so for a while).
+    gave_up_at: Option<Instant>,
+    /// Connections in a row that the broker dropped with batches in flight and none
+    /// acknowledged, all starting from `strikes.1`: a broker that drops the link on a
+    /// packet above its own limit looks like this.
+    strikes: (u32, [u64; 2]),
+}
+
+/// One connection's state; the next connection starts afresh from the cursors.
+#[derive(Debug)]
+struct Session {
+    /// The node connected to (or tried).
+    broker: String,
+    inflight: InFlight,
+    /// The last seq handed to the client (or skipped), per lane: from the cursor, or past
+    /// it where an acknowledgement or a skip has not reached the store yet.
+    sent: [u64; 2],
+    /// `sent` when the connection started.
+    start: [u64; 2],
+    /// The event of the last careful batch published, and whether it went as its
+    /// envelope: the one a refusal names while it is the only batch in flight.
+    careful_sent: Option<(usize, pb::Event, bool)>,
+    connected: bool,
+    /// Some batch was acknowledged on this connection.
+    advanced: bool,
+}
+
+impl Session {
+    fn new(broker: String, reader: &StoreReader, lanes: &[LaneState; 2]) -> Session {
+        let sent = [0, 1].map(|i| reader.cursor(lanes[i].lane).max(lanes[i].passed));
+        Session {
+            broker,
+            inflight: InFlight::default(),
+            sent,
+            start: sent,
+            careful_sent: None,
+            connected: false,
+            advanced: false,
+        }
+    }
 }
 
 /// Reads a lane on the blocking pool: sled does disk I/O and must not hold up an async

@@ -82,6 +82,9 @@ const DEAD_LETTER_LOG_BURST: u64 = 5;
 const DEAD_LETTER_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl MqttIngest {
+    /// The ingest stage from `[ingest]`, `[[sources]]` and `[[devices]]`: a persistent
+    /// session (`clean_session = false`) with manual acks. Fails only on TLS settings
+    /// that do not load; it connects in [`MqttIngest::run`].
     pub fn new(cfg: &Config) -> Result<Self, IngestError> {
         let mut endpoints = crate::mqtt::Endpoints::new(&cfg.ingest.mqtt, &cfg.ingest_client_id())?;
         endpoints.configure(|o| {
@@ -192,33 +195,7 @@ impl MqttIngest {
                 },
             }
         }
-        // Drain: acknowledge what is committed, then leave cleanly. Messages that arrive
-        // now are not acknowledged; the persistent session redelivers them.
-        let drain = async {
-            loop {
-                acks.promote();
-                acks.flush(conn.client(), &metrics);
-                if acks.waiting.is_empty() && acks.ready.is_empty() {
-                    break;
-                }
-                tokio::select! {
-                    done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
-                    p = conn.next_in_session() => if p.is_none() { return },
-                }
-            }
-            let _ = conn.client().try_disconnect();
-            // Read until the broker closes the connection. Closing our end first while
-            // its publishes still sit unread in the socket makes the kernel send a reset,
-            // and the broker then discards the final PUBACKs it has not read yet: those
-            // messages would come back after a restart as new events under new seqs.
-            while conn.next_in_session().await.is_some() {}
-        };
-        if tokio::time::timeout(Duration::from_secs(5), drain)
-            .await
-            .is_err()
-        {
-            warn!("Ingest drain timed out; unacknowledged messages will be redelivered.");
-        }
+        drain(&mut conn, &mut acks, &metrics).await;
         metrics.ingest_connected.set(0);
         info!("MQTT ingest stopped.");
         Ok(())
@@ -428,5 +405,35 @@ impl AckQueue {
             self.ready.pop_front();
             metrics.ingest_acked.inc();
         }
+    }
+}
+
+/// The stop: acknowledges what is committed, then leaves cleanly, within 5 s. Messages
+/// that arrive now are not acknowledged; the persistent session redelivers them.
+async fn drain(conn: &mut Connection, acks: &mut AckQueue, metrics: &Metrics) {
+    let drain = async {
+        loop {
+            acks.promote();
+            acks.flush(conn.client(), metrics);
+            if acks.waiting.is_empty() && acks.ready.is_empty() {
+                break;
+            }
+            tokio::select! {
+                done = acks.next_commit(), if !acks.waiting.is_empty() => acks.committed(done),
+                p = conn.next_in_session() => if p.is_none() { return },
+            }
+        }
+        let _ = conn.client().try_disconnect();
+        // Read until the broker closes the connection. Closing our end first while
+        // its publishes still sit unread in the socket makes the kernel send a reset,
+        // and the broker then discards the final PUBACKs it has not read yet: those
+        // messages would come back after a restart as new events under new seqs.
+        while conn.next_in_session().await.is_some() {}
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        warn!("Ingest drain timed out; unacknowledged messages will be redelivered.");
     }
 }

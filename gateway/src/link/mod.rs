@@ -43,7 +43,7 @@
 //! Kinds: roll call → [`DutyDesk::roll_call`] in a task (`ACCEPTED` at once, then `OK`
 //! with who answered and when, or `NO_ANSWER`); alarm handling and broadcast →
 //! [`DutyDesk`] in a task; resend → the store's events of the range, this epoch only,
-//! packed as the forwarder packs them ([`crate::forward::pack`]) and published on the lane
+//! packed as the forwarder packs them (`pack` in `forward/batch.rs`) and published on the lane
 //! topics, answered with what was resent and what is no longer held; status → a
 //! `GatewayStatus` with the command's id. Store reads and sled writes run on the blocking
 //! pool, never on an async worker.
@@ -84,7 +84,7 @@ use crate::mqtt::{Connection, Endpoints, Renew, WillFn};
 use crate::store::{DeadLetter, StoreError, StoreHandle, StoreReader};
 use crate::telemetry::{Metrics, OutcomeLabel};
 use command::{clip, Refusal};
-pub use command::{Kind, Rules};
+use command::{Kind, Rules};
 
 /// Why the city link could not start or stopped; the cause is the
 /// [`source`](std::error::Error::source).
@@ -164,16 +164,25 @@ pub struct Link {
 /// What the link reads from and hands work to.
 #[derive(Debug, Clone)]
 pub struct Context {
+    /// Backlog, cursors and stored events: `GatewayStatus` and resends.
     pub reader: StoreReader,
+    /// Where the link stores each command's audit (`GW.COMMAND`) before acting on it,
+    /// its result event (`GW.COMMAND_RESULT`), and malformed commands as dead letters.
     pub store: StoreHandle,
+    /// Counters (`estate_link_*`) and the health conditions `GatewayStatus` reports.
     pub metrics: Arc<Metrics>,
+    /// Devices and open alerts, counted in `GatewayStatus`.
     pub alerts: AlertsHandle,
+    /// Where roll calls, the city's alarm handling and broadcasts go.
     pub duty: DutyDesk,
     /// The store's folder (for the status's disk figures).
     pub store_dir: PathBuf,
 }
 
 impl Link {
+    /// The city link from `[uplink]` (the same broker nodes as the forwarder, its own
+    /// persistent session and client id) and `[commands]`. Fails only on TLS settings
+    /// that do not load; it connects in [`Link::run`].
     pub fn new(cfg: &Config, boot_id: &str) -> Result<Link, LinkError> {
         let u = &cfg.uplink;
         let max_packet = u.max_packet_size.as_usize();
@@ -253,17 +262,7 @@ impl Link {
         // Finished commands from their tasks. Bounded: a task waits while it is full (the
         // loop drains it every turn).
         let (done_tx, mut done_rx) = mpsc::channel::<pb::CommandResult>(64);
-        let status = status::Sources {
-            gateway_id: self.gateway_id.clone(),
-            estate_id: self.estate_id.clone(),
-            boot_id: self.boot_id.clone(),
-            started: Instant::now(),
-            reader: ctx.reader.clone(),
-            alerts: ctx.alerts.clone(),
-            metrics: ctx.metrics.clone(),
-            store_dir: ctx.store_dir.clone(),
-            buses: self.buses.clone(),
-        };
+        let status = self.status_sources(&ctx);
         let mut st = State {
             link: &self,
             ctx,
@@ -305,40 +304,11 @@ impl Link {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                         info!(session_present = ack.session_present, broker = %conn.addr(), "City link connected.");
                         connected = true;
-                        st.ctx.metrics.link_connected.set(1);
-                        st.send(&self.topics.status, self.link_state(true, now_ms()).encode_to_vec(), true);
-                        // Turned off: the persistent session may still hold the
-                        // subscription of an earlier run; drop it.
-                        let queued = if self.commands_enabled {
-                            st.client.try_subscribe(self.topics.commands.clone(), QoS::AtLeastOnce)
-                        } else {
-                            st.client.try_unsubscribe(self.topics.commands.clone())
-                        };
-                        if let Err(err) = queued {
-                            warn!(error = %err, "Could not queue the commands subscription change.");
-                        }
-                        st.publish_status("").await?;
+                        st.on_connected().await?;
                         tick.reset();
                     }
-                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                        if p.topic == self.topics.commands && self.commands_enabled {
-                            st.on_command(p).await?;
-                        } else if p.topic == self.topics.commands {
-                            st.on_commands_off(p).await?;
-                        } else {
-                            debug!(topic = %p.topic, "Message on a topic the link does not read; acknowledged.");
-                            st.ack(p);
-                        }
-                    }
-                    Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                        if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                            warn!(topic = %self.topics.commands, "The city broker refused the commands subscription (its ACL for this identity?); no command can arrive.");
-                            st.ctx.metrics.health.set(HEALTH_KEY, Level::Degraded, format!("the city broker refused the subscription to {}: commands from the city cannot arrive (check the broker's ACL for this gateway)", self.topics.commands));
-                        } else {
-                            debug!(codes = ?ack.return_codes, "Subscribed to the city's commands.");
-                            st.ctx.metrics.health.clear(HEALTH_KEY);
-                        }
-                    }
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => st.on_publish(p).await?,
+                    Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => st.on_suback(&ack),
                     Ok(_) => {}
                     Err(lost) => {
                         connected = false;
@@ -349,43 +319,22 @@ impl Link {
             }
         }
 
-        // Stop: what finished is answered, what still runs is answered FAILED, the
-        // offline status goes out, then a clean disconnect (the broker drops the will).
-        while let Ok(result) = done_rx.try_recv() {
-            st.finish(result).await?;
+        st.stop(&mut conn, &mut done_rx, connected).await
+    }
+
+    /// What `GatewayStatus` is built from.
+    fn status_sources(&self, ctx: &Context) -> status::Sources {
+        status::Sources {
+            gateway_id: self.gateway_id.clone(),
+            estate_id: self.estate_id.clone(),
+            boot_id: self.boot_id.clone(),
+            started: Instant::now(),
+            reader: ctx.reader.clone(),
+            alerts: ctx.alerts.clone(),
+            metrics: ctx.metrics.clone(),
+            store_dir: ctx.store_dir.clone(),
+            buses: self.buses.clone(),
         }
-        st.tasks.abort_all();
-        let ids: Vec<String> = st.pending.keys().cloned().collect();
-        for id in ids {
-            let r = st.result(&id, Outcome::Failed, INTERRUPTED.to_owned());
-            st.finish(r).await?;
-        }
-        st.ctx.metrics.link_connected.set(0);
-        if connected {
-            st.send(
-                &self.topics.status,
-                self.link_state(false, now_ms()).encode_to_vec(),
-                true,
-            );
-            let drain = async {
-                loop {
-                    st.flush_outbox();
-                    if st.outbox.is_empty() {
-                        break;
-                    }
-                    if conn.next_in_session().await.is_none() {
-                        return;
-                    }
-                }
-                let _ = st.client.try_disconnect();
-                while conn.next_in_session().await.is_some() {}
-            };
-            if tokio::time::timeout(STOP_WITHIN, drain).await.is_err() {
-                warn!("City link: the offline status or the last results may not have gone out before the stop.");
-            }
-        }
-        info!("City link stopped.");
-        Ok(())
     }
 }
 
@@ -417,6 +366,107 @@ struct State<'a> {
 }
 
 impl State<'_> {
+    /// The connection is up: the retained online status, the commands subscription (or,
+    /// with commands off, dropping one an earlier run left in the session), a status.
+    async fn on_connected(&mut self) -> Result<(), LinkError> {
+        let link = self.link;
+        self.ctx.metrics.link_connected.set(1);
+        self.send(
+            &link.topics.status,
+            link.link_state(true, now_ms()).encode_to_vec(),
+            true,
+        );
+        // Turned off: the persistent session may still hold the subscription of an
+        // earlier run; drop it.
+        let queued = if link.commands_enabled {
+            self.client
+                .try_subscribe(link.topics.commands.clone(), QoS::AtLeastOnce)
+        } else {
+            self.client.try_unsubscribe(link.topics.commands.clone())
+        };
+        if let Err(err) = queued {
+            warn!(error = %err, "Could not queue the commands subscription change.");
+        }
+        self.publish_status("").await
+    }
+
+    /// A message from the city broker: a command (or one while commands are off), or on
+    /// a topic the link does not read (acknowledged and dropped).
+    async fn on_publish(&mut self, p: Publish) -> Result<(), LinkError> {
+        let topics = &self.link.topics;
+        if p.topic == topics.commands && self.link.commands_enabled {
+            self.on_command(p).await?;
+        } else if p.topic == topics.commands {
+            self.on_commands_off(p).await?;
+        } else {
+            debug!(topic = %p.topic, "Message on a topic the link does not read; acknowledged.");
+            self.ack(p);
+        }
+        Ok(())
+    }
+
+    /// The broker's answer to the commands subscription: a refusal degrades `/healthz`.
+    fn on_suback(&self, ack: &rumqttc::SubAck) {
+        let commands = &self.link.topics.commands;
+        if ack
+            .return_codes
+            .iter()
+            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+        {
+            warn!(topic = %commands, "The city broker refused the commands subscription (its ACL for this identity?); no command can arrive.");
+            self.ctx.metrics.health.set(HEALTH_KEY, Level::Degraded, format!("the city broker refused the subscription to {commands}: commands from the city cannot arrive (check the broker's ACL for this gateway)"));
+        } else {
+            debug!(codes = ?ack.return_codes, "Subscribed to the city's commands.");
+            self.ctx.metrics.health.clear(HEALTH_KEY);
+        }
+    }
+
+    /// The stop: finished commands answered, running ones answered FAILED, the offline
+    /// status out, then a clean disconnect (the broker drops the will), within
+    /// [`STOP_WITHIN`].
+    async fn stop(
+        mut self,
+        conn: &mut Connection,
+        done_rx: &mut mpsc::Receiver<pb::CommandResult>,
+        connected: bool,
+    ) -> Result<(), LinkError> {
+        while let Ok(result) = done_rx.try_recv() {
+            self.finish(result).await?;
+        }
+        self.tasks.abort_all();
+        let ids: Vec<String> = self.pending.keys().cloned().collect();
+        for id in ids {
+            let r = self.result(&id, Outcome::Failed, INTERRUPTED.to_owned());
+            self.finish(r).await?;
+        }
+        self.ctx.metrics.link_connected.set(0);
+        if connected {
+            self.send(
+                &self.link.topics.status,
+                self.link.link_state(false, now_ms()).encode_to_vec(),
+                true,
+            );
+            let drain = async {
+                loop {
+                    self.flush_outbox();
+                    if self.outbox.is_empty() {
+                        break;
+                    }
+                    if conn.next_in_session().await.is_none() {
+                        return;
+                    }
+                }
+                let _ = self.client.try_disconnect();
+                while conn.next_in_session().await.is_some() {}
+            };
+            if tokio::time::timeout(STOP_WITHIN, drain).await.is_err() {
+                warn!("City link: the offline status or the last results may not have gone out before the stop.");
+            }
+        }
+        info!("City link stopped.");
+        Ok(())
+    }
+
     fn result(&self, id: &str, outcome: Outcome, detail: String) -> pb::CommandResult {
         pb::CommandResult {
             command_id: id.to_owned(),
@@ -711,27 +761,7 @@ impl State<'_> {
                 );
                 self.publish_result(accepted, false).await?;
                 self.tasks.spawn(async move {
-                    let r = match duty.roll_call(req).await {
-                        RollCall::Answered { by, after } => pb::CommandResult {
-                            outcome: Outcome::Ok.into(),
-                            detail: format!("answered by {by}"),
-                            answer: Some(pb::command_result::Answer::RollCall(
-                                pb::RollCallAnswer {
-                                    answered_by: by,
-                                    answer_ms: after.as_millis() as u64,
-                                },
-                            )),
-                            at_ms: now_ms(),
-                            ..base
-                        },
-                        RollCall::NoAnswer => pb::CommandResult {
-                            outcome: Outcome::NoAnswer.into(),
-                            detail: format!("nobody answered within {} s", window.as_secs()),
-                            at_ms: now_ms(),
-                            ..base
-                        },
-                    };
-                    let _ = tx.send(r).await;
+                    let _ = tx.send(roll_call(&duty, req, window, base).await).await;
                 });
             }
             Some(PbKind::AlarmHandling(ah)) => {
@@ -759,35 +789,10 @@ impl State<'_> {
             Some(PbKind::Resend(r)) => {
                 let epoch = self.ctx.reader.epoch();
                 if r.store_epoch != epoch {
-                    let (missing, _) = command::missing(r.first_seq, r.last_seq, &[]);
-                    let mut res = self.result(
-                        &id,
-                        Outcome::Ok,
-                        format!(
-                            "store epoch {} is not this store's ({epoch}): nothing of it is held",
-                            r.store_epoch
-                        ),
-                    );
-                    res.answer = Some(pb::command_result::Answer::Resend(pb::ResendAnswer {
-                        store_epoch: epoch,
-                        resent: 0,
-                        missing,
-                    }));
+                    let res = self.resend_of_another_epoch(&id, &r, epoch);
                     return self.finish(res).await;
                 }
-                let job = Resend {
-                    client: self.client.clone(),
-                    reader: self.ctx.reader.clone(),
-                    headers: Lane::ALL.map(|lane| Header {
-                        gateway_id: self.link.gateway_id.clone(),
-                        estate_id: self.link.estate_id.clone(),
-                        boot_id: self.link.boot_id.clone(),
-                        store_epoch: epoch,
-                        lane: pb::Lane::from(lane),
-                    }),
-                    limits: self.link.limits,
-                    topics: self.link.topics.lanes.clone(),
-                };
+                let job = self.resend_job(epoch);
                 self.tasks.spawn(async move {
                     let _ = tx.send(job.run(r, base).await).await;
                 });
@@ -800,6 +805,44 @@ impl State<'_> {
         }
         self.pending.insert(id, kind);
         Ok(())
+    }
+
+    /// The answer to a resend of another epoch than this store's: nothing of it is held,
+    /// all of the range is missing.
+    fn resend_of_another_epoch(&self, id: &str, r: &pb::Resend, epoch: u64) -> pb::CommandResult {
+        let (missing, _) = command::missing(r.first_seq, r.last_seq, &[]);
+        let mut res = self.result(
+            id,
+            Outcome::Ok,
+            format!(
+                "store epoch {} is not this store's ({epoch}): nothing of it is held",
+                r.store_epoch
+            ),
+        );
+        res.answer = Some(pb::command_result::Answer::Resend(pb::ResendAnswer {
+            store_epoch: epoch,
+            resent: 0,
+            missing,
+        }));
+        res
+    }
+
+    /// A resend of this store's events (`epoch`), packed and published as the forwarder
+    /// does, on the link's own client.
+    fn resend_job(&self, epoch: u64) -> Resend {
+        Resend {
+            client: self.client.clone(),
+            reader: self.ctx.reader.clone(),
+            headers: Lane::ALL.map(|lane| Header {
+                gateway_id: self.link.gateway_id.clone(),
+                estate_id: self.link.estate_id.clone(),
+                boot_id: self.link.boot_id.clone(),
+                store_epoch: epoch,
+                lane: pb::Lane::from(lane),
+            }),
+            limits: self.link.limits,
+            topics: self.link.topics.lanes.clone(),
+        }
     }
 
     /// A final result: recorded with its id in the seen-set, audited, published.
@@ -858,6 +901,34 @@ impl State<'_> {
         let topic = self.link.topics.results.clone();
         self.send(&topic, r.encode_to_vec(), false);
         Ok(())
+    }
+}
+
+/// Waits for the person on duty (or the deadline) and turns the outcome into the roll
+/// call's final result: `OK` with who answered and when, or `NO_ANSWER`.
+async fn roll_call(
+    duty: &DutyDesk,
+    req: RollCallRequest,
+    window: Duration,
+    base: pb::CommandResult,
+) -> pb::CommandResult {
+    match duty.roll_call(req).await {
+        RollCall::Answered { by, after } => pb::CommandResult {
+            outcome: Outcome::Ok.into(),
+            detail: format!("answered by {by}"),
+            answer: Some(pb::command_result::Answer::RollCall(pb::RollCallAnswer {
+                answered_by: by,
+                answer_ms: after.as_millis() as u64,
+            })),
+            at_ms: now_ms(),
+            ..base
+        },
+        RollCall::NoAnswer => pb::CommandResult {
+            outcome: Outcome::NoAnswer.into(),
+            detail: format!("nobody answered within {} s", window.as_secs()),
+            at_ms: now_ms(),
+            ..base
+        },
     }
 }
 

@@ -92,17 +92,27 @@ pub enum StoreError {
 /// Store settings, built from the config.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// `gateway.id`, on the gateway's own events (`GW.*`) the writer raises.
     pub gateway_id: String,
+    /// `gateway.estate_id`, likewise.
     pub estate_id: String,
+    /// Most inputs in one group commit (one flush and fdatasync); at least 1.
     pub batch_max_events: usize,
+    /// How long a group waits for more inputs once the queue is empty; 0: commit at once.
     pub batch_linger: Duration,
     /// Real disk bytes the store's folder may take (see [`disk`]).
     pub disk_budget: u64,
     /// Free space below which `GW.DISK_LOW` is raised.
     pub disk_low_free: u64,
+    /// sled's page cache, in bytes.
     pub cache_capacity: u64,
+    /// Largest stored record in bytes (an event with its raw bytes); below 128 KiB so
+    /// that every record stays in sled's log, which the power-loss flush covers.
     pub record_max_bytes: usize,
+    /// Dead letters kept; the oldest are dropped (and counted) beyond it.
     pub dead_letter_max: usize,
+    /// Keep forwarded events as local history instead of deleting them after the
+    /// resend window.
     pub keep_forwarded: bool,
     /// Without `keep_forwarded`: how long forwarded records stay for a resend.
     pub resend_window: Duration,
@@ -127,6 +137,8 @@ pub const PACK_BACKLOG: u64 = 2048;
 pub const PACK_BYTES: usize = 3 * 1024;
 
 impl StoreOptions {
+    /// The `[store]` settings, with the queue at 8,192 inputs and packing at
+    /// [`PACK_BACKLOG`] / [`PACK_BYTES`] (no larger than a record).
     pub fn from_config(cfg: &Config) -> Self {
         let s = &cfg.store;
         StoreOptions {
@@ -151,9 +163,11 @@ impl StoreOptions {
 /// Input that could not become an event, kept with its raw bytes and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// When the gateway received the input, Unix ms.
     pub received_ms: i64,
     /// Where it came from (the MQTT topic).
     pub source: String,
+    /// Why it is not an event, for an operator (a decoder's reason and detail).
     pub reason: String,
     /// The raw bytes, truncated to `ingest.raw_limit`.
     pub raw: Bytes,
@@ -301,6 +315,9 @@ impl StoreHandle {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Queues a dead letter for the next group commit, like [`StoreHandle::append`]; the
+    /// [`Pending`] resolves with its id once it is durable, and only then may its input
+    /// be acknowledged.
     pub async fn dead_letter(&self, letter: DeadLetter) -> Result<Pending, StoreError> {
         let (done, rx) = oneshot::channel();
         self.tx
@@ -348,10 +365,13 @@ impl StoreReader {
         self.shared.epoch
     }
 
+    /// The highest seq of `lane` the uplink has acknowledged (0 before any); every event
+    /// of `lane` up to it is forwarded. Seqs count across both lanes.
     pub fn cursor(&self, lane: Lane) -> u64 {
         self.shared.lane(lane).cursor.load(Ordering::Acquire)
     }
 
+    /// The highest seq committed in `lane` (0 before any).
     pub fn last_seq(&self, lane: Lane) -> u64 {
         self.shared.lane(lane).last_seq.load(Ordering::Acquire)
     }
@@ -361,6 +381,8 @@ impl StoreReader {
         self.shared.lane(lane).backlog.load(Ordering::Acquire)
     }
 
+    /// Logical bytes of `lane`'s stored records (what `estate_store_stored_bytes`
+    /// reports), not their size on disk.
     pub fn stored_bytes(&self, lane: Lane) -> u64 {
         self.shared.lane(lane).stored_bytes.load(Ordering::Acquire)
     }

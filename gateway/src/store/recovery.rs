@@ -40,7 +40,10 @@ const MAGIC: u32 = 0x4857_4d31; // "HWM1"
 /// The store's epoch and the next seq it assigns, as last made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
+    /// The store's epoch (random at creation, new after a rollback or quarantine).
     pub epoch: u64,
+    /// One above the highest seq committed so far: a store that opens below it lost
+    /// commits that may have been acknowledged.
     pub next_seq: u64,
 }
 
@@ -175,16 +178,25 @@ pub enum Finding {
     /// The store came back behind its high-water mark: seqs `first..=last` of
     /// `old_epoch` may have been acknowledged or forwarded and are gone.
     Rollback {
+        /// The epoch the lost seqs belong to.
         old_epoch: u64,
+        /// The epoch the store goes on with.
         new_epoch: u64,
+        /// First seq gone: the store's own next seq on opening, or 1 when it opened with
+        /// another epoch.
         first_lost: u64,
+        /// Last seq gone (one below the mark's `next_seq`).
         last_lost: u64,
     },
     /// The store could not be opened and was moved to `moved_to`.
     Quarantined {
+        /// Why sled could not open it (its error or panic message).
         error: String,
+        /// The folder it now lives in (`quarantine/<time>-store`).
         moved_to: PathBuf,
+        /// The fresh store's epoch.
         new_epoch: u64,
+        /// Events read back from the old store and appended to the new one.
         salvaged: u64,
     },
 }

@@ -18,10 +18,12 @@ use super::{ModbusError, Write, WriteOutcome};
 /// `estate-gateway modbus …`
 #[derive(Debug, clap::Args)]
 pub struct ModbusArgs {
+    /// `probe` or `write`.
     #[command(subcommand)]
     pub command: ModbusCommand,
 }
 
+/// The `modbus` subcommands; each loads the config and talks to one device once.
 #[derive(Debug, clap::Subcommand)]
 pub enum ModbusCommand {
     /// Read a configured device once and print every decoded point.

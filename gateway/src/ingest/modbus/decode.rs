@@ -21,18 +21,26 @@ use super::plan::ReadRequest;
 /// What one read request returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Data {
+    /// Coils or discrete inputs (FC01/FC02), one per bit read.
     Bits(Vec<bool>),
+    /// Holding or input registers (FC03/FC04), one per register read.
     Words(Vec<u16>),
 }
 
 /// A raw value as the device sent it (after byte and word order).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Raw {
+    /// A coil or discrete input.
     Bool(bool),
+    /// One register, unsigned.
     U16(u16),
+    /// One register, two's complement.
     I16(i16),
+    /// Two registers, unsigned, in the profile's word order.
     U32(u32),
+    /// Two registers, two's complement, in the profile's word order.
     I32(i32),
+    /// Two registers as an IEEE 754 single, in the profile's word order.
     F32(f32),
 }
 
@@ -49,6 +57,8 @@ impl Raw {
         }
     }
 
+    /// The number it stands for (a bool is 0 or 1); exact, since every variant fits in
+    /// an `f64`. Scale and offset apply to this.
     pub fn as_f64(self) -> f64 {
         match self {
             Raw::Bool(b) => f64::from(u8::from(b)),
@@ -81,9 +91,11 @@ pub struct Value {
     pub point: usize,
     /// 0-based element of an array point (0 for a single point).
     pub element: u16,
+    /// The table it was read from.
     pub table: Table,
     /// The element's own address.
     pub address: u16,
+    /// What the device sent, before scale and offset.
     pub raw: Raw,
     /// `raw × scale + offset`.
     pub value: f64,
@@ -203,13 +215,19 @@ pub fn decode_words(p: &Point, words: &[u16]) -> Result<Raw, DecodeError> {
 /// An event to raise, before it gets the device's identity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Emit {
+    /// The event code the profile maps this to, e.g. `GAS.ALARM` or `DEV.READING`.
     pub code: String,
+    /// `active`, or `cleared` when a stateful condition (a bit, a threshold) ends.
     pub state: EventState,
     /// The point element it comes from.
     pub point: usize,
+    /// 0-based element of an array point (0 for a single point).
     pub element: u16,
+    /// The table the element was read from.
     pub table: Table,
+    /// The element's own address.
     pub address: u16,
+    /// What the device sent, before scale and offset.
     pub raw: Raw,
     /// The value to attach, with its unit.
     pub value: Option<(f64, String)>,
@@ -226,6 +244,134 @@ struct ElementState {
     reported: Option<(f64, i64)>,
 }
 
+impl ElementState {
+    /// Each bit field of `p` with a code whose state changed in `v`: `active` on a rising
+    /// edge (or the first reading that has it on), `cleared` on a falling one if the code
+    /// is stateful.
+    fn bit_edges(
+        &mut self,
+        profile: &Profile,
+        p: &Point,
+        values: &[Value],
+        v: &Value,
+        out: &mut Vec<Emit>,
+    ) {
+        let raw_bits = v.raw.bits();
+        for (k, bf) in p.bits.iter().enumerate() {
+            let Some(code) = &bf.code else { continue };
+            let (mask, equals) = bf.mask_equals();
+            let on = ((raw_bits & mask) == equals) != bf.invert;
+            let before = self.bits.get(k).copied().flatten();
+            if let Some(slot) = self.bits.get_mut(k) {
+                *slot = Some(on);
+            }
+            let state = match (before, on) {
+                (Some(true), true) | (Some(false) | None, false) => continue,
+                (_, true) => EventState::Active,
+                (Some(true), false) => EventState::Cleared,
+            };
+            if state == EventState::Cleared && !stateful(code) {
+                continue;
+            }
+            let value = bf
+                .value_point
+                .as_ref()
+                .and_then(|name| value_of(profile, values, name, v.element));
+            let detail = if bf.meaning.is_empty() {
+                bf.label()
+            } else {
+                format!("{} ({})", bf.label(), bf.meaning)
+            };
+            out.push(emit(v, code, state, value, detail));
+        }
+    }
+
+    /// Each threshold of `p` that `v` crossed: `active` at or above it, `cleared` once
+    /// below it by the hysteresis (stateful codes only).
+    fn threshold_crossings(&mut self, p: &Point, v: &Value, out: &mut Vec<Emit>) {
+        for (k, t) in p.thresholds.iter().enumerate() {
+            let before = self.thresholds.get(k).copied().flatten();
+            let now_on = match before {
+                Some(true) => v.value > t.above - t.hysteresis,
+                _ => v.value >= t.above,
+            };
+            if let Some(slot) = self.thresholds.get_mut(k) {
+                *slot = Some(now_on);
+            }
+            let state = match (before, now_on) {
+                (Some(true), false) => EventState::Cleared,
+                (Some(false) | None, true) => EventState::Active,
+                _ => continue,
+            };
+            if state == EventState::Cleared && !stateful(&t.code) {
+                continue;
+            }
+            let detail = match state {
+                EventState::Active => format!("{} >= {} {}", v.value, t.above, p.unit),
+                EventState::Cleared => {
+                    format!("{} <= {} {}", v.value, t.above - t.hysteresis, p.unit)
+                }
+            };
+            out.push(emit(
+                v,
+                &t.code,
+                state,
+                Some((v.value, p.unit.clone())),
+                detail.trim_end().to_owned(),
+            ));
+        }
+    }
+
+    /// A `DEV.READING` of `v` when `p` reports and it is due: the first reading, a move
+    /// beyond the deadband, or `max_interval` since the last report.
+    fn report(&mut self, p: &Point, v: &Value, now_ms: i64, out: &mut Vec<Emit>) {
+        let Some(r) = &p.report else {
+            return;
+        };
+        let due = match self.reported {
+            None => true,
+            Some((last, at)) => {
+                (v.value - last).abs() > r.deadband
+                    || r.max_interval.is_some_and(|max| {
+                        now_ms.saturating_sub(at)
+                            >= i64::try_from(max.as_millis()).unwrap_or(i64::MAX)
+                    })
+            }
+        };
+        if due {
+            self.reported = Some((v.value, now_ms));
+            out.push(emit(
+                v,
+                "DEV.READING",
+                EventState::Active,
+                Some((v.value, p.unit.clone())),
+                "reading".into(),
+            ));
+        }
+    }
+}
+
+/// The event `code` in `state` from the element `v`.
+fn emit(
+    v: &Value,
+    code: &str,
+    state: EventState,
+    value: Option<(f64, String)>,
+    detail: String,
+) -> Emit {
+    Emit {
+        code: code.to_owned(),
+        state,
+        point: v.point,
+        element: v.element,
+        table: v.table,
+        address: v.address,
+        raw: v.raw,
+        value,
+        detail,
+    }
+}
+
 /// What was last seen of one device, turning new values into events.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -239,6 +385,8 @@ fn stateful(code: &str) -> bool {
 }
 
 impl Tracker {
+    /// A device of `profile` seen for the first time: no bit or threshold state yet and
+    /// nothing reported.
     pub fn new(profile: &Profile) -> Tracker {
         Tracker {
             state: profile
@@ -272,103 +420,13 @@ impl Tracker {
             else {
                 continue;
             };
-            let emit = |code: &str,
-                        state: EventState,
-                        value: Option<(f64, String)>,
-                        detail: String| Emit {
-                code: code.to_owned(),
-                state,
-                point: v.point,
-                element: v.element,
-                table: v.table,
-                address: v.address,
-                raw: v.raw,
-                value,
-                detail,
-            };
-            let raw_bits = v.raw.bits();
-            for (k, bf) in p.bits.iter().enumerate() {
-                let Some(code) = &bf.code else { continue };
-                let (mask, equals) = bf.mask_equals();
-                let on = ((raw_bits & mask) == equals) != bf.invert;
-                let before = st.bits.get(k).copied().flatten();
-                if let Some(slot) = st.bits.get_mut(k) {
-                    *slot = Some(on);
-                }
-                let state = match (before, on) {
-                    (Some(true), true) | (Some(false) | None, false) => continue,
-                    (_, true) => EventState::Active,
-                    (Some(true), false) => EventState::Cleared,
-                };
-                if state == EventState::Cleared && !stateful(code) {
-                    continue;
-                }
-                let value = bf
-                    .value_point
-                    .as_ref()
-                    .and_then(|name| value_of(profile, values, name, v.element));
-                let detail = if bf.meaning.is_empty() {
-                    bf.label()
-                } else {
-                    format!("{} ({})", bf.label(), bf.meaning)
-                };
-                out.push(emit(code, state, value, detail));
-            }
+            st.bit_edges(profile, p, values, v, &mut out);
             if !v.value.is_finite() {
                 // A NaN or infinite float: nothing to compare or report.
                 continue;
             }
-            for (k, t) in p.thresholds.iter().enumerate() {
-                let before = st.thresholds.get(k).copied().flatten();
-                let now_on = match before {
-                    Some(true) => v.value > t.above - t.hysteresis,
-                    _ => v.value >= t.above,
-                };
-                if let Some(slot) = st.thresholds.get_mut(k) {
-                    *slot = Some(now_on);
-                }
-                let state = match (before, now_on) {
-                    (Some(true), false) => EventState::Cleared,
-                    (Some(false) | None, true) => EventState::Active,
-                    _ => continue,
-                };
-                if state == EventState::Cleared && !stateful(&t.code) {
-                    continue;
-                }
-                let detail = match state {
-                    EventState::Active => format!("{} >= {} {}", v.value, t.above, p.unit),
-                    EventState::Cleared => {
-                        format!("{} <= {} {}", v.value, t.above - t.hysteresis, p.unit)
-                    }
-                };
-                out.push(emit(
-                    &t.code,
-                    state,
-                    Some((v.value, p.unit.clone())),
-                    detail.trim_end().to_owned(),
-                ));
-            }
-            if let Some(r) = &p.report {
-                let due = match st.reported {
-                    None => true,
-                    Some((last, at)) => {
-                        (v.value - last).abs() > r.deadband
-                            || r.max_interval.is_some_and(|max| {
-                                now_ms.saturating_sub(at)
-                                    >= i64::try_from(max.as_millis()).unwrap_or(i64::MAX)
-                            })
-                    }
-                };
-                if due {
-                    st.reported = Some((v.value, now_ms));
-                    out.push(emit(
-                        "DEV.READING",
-                        EventState::Active,
-                        Some((v.value, p.unit.clone())),
-                        "reading".into(),
-                    ));
-                }
-            }
+            st.threshold_crossings(p, v, &mut out);
+            st.report(p, v, now_ms, &mut out);
         }
         out
     }

@@ -19,14 +19,17 @@ pub struct Health {
 }
 
 impl Health {
+    /// Failed polls in a row since the last success (0 after one).
     pub fn failures(&self) -> u32 {
         self.failures
     }
 
+    /// Reported offline (`DEV.OFFLINE` raised) and not back yet.
     pub fn is_offline(&self) -> bool {
         self.offline
     }
 
+    /// A poll succeeded: the failures reset; `Online` if the device was offline.
     pub fn success(&mut self) -> Option<Transition> {
         self.failures = 0;
         if std::mem::take(&mut self.offline) {
@@ -36,6 +39,8 @@ impl Health {
         }
     }
 
+    /// A poll failed: `Offline` once, when this makes `offline_after` (at least 1) in a
+    /// row; `None` before and while it stays offline.
     pub fn failure(&mut self, offline_after: u32) -> Option<Transition> {
         self.failures = self.failures.saturating_add(1);
         if !self.offline && self.failures >= offline_after.max(1) {

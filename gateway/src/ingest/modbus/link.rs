@@ -112,11 +112,15 @@ impl std::fmt::Debug for Link {
 /// A change of the link's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkChange {
+    /// A TCP connection or serial port was opened.
     Opened,
+    /// It was dropped (a transport failure, a timeout, or [`Link::close`]); the next
+    /// transaction reopens it.
     Closed,
 }
 
 impl Link {
+    /// A link for bus `config`, not yet open: the first transaction opens it.
     pub fn new(config: &BusConfig) -> Link {
         Link {
             name: config.name.clone(),
@@ -136,10 +140,12 @@ impl Link {
         self
     }
 
+    /// The bus's name (`[[modbus.buses]] name`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Whether a connection or port is open now.
     pub fn is_open(&self) -> bool {
         self.ctx.is_some()
     }

@@ -60,8 +60,20 @@ const WRITE_QUEUE: usize = 32;
 /// A write for linkage: one coil (FC05) or one holding register (FC06).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Write {
-    Coil { address: u16, value: bool },
-    Register { address: u16, value: u16 },
+    /// Set one coil (FC05): `value` on or off.
+    Coil {
+        /// The coil's 0-based address.
+        address: u16,
+        /// On (`true`) or off.
+        value: bool,
+    },
+    /// Write one holding register (FC06).
+    Register {
+        /// The register's 0-based address.
+        address: u16,
+        /// The raw 16-bit value written.
+        value: u16,
+    },
 }
 
 /// A write the device confirmed.
@@ -75,10 +87,23 @@ pub struct WriteOutcome {
 /// guards a `Config` built in code).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModbusError {
+    /// A Modbus device names a bus that is not in `[[modbus.buses]]`.
     #[error("device {device:?}: unknown Modbus bus {bus:?}")]
-    UnknownBus { device: String, bus: String },
+    UnknownBus {
+        /// The device's id.
+        device: String,
+        /// The bus it names.
+        bus: String,
+    },
+    /// A Modbus device names a profile that was not loaded.
     #[error("device {device:?}: unknown Modbus profile {profile:?}")]
-    UnknownProfile { device: String, profile: String },
+    UnknownProfile {
+        /// The device's id.
+        device: String,
+        /// The profile it names.
+        profile: String,
+    },
+    /// The device id asked for (a CLI argument) is not a configured Modbus device.
     #[error("no Modbus device {0:?} is configured")]
     UnknownDevice(String),
 }

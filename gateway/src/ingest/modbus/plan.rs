@@ -11,8 +11,11 @@ use estate_config::{Point, Table};
 /// points at these indices of the profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRequest {
+    /// Coils, discrete inputs, holding or input registers (which function code reads it).
     pub table: Table,
+    /// The first address read (0-based, as on the wire).
     pub address: u16,
+    /// Registers or bits read: at most 125 registers or 2000 bits.
     pub count: u16,
     /// Indices into the profile's points, in address order.
     pub points: Vec<usize>,
