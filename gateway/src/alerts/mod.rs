@@ -38,9 +38,6 @@
 //! progress, while its inputs (the writer's tap, the API's commands) stay attached, so
 //! nothing committed meanwhile is missed.
 
-// Until cli.rs documents its `api` and `note` argument fields (their doc comments become
-// `--help` text, so they are written with the CLI's help): the only undocumented items left.
-#[allow(missing_docs)]
 pub mod cli;
 mod effects;
 mod handle;
