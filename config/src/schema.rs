@@ -328,7 +328,8 @@ pub struct StoreConfig {
     /// Memory for the store's page cache. On a 256 MB gateway keep the default.
     /// At least 64 KiB. Default: `"8 MiB"`.
     pub cache_capacity: ByteSize,
-    /// Largest stored record (one event with its raw bytes). Must stay below 128 KiB:
+    /// Largest stored record (one event with its raw bytes; smaller events are stored
+    /// several to a record of about 6 KiB, whatever this says). Must stay below 128 KiB:
     /// bigger values are written outside the store's log, where the power-loss flush
     /// does not cover them. Must exceed `ingest.raw_limit`. Default: `"48 KiB"`.
     pub record_max_bytes: ByteSize,

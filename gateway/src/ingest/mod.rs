@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::{AsyncClient, Event as MqttEvent, Packet, Publish, QoS};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -331,7 +332,10 @@ struct Waiting {
 }
 
 impl AckQueue {
-    fn push(&mut self, pending: VecDeque<Pending>, publish: Publish, telemetry: bool) {
+    fn push(&mut self, pending: VecDeque<Pending>, mut publish: Publish, telemetry: bool) {
+        // The PUBACK needs only the packet id; the payload (a slice that pins the MQTT
+        // client's whole read buffer) is in the stored event already.
+        publish.payload = Bytes::new();
         self.waiting.push_back(Waiting {
             pending,
             publish,

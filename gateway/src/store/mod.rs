@@ -18,7 +18,10 @@
 //!   flush. With acks held until commit, the queue *is* the batch: waiting longer would only
 //!   hold back the acks the broker is waiting for.
 //! - **Records, not tiny keys.** A group's events are encoded per lane into records (prost
-//!   `EventBatch`es) of at most `record_max_bytes`, well under sled's 128 KiB blob size.
+//!   `EventBatch`es) of about 6 KiB (an event larger than that alone, up to
+//!   `record_max_bytes`), so that a sled leaf of 16 records stays under sled's 128 KiB
+//!   blob size even when a fast fill commits hundreds of events at once: a blob leaf is
+//!   written outside the log and held in the page cache longer than its size says.
 //!   While a lane has a backlog (at least [`PACK_BACKLOG`] events, the uplink is down or
 //!   behind), the writer packs its small records: the commit that brings the newest small
 //!   ones to [`PACK_BYTES`] writes them again as one record and removes them, in the same

@@ -202,6 +202,57 @@ async fn large_groups_are_split_into_records_below_the_blob_threshold() {
     assert_eq!(all(&reader, Lane::Events).len(), 200);
 }
 
+/// A fast fill commits groups of hundreds of events: they are split into records of
+/// about `RECORD_TARGET_BYTES`, not `record_max_bytes`, so that sled's leaves (16 records)
+/// stay below its blob threshold and the store has no blob files (whose pages the cache
+/// holds longer than their size says: docs/footprint.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fast_fill_leaves_no_blob_leaves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = opts();
+    assert!(o.record_max_bytes > 2 * super::writer::RECORD_TARGET_BYTES);
+    let s = start(dir.path(), o);
+    for _ in 0..8 {
+        append_all(
+            &s.handle,
+            (0..500)
+                .map(|_| event("DEV.HEARTBEAT", Severity::Info, 1000))
+                .collect(),
+        )
+        .await;
+    }
+    let reader = s.close().await;
+    for item in reader.db.range(keys::records_from(Lane::Events, 0)) {
+        let (_, v) = item.expect("reads");
+        assert!(
+            v.len() <= super::writer::RECORD_TARGET_BYTES + 1100,
+            "record of {} bytes",
+            v.len()
+        );
+    }
+    assert_eq!(all(&reader, Lane::Events).len(), 4000);
+    drop(reader);
+    let blobs: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "blobs"))
+        .collect();
+    assert!(blobs.is_empty(), "blob files: {blobs:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// (records of the lane, their stored bytes)
 fn records(reader: &StoreReader, lane: Lane) -> (usize, u64) {
     reader

@@ -741,7 +741,7 @@ impl StoreWriter {
         batch: &mut sled::Batch,
         freed: &mut u64,
     ) -> Vec<pb::EventBatch> {
-        let max_bytes = self.opts.record_max_bytes;
+        let max_bytes = self.opts.record_max_bytes.min(RECORD_TARGET_BYTES);
         let pack_bytes = self.opts.pack_bytes;
         let backlog = self.lane(lane).backlog.load(Ordering::Acquire) + events.len() as u64;
         let backlogged = backlog >= self.opts.pack_backlog;
@@ -994,6 +994,14 @@ impl StoreWriter {
 }
 
 /// Splits one lane's events of a group into records of at most `max_bytes` encoded.
+/// How large a record a group's events are split into (an event larger than this is a
+/// record of its own, up to `record_max_bytes`). sled splits a leaf above 16 keys
+/// (vendor/sled/src/node.rs `should_split`) and writes a leaf larger than a quarter of its
+/// 512 KiB segment to a blob file (`pagecache/logger.rs` `reserve`); 16 records of 6 KiB
+/// stay under that, so a fast fill (groups of hundreds of events) leaves no blob leaves,
+/// which the page cache holds longer than their size says (docs/footprint.md).
+pub(super) const RECORD_TARGET_BYTES: usize = 6 * 1024;
+
 fn split_records(lane: Lane, events: Vec<pb::Event>, max_bytes: usize) -> Vec<pb::EventBatch> {
     let mut out = Vec::new();
     let mut cur: Vec<pb::Event> = Vec::new();
