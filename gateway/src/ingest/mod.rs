@@ -21,7 +21,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rumqttc::{AsyncClient, Event as MqttEvent, Packet, Publish, QoS};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -310,19 +309,40 @@ pub fn dead_letter(
 #[derive(Debug, Default)]
 struct AckQueue {
     waiting: VecDeque<Waiting>,
-    /// Committed; PUBACK not yet accepted by the client's request channel.
-    ready: VecDeque<Publish>,
+    /// Committed; PUBACK not yet accepted by the client's request channel. At full
+    /// ingest speed this runs hundreds of thousands long (the client writes one request
+    /// per turn of its event loop while it reads up to ten messages, and Mosquitto does
+    /// not hold back for it), so an entry is the packet id alone.
+    ready: VecDeque<Ack>,
     /// A message was left unacknowledged since the run loop last looked.
     left_unacked: bool,
     /// Telemetry acknowledged unstored, not yet counted.
     acked_unstored: u64,
 }
 
+/// What a PUBACK needs of its message.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    pkid: u16,
+    qos: QoS,
+}
+
+impl Ack {
+    /// The message as `AsyncClient::try_ack` takes it: no topic, no payload.
+    fn publish(self) -> Publish {
+        let mut p = Publish::new(String::new(), self.qos, Vec::new());
+        p.pkid = self.pkid;
+        p
+    }
+}
+
 #[derive(Debug)]
 struct Waiting {
     /// Commits still outstanding, oldest first.
     pending: VecDeque<Pending>,
-    publish: Publish,
+    /// The message's topic, for the log when its commit fails.
+    topic: String,
+    ack: Ack,
     /// One of its commits failed: never acknowledge it.
     failed: bool,
     /// Only telemetry: acknowledged even when the disk is full.
@@ -332,13 +352,16 @@ struct Waiting {
 }
 
 impl AckQueue {
-    fn push(&mut self, pending: VecDeque<Pending>, mut publish: Publish, telemetry: bool) {
-        // The PUBACK needs only the packet id; the payload (a slice that pins the MQTT
-        // client's whole read buffer) is in the stored event already.
-        publish.payload = Bytes::new();
+    fn push(&mut self, pending: VecDeque<Pending>, publish: Publish, telemetry: bool) {
+        // Not the payload (a slice that pins the MQTT client's read buffer): the stored
+        // event has its copy.
         self.waiting.push_back(Waiting {
             pending,
-            publish,
+            ack: Ack {
+                pkid: publish.pkid,
+                qos: publish.qos,
+            },
+            topic: publish.topic,
             failed: false,
             telemetry,
             disk_full: false,
@@ -353,10 +376,10 @@ impl AckQueue {
                 return;
             };
             if !w.failed {
-                self.ready.push_back(w.publish);
+                self.ready.push_back(w.ack);
             } else if w.telemetry && w.disk_full {
                 self.acked_unstored += 1;
-                self.ready.push_back(w.publish);
+                self.ready.push_back(w.ack);
             } else {
                 self.left_unacked = true;
             }
@@ -382,16 +405,16 @@ impl AckQueue {
                 w.failed = true;
                 w.disk_full = true;
                 if !w.telemetry {
-                    debug!(topic = %w.publish.topic, "Disk full: alarm not stored; not acknowledging it (its local alert opens, marked not stored).");
+                    debug!(topic = %w.topic, "Disk full: alarm not stored; not acknowledging it (its local alert opens, marked not stored).");
                 }
             }
             Ok(Err(err)) => {
                 w.failed = true;
-                error!(topic = %w.publish.topic, error = %err, "Event not committed; not acknowledging it.");
+                error!(topic = %w.topic, error = %err, "Event not committed; not acknowledging it.");
             }
             Err(_) => {
                 w.failed = true;
-                error!(topic = %w.publish.topic, "Store writer gone; not acknowledging.");
+                error!(topic = %w.topic, "Store writer gone; not acknowledging.");
             }
         }
         self.promote();
@@ -402,12 +425,16 @@ impl AckQueue {
         metrics
             .ingest_acked_unstored
             .inc_by(std::mem::take(&mut self.acked_unstored));
-        while let Some(publish) = self.ready.front() {
-            if client.try_ack(publish).is_err() {
+        while let Some(ack) = self.ready.front() {
+            if client.try_ack(&ack.publish()).is_err() {
                 return;
             }
             self.ready.pop_front();
             metrics.ingest_acked.inc();
+        }
+        // Caught up after a flood: give the flood's queue back.
+        if self.ready.capacity() > 4096 {
+            self.ready.shrink_to_fit();
         }
     }
 }
