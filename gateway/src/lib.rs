@@ -72,6 +72,7 @@ pub mod health;
 pub mod ingest;
 pub mod link;
 pub mod mqtt;
+pub mod output;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
@@ -636,16 +637,8 @@ impl alerts::LinkagePort for ingest::modbus::ModbusHandle {
     fn write(
         &self,
         device: &str,
-        write: alerts::rules::LinkWrite,
+        write: output::Write,
     ) -> futures_util::future::BoxFuture<'static, Result<(), alerts::LinkError>> {
-        let write = match write {
-            alerts::rules::LinkWrite::Coil { address, value } => {
-                ingest::modbus::Write::Coil { address, value }
-            }
-            alerts::rules::LinkWrite::Register { address, value } => {
-                ingest::modbus::Write::Register { address, value }
-            }
-        };
         let (modbus, device) = (self.clone(), device.to_owned());
         Box::pin(async move {
             modbus.write(&device, write).await?;

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::model::ActionRecord;
-use super::rules::{LinkAction, LinkWrite};
+use super::rules::LinkAction;
 use crate::events::now_ms;
+use crate::output::Write;
 
 /// How long a linkage write may take before it is recorded as failed.
 const LINK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,7 +28,7 @@ pub type LinkError = Box<dyn std::error::Error + Send + Sync>;
 pub trait LinkagePort: Send + Sync + 'static {
     /// Writes `write` on `device`, resolving once the device confirmed it. It may wait
     /// (a busy bus); the stage gives up after a timeout of its own.
-    fn write(&self, device: &str, write: LinkWrite) -> BoxFuture<'static, Result<(), LinkError>>;
+    fn write(&self, device: &str, write: Write) -> BoxFuture<'static, Result<(), LinkError>>;
 }
 
 /// The port the stage holds (shared by its linkage tasks).
@@ -78,7 +79,7 @@ pub(crate) struct Unwired;
 
 #[cfg(test)]
 impl LinkagePort for Unwired {
-    fn write(&self, device: &str, _: LinkWrite) -> BoxFuture<'static, Result<(), LinkError>> {
+    fn write(&self, device: &str, _: Write) -> BoxFuture<'static, Result<(), LinkError>> {
         let err = format!("no output {device:?} is wired");
         Box::pin(async move { Err(err.into()) })
     }

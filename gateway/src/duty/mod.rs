@@ -51,7 +51,8 @@ use estate_protocols::pb;
 use crate::alerts::model::CityHandling;
 use crate::alerts::{AlertsHandle, OpError};
 use crate::events::{gateway_event, now_ms};
-use crate::ingest::modbus::{ModbusHandle, Write};
+use crate::ingest::modbus::ModbusHandle;
+use crate::output::Write;
 use crate::store::{StoreError, StoreHandle, StoreReader};
 
 /// Finished roll calls kept for `GET /api/roll-calls`.

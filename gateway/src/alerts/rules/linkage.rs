@@ -7,6 +7,7 @@ use estate_protocols::model::AlertChange;
 
 use super::{audit, Effect, Engine, BY_GATEWAY};
 use crate::alerts::model::{ActionRecord, Alert};
+use crate::output::Write;
 
 /// One Modbus write of a linkage rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,36 +17,17 @@ pub struct LinkAction {
     /// The Modbus device written to.
     pub device: String,
     /// What is written.
-    pub write: LinkWrite,
-}
-
-/// What a linkage rule writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkWrite {
-    /// One coil, on or off.
-    Coil {
-        /// The coil's address.
-        address: u16,
-        /// On (`true`) or off.
-        value: bool,
-    },
-    /// One holding register.
-    Register {
-        /// The register's address.
-        address: u16,
-        /// The value written.
-        value: u16,
-    },
+    pub write: Write,
 }
 
 impl LinkAction {
     /// `rule: coil 0 = 1`, as recorded on the alert.
     pub fn describe(&self) -> String {
         match self.write {
-            LinkWrite::Coil { address, value } => {
+            Write::Coil { address, value } => {
                 format!("{}: coil {address} = {}", self.rule, u8::from(value))
             }
-            LinkWrite::Register { address, value } => {
+            Write::Register { address, value } => {
                 format!("{}: register {address} = {value}", self.rule)
             }
         }
@@ -92,15 +74,15 @@ impl Engine {
 
 fn link_action(name: &str, l: &Linkage) -> LinkAction {
     let write = match (l.coil, l.register) {
-        (_, Some(address)) => LinkWrite::Register {
+        (_, Some(address)) => Write::Register {
             address,
             value: l.value,
         },
-        (Some(address), None) => LinkWrite::Coil {
+        (Some(address), None) => Write::Coil {
             address,
             value: l.value != 0,
         },
-        (None, None) => LinkWrite::Coil {
+        (None, None) => Write::Coil {
             address: 0,
             value: l.value != 0,
         },

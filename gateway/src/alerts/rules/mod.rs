@@ -41,7 +41,7 @@ use estate_protocols::model::{AlertChange, Event, EventState};
 use super::model::{Alert, AuditEntry, DeviceView};
 
 pub(crate) use lifecycle::city_effect;
-pub use linkage::{LinkAction, LinkWrite};
+pub use linkage::LinkAction;
 pub use offline::DeviceRecord;
 
 /// Who automatic changes are attributed to.

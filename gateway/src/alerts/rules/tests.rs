@@ -536,7 +536,7 @@ fn a_leak_alert_asks_for_its_linkage_write() {
             action: LinkAction {
                 rule: "leak-closes-valve".into(),
                 device: "valve-main".into(),
-                write: LinkWrite::Coil {
+                write: crate::output::Write::Coil {
                     address: 0,
                     value: true
                 },

@@ -49,6 +49,8 @@ use tracing::info;
 
 use estate_config::Config;
 
+/// The write a device output takes ([`crate::output`]).
+pub use crate::output::Write;
 use crate::store::StoreHandle;
 use crate::telemetry::Metrics;
 use bus::{BusSpec, DeviceSpec, Env, WriteCommand};
@@ -56,25 +58,6 @@ pub use link::TxError;
 
 /// Writes queued per bus before [`ModbusHandle::write`] waits for room.
 const WRITE_QUEUE: usize = 32;
-
-/// A write for linkage: one coil (FC05) or one holding register (FC06).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    /// Set one coil (FC05): `value` on or off.
-    Coil {
-        /// The coil's 0-based address.
-        address: u16,
-        /// On (`true`) or off.
-        value: bool,
-    },
-    /// Write one holding register (FC06).
-    Register {
-        /// The register's 0-based address.
-        address: u16,
-        /// The raw 16-bit value written.
-        value: u16,
-    },
-}
 
 /// A write the device confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
