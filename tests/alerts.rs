@@ -21,7 +21,7 @@ use estate_sim::scenario::Scenario;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use common::{Broker, EventTap, Gateway, TestEnv};
+use common::{get_json, post_json, Broker, EventTap, Gateway, TestEnv};
 
 const TOKEN: &str = "test-token-4f9a";
 
@@ -46,27 +46,6 @@ fn with_token(extra: &str) -> String {
     // `[api]` is not in the generated config; appended after the devices it is its own
     // table.
     format!("\n[api]\ntoken = {TOKEN:?}\n{extra}")
-}
-
-async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = common::http_get(addr, path)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
-async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = auth
-        .as_deref()
-        .map(|a| vec![("Authorization", a)])
-        .unwrap_or_default();
-    let (status, body) = common::http_request(addr, "POST", path, &headers, body)
-        .await
-        .unwrap_or_else(|e| panic!("POST {path}: {e:#}"));
-    let v = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    (status, v)
 }
 
 fn alerts_of(v: &Value) -> Vec<Value> {
@@ -426,21 +405,24 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
 
     // Refused: no token, a wrong token, a bad body, an unknown id, a bad disposition.
     let ack = r#"{"by":"wang","note":"on my way"}"#;
-    assert_eq!(post(gw.api, &format!("{base}/ack"), None, ack).await.0, 401);
     assert_eq!(
-        post(gw.api, &format!("{base}/ack"), Some("guess"), ack)
+        post_json(gw.api, &format!("{base}/ack"), None, ack).await.0,
+        401
+    );
+    assert_eq!(
+        post_json(gw.api, &format!("{base}/ack"), Some("guess"), ack)
             .await
             .0,
         401
     );
     assert_eq!(
-        post(gw.api, &format!("{base}/ack"), Some(TOKEN), "{nope")
+        post_json(gw.api, &format!("{base}/ack"), Some(TOKEN), "{nope")
             .await
             .0,
         400
     );
     assert_eq!(
-        post(
+        post_json(
             gw.api,
             &format!("{base}/ack"),
             Some(TOKEN),
@@ -451,7 +433,7 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
         400
     );
     assert_eq!(
-        post(
+        post_json(
             gw.api,
             "/api/alerts/01NOSUCHALERT0000000000000/ack",
             Some(TOKEN),
@@ -463,7 +445,7 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
     );
     let bad = r#"{"by":"wang","disposition":"dunno","note":""}"#;
     assert_eq!(
-        post(gw.api, &format!("{base}/close"), Some(TOKEN), bad)
+        post_json(gw.api, &format!("{base}/close"), Some(TOKEN), bad)
             .await
             .0,
         400
@@ -475,23 +457,23 @@ async fn ack_and_close_are_audited_and_survive_a_restart() {
     );
 
     // Acknowledge, then close; a second close is a conflict.
-    let (status, acked) = post(gw.api, &format!("{base}/ack"), Some(TOKEN), ack).await;
+    let (status, acked) = post_json(gw.api, &format!("{base}/ack"), Some(TOKEN), ack).await;
     assert_eq!(status, 200, "{acked}");
     assert_eq!(acked["status"], "acknowledged");
     assert_eq!(acked["acknowledged"]["by"], "wang");
     assert_eq!(
-        post(gw.api, &format!("{base}/ack"), Some(TOKEN), ack)
+        post_json(gw.api, &format!("{base}/ack"), Some(TOKEN), ack)
             .await
             .0,
         409
     );
     let close = r#"{"by":"li","disposition":"false_alarm","note":"pendant dropped"}"#;
-    let (status, closed) = post(gw.api, &format!("{base}/close"), Some(TOKEN), close).await;
+    let (status, closed) = post_json(gw.api, &format!("{base}/close"), Some(TOKEN), close).await;
     assert_eq!(status, 200, "{closed}");
     assert_eq!(closed["status"], "closed");
     assert_eq!(closed["closed"]["disposition"], "false_alarm");
     assert_eq!(
-        post(gw.api, &format!("{base}/close"), Some(TOKEN), close)
+        post_json(gw.api, &format!("{base}/close"), Some(TOKEN), close)
             .await
             .0,
         409
@@ -598,7 +580,7 @@ async fn without_a_token_the_api_is_read_only() {
     ] {
         for token in [None, Some("anything")] {
             let (status, body) =
-                post(gw.api, &format!("/api/alerts/{id}/{action}"), token, body).await;
+                post_json(gw.api, &format!("/api/alerts/{id}/{action}"), token, body).await;
             assert_eq!(status, 403, "{action} with {token:?}: {body}");
             assert_eq!(body["error"], "read-only: no api.token is configured");
         }

@@ -26,7 +26,7 @@ use estate_sim::modbus::{BusSpec, DeviceType, Framing, SimFleet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use common::{http_get, http_request, Broker, EventTap, TestEnv};
+use common::{get_json, http_request, Broker, EventTap, TestEnv};
 
 const TOKEN: &str = "duty-e2e-token-41c9";
 const STEP: Duration = Duration::from_secs(30);
@@ -93,12 +93,6 @@ fn env() -> TestEnv {
     let mut env = TestEnv::new(broker.clone(), broker);
     env.down_alert_after = "1h".into();
     env
-}
-
-async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
-    let (status, body) = http_get(addr, path).await.expect("GET");
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
 async fn answer(addr: SocketAddr, id: &str, by: &str, token: Option<&str>) -> (u16, String) {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{Broker, Gateway, TestEnv};
+use common::{get_json, Broker, Gateway, TestEnv};
 
 const TOKEN: &str = "test-token-15f0";
 
@@ -145,24 +145,6 @@ impl Drop for Follower {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = common::http_get(addr, path)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
-async fn post(addr: SocketAddr, path: &str, body: &str) -> Value {
-    let auth = format!("Bearer {TOKEN}");
-    let (status, body) =
-        common::http_request(addr, "POST", path, &[("Authorization", &auth)], body)
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e:#}"));
-    assert_eq!(status, 200, "POST {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("POST {path}: {e}: {body}"))
 }
 
 /// Polls `/api/alerts` until the open `SMOKE.ALARM` alert has folded `count` reports.
@@ -302,4 +284,11 @@ async fn follow_folds_repeats_reconnects_and_shows_changes_after_a_restart() {
         .filter(|l| l.contains(&id))
         .collect();
     assert!(after.is_empty(), "the close is printed once:\n{follower}");
+}
+
+/// `POST path` with the token: the answer, which must be 200.
+async fn post(addr: SocketAddr, path: &str, body: &str) -> Value {
+    let (status, v) = common::post_json(addr, path, Some(TOKEN), body).await;
+    assert_eq!(status, 200, "POST {path}: {v}");
+    v
 }

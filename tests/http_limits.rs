@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{Broker, EventTap, Gateway, TestEnv};
+use common::{get_json, Broker, EventTap, Gateway, TestEnv};
 
 const TOKEN: &str = "limits-token-7c2e";
 
@@ -347,12 +347,6 @@ async fn post(addr: SocketAddr, path: &str, auth: &str, body: &str) -> (u16, Val
         status,
         serde_json::from_str(&body).unwrap_or(Value::String(body)),
     )
-}
-
-async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = common::http_get(addr, path).await.expect("GET");
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).expect("json")
 }
 
 /// Issue 13: a 300 KiB note is refused (413) and changes nothing; over-long fields are

@@ -76,3 +76,32 @@ pub async fn http_request_full(
     let body = String::from_utf8(body.to_vec()).context("body is not UTF-8")?;
     Ok((status, headers, body))
 }
+
+/// `GET path` that must answer 200 with JSON: the JSON (panics naming the path otherwise).
+pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// `POST path` with a JSON `body` and, when given, `Authorization: Bearer token`: the
+/// status and the answer as JSON (a body that is not JSON as a JSON string).
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let (status, body) = http_request(addr, "POST", path, &headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e:#}"));
+    let v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    (status, v)
+}

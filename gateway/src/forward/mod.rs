@@ -409,6 +409,32 @@ impl Forwarder {
         Ok(())
     }
 
+    /// What was in flight was refused: [`Self::on_refused`], noting when it gave up on
+    /// an event.
+    async fn refused(
+        &self,
+        env: &Env<'_>,
+        s: &mut Session,
+        p: &mut Progress,
+        refusal: Refusal,
+    ) -> Result<(), ForwardError> {
+        let careful = s.careful_sent.take();
+        if self
+            .on_refused(
+                refusal,
+                careful,
+                &s.inflight,
+                &mut p.lanes,
+                env.store,
+                env.metrics,
+            )
+            .await?
+        {
+            p.gave_up_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
     /// The connection was lost or refused a publish: decide whether what was in flight
     /// was refused (by the client, or by a broker that keeps dropping the link with it in
     /// flight), and forget the in-flight batches; the next connection resends from the
@@ -423,19 +449,7 @@ impl Forwarder {
         env.metrics.uplink_connected.set(0);
         if lost.refused {
             let refusal = Refusal::Client(format!("the uplink client refused it: {}", lost.error));
-            if self
-                .on_refused(
-                    refusal,
-                    s.careful_sent.take(),
-                    &s.inflight,
-                    &mut p.lanes,
-                    env.store,
-                    env.metrics,
-                )
-                .await?
-            {
-                p.gave_up_at = Some(Instant::now());
-            }
+            self.refused(env, s, p, refusal).await?;
             // Not a link failure: the same node again after `reconnect_min`, without
             // growing the backoff.
             s.inflight.clear();
@@ -459,19 +473,7 @@ impl Forwarder {
         if strikes.0 >= BROKER_STRIKES {
             strikes.0 = 0;
             let refusal = Refusal::Broker(format!("the broker dropped the connection {BROKER_STRIKES} times in a row with it in flight (a packet above the broker's limit?): {}", lost.error));
-            if self
-                .on_refused(
-                    refusal,
-                    s.careful_sent.take(),
-                    &s.inflight,
-                    &mut p.lanes,
-                    env.store,
-                    env.metrics,
-                )
-                .await?
-            {
-                p.gave_up_at = Some(Instant::now());
-            }
+            self.refused(env, s, p, refusal).await?;
         }
         s.inflight.clear();
         Ok(())

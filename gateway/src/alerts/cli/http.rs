@@ -43,7 +43,7 @@ pub(super) async fn send(
 
 /// A request to the API (JSON `body` unless GET): its status and body. `Err` is the
 /// transport's cause (refused, reset, no answer within [`REQUEST_TIMEOUT`]).
-pub(super) async fn request_raw(
+pub(super) async fn request(
     addr: SocketAddr,
     method: Method,
     path: &str,
@@ -79,19 +79,6 @@ pub(super) async fn request_raw(
         .map_err(|_| format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))?
 }
 
-/// [`request_raw`] for a one-shot command: a transport failure names the API.
-pub(super) async fn request(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> Result<(u16, String), String> {
-    request_raw(addr, method, path, token, body)
-        .await
-        .map_err(|e| format!("cannot reach the gateway API at http://{addr}: {e}"))
-}
-
 /// The error message of a JSON error body, or the body.
 pub(super) fn api_error(status: u16, body: &str) -> String {
     let msg = serde_json::from_str::<serde_json::Value>(body)
@@ -102,14 +89,14 @@ pub(super) fn api_error(status: u16, body: &str) -> String {
 }
 
 /// `GET /api/alerts` (the open ones; with `all` the history too). `Err` without the
-/// address, as [`request_raw`].
+/// address, as [`request`].
 pub(super) async fn fetch_alerts(addr: SocketAddr, all: bool) -> Result<Vec<Alert>, String> {
     let path = if all {
         "/api/alerts?status=all"
     } else {
         "/api/alerts"
     };
-    let (status, body) = request_raw(addr, Method::GET, path, None, "").await?;
+    let (status, body) = request(addr, Method::GET, path, None, "").await?;
     if status != 200 {
         return Err(api_error(status, &body));
     }
@@ -124,8 +111,7 @@ pub(super) async fn fetch_alerts(addr: SocketAddr, all: bool) -> Result<Vec<Aler
 
 /// `GET /api/alerts/{id}`: the alert, or `None` when the gateway no longer has it.
 pub(super) async fn fetch_alert(addr: SocketAddr, id: &str) -> Result<Option<Alert>, String> {
-    let (status, body) =
-        request_raw(addr, Method::GET, &format!("/api/alerts/{id}"), None, "").await?;
+    let (status, body) = request(addr, Method::GET, &format!("/api/alerts/{id}"), None, "").await?;
     match status {
         200 => serde_json::from_str(&body)
             .map(Some)

@@ -144,6 +144,11 @@ fn api_addr(a: &ApiArgs) -> Result<SocketAddr, String> {
     Ok(SocketAddr::from(([127, 0, 0, 1], 8080)))
 }
 
+/// A transport failure of a one-shot command, naming the API.
+fn cannot_reach(addr: SocketAddr, cause: String) -> String {
+    format!("cannot reach the gateway API at http://{addr}: {cause}")
+}
+
 fn who(by: &Option<String>) -> String {
     by.clone()
         .or_else(|| std::env::var("USER").ok())
@@ -154,7 +159,7 @@ fn who(by: &Option<String>) -> String {
 /// `estate-gateway alerts`: prints the table; with `--follow` then prints every change.
 pub async fn list(args: ListArgs) -> Result<(), String> {
     let addr = api_addr(&args.api)?;
-    let reach = |e: String| format!("cannot reach the gateway API at http://{addr}: {e}");
+    let reach = |e| cannot_reach(addr, e);
     // With --follow the stream opens before the list is read, so no change between the
     // table and the first streamed event is lost (one seen twice folds away).
     let stream = match args.follow {
@@ -195,7 +200,9 @@ pub async fn close(args: CloseArgs) -> Result<(), String> {
 async fn act(api: &ApiArgs, path: &str, body: &str) -> Result<(), String> {
     let addr = api_addr(api)?;
     let token = api.token.as_deref().filter(|t| !t.is_empty());
-    let (status, resp) = request(addr, Method::POST, path, token, body).await?;
+    let (status, resp) = request(addr, Method::POST, path, token, body)
+        .await
+        .map_err(|e| cannot_reach(addr, e))?;
     if status != 200 {
         let mut msg = api_error(status, &resp);
         if status == 401 && token.is_none() {
