@@ -510,8 +510,9 @@ async fn issue13_backlog_beyond_the_budget_keeps_the_folder_near_its_budget_and_
 }
 
 /// The stated tolerance for this burst (60,000 messages as fast as the broker takes
-/// them): the folder's real size peaked at 1.08-1.23x `store.disk_budget` on an idle
-/// machine (1.31x at a steady 3,000 messages/s, `DISK_FULL_RATE=3000`), and at 2.08x in
-/// a CI run on 2 cores shared with other tests: sled's segment cleaning gets less time
-/// on a loaded machine. 2.5x is the bound docs/never-lost.md states.
+/// them): the folder's real size peaked at 1.19-1.25x `store.disk_budget` on an idle
+/// machine (sled cleaning its segments every 10 ms, `SLED_FLUSH_EVERY_MS` in
+/// src/store/mod.rs); a loaded machine gives sled's segment cleaning less time (2.08x in
+/// a CI run on 2 cores with the earlier 50 ms and larger records). 2.5x is the bound
+/// docs/never-lost.md states.
 const TOLERANCE: f64 = 2.5;
