@@ -94,7 +94,7 @@ impl Limits {
 static ACCEPT_ERRORS: LogThrottle = LogThrottle::new(5, Duration::from_secs(60));
 
 /// Serves `router` on `listener` within `limits` until `shutdown`; then stops accepting
-/// and gives open connections [`DRAIN`] to finish.
+/// and gives open connections `DRAIN` (2 s) to finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,

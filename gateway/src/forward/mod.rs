@@ -8,17 +8,17 @@
 //! `(gateway_id, store_epoch, seq)`). An uplink outage never stalls ingest.
 //!
 //! **Nothing blocks a lane** (issue 13). Every batch fits one MQTT packet of
-//! `uplink.max_packet_size` ([`batch`]): batches are cut to fit, and an event too big
+//! `uplink.max_packet_size` (`batch.rs`): batches are cut to fit, and an event too big
 //! alone goes shortened and flagged (`raw_truncated`, `text_truncated`). Should the
 //! uplink still refuse a publish, the forwarder does not resend the same batch forever.
-//! A refusal is the client's own packet check failing (which [`batch`] mirrors, so this
+//! A refusal is the client's own packet check failing (which `batch.rs` mirrors, so this
 //! means a bug or a changed client), or the broker dropping the connection
-//! [`BROKER_STRIKES`] times in a row with the same batches in flight and none
+//! `BROKER_STRIKES` times in a row with the same batches in flight and none
 //! acknowledged (a broker limit below `uplink.max_packet_size`). It is logged as one
 //! ERROR, counted, and sets `/healthz` degraded (`uplink.refused`); what was in flight is
 //! resent *carefully*, one event per batch and one batch in flight, so that a refusal
 //! names its event. A named event goes again reduced to its envelope
-//! ([`batch::envelope`]); refused even so by the client, it is given up on:
+//! (`batch::envelope`); refused even so by the client, it is given up on:
 //! dead-lettered (its envelope, with the reason), announced upstream by
 //! `GW.UPLINK_REFUSED` naming its seq, and passed over like an acknowledged one, so the
 //! lane moves on. (A broker dropping the link on a few hundred bytes is a failing link,

@@ -103,7 +103,7 @@ pub struct StoreOptions {
     pub batch_max_events: usize,
     /// How long a group waits for more inputs once the queue is empty; 0: commit at once.
     pub batch_linger: Duration,
-    /// Real disk bytes the store's folder may take (see [`disk`]).
+    /// Real disk bytes the store's folder may take (see `store/disk.rs`).
     pub disk_budget: u64,
     /// Free space below which `GW.DISK_LOW` is raised.
     pub disk_low_free: u64,
