@@ -9,7 +9,7 @@ use estate_config::{JsonMap, SourceFormat, TimeFormat};
 use estate_protocols::model::{EventState, Reading};
 
 use super::decoded::{error, DecodeError, DecodeReason, Observation};
-use super::fields::{json_object, json_type, show, text};
+use super::fields::{json_object, json_type, missing, show, text};
 
 const F: SourceFormat = SourceFormat::JsonMap;
 
@@ -47,7 +47,7 @@ impl JsonMapDecoder {
             Some(other) => {
                 return Err(field(&m.device_id, "a non-empty string or a number", other))
             }
-            None => return Err(absent(&m.device_id)),
+            None => return Err(missing(F, &m.device_id)),
         };
         let code = match body.pointer(&m.code_field) {
             None | Some(Value::Null) => "DEV.HEARTBEAT",
@@ -208,13 +208,5 @@ fn field(pointer: &str, expected: &str, found: &Value) -> DecodeError {
             json_type(found),
             show(found)
         ),
-    )
-}
-
-fn absent(pointer: &str) -> DecodeError {
-    error(
-        F,
-        DecodeReason::BadField,
-        format!("field {pointer:?} is missing"),
     )
 }
