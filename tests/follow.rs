@@ -118,16 +118,7 @@ impl Follower {
 
     /// Waits for the process to exit, at most `timeout`.
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().ok().flatten() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::wait_child(&mut self.child, timeout)
     }
 }
 

@@ -250,20 +250,7 @@ async fn a_batch_the_broker_drops_the_link_on_is_not_resent_forever() {
 }
 
 async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
-    let auth = format!("Bearer {TOKEN}");
-    let (status, body) = common::http_request(
-        addr,
-        "POST",
-        path,
-        &[("Authorization", auth.as_str())],
-        body,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("POST {path}: {e:#}"));
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    common::post_json(addr, path, Some(TOKEN), body).await
 }
 
 /// Waits for the open alert of `code` on the API and returns its id.

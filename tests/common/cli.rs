@@ -13,16 +13,8 @@ pub fn run_gateway_cli(args: &[&str]) -> (ExitStatus, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn estate-gateway");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().ok().flatten().is_some() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if wait_child(&mut child, Duration::from_secs(60)).is_none() {
+        let _ = child.kill();
     }
     let out = child.wait_with_output().expect("collect output");
     (
@@ -30,4 +22,18 @@ pub fn run_gateway_cli(args: &[&str]) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Waits for `child` to exit, at most `timeout`: its status, or `None` while it still runs.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().ok().flatten() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
