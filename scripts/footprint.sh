@@ -82,7 +82,7 @@ reconnect_max = "1s"
 [store]
 # room for the whole backlog: nothing is evicted during the measurement
 disk_budget = "2 GiB"
-cache_capacity = "${ESTATE_FOOTPRINT_CACHE:-8 MiB}"
+cache_capacity = "${ESTATE_FOOTPRINT_CACHE:-4 MiB}"
 record_max_bytes = "${ESTATE_FOOTPRINT_RECORD:-48 KiB}"
 [uplink.mqtt]
 port = $1

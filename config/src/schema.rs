@@ -326,7 +326,7 @@ pub struct StoreConfig {
     /// than fail mid-write. At least 4 MiB. Default: `"64 MiB"`.
     pub disk_low_free: ByteSize,
     /// Memory for the store's page cache. On a 256 MB gateway keep the default.
-    /// At least 64 KiB. Default: `"8 MiB"`.
+    /// At least 64 KiB. Default: `"4 MiB"` (docs/footprint.md: 8 MiB drains a large backlog 2–3 MB over the 32 MB budget, no faster).
     pub cache_capacity: ByteSize,
     /// Largest stored record (one event with its raw bytes; smaller events are stored
     /// several to a record of about 6 KiB, whatever this says). Must stay below 128 KiB:
@@ -360,7 +360,7 @@ impl Default for StoreConfig {
             batch_linger: Duration::ZERO,
             disk_budget: ByteSize::mib(256),
             disk_low_free: ByteSize::mib(64),
-            cache_capacity: ByteSize::mib(8),
+            cache_capacity: ByteSize::mib(4),
             record_max_bytes: ByteSize::kib(48),
             dead_letter_max: 10_000,
             keep_forwarded: false,

@@ -138,7 +138,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.store.batch_max_events, 256);
     assert_eq!(c.store.batch_linger, Duration::ZERO);
     assert_eq!(c.store.disk_budget, ByteSize::mib(256));
-    assert_eq!(c.store.cache_capacity, ByteSize::mib(8));
+    assert_eq!(c.store.cache_capacity, ByteSize::mib(4));
     assert_eq!(c.store.record_max_bytes, ByteSize::kib(48));
     assert!(c.store.record_max_bytes < SLED_BLOB_THRESHOLD);
     assert_eq!(c.store.dead_letter_max, 10_000);

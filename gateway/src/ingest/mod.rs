@@ -16,6 +16,7 @@
 
 pub mod formats;
 pub mod modbus;
+mod ready;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::mqtt::{Connection, Renew};
 use crate::store::{DeadLetter, Pending, StoreError, StoreHandle};
 use crate::telemetry::Metrics;
 use formats::{bounded_raw, cut, DecodeError, Sources};
+use ready::ReadyAcks;
 
 /// Largest packet the client accepts. Payloads above `ingest.max_payload` are received
 /// whole and dead-lettered; only a packet above this would make rumqttc drop the
@@ -42,9 +44,12 @@ use formats::{bounded_raw, cut, DecodeError, Sources};
 pub const MAX_INCOMING_PACKET: usize = estate_config::INGEST_MAX_PACKET.as_u64() as usize;
 
 /// Messages received but not yet committed before ingest stops reading from the broker.
-/// The broker's own in-flight window (Mosquitto's `max_inflight_messages`) normally
-/// stays far below it.
-const MAX_UNACKED: usize = 8192;
+/// Four of the writer's groups (`store.batch_max_events`, 256) keep it busy; more only
+/// holds messages in memory while the writer is behind: at full ingest speed 8,192 here
+/// and in the store's queue cost about 13 MB of RSS (docs/footprint.md). Mosquitto 2.0's
+/// `max_inflight_messages` does not hold back before this (measured: 21,000–49,000
+/// PUBACKs outstanding at a window of 1,000).
+const MAX_UNACKED: usize = 1024;
 
 /// The MQTT client's request channel: PUBACKs queue here until the event loop writes them.
 const REQUEST_CAPACITY: usize = 16 * 1024;
@@ -310,10 +315,8 @@ pub fn dead_letter(
 struct AckQueue {
     waiting: VecDeque<Waiting>,
     /// Committed; PUBACK not yet accepted by the client's request channel. At full
-    /// ingest speed this runs hundreds of thousands long (the client writes one request
-    /// per turn of its event loop while it reads up to ten messages, and Mosquitto does
-    /// not hold back for it), so an entry is the packet id alone.
-    ready: VecDeque<Ack>,
+    /// ingest speed hundreds of thousands long, as a few runs of packet ids (`ready.rs`).
+    ready: ReadyAcks,
     /// A message was left unacknowledged since the run loop last looked.
     left_unacked: bool,
     /// Telemetry acknowledged unstored, not yet counted.
@@ -376,10 +379,10 @@ impl AckQueue {
                 return;
             };
             if !w.failed {
-                self.ready.push_back(w.ack);
+                self.ready.push(w.ack);
             } else if w.telemetry && w.disk_full {
                 self.acked_unstored += 1;
-                self.ready.push_back(w.ack);
+                self.ready.push(w.ack);
             } else {
                 self.left_unacked = true;
             }
@@ -432,10 +435,7 @@ impl AckQueue {
             self.ready.pop_front();
             metrics.ingest_acked.inc();
         }
-        // Caught up after a flood: give the flood's queue back.
-        if self.ready.capacity() > 4096 {
-            self.ready.shrink_to_fit();
-        }
+        self.ready.shrink();
     }
 }
 
