@@ -22,15 +22,23 @@
 //   script → test:  ANSWERED <id>    answered on the page (name typed, button pressed)
 //   test → script:  (checks the desk's result, starts a roll call with a short deadline)
 //   script → test:  MISSED <id>      shown as missed once its deadline passed
+//   phone mode (390×844, touch; signed in on the page before READY):
+//   test → script:  (publishes a SMOKE.ALARM on the broker)
+//   script → test:  ALERT <id>       the row and both its buttons fit the screen
+//   script → test:  ACKED <id>       acknowledged by tapping the button
+//   (then the language switch, kept over a reload)
 //   script → test:  SCREENSHOT <path>
 //   script → test:  DONE
 //
 // Any failed check prints `FAIL <reason>` and exits 1.
 //
+// Every mode first checks the sound banner: audio is blocked until a gesture (Chromium's
+// own policy, named in the launch flags), so the page must say so, and one tap ends it.
+//
 // Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly |
-// restart | rollcall), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
+// restart | rollcall | phone), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
 // CONSOLE_ANSWER_BY (rollcall mode: the name typed to answer; CONSOLE_TOKEN too),
-// CONSOLE_TOKEN and CONSOLE_OPERATOR (operator mode), CONSOLE_GATEWAY_ID,
+// CONSOLE_TOKEN and CONSOLE_OPERATOR (operator and phone modes), CONSOLE_GATEWAY_ID,
 // CONSOLE_DEVICE (the device that will raise the alarm; silent until READY),
 // CONSOLE_OFFLINE_DEVICE (optional: a device that goes offline; it must end up on top),
 // CONSOLE_EXPECT_WHERE (location text the alert row must show), CONSOLE_SCREENSHOT
@@ -73,16 +81,25 @@ const expectWhere = env('CONSOLE_EXPECT_WHERE');
 const deviceId = env('CONSOLE_DEVICE');
 const shot = env('CONSOLE_SCREENSHOT');
 const STEP = 30000; // every wait has a deadline
+/** The phone of phone mode, in CSS px (an iPhone 12–15 in portrait). */
+const PHONE = { width: 390, height: 844 };
 
 const browser = await chromium.launch({
   executablePath: env('CHROMIUM', '/usr/bin/chromium'),
   headless: true,
-  args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
+  // Web Audio starts only after a tap on the page (Chromium's default policy, stated here
+  // so the test does not depend on it; `user-gesture-required` would let Web Audio start).
+  args: [
+    '--autoplay-policy=document-user-activation-required',
+    ...(process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : []),
+  ],
 });
 
 async function main() {
-  // A tablet-sized window.
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'zh-CN' });
+  // A tablet-sized window, or a phone.
+  const context = await browser.newContext(mode === 'phone'
+    ? { viewport: PHONE, isMobile: true, hasTouch: true, deviceScaleFactor: 2, locale: 'zh-CN' }
+    : { viewport: { width: 1280, height: 800 }, locale: 'zh-CN' });
   const page = await context.newPage();
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));
@@ -142,9 +159,23 @@ async function main() {
     await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
   }
 
-  // One user gesture enables the audible cue (browsers block audio before one).
-  await page.click('#sound-btn');
-  await page.waitForSelector('#sound-btn[aria-pressed="true"]', { timeout: STEP });
+  // Sound is blocked until a gesture, and the page says so (in both languages) until
+  // one tap turns it on: the banner in phone mode, the header button otherwise.
+  await soundBanner(page);
+  if (mode === 'phone') {
+    await page.tap('#sound-banner');
+  } else {
+    await page.click('#sound-btn');
+  }
+  await soundIsOn(page);
+
+  if (mode === 'phone') {
+    await phone(page);
+    check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
+    check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+    say('DONE');
+    return;
+  }
 
   say('READY');
 
@@ -240,6 +271,134 @@ async function main() {
   check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
   say('DONE');
+}
+
+/** The sound banner shows, fully on screen, while the page's AudioContext is suspended. */
+async function soundBanner(page, { zh = true, en = true } = {}) {
+  const banner = page.locator('#sound-banner');
+  await banner.waitFor({ state: 'visible', timeout: STEP });
+  await page.waitForSelector('body[data-sound="suspended"]', { timeout: STEP });
+  const text = await banner.innerText();
+  check(text.includes('声音已关闭') === zh && text.includes('Sound is off — tap to enable') === en,
+    `sound banner text: ${JSON.stringify(text)}`);
+  const box = await banner.boundingBox();
+  const width = page.viewportSize().width;
+  check(box && box.y >= 0 && box.y + box.height <= 200 && box.x >= 0 && box.x + box.width <= width + 0.5,
+    `the sound banner is not at the top of the screen: ${JSON.stringify(box)}`);
+}
+
+/** After the tap: the context runs, the banner is gone, the header button says sound is on. */
+async function soundIsOn(page) {
+  await page.waitForSelector('body[data-sound="running"]', { timeout: STEP });
+  await page.waitForSelector('#sound-banner', { state: 'hidden', timeout: STEP });
+  await page.waitForSelector('#sound-btn[aria-pressed="true"]', { timeout: STEP });
+}
+
+/** `el`'s box lies inside the window: nothing cut off, nothing to scroll to. */
+async function onScreen(page, el, what) {
+  const box = await el.boundingBox();
+  const { width, height } = page.viewportSize();
+  check(box && box.x >= 0 && box.y >= 0 && box.x + box.width <= width + 0.5 && box.y + box.height <= height + 0.5,
+    `${what} is not fully on the ${width}×${height} screen: ${JSON.stringify(box)}`);
+  return box;
+}
+
+/** No horizontal scrolling: the page is no wider than the screen. (A phone browser
+ * zooms out a page that is too wide and widens `innerWidth` to it: hence the screen's
+ * own width and the zoom.) */
+async function noSideways(page, when) {
+  const w = await page.evaluate(() => ({
+    doc: document.documentElement.scrollWidth, body: document.body.scrollWidth,
+    window: window.innerWidth, zoom: window.visualViewport.scale,
+  }));
+  const screen = page.viewportSize().width;
+  check(w.doc <= screen && w.body <= screen && w.window === screen && w.zoom === 1,
+    `${when}: the page is wider than the ${screen} px screen: ${JSON.stringify(w)}`);
+}
+
+/** Phone mode: sign in, the alert and its buttons in reach, acknowledge by tapping,
+ * turning sound off brings the banner back, and the language switch sticks. */
+async function phone(page) {
+  // Signing in on the phone (the form fits on one line).
+  await noSideways(page, 'before signing in');
+  await onScreen(page, page.locator('#login-btn'), 'the save button of the sign-in form');
+  await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
+  await page.fill('#token-input', env('CONSOLE_TOKEN'));
+  await page.tap('#login-btn');
+  await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+  say('READY');
+
+  // The test publishes a SMOKE.ALARM: its row is near the top, with both buttons on the
+  // screen, side by side, tall enough to tap, and nothing wider than the phone.
+  const row = page.locator('#alerts li.alert[data-severity="1"]').first();
+  await row.waitFor({ state: 'visible', timeout: STEP });
+  const id = await row.getAttribute('data-alert-id');
+  await noSideways(page, 'with an alert');
+  const box = await onScreen(page, row, 'the first alert');
+  check(box.y < PHONE.height / 2, `the first alert starts ${box.y} px down, want the upper half`);
+  for (const [sel, what] of [['button.ack', 'Acknowledge'], ['button.close', 'Close']]) {
+    const b = await onScreen(page, row.locator(sel), what);
+    check(b.height >= 44 && b.width >= 44, `${what} is ${b.width}×${b.height} px, too small to tap`);
+    // Nothing covers it: it would take the tap (a trial performs every check but the tap).
+    await row.locator(sel).tap({ trial: true, timeout: STEP });
+  }
+  await screenshot(page);
+  say(`ALERT ${id}`);
+
+  await row.locator('button.ack').tap();
+  await page.waitForSelector(`li.alert[data-alert-id="${id}"][data-status="acknowledged"]`, { timeout: STEP });
+  const handled = await row.locator('.handled').innerText();
+  check(handled.includes(env('CONSOLE_OPERATOR')), `acknowledged-by missing: ${handled}`);
+  await noSideways(page, 'after acknowledging');
+  say(`ACKED ${id}`);
+
+  // Turning sound off brings the banner back; one tap on it ends it again.
+  await page.tap('#sound-btn');
+  await soundBanner(page);
+  await page.tap('#sound-banner');
+  await soundIsOn(page);
+
+  // English only: <html lang>, the page's own text and the rows' labels.
+  await page.selectOption('#lang', 'en');
+  await english(page, id);
+  check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the language switch reloaded the page');
+  // Kept over a reload; the new page's sound is blocked again, and the banner says so.
+  await page.reload();
+  await page.waitForSelector('body[data-ready="1"]', { timeout: STEP });
+  check((await page.inputValue('#lang')) === 'en', 'the language choice was not kept');
+  await english(page, id);
+  await soundBanner(page, { zh: false, en: true });
+  await noSideways(page, 'in English');
+  // Chinese only.
+  await page.selectOption('#lang', 'zh');
+  await page.waitForSelector('html[lang="zh-CN"][data-lang="zh"]', { timeout: STEP });
+  await page.waitForFunction(
+    (alertId) => {
+      const t = document.querySelector(`li.alert[data-alert-id="${alertId}"]`)?.innerText || '';
+      return t.includes('紧急') && t.includes('已确认') && !/Critical|Acknowledged|ago/.test(t);
+    },
+    id,
+    { timeout: STEP },
+  );
+  await soundBanner(page, { zh: true, en: false });
+}
+
+/** The page in English only, `id`'s row included. */
+async function english(page, id) {
+  await page.waitForSelector('html[lang="en"][data-lang="en"]', { timeout: STEP });
+  check((await page.locator('h1').innerText()).trim() === 'Duty console', 'the title is not English only');
+  await page.waitForFunction(
+    (alertId) => {
+      const t = document.querySelector(`li.alert[data-alert-id="${alertId}"]`)?.innerText || '';
+      const pills = document.getElementById('links').innerText;
+      // None of the row's Chinese labels (names are data: the operator's may be Chinese),
+      // and no Chinese at all in the pills.
+      return t.includes('Critical') && t.includes('Acknowledged') && /ago/.test(t)
+        && !/紧急|已确认|秒前|分钟前|号楼/.test(t) && /Backlog/.test(pills) && !/[\u4e00-\u9fff]/.test(pills);
+    },
+    id,
+    { timeout: STEP },
+  );
 }
 
 /** Seconds left as the banner's countdown shows them (`剩余 01:54 left`). */

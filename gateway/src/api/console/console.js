@@ -8,14 +8,20 @@
 // again, so changes missed meanwhile show up. Rows are keyed by id and updated in place;
 // only rows whose position changed move.
 //
+// Language: both (Chinese, then English: the default), zh or en, picked in the header
+// and kept in localStorage; `tr()` gives a label in it, and static text in index.html is
+// marked lang="zh-CN" / lang="en" for console.css to show. Sound: see "Sound" below.
+//
 // Test hooks (read by tests/console): <body data-ready="1"> once loaded and live,
-// data-read-only, data-alert-beeps (sounds played for new critical alerts),
+// data-sound (the AudioContext's state: suspended, running, …), data-read-only,
+// data-alert-beeps (sounds played for new critical alerts),
 // data-roll-call-beeps (sounds played for waiting roll calls); each alert row has
 // data-alert-id, data-status and data-severity; each roll call data-roll-call-id and
 // data-status (pending, answered, missed).
 
 const TOKEN_KEY = 'estate.console.token';
 const OPERATOR_KEY = 'estate.console.operator';
+const LANG_KEY = 'estate.console.lang';
 const STALE_STREAM_MS = 10000; // status arrives every second; silence this long = dead link
 const REMINDER_MS = 30000; // repeat the cue while a critical alert is unacknowledged
 const ROLL_CALL_CUE_MS = 5000; // repeat the cue this often while a roll call waits
@@ -25,44 +31,89 @@ const MISSED_SHOWN_MS = 12 * 3600 * 1000; // missed ones older than this are not
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------------------------------
-// Labels (中文 first, English after)
+// Language and labels (中文 first, English after, or one of them)
 // ---------------------------------------------------------------------------------------
 
+const LANGS = { both: 'zh-CN', zh: 'zh-CN', en: 'en' }; // choice → <html lang>
+let lang = 'both';
+
+/** A label in the chosen language: `zh en` for both (or `both` when given), else one. */
+function tr(zh, en, both = `${zh} ${en}`) {
+  return lang === 'zh' ? zh : lang === 'en' ? en : both;
+}
+
+/** A [zh, en] pair of the tables below in the chosen language; `fallback` if none. */
+function label(pair, fallback) {
+  return pair ? tr(pair[0], pair[1]) : fallback;
+}
+
 const SEVERITY = {
-  1: '紧急 Critical',
-  2: '重要 Major',
-  3: '一般 Minor',
-  4: '提示 Info',
+  1: ['紧急', 'Critical'],
+  2: ['重要', 'Major'],
+  3: ['一般', 'Minor'],
+  4: ['提示', 'Info'],
 };
 
 const STATUS = {
-  active: '未确认 Active',
-  acknowledged: '已确认 Acknowledged',
-  closed: '已关闭 Closed',
+  active: ['未确认', 'Active'],
+  acknowledged: ['已确认', 'Acknowledged'],
+  closed: ['已关闭', 'Closed'],
 };
 
 const DISPOSITION = {
-  real: '真实警情 Real',
-  false_alarm: '误报 False alarm',
-  test: '测试 Test',
-  maintenance: '维护 Maintenance',
-  auto_cleared: '自动恢复 Auto-cleared',
+  real: ['真实警情', 'Real'],
+  false_alarm: ['误报', 'False alarm'],
+  test: ['测试', 'Test'],
+  maintenance: ['维护', 'Maintenance'],
+  auto_cleared: ['自动恢复', 'Auto-cleared'],
 };
 
 const KIND = {
-  access_control: '门禁 Access control',
-  smoke: '烟感 Smoke detector',
-  water_leak: '漏水 Water leak',
-  gas: '燃气 Gas detector',
-  camera: '摄像机 Camera',
-  fire_panel: '消防主机 Fire panel',
-  manual_call_point: '手报 Manual call point',
-  elevator: '电梯 Elevator',
-  emergency_button: '一键报警 Emergency button',
-  valve: '阀门 Valve',
-  sounder: '声光报警器 Sounder',
-  gateway: '网关 Gateway',
+  access_control: ['门禁', 'Access control'],
+  smoke: ['烟感', 'Smoke detector'],
+  water_leak: ['漏水', 'Water leak'],
+  gas: ['燃气', 'Gas detector'],
+  camera: ['摄像机', 'Camera'],
+  fire_panel: ['消防主机', 'Fire panel'],
+  manual_call_point: ['手报', 'Manual call point'],
+  elevator: ['电梯', 'Elevator'],
+  emergency_button: ['一键报警', 'Emergency button'],
+  valve: ['阀门', 'Valve'],
+  sounder: ['声光报警器', 'Sounder'],
+  gateway: ['网关', 'Gateway'],
 };
+
+/** Attributes index.html cannot mark per language: [selector, attribute, zh, en]. */
+const ATTR_LABELS = [
+  ['#backlog', 'title', '待上传（告警 / 事件）', 'Backlog (alarms / events)'],
+  ['.rate', 'title', '事件速率，最近 60 秒', 'Event rate, last 60 s'],
+  ['#rate-chart', 'aria-label', '事件速率', 'Event rate'],
+  ['#operator-input', 'placeholder', '姓名', 'name'],
+];
+
+/** Applies a language choice (both, zh, en): the page's own text, then every row. */
+function setLanguage(choice) {
+  lang = Object.hasOwn(LANGS, choice) ? choice : 'both';
+  const root = document.documentElement;
+  root.lang = LANGS[lang];
+  root.dataset.lang = lang;
+  $('lang').value = lang;
+  document.title = `${tr('值班台', 'Duty console')} · estate-gateway`;
+  for (const [sel, attr, zh, en] of ATTR_LABELS) {
+    for (const el of document.querySelectorAll(sel)) el.setAttribute(attr, tr(zh, en));
+  }
+}
+
+/** The operator picked a language: kept for the next load, shown at once. */
+function chooseLanguage(choice) {
+  localStorage.setItem(LANG_KEY, choice);
+  setLanguage(choice);
+  renderSound();
+  if (state.status) applyStatus(state.status);
+  setLive(liveUp);
+  renderRollCalls();
+  scheduleRender();
+}
 
 // The Chinese label of every event code, from `GET /api/codes` (the gateway's taxonomy,
 // protocols/src/taxonomy.rs): read once at start, before the first render. Without it
@@ -84,24 +135,24 @@ function loadCodes() {
 }
 
 const CITY_STATE = {
-  received: '已接警 Received',
-  dispatched: '已派警 Dispatched',
-  on_scene: '已到场 On scene',
-  closed: '已结案 Closed',
+  received: ['已接警', 'Received'],
+  dispatched: ['已派警', 'Dispatched'],
+  on_scene: ['已到场', 'On scene'],
+  closed: ['已结案', 'Closed'],
 };
 
 const DEVICE_STATUS = {
-  online: '在线 Online',
-  offline: '离线 Offline',
-  unknown: '未知 Unknown',
+  online: ['在线', 'Online'],
+  offline: ['离线', 'Offline'],
+  unknown: ['未知', 'Unknown'],
 };
 
 const RESULT = {
-  ok: '成功 done',
-  done: '成功 done',
-  failed: '失败 failed',
-  error: '失败 failed',
-  pending: '进行中 pending',
+  ok: ['成功', 'done'],
+  done: ['成功', 'done'],
+  failed: ['失败', 'failed'],
+  error: ['失败', 'failed'],
+  pending: ['进行中', 'pending'],
 };
 
 const isDigits = (s) => /^[0-9]+$/.test(s);
@@ -131,21 +182,22 @@ export function placeText(loc) {
     zh.push(isDigits(l.zone) ? `${l.zone}区` : l.zone);
     en.push(`Zone ${l.zone}`);
   }
-  if (zh.length === 0) return '位置未知 / Location unknown';
-  return `${zh.join(' ')} / ${en.join(' ')}`;
+  if (zh.length === 0) return tr('位置未知', 'Location unknown', '位置未知 / Location unknown');
+  return tr(zh.join(' '), en.join(' '), `${zh.join(' ')} / ${en.join(' ')}`);
 }
 
-/** "3 min ago / 3分钟前" */
+/** "3 min ago / 3分钟前" (English first: the number leads) */
 export function ageText(ms, now) {
-  if (ms == null) return '从未 / never';
+  const both = (zh, en) => tr(zh, en, `${en} / ${zh}`);
+  if (ms == null) return both('从未', 'never');
   const s = Math.max(0, Math.floor((now - ms) / 1000));
-  if (s < 60) return `${s} s ago / ${s}秒前`;
+  if (s < 60) return both(`${s}秒前`, `${s} s ago`);
   const m = Math.floor(s / 60);
-  if (m < 60) return `${m} min ago / ${m}分钟前`;
+  if (m < 60) return both(`${m}分钟前`, `${m} min ago`);
   const h = Math.floor(m / 60);
-  if (h < 48) return `${h} h ago / ${h}小时前`;
+  if (h < 48) return both(`${h}小时前`, `${h} h ago`);
   const d = Math.floor(h / 24);
-  return `${d} d ago / ${d}天前`;
+  return both(`${d}天前`, `${d} d ago`);
 }
 
 function clockText(ms) {
@@ -160,8 +212,8 @@ function actionText(x) {
   const m = /coil \d+ = ([01])$/.exec(x.action || '');
   if (target && m) {
     const on = m[1] === '1';
-    if (target.kind === 'valve') return `${on ? '关阀 Close valve' : '开阀 Open valve'} (${x.action})`;
-    if (target.kind === 'sounder') return `${on ? '启动声光报警 Sounder on' : '停止声光报警 Sounder off'} (${x.action})`;
+    if (target.kind === 'valve') return `${on ? tr('关阀', 'Close valve') : tr('开阀', 'Open valve')} (${x.action})`;
+    if (target.kind === 'sounder') return `${on ? tr('启动声光报警', 'Sounder on') : tr('停止声光报警', 'Sounder off')} (${x.action})`;
   }
   return x.action;
 }
@@ -192,6 +244,8 @@ const state = {
   touchedDevices: new Set(),
   loaded: false,
   audio: null,
+  /** the operator turned sound off with the header button (no tap turns it on by itself) */
+  soundMuted: false,
   alertBeeps: 0,
   lastCue: 0,
   closing: null, // alert id the close dialog is for
@@ -231,12 +285,20 @@ function showMessage(text, kind = 'error') {
 }
 
 // ---------------------------------------------------------------------------------------
-// Sound (WebAudio; browsers allow it only after a user gesture, hence the button)
+// Sound (WebAudio). Browsers keep audio blocked until a user gesture on the page: the
+// AudioContext made at start stays 'suspended' until then. While it is not 'running'
+// (blocked, suspended again by the browser, or turned off here) the banner says so; a tap
+// on it turns sound on, and so does the first tap or key anywhere on the page unless the
+// operator turned sound off. The context's `statechange` shows or hides the banner.
 // ---------------------------------------------------------------------------------------
+
+function soundOn() {
+  return Boolean(state.audio && state.audio.state === 'running');
+}
 
 function beep() {
   const ctx = state.audio;
-  if (!ctx || ctx.state !== 'running') return false;
+  if (!soundOn()) return false;
   const t0 = ctx.currentTime + 0.02;
   for (let i = 0; i < 3; i++) {
     const t = t0 + i * 0.28;
@@ -262,24 +324,60 @@ function alertCue() {
   state.lastCue = Date.now();
 }
 
-async function toggleSound() {
+/** The banner and the header button follow the context's state. */
+function renderSound() {
+  const on = soundOn();
+  $('sound-banner').hidden = on;
+  document.body.dataset.sound = state.audio ? state.audio.state : 'unavailable';
   const btn = $('sound-btn');
-  if (state.audio && state.audio.state === 'running') {
-    await state.audio.suspend();
-    btn.setAttribute('aria-pressed', 'false');
-    btn.textContent = '启用声音 Enable sound';
-    return;
-  }
+  setAttr(btn, 'aria-pressed', on ? 'true' : 'false');
+  setText(btn, on ? tr('声音已开', 'Sound on') : tr('启用声音', 'Enable sound'));
+}
+
+function makeAudio() {
+  if (state.audio) return;
+  state.audio = new AudioContext();
+  state.audio.addEventListener('statechange', renderSound);
+}
+
+/** Turns sound on (within a user gesture, or the browser refuses); `quiet`: no test beep. */
+async function enableSound({ quiet = false } = {}) {
+  state.soundMuted = false;
   try {
-    if (!state.audio) state.audio = new AudioContext();
+    makeAudio();
     await state.audio.resume();
   } catch (e) {
-    showMessage(`无法播放声音 Sound unavailable: ${e}`);
-    return;
+    showMessage(`${tr('无法播放声音', 'Sound unavailable')}: ${e}`);
   }
-  btn.setAttribute('aria-pressed', 'true');
-  btn.textContent = '声音已开 Sound on';
-  beep(); // let the operator hear what a critical alert sounds like
+  renderSound();
+  if (!quiet) beep(); // let the operator hear what a critical alert sounds like
+}
+
+/** The header button: sound off while it is on, else on. */
+async function toggleSound() {
+  if (soundOn()) {
+    state.soundMuted = true;
+    await state.audio.suspend();
+    renderSound();
+  } else {
+    await enableSound();
+  }
+}
+
+function startSound() {
+  try {
+    makeAudio(); // suspended until a gesture where the browser blocks autoplay
+  } catch { /* no WebAudio: the banner stays, a tap reports why */ }
+  $('sound-btn').addEventListener('click', toggleSound);
+  $('sound-banner').addEventListener('click', () => enableSound());
+  // Any first tap or key on the page is a gesture too (the two buttons handle their own).
+  const wake = (ev) => {
+    if (soundOn() || state.soundMuted || (ev.target instanceof Element && ev.target.closest('#sound-btn, #sound-banner'))) return;
+    enableSound({ quiet: true });
+  };
+  document.addEventListener('pointerdown', wake, true);
+  document.addEventListener('keydown', wake, true);
+  renderSound();
 }
 
 function remindCritical() {
@@ -340,46 +438,46 @@ function renderAlertRow(row, a, now) {
   setAttr(li, 'data-status', a.status);
   setAttr(li, 'data-severity', String(a.severity));
   setAttr(li, 'class', `alert sev${a.severity}${row.fresh ? ' new' : ''}`);
-  setText(el.sev, SEVERITY[a.severity] || `${a.severity}`);
+  setText(el.sev, label(SEVERITY[a.severity], `${a.severity}`));
   const zh = codeZh.get(a.code);
-  setText(el.title, zh && a.title && zh !== a.title ? `${zh} ${a.title}` : (zh || a.title || a.code));
+  setText(el.title, zh && a.title && zh !== a.title ? tr(zh, a.title) : (zh || a.title || a.code));
   setText(el.code, a.code);
   el.repeat.hidden = !(a.count > 1);
-  setText(el.repeat, `×${a.count} 重复${a.count}次 · ${a.count} times`);
+  setText(el.repeat, `×${a.count} ${tr(`重复${a.count}次`, `· ${a.count} times`, `重复${a.count}次 · ${a.count} times`)}`);
   el.cleared.hidden = !a.cleared;
   el.escalated.hidden = !a.escalated;
   // Opened while the disk was full (docs/never-lost.md, "Full disk"); older alerts have no field.
   el.unstored.hidden = a.stored !== false;
-  setText(el.state, STATUS[a.status] || a.status);
+  setText(el.state, label(STATUS[a.status], a.status));
   setAttr(el.state, 'data-status', a.status);
   setText(el.where, placeText(a.location));
-  const kind = KIND[a.device_kind] || a.device_kind || '';
+  const kind = label(KIND[a.device_kind], a.device_kind || '');
   const name = a.device_name && a.device_name !== a.device_id ? `${a.device_name} (${a.device_id})` : a.device_id;
   setText(el.device, `${kind} ${name}`.trim());
-  setText(el.age, `${ageText(a.first_seen_ms, now)}${a.count > 1 ? ` · 最近 last ${ageText(a.last_seen_ms, now)}` : ''}`);
+  setText(el.age, `${ageText(a.first_seen_ms, now)}${a.count > 1 ? ` · ${tr('最近', 'last')} ${ageText(a.last_seen_ms, now)}` : ''}`);
   let handled = '';
   if (a.acknowledged) {
-    handled = `已确认 Acknowledged: ${a.acknowledged.by} · ${clockText(a.acknowledged.at_ms)}`;
+    handled = `${tr('已确认', 'Acknowledged')}: ${a.acknowledged.by} · ${clockText(a.acknowledged.at_ms)}`;
     if (a.acknowledged.note) handled += ` · ${a.acknowledged.note}`;
   }
   setText(el.handled, handled);
   // The city platform's handling (issue 14): received, dispatched, on scene, closed.
   el.city.hidden = !a.city;
   if (a.city) {
-    let city = `市级平台 City: ${CITY_STATE[a.city.state] || a.city.state}`;
+    let city = `${tr('市级平台', 'City')}: ${label(CITY_STATE[a.city.state], a.city.state)}`;
     if (a.city.note) city += ` · ${a.city.note}`;
     city += ` · ${a.city.by} · ${clockText(a.city.at_ms)}`;
     setText(el.city, city);
   }
   const actions = a.actions || [];
-  const key = JSON.stringify(actions);
+  const key = `${lang}${JSON.stringify(actions)}`; // a new language redraws them too
   if (key !== row.actionsKey) {
     row.actionsKey = key;
     el.actions.replaceChildren(...actions.map((x) => {
       const item = document.createElement('li');
       const what = actionText(x);
-      const result = RESULT[x.result] || x.result || '';
-      item.textContent = `联动 Action: ${what}${x.target ? ` → ${x.target}` : ''}${result ? ` · ${result}` : ''} · ${clockText(x.at_ms)}`;
+      const result = label(RESULT[x.result], x.result || '');
+      item.textContent = `${tr('联动', 'Action')}: ${what}${x.target ? ` → ${x.target}` : ''}${result ? ` · ${result}` : ''} · ${clockText(x.at_ms)}`;
       return item;
     }));
   }
@@ -452,7 +550,8 @@ function upsertRollCall(rc, { live }) {
 function countdownText(ms) {
   const s = Math.max(0, Math.ceil(ms / 1000));
   const p = (n) => String(n).padStart(2, '0');
-  return `剩余 ${p(Math.floor(s / 60))}:${p(s % 60)} left`;
+  const left = `${p(Math.floor(s / 60))}:${p(s % 60)}`;
+  return tr(`剩余 ${left}`, `${left} left`, `剩余 ${left} left`);
 }
 
 function makeRollCallRow(id) {
@@ -498,8 +597,9 @@ function renderRollCalls() {
     shown += 1;
     const { div, el } = entry.row;
     setAttr(div, 'data-status', rc.status);
-    setText(el.from, `来自 from ${rc.issuer} · ${clockText(rc.received_ms)}`);
-    setText(el.message, rc.message || '请值班人员应答 · The person on duty, please answer');
+    setText(el.from, `${tr('来自', 'from')} ${rc.issuer} · ${clockText(rc.received_ms)}`);
+    setAttr(el.by, 'placeholder', tr('姓名', 'name'));
+    setText(el.message, rc.message || tr('请值班人员应答', 'The person on duty, please answer', '请值班人员应答 · The person on duty, please answer'));
     const waiting = rc.status === 'pending';
     if (waiting) pending += 1;
     el.form.hidden = !waiting;
@@ -509,11 +609,17 @@ function renderRollCalls() {
     el.tokenLabel.hidden = state.readOnly || Boolean(token());
     el.btn.disabled = state.readOnly;
     if (rc.status === 'answered') {
-      setText(el.result, `已应答 Answered: ${rc.answered_by} · 用时 after ${Math.round((rc.answer_after_ms || 0) / 1000)} s`);
+      const after = Math.round((rc.answer_after_ms || 0) / 1000);
+      setText(el.result, `${tr('已应答', 'Answered')}: ${rc.answered_by} · ${tr(`用时 ${after} 秒`, `after ${after} s`, `用时 after ${after} s`)}`);
     } else if (rc.status === 'missed') {
-      setText(el.result, `未应答 Missed — 截止 deadline ${clockText(rc.deadline_ms)}；市级平台已收到“无人应答” · the city was told nobody answered`);
+      const at = clockText(rc.deadline_ms);
+      setText(el.result, tr(
+        `未应答 — 截止 ${at}；市级平台已收到“无人应答”`,
+        `Missed — deadline ${at}; the city was told nobody answered`,
+        `未应答 Missed — 截止 deadline ${at}；市级平台已收到“无人应答” · the city was told nobody answered`,
+      ));
     } else {
-      setText(el.result, state.readOnly ? '只读：此处无法应答 · read-only: cannot answer here' : '');
+      setText(el.result, state.readOnly ? tr('只读：此处无法应答', 'Read-only: cannot answer here', '只读：此处无法应答 · read-only: cannot answer here') : '');
     }
   }
   box.hidden = shown === 0;
@@ -546,8 +652,8 @@ async function answerRollCall(id) {
   el.btn.disabled = true;
   const r = await post(`/api/roll-calls/${encodeURIComponent(id)}/answer`, { by }, {
     needOperator: false,
-    notFound: '查岗不存在 Roll call not found',
-    conflict: '查岗已结束 The roll call has already ended',
+    notFound: tr('查岗不存在', 'Roll call not found'),
+    conflict: tr('查岗已结束', 'The roll call has already ended'),
   });
   el.btn.disabled = false;
   if (r) upsertRollCall(r, { live: true });
@@ -594,20 +700,22 @@ function renderDevices() {
     const { li, el } = row;
     setAttr(li, 'data-status', d.status);
     setText(el.name, d.name && d.name !== d.id ? `${d.name} (${d.id})` : d.id);
-    setText(el.kind, `${KIND[d.kind] || d.kind || '未知类型 Unknown kind'} · ${DEVICE_STATUS[d.status] || d.status}${d.registered === false ? ' · 未登记 unregistered' : ''}`);
+    const kind = label(KIND[d.kind], d.kind || tr('未知类型', 'Unknown kind'));
+    const unregistered = d.registered === false ? ` · ${tr('未登记', 'unregistered')}` : '';
+    setText(el.kind, `${kind} · ${label(DEVICE_STATUS[d.status], d.status)}${unregistered}`);
     setText(el.where, placeText(d.location));
-    setText(el.seen, `最近通信 Last seen: ${ageText(d.last_seen_ms, now)}`);
+    setText(el.seen, `${tr('最近通信', 'Last seen')}: ${ageText(d.last_seen_ms, now)}`);
     if (li !== cursor) list.insertBefore(li, cursor);
     else cursor = cursor.nextElementSibling;
   }
   setText($('device-count'), String(sorted.length));
   const off = $('offline-count');
   off.hidden = offline === 0;
-  setText(off, `离线 offline ${offline}`);
+  setText(off, `${tr('离线', 'offline')} ${offline}`);
   // Also at the top: on a portrait tablet the device list is below the alerts.
   const pillEl = $('offline-pill');
   pillEl.hidden = offline === 0;
-  setText(pillEl, `离线设备 Offline devices: ${offline}`);
+  setText(pillEl, `${tr('离线设备', 'Offline devices')}: ${offline}`);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -616,19 +724,19 @@ function renderDevices() {
 
 function pill(el, up, zh, en) {
   setAttr(el, 'data-state', up ? 'up' : 'down');
-  setText(el, `${zh} ${en}: ${up ? '已连接 connected' : '断开 down'}`);
+  setText(el, `${tr(zh, en)}: ${up ? tr('已连接', 'connected') : tr('断开', 'down')}`);
 }
 
 function applyStatus(s) {
   state.status = s;
-  setText($('estate-id'), `小区 Estate ${s.estate_id}`);
-  setText($('gateway-id'), `网关 Gateway ${s.gateway_id}`);
+  setText($('estate-id'), `${tr('小区', 'Estate')} ${s.estate_id}`);
+  setText($('gateway-id'), `${tr('网关', 'Gateway')} ${s.gateway_id}`);
   pill($('ingest'), s.ingest_connected, '采集', 'Ingest');
   pill($('uplink'), s.uplink_connected, '上行', 'Uplink');
   const b = s.backlog || { alarms: 0, events: 0 };
   const backlog = $('backlog');
   setAttr(backlog, 'data-state', b.alarms > 0 ? 'down' : b.events > 0 ? 'busy' : 'up');
-  setText(backlog, `积压 Backlog: 告警 alarms ${b.alarms} · 事件 events ${b.events}`);
+  setText(backlog, `${tr('积压', 'Backlog')}: ${tr('告警', 'alarms')} ${b.alarms} · ${tr('事件', 'events')} ${b.events}`);
   const rates = Array.isArray(s.events_per_sec) ? s.events_per_sec : [];
   const max = Math.max(1, ...rates);
   const step = rates.length > 1 ? 120 / (rates.length - 1) : 0;
@@ -689,7 +797,9 @@ async function post(path, body, opts = {}) {
   const t = token();
   const needOperator = opts.needOperator !== false;
   if (!t || (needOperator && !operator())) {
-    showMessage(needOperator ? '请先输入值班员与令牌 · Enter your name and the API token first' : '请先输入令牌 · Enter the API token first');
+    showMessage(needOperator
+      ? tr('请先输入值班员与令牌', 'Enter your name and the API token first', '请先输入值班员与令牌 · Enter your name and the API token first')
+      : tr('请先输入令牌', 'Enter the API token first', '请先输入令牌 · Enter the API token first'));
     showSession();
     if (needOperator) $(operator() ? 'token-input' : 'operator-input').focus();
     return null;
@@ -702,7 +812,7 @@ async function post(path, body, opts = {}) {
       body: JSON.stringify(body),
     });
   } catch (e) {
-    showMessage(`网络错误 Network error: ${e.message}`);
+    showMessage(`${tr('网络错误', 'Network error')}: ${e.message}`);
     return null;
   }
   let j = null;
@@ -715,16 +825,16 @@ async function post(path, body, opts = {}) {
   if (r.status === 401) {
     localStorage.removeItem(TOKEN_KEY);
     showSession();
-    showMessage(`令牌无效 Token rejected${detail}`);
+    showMessage(`${tr('令牌无效', 'Token rejected')}${detail}`);
   } else if (r.status === 403) {
     setReadOnly(true);
-    showMessage(`只读 Read-only${detail}`);
+    showMessage(`${tr('只读', 'Read-only')}${detail}`);
   } else if (r.status === 404) {
-    showMessage(`${opts.notFound || '告警不存在 Alert not found'}${detail}`);
+    showMessage(`${opts.notFound || tr('告警不存在', 'Alert not found')}${detail}`);
   } else if (r.status === 409) {
-    showMessage(`${opts.conflict || '告警状态已变化 The alert has changed'}${detail}`);
+    showMessage(`${opts.conflict || tr('告警状态已变化', 'The alert has changed')}${detail}`);
   } else {
-    showMessage(`操作失败 Failed: HTTP ${r.status}${detail}`);
+    showMessage(`${tr('操作失败', 'Failed')}: HTTP ${r.status}${detail}`);
   }
   return null;
 }
@@ -750,7 +860,9 @@ function openCloseDialog(id) {
   state.closing = id;
   const form = $('close-form');
   form.reset();
-  setText($('close-what'), `${codeZh.get(a.code) || ''} ${a.title || a.code} — ${placeText(a.location)}`);
+  const zh = codeZh.get(a.code);
+  const what = zh && lang !== 'en' ? tr(zh, a.title || a.code) : (a.title || a.code);
+  setText($('close-what'), `${what} — ${placeText(a.location)}`);
   $('close-dialog').showModal();
 }
 
@@ -768,7 +880,7 @@ async function submitClose(ev) {
     $('close-dialog').close();
     state.closing = null;
     upsertAlert(a, { live: false });
-    showMessage(`已关闭 Closed: ${DISPOSITION[disposition]}`, 'info');
+    showMessage(`${tr('已关闭', 'Closed')}: ${label(DISPOSITION[disposition], disposition)}`, 'info');
   } else if (!state.readOnly && token()) {
     await refreshAlert(id);
   } else {
@@ -817,10 +929,17 @@ let lastMessage = 0;
 let retryMs = 1000;
 let needResync = true;
 
+let liveUp = null; // null: not connected yet
+
 function setLive(up) {
+  liveUp = up;
   const el = $('live');
+  if (up === null) {
+    setText(el, tr('连接中', 'Connecting…'));
+    return;
+  }
   setAttr(el, 'data-state', up ? 'up' : 'down');
-  setText(el, up ? '实时 Live' : '重连中 Reconnecting…');
+  setText(el, up ? tr('实时', 'Live') : tr('重连中', 'Reconnecting…'));
 }
 
 function connect() {
@@ -841,7 +960,7 @@ function connect() {
         document.body.dataset.ready = '1';
       }
     } catch (e) {
-      showMessage(`加载失败 Load failed: ${e.message}`);
+      showMessage(`${tr('加载失败', 'Load failed')}: ${e.message}`);
       reconnectLater();
     }
   });
@@ -897,7 +1016,9 @@ function reconnectLater() {
 // ---------------------------------------------------------------------------------------
 
 function start() {
-  $('sound-btn').addEventListener('click', toggleSound);
+  setLanguage(localStorage.getItem(LANG_KEY) || 'both');
+  $('lang').addEventListener('change', (ev) => chooseLanguage(ev.target.value));
+  startSound();
   $('login').addEventListener('submit', (ev) => {
     ev.preventDefault();
     const name = $('operator-input').value.trim();
