@@ -1,8 +1,8 @@
 //! Issue 16: Hikvision ISAPI cameras that push their alarms over HTTP
 //! (`[ingest.camera_push]`). The documented samples (`tests/fixtures/isapi/`), posted over
 //! real HTTP to a started gateway, reach the city as the events the camera JSON format
-//! raises (repeats folded, cleared after silence, the keep-alive a heartbeat), the
-//! multipart one with its JPEG in the raw bytes; wrong credentials (basic, and digest
+//! raises (repeats folded, cleared after silence, the keep-alive a heartbeat; the JSON
+//! sample too), the multipart one with its JPEG in the raw bytes; wrong credentials (basic, and digest
 //! through curl's own challenge/response) get 401 and store nothing; an oversized body
 //! gets 413; malformed bodies are dead-lettered, answered 200 and counted.
 
@@ -172,6 +172,8 @@ async fn pushed_samples_reach_the_city_as_the_camera_events() {
         ("shelteralarm.xml", "text/xml"),
         ("videoloss.xml", "application/xml"),
         ("videoloss-heartbeat.xml", "application/xml"),
+        // A firmware set to JSON.
+        ("parking.json", "application/json"),
         (
             "linedetection-multipart.bin",
             "multipart/form-data; boundary=MIME_boundary",
@@ -204,6 +206,10 @@ async fn pushed_samples_reach_the_city_as_the_camera_events() {
         (
             "camera-push.c0_6d_ed_02_d3_d9",
             vec![("DEV.HEARTBEAT", ACTIVE)],
+        ),
+        (
+            "camera-push.44_19_b6_71_0e_3f_1",
+            vec![("VID.FIRE_LANE", ACTIVE), ("VID.FIRE_LANE", CLEARED)],
         ),
         // Momentary: raised once, ends silently.
         ("pcam-north-gate", vec![("VID.LINE_CROSS", ACTIVE)]),
@@ -445,7 +451,7 @@ async fn malformed_pushes_are_dead_lettered_counted_and_answered_200() {
         (
             jpeg_only,
             "multipart/form-data; boundary=b",
-            "bad_xml: isapi-xml: multipart body without an XML part (1 parts: image/jpeg)",
+            "bad_xml: isapi-xml: multipart body without an XML or JSON part (1 parts: image/jpeg)",
         ),
     ];
     for (body, content_type, reason) in &bad {

@@ -3,13 +3,14 @@
 //!
 //! Hikvision names the XML part after the event (`name="linedetection"`,
 //! `filename="MoveDetection.xml"`), with `Content-Type: application/xml` or none at all,
-//! and each snapshot `image/jpeg` (`name="linedetectionImage"`). The XML part is the
-//! first part typed `application/xml` or `text/xml`, else the first named `*.xml`, else
-//! the first with neither a type nor a file name.
+//! and each snapshot `image/jpeg` (`name="linedetectionImage"`); firmwares set to JSON
+//! send the same alert as an `application/json` part. The alert's part is the first part
+//! typed `application/xml`, `text/xml` or `application/json`, else the first named
+//! `*.xml` or `*.json`, else the first with neither a type nor a file name.
 //!
 //! The raw bytes: a plain body is kept as it came (cut to `ingest.raw_limit` like an MQTT
 //! payload). A multipart body is kept as a MIME `multipart/mixed` entity that any MIME
-//! library reads: its own `Content-Type` line, the XML part, then every snapshot that
+//! library reads: its own `Content-Type` line, the alert's part, then every snapshot that
 //! still fits in `ingest.raw_limit` whole (never a cut JPEG); the snapshots that do not
 //! fit are left out, and the event is marked `raw_truncated`. Raise `ingest.raw_limit` (and
 //! `store.record_max_bytes`) to keep them: docs/formats.md, "Camera push".
@@ -151,20 +152,22 @@ pub fn parts<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String
     }
 }
 
-/// The XML part (module doc) and the snapshots.
+/// The alert's part (module doc) and the snapshots.
 pub fn split<'p, 'a>(parts: &'p [Part<'a>]) -> (Option<&'p Part<'a>>, Vec<&'p Part<'a>>) {
     let typed = parts.iter().find(|p| {
         matches!(
             p.media_type().as_deref(),
-            Some("application/xml" | "text/xml")
+            Some("application/xml" | "text/xml" | "application/json")
         )
     });
     let named = || {
         parts.iter().find(|p| {
             !p.is_image()
                 && ["filename", "name"].iter().any(|k| {
-                    p.disposition(k)
-                        .is_some_and(|n| n.to_ascii_lowercase().ends_with(".xml"))
+                    p.disposition(k).is_some_and(|n| {
+                        let n = n.to_ascii_lowercase();
+                        n.ends_with(".xml") || n.ends_with(".json")
+                    })
                 })
         })
     };
@@ -191,8 +194,9 @@ pub struct Kept {
     pub images_dropped: usize,
 }
 
-/// The raw bytes of a multipart alarm within `raw_limit` (module doc).
-pub fn keep(xml: &[u8], images: &[&Part<'_>], raw_limit: usize) -> Kept {
+/// The raw bytes of a multipart alarm within `raw_limit` (module doc): the alert's part
+/// `xml` (of media type `alert_type`) and what fits of `images`.
+pub fn keep(alert_type: &str, xml: &[u8], images: &[&Part<'_>], raw_limit: usize) -> Kept {
     // A boundary that occurs in none of the contents.
     let mut seed = crate::hash::fnv1a(xml);
     let boundary = loop {
@@ -207,7 +211,7 @@ pub fn keep(xml: &[u8], images: &[&Part<'_>], raw_limit: usize) -> Kept {
         seed = seed.wrapping_add(1);
     };
     let mut raw = format!(
-        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n--{boundary}\r\nContent-Type: application/xml\r\n\r\n"
+        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n--{boundary}\r\nContent-Type: {alert_type}\r\n\r\n"
     )
     .into_bytes();
     raw.extend_from_slice(xml);
@@ -292,7 +296,7 @@ Content-Type: image/jpeg\r\n\
             mixed.extend_from_slice(&bytes);
             if let Ok(p) = parts(&mixed, "MIME_boundary") {
                 let (xml, images) = split(&p);
-                let _ = keep(xml.map_or(&b""[..], |x| x.body), &images, 300);
+                let _ = keep("application/xml", xml.map_or(&b""[..], |x| x.body), &images, 300);
             }
         }
     }
@@ -310,7 +314,7 @@ Content-Type: image/jpeg\r\n\
         let p = parts(BODY, "MIME_boundary").expect("parts");
         let (xml, images) = split(&p);
         let xml = xml.expect("xml").body;
-        let all = keep(xml, &images, 4096);
+        let all = keep("application/xml", xml, &images, 4096);
         assert_eq!(
             (all.images_kept, all.images_dropped, all.truncated),
             (1, 0, false)
@@ -326,7 +330,7 @@ Content-Type: image/jpeg\r\n\
             Some("linedetection.jpg")
         );
         // Too small for the image: the XML alone, flagged.
-        let small = keep(xml, &images, 200);
+        let small = keep("application/xml", xml, &images, 200);
         assert_eq!(
             (small.images_kept, small.images_dropped, small.truncated),
             (0, 1, true)

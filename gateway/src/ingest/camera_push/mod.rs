@@ -6,9 +6,9 @@
 //! camera ─POST─▶ accept (≤ 16 connections) ─▶ auth (basic / digest) ─401─▶ camera
 //!                  │ body ≤ max_body ─413─▶ camera
 //!                  ▼
-//!        body.rs: plain XML, or multipart → the XML part + JPEG snapshots
+//!        body.rs: plain XML (or JSON), or multipart → the alert's part + JPEG snapshots
 //!                  ▼
-//!        formats::isapi_xml::parse ─▶ camera id (mac / ip / user) ─▶ Sources::push
+//!        formats::isapi_xml::parse (isapi::parse_json) ─▶ camera id (mac / ip / user) ─▶ Sources::push
 //!          │ malformed → dead letter                 (isapi's fold and clear, shared
 //!          ▼                                          with the JSON format)
 //!        StoreHandle::append / dead_letter ─▶ commit ─▶ 200 (503 when not stored)
@@ -248,6 +248,20 @@ async fn tick_loop(running: Arc<Running>, every: Duration, shutdown: Cancellatio
     }
 }
 
+/// The alert in `body`: JSON when typed `application/json` or when it starts with `{`
+/// (firmwares set to JSON; the camera-isapi-json decoder reads it), else XML. With the
+/// media type the raw bytes give it.
+fn parse_alert(
+    media_type: Option<&str>,
+    body: &[u8],
+) -> Result<(isapi::Alert, &'static str), DecodeError> {
+    if media_type == Some("application/json") || body.trim_ascii_start().starts_with(b"{") {
+        Ok((isapi::parse_json(body)?, "application/json"))
+    } else {
+        Ok((isapi_xml::parse(body)?, "application/xml"))
+    }
+}
+
 fn reply(status: StatusCode, text: impl Into<String>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(text.into() + "\n")));
     *r.status_mut() = status;
@@ -260,7 +274,7 @@ fn reply(status: StatusCode, text: impl Into<String>) -> Response<Full<Bytes>> {
 
 /// What one body decoded to, before it meets the state machine.
 struct Decoded {
-    alert: isapi_xml::Alert,
+    alert: isapi::Alert,
     raw: Bytes,
     truncated: bool,
     images: (usize, usize),
@@ -409,7 +423,7 @@ impl Running {
             let (xml, images) = body::split(&parts);
             let xml = xml.ok_or_else(|| {
                 xml_err(format!(
-                    "multipart body without an XML part ({} parts: {})",
+                    "multipart body without an XML or JSON part ({} parts: {})",
                     parts.len(),
                     parts
                         .iter()
@@ -418,8 +432,8 @@ impl Running {
                         .join(", ")
                 ))
             })?;
-            let alert = isapi_xml::parse(xml.body)?;
-            let kept = body::keep(xml.body, &images, self.shared.raw_limit);
+            let (alert, media) = parse_alert(xml.media_type().as_deref(), xml.body)?;
+            let kept = body::keep(media, xml.body, &images, self.shared.raw_limit);
             Decoded {
                 alert,
                 raw: kept.raw,
@@ -427,7 +441,7 @@ impl Running {
                 images: (kept.images_kept, kept.images_dropped),
             }
         } else {
-            let alert = isapi_xml::parse(body)?;
+            let (alert, _) = parse_alert(Some(&body::media_type(content_type)), body)?;
             let (raw, truncated) = bounded_raw(body, self.shared.raw_limit);
             Decoded {
                 alert,

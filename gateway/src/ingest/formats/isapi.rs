@@ -82,6 +82,63 @@ pub fn with_channel(base: &str, channel: Option<u64>) -> String {
     }
 }
 
+/// One camera alarm as both encodings carry it (`EventNotificationAlert`): the JSON here
+/// ([`parse_json`]) and the XML cameras push ([`super::isapi_xml::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// The taxonomy code of its `eventType` ([`code_of`]).
+    pub code: &'static str,
+    /// `eventState` is `active` (else `inactive`).
+    pub active: bool,
+    /// `macAddress`, when not empty.
+    pub mac: Option<String>,
+    /// `ipAddress`, when not empty.
+    pub ip: Option<String>,
+    /// `channelID` (the XML's `dynChannelID` when it is empty), when given.
+    pub channel: Option<u64>,
+    /// `dateTime` in epoch milliseconds.
+    pub time_ms: Option<i64>,
+}
+
+/// Decodes one JSON `EventNotificationAlert`; the error names the field.
+pub fn parse_json(payload: &[u8]) -> Result<Alert, DecodeError> {
+    let body = json_object(F, payload)?;
+    let event_type = opt_str(F, &body, "eventType")?.ok_or_else(|| missing(F, "eventType"))?;
+    let code = code_of(event_type).map_err(|e| error(F, DecodeReason::BadField, e))?;
+    let active = match body.get("eventState") {
+        Some(serde_json::Value::String(s)) if s == "active" => true,
+        Some(serde_json::Value::String(s)) if s == "inactive" => false,
+        Some(other) => {
+            return Err(bad_field(
+                F,
+                "eventState",
+                "\"active\" or \"inactive\"",
+                other,
+            ))
+        }
+        None => return Err(missing(F, "eventState")),
+    };
+    let non_empty = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_owned);
+    let mac = non_empty(opt_str(F, &body, "macAddress")?);
+    let ip = non_empty(opt_str(F, &body, "ipAddress")?);
+    if mac.is_none() && ip.is_none() {
+        return Err(missing(F, "macAddress"));
+    }
+    let channel = match body.get("channelID") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) if n.is_u64() => n.as_u64(),
+        Some(other) => return Err(bad_field(F, "channelID", "a channel number", other)),
+    };
+    Ok(Alert {
+        code,
+        active,
+        mac,
+        ip,
+        channel,
+        time_ms: opt_time(F, &body, "dateTime")?,
+    })
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Incident {
     last_seen_ms: i64,
@@ -116,32 +173,10 @@ impl Isapi {
         payload: &[u8],
         now_ms: i64,
     ) -> Result<Vec<Observation>, DecodeError> {
-        let body = json_object(F, payload)?;
-        let event_type = opt_str(F, &body, "eventType")?.ok_or_else(|| missing(F, "eventType"))?;
-        let code = code_of(event_type).map_err(|e| error(F, DecodeReason::BadField, e))?;
-        let active = match body.get("eventState") {
-            Some(serde_json::Value::String(s)) if s == "active" => true,
-            Some(serde_json::Value::String(s)) if s == "inactive" => false,
-            Some(other) => {
-                return Err(bad_field(
-                    F,
-                    "eventState",
-                    "\"active\" or \"inactive\"",
-                    other,
-                ))
-            }
-            None => return Err(missing(F, "eventState")),
-        };
-        let mac = opt_str(F, &body, "macAddress")?;
-        let ip = opt_str(F, &body, "ipAddress")?;
-        let channel = match body.get("channelID") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Number(n)) if n.is_u64() => n.as_u64(),
-            Some(other) => return Err(bad_field(F, "channelID", "a channel number", other)),
-        };
-        let camera = camera_id(mac, ip, channel).ok_or_else(|| missing(F, "macAddress"))?;
-        let time = opt_time(F, &body, "dateTime")?;
-        Ok(self.observe(camera, code, active, time, now_ms))
+        let a = parse_json(payload)?;
+        let camera = camera_id(a.mac.as_deref(), a.ip.as_deref(), a.channel)
+            .ok_or_else(|| missing(F, "macAddress"))?;
+        Ok(self.observe(camera, a.code, a.active, a.time_ms, now_ms))
     }
 
     /// What one alert of `camera` (`code` from [`code_of`], `active` its `eventState`)

@@ -28,22 +28,7 @@ use super::isapi::code_of;
 /// The name decode errors start with.
 pub const FORMAT: &str = "isapi-xml";
 
-/// One decoded `EventNotificationAlert`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alert {
-    /// The taxonomy code of its `eventType`.
-    pub code: &'static str,
-    /// `eventState` is `active` (else `inactive`).
-    pub active: bool,
-    /// `macAddress`, when not empty.
-    pub mac: Option<String>,
-    /// `ipAddress`, when not empty.
-    pub ip: Option<String>,
-    /// `channelID` (or `dynChannelID`), when given.
-    pub channel: Option<u64>,
-    /// `dateTime` in epoch milliseconds, when it is RFC 3339.
-    pub time_ms: Option<i64>,
-}
+pub use super::isapi::Alert;
 
 fn err(reason: DecodeReason, detail: impl AsRef<str>) -> DecodeError {
     DecodeError::new(reason, format!("{FORMAT}: {}", detail.as_ref()))

@@ -185,7 +185,7 @@ impl Sources {
     pub fn push(
         &mut self,
         camera: String,
-        alert: &isapi_xml::Alert,
+        alert: &isapi::Alert,
         raw: bytes::Bytes,
         raw_truncated: bool,
         reference: &str,
