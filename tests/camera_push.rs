@@ -505,11 +505,14 @@ async fn malformed_pushes_are_dead_lettered_counted_and_answered_200() {
         m.summary()
     );
 
-    // The dead letters keep the bodies and say what was wrong.
+    // The dead letters keep the bodies and say what was wrong. SIGTERM stops the camera
+    // push with ingest, in order: exit 0.
     gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(20));
     assert!(
-        gw.wait_exit(Duration::from_secs(20)).is_some(),
-        "gateway stops on SIGTERM"
+        status.is_some_and(|s| s.success()),
+        "gateway stops on SIGTERM with exit 0: {status:?}\n{}",
+        gw.log_tail(30)
     );
     let path = env.dir().join("gateway.toml");
     let cfg = estate_config::Config::load(&path).expect("config");
@@ -533,4 +536,24 @@ async fn malformed_pushes_are_dead_lettered_counted_and_answered_200() {
             "the raw bytes are the body's"
         );
     }
+}
+
+/// A camera push port that is taken fails the start with a message naming it, instead of
+/// a gateway that runs without the cameras.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_camera_push_port_fails_the_start_naming_it() {
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker.clone());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let extra = format!("\n[ingest.camera_push]\nlisten = \"127.0.0.1:{port}\"\nauth = \"none\"\n");
+    let config = common::write_config_with(&env, &extra);
+    let err =
+        Gateway::start(&config, &env.data_dir(), &env.log_path()).expect_err("the port is taken");
+    assert!(err.to_string().contains("exited"), "{err:#}");
+    let log = std::fs::read_to_string(env.log_path()).unwrap_or_default();
+    assert!(
+        log.contains(&format!("camera push listener 127.0.0.1:{port}")) && log.contains("in use"),
+        "{log}"
+    );
 }
