@@ -158,7 +158,7 @@ async fn pushed_samples_reach_the_city_as_the_camera_events() {
     let mut gw = start(
         &env,
         port,
-        "auth = \"basic\"\nclear_after = \"1s\"",
+        "auth = \"basic\"\nclear_after = \"2s\"",
         "raw_limit = \"8 KiB\"",
     );
     gw.wait_connected().await;
@@ -217,7 +217,7 @@ async fn pushed_samples_reach_the_city_as_the_camera_events() {
     let want = expected.clone();
     let events = tap
         .wait_for(
-            "every pushed alarm, the stateful ones cleared after 1 s of silence",
+            "every pushed alarm, the stateful ones cleared after 2 s of silence (longer than a slow commit between the two fielddetection posts)",
             Duration::from_secs(30),
             move |events| {
                 let by = by_device(events);
