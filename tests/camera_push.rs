@@ -107,7 +107,7 @@ async fn curl_digest(port: u16, user_password: &str, file: &str) -> u16 {
                 "--max-time",
                 "10",
             ])
-            .args(["--digest", "-u", &user_password])
+            .args(["--noproxy", "*", "--digest", "-u", &user_password])
             .args(["-H", "Content-Type: application/xml"])
             .arg("--data-binary")
             .arg(format!("@{}", path.display()))
