@@ -5,7 +5,7 @@
 #
 # What a test cannot do without (each installed only when missing): Mosquitto (the
 # external-broker and TLS tests), nats-server (the 3-node cluster tests), systemd-analyze
-# (the unit check), headless Chromium with a CJK font and node/npm (the console tests). The
+# (the unit check), curl (an independent HTTP digest client for the camera push test), headless Chromium with a CJK font and node/npm (the console tests). The
 # TLS tests make their certificates with rcgen and the Modbus serial test its
 # pseudo-terminal with rustix (dev-dependencies), so neither needs openssl or socat.
 set -euo pipefail
@@ -28,6 +28,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have mosquitto || install mosquitto mosquitto-clients
 have nats-server || install nats-server
 have systemd-analyze || install systemd
+have curl || install curl
 if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi 'wqy'; then
     install chromium fonts-wqy-microhei
 fi

@@ -43,6 +43,9 @@
 //!   like a device, as the flat [`SourceTable`] written in the file; `validate/sources.rs`
 //!   checks names, filters (valid, not overlapping), format-specific keys and taxonomy
 //!   codes, and a table whose keys fit its format becomes a [`SourceConfig`].
+//! - `camera_push.rs`: `[ingest.camera_push]`, the HTTP listener ISAPI cameras push
+//!   alarms to ([`CameraPushConfig`]); `validate/camera_push.rs` its rules, `secrets.rs`
+//!   reads its users' passwords.
 //! - `alerts.rs`: `[alerts]` — local alert rules (severity overrides, debounce,
 //!   hold-open, offline detection, escalation, correlation, linkage, silence windows),
 //!   [`AlertsConfig`]; `validate/alerts.rs` their rules.
@@ -75,6 +78,7 @@
 #![warn(missing_docs)]
 
 mod alerts;
+mod camera_push;
 mod commands;
 mod error;
 mod load;
@@ -91,6 +95,9 @@ use std::path::Path;
 pub use alerts::{
     is_life_safety_code, AlertsConfig, Correlation, Escalation, Linkage, OfflineRules, Scope,
     Silence,
+};
+pub use camera_push::{
+    CameraIdFrom, CameraPushConfig, PushAuth, PushUser, DEFAULT_CAMERA_PUSH_NAME,
 };
 pub use commands::{BroadcastConfig, BroadcastOutput, CommandsConfig};
 pub use error::{ConfigErrors, ConfigProblem};
@@ -158,6 +165,8 @@ impl Config {
 mod tests;
 #[cfg(test)]
 mod tests_alerts;
+#[cfg(test)]
+mod tests_camera_push;
 #[cfg(test)]
 mod tests_modbus;
 #[cfg(test)]

@@ -102,6 +102,10 @@ pub struct IngestConfig {
     /// "native"` too to keep the native devices). Default: absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<SourceConfig>>,
+    /// `[ingest.camera_push]`: an HTTP listener for cameras that push ISAPI alarms (see
+    /// [`crate::CameraPushConfig`]). Default: absent (no listener).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub camera_push: Option<crate::CameraPushConfig>,
 }
 
 impl Default for IngestConfig {
@@ -112,6 +116,7 @@ impl Default for IngestConfig {
             max_payload: ByteSize::kib(64),
             raw_limit: ByteSize::kib(2),
             sources: None,
+            camera_push: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Secrets from files and environment variables, resolved when the config is loaded.
 //!
-//! `password_file` / `password_env` (broker connections) and `token_file` / `token_env`
+//! `password_file` / `password_env` (broker connections, camera push users) and `token_file` / `token_env`
 //! (the API) are read here, after the semantic rules, into the [`Secret`] field they
 //! stand for, so the rest of the gateway only ever sees `password` / `token`. At most one
 //! source per secret. A source that cannot be read is a located config problem; its
@@ -29,6 +29,21 @@ pub(crate) fn resolve(parts: &mut Parts) -> Vec<Finding> {
     }
     if let Some(uplink) = &mut parts.uplink {
         resolve_broker("uplink.mqtt", &mut uplink.mqtt, &mut findings);
+    }
+    if let Some(push) = parts.ingest.as_mut().and_then(|i| i.camera_push.as_mut()) {
+        for (k, user) in push.users.iter_mut().enumerate() {
+            let (file, env) = (user.password_file.clone(), user.password_env.clone());
+            if let Some(password) = resolve_one(
+                &format!("ingest.camera_push.users[{k}]"),
+                "password",
+                user.password.is_some(),
+                file.as_deref(),
+                env.as_deref(),
+                &mut findings,
+            ) {
+                user.password = Some(password);
+            }
+        }
     }
     if let Some(api) = &mut parts.api {
         let (file, env) = (api.token_file.clone(), api.token_env.clone());

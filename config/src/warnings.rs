@@ -6,7 +6,8 @@
 //! - a TLS private key or a secret file (`password_file`, `token_file`) that the
 //!   file's group or other users can access;
 //! - an uplink (or a non-loopback ingest broker) without TLS;
-//! - an API listening beyond loopback without `api.token`.
+//! - an API listening beyond loopback without `api.token`;
+//! - a camera push beyond loopback with `auth = "none"` or basic auth.
 //!
 //! Reads file metadata only, never file contents; messages never contain a secret.
 
@@ -50,8 +51,43 @@ impl Config {
                 ),
             });
         }
+        if let Some(push) = &self.ingest.camera_push {
+            camera_push_warnings(push, &mut w);
+        }
         w
     }
+}
+
+/// A camera push beyond loopback without credentials, or with basic auth (passwords in
+/// clear); its users' password files.
+fn camera_push_warnings(push: &crate::CameraPushConfig, w: &mut Vec<ConfigWarning>) {
+    for (k, user) in push.users.iter().enumerate() {
+        if let Some(file) = &user.password_file {
+            private_file(
+                &format!("ingest.camera_push.users[{k}].password_file"),
+                file,
+                w,
+            );
+        }
+    }
+    if push.listen.ip().is_loopback() {
+        return;
+    }
+    let message = match push.auth {
+        crate::PushAuth::None => format!(
+            "{} is reachable beyond loopback and `auth = \"none\"`: anyone on that network can raise camera alarms; set `auth = \"digest\"` and `users`",
+            push.listen
+        ),
+        crate::PushAuth::Basic | crate::PushAuth::BasicOrDigest => format!(
+            "basic auth on {} sends the cameras' passwords in clear; prefer `auth = \"digest\"` unless the cameras are on their own VLAN",
+            push.listen
+        ),
+        crate::PushAuth::Digest => return,
+    };
+    w.push(ConfigWarning {
+        path: "ingest.camera_push.auth".to_owned(),
+        message,
+    });
 }
 
 fn broker_warnings(prefix: &str, b: &BrokerConfig, uplink: bool, w: &mut Vec<ConfigWarning>) {

@@ -10,7 +10,8 @@
 //!
 //! Layout (one purpose per room):
 //! - [`ingest`] — MQTT subscriber with manual acks; [`ingest::formats`] holds the pure decoders;
-//!   [`ingest::modbus`] polls Modbus devices (TCP, RTU, RTU over TCP) and writes for linkage.
+//!   [`ingest::modbus`] polls Modbus devices (TCP, RTU, RTU over TCP) and writes for linkage;
+//!   [`ingest::camera_push`] is the HTTP listener ISAPI cameras push alarms to.
 //! - [`store`] — the one writer, lanes, cursors, dead letters, disk budget.
 //! - [`forward`] — uplink publisher, alarms first, cursors move on PUBACK only.
 //! - [`alerts`] — local alerts: the pure rule engine, durable state and audit, linkage,
@@ -28,7 +29,8 @@
 //! - [`telemetry`] — metrics and logging; [`health`] — the conditions `/healthz` reports.
 //! - [`systemd`] — `sd_notify` readiness and the watchdog (a no-op outside systemd).
 //!
-//! Shutdown order: stop ingest (acknowledging what is committed) and Modbus → alerts
+//! Shutdown order: stop ingest (acknowledging what is committed), camera push (answering
+//! what is committed) and Modbus → alerts
 //! handle what was committed and stop → forward gets one last attempt within the grace
 //! period, while the city link answers what still runs, publishes its offline status and
 //! disconnects (within 2 s) → the store writer drains, flushes, exits.
@@ -43,6 +45,7 @@
 //! | stage | when it ends unexpectedly | why |
 //! |---|---|---|
 //! | ingest (MQTT) | stops the gateway, exit 1 | its session and acks are tied to the store writer; a fresh process reconnects and the broker redelivers what was not acknowledged |
+//! | camera push | stops the gateway, exit 1 (`stage.camera_push`) | it owns its listening socket; a fresh process binds it again, and cameras resend what was not answered |
 //! | forward (uplink) | stops the gateway, exit 1 | its cursors live in the store; a fresh process resumes from them |
 //! | city link | stops the gateway, exit 1 (`Guarded`, `stage.link`) | its session lives in the broker and its seen-set in the store; a fresh process resumes both, answers what was interrupted, and never runs a recorded command again, so a command that crashed it cannot loop ([`link`]) |
 //! | alerts | **restarted in place** (250 ms, doubling to 4 s), rebuilt from the store; more than 5 failures in 10 min stop the gateway, exit 1 | local alerts come back fastest that way while ingest and forward run on (see [`alerts::supervisor`]) |
@@ -111,6 +114,9 @@ pub enum GatewayError {
     /// Binding or setting up the API listener.
     #[error("API listener")]
     Api(#[source] std::io::Error),
+    /// Binding or running the camera push listener (`ingest.camera_push.listen`).
+    #[error("camera push listener {0}")]
+    CameraPush(SocketAddr, #[source] std::io::Error),
     /// A stage's task panicked.
     #[error("a stage panicked")]
     Join(#[from] tokio::task::JoinError),
@@ -206,6 +212,7 @@ pub async fn run(
     let modbus = ingest::modbus::Modbus::new(&cfg)?;
     let modbus_handle = modbus.handle();
     let (api_listener, api_addr) = bind_api(opts.api_listener, &cfg)?;
+    let camera_push = bind_camera_push(&cfg)?;
 
     let Core {
         handle,
@@ -257,6 +264,9 @@ pub async fn run(
     let (ingest, forward, city_link) =
         spawn_mqtt_stages(guard, mqtt_stages, link_context, &shutdown, opts.grace);
     let modbus = spawn_modbus_and_watchdog(guard, modbus, &handle, &metrics, &shutdown);
+    let camera_push = camera_push.map(|(stage, listener)| {
+        spawn_camera_push(guard, stage, listener, &handle, &metrics, &shutdown)
+    });
     drop(handle);
     info!(gateway_id = %cfg.gateway.id, estate_id = %cfg.gateway.estate_id, %api_addr, epoch = reader.epoch(), %boot_id, "Gateway running.");
     announce_ready(
@@ -274,6 +284,7 @@ pub async fn run(
     );
     Stages {
         ingest,
+        camera_push,
         modbus,
         duty,
         alerts_stop,
@@ -362,6 +373,23 @@ fn spawn_modbus_and_watchdog(
         ));
     }
     task
+}
+
+/// Starts the camera push listener under its guard.
+fn spawn_camera_push(
+    guard: impl Fn(&'static str, &'static str) -> Guarded,
+    stage: ingest::camera_push::CameraPush,
+    listener: tokio::net::TcpListener,
+    handle: &store::StoreHandle,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), GatewayError>> {
+    let addr = stage.listen();
+    let run = stage.run(listener, handle.clone(), metrics.clone(), shutdown.clone());
+    tokio::spawn(guard("camera push", "stage.camera_push").run(
+        async move { run.await.map_err(|e| GatewayError::CameraPush(addr, e)) },
+        result_cause,
+    ))
 }
 
 /// Runs the store writer on the blocking pool under `guard`.
@@ -455,6 +483,21 @@ fn bind_api(
     Ok((listener, addr))
 }
 
+/// The camera push stage and its bound listener, when `[ingest.camera_push]` is set.
+fn bind_camera_push(
+    cfg: &Config,
+) -> Result<Option<(ingest::camera_push::CameraPush, tokio::net::TcpListener)>, GatewayError> {
+    let Some(stage) = ingest::camera_push::CameraPush::new(cfg) else {
+        return Ok(None);
+    };
+    let addr = stage.listen();
+    let err = |e| GatewayError::CameraPush(addr, e);
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(err)?;
+    Ok(Some((stage, listener)))
+}
+
 /// What the API serves from; live streams end when `stream_stop` is cancelled.
 fn api_state(
     cfg: &Config,
@@ -504,6 +547,7 @@ fn announce_ready(
 /// The running stages, stopped by [`Stages::stop_in_order`].
 struct Stages {
     ingest: tokio::task::JoinHandle<Result<(), ingest::IngestError>>,
+    camera_push: Option<tokio::task::JoinHandle<Result<(), GatewayError>>>,
     modbus: tokio::task::JoinHandle<()>,
     duty: duty::DutyDesk,
     alerts_stop: CancellationToken,
@@ -521,6 +565,11 @@ impl Stages {
     /// the first error, or [`GatewayError::StageEnded`] if a stage ended on its own.
     async fn stop_in_order(self, ended: &Ended) -> Result<(), GatewayError> {
         let ingest_result = self.ingest.await;
+        // Camera push answers what is committed and drops its StoreHandle.
+        let camera_push_result = match self.camera_push {
+            Some(task) => task.await,
+            None => Ok(Ok(())),
+        };
         // Modbus stops polling at a safe point and drops its StoreHandle before the store drains.
         let modbus_result = self.modbus.await;
         // No broadcast writes after Modbus: the desk lets go of its StoreHandle.
@@ -537,6 +586,7 @@ impl Stages {
             error!(error = %err, "Store writer failed while stopping.");
         }
         ingest_result??;
+        camera_push_result??;
         modbus_result?;
         alerts_result?;
         forward_result??;

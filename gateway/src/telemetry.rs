@@ -33,6 +33,15 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// What became of a camera's push (`ingest/camera_push/`), or of its snapshots.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushResultLabel {
+    /// Requests: `accepted`, `dead_lettered`, `unauthorized` (wrong credentials),
+    /// `challenged` (none, or a stale nonce: a digest exchange's first leg), `too_large`,
+    /// `bad_request`, `not_stored`. Snapshots: `kept` (in the event's raw bytes) or `dropped`.
+    pub result: &'static str,
+}
+
 /// A long-running stage, for its restarts (lib.rs, "Supervised stages").
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
@@ -192,6 +201,11 @@ pub struct Metrics {
     /// API connections or live streams refused over their cap (`reason`: `connections`,
     /// `streams`), and connections closed by a timeout (`header_timeout`, `idle_timeout`).
     pub api_closed: Family<ReasonLabel, Counter>,
+    /// Camera push requests by result (see [`PushResultLabel`]).
+    pub camera_push_requests: Family<PushResultLabel, Counter>,
+    /// Snapshots of pushed camera alarms, kept in the event's raw bytes or dropped for
+    /// `ingest.raw_limit`.
+    pub camera_push_images: Family<PushResultLabel, Counter>,
     /// What `/healthz` reports beyond the counters: the conditions stages raise.
     pub health: crate::health::Health,
 }
@@ -249,10 +263,13 @@ impl Metrics {
             stage_restarts: Family::default(),
             api_connections: Gauge::default(),
             api_closed: Family::default(),
+            camera_push_requests: Family::default(),
+            camera_push_images: Family::default(),
             health: crate::health::Health::default(),
             registry: Registry::with_prefix("estate"),
         };
         m.register_ingest();
+        m.register_camera_push();
         m.register_store();
         m.register_forward();
         m.register_link();
@@ -294,6 +311,22 @@ impl Metrics {
             "ingest_acked_unstored",
             "Telemetry messages acknowledged without being stored while the disk was full (alarms never are)",
             self.ingest_acked_unstored.clone(),
+        );
+    }
+
+    /// Registers the metrics of the camera push listener (`ingest/camera_push/`); its
+    /// dead letters count in `dead_lettered` like MQTT's.
+    fn register_camera_push(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "camera_push_requests",
+            "Camera push requests by result (accepted, dead_lettered, unauthorized, challenged, too_large, bad_request, not_stored)",
+            self.camera_push_requests.clone(),
+        );
+        r.register(
+            "camera_push_images",
+            "Snapshots of pushed camera alarms kept whole in the event's raw bytes, or dropped for ingest.raw_limit",
+            self.camera_push_images.clone(),
         );
     }
 

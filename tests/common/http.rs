@@ -41,6 +41,25 @@ pub async fn http_request_full(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, Vec<(String, String)>, String)> {
+    let mut all = headers.to_vec();
+    if !body.is_empty() || method != "GET" {
+        all.push(("content-type", "application/json"));
+    }
+    let (status, headers, body) =
+        http_request_bytes(addr, method, path, &all, body.as_bytes().to_vec()).await?;
+    let body = String::from_utf8(body).context("body is not UTF-8")?;
+    Ok((status, headers, body))
+}
+
+/// `METHOD path` with exactly these headers (give the content type) and a body of any
+/// bytes: status, headers (lower-cased names), body bytes. 10 s at most.
+pub async fn http_request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, Vec<(String, String)>, Vec<u8>)> {
     let fut = async {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let (mut sender, conn) =
@@ -53,10 +72,7 @@ pub async fn http_request_full(
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        if !body.is_empty() || method != "GET" {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req.body(Full::new(Bytes::from(body.to_owned())))?;
+        let req = req.body(Full::new(Bytes::from(body)))?;
         let resp = sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp
@@ -73,8 +89,7 @@ pub async fn http_request_full(
     let (status, headers, body) = tokio::time::timeout(Duration::from_secs(10), fut)
         .await
         .map_err(|_| anyhow!("{method} {path} on {addr}: no response within 10 s"))??;
-    let body = String::from_utf8(body.to_vec()).context("body is not UTF-8")?;
-    Ok((status, headers, body))
+    Ok((status, headers, body.to_vec()))
 }
 
 /// `GET path` that must answer 200 with JSON: the JSON (panics naming the path otherwise).

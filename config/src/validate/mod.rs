@@ -10,11 +10,13 @@
 //! - `core.rs`: gateway, brokers, store, uplink, API, devices and the size limits that
 //!   meet across them.
 //! - `sources.rs`: `[[ingest.sources]]` and the devices' `source`.
+//! - `camera_push.rs`: `[ingest.camera_push]`.
 //! - `alerts.rs`: `[alerts]`.
 //! - `modbus.rs`: `[modbus]` buses and the devices' `modbus` table; the profiles' rules
 //!   run as the loader reads each profile file, since they are located in that file.
 
 mod alerts;
+mod camera_push;
 pub(crate) mod commands;
 mod core;
 mod findings;
@@ -30,6 +32,7 @@ pub(crate) fn validate(parts: &Parts) -> Vec<Finding> {
     let mut f = Findings::default();
     self::core::check(parts, &mut f);
     sources::check(parts, &mut f);
+    camera_push::check(parts, &mut f);
     alerts::check(parts, &mut f);
     self::commands::check(parts, &mut f);
     modbus::check(parts, &mut f);

@@ -158,22 +158,31 @@ fn check_overlaps(all_filters: &[Filter], f: &mut Findings) {
 /// Devices known by their source's own id: a source that exists and is not native, and
 /// an id unique within it. `listed`: the config has an `[[ingest.sources]]` list.
 fn check_device_sources(parts: &Parts, listed: bool, f: &mut Findings) {
-    let sources: HashMap<&str, SourceFormat> = parts
+    let mut sources: HashMap<&str, SourceFormat> = parts
         .sources
         .iter()
         .map(|(_, s)| (s.effective_name(), s.format))
         .collect();
+    // `[ingest.camera_push]` names cameras like a camera-isapi-json source does.
+    let push = parts
+        .ingest
+        .as_ref()
+        .and_then(|i| i.camera_push.as_ref())
+        .map(|p| p.name.as_str());
+    if let Some(name) = push {
+        sources.entry(name).or_insert(SourceFormat::CameraIsapiJson);
+    }
     let mut ids: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, d) in &parts.devices {
         let Some(src) = &d.source else {
             continue;
         };
         let path = format!("devices[{i}].source");
-        if !listed {
+        if !listed && push != Some(src.name.as_str()) {
             f.at(
                 format!("{path}.name"),
                 format!(
-                    "names source {:?}, but there is no [[ingest.sources]] list (only the native format is read)",
+                    "names source {:?}, but there is no [[ingest.sources]] list (only the native format is read) and no [ingest.camera_push] of that name",
                     src.name
                 ),
             );

@@ -1,4 +1,5 @@
-//! Ingest: sensors → events. MQTT is here; Modbus polling is in [`modbus`].
+//! Ingest: sensors → events. MQTT is here; Modbus polling is in [`modbus`]; cameras that
+//! push ISAPI alarms over HTTP are in [`camera_push`].
 //!
 //! The MQTT stage keeps a persistent session (stable client id, `clean_session = false`),
 //! subscribes QoS 1 to every configured source's topic filters, and acknowledges each
@@ -14,6 +15,7 @@
 //! Which decoder reads a message is chosen by topic (see [`formats`]); the native
 //! protocol is [`formats::native`].
 
+pub mod camera_push;
 pub mod formats;
 pub mod modbus;
 mod ready;

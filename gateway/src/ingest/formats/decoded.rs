@@ -20,6 +20,9 @@ pub enum DecodeReason {
     InvalidUtf8,
     /// The payload is not JSON, or not a JSON object.
     BadJson,
+    /// A camera's pushed body is not well-formed XML, not an `EventNotificationAlert`, or
+    /// a multipart body without one (`ingest/camera_push/`).
+    BadXml,
     /// A field is missing, of the wrong type, or has a value the format does not know.
     BadField,
     /// A native event code that is not in the taxonomy.
@@ -33,6 +36,7 @@ impl DecodeReason {
         DecodeReason::BadTopic,
         DecodeReason::InvalidUtf8,
         DecodeReason::BadJson,
+        DecodeReason::BadXml,
         DecodeReason::BadField,
         DecodeReason::UnknownCode,
     ];
@@ -44,6 +48,7 @@ impl DecodeReason {
             DecodeReason::BadTopic => "bad_topic",
             DecodeReason::InvalidUtf8 => "invalid_utf8",
             DecodeReason::BadJson => "bad_json",
+            DecodeReason::BadXml => "bad_xml",
             DecodeReason::BadField => "bad_field",
             DecodeReason::UnknownCode => "unknown_code",
         }
@@ -192,6 +197,7 @@ mod tests {
                 "bad_topic",
                 "invalid_utf8",
                 "bad_json",
+                "bad_xml",
                 "bad_field",
                 "unknown_code"
             ]

@@ -27,6 +27,7 @@ pub mod decoded;
 pub mod fields;
 pub mod frigate;
 pub mod isapi;
+pub mod isapi_xml;
 pub mod json_map;
 pub mod native;
 pub mod nbiot;
@@ -93,6 +94,8 @@ struct SourceRt {
     decoder: Decoder,
     /// Source id → configured device.
     devices: HashMap<String, Registered>,
+    /// How its messages arrive, for `source.protocol`: `mqtt`, or `http` (camera push).
+    protocol: &'static str,
 }
 
 /// Every configured source, with the decoders' state. Built from config; pure apart from
@@ -146,34 +149,63 @@ impl Sources {
                         Decoder::JsonMap(Box::new(json_map::JsonMapDecoder::new((**map).clone())))
                     }
                 };
-                let devices = cfg
-                    .devices
-                    .iter()
-                    .filter_map(|d| {
-                        let src = d.source.as_ref()?;
-                        (src.name == name).then(|| {
-                            (
-                                src.id.clone(),
-                                Registered {
-                                    device_id: d.id.clone(),
-                                    info: DeviceInfo {
-                                        kind: d.kind,
-                                        location: d.location.clone(),
-                                    },
-                                },
-                            )
-                        })
-                    })
-                    .collect();
                 SourceRt {
+                    devices: registered(cfg, &name),
                     name,
                     format: s.format(),
                     filters,
                     decoder,
-                    devices,
+                    protocol: "mqtt",
                 }
             })
             .collect();
+        Sources::with(cfg, sources)
+    }
+
+    /// The one source of `[ingest.camera_push]` (ISAPI alarms pushed over HTTP), or
+    /// `None` when it is not configured. It reads no topic: alerts come in through
+    /// [`Sources::push`], and [`Sources::tick`] clears them after their silence like a
+    /// camera-isapi-json source's.
+    pub fn camera_push(cfg: &Config) -> Option<Self> {
+        let push = cfg.ingest.camera_push.as_ref()?;
+        let source = SourceRt {
+            devices: registered(cfg, &push.name),
+            name: push.name.clone(),
+            format: SourceFormat::CameraIsapiJson,
+            filters: Vec::new(),
+            decoder: Decoder::Isapi(isapi::Isapi::new(push.clear_after.as_millis() as i64)),
+            protocol: "http",
+        };
+        Some(Sources::with(cfg, vec![source]))
+    }
+
+    /// Maps one pushed camera alert (see [`Sources::camera_push`]) to events: `camera`
+    /// is its source id, `raw` what is kept of the body, `reference` its
+    /// `source.reference`.
+    pub fn push(
+        &mut self,
+        camera: String,
+        alert: &isapi::Alert,
+        raw: bytes::Bytes,
+        raw_truncated: bool,
+        reference: &str,
+        now_ms: i64,
+    ) -> Decoded {
+        let Some(i) = self
+            .sources
+            .iter()
+            .position(|s| matches!(s.decoder, Decoder::Isapi(_)))
+        else {
+            return Decoded::default();
+        };
+        let Decoder::Isapi(d) = &mut self.sources[i].decoder else {
+            return Decoded::default();
+        };
+        let observations = d.observe(camera, alert.code, alert.active, alert.time_ms, now_ms);
+        self.events(i, observations, reference, raw, raw_truncated, now_ms)
+    }
+
+    fn with(cfg: &Config, sources: Vec<SourceRt>) -> Self {
         Sources {
             sources,
             gateway_id: cfg.gateway.id.clone(),
@@ -364,7 +396,7 @@ impl Sources {
                 gateway_time_ms: now_ms,
                 value: o.value,
                 source: Source {
-                    protocol: "mqtt".into(),
+                    protocol: source.protocol.into(),
                     reference: reference.to_owned(),
                 },
                 raw: raw.clone(),
@@ -376,6 +408,28 @@ impl Sources {
         }
         out
     }
+}
+
+/// The devices of `[[devices]]` that source `name` knows, by their id in it.
+fn registered(cfg: &Config, name: &str) -> HashMap<String, Registered> {
+    cfg.devices
+        .iter()
+        .filter_map(|d| {
+            let src = d.source.as_ref()?;
+            (src.name == name).then(|| {
+                (
+                    src.id.clone(),
+                    Registered {
+                        device_id: d.id.clone(),
+                        info: DeviceInfo {
+                            kind: d.kind,
+                            location: d.location.clone(),
+                        },
+                    },
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
