@@ -8,7 +8,9 @@
 //!   restart; invalid transitions are refused;
 //! - without the token write actions are refused (401), and without a configured token
 //!   the API is read-only (403); nothing changes either way;
-//! - a leak closes the simulated Modbus valve and the action is recorded on the alert.
+//! - a leak closes the simulated Modbus valve and the action is recorded on the alert;
+//! - alarm management (issue 16): a door forced and closed 50 times is one chattering
+//!   alert with a bounded audit and a bounded number of updates upstream.
 
 mod common;
 
@@ -880,4 +882,144 @@ async fn the_cli_lists_acknowledges_and_closes_through_the_api() {
     assert!(out.contains("closed (maintenance) by zhao"), "{out}");
     let a = get_json(gw.api, &format!("/api/alerts/{id}")).await;
     assert_eq!(a["closed"]["note"], "pump seal replaced");
+}
+
+// ---------------------------------------------------------------------------------------
+// Alarm management (issue 16)
+// ---------------------------------------------------------------------------------------
+
+/// The `ALERT.UPDATE`s of alert `id` the city received so far (deduplicated on seq).
+fn updates_of(tap: &EventTap, id: &str) -> Vec<estate_protocols::pb::AlertUpdate> {
+    let mut seen = std::collections::HashSet::new();
+    tap.events()
+        .into_iter()
+        .filter(|(t, e)| t.ends_with("/alarms") && seen.insert(e.seq))
+        .filter_map(|(_, e)| e.alert)
+        .filter(|a| a.alert_id == id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chattering_door_is_one_alert_with_a_bounded_audit_and_few_updates_upstream() {
+    let env = env();
+    let tap = EventTap::start(&env.uplink, &env.estate_id).await;
+    let extra = "\n[alerts.chattering]\nactivations = 5\nwindow = \"60s\"\nstable_for = \"4s\"\n";
+    let mut gw = common::start_gateway_with(&env, &with_token(extra));
+    gw.wait_subscribed().await;
+
+    // Forced open and closed again, 50 times, as fast as the broker takes it.
+    const CYCLES: u64 = 50;
+    let mut publisher = env.raw_client().await;
+    let topic = format!("estate/{}/access_control/door-1-main/event", env.estate_id);
+    for _ in 0..CYCLES {
+        publisher
+            .publish(&topic, r#"{"code":"ACS.FORCED_OPEN"}"#)
+            .await;
+        publisher
+            .publish(&topic, r#"{"code":"ACS.FORCED_OPEN","state":"cleared"}"#)
+            .await;
+    }
+    let v = wait_json(
+        &mut gw,
+        "/api/alerts?status=all&device=door-1-main",
+        "the door's 50 activations on one alert",
+        Duration::from_secs(60),
+        |v| {
+            alerts_of(v)
+                .iter()
+                .any(|a| a["activations"] == CYCLES && a["cleared"] == true)
+        },
+    )
+    .await;
+    let all = alerts_of(&v);
+    assert_eq!(all.len(), 1, "one alert, not 50: {all:#?}");
+    let id = all[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        all[0]["status"], "active",
+        "a forced door is never auto-closed"
+    );
+
+    // Four seconds without an activation: it leaves chattering.
+    let one = wait_json(
+        &mut gw,
+        &format!("/api/alerts/{id}"),
+        "chattering to end",
+        Duration::from_secs(30),
+        |a| {
+            a["chattering"] == false
+                && a["audit"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|e| e["action"] == "chattering_ended"))
+        },
+    )
+    .await;
+    let trail = one["audit"].as_array().cloned().unwrap_or_default();
+    let actions: Vec<&str> = trail.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(
+        trail.len() <= 8,
+        "a bounded audit, not {} entries: {actions:?}",
+        2 * CYCLES
+    );
+    assert_eq!(actions.first(), Some(&"opened"));
+    assert!(actions.contains(&"chattering"), "{actions:?}");
+    let folded: u64 = trail
+        .iter()
+        .filter(|e| e["action"] == "repeated")
+        .filter_map(|e| e["count"].as_u64())
+        .sum();
+    let single = trail
+        .iter()
+        .filter(|e| {
+            ["cleared", "reactivated", "chattering"].contains(&e["action"].as_str().unwrap_or(""))
+        })
+        .count() as u64;
+    // Every clear and reactivation is accounted for: 50 clears and 49 reactivations (the
+    // one that made it chatter is the `chattering` entry).
+    assert_eq!(folded + single, 2 * CYCLES - 1, "{trail:#?}");
+
+    // Upstream: the raw events all arrive (never lost), but the alert's updates are the
+    // first few transitions, entering chattering and its state when it ended.
+    let ups = tap
+        .wait_for(
+            "the alert's state after chattering upstream",
+            Duration::from_secs(30),
+            |_| {
+                updates_of(&tap, &id).iter().any(|u| {
+                    u.change() == estate_protocols::pb::AlertChange::Cleared
+                        && u.note.starts_with("no activation for")
+                })
+            },
+        )
+        .await;
+    let updates = updates_of(&tap, &id);
+    assert!(
+        updates.len() <= 12,
+        "{} updates upstream for {} transitions",
+        updates.len(),
+        2 * CYCLES
+    );
+    assert_eq!(
+        updates[0].change(),
+        estate_protocols::pb::AlertChange::Opened
+    );
+    assert!(updates
+        .iter()
+        .any(|u| u.note.contains("activations within")));
+    let raw = ups
+        .iter()
+        .filter(|(_, e)| e.device_id == "door-1-main" && e.code == "ACS.FORCED_OPEN")
+        .map(|(_, e)| e.seq)
+        .collect::<std::collections::BTreeSet<_>>();
+    let raw = if raw.len() as u64 >= 2 * CYCLES {
+        raw.len() as u64
+    } else {
+        tap.wait_for(
+            "every raw door event upstream",
+            Duration::from_secs(30),
+            |_| tap.of("door-1-main", "ACS.FORCED_OPEN").len() as u64 >= 2 * CYCLES,
+        )
+        .await;
+        tap.of("door-1-main", "ACS.FORCED_OPEN").len() as u64
+    };
+    assert_eq!(raw, 2 * CYCLES, "the door's own events all go upstream");
 }

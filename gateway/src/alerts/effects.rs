@@ -226,12 +226,12 @@ impl Alerts {
                 );
                 vec![Effect::Alert {
                     alert: a,
-                    audit: Some(AuditEntry {
-                        at_ms: done.record.at_ms,
-                        by: rules::BY_GATEWAY.into(),
-                        action: "action".into(),
-                        note,
-                    }),
+                    audit: Some(AuditEntry::new(
+                        done.record.at_ms,
+                        rules::BY_GATEWAY,
+                        "action",
+                        &note,
+                    )),
                     upstream: Some(AlertChange::Action),
                 }]
             }

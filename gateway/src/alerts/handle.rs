@@ -24,6 +24,9 @@ pub enum OpError {
     /// The transition is not allowed (e.g. closing a closed alert).
     #[error("{0}")]
     Conflict(String),
+    /// The request is out of bounds (e.g. shelving for longer than allowed).
+    #[error("{0}")]
+    Invalid(String),
     /// The change could not be made durable.
     #[error("alert state could not be stored: {0}")]
     Store(String),
@@ -175,7 +178,9 @@ impl Alerts {
                 return;
             }
         };
-        let changed = effects.iter().find_map(|e| match e {
+        // The last change is the alert as the command left it (a folded run of repeats
+        // may be written before it).
+        let changed = effects.iter().rev().find_map(|e| match e {
             Effect::Alert { alert, .. } => Some(alert.clone()),
             _ => None,
         });
@@ -248,6 +253,7 @@ impl Alerts {
     fn op_error(&self, id: &str, e: rules::ActionError) -> OpError {
         match e {
             rules::ActionError::Invalid(m) => OpError::Conflict(m),
+            rules::ActionError::Refused(m) => OpError::Invalid(m),
             rules::ActionError::NotOpen(_) => match self.store.get(id) {
                 Ok(Some(a)) => OpError::Conflict(format!(
                     "alert {id} is {}; it cannot change any more",

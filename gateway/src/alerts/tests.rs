@@ -258,12 +258,7 @@ fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
         };
         ids.push(alert.id.clone());
         let mut a = alert;
-        let audit = AuditEntry {
-            at_ms: 1,
-            by: "t".into(),
-            action: "opened".into(),
-            note: String::new(),
-        };
+        let audit = AuditEntry::new(1, "t", "opened", "");
         if i > 0 {
             a.status = AlertStatus::Closed;
             a.closed = Some(Closed {
@@ -315,12 +310,7 @@ fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
     };
     assert_eq!(open_ids(&st), vec![ids[0].clone()]);
     // Audit numbering goes on: a new entry adds to a trail, it does not replace one.
-    let note = AuditEntry {
-        at_ms: 3,
-        by: "t".into(),
-        action: "note".into(),
-        note: "after the upgrade".into(),
-    };
+    let note = AuditEntry::new(3, "t", "note", "after the upgrade");
     let mut first = st.get(&ids[0]).expect("reads").expect("kept");
     st.write(&[(&first, Some(&note))], None).expect("writes");
     assert_eq!(st.audit(&ids[0]).expect("reads").len(), 2);

@@ -483,6 +483,7 @@ fn op_response(r: Result<crate::alerts::model::Alert, OpError>) -> Response {
         Ok(alert) => Json(alert).into_response(),
         Err(OpError::NotFound(id)) => error(StatusCode::NOT_FOUND, format!("no alert {id}")),
         Err(e @ OpError::Conflict(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ OpError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -29,6 +29,7 @@ impl Engine {
             let Some(a) = self.open.get_mut(&id) else {
                 continue;
             };
+            out.extend(super::chatter::take_run(a));
             let from = a.severity;
             a.severity = a.severity.saturating_sub(1).max(1);
             a.escalated = true;

@@ -320,7 +320,7 @@ function makeAlertRow(id) {
   const q = (sel) => li.querySelector(sel);
   const el = {
     sev: q('.sev'), title: q('.title'), code: q('.code'), repeat: q('.repeat'),
-    cleared: q('.cleared'), escalated: q('.escalated'), unstored: q('.unstored'), state: q('.state'),
+    cleared: q('.cleared'), escalated: q('.escalated'), chattering: q('.chattering'), unstored: q('.unstored'), state: q('.state'),
     where: q('.where'), device: q('.device'), age: q('.age'), handled: q('.handled'), city: q('.city'),
     actions: q('.actions'), ops: q('.ops'), ack: q('.ack'), close: q('.close'),
   };
@@ -348,6 +348,8 @@ function renderAlertRow(row, a, now) {
   setText(el.repeat, `×${a.count} 重复${a.count}次 · ${a.count} times`);
   el.cleared.hidden = !a.cleared;
   el.escalated.hidden = !a.escalated;
+  el.chattering.hidden = !a.chattering; // issue 16: one quiet alert with its activation count
+  setText(el.chattering, `频繁报警 Chattering ×${a.activations}`);
   // Opened while the disk was full (docs/never-lost.md, "Full disk"); older alerts have no field.
   el.unstored.hidden = a.stored !== false;
   setText(el.state, STATUS[a.status] || a.status);
