@@ -1023,3 +1023,78 @@ async fn a_chattering_door_is_one_alert_with_a_bounded_audit_and_few_updates_ups
     };
     assert_eq!(raw, 2 * CYCLES, "the door's own events all go upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_young_audit_trails_over_history_max_and_healthz_says_so() {
+    let env = env();
+    // history_max = 1, the default retention (90 days): every trail here is young.
+    let config = env.dir().join("gateway.toml");
+    let text = env
+        .config_toml()
+        .replacen("[alerts]\n", "[alerts]\nhistory_max = 1\n", 1);
+    std::fs::write(&config, format!("{text}{}", with_token(""))).expect("write config");
+    let mut gw = Gateway::start(&config, &env.data_dir(), &env.log_path()).expect("starts");
+    gw.wait_subscribed().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let sos = raise(
+            &env,
+            &mut gw,
+            "emergency_button",
+            "sos-0307",
+            r#"{"code":"SOS.PRESSED"}"#,
+            "SOS.PRESSED",
+        )
+        .await;
+        let id = sos["id"].as_str().expect("id").to_owned();
+        let close = r#"{"by":"wang","disposition":"test","note":"drill"}"#;
+        let (status, body) = post_json(
+            gw.api,
+            &format!("/api/alerts/{id}/close"),
+            Some(TOKEN),
+            close,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        ids.push(id);
+    }
+    let closed = alerts_of(&get_json(gw.api, "/api/alerts?status=closed").await);
+    assert_eq!(closed.len(), 3, "no young trail is pruned: {closed:#?}");
+    for id in &ids {
+        let a = get_json(gw.api, &format!("/api/alerts/{id}")).await;
+        let trail: Vec<&str> = a["audit"]
+            .as_array()
+            .map(|t| t.iter().filter_map(|e| e["action"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(trail, ["opened", "closed"], "{id}: its trail is whole");
+    }
+    // Over the bound: /healthz says so (degraded, still 200), and alerting goes on.
+    let h = wait_json(
+        &mut gw,
+        "/healthz",
+        "the history over its bound on /healthz",
+        Duration::from_secs(10),
+        |h| {
+            h["problems"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|c| c["key"] == "alerts.history"))
+        },
+    )
+    .await;
+    assert_eq!(h["status"], "degraded", "{h:#}");
+    let reason = h["problems"]
+        .as_array()
+        .and_then(|p| p.iter().find(|c| c["key"] == "alerts.history"))
+        .map(|c| c["reason"].to_string())
+        .unwrap_or_default();
+    assert!(reason.contains("alerts.audit_retention"), "{reason}");
+    raise(
+        &env,
+        &mut gw,
+        "emergency_button",
+        "sos-0307",
+        r#"{"code":"SOS.PRESSED"}"#,
+        "SOS.PRESSED",
+    )
+    .await;
+}
