@@ -10,7 +10,9 @@
 //!   the API is read-only (403); nothing changes either way;
 //! - a leak closes the simulated Modbus valve and the action is recorded on the alert;
 //! - alarm management (issue 16): a door forced and closed 50 times is one chattering
-//!   alert with a bounded audit and a bounded number of updates upstream.
+//!   alert with a bounded audit and a bounded number of updates upstream; pruning keeps
+//!   young audit trails over `history_max` and `/healthz` says so; a shelved alert is
+//!   unshelved automatically and its held-back state goes upstream once.
 
 mod common;
 
@@ -1097,4 +1099,132 @@ async fn pruning_keeps_young_audit_trails_over_history_max_and_healthz_says_so()
         "SOS.PRESSED",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shelved_alert_is_unshelved_automatically_and_its_held_back_state_goes_upstream() {
+    let env = env();
+    let tap = EventTap::start(&env.uplink, &env.estate_id).await;
+    let mut gw = common::start_gateway_with(&env, &with_token(""));
+    gw.wait_subscribed().await;
+    let cam = raise(
+        &env,
+        &mut gw,
+        "camera",
+        "cam-gate-north",
+        r#"{"code":"VID.TAMPER"}"#,
+        "VID.TAMPER",
+    )
+    .await;
+    let id = cam["id"].as_str().expect("id").to_owned();
+    let shelve = format!("/api/alerts/{id}/shelve");
+
+    // Refused: no token; longer than alerts.shelving.max (8 h); no reason.
+    let ok = r#"{"by":"wang","minutes":0.1,"reason":"lens cleaning"}"#;
+    assert_eq!(post_json(gw.api, &shelve, None, ok).await.0, 401);
+    let (status, body) = post_json(
+        gw.api,
+        &shelve,
+        Some(TOKEN),
+        r#"{"by":"wang","minutes":600,"reason":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].to_string().contains("alerts.shelving.max"),
+        "{body}"
+    );
+    let (status, body) = post_json(
+        gw.api,
+        &shelve,
+        Some(TOKEN),
+        r#"{"by":"wang","minutes":5,"reason":"  "}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Shelved for 6 s: visible with who, why and until when.
+    let (status, a) = post_json(gw.api, &shelve, Some(TOKEN), ok).await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["shelved"]["by"], "wang");
+    assert_eq!(a["shelved"]["reason"], "lens cleaning");
+    assert!(a["shelved"]["until_ms"].as_i64() > a["shelved"]["at_ms"].as_i64());
+    assert_eq!(a["status"], "active", "still open and listed");
+
+    // It clears while shelved: the alert shows it, upstream is not told one by one.
+    let mut publisher = env.raw_client().await;
+    let topic = format!("estate/{}/camera/cam-gate-north/event", env.estate_id);
+    publisher
+        .publish(&topic, r#"{"code":"VID.TAMPER","state":"cleared"}"#)
+        .await;
+    let seen = wait_json(
+        &mut gw,
+        &format!("/api/alerts/{id}"),
+        "the clear on the alert",
+        Duration::from_secs(10),
+        |a| a["cleared"] == true,
+    )
+    .await;
+    assert!(
+        !seen["shelved"].is_null(),
+        "cleared while still shelved: {seen:#}"
+    );
+
+    // Time is up: the gateway unshelves it and forwards where it stands, once.
+    let one = wait_json(
+        &mut gw,
+        &format!("/api/alerts/{id}"),
+        "the automatic unshelve",
+        Duration::from_secs(30),
+        |a| a["shelved"].is_null() && a["cleared"] == true,
+    )
+    .await;
+    let trail = one["audit"].as_array().cloned().unwrap_or_default();
+    let by = |action: &str| {
+        trail
+            .iter()
+            .find(|e| e["action"] == action)
+            .map(|e| e["by"].clone())
+    };
+    assert_eq!(by("shelved"), Some("wang".into()), "{trail:#?}");
+    assert_eq!(by("unshelved"), Some("gateway".into()), "{trail:#?}");
+    tap.wait_for(
+        "the held-back clear upstream after the unshelve",
+        Duration::from_secs(30),
+        |_| {
+            updates_of(&tap, &id)
+                .iter()
+                .any(|u| u.note.contains("shelving time is up"))
+        },
+    )
+    .await;
+    let cleared: Vec<_> = updates_of(&tap, &id)
+        .into_iter()
+        .filter(|u| u.change() == estate_protocols::pb::AlertChange::Cleared)
+        .collect();
+    assert_eq!(cleared.len(), 1, "{cleared:#?}");
+    assert!(
+        cleared[0].note.contains("1 changes held back"),
+        "{cleared:#?}"
+    );
+
+    // A life-safety alert shelves only briefly (alerts.shelving.life_safety_max, 15 min).
+    let door = raise(
+        &env,
+        &mut gw,
+        "access_control",
+        "door-1-main",
+        r#"{"code":"ACS.FORCED_OPEN"}"#,
+        "ACS.FORCED_OPEN",
+    )
+    .await;
+    let (status, body) = post_json(
+        gw.api,
+        &format!("/api/alerts/{}/shelve", door["id"].as_str().unwrap_or("")),
+        Some(TOKEN),
+        r#"{"by":"wang","minutes":30,"reason":"door fault"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].to_string().contains("life-safety"), "{body}");
 }

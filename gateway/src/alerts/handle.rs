@@ -58,6 +58,18 @@ pub(crate) enum Command {
         handling: CityHandling,
         reply: Reply,
     },
+    Shelve {
+        id: String,
+        by: String,
+        for_ms: i64,
+        reason: String,
+        reply: Reply,
+    },
+    Unshelve {
+        id: String,
+        by: String,
+        reply: Reply,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -66,6 +78,8 @@ impl std::fmt::Debug for Command {
             Command::Ack { id, .. } => write!(f, "Ack({id})"),
             Command::Close { id, .. } => write!(f, "Close({id})"),
             Command::City { id, .. } => write!(f, "City({id})"),
+            Command::Shelve { id, .. } => write!(f, "Shelve({id})"),
+            Command::Unshelve { id, .. } => write!(f, "Unshelve({id})"),
         }
     }
 }
@@ -156,6 +170,35 @@ impl AlertsHandle {
         .await
     }
 
+    /// Shelves an open alert for `for_ms` with a reason (issue 16; bounded by
+    /// `[alerts.shelving]`); resolves once the change is durable.
+    pub async fn shelve(
+        &self,
+        id: &str,
+        by: &str,
+        for_ms: i64,
+        reason: &str,
+    ) -> Result<Alert, OpError> {
+        self.ask(|reply| Command::Shelve {
+            id: id.to_owned(),
+            by: by.to_owned(),
+            for_ms,
+            reason: reason.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Takes a shelved alert off the shelf; resolves once the change is durable.
+    pub async fn unshelve(&self, id: &str, by: &str) -> Result<Alert, OpError> {
+        self.ask(|reply| Command::Unshelve {
+            id: id.to_owned(),
+            by: by.to_owned(),
+            reply,
+        })
+        .await
+    }
+
     /// Sends a command to the alerts task and waits for its answer.
     async fn ask(&self, command: impl FnOnce(Reply) -> Command) -> Result<Alert, OpError> {
         let (reply, rx) = oneshot::channel();
@@ -234,6 +277,24 @@ impl Alerts {
                 handling,
                 reply,
             } => (self.city_effects(id, handling), reply),
+            Command::Shelve {
+                id,
+                by,
+                for_ms,
+                reason,
+                reply,
+            } => (
+                self.engine
+                    .shelve(&id, &by, for_ms, &reason, now)
+                    .map_err(|e| self.op_error(&id, e)),
+                reply,
+            ),
+            Command::Unshelve { id, by, reply } => (
+                self.engine
+                    .unshelve(&id, &by, now)
+                    .map_err(|e| self.op_error(&id, e)),
+                reply,
+            ),
         }
     }
 

@@ -15,6 +15,7 @@
 //! - `correlation` — reports of several devices confirming each other;
 //! - `silence` — windows in which matching events open no alert;
 //! - `chatter` — chattering alerts and folded repeats in the audit trail;
+//! - `shelving` — alerts an operator shelved for a while;
 //! - `linkage` — Modbus writes an opening alert asks for, and their results;
 //! - `raised` — the events the rules raise.
 //!
@@ -32,6 +33,7 @@ mod lifecycle;
 mod linkage;
 mod offline;
 mod raised;
+mod shelving;
 mod silence;
 
 use std::collections::HashMap;
@@ -202,6 +204,7 @@ impl Engine {
         self.take_offline(now_ms, &mut out);
         self.escalate(now_ms, &mut out);
         self.settle_chattering(now_ms, &mut out);
+        self.expire_shelves(now_ms, &mut out);
         self.correlation.forget(now_ms);
         out
     }

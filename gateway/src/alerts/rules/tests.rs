@@ -864,3 +864,75 @@ fn repeats_below_the_chattering_rate_fold_in_the_audit_but_still_go_upstream() {
         ("repeated", 6)
     );
 }
+
+#[test]
+fn a_shelved_alert_is_quiet_until_its_time_is_up() {
+    let mut en = engine("");
+    let a = alerts(&en.on_event(&active("cam-1", "VID.TAMPER", T0, 1), T0))[0]
+        .0
+        .clone();
+    let fx = en
+        .shelve(&a.id, "wang", 600_000, "camera being serviced", T0 + 1000)
+        .expect("shelves");
+    let (s, up) = alerts(&fx).into_iter().last().expect("change");
+    assert_eq!(up, None);
+    let shelf = s.shelved.as_ref().expect("shelved");
+    assert_eq!(
+        (shelf.by.as_str(), shelf.until_ms),
+        ("wang", T0 + 1000 + 600_000)
+    );
+    assert_eq!(audits(&fx)[0].action, "shelved");
+    // While shelved: transitions are not forwarded, only counted.
+    let fx = en.on_event(&cleared("cam-1", "VID.TAMPER", T0 + 5000, 2), T0 + 5000);
+    assert_eq!(alerts(&fx)[0].1, None);
+    let fx = en.on_event(&active("cam-1", "VID.TAMPER", T0 + 9000, 3), T0 + 9000);
+    assert_eq!(alerts(&fx)[0].1, None);
+    assert!(alerts(&en.on_tick(T0 + 600_000)).is_empty(), "not yet");
+    // Time is up: the gateway unshelves it and says where it stands upstream.
+    let fx = en.on_tick(T0 + 601_000);
+    let (u, up) = alerts(&fx).into_iter().last().expect("unshelved");
+    assert!(u.shelved.is_none());
+    assert_eq!(up, Some(AlertChange::Opened));
+    let e = audits(&fx).into_iter().last().expect("entry");
+    assert_eq!(
+        (e.action.as_str(), e.by.as_str()),
+        ("unshelved", BY_GATEWAY)
+    );
+    assert!(e.note.contains("2 changes held back"), "{}", e.note);
+}
+
+#[test]
+fn life_safety_alerts_shelve_only_briefly_and_keep_going_upstream() {
+    let mut en = engine("");
+    let a = alerts(&en.on_event(&active("door-1", "ACS.FORCED_OPEN", T0, 1), T0))[0]
+        .0
+        .clone();
+    let err = en
+        .shelve(&a.id, "wang", 3_600_000, "door fault", T0)
+        .expect_err("too long");
+    assert!(
+        matches!(&err, ActionError::Refused(m) if m.contains("at most 15 ") && m.contains("life-safety")),
+        "{err}"
+    );
+    assert!(matches!(
+        en.shelve(&a.id, "wang", 300_000, " ", T0),
+        Err(ActionError::Refused(_))
+    ));
+    en.shelve(&a.id, "wang", 900_000, "door fault", T0)
+        .expect("15 min is fine");
+    let fx = en.on_event(
+        &cleared("door-1", "ACS.FORCED_OPEN", T0 + 5000, 2),
+        T0 + 5000,
+    );
+    assert_eq!(
+        alerts(&fx)[0].1,
+        Some(AlertChange::Cleared),
+        "still forwarded"
+    );
+    let fx = en.unshelve(&a.id, "li", T0 + 6000).expect("unshelves");
+    assert!(alerts(&fx)[0].0.shelved.is_none());
+    assert!(matches!(
+        en.unshelve(&a.id, "li", T0 + 7000),
+        Err(ActionError::Invalid(_))
+    ));
+}

@@ -195,6 +195,7 @@ const state = {
   alertBeeps: 0,
   lastCue: 0,
   closing: null, // alert id the close dialog is for
+  shelving: null, // alert id the shelve dialog is for
   /** ids that arrived after the first load: their rows flash once */
   fresh: new Set(),
   /** roll-call id → { rc, deadline (local ms), row, dismissed, answeredAt } */
@@ -285,7 +286,7 @@ async function toggleSound() {
 function remindCritical() {
   if (Date.now() - state.lastCue < REMINDER_MS) return;
   for (const a of state.alerts.values()) {
-    if (a.severity === 1 && a.status === 'active') {
+    if (a.severity === 1 && a.status === 'active' && !a.shelved) {
       alertCue();
       return;
     }
@@ -320,12 +321,13 @@ function makeAlertRow(id) {
   const q = (sel) => li.querySelector(sel);
   const el = {
     sev: q('.sev'), title: q('.title'), code: q('.code'), repeat: q('.repeat'),
-    cleared: q('.cleared'), escalated: q('.escalated'), chattering: q('.chattering'), unstored: q('.unstored'), state: q('.state'),
+    cleared: q('.cleared'), escalated: q('.escalated'), chattering: q('.chattering'), shelved: q('.shelved'), shelf: q('.shelf'), unstored: q('.unstored'), state: q('.state'),
     where: q('.where'), device: q('.device'), age: q('.age'), handled: q('.handled'), city: q('.city'),
-    actions: q('.actions'), ops: q('.ops'), ack: q('.ack'), close: q('.close'),
+    actions: q('.actions'), ops: q('.ops'), ack: q('.ack'), close: q('.close'), shelve: q('.shelve'),
   };
   el.ack.addEventListener('click', () => acknowledge(id));
   el.close.addEventListener('click', () => openCloseDialog(id));
+  el.shelve.addEventListener('click', () => toggleShelf(id));
   const row = { li, el, actionsKey: '', fresh: false };
   // The flash runs once; then the row is plain again (no layer kept for it).
   li.addEventListener('animationend', () => {
@@ -339,7 +341,7 @@ function renderAlertRow(row, a, now) {
   const { li, el } = row;
   setAttr(li, 'data-status', a.status);
   setAttr(li, 'data-severity', String(a.severity));
-  setAttr(li, 'class', `alert sev${a.severity}${row.fresh ? ' new' : ''}`);
+  setAttr(li, 'class', `alert sev${a.severity}${row.fresh ? ' new' : ''}${a.shelved ? ' shelved' : ''}`);
   setText(el.sev, SEVERITY[a.severity] || `${a.severity}`);
   const zh = codeZh.get(a.code);
   setText(el.title, zh && a.title && zh !== a.title ? `${zh} ${a.title}` : (zh || a.title || a.code));
@@ -350,6 +352,9 @@ function renderAlertRow(row, a, now) {
   el.escalated.hidden = !a.escalated;
   el.chattering.hidden = !a.chattering; // issue 16: one quiet alert with its activation count
   setText(el.chattering, `频繁报警 Chattering ×${a.activations}`);
+  el.shelved.hidden = el.shelf.hidden = !a.shelved; // greyed, no sound, with who/why/until
+  if (a.shelved) setText(el.shelf, `搁置 Shelved: ${a.shelved.by} · ${a.shelved.reason} · 至 until ${clockText(a.shelved.until_ms)}`);
+  setText(el.shelve, a.shelved ? '取消搁置 Unshelve' : '搁置 Shelve');
   // Opened while the disk was full (docs/never-lost.md, "Full disk"); older alerts have no field.
   el.unstored.hidden = a.stored !== false;
   setText(el.state, STATUS[a.status] || a.status);
@@ -778,6 +783,33 @@ async function submitClose(ev) {
   }
 }
 
+/** Shelve (asks how long and why) or, when shelved, unshelve. */
+async function toggleShelf(id) {
+  const a = state.alerts.get(id);
+  if (!a) return;
+  if (a.shelved) {
+    const r = await post(`/api/alerts/${encodeURIComponent(id)}/unshelve`, { by: operator() });
+    if (r) upsertAlert(r, { live: false }); else await refreshAlert(id);
+    return;
+  }
+  state.shelving = id;
+  $('shelve-form').reset();
+  setText($('shelve-what'), `${codeZh.get(a.code) || ''} ${a.title || a.code} — ${placeText(a.location)}`);
+  $('shelve-dialog').showModal();
+}
+
+async function submitShelve(ev) {
+  ev.preventDefault();
+  const id = state.shelving;
+  const form = $('shelve-form');
+  const reason = form.elements.reason.value.trim();
+  if (!id || !reason) return;
+  const a = await post(`/api/alerts/${encodeURIComponent(id)}/shelve`, { by: operator(), minutes: Number(form.elements.minutes.value), reason });
+  $('shelve-dialog').close();
+  state.shelving = null;
+  if (a) upsertAlert(a, { live: false }); else await refreshAlert(id);
+}
+
 /** Loads the three lists; the stream is already open, and what it changed meanwhile wins. */
 async function loadAll() {
   state.touchedAlerts.clear();
@@ -916,6 +948,8 @@ function start() {
     showSession();
   });
   $('close-form').addEventListener('submit', submitClose);
+  $('shelve-form').addEventListener('submit', submitShelve);
+  $('shelve-cancel').addEventListener('click', () => $('shelve-dialog').close());
   $('close-cancel').addEventListener('click', () => {
     state.closing = null;
     $('close-dialog').close();
