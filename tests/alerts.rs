@@ -12,7 +12,8 @@
 //! - alarm management (issue 16): a door forced and closed 50 times is one chattering
 //!   alert with a bounded audit and a bounded number of updates upstream; pruning keeps
 //!   young audit trails over `history_max` and `/healthz` says so; a shelved alert is
-//!   unshelved automatically and its held-back state goes upstream once.
+//!   unshelved automatically and its held-back state goes upstream once; more new alerts
+//!   than `[alerts.flood]` allows is a flood on `/api/status` and `/healthz`.
 
 mod common;
 
@@ -1227,4 +1228,46 @@ async fn a_shelved_alert_is_unshelved_automatically_and_its_held_back_state_goes
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].to_string().contains("life-safety"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_new_alerts_than_the_flood_rate_is_a_flood_on_status_and_healthz() {
+    let env = env();
+    let extra = "\n[alerts.flood]\nnew_alerts = 2\nwindow = \"10m\"\n";
+    let mut gw = common::start_gateway_with(&env, &with_token(extra));
+    gw.wait_subscribed().await;
+    let status = get_json(gw.api, "/api/status").await;
+    assert_eq!(status["flood"]["active"], false, "{status:#}");
+    for (kind, device, code) in [
+        ("camera", "cam-gate-north", "VID.TAMPER"),
+        ("access_control", "door-1-main", "ACS.FORCED_OPEN"),
+        ("emergency_button", "sos-0307", "SOS.PRESSED"),
+    ] {
+        raise(
+            &env,
+            &mut gw,
+            kind,
+            device,
+            &format!(r#"{{"code":"{code}"}}"#),
+            code,
+        )
+        .await;
+    }
+    let status = get_json(gw.api, "/api/status").await;
+    assert_eq!(status["flood"]["active"], true, "{status:#}");
+    assert_eq!(status["flood"]["new_alerts"], 3);
+    assert_eq!(status["flood"]["limit"], 2);
+    let h = wait_json(
+        &mut gw,
+        "/healthz",
+        "the flood on /healthz",
+        Duration::from_secs(10),
+        |h| {
+            h["problems"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|c| c["key"] == "alerts.flood"))
+        },
+    )
+    .await;
+    assert_eq!(h["status"], "degraded", "{h:#}");
 }

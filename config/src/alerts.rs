@@ -45,6 +45,10 @@
 //! max = "8h"
 //! life_safety_max = "15m"
 //!
+//! [alerts.flood]                      # EEMUA 191: more than 10 new alerts in 10 min
+//! new_alerts = 10
+//! window = "10m"
+//!
 //! [alerts.silence.pump-room-works]
 //! devices = ["leak-b2-pump"]
 //! from = "2026-12-01T08:00:00Z"
@@ -125,6 +129,8 @@ pub struct AlertsConfig {
     pub chattering: Chattering,
     /// `[alerts.shelving]`: how long an operator may shelve an alert.
     pub shelving: Shelving,
+    /// `[alerts.flood]`: when new alerts come faster than a person can handle.
+    pub flood: Flood,
 }
 
 impl Default for AlertsConfig {
@@ -154,6 +160,30 @@ impl Default for AlertsConfig {
             silence: BTreeMap::new(),
             chattering: Chattering::default(),
             shelving: Shelving::default(),
+            flood: Flood::default(),
+        }
+    }
+}
+
+/// `[alerts.flood]`: more than `new_alerts` alerts opened within `window` is an alarm
+/// flood (EEMUA 191 rates more than 10 new alarms in 10 minutes per operator as one):
+/// `/api/status` and `/healthz` say so, and the console groups the alerts by building and
+/// kind, life-safety first, until the rate falls back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Flood {
+    /// New alerts within `window` beyond which it is a flood. 1–10000. Default: `10`.
+    pub new_alerts: u32,
+    /// The window. 1 min to 1 day. Default: `"10m"`.
+    #[serde(with = "crate::units::duration")]
+    pub window: Duration,
+}
+
+impl Default for Flood {
+    fn default() -> Self {
+        Flood {
+            new_alerts: 10,
+            window: Duration::from_secs(600),
         }
     }
 }

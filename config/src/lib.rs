@@ -89,8 +89,8 @@ mod warnings;
 use std::path::Path;
 
 pub use alerts::{
-    is_life_safety_code, AlertsConfig, Correlation, Escalation, Linkage, OfflineRules, Scope,
-    Silence,
+    is_life_safety_code, AlertsConfig, Chattering, Correlation, Escalation, Flood, Linkage,
+    OfflineRules, Scope, Shelving, Silence,
 };
 pub use commands::{BroadcastConfig, BroadcastOutput, CommandsConfig};
 pub use error::{ConfigErrors, ConfigProblem};

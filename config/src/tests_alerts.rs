@@ -208,6 +208,10 @@ stable_for = "0s"
 [alerts.shelving]
 max = "10m"
 life_safety_max = "30m"
+
+[alerts.flood]
+new_alerts = 0
+window = "10s"
 "#
     );
     let errs = Config::from_toml_str(&text, "t.toml").expect_err("rejected");
@@ -217,6 +221,8 @@ life_safety_max = "30m"
         ("alerts.chattering.window", "found 2h"),
         ("alerts.chattering.stable_for", "between 1s and 1day"),
         ("alerts.shelving.life_safety_max", "at most `max` (10m)"),
+        ("alerts.flood.new_alerts", "1–10000, found 0"),
+        ("alerts.flood.window", "between 1m and 1day"),
     ] {
         let p = errs
             .iter()

@@ -285,7 +285,8 @@ fn check_silence(a: &AlertsConfig, devices: &[DeviceRow], f: &mut Vec<AlertFindi
     }
 }
 
-/// `audit_retention` (at least 1 h), `[alerts.chattering]` and `[alerts.shelving]`: counts
+/// `audit_retention` (at least 1 h), `[alerts.chattering]`, `[alerts.shelving]` and
+/// `[alerts.flood]`: counts
 /// and durations within their bounds.
 fn check_alarm_management(a: &AlertsConfig, f: &mut Vec<AlertFinding>) {
     let s = |n: u64| Duration::from_secs(n);
@@ -306,7 +307,8 @@ fn check_alarm_management(a: &AlertsConfig, f: &mut Vec<AlertFinding>) {
         "audit_retention",
         a.audit_retention,
         s(3600),
-        s(100 * 365 * 86_400),
+        // Ten years as humantime counts them (365.25 days each), so it prints "10years".
+        s(10 * 31_557_600),
     );
     let c = &a.chattering;
     within("chattering.window", c.window, s(1), s(3600));
@@ -319,10 +321,17 @@ fn check_alarm_management(a: &AlertsConfig, f: &mut Vec<AlertFinding>) {
         s(60),
         s(3600),
     );
+    within("flood.window", a.flood.window, s(60), s(86_400));
     if !(2..=1000).contains(&c.activations) {
         f.push((
             "alerts.chattering.activations".into(),
             format!("must be 2–1000, found {}", c.activations),
+        ));
+    }
+    if !(1..=10_000).contains(&a.flood.new_alerts) {
+        f.push((
+            "alerts.flood.new_alerts".into(),
+            format!("must be 1–10000, found {}", a.flood.new_alerts),
         ));
     }
     if sh.life_safety_max > sh.max {

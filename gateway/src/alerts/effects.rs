@@ -115,6 +115,9 @@ impl Alerts {
                 } => {
                     if audit.as_ref().is_some_and(|a| a.action == "opened") {
                         out.metrics.alerts_opened.inc();
+                        if let Ok(mut o) = self.handle.openings.lock() {
+                            o.add(crate::events::now_ms());
+                        }
                     }
                     if let Some(change) = upstream {
                         let (by, note) = audit

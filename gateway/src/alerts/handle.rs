@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::effects::Outputs;
-use super::meter::Rate;
+use super::meter::{FloodView, Openings, Rate};
 use super::model::{Alert, CityHandling, DeviceView, Disposition};
 use super::rules::{self, Effect};
 use super::state::AlertStore;
@@ -99,6 +99,8 @@ pub struct AlertsHandle {
     pub(crate) devices: Arc<RwLock<Vec<DeviceView>>>,
     /// Counted by the alerts task as it handles committed events.
     pub(crate) rate: Arc<Mutex<Rate>>,
+    /// Alerts opened recently, counted by the alerts task (`[alerts.flood]`).
+    pub(crate) openings: Arc<Mutex<Openings>>,
 }
 
 impl AlertsHandle {
@@ -126,6 +128,16 @@ impl AlertsHandle {
         match self.rate.lock() {
             Ok(r) => r.last_60(now),
             Err(e) => e.into_inner().last_60(now),
+        }
+    }
+
+    /// Flood mode now: more than `alerts.flood.new_alerts` alerts opened within
+    /// `alerts.flood.window` (EEMUA 191).
+    pub fn flood(&self) -> FloodView {
+        let now = now_ms();
+        match self.openings.lock() {
+            Ok(o) => o.view(now),
+            Err(e) => e.into_inner().view(now),
         }
     }
 

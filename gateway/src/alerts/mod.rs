@@ -71,6 +71,7 @@ use handle::Command;
 pub use handle::{AlertsHandle, OpError};
 use linkage::LinkDone;
 pub use linkage::{LinkError, Linkage, LinkagePort};
+pub use meter::FloodView;
 use meter::Rate;
 use publish::Publisher;
 use rules::Engine;
@@ -86,6 +87,8 @@ const SAVE_DEVICES: Duration = Duration::from_secs(30);
 const BATCH: usize = 256;
 /// The `/healthz` condition of a history over its bound (see [`Alerts::report_history`]).
 const HISTORY_HEALTH: &str = "alerts.history";
+/// The `/healthz` condition of an alarm flood (see [`Alerts::report_flood`]).
+const FLOOD_HEALTH: &str = "alerts.flood";
 
 /// The alerts stage, built from the config with [`Alerts::new`] and consumed by
 /// [`Alerts::run`].
@@ -158,6 +161,7 @@ impl Alerts {
             store: store.clone(),
             devices: Arc::new(RwLock::new(engine.devices())),
             rate: Arc::new(Mutex::new(Rate::default())),
+            openings: Arc::new(Mutex::new(meter::Openings::new(&cfg.alerts.flood))),
         };
         let stage = Alerts {
             engine,
@@ -281,6 +285,26 @@ impl Alerts {
             .alerts_open
             .set(self.engine.open_alerts().count() as i64);
         self.report_history(&out.metrics);
+        self.report_flood(&out.metrics);
+    }
+
+    /// `/healthz`: an alarm flood (`[alerts.flood]`), while it lasts.
+    fn report_flood(&self, metrics: &Metrics) {
+        let f = self.handle.flood();
+        if !f.active {
+            metrics.health.clear(FLOOD_HEALTH);
+            return;
+        }
+        metrics.health.set(
+            FLOOD_HEALTH,
+            crate::health::Level::Degraded,
+            format!(
+                "alarm flood: {} new alerts within {} (more than alerts.flood.new_alerts = {}); the console groups them by building and kind, life-safety first",
+                f.new_alerts,
+                humantime::format_duration(Duration::from_millis(f.window_ms as u64)),
+                f.limit
+            ),
+        );
     }
 
     /// `/healthz`: the history kept over `alerts.history_max` because its audit trails

@@ -204,6 +204,7 @@ fn status_json(s: &ApiState) -> serde_json::Value {
             "events": s.reader.backlog(Lane::Events),
         },
         "events_per_sec": s.alerts.events_per_sec(),
+        "flood": s.alerts.flood(),
         "read_only": s.token.is_none(),
     })
 }

@@ -10,7 +10,7 @@
 //
 // Test hooks (read by tests/console): <body data-ready="1"> once loaded and live,
 // data-read-only, data-alert-beeps (sounds played for new critical alerts),
-// data-roll-call-beeps (sounds played for waiting roll calls); each alert row has
+// data-roll-call-beeps (sounds played for waiting roll calls), data-flood (1 in a flood); each alert row has
 // data-alert-id, data-status and data-severity; each roll call data-roll-call-id and
 // data-status (pending, answered, missed).
 
@@ -196,6 +196,7 @@ const state = {
   lastCue: 0,
   closing: null, // alert id the close dialog is for
   shelving: null, // alert id the shelve dialog is for
+  flood: false, // /api/status says flood: alerts grouped by building and kind
   /** ids that arrived after the first load: their rows flash once */
   fresh: new Set(),
   /** roll-call id → { rc, deadline (local ms), row, dismissed, answeredAt } */
@@ -297,7 +298,19 @@ function remindCritical() {
 // Alerts
 // ---------------------------------------------------------------------------------------
 
+/** Flood mode's group of an alert: its building and kind (code). */
+function floodGroup(a) {
+  return `${a.severity}|${(a.location && a.location.building) || ''}|${a.code}`;
+}
+
 function alertOrder(a, b) {
+  // Issue 16: in a flood (/api/status "flood"), severity first (life safety on top), then
+  // grouped by building and kind.
+  if (state.flood) {
+    const ga = floodGroup(a);
+    const gb = floodGroup(b);
+    if (ga !== gb && a.severity === b.severity) return ga < gb ? -1 : 1;
+  }
   return a.severity - b.severity || a.first_seen_ms - b.first_seen_ms || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 
@@ -407,6 +420,7 @@ function renderAlerts() {
     }
   }
   let cursor = list.firstElementChild;
+  let prevGroup = '';
   for (const a of sorted) {
     let row = state.alertRows.get(a.id);
     if (!row) {
@@ -415,6 +429,9 @@ function renderAlerts() {
       state.alertRows.set(a.id, row);
     }
     renderAlertRow(row, a, now);
+    const group = state.flood ? floodGroup(a) : '';
+    row.li.classList.toggle('group-start', Boolean(group) && group !== prevGroup);
+    prevGroup = group;
     if (row.li !== cursor) list.insertBefore(row.li, cursor);
     else cursor = cursor.nextElementSibling;
   }
@@ -645,6 +662,17 @@ function applyStatus(s) {
   setText($('rate-now'), String(Math.round(last)));
   setText($('rate-max'), String(Math.round(Math.max(0, ...rates))));
   setReadOnly(Boolean(s.read_only));
+  const f = s.flood || {};
+  if (Boolean(f.active) !== state.flood) {
+    state.flood = Boolean(f.active);
+    document.body.dataset.flood = state.flood ? '1' : '0';
+    scheduleRender();
+  }
+  $('flood').hidden = !state.flood;
+  if (state.flood) {
+    const min = Math.round((f.window_ms || 0) / 60000);
+    setText($('flood'), `报警泛滥 Alarm flood: ${min} 分钟内 ${f.new_alerts} 条新告警 · ${f.new_alerts} new alerts in ${min} min — 按楼栋和类型分组，生命安全优先 · grouped by building and kind, life safety first`);
+  }
 }
 
 function setReadOnly(ro) {
