@@ -1257,17 +1257,9 @@ async fn more_new_alerts_than_the_flood_rate_is_a_flood_on_status_and_healthz() 
     assert_eq!(status["flood"]["active"], true, "{status:#}");
     assert_eq!(status["flood"]["new_alerts"], 3);
     assert_eq!(status["flood"]["limit"], 2);
-    let h = wait_json(
-        &mut gw,
-        "/healthz",
-        "the flood on /healthz",
-        Duration::from_secs(10),
-        |h| {
-            h["problems"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|c| c["key"] == "alerts.flood"))
-        },
-    )
-    .await;
-    assert_eq!(h["status"], "degraded", "{h:#}");
+    // /healthz says so too, as a field: a flood is the estate's state, the gateway is
+    // healthy.
+    let h = get_json(gw.api, "/healthz").await;
+    assert_eq!(h["flood"]["active"], true, "{h:#}");
+    assert_eq!(h["status"], "ok", "{h:#}");
 }

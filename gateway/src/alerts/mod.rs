@@ -87,8 +87,6 @@ const SAVE_DEVICES: Duration = Duration::from_secs(30);
 const BATCH: usize = 256;
 /// The `/healthz` condition of a history over its bound (see [`Alerts::report_history`]).
 const HISTORY_HEALTH: &str = "alerts.history";
-/// The `/healthz` condition of an alarm flood (see [`Alerts::report_flood`]).
-const FLOOD_HEALTH: &str = "alerts.flood";
 
 /// The alerts stage, built from the config with [`Alerts::new`] and consumed by
 /// [`Alerts::run`].
@@ -285,26 +283,6 @@ impl Alerts {
             .alerts_open
             .set(self.engine.open_alerts().count() as i64);
         self.report_history(&out.metrics);
-        self.report_flood(&out.metrics);
-    }
-
-    /// `/healthz`: an alarm flood (`[alerts.flood]`), while it lasts.
-    fn report_flood(&self, metrics: &Metrics) {
-        let f = self.handle.flood();
-        if !f.active {
-            metrics.health.clear(FLOOD_HEALTH);
-            return;
-        }
-        metrics.health.set(
-            FLOOD_HEALTH,
-            crate::health::Level::Degraded,
-            format!(
-                "alarm flood: {} new alerts within {} (more than alerts.flood.new_alerts = {}); the console groups them by building and kind, life-safety first",
-                f.new_alerts,
-                humantime::format_duration(Duration::from_millis(f.window_ms as u64)),
-                f.limit
-            ),
-        );
     }
 
     /// `/healthz`: the history kept over `alerts.history_max` because its audit trails

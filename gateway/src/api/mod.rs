@@ -158,6 +158,8 @@ async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
         "store_epoch": s.reader.epoch().to_string(),
         "ingest_connected": m.ingest_connected.get() == 1,
         "uplink_connected": m.uplink_connected.get() == 1,
+        // An alarm flood is the estate's state, not the gateway's: a field, not a problem.
+        "flood": s.alerts.flood(),
         "backlog": {
             "alarms": s.reader.backlog(Lane::Alarms),
             "events": s.reader.backlog(Lane::Events),
