@@ -28,8 +28,7 @@ use std::collections::VecDeque;
 use estate_config::is_life_safety_code;
 use estate_protocols::model::AlertChange;
 
-use super::fold::key_of_alert;
-use super::{audit, ms, Effect, Engine, Key, BY_GATEWAY};
+use super::{audit, key_of_alert, ms, Effect, Engine, Key, BY_GATEWAY};
 use crate::alerts::model::{Alert, Disposition, Repeats};
 
 /// An open run of folded repeats is written to the audit trail after this long at the

@@ -8,7 +8,7 @@ use estate_protocols::model::{Event, Severity};
 
 use super::chatter::Transition;
 use super::{ms, Effect, Engine, Key, BY_GATEWAY};
-use crate::alerts::model::{Alert, Disposition};
+use crate::alerts::model::Disposition;
 
 /// What an alert opens with: its severity and the reports folded into it so far.
 #[derive(Debug, Clone, Copy)]
@@ -24,16 +24,6 @@ pub(super) struct PendingAlert {
     due_ms: i64,
     event: Box<Event>,
     fold: Fold,
-}
-
-/// The key an open alert folds repeats on.
-pub(super) fn key_of_alert(a: &Alert, gateway_id: &str) -> Key {
-    let place = if a.device_id == gateway_id {
-        a.location.to_string()
-    } else {
-        String::new()
-    };
-    (a.device_id.clone(), a.code.clone(), place)
 }
 
 impl Engine {

@@ -6,7 +6,8 @@ use estate_protocols::model::{AlertChange, AlertStatus, Event};
 use estate_protocols::taxonomy;
 
 use super::chatter::take_run;
-use super::fold::{key_of_alert, Fold};
+use super::fold::Fold;
+use super::key_of_alert;
 use super::{audit, ActionError, Effect, Engine, Key, BY_GATEWAY};
 use crate::alerts::model::{Acknowledged, Alert, CityHandling, Closed, Disposition};
 use crate::hash::fnv1a;

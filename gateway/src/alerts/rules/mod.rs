@@ -143,7 +143,7 @@ impl Engine {
     pub fn restore(&mut self, alerts: impl IntoIterator<Item = Alert>) {
         for a in alerts.into_iter().filter(Alert::is_open) {
             self.by_key
-                .insert(fold::key_of_alert(&a, &self.gateway_id), a.id.clone());
+                .insert(key_of_alert(&a, &self.gateway_id), a.id.clone());
             self.open.insert(a.id.clone(), a);
         }
     }
@@ -208,6 +208,17 @@ impl Engine {
         self.correlation.forget(now_ms);
         out
     }
+}
+
+/// The key an open alert folds repeats on (fold.rs; chatter.rs and lifecycle.rs find
+/// alerts by it).
+pub(super) fn key_of_alert(a: &Alert, gateway_id: &str) -> Key {
+    let place = if a.device_id == gateway_id {
+        a.location.to_string()
+    } else {
+        String::new()
+    };
+    (a.device_id.clone(), a.code.clone(), place)
 }
 
 fn audit(at_ms: i64, by: &str, action: &str, note: &str) -> AuditEntry {

@@ -75,6 +75,26 @@ fn line_col(text: &str, pos: usize) -> (usize, usize) {
 }
 
 /// Reads the root's direct children (their text) from `xml`.
+/// A root element (`name`) is the first one and an `<EventNotificationAlert>`.
+fn check_root(name: &[u8], root_seen: bool) -> Result<(), DecodeError> {
+    if root_seen {
+        return Err(err(
+            DecodeReason::BadXml,
+            "a second root element after </EventNotificationAlert>",
+        ));
+    }
+    if name != b"EventNotificationAlert" {
+        return Err(err(
+            DecodeReason::BadXml,
+            format!(
+                "the root element is <{}>, not <EventNotificationAlert>",
+                String::from_utf8_lossy(name)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn read_fields(xml: &[u8]) -> Result<Fields, DecodeError> {
     let text = std::str::from_utf8(xml).map_err(|e| {
         err(
@@ -101,22 +121,7 @@ fn read_fields(xml: &[u8]) -> Result<Fields, DecodeError> {
         let opens = matches!(event, Event::Start(_));
         match event {
             Event::Start(e) | Event::Empty(e) if depth == 0 => {
-                if root_seen {
-                    return Err(err(
-                        DecodeReason::BadXml,
-                        "a second root element after </EventNotificationAlert>",
-                    ));
-                }
-                let name = e.local_name();
-                if name.as_ref() != b"EventNotificationAlert" {
-                    return Err(err(
-                        DecodeReason::BadXml,
-                        format!(
-                            "the root element is <{}>, not <EventNotificationAlert>",
-                            String::from_utf8_lossy(name.as_ref())
-                        ),
-                    ));
-                }
+                check_root(e.local_name().as_ref(), root_seen)?;
                 root_seen = true;
                 if opens {
                     depth = 1;
