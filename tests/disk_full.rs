@@ -151,11 +151,13 @@ fn watch_alert_topic(broker: &Broker, estate_id: &str) -> std::sync::Arc<std::sy
     let latest = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
     let sink = latest.clone();
     let topic = format!("estate/{estate_id}/alerts");
-    let o = rumqttc::MqttOptions::new(
+    let mut o = rumqttc::MqttOptions::new(
         estate_sim::publish::random_client_id("e2e-df-alerts"),
         &broker.host,
         broker.port,
     );
+    // The document lists every open alert: 20 of them are over rumqttc's default 10 KiB.
+    o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 16);
     tokio::spawn(async move {
         loop {

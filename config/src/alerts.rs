@@ -36,6 +36,19 @@
 //! coil = 0
 //! value = 1
 //!
+//! [alerts.chattering]                 # 5 activations within 60 s: one chattering alert
+//! activations = 5
+//! window = "60s"
+//! stable_for = "120s"                  # no activation this long: chattering ends
+//!
+//! [alerts.shelving]                    # operators shelve nuisance alerts, bounded
+//! max = "8h"
+//! life_safety_max = "15m"
+//!
+//! [alerts.flood]                      # EEMUA 191: more than 10 new alerts in 10 min
+//! new_alerts = 10
+//! window = "10m"
+//!
 //! [alerts.silence.pump-room-works]
 //! devices = ["leak-b2-pump"]
 //! from = "2026-12-01T08:00:00Z"
@@ -67,6 +80,11 @@ pub struct AlertsConfig {
     /// Closed alerts kept for the history (`GET /api/alerts?status=closed`); the oldest
     /// are pruned beyond it. Open alerts are never pruned. At least 1. Default: `10000`.
     pub history_max: usize,
+    /// A closed alert whose audit trail has an entry younger than this is never pruned,
+    /// whatever `history_max` says (which is then a soft bound; `/healthz` says when the
+    /// history is over it). At least 1 h. Default: `"90d"`.
+    #[serde(with = "crate::units::duration")]
+    pub audit_retention: Duration,
     /// Codes whose alerts close themselves (disposition `auto_cleared`) when their
     /// condition clears. Every other alert stays open, marked cleared, until an operator
     /// closes it. Life-safety codes (fire, smoke, gas, SOS, duress, forced door, trapped
@@ -106,6 +124,13 @@ pub struct AlertsConfig {
     /// `[alerts.silence.NAME]`: maintenance windows in which matching events open no
     /// alert (they are still stored and forwarded).
     pub silence: BTreeMap<String, Silence>,
+    /// `[alerts.chattering]`: an alert that activates again and again (ISA-18.2's
+    /// chattering alarm) stays one alert with a count, quietly.
+    pub chattering: Chattering,
+    /// `[alerts.shelving]`: how long an operator may shelve an alert.
+    pub shelving: Shelving,
+    /// `[alerts.flood]`: when new alerts come faster than a person can handle.
+    pub flood: Flood,
 }
 
 impl Default for AlertsConfig {
@@ -114,6 +139,7 @@ impl Default for AlertsConfig {
             min_severity: 3,
             forward: true,
             history_max: 10_000,
+            audit_retention: Duration::from_secs(90 * 86_400),
             auto_close: [
                 "DEV.OFFLINE",
                 "ACS.HELD_OPEN",
@@ -132,6 +158,99 @@ impl Default for AlertsConfig {
             correlation: BTreeMap::new(),
             linkage: BTreeMap::new(),
             silence: BTreeMap::new(),
+            chattering: Chattering::default(),
+            shelving: Shelving::default(),
+            flood: Flood::default(),
+        }
+    }
+}
+
+/// `[alerts.flood]`: more than `new_alerts` alerts opened within `window` is an alarm
+/// flood (EEMUA 191 rates more than 10 new alarms in 10 minutes per operator as one):
+/// `/api/status` and `/healthz` say so, and the console groups the alerts by building and
+/// kind, life-safety first, until the rate falls back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Flood {
+    /// New alerts within `window` beyond which it is a flood. 1–10000. Default: `10`.
+    pub new_alerts: u32,
+    /// The window. 1 min to 1 day. Default: `"10m"`.
+    #[serde(with = "crate::units::duration")]
+    pub window: Duration,
+}
+
+impl Default for Flood {
+    fn default() -> Self {
+        Flood {
+            new_alerts: 10,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[alerts.chattering]`: `activations` activations of one (device, code) within `window`
+/// (its opening and every reactivation after a clear; for `auto_close` codes also the
+/// alerts opened anew) put its alert into *chattering*: it stays open as one alert
+/// counting `activations`, its clears and reactivations are folded into one audit entry,
+/// and they make no sound on the console and go neither upstream nor on
+/// `…/alerts/changes` one by one: only entering and leaving chattering do. It leaves
+/// chattering once no activation came for `stable_for`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Chattering {
+    /// Activations within `window` that make an alert chatter. 2–1000. Default: `5`.
+    pub activations: u32,
+    /// The window they must fall in. 1 s to 1 h. Default: `"60s"`.
+    #[serde(with = "crate::units::duration")]
+    pub window: Duration,
+    /// How long a chattering alert must stay without an activation to leave chattering
+    /// (an `auto_close` code's alert that is cleared then closes). 1 s to 1 day.
+    /// Default: `"120s"`.
+    #[serde(with = "crate::units::duration")]
+    pub stable_for: Duration,
+}
+
+impl Default for Chattering {
+    fn default() -> Self {
+        Chattering {
+            activations: 5,
+            window: Duration::from_secs(60),
+            stable_for: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `[alerts.shelving]`: an operator shelves an alert (`POST /api/alerts/{id}/shelve`)
+/// for at most `max`, an alert of a life-safety code (see [`is_life_safety_code`]) for
+/// at most `life_safety_max`; it is unshelved automatically when that time is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shelving {
+    /// Longest shelving. 1 min to 7 days. Default: `"8h"`.
+    #[serde(with = "crate::units::duration")]
+    pub max: Duration,
+    /// Longest shelving of a life-safety alert. 1 min to 1 h, and at most `max`.
+    /// Default: `"15m"`.
+    #[serde(with = "crate::units::duration")]
+    pub life_safety_max: Duration,
+}
+
+impl Default for Shelving {
+    fn default() -> Self {
+        Shelving {
+            max: Duration::from_secs(8 * 3600),
+            life_safety_max: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Shelving {
+    /// The longest an alert of `code` may be shelved.
+    pub fn max_for(&self, code: &str) -> Duration {
+        if is_life_safety_code(code) {
+            self.life_safety_max.min(self.max)
+        } else {
+            self.max
         }
     }
 }

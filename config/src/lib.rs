@@ -93,8 +93,8 @@ mod warnings;
 use std::path::Path;
 
 pub use alerts::{
-    is_life_safety_code, AlertsConfig, Correlation, Escalation, Linkage, OfflineRules, Scope,
-    Silence,
+    is_life_safety_code, AlertsConfig, Chattering, Correlation, Escalation, Flood, Linkage,
+    OfflineRules, Scope, Shelving, Silence,
 };
 pub use camera_push::{
     CameraIdFrom, CameraPushConfig, PushAuth, PushUser, DEFAULT_CAMERA_PUSH_NAME,

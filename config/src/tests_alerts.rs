@@ -175,3 +175,60 @@ fn silence_windows_read_rfc3339_like_the_decoders() {
     );
     assert_eq!(window("tomorrow", "2026-12-01T12:00:00Z"), None);
 }
+
+/// Issue 16: chattering, shelving and the audit retention have sensible defaults, and
+/// every bound is checked at its key.
+#[test]
+fn alarm_management_defaults_and_bounds() {
+    let c = Config::from_toml_str(BASE, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let a = &c.alerts;
+    assert_eq!(a.chattering.activations, 5);
+    assert_eq!(a.chattering.window, Duration::from_secs(60));
+    assert_eq!(a.chattering.stable_for, Duration::from_secs(120));
+    assert_eq!(a.audit_retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(
+        a.shelving.max_for("ACS.FORCED_OPEN"),
+        Duration::from_secs(900)
+    );
+    assert_eq!(
+        a.shelving.max_for("VID.LOSS"),
+        Duration::from_secs(8 * 3600)
+    );
+
+    let text = format!(
+        r#"{BASE}
+[alerts]
+audit_retention = "1m"
+
+[alerts.chattering]
+activations = 1
+window = "2h"
+stable_for = "0s"
+
+[alerts.shelving]
+max = "10m"
+life_safety_max = "30m"
+
+[alerts.flood]
+new_alerts = 0
+window = "10s"
+"#
+    );
+    let errs = Config::from_toml_str(&text, "t.toml").expect_err("rejected");
+    for (path, needle) in [
+        ("alerts.audit_retention", "between 1h and"),
+        ("alerts.chattering.activations", "2–1000, found 1"),
+        ("alerts.chattering.window", "found 2h"),
+        ("alerts.chattering.stable_for", "between 1s and 1day"),
+        ("alerts.shelving.life_safety_max", "at most `max` (10m)"),
+        ("alerts.flood.new_alerts", "1–10000, found 0"),
+        ("alerts.flood.window", "between 1m and 1day"),
+    ] {
+        let p = errs
+            .iter()
+            .find(|p| p.path == path)
+            .unwrap_or_else(|| panic!("no problem at {path}:\n{errs}"));
+        assert!(p.message.contains(needle), "{path}: {}", p.message);
+        assert!(p.line.is_some(), "{path} has its line");
+    }
+}

@@ -50,6 +50,7 @@ fn rules(a: &AlertsConfig, devices: &[DeviceRow]) -> Vec<AlertFinding> {
     check_correlation(a, &mut f);
     check_linkage(a, devices, &mut f);
     check_silence(a, devices, &mut f);
+    check_alarm_management(a, &mut f);
     f
 }
 
@@ -281,6 +282,67 @@ fn check_silence(a: &AlertsConfig, devices: &[DeviceRow], f: &mut Vec<AlertFindi
                 ));
             }
         }
+    }
+}
+
+/// `audit_retention` (at least 1 h), `[alerts.chattering]`, `[alerts.shelving]` and
+/// `[alerts.flood]`: counts
+/// and durations within their bounds.
+fn check_alarm_management(a: &AlertsConfig, f: &mut Vec<AlertFinding>) {
+    let s = |n: u64| Duration::from_secs(n);
+    let mut within = |key: &str, d: Duration, lo: Duration, hi: Duration| {
+        if d < lo || d > hi {
+            f.push((
+                format!("alerts.{key}"),
+                format!(
+                    "must be between {} and {}, found {}",
+                    fmt_d(lo),
+                    fmt_d(hi),
+                    fmt_d(d)
+                ),
+            ));
+        }
+    };
+    within(
+        "audit_retention",
+        a.audit_retention,
+        s(3600),
+        // Ten years as humantime counts them (365.25 days each), so it prints "10years".
+        s(10 * 31_557_600),
+    );
+    let c = &a.chattering;
+    within("chattering.window", c.window, s(1), s(3600));
+    within("chattering.stable_for", c.stable_for, s(1), s(86_400));
+    let sh = &a.shelving;
+    within("shelving.max", sh.max, s(60), s(7 * 86_400));
+    within(
+        "shelving.life_safety_max",
+        sh.life_safety_max,
+        s(60),
+        s(3600),
+    );
+    within("flood.window", a.flood.window, s(60), s(86_400));
+    if !(2..=1000).contains(&c.activations) {
+        f.push((
+            "alerts.chattering.activations".into(),
+            format!("must be 2–1000, found {}", c.activations),
+        ));
+    }
+    if !(1..=10_000).contains(&a.flood.new_alerts) {
+        f.push((
+            "alerts.flood.new_alerts".into(),
+            format!("must be 1–10000, found {}", a.flood.new_alerts),
+        ));
+    }
+    if sh.life_safety_max > sh.max {
+        f.push((
+            "alerts.shelving.life_safety_max".into(),
+            format!(
+                "must be at most `max` ({}), found {}",
+                fmt_d(sh.max),
+                fmt_d(sh.life_safety_max)
+            ),
+        ));
     }
 }
 

@@ -115,6 +115,9 @@ impl Alerts {
                 } => {
                     if audit.as_ref().is_some_and(|a| a.action == "opened") {
                         out.metrics.alerts_opened.inc();
+                        if let Ok(mut o) = self.handle.openings.lock() {
+                            o.add(crate::events::now_ms());
+                        }
                     }
                     if let Some(change) = upstream {
                         let (by, note) = audit
@@ -226,12 +229,12 @@ impl Alerts {
                 );
                 vec![Effect::Alert {
                     alert: a,
-                    audit: Some(AuditEntry {
-                        at_ms: done.record.at_ms,
-                        by: rules::BY_GATEWAY.into(),
-                        action: "action".into(),
-                        note,
-                    }),
+                    audit: Some(AuditEntry::new(
+                        done.record.at_ms,
+                        rules::BY_GATEWAY,
+                        "action",
+                        &note,
+                    )),
                     upstream: Some(AlertChange::Action),
                 }]
             }

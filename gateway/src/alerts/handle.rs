@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::effects::Outputs;
-use super::meter::Rate;
+use super::meter::{FloodView, Openings, Rate};
 use super::model::{Alert, CityHandling, DeviceView, Disposition};
 use super::rules::{self, Effect};
 use super::state::AlertStore;
@@ -24,6 +24,9 @@ pub enum OpError {
     /// The transition is not allowed (e.g. closing a closed alert).
     #[error("{0}")]
     Conflict(String),
+    /// The request is out of bounds (e.g. shelving for longer than allowed).
+    #[error("{0}")]
+    Invalid(String),
     /// The change could not be made durable.
     #[error("alert state could not be stored: {0}")]
     Store(String),
@@ -55,6 +58,18 @@ pub(crate) enum Command {
         handling: CityHandling,
         reply: Reply,
     },
+    Shelve {
+        id: String,
+        by: String,
+        for_ms: i64,
+        reason: String,
+        reply: Reply,
+    },
+    Unshelve {
+        id: String,
+        by: String,
+        reply: Reply,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -63,6 +78,8 @@ impl std::fmt::Debug for Command {
             Command::Ack { id, .. } => write!(f, "Ack({id})"),
             Command::Close { id, .. } => write!(f, "Close({id})"),
             Command::City { id, .. } => write!(f, "City({id})"),
+            Command::Shelve { id, .. } => write!(f, "Shelve({id})"),
+            Command::Unshelve { id, .. } => write!(f, "Unshelve({id})"),
         }
     }
 }
@@ -82,6 +99,8 @@ pub struct AlertsHandle {
     pub(crate) devices: Arc<RwLock<Vec<DeviceView>>>,
     /// Counted by the alerts task as it handles committed events.
     pub(crate) rate: Arc<Mutex<Rate>>,
+    /// Alerts opened recently, counted by the alerts task (`[alerts.flood]`).
+    pub(crate) openings: Arc<Mutex<Openings>>,
 }
 
 impl AlertsHandle {
@@ -109,6 +128,16 @@ impl AlertsHandle {
         match self.rate.lock() {
             Ok(r) => r.last_60(now),
             Err(e) => e.into_inner().last_60(now),
+        }
+    }
+
+    /// Flood mode now: more than `alerts.flood.new_alerts` alerts opened within
+    /// `alerts.flood.window` (EEMUA 191).
+    pub fn flood(&self) -> FloodView {
+        let now = now_ms();
+        match self.openings.lock() {
+            Ok(o) => o.view(now),
+            Err(e) => e.into_inner().view(now),
         }
     }
 
@@ -153,6 +182,35 @@ impl AlertsHandle {
         .await
     }
 
+    /// Shelves an open alert for `for_ms` with a reason (issue 16; bounded by
+    /// `[alerts.shelving]`); resolves once the change is durable.
+    pub async fn shelve(
+        &self,
+        id: &str,
+        by: &str,
+        for_ms: i64,
+        reason: &str,
+    ) -> Result<Alert, OpError> {
+        self.ask(|reply| Command::Shelve {
+            id: id.to_owned(),
+            by: by.to_owned(),
+            for_ms,
+            reason: reason.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Takes a shelved alert off the shelf; resolves once the change is durable.
+    pub async fn unshelve(&self, id: &str, by: &str) -> Result<Alert, OpError> {
+        self.ask(|reply| Command::Unshelve {
+            id: id.to_owned(),
+            by: by.to_owned(),
+            reply,
+        })
+        .await
+    }
+
     /// Sends a command to the alerts task and waits for its answer.
     async fn ask(&self, command: impl FnOnce(Reply) -> Command) -> Result<Alert, OpError> {
         let (reply, rx) = oneshot::channel();
@@ -175,7 +233,9 @@ impl Alerts {
                 return;
             }
         };
-        let changed = effects.iter().find_map(|e| match e {
+        // The last change is the alert as the command left it (a folded run of repeats
+        // may be written before it).
+        let changed = effects.iter().rev().find_map(|e| match e {
             Effect::Alert { alert, .. } => Some(alert.clone()),
             _ => None,
         });
@@ -229,6 +289,24 @@ impl Alerts {
                 handling,
                 reply,
             } => (self.city_effects(id, handling), reply),
+            Command::Shelve {
+                id,
+                by,
+                for_ms,
+                reason,
+                reply,
+            } => (
+                self.engine
+                    .shelve(&id, &by, for_ms, &reason, now)
+                    .map_err(|e| self.op_error(&id, e)),
+                reply,
+            ),
+            Command::Unshelve { id, by, reply } => (
+                self.engine
+                    .unshelve(&id, &by, now)
+                    .map_err(|e| self.op_error(&id, e)),
+                reply,
+            ),
         }
     }
 
@@ -248,6 +326,7 @@ impl Alerts {
     fn op_error(&self, id: &str, e: rules::ActionError) -> OpError {
         match e {
             rules::ActionError::Invalid(m) => OpError::Conflict(m),
+            rules::ActionError::Refused(m) => OpError::Invalid(m),
             rules::ActionError::NotOpen(_) => match self.store.get(id) {
                 Ok(Some(a)) => OpError::Conflict(format!(
                     "alert {id} is {}; it cannot change any more",

@@ -71,6 +71,7 @@ use handle::Command;
 pub use handle::{AlertsHandle, OpError};
 use linkage::LinkDone;
 pub use linkage::{LinkError, Linkage, LinkagePort};
+pub use meter::FloodView;
 use meter::Rate;
 use publish::Publisher;
 use rules::Engine;
@@ -84,6 +85,8 @@ const TICK: Duration = Duration::from_millis(200);
 const SAVE_DEVICES: Duration = Duration::from_secs(30);
 /// Committed events taken from the tap per engine step.
 const BATCH: usize = 256;
+/// The `/healthz` condition of a history over its bound (see [`Alerts::report_history`]).
+const HISTORY_HEALTH: &str = "alerts.history";
 
 /// The alerts stage, built from the config with [`Alerts::new`] and consumed by
 /// [`Alerts::run`].
@@ -112,6 +115,8 @@ pub struct Alerts {
     mqtt: Option<Endpoints>,
     /// `alerts.forward`: alert changes go upstream as `ALERT.UPDATE` events.
     forward: bool,
+    /// `alerts.audit_retention`, for `/healthz`'s message.
+    audit_retention: Duration,
 }
 
 impl Alerts {
@@ -119,7 +124,7 @@ impl Alerts {
     /// reads the committed events the engine has not processed yet. Call before any
     /// stage appends events.
     pub fn new(cfg: &Config, reader: &StoreReader) -> Result<(Alerts, AlertsHandle), StoreError> {
-        let store = AlertStore::open(reader, cfg.alerts.history_max)?;
+        let store = AlertStore::open(reader, cfg.alerts.history_max, cfg.alerts.audit_retention)?;
         let mut engine = Engine::new(cfg, now_ms());
         let open = store.open_alerts()?;
         let restored = open.len();
@@ -154,6 +159,7 @@ impl Alerts {
             store: store.clone(),
             devices: Arc::new(RwLock::new(engine.devices())),
             rate: Arc::new(Mutex::new(Rate::default())),
+            openings: Arc::new(Mutex::new(meter::Openings::new(&cfg.alerts.flood))),
         };
         let stage = Alerts {
             engine,
@@ -175,6 +181,7 @@ impl Alerts {
             ),
             mqtt: publish::broker(cfg),
             forward: cfg.alerts.forward,
+            audit_retention: cfg.alerts.audit_retention,
         };
         Ok((stage, handle))
     }
@@ -275,6 +282,27 @@ impl Alerts {
         out.metrics
             .alerts_open
             .set(self.engine.open_alerts().count() as i64);
+        self.report_history(&out.metrics);
+    }
+
+    /// `/healthz`: the history kept over `alerts.history_max` because its audit trails
+    /// are younger than `alerts.audit_retention` (state.rs). Alerts go on regardless.
+    fn report_history(&self, metrics: &Metrics) {
+        let over = self.store.over_bound();
+        if over == 0 {
+            metrics.health.clear(HISTORY_HEALTH);
+            return;
+        }
+        metrics.health.set(
+            HISTORY_HEALTH,
+            crate::health::Level::Degraded,
+            format!(
+                "{} closed alerts kept, {over} over alerts.history_max ({}): their audit trails are younger than alerts.audit_retention ({}); alerting goes on, and they are pruned as they age",
+                self.store.closed_count(),
+                self.store.history_max(),
+                humantime::format_duration(self.audit_retention),
+            ),
+        );
     }
 
     /// After `shutdown`: alerts the events committed before the writer stopped taking

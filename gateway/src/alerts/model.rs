@@ -64,10 +64,80 @@ pub struct Alert {
     /// local status (closing stays with the person on duty here).
     #[serde(default)]
     pub city: Option<CityHandling>,
+    /// Activations: the opening and every reactivation after a clear (issue 16).
+    #[serde(default = "one")]
+    pub activations: u64,
+    /// Chattering (`[alerts.chattering]`): it activated `alerts.chattering.activations`
+    /// times within the window; its clears and reactivations make no sound and go
+    /// upstream only as "entered" and "left" chattering, until it has been stable for
+    /// `alerts.chattering.stable_for`.
+    #[serde(default)]
+    pub chattering: bool,
+    /// Clears and reactivations folded, not yet written to the audit trail (see
+    /// `alerts/state.rs`, "Audit"); written as one `repeated` entry when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unaudited: Option<Repeats>,
+    /// Set while an operator has it shelved; `None` otherwise.
+    #[serde(default)]
+    pub shelved: Option<Shelved>,
 }
 
 fn stored_default() -> bool {
     true
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+/// Clears and reactivations of one alert folded into one audit entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repeats {
+    /// Reactivations folded.
+    pub reactivated: u64,
+    /// Clears folded.
+    pub cleared: u64,
+    /// When the first of them happened (Unix ms, gateway clock).
+    pub first_ms: i64,
+    /// When the last of them happened.
+    pub last_ms: i64,
+}
+
+impl Repeats {
+    /// The audit entry for this run: `repeated`, counted, from first to last.
+    pub fn entry(&self) -> AuditEntry {
+        AuditEntry {
+            at_ms: self.first_ms,
+            by: super::rules::BY_GATEWAY.into(),
+            action: "repeated".into(),
+            note: format!(
+                "reactivated {} and cleared {} times",
+                self.reactivated, self.cleared
+            ),
+            count: self.reactivated + self.cleared,
+            last_ms: Some(self.last_ms),
+        }
+    }
+}
+
+/// Who shelved an alert, why, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shelved {
+    /// The operator, as the request named them.
+    pub by: String,
+    /// Why (required).
+    pub reason: String,
+    /// When it was shelved (Unix ms, gateway clock).
+    pub at_ms: i64,
+    /// When it is unshelved automatically (Unix ms).
+    pub until_ms: i64,
+    /// Transitions not forwarded upstream while shelved.
+    #[serde(default)]
+    pub held_back: u64,
 }
 
 impl Alert {
@@ -216,11 +286,39 @@ pub struct AuditEntry {
     pub at_ms: i64,
     /// The operator, or `gateway` for automatic changes.
     pub by: String,
-    /// `opened`, `acknowledged`, `escalated`, `cleared`, `reactivated`, `closed`, `action`,
-    /// `city` (the city's handling state; the note says which).
+    /// `opened`, `acknowledged`, `escalated`, `cleared`, `reactivated`, `repeated`
+    /// (folded clears and reactivations), `chattering`, `chattering_ended`, `shelved`,
+    /// `unshelved`, `closed`, `action`, `city` (the city's handling state; the note says
+    /// which).
     pub action: String,
     /// The operator's note, or what changed (e.g. the code that reactivated it).
     pub note: String,
+    /// How many changes this entry stands for: more than 1 for folded repeats
+    /// (`repeated`), which happened from `at_ms` to `last_ms`. Omitted when 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+    /// When the last folded repeat happened; omitted for a single change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ms: Option<i64>,
+}
+
+impl AuditEntry {
+    /// One change: at `at_ms`, by `by`.
+    pub fn new(at_ms: i64, by: &str, action: &str, note: &str) -> AuditEntry {
+        AuditEntry {
+            at_ms,
+            by: by.to_owned(),
+            action: action.to_owned(),
+            note: note.to_owned(),
+            count: 1,
+            last_ms: None,
+        }
+    }
+
+    /// When the latest change this entry stands for happened.
+    pub fn last_at_ms(&self) -> i64 {
+        self.last_ms.unwrap_or(self.at_ms).max(self.at_ms)
+    }
 }
 
 /// Status of one device as the gateway sees it.

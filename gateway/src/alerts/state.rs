@@ -15,15 +15,25 @@
 //! | `m/devices` | every tracked device's status and last report (JSON), saved every 30 s when it changed, and at stop |
 //!
 //! History is bounded: beyond `alerts.history_max` closed alerts the oldest are removed
-//! with their audit trail. Open alerts are never pruned. Starting and listing open
+//! with their audit trail. Open alerts are never pruned, and neither is a closed alert
+//! whose audit trail has an entry younger than `alerts.audit_retention`: `history_max`
+//! is then a soft bound. What is kept over it is counted ([`AlertStore::over_bound`],
+//! shown on `/healthz` as `alerts.history`); alerts go on being written meanwhile, and
+//! the next attempt (at most one a minute while it falls short) prunes what has aged.
+//!
+//! **Audit.** Entries are append-only: written once under a new `n`, never changed
+//! (a later change is to hash-chain them). Repeats are folded before they are written
+//! (`rules/chatter.rs`), not by rewriting stored entries. Starting and listing open
 //! alerts read only the open ones (`o/`), not the whole history: every page sled reads
 //! stays in memory for a long while (docs/footprint.md).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::model::{Alert, AuditEntry};
 use super::rules::DeviceRecord;
+use crate::events::now_ms;
 use crate::store::{StoreError, StoreReader};
 
 const LAST_SEQ: &[u8] = b"m/last_seq";
@@ -38,9 +48,19 @@ pub struct AlertStore {
     tree: sled::Tree,
     reader: StoreReader,
     history_max: usize,
+    /// `alerts.audit_retention` in ms.
+    retention_ms: i64,
     closed: Arc<AtomicUsize>,
     next_audit: Arc<AtomicU64>,
+    /// Closed alerts kept over `history_max` because their trails are young, as of the
+    /// last prune.
+    over_bound: Arc<AtomicUsize>,
+    /// No prune before this (Unix ms): set a minute ahead when one fell short.
+    next_prune_ms: Arc<AtomicI64>,
 }
+
+/// While pruning falls short (young trails), it is tried again at most this often.
+const PRUNE_RETRY_MS: i64 = 60_000;
 
 /// Filter for [`AlertStore::list`].
 #[derive(Debug, Clone, Default)]
@@ -56,8 +76,13 @@ pub struct Filter {
 }
 
 impl AlertStore {
-    /// Opens the tree in the store's database.
-    pub fn open(reader: &StoreReader, history_max: usize) -> Result<AlertStore, StoreError> {
+    /// Opens the tree in the store's database; `history_max` closed alerts are kept,
+    /// more while their trails are younger than `audit_retention`.
+    pub fn open(
+        reader: &StoreReader,
+        history_max: usize,
+        audit_retention: Duration,
+    ) -> Result<AlertStore, StoreError> {
         let tree = reader.open_tree("alerts")?;
         // This version writes `m/indexed` with every progress; the previous version
         // moves only `m/last_seq` (and keeps no index).
@@ -73,8 +98,11 @@ impl AlertStore {
             tree,
             reader: reader.clone(),
             history_max: history_max.max(1),
+            retention_ms: i64::try_from(audit_retention.as_millis()).unwrap_or(i64::MAX),
             closed: Arc::new(AtomicUsize::new(closed)),
             next_audit: Arc::new(AtomicU64::new(next_audit)),
+            over_bound: Arc::new(AtomicUsize::new(0)),
+            next_prune_ms: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -177,6 +205,7 @@ impl AlertStore {
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut newly_closed = 0usize;
+        let mut counted = std::collections::HashSet::new();
         let mut audited = false;
         for (alert, audit) in changes {
             let value = serde_json::to_vec(alert).unwrap_or_default();
@@ -186,7 +215,8 @@ impl AlertStore {
             } else {
                 batch.remove(open_key(&alert.id));
                 let ck = format!("c/{}", alert.id);
-                if self.tree.get(ck.as_bytes())?.is_none() {
+                // Counted once, also when one batch carries the alert twice.
+                if self.tree.get(ck.as_bytes())?.is_none() && counted.insert(&alert.id) {
                     newly_closed += 1;
                 }
                 batch.insert(ck.as_bytes(), &[][..]);
@@ -211,18 +241,35 @@ impl AlertStore {
         self.tree.apply_batch(batch)?;
         let closed = self.closed.fetch_add(newly_closed, Ordering::AcqRel) + newly_closed;
         if closed > self.history_max {
-            self.prune(closed - self.history_max)?;
+            let now = now_ms();
+            if now >= self.next_prune_ms.load(Ordering::Acquire) {
+                self.prune(closed - self.history_max, now)?;
+            }
         }
         Ok(())
     }
 
-    /// Removes the `n` oldest closed alerts and their audit trails.
-    fn prune(&self, n: usize) -> Result<(), StoreError> {
+    /// Removes the `n` oldest closed alerts whose trails are older than the retention,
+    /// with their trails; counts what it had to keep over the bound.
+    fn prune(&self, n: usize, now_ms: i64) -> Result<(), StoreError> {
+        let cutoff = now_ms.saturating_sub(self.retention_ms);
         let mut batch = sled::Batch::default();
         let mut removed = 0usize;
-        for k in self.tree.scan_prefix(b"c/").keys().take(n) {
+        for k in self.tree.scan_prefix(b"c/").keys() {
+            if removed == n {
+                break;
+            }
             let k = k?;
             let id = String::from_utf8_lossy(&k[2..]).into_owned();
+            // An alert created after the cutoff has a young trail, and so has every
+            // later one (ids sort by creation time).
+            let created = ulid::Ulid::from_string(&id).map_or(0, |u| u.timestamp_ms() as i64);
+            if created >= cutoff {
+                break;
+            }
+            if self.trail_ends_ms(&id)? >= cutoff {
+                continue;
+            }
             batch.remove(k);
             batch.remove(alert_key(&id));
             for ak in self.tree.scan_prefix(format!("u/{id}/").as_bytes()).keys() {
@@ -232,7 +279,43 @@ impl AlertStore {
         }
         self.tree.apply_batch(batch)?;
         self.closed.fetch_sub(removed, Ordering::AcqRel);
+        let short = n - removed;
+        self.over_bound.store(short, Ordering::Release);
+        let next = if short > 0 {
+            now_ms + PRUNE_RETRY_MS
+        } else {
+            0
+        };
+        self.next_prune_ms.store(next, Ordering::Release);
         Ok(())
+    }
+
+    /// When the youngest entry of `id`'s trail happened (0 for no trail).
+    fn trail_ends_ms(&self, id: &str) -> Result<i64, StoreError> {
+        let last = self
+            .tree
+            .scan_prefix(format!("u/{id}/").as_bytes())
+            .values()
+            .next_back()
+            .transpose()?;
+        Ok(last
+            .and_then(|v| serde_json::from_slice::<AuditEntry>(&v).ok())
+            .map_or(0, |e| e.last_at_ms()))
+    }
+
+    /// Closed alerts kept over `alerts.history_max` because their audit trails are
+    /// younger than `alerts.audit_retention` (as of the last prune; 0 when within).
+    pub fn over_bound(&self) -> usize {
+        if self.over_bound.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        // Closes since the last (throttled) prune are over the bound too.
+        self.closed_count().saturating_sub(self.history_max)
+    }
+
+    /// `alerts.history_max`.
+    pub fn history_max(&self) -> usize {
+        self.history_max
     }
 
     /// Saves the devices' statuses (not flushed: sled's own flush carries it within a

@@ -241,7 +241,7 @@ fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
         Arc::new(Metrics::new()),
     )
     .expect("store opens");
-    let st = state::AlertStore::open(&reader, 2).expect("alert state");
+    let st = state::AlertStore::open(&reader, 2, Duration::from_secs(3600)).expect("alert state");
     let mut en = rules::Engine::new(&cfg, 0);
     let mut ids = Vec::new();
     // Five alerts, created in order (ULIDs sort by time); the first stays open.
@@ -258,12 +258,7 @@ fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
         };
         ids.push(alert.id.clone());
         let mut a = alert;
-        let audit = AuditEntry {
-            at_ms: 1,
-            by: "t".into(),
-            action: "opened".into(),
-            note: String::new(),
-        };
+        let audit = AuditEntry::new(1, "t", "opened", "");
         if i > 0 {
             a.status = AlertStatus::Closed;
             a.closed = Some(Closed {
@@ -301,7 +296,8 @@ fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
     tree.remove("m/indexed").expect("removes");
     tree.remove("m/next_audit").expect("removes");
     drop(st);
-    let st = state::AlertStore::open(&reader, 2).expect("alert state reopens");
+    let st = state::AlertStore::open(&reader, 2, Duration::from_secs(3600))
+        .expect("alert state reopens");
     let open_ids = |st: &state::AlertStore| -> Vec<String> {
         let listed = st
             .list(&state::Filter::default())
@@ -315,12 +311,7 @@ fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
     };
     assert_eq!(open_ids(&st), vec![ids[0].clone()]);
     // Audit numbering goes on: a new entry adds to a trail, it does not replace one.
-    let note = AuditEntry {
-        at_ms: 3,
-        by: "t".into(),
-        action: "note".into(),
-        note: "after the upgrade".into(),
-    };
+    let note = AuditEntry::new(3, "t", "note", "after the upgrade");
     let mut first = st.get(&ids[0]).expect("reads").expect("kept");
     st.write(&[(&first, Some(&note))], None).expect("writes");
     assert_eq!(st.audit(&ids[0]).expect("reads").len(), 2);
@@ -343,7 +334,8 @@ fn history_is_bounded_open_alerts_are_never_pruned_and_stay_indexed() {
     tree.insert("m/last_seq", &11u64.to_be_bytes())
         .expect("writes");
     drop(st);
-    let st = state::AlertStore::open(&reader, 2).expect("alert state reopens");
+    let st = state::AlertStore::open(&reader, 2, Duration::from_secs(3600))
+        .expect("alert state reopens");
     assert_eq!(open_ids(&st), vec![ids[0].clone()]);
 }
 
@@ -361,4 +353,80 @@ fn events_per_second_keep_the_last_minute() {
     r.add(t + 61_000, 1);
     let v = r.last_60(t + 61_000);
     assert_eq!(v.iter().sum::<u64>(), 1);
+}
+
+/// Issue 16: pruning never removes a closed alert whose audit trail is younger than
+/// `alerts.audit_retention`, even over `history_max` (a soft bound then, counted for
+/// `/healthz`); one whose trail has aged is pruned.
+#[test]
+fn pruning_keeps_audit_trails_younger_than_the_retention() {
+    use super::model::{AuditEntry, Closed, Disposition};
+    use estate_protocols::model::AlertStatus;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config();
+    let (_h, reader, _w) = store::open(
+        dir.path(),
+        StoreOptions::from_config(&cfg),
+        Arc::new(Metrics::new()),
+    )
+    .expect("store opens");
+    let day = 86_400_000i64;
+    let st = state::AlertStore::open(&reader, 1, Duration::from_millis(day as u64))
+        .expect("alert state");
+    let now = crate::events::now_ms();
+    let mut en = rules::Engine::new(&cfg, 0);
+    // (created, last audit entry): old and done; old but closed an hour ago; new.
+    let plan = [
+        (now - 3 * day, now - 2 * day),
+        (now - 3 * day + 1, now - 3_600_000),
+        (now - 1000, now - 500),
+    ];
+    let mut ids = Vec::new();
+    for (i, (created, last)) in plan.into_iter().enumerate() {
+        let mut e = smoke_alarm();
+        e.device_id = format!("dev-{i}");
+        e.gateway_time_ms = created;
+        let mut a = en
+            .on_event(&e, created)
+            .into_iter()
+            .find_map(|e| match e {
+                rules::Effect::Alert { alert, .. } => Some(alert),
+                _ => None,
+            })
+            .expect("an alert opens");
+        ids.push(a.id.clone());
+        a.status = AlertStatus::Closed;
+        a.closed = Some(Closed {
+            by: "t".into(),
+            at_ms: last,
+            disposition: Disposition::Test,
+            note: String::new(),
+        });
+        let opened = AuditEntry::new(created, "t", "opened", "");
+        let closed = AuditEntry::new(last, "t", "closed", "test");
+        st.write(&[(&a, Some(&opened)), (&a, Some(&closed))], None)
+            .expect("writes");
+    }
+    let kept = |st: &state::AlertStore| -> Vec<String> {
+        st.list(&state::Filter {
+            status: "all".into(),
+            ..state::Filter::default()
+        })
+        .expect("lists")
+        .into_iter()
+        .map(|a| a.id)
+        .collect()
+    };
+    let now_kept = kept(&st);
+    assert!(!now_kept.contains(&ids[0]), "the aged trail is pruned");
+    assert!(now_kept.contains(&ids[1]), "closed an hour ago: kept");
+    assert!(now_kept.contains(&ids[2]), "new: kept");
+    assert_eq!(st.audit(&ids[0]).expect("reads").len(), 0);
+    assert_eq!(
+        st.audit(&ids[1]).expect("reads").len(),
+        2,
+        "its trail is whole"
+    );
+    assert_eq!(st.closed_count(), 2);
+    assert_eq!(st.over_bound(), 1, "one over history_max = 1, for /healthz");
 }

@@ -1,4 +1,5 @@
-//! The local HTTP API: health, metrics, the event-code list, alerts (list, get, acknowledge, close), devices,
+//! The local HTTP API: health, metrics, the event-code list, alerts (list, get, acknowledge, close,
+//! shelve, unshelve), devices,
 //! gateway status, the city's roll calls (list, answer), a server-sent-event stream of
 //! live changes, and the web console.
 //!
@@ -104,6 +105,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/alerts/{id}", get(get_alert))
         .route("/api/alerts/{id}/ack", post(ack_alert))
         .route("/api/alerts/{id}/close", post(close_alert))
+        .route("/api/alerts/{id}/shelve", post(shelve_alert))
+        .route("/api/alerts/{id}/unshelve", post(unshelve_alert))
         .route("/api/devices", get(devices))
         .route("/api/roll-calls", get(roll_calls))
         .route("/api/roll-calls/{id}/answer", post(answer_roll_call))
@@ -155,6 +158,8 @@ async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
         "store_epoch": s.reader.epoch().to_string(),
         "ingest_connected": m.ingest_connected.get() == 1,
         "uplink_connected": m.uplink_connected.get() == 1,
+        // An alarm flood is the estate's state, not the gateway's: a field, not a problem.
+        "flood": s.alerts.flood(),
         "backlog": {
             "alarms": s.reader.backlog(Lane::Alarms),
             "events": s.reader.backlog(Lane::Events),
@@ -201,6 +206,7 @@ fn status_json(s: &ApiState) -> serde_json::Value {
             "events": s.reader.backlog(Lane::Events),
         },
         "events_per_sec": s.alerts.events_per_sec(),
+        "flood": s.alerts.flood(),
         "read_only": s.token.is_none(),
     })
 }
@@ -342,6 +348,22 @@ struct CloseBody {
     note: String,
 }
 
+/// `POST /api/alerts/{id}/shelve`: for how long (minutes, may be fractional), why, who.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShelveBody {
+    by: String,
+    minutes: f64,
+    reason: String,
+}
+
+/// `POST /api/alerts/{id}/unshelve`: who.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnshelveBody {
+    by: String,
+}
+
 /// `POST /api/roll-calls/{id}/answer`: who answers.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -369,6 +391,27 @@ impl OperatorFields for AckBody {
 }
 
 impl OperatorFields for AnswerBody {
+    fn fields(&self) -> Vec<(&'static str, &str, usize)> {
+        vec![("by", &self.by, MAX_BY_CHARS)]
+    }
+    fn by(&self) -> &str {
+        &self.by
+    }
+}
+
+impl OperatorFields for ShelveBody {
+    fn fields(&self) -> Vec<(&'static str, &str, usize)> {
+        vec![
+            ("by", &self.by, MAX_BY_CHARS),
+            ("reason", &self.reason, MAX_NOTE_CHARS),
+        ]
+    }
+    fn by(&self) -> &str {
+        &self.by
+    }
+}
+
+impl OperatorFields for UnshelveBody {
     fn fields(&self) -> Vec<(&'static str, &str, usize)> {
         vec![("by", &self.by, MAX_BY_CHARS)]
     }
@@ -483,6 +526,7 @@ fn op_response(r: Result<crate::alerts::model::Alert, OpError>) -> Response {
         Ok(alert) => Json(alert).into_response(),
         Err(OpError::NotFound(id)) => error(StatusCode::NOT_FOUND, format!("no alert {id}")),
         Err(e @ OpError::Conflict(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ OpError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -520,6 +564,51 @@ async fn close_alert(
         );
     };
     op_response(s.alerts.close(&id, b.by.trim(), disposition, &b.note).await)
+}
+
+/// `POST /api/alerts/{id}/shelve` `{"by","minutes","reason"}` (issue 16): the token like
+/// every write; 400 for a duration out of `[alerts.shelving]`'s bounds or no reason, 404
+/// unknown, 409 closed.
+async fn shelve_alert(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let b: ShelveBody = match operator_request(&s, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if !b.minutes.is_finite() || b.minutes <= 0.0 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`minutes` must be a number more than 0, found {}",
+                b.minutes
+            ),
+        );
+    }
+    // Saturates for absurd values; the engine refuses anything over the maximum.
+    let for_ms = (b.minutes * 60_000.0).round() as i64;
+    op_response(
+        s.alerts
+            .shelve(&id, b.by.trim(), for_ms, b.reason.trim())
+            .await,
+    )
+}
+
+/// `POST /api/alerts/{id}/unshelve` `{"by"}`: 409 when it is not shelved.
+async fn unshelve_alert(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let b: UnshelveBody = match operator_request(&s, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    op_response(s.alerts.unshelve(&id, b.by.trim()).await)
 }
 
 /// `GET /api/roll-calls`: the pending roll calls (oldest first), then the last finished

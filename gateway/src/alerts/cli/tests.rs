@@ -37,6 +37,10 @@ fn alert() -> Alert {
         opened_by_seq: 1,
         stored: true,
         city: None,
+        activations: 1,
+        chattering: false,
+        unaudited: None,
+        shelved: None,
     }
 }
 

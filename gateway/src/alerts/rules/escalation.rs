@@ -1,6 +1,6 @@
 //! Escalation (`[alerts.escalation]`): an alert still active (not acknowledged) `after`
 //! its first report, at or below `max_severity` in urgency, rises one severity level,
-//! once.
+//! once. A shelved alert does not escalate while shelved (`shelving.rs`).
 
 use estate_protocols::model::{AlertChange, AlertStatus};
 
@@ -19,6 +19,7 @@ impl Engine {
             .filter(|a| {
                 a.status == AlertStatus::Active
                     && !a.escalated
+                    && a.shelved.is_none()
                     && a.severity <= esc.max_severity
                     && now_ms - a.first_seen_ms >= after
             })
@@ -29,6 +30,7 @@ impl Engine {
             let Some(a) = self.open.get_mut(&id) else {
                 continue;
             };
+            out.extend(super::chatter::take_run(a));
             let from = a.severity;
             a.severity = a.severity.saturating_sub(1).max(1);
             a.escalated = true;

@@ -4,10 +4,11 @@
 //! (counted); `alerts.debounce` holds a condition back until it has lasted; a clear marks
 //! the alert cleared, or closes it for the codes in `alerts.auto_close`.
 
-use estate_protocols::model::{AlertChange, Event, Severity};
+use estate_protocols::model::{Event, Severity};
 
-use super::{audit, ms, Effect, Engine, Key, BY_GATEWAY};
-use crate::alerts::model::{Alert, Disposition};
+use super::chatter::Transition;
+use super::{ms, Effect, Engine, Key, BY_GATEWAY};
+use crate::alerts::model::Disposition;
 
 /// What an alert opens with: its severity and the reports folded into it so far.
 #[derive(Debug, Clone, Copy)]
@@ -23,16 +24,6 @@ pub(super) struct PendingAlert {
     due_ms: i64,
     event: Box<Event>,
     fold: Fold,
-}
-
-/// The key an open alert folds repeats on.
-pub(super) fn key_of_alert(a: &Alert, gateway_id: &str) -> Key {
-    let place = if a.device_id == gateway_id {
-        a.location.to_string()
-    } else {
-        String::new()
-    };
-    (a.device_id.clone(), a.code.clone(), place)
 }
 
 impl Engine {
@@ -116,19 +107,15 @@ impl Engine {
             a.count += 1;
         }
         a.last_seen_ms = a.last_seen_ms.max(t);
-        let (audit, upstream) = if a.cleared {
-            a.cleared = false;
-            a.cleared_ms = None;
-            let entry = audit(now_ms, BY_GATEWAY, "reactivated", &ev.code);
-            (Some(entry), Some(AlertChange::Opened))
+        if a.cleared {
+            self.transition(key, Transition::Reactivated, &ev.code, t, now_ms, out);
         } else {
-            (None, None)
-        };
-        out.push(Effect::Alert {
-            alert: a.clone(),
-            audit,
-            upstream,
-        });
+            out.push(Effect::Alert {
+                alert: a.clone(),
+                audit: None,
+                upstream: None,
+            });
+        }
         true
     }
 
@@ -158,17 +145,13 @@ impl Engine {
         if a.cleared {
             return;
         }
-        a.cleared = true;
-        a.cleared_ms = Some(t);
-        if self.cfg.auto_close.contains(&a.code) {
+        if self.cfg.auto_close.contains(&a.code) && !a.chattering {
+            a.cleared = true;
+            a.cleared_ms = Some(t);
             let note = "condition cleared (alerts.auto_close)";
             self.close_alert(&id, BY_GATEWAY, Disposition::AutoCleared, note, now_ms, out);
         } else {
-            out.push(Effect::Alert {
-                alert: a.clone(),
-                audit: Some(audit(now_ms, BY_GATEWAY, "cleared", "condition cleared")),
-                upstream: Some(AlertChange::Cleared),
-            });
+            self.transition(key, Transition::Cleared, "", t, now_ms, out);
         }
     }
 }

@@ -5,7 +5,9 @@
 use estate_protocols::model::{AlertChange, AlertStatus, Event};
 use estate_protocols::taxonomy;
 
-use super::fold::{key_of_alert, Fold};
+use super::chatter::take_run;
+use super::fold::Fold;
+use super::key_of_alert;
 use super::{audit, ActionError, Effect, Engine, Key, BY_GATEWAY};
 use crate::alerts::model::{Acknowledged, Alert, CityHandling, Closed, Disposition};
 use crate::hash::fnv1a;
@@ -29,17 +31,19 @@ impl Engine {
                 a.status.as_str()
             )));
         }
+        let mut out: Vec<Effect> = take_run(a).into_iter().collect();
         a.status = AlertStatus::Acknowledged;
         a.acknowledged = Some(Acknowledged {
             by: by.to_owned(),
             at_ms: now_ms,
             note: note.to_owned(),
         });
-        Ok(vec![Effect::Alert {
+        out.push(Effect::Alert {
             alert: a.clone(),
             audit: Some(audit(now_ms, by, "acknowledged", note)),
             upstream: Some(AlertChange::Acknowledged),
-        }])
+        });
+        Ok(out)
     }
 
     /// An operator closes an open alert with a disposition.
@@ -76,17 +80,31 @@ impl Engine {
         now_ms: i64,
         out: &mut Vec<Effect>,
     ) {
-        let alert = self.new_alert(ev, fold);
+        let mut alert = self.new_alert(ev, fold);
         let id = alert.id.clone();
         let links = self.links_for(&alert);
+        // An `auto_close` code's alerts open anew at each activation: the one that makes
+        // it chatter stays open (see chatter.rs).
+        let in_window = self.record_activation(&key, ev.gateway_time_ms);
+        let chattering = self
+            .chatters(in_window)
+            .then(|| self.chattering_entry(in_window, now_ms));
         self.by_key.insert(key, id.clone());
-        self.open.insert(id.clone(), alert.clone());
         let opened = audit(now_ms, BY_GATEWAY, "opened", &format!("seq {}", ev.seq));
         out.push(Effect::Alert {
-            alert,
+            alert: alert.clone(),
             audit: Some(opened),
             upstream: Some(AlertChange::Opened),
         });
+        if let Some(entry) = chattering {
+            alert.chattering = true;
+            out.push(Effect::Alert {
+                alert: alert.clone(),
+                audit: Some(entry),
+                upstream: None,
+            });
+        }
+        self.open.insert(id.clone(), alert);
         for action in links {
             out.push(Effect::Link {
                 alert_id: id.clone(),
@@ -128,6 +146,10 @@ impl Engine {
             opened_by_seq: ev.seq,
             stored: ev.seq != 0,
             city: None,
+            activations: 1,
+            chattering: false,
+            unaudited: None,
+            shelved: None,
         }
     }
 
@@ -147,6 +169,9 @@ impl Engine {
         if a.device_id == self.gateway_id {
             self.correlation.closed(&a);
         }
+        out.extend(take_run(&mut a));
+        a.shelved = None;
+        a.chattering = false;
         a.status = AlertStatus::Closed;
         a.closed = Some(Closed {
             by: by.to_owned(),

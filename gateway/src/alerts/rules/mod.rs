@@ -14,6 +14,8 @@
 //! - `escalation` — unacknowledged alerts raised in severity;
 //! - `correlation` — reports of several devices confirming each other;
 //! - `silence` — windows in which matching events open no alert;
+//! - `chatter` — chattering alerts and folded repeats in the audit trail;
+//! - `shelving` — alerts an operator shelved for a while;
 //! - `linkage` — Modbus writes an opening alert asks for, and their results;
 //! - `raised` — the events the rules raise.
 //!
@@ -22,6 +24,7 @@
 //! [`Engine::on_event`], which opens their alerts: one path for every alert, and every
 //! derived fact is in the store and forwarded upstream.
 
+mod chatter;
 mod correlation;
 mod escalation;
 mod fold;
@@ -30,6 +33,7 @@ mod lifecycle;
 mod linkage;
 mod offline;
 mod raised;
+mod shelving;
 mod silence;
 
 use std::collections::HashMap;
@@ -85,6 +89,9 @@ pub enum ActionError {
     /// The transition is not allowed from the alert's status.
     #[error("{0}")]
     Invalid(String),
+    /// The request itself is out of bounds (e.g. shelving longer than allowed).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// (device id, code, location for gateway-derived alerts): what repeats fold on.
@@ -109,6 +116,8 @@ pub struct Engine {
     /// Correlation windows and the correlations raised.
     correlation: correlation::Correlations,
     silences: silence::Silences,
+    /// Recent activations per key, for chattering (`chatter.rs`).
+    activations: chatter::Activations,
 }
 
 impl Engine {
@@ -126,6 +135,7 @@ impl Engine {
             doors: hold_open::Doors::new(a.held_open_after),
             correlation: correlation::Correlations::new(&a.correlation),
             silences: silence::Silences::new(&a.silence),
+            activations: HashMap::new(),
         }
     }
 
@@ -133,7 +143,7 @@ impl Engine {
     pub fn restore(&mut self, alerts: impl IntoIterator<Item = Alert>) {
         for a in alerts.into_iter().filter(Alert::is_open) {
             self.by_key
-                .insert(fold::key_of_alert(&a, &self.gateway_id), a.id.clone());
+                .insert(key_of_alert(&a, &self.gateway_id), a.id.clone());
             self.open.insert(a.id.clone(), a);
         }
     }
@@ -193,18 +203,26 @@ impl Engine {
         self.raise_held_open(now_ms, &mut out);
         self.take_offline(now_ms, &mut out);
         self.escalate(now_ms, &mut out);
+        self.settle_chattering(now_ms, &mut out);
+        self.expire_shelves(now_ms, &mut out);
         self.correlation.forget(now_ms);
         out
     }
 }
 
+/// The key an open alert folds repeats on (fold.rs; chatter.rs and lifecycle.rs find
+/// alerts by it).
+pub(super) fn key_of_alert(a: &Alert, gateway_id: &str) -> Key {
+    let place = if a.device_id == gateway_id {
+        a.location.to_string()
+    } else {
+        String::new()
+    };
+    (a.device_id.clone(), a.code.clone(), place)
+}
+
 fn audit(at_ms: i64, by: &str, action: &str, note: &str) -> AuditEntry {
-    AuditEntry {
-        at_ms,
-        by: by.to_owned(),
-        action: action.to_owned(),
-        note: note.to_owned(),
-    }
+    AuditEntry::new(at_ms, by, action, note)
 }
 
 fn ms(d: Duration) -> i64 {

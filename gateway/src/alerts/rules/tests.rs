@@ -701,3 +701,238 @@ fn device_status_survives_a_restart_and_heartbeat_supervision_starts_afresh() {
         .iter()
         .any(|e| e.code == "DEV.ONLINE" && e.device_id == "smoke-1a"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Alarm management (issue 16): chattering, folded repeats, shelving
+// ---------------------------------------------------------------------------------------
+
+/// Audit entries among the effects.
+fn audits(effects: &[Effect]) -> Vec<AuditEntry> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Alert { audit, .. } => audit.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Forces a door open and closed `cycles` times, 300 ms apart from `t`; every effect.
+fn chatter_door(en: &mut Engine, t: i64, seq: &mut u64, cycles: u32) -> Vec<Effect> {
+    let mut out = Vec::new();
+    for i in 0..cycles {
+        let at = t + i64::from(i) * 300;
+        *seq += 1;
+        out.extend(en.on_event(&active("door-1", "ACS.FORCED_OPEN", at, *seq), at));
+        *seq += 1;
+        out.extend(en.on_event(
+            &cleared("door-1", "ACS.FORCED_OPEN", at + 150, *seq),
+            at + 150,
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_chattering_door_is_one_alert_with_a_bounded_audit_and_only_its_state_changes_upstream() {
+    let mut en = engine("");
+    let mut seq = 0;
+    let fx = chatter_door(&mut en, T0, &mut seq, 50);
+    let changes = alerts(&fx);
+    let ids: std::collections::BTreeSet<_> = changes.iter().map(|(a, _)| a.id.clone()).collect();
+    assert_eq!(ids.len(), 1, "one alert");
+    let last = &changes.last().expect("changes").0;
+    assert!(last.chattering && last.is_open());
+    assert_eq!(last.activations, 50);
+    // Life safety raised at once: the very first effect opens it and goes upstream.
+    assert_eq!(changes[0].1, Some(AlertChange::Opened));
+    // Upstream: the opening, the first cycles, and entering chattering (the 5th
+    // activation) — nothing of the 45 cycles after.
+    let up: Vec<_> = changes.iter().filter_map(|(_, u)| *u).collect();
+    assert_eq!(up.len(), 9, "{up:?}");
+    // Audit: opened, first clear, first reactivation, one folded run, chattering.
+    let trail: Vec<String> = audits(&fx).iter().map(|e| e.action.clone()).collect();
+    assert_eq!(
+        trail,
+        ["opened", "cleared", "reactivated", "repeated", "chattering"],
+        "{trail:?}"
+    );
+    let run = last
+        .unaudited
+        .expect("the repeats since are counted on the alert");
+    assert_eq!((run.reactivated, run.cleared), (45, 46));
+
+    // Stable for stable_for (120 s) after the last activation: it leaves chattering,
+    // the run is written as one entry with count, first and last, and upstream hears
+    // where it stands (cleared) once.
+    let end = T0 + 49 * 300;
+    assert!(
+        alerts(&en.on_tick(end + 119_000)).is_empty(),
+        "not yet stable"
+    );
+    let fx = en.on_tick(end + 120_000);
+    let trail = audits(&fx);
+    assert_eq!(trail.len(), 2, "{trail:?}");
+    assert_eq!(trail[0].action, "repeated");
+    assert_eq!(trail[0].count, 91);
+    assert!(trail[0].last_ms.is_some_and(|l| l > trail[0].at_ms));
+    assert_eq!(trail[1].action, "chattering_ended");
+    let ch = alerts(&fx);
+    let (a, up) = ch.last().expect("change");
+    assert!(!a.chattering && a.cleared && a.is_open() && a.unaudited.is_none());
+    assert_eq!(*up, Some(AlertChange::Cleared));
+    assert_eq!(ch.iter().filter(|(_, u)| u.is_some()).count(), 1);
+}
+
+#[test]
+fn a_chattering_auto_close_code_stays_one_alert_and_closes_once_stable() {
+    // VID.LOSS is in auto_close: without chattering each cycle is a new alert.
+    let mut en = engine("");
+    let mut opened = std::collections::BTreeSet::new();
+    let mut t = T0;
+    for i in 0..40u64 {
+        let fx = en.on_event(&active("cam-1", "VID.LOSS", t, 2 * i + 1), t);
+        let fx2 = en.on_event(&cleared("cam-1", "VID.LOSS", t + 500, 2 * i + 2), t + 500);
+        for (a, _) in alerts(&fx).into_iter().chain(alerts(&fx2)) {
+            opened.insert(a.id);
+        }
+        t += 1000;
+    }
+    assert_eq!(
+        opened.len(),
+        5,
+        "4 auto-closed, the 5th chatters and stays open"
+    );
+    let open: Vec<_> = en.open_alerts().cloned().collect();
+    assert_eq!(open.len(), 1);
+    assert!(open[0].chattering && open[0].cleared);
+    let fx = en.on_tick(t + 120_000);
+    let closed = alerts(&fx).into_iter().last().expect("closed");
+    assert_eq!(closed.0.status, AlertStatus::Closed);
+    assert_eq!(closed.1, Some(AlertChange::Closed));
+    assert_eq!(
+        closed.0.closed.as_ref().map(|c| c.disposition),
+        Some(Disposition::AutoCleared)
+    );
+    assert_eq!(en.open_alerts().count(), 0);
+}
+
+#[test]
+fn repeats_below_the_chattering_rate_fold_in_the_audit_but_still_go_upstream() {
+    let mut en = engine("[alerts.chattering]\nactivations = 5\nwindow = \"10s\"\n");
+    let mut all = Vec::new();
+    // One cycle every 20 s: never 5 within 10 s.
+    for i in 0..10u64 {
+        let t = T0 + i as i64 * 20_000;
+        all.extend(en.on_event(&active("door-1", "ACS.FORCED_OPEN", t, 2 * i + 1), t));
+        all.extend(en.on_event(
+            &cleared("door-1", "ACS.FORCED_OPEN", t + 1000, 2 * i + 2),
+            t + 1000,
+        ));
+    }
+    let ch = alerts(&all);
+    assert!(ch.iter().all(|(a, _)| !a.chattering));
+    assert_eq!(
+        ch.iter().filter(|(_, u)| u.is_some()).count(),
+        20,
+        "every transition forwarded"
+    );
+    let trail: Vec<String> = audits(&all).iter().map(|e| e.action.clone()).collect();
+    assert_eq!(trail, ["opened", "cleared", "reactivated"]);
+    // The operator acknowledges: the run is written first, so the trail reads in order.
+    let id = ch[0].0.id.clone();
+    let fx = en.acknowledge(&id, "wang", "", T0 + 300_000).expect("acks");
+    let trail = audits(&fx);
+    assert_eq!(trail[0].action, "repeated");
+    assert_eq!(trail[0].count, 17);
+    assert_eq!(trail[1].action, "acknowledged");
+    // A run that goes on is written after an hour at the latest.
+    let mut fx = Vec::new();
+    for i in 0..3u64 {
+        let t = T0 + 400_000 + i as i64 * 20_000;
+        fx.extend(en.on_event(&active("door-1", "ACS.FORCED_OPEN", t, 100 + 2 * i), t));
+        fx.extend(en.on_event(
+            &cleared("door-1", "ACS.FORCED_OPEN", t + 1000, 101 + 2 * i),
+            t + 1000,
+        ));
+    }
+    assert!(audits(&fx).is_empty());
+    let flushed = audits(&en.on_tick(T0 + 400_000 + 3_600_000));
+    assert_eq!(flushed.len(), 1);
+    assert_eq!(
+        (flushed[0].action.as_str(), flushed[0].count),
+        ("repeated", 6)
+    );
+}
+
+#[test]
+fn a_shelved_alert_is_quiet_until_its_time_is_up() {
+    let mut en = engine("");
+    let a = alerts(&en.on_event(&active("cam-1", "VID.TAMPER", T0, 1), T0))[0]
+        .0
+        .clone();
+    let fx = en
+        .shelve(&a.id, "wang", 600_000, "camera being serviced", T0 + 1000)
+        .expect("shelves");
+    let (s, up) = alerts(&fx).into_iter().last().expect("change");
+    assert_eq!(up, None);
+    let shelf = s.shelved.as_ref().expect("shelved");
+    assert_eq!(
+        (shelf.by.as_str(), shelf.until_ms),
+        ("wang", T0 + 1000 + 600_000)
+    );
+    assert_eq!(audits(&fx)[0].action, "shelved");
+    // While shelved: transitions are not forwarded, only counted.
+    let fx = en.on_event(&cleared("cam-1", "VID.TAMPER", T0 + 5000, 2), T0 + 5000);
+    assert_eq!(alerts(&fx)[0].1, None);
+    let fx = en.on_event(&active("cam-1", "VID.TAMPER", T0 + 9000, 3), T0 + 9000);
+    assert_eq!(alerts(&fx)[0].1, None);
+    assert!(alerts(&en.on_tick(T0 + 600_000)).is_empty(), "not yet");
+    // Time is up: the gateway unshelves it and says where it stands upstream.
+    let fx = en.on_tick(T0 + 601_000);
+    let (u, up) = alerts(&fx).into_iter().last().expect("unshelved");
+    assert!(u.shelved.is_none());
+    assert_eq!(up, Some(AlertChange::Opened));
+    let e = audits(&fx).into_iter().last().expect("entry");
+    assert_eq!(
+        (e.action.as_str(), e.by.as_str()),
+        ("unshelved", BY_GATEWAY)
+    );
+    assert!(e.note.contains("2 changes held back"), "{}", e.note);
+}
+
+#[test]
+fn life_safety_alerts_shelve_only_briefly_and_keep_going_upstream() {
+    let mut en = engine("");
+    let a = alerts(&en.on_event(&active("door-1", "ACS.FORCED_OPEN", T0, 1), T0))[0]
+        .0
+        .clone();
+    let err = en
+        .shelve(&a.id, "wang", 3_600_000, "door fault", T0)
+        .expect_err("too long");
+    assert!(
+        matches!(&err, ActionError::Refused(m) if m.contains("at most 15 ") && m.contains("life-safety")),
+        "{err}"
+    );
+    assert!(matches!(
+        en.shelve(&a.id, "wang", 300_000, " ", T0),
+        Err(ActionError::Refused(_))
+    ));
+    en.shelve(&a.id, "wang", 900_000, "door fault", T0)
+        .expect("15 min is fine");
+    let fx = en.on_event(
+        &cleared("door-1", "ACS.FORCED_OPEN", T0 + 5000, 2),
+        T0 + 5000,
+    );
+    assert_eq!(
+        alerts(&fx)[0].1,
+        Some(AlertChange::Cleared),
+        "still forwarded"
+    );
+    let fx = en.unshelve(&a.id, "li", T0 + 6000).expect("unshelves");
+    assert!(alerts(&fx)[0].0.shelved.is_none());
+    assert!(matches!(
+        en.unshelve(&a.id, "li", T0 + 7000),
+        Err(ActionError::Invalid(_))
+    ));
+}

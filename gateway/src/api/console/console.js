@@ -15,7 +15,8 @@
 // Test hooks (read by tests/console): <body data-ready="1"> once loaded and live,
 // data-sound (the AudioContext's state: suspended, running, …), data-read-only,
 // data-alert-beeps (sounds played for new critical alerts),
-// data-roll-call-beeps (sounds played for waiting roll calls); each alert row has
+// data-roll-call-beeps (sounds played for waiting roll calls), data-flood (1 in a
+// flood); each alert row has
 // data-alert-id, data-status and data-severity; each roll call data-roll-call-id and
 // data-status (pending, answered, missed).
 
@@ -249,6 +250,8 @@ const state = {
   alertBeeps: 0,
   lastCue: 0,
   closing: null, // alert id the close dialog is for
+  shelving: null, // alert id the shelve dialog is for
+  flood: false, // /api/status says flood: alerts grouped by building and kind
   /** ids that arrived after the first load: their rows flash once */
   fresh: new Set(),
   /** roll-call id → { rc, deadline (local ms), row, dismissed, answeredAt } */
@@ -383,7 +386,7 @@ function startSound() {
 function remindCritical() {
   if (Date.now() - state.lastCue < REMINDER_MS) return;
   for (const a of state.alerts.values()) {
-    if (a.severity === 1 && a.status === 'active') {
+    if (a.severity === 1 && a.status === 'active' && !a.shelved) {
       alertCue();
       return;
     }
@@ -394,7 +397,19 @@ function remindCritical() {
 // Alerts
 // ---------------------------------------------------------------------------------------
 
+/** Flood mode's group of an alert: its building and kind (code). */
+function floodGroup(a) {
+  return `${a.severity}|${(a.location && a.location.building) || ''}|${a.code}`;
+}
+
 function alertOrder(a, b) {
+  // Issue 16: in a flood (/api/status "flood"), severity first (life safety on top), then
+  // grouped by building and kind.
+  if (state.flood) {
+    const ga = floodGroup(a);
+    const gb = floodGroup(b);
+    if (ga !== gb && a.severity === b.severity) return ga < gb ? -1 : 1;
+  }
   return a.severity - b.severity || a.first_seen_ms - b.first_seen_ms || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 
@@ -418,12 +433,13 @@ function makeAlertRow(id) {
   const q = (sel) => li.querySelector(sel);
   const el = {
     sev: q('.sev'), title: q('.title'), code: q('.code'), repeat: q('.repeat'),
-    cleared: q('.cleared'), escalated: q('.escalated'), unstored: q('.unstored'), state: q('.state'),
+    cleared: q('.cleared'), escalated: q('.escalated'), chattering: q('.chattering'), shelved: q('.shelved'), shelf: q('.shelf'), unstored: q('.unstored'), state: q('.state'),
     where: q('.where'), device: q('.device'), age: q('.age'), handled: q('.handled'), city: q('.city'),
-    actions: q('.actions'), ops: q('.ops'), ack: q('.ack'), close: q('.close'),
+    actions: q('.actions'), ops: q('.ops'), ack: q('.ack'), close: q('.close'), shelve: q('.shelve'),
   };
   el.ack.addEventListener('click', () => acknowledge(id));
   el.close.addEventListener('click', () => openCloseDialog(id));
+  el.shelve.addEventListener('click', () => toggleShelf(id));
   const row = { li, el, actionsKey: '', fresh: false };
   // The flash runs once; then the row is plain again (no layer kept for it).
   li.addEventListener('animationend', () => {
@@ -437,7 +453,7 @@ function renderAlertRow(row, a, now) {
   const { li, el } = row;
   setAttr(li, 'data-status', a.status);
   setAttr(li, 'data-severity', String(a.severity));
-  setAttr(li, 'class', `alert sev${a.severity}${row.fresh ? ' new' : ''}`);
+  setAttr(li, 'class', `alert sev${a.severity}${row.fresh ? ' new' : ''}${a.shelved ? ' shelved' : ''}`);
   setText(el.sev, label(SEVERITY[a.severity], `${a.severity}`));
   const zh = codeZh.get(a.code);
   setText(el.title, zh && a.title && zh !== a.title ? tr(zh, a.title) : (zh || a.title || a.code));
@@ -446,6 +462,11 @@ function renderAlertRow(row, a, now) {
   setText(el.repeat, `×${a.count} ${tr(`重复${a.count}次`, `· ${a.count} times`, `重复${a.count}次 · ${a.count} times`)}`);
   el.cleared.hidden = !a.cleared;
   el.escalated.hidden = !a.escalated;
+  el.chattering.hidden = !a.chattering; // issue 16: one quiet alert with its activation count
+  setText(el.chattering, `${tr('频繁报警', 'Chattering')} ×${a.activations}`);
+  el.shelved.hidden = el.shelf.hidden = !a.shelved; // greyed, no sound, with who/why/until
+  if (a.shelved) setText(el.shelf, `${tr('搁置', 'Shelved')}: ${a.shelved.by} · ${a.shelved.reason} · ${tr('至', 'until')} ${clockText(a.shelved.until_ms)}`);
+  setText(el.shelve, a.shelved ? tr('取消搁置', 'Unshelve') : tr('搁置', 'Shelve'));
   // Opened while the disk was full (docs/never-lost.md, "Full disk"); older alerts have no field.
   el.unstored.hidden = a.stored !== false;
   setText(el.state, label(STATUS[a.status], a.status));
@@ -498,6 +519,7 @@ function renderAlerts() {
     }
   }
   let cursor = list.firstElementChild;
+  let prevGroup = '';
   for (const a of sorted) {
     let row = state.alertRows.get(a.id);
     if (!row) {
@@ -506,6 +528,9 @@ function renderAlerts() {
       state.alertRows.set(a.id, row);
     }
     renderAlertRow(row, a, now);
+    const group = state.flood ? floodGroup(a) : '';
+    row.li.classList.toggle('group-start', Boolean(group) && group !== prevGroup);
+    prevGroup = group;
     if (row.li !== cursor) list.insertBefore(row.li, cursor);
     else cursor = cursor.nextElementSibling;
   }
@@ -746,6 +771,21 @@ function applyStatus(s) {
   setText($('rate-now'), String(Math.round(last)));
   setText($('rate-max'), String(Math.round(Math.max(0, ...rates))));
   setReadOnly(Boolean(s.read_only));
+  const f = s.flood || {};
+  if (Boolean(f.active) !== state.flood) {
+    state.flood = Boolean(f.active);
+    document.body.dataset.flood = state.flood ? '1' : '0';
+    scheduleRender();
+  }
+  $('flood').hidden = !state.flood;
+  if (state.flood) {
+    const min = Math.round((f.window_ms || 0) / 60000);
+    setText($('flood'), tr(
+      `报警泛滥：${min} 分钟内 ${f.new_alerts} 条新告警 — 按楼栋和类型分组，生命安全优先`,
+      `Alarm flood: ${f.new_alerts} new alerts in ${min} min — grouped by building and kind, life safety first`,
+      `报警泛滥 Alarm flood: ${min} 分钟内 ${f.new_alerts} 条新告警 · ${f.new_alerts} new alerts in ${min} min — 按楼栋和类型分组，生命安全优先 · grouped by building and kind, life safety first`,
+    ));
+  }
 }
 
 function setReadOnly(ro) {
@@ -886,6 +926,33 @@ async function submitClose(ev) {
   } else {
     $('close-dialog').close();
   }
+}
+
+/** Shelve (asks how long and why) or, when shelved, unshelve. */
+async function toggleShelf(id) {
+  const a = state.alerts.get(id);
+  if (!a) return;
+  if (a.shelved) {
+    const r = await post(`/api/alerts/${encodeURIComponent(id)}/unshelve`, { by: operator() });
+    if (r) upsertAlert(r, { live: false }); else await refreshAlert(id);
+    return;
+  }
+  state.shelving = id;
+  $('shelve-form').reset();
+  setText($('shelve-what'), `${codeZh.get(a.code) || ''} ${a.title || a.code} — ${placeText(a.location)}`);
+  $('shelve-dialog').showModal();
+}
+
+async function submitShelve(ev) {
+  ev.preventDefault();
+  const id = state.shelving;
+  const form = $('shelve-form');
+  const reason = form.elements.reason.value.trim();
+  if (!id || !reason) return;
+  const a = await post(`/api/alerts/${encodeURIComponent(id)}/shelve`, { by: operator(), minutes: Number(form.elements.minutes.value), reason });
+  $('shelve-dialog').close();
+  state.shelving = null;
+  if (a) upsertAlert(a, { live: false }); else await refreshAlert(id);
 }
 
 /** Loads the three lists; the stream is already open, and what it changed meanwhile wins. */
@@ -1035,6 +1102,8 @@ function start() {
     showSession();
   });
   $('close-form').addEventListener('submit', submitClose);
+  $('shelve-form').addEventListener('submit', submitShelve);
+  $('shelve-cancel').addEventListener('click', () => $('shelve-dialog').close());
   $('close-cancel').addEventListener('click', () => {
     state.closing = null;
     $('close-dialog').close();
