@@ -449,6 +449,84 @@ async fn on_a_phone_the_alert_and_its_buttons_fit_the_screen_and_the_language_is
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chattering_door_is_one_row_with_its_count_and_is_shelved_and_unshelved_from_the_page() {
+    if !browser_available("console manage test") {
+        return;
+    }
+    const CYCLES: u64 = 12;
+    const REASON: &str = "门磁松动 loose door contact, repair booked";
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    let gw = start(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n")).await;
+    let mut browser = Browser::open(
+        gw.api,
+        &env,
+        "manage",
+        "console-chattering.png",
+        &[
+            ("CONSOLE_TOKEN", TOKEN.into()),
+            ("CONSOLE_OPERATOR", OPERATOR.into()),
+            ("CONSOLE_ACTIVATIONS", CYCLES.to_string()),
+            ("CONSOLE_SHELVE_REASON", REASON.into()),
+        ],
+    );
+    browser.expect("READY", STEP, &gw);
+
+    // Forced open and closed again, as fast as the broker takes it.
+    let mut publisher = env.raw_client().await;
+    let topic = format!("estate/{}/access_control/door-1-main/event", env.estate_id);
+    for _ in 0..CYCLES {
+        publisher
+            .publish(&topic, r#"{"code":"ACS.FORCED_OPEN"}"#)
+            .await;
+        publisher
+            .publish(&topic, r#"{"code":"ACS.FORCED_OPEN","state":"cleared"}"#)
+            .await;
+    }
+    let id = browser.expect("CHATTERING", STEP, &gw);
+    let a = get_alert(&gw, &id).await;
+    assert_eq!(
+        (&a["code"], &a["chattering"], &a["activations"]),
+        (
+            &serde_json::json!("ACS.FORCED_OPEN"),
+            &serde_json::json!(true),
+            &serde_json::json!(CYCLES)
+        ),
+        "{a}"
+    );
+    let audit = a["audit"].as_array().cloned().unwrap_or_default();
+    assert!(
+        audit.len() <= 8,
+        "{} transitions folded into at most 8 audit entries, not {}: {a:#}",
+        2 * CYCLES - 1,
+        audit.len()
+    );
+
+    assert_eq!(browser.expect("SHELVED", STEP, &gw), id);
+    let a = get_alert(&gw, &id).await;
+    assert_eq!(a["shelved"]["by"], OPERATOR, "{a}");
+    assert_eq!(a["shelved"]["reason"], REASON, "{a}");
+
+    assert_eq!(browser.expect("UNSHELVED", STEP, &gw), id);
+    let a = get_alert(&gw, &id).await;
+    assert!(a["shelved"].is_null(), "{a}");
+    let actions: Vec<&str> = a["audit"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"shelved") && actions.contains(&"unshelved"),
+        "the shelf is audited both ways: {actions:?}"
+    );
+
+    browser.expect("DONE", STEP, &gw);
+    browser.finish();
+    assert_png(&artifact("console-chattering.png"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_console_is_read_only_and_the_api_refuses_writes() {
     if !browser_available("console read-only test") {
         return;

@@ -22,6 +22,11 @@
 //   script → test:  ANSWERED <id>    answered on the page (name typed, button pressed)
 //   test → script:  (checks the desk's result, starts a roll call with a short deadline)
 //   script → test:  MISSED <id>      shown as missed once its deadline passed
+//   manage mode (issue 16, alarm management):
+//   test → script:  (a door forced open and closed again CONSOLE_ACTIVATIONS times)
+//   script → test:  CHATTERING <id>  one row, its chattering badge counting them all
+//   script → test:  SHELVED <id>     shelved from the page with a reason: greyed, who, why
+//   script → test:  UNSHELVED <id>   back by itself once its (3-second) shelf time is up
 //   phone mode (390×844, touch; signed in on the page before READY):
 //   test → script:  (publishes a SMOKE.ALARM on the broker)
 //   script → test:  ALERT <id>       the row and both its buttons fit the screen
@@ -36,7 +41,8 @@
 // own policy, named in the launch flags), so the page must say so, and one tap ends it.
 //
 // Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly |
-// restart | rollcall | phone), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
+// restart | rollcall | manage | phone), CONSOLE_ACTIVATIONS and CONSOLE_SHELVE_REASON
+// (manage mode), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
 // CONSOLE_ANSWER_BY (rollcall mode: the name typed to answer; CONSOLE_TOKEN too),
 // CONSOLE_TOKEN and CONSOLE_OPERATOR (operator and phone modes), CONSOLE_GATEWAY_ID,
 // CONSOLE_DEVICE (the device that will raise the alarm; silent until READY),
@@ -179,6 +185,15 @@ async function main() {
 
   say('READY');
 
+  if (mode === 'manage') {
+    await manage(page);
+    check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
+    check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
+    check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+    say('DONE');
+    return;
+  }
+
   if (mode === 'rollcall') {
     await rollCalls(page);
     check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
@@ -314,6 +329,57 @@ async function noSideways(page, when) {
   const screen = page.viewportSize().width;
   check(w.doc <= screen && w.body <= screen && w.window === screen && w.zoom === 1,
     `${when}: the page is wider than the ${screen} px screen: ${JSON.stringify(w)}`);
+}
+
+/** Manage mode: a chattering door is one row whose badge counts its activations; shelved
+ * from the page with a reason it is greyed and says who and why, and it comes back by
+ * itself when its time is up. */
+async function manage(page) {
+  const activations = Number(env('CONSOLE_ACTIVATIONS'));
+  const badge = page.locator('#alerts li.alert .chattering:not([hidden])');
+  await badge.waitFor({ state: 'visible', timeout: STEP });
+  await page.waitForFunction(
+    (n) => [...document.querySelectorAll('#alerts li.alert .chattering:not([hidden])')]
+      .some((b) => b.textContent.endsWith(`×${n}`)),
+    activations,
+    { timeout: STEP },
+  );
+  check((await page.locator('#alerts li.alert').count()) === 1, 'the activations opened more than one row');
+  const row = page.locator('#alerts li.alert').first();
+  const id = await row.getAttribute('data-alert-id');
+  const text = await badge.innerText();
+  check(text.includes('频繁报警') && text.includes('Chattering'), `chattering badge text: ${text}`);
+  await screenshot(page);
+  say(`CHATTERING ${id}`);
+
+  // Signed in as in operator mode, then shelved through the dialog.
+  await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
+  await page.fill('#token-input', env('CONSOLE_TOKEN'));
+  await page.click('#login-btn');
+  await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+  await row.locator('button.shelve').click();
+  await page.waitForSelector('#shelve-dialog[open]', { timeout: STEP });
+  // The dialog offers 15 minutes and more; the test adds a 3-second choice to its list.
+  await page.evaluate(() => {
+    const select = document.querySelector('#shelve-form select[name="minutes"]');
+    select.add(new Option('3 s', '0.05'));
+    select.value = '0.05';
+  });
+  const reason = env('CONSOLE_SHELVE_REASON');
+  await page.fill('#shelve-form input[name="reason"]', reason);
+  await page.click('#shelve-confirm');
+  await page.waitForSelector(`li.alert.shelved[data-alert-id="${id}"]`, { timeout: STEP });
+  check(await page.isHidden('#shelve-dialog'), 'shelve dialog still open');
+  const shelf = await row.locator('.shelf').innerText();
+  check(shelf.includes(reason) && shelf.includes(env('CONSOLE_OPERATOR')), `the shelf line lacks who or why: ${shelf}`);
+  check(await row.locator('.badge.shelved').isVisible(), 'no shelved badge');
+  check((await row.locator('button.shelve').innerText()).includes('Unshelve'), 'the shelve button does not offer to unshelve');
+  say(`SHELVED ${id}`);
+
+  // Unshelved by the gateway when the time is up, live on the open page.
+  await page.waitForSelector(`li.alert[data-alert-id="${id}"]:not(.shelved)`, { timeout: STEP });
+  check(await row.locator('.shelf').isHidden(), 'the shelf line stayed after the unshelve');
+  say(`UNSHELVED ${id}`);
 }
 
 /** Phone mode: sign in, the alert and its buttons in reach, acknowledge by tapping,
