@@ -190,6 +190,7 @@ async fn a_real_trail_verifies_its_head_goes_upstream_and_a_changed_byte_is_name
 
     let (intact, report) = verify(&data_dir);
     assert!(intact, "{report}");
+    eprintln!("audit verify on the trail:\n{report}");
     assert!(report.contains("verdict: intact"), "{report}");
     assert!(report.contains("entries unhashed: 0"), "{report}");
     let checked: u64 = report
@@ -235,6 +236,7 @@ async fn a_real_trail_verifies_its_head_goes_upstream_and_a_changed_byte_is_name
         "names the entry changed (n={n}): {report}"
     );
     assert!(report.contains("verdict: BROKEN"), "{report}");
+    eprintln!("audit verify after one changed byte:\n{report}");
 
     // A tamperer who knows the hash recomputes the chain from there and the head.
     let (db, tree) = alerts_tree(&data_dir);
