@@ -75,6 +75,25 @@ enum Command {
     /// Store tools: `verify DIR` says whether a store opens and what it holds.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Audit tools: `verify` checks the audit trail's hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit hash chain (docs/alerts-and-api.md, "Audit chain"): print the
+    /// entries checked, pruned and unhashed, and the head; exit 1 naming the first broken
+    /// entry unless it is intact. Stop the gateway first (the store is locked while it
+    /// runs), or pass --copy.
+    Verify {
+        /// The data folder (holding `store/`), or the store folder itself.
+        #[arg(long, default_value = "/var/lib/estate-gateway")]
+        data_dir: PathBuf,
+        /// Verify a copy (in the temporary folder) and leave the store exactly as it is.
+        #[arg(long)]
+        copy: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +163,14 @@ fn execute(command: Command, malloc_tuned: bool) -> anyhow::Result<ExitCode> {
         Command::Close(args) => runtime()?
             .block_on(estate_gateway::alerts::cli::close(args))
             .map_err(anyhow::Error::msg)?,
+        Command::Audit(AuditCommand::Verify { data_dir, copy }) => {
+            let (report, intact) = estate_gateway::alerts::chain::verify_dir(&data_dir, copy)
+                .map_err(anyhow::Error::msg)?;
+            print!("{report}");
+            if !intact {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Store(StoreCommand::Verify { dir, copy }) => {
             let (report, sound) =
                 estate_gateway::store::verify::verify(&dir, copy).map_err(anyhow::Error::msg)?;

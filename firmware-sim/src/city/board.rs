@@ -8,7 +8,9 @@
 //!   after it.
 //! - **degraded** — the last status says `health = "degraded"`, or life-safety devices are
 //!   offline (`offline_life_safety > 0`), or the backlog grew over each of the last
-//!   [`Rules::backlog_statuses`] statuses.
+//!   [`Rules::backlog_statuses`] statuses, or a status showed the audit history
+//!   rewritten (its `audit_head` at the same `audit_head_n` with another hash, or
+//!   `audit_head_n` lower than before; kept once seen).
 //! - **ok** — otherwise.
 
 use std::collections::{HashMap, VecDeque};
@@ -92,6 +94,11 @@ pub struct StatusSeen {
     pub health: String,
     /// Why `health` is not ok, each `"key: reason"`.
     pub reasons: Vec<String>,
+    /// The gateway's audit chain head: the latest entry's `n` and hash (hex; empty
+    /// before its first entry).
+    pub audit_head_n: u64,
+    /// See `audit_head_n`.
+    pub audit_head: String,
 }
 
 /// Every seq up to this was acknowledged by the city broker when the status was taken.
@@ -140,12 +147,23 @@ impl StatusSeen {
             open_alerts: [alerts.critical, alerts.major, alerts.minor, alerts.info],
             health: s.health.clone(),
             reasons: s.reasons.clone(),
+            audit_head_n: s.audit_head_n,
+            audit_head: s.audit_head.clone(),
         }
     }
 
     /// Both lanes' backlog together.
     pub fn backlog(&self) -> u64 {
         self.backlog_alarms + self.backlog_events
+    }
+}
+
+/// The first 12 hex digits of a hash (or `none`).
+fn short(h: &str) -> &str {
+    if h.is_empty() {
+        "none"
+    } else {
+        &h[..h.len().min(12)]
     }
 }
 
@@ -182,6 +200,9 @@ pub struct EstateSeen {
     pub backlogs: VecDeque<u64>,
     /// The last retained `LinkState`; `None` before one arrived.
     pub link: Option<LinkSeen>,
+    /// Set (and kept) once a status showed the audit history rewritten: its chain head
+    /// at the same `n` with another hash, or at a lower `n`, than a status before.
+    pub audit_rewritten: Option<String>,
 }
 
 impl EstateSeen {
@@ -277,6 +298,7 @@ pub fn assess(estate_id: &str, seen: &EstateSeen, now_ms: i64, rules: &Rules) ->
             ));
         }
     }
+    reasons.extend(seen.audit_rewritten.clone());
     let n = rules.backlog_statuses.max(2);
     if seen.backlogs.len() >= n {
         let last: Vec<u64> = seen.backlogs.iter().rev().take(n).rev().copied().collect();
@@ -374,6 +396,18 @@ impl Board {
         let keep = self.rules.backlog_statuses.max(2);
         let seen = self.estate(estate_id, &status.gateway_id);
         let st = StatusSeen::from_pb(status, now_ms);
+        if let Some(before) = seen.status.as_ref().filter(|b| !b.audit_head.is_empty()) {
+            let (n0, h0) = (before.audit_head_n, &before.audit_head);
+            let (n1, h1) = (st.audit_head_n, &st.audit_head);
+            let rewritten = n1 < n0 || (n1 == n0 && h1 != h0);
+            if rewritten && seen.audit_rewritten.is_none() {
+                seen.audit_rewritten = Some(format!(
+                    "audit history rewritten: head n={n0} {} became n={n1} {}",
+                    short(h0),
+                    short(h1)
+                ));
+            }
+        }
         seen.backlogs.push_back(st.backlog());
         while seen.backlogs.len() > keep {
             seen.backlogs.pop_front();
@@ -679,6 +713,38 @@ mod tests {
         let (s, why) = state(&b, T0 + 100_000);
         assert_eq!(s, State::Dark);
         assert_eq!(why.len(), 2);
+    }
+
+    #[test]
+    fn an_audit_head_that_changes_at_the_same_n_or_goes_back_is_a_rewritten_history() {
+        let with_head = |n: u64, h: &str| pb::GatewayStatus {
+            audit_head_n: n,
+            audit_head: h.repeat(64),
+            ..status(0, 0, "ok")
+        };
+        let mut b = Board::new(Rules::default());
+        b.on_status("e1", &with_head(3, "a"), T0);
+        b.on_status("e1", &with_head(3, "a"), T0 + 1);
+        b.on_status("e1", &with_head(9, "b"), T0 + 2);
+        assert_eq!(state(&b, T0 + 2).0, State::Ok, "the chain grew");
+        assert_eq!(
+            b.views(T0 + 2)[0].status.as_ref().map(|s| s.audit_head_n),
+            Some(9)
+        );
+        b.on_status("e1", &with_head(9, "c"), T0 + 3);
+        let (s, why) = state(&b, T0 + 3);
+        assert_eq!(s, State::Degraded);
+        assert_eq!(
+            why,
+            ["audit history rewritten: head n=9 bbbbbbbbbbbb became n=9 cccccccccccc"]
+        );
+        // Kept: a later, growing head does not undo it.
+        b.on_status("e1", &with_head(12, "d"), T0 + 4);
+        assert_eq!(state(&b, T0 + 4).0, State::Degraded);
+        let mut b = Board::new(Rules::default());
+        b.on_status("e1", &with_head(9, "b"), T0);
+        b.on_status("e1", &with_head(4, "b"), T0 + 1);
+        assert_eq!(state(&b, T0 + 1).0, State::Degraded, "went back");
     }
 
     fn state_or_ok(b: &Board, now: i64) -> State {

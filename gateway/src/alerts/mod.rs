@@ -38,6 +38,7 @@
 //! progress, while its inputs (the writer's tap, the API's commands) stay attached, so
 //! nothing committed meanwhile is missed.
 
+pub mod chain;
 pub mod cli;
 mod effects;
 mod handle;

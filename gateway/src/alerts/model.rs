@@ -120,6 +120,7 @@ impl Repeats {
             ),
             count: self.reactivated + self.cleared,
             last_ms: Some(self.last_ms),
+            prev: None,
         }
     }
 }
@@ -300,6 +301,11 @@ pub struct AuditEntry {
     /// When the last folded repeat happened; omitted for a single change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ms: Option<i64>,
+    /// The SHA-256 (hex) of the audit entry before this one in the store, over every
+    /// alert (`alerts/chain.rs`); set when the entry is stored, `None` for entries
+    /// written before the chain (and on an entry not stored yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 impl AuditEntry {
@@ -312,6 +318,7 @@ impl AuditEntry {
             note: note.to_owned(),
             count: 1,
             last_ms: None,
+            prev: None,
         }
     }
 

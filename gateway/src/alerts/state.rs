@@ -13,6 +13,7 @@
 //! | `m/next_audit` | the next audit entry's `n` (u64 BE) |
 //! | `m/indexed` | the `m/last_seq` up to which `o/` and `m/next_audit` are kept; when it differs, a previous version wrote last and they are rebuilt on open |
 //! | `m/devices` | every tracked device's status and last report (JSON), saved every 30 s when it changed, and at stop |
+//! | `m/audit_start`, `m/audit_head`, `p/{n:016x}` | the audit hash chain: where it starts, its head, pruned runs (`alerts/chain.rs`) |
 //!
 //! History is bounded: beyond `alerts.history_max` closed alerts the oldest are removed
 //! with their audit trail. Open alerts are never pruned, and neither is a closed alert
@@ -21,16 +22,19 @@
 //! shown on `/healthz` as `alerts.history`); alerts go on being written meanwhile, and
 //! the next attempt (at most one a minute while it falls short) prunes what has aged.
 //!
-//! **Audit.** Entries are append-only: written once under a new `n`, never changed
-//! (a later change is to hash-chain them). Repeats are folded before they are written
-//! (`rules/chatter.rs`), not by rewriting stored entries. Starting and listing open
+//! **Audit.** Entries are append-only: written once under a new `n`, never changed.
+//! Each records the hash of the entry before it (`n - 1`, whichever alert), and the
+//! chain's head is written in the same batch (`alerts/chain.rs`); pruning a trail keeps
+//! what verification needs of its entries (pruned runs). Repeats are folded before they
+//! are written (`rules/chatter.rs`), not by rewriting stored entries. Starting and listing open
 //! alerts read only the open ones (`o/`), not the whole history: every page sled reads
 //! stays in memory for a long while (docs/footprint.md).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::chain::{self, Head};
 use super::model::{Alert, AuditEntry};
 use super::rules::DeviceRecord;
 use crate::events::now_ms;
@@ -51,12 +55,25 @@ pub struct AlertStore {
     /// `alerts.audit_retention` in ms.
     retention_ms: i64,
     closed: Arc<AtomicUsize>,
-    next_audit: Arc<AtomicU64>,
+    /// The audit chain's next `n`, head and start; held while a batch with audit
+    /// entries is built and applied, moved only when it applied.
+    chain: Arc<Mutex<ChainState>>,
     /// Closed alerts kept over `history_max` because their trails are young, as of the
     /// last prune.
     over_bound: Arc<AtomicUsize>,
     /// No prune before this (Unix ms): set a minute ahead when one fell short.
     next_prune_ms: Arc<AtomicI64>,
+}
+
+/// Where the audit chain stands (`alerts/chain.rs`).
+#[derive(Debug, Clone, Copy)]
+struct ChainState {
+    /// The next entry's `n` (`m/next_audit`).
+    next: u64,
+    /// The latest entry (`m/audit_head`); `None` before the first hashed entry.
+    head: Option<Head>,
+    /// The first hashed entry's `n` (`m/audit_start`).
+    start: Option<u64>,
 }
 
 /// While pruning falls short (young trails), it is tried again at most this often.
@@ -94,13 +111,24 @@ impl AlertStore {
             .get(NEXT_AUDIT)?
             .and_then(|v| v.as_ref().try_into().ok())
             .map_or(0, u64::from_be_bytes);
+        let head = tree.get(chain::HEAD)?.as_deref().and_then(Head::decode);
+        let start = tree
+            .get(chain::START)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes);
+        let chain = ChainState {
+            // Never below the head: its `n` (or a pruned one) is not given out twice.
+            next: next_audit.max(head.map_or(0, |h| h.n + 1)),
+            head,
+            start,
+        };
         Ok(AlertStore {
             tree,
             reader: reader.clone(),
             history_max: history_max.max(1),
             retention_ms: i64::try_from(audit_retention.as_millis()).unwrap_or(i64::MAX),
             closed: Arc::new(AtomicUsize::new(closed)),
-            next_audit: Arc::new(AtomicU64::new(next_audit)),
+            chain: Arc::new(Mutex::new(chain)),
             over_bound: Arc::new(AtomicUsize::new(0)),
             next_prune_ms: Arc::new(AtomicI64::new(0)),
         })
@@ -206,7 +234,8 @@ impl AlertStore {
         let mut batch = sled::Batch::default();
         let mut newly_closed = 0usize;
         let mut counted = std::collections::HashSet::new();
-        let mut audited = false;
+        let mut chain = self.chain();
+        let mut next = *chain;
         for (alert, audit) in changes {
             let value = serde_json::to_vec(alert).unwrap_or_default();
             batch.insert(alert_key(&alert.id), value);
@@ -222,39 +251,65 @@ impl AlertStore {
                 batch.insert(ck.as_bytes(), &[][..]);
             }
             if let Some(e) = audit {
-                let n = self.next_audit.fetch_add(1, Ordering::AcqRel);
-                batch.insert(
-                    format!("u/{}/{n:016x}", alert.id).as_bytes(),
-                    serde_json::to_vec(e).unwrap_or_default(),
-                );
-                audited = true;
+                let n = next.next;
+                let prev = next.head.map_or(chain::ZERO, |h| h.hash);
+                let mut e = (*e).clone();
+                e.prev = Some(chain::hex(&prev));
+                let json = serde_json::to_vec(&e).unwrap_or_default();
+                let hash = chain::entry_hash(n, &alert.id, &json, &prev);
+                batch.insert(format!("u/{}/{n:016x}", alert.id).as_bytes(), json);
+                next.start.get_or_insert(n);
+                next.head = Some(Head { n, hash });
+                next.next = n + 1;
             }
         }
-        if audited {
-            let next = self.next_audit.load(Ordering::Acquire);
-            batch.insert(NEXT_AUDIT, &next.to_be_bytes());
+        if next.next != chain.next {
+            batch.insert(NEXT_AUDIT, &next.next.to_be_bytes());
+            if let Some(h) = next.head {
+                batch.insert(chain::HEAD, &h.encode()[..]);
+            }
+            if chain.start.is_none() {
+                if let Some(s) = next.start {
+                    batch.insert(chain::START, &s.to_be_bytes());
+                }
+            }
         }
         if let Some(seq) = last_seq {
             batch.insert(LAST_SEQ, &seq.to_be_bytes());
             batch.insert(INDEXED, &seq.to_be_bytes());
         }
         self.tree.apply_batch(batch)?;
+        *chain = next;
+        let start = chain.start;
+        drop(chain);
         let closed = self.closed.fetch_add(newly_closed, Ordering::AcqRel) + newly_closed;
         if closed > self.history_max {
             let now = now_ms();
             if now >= self.next_prune_ms.load(Ordering::Acquire) {
-                self.prune(closed - self.history_max, now)?;
+                self.prune(closed - self.history_max, now, start)?;
             }
         }
         Ok(())
     }
 
+    fn chain(&self) -> MutexGuard<'_, ChainState> {
+        self.chain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The audit chain's head: the latest entry's `n` and hash (`alerts/chain.rs`);
+    /// `None` before the first hashed entry.
+    pub fn audit_head(&self) -> Option<Head> {
+        self.chain().head
+    }
+
     /// Removes the `n` oldest closed alerts whose trails are older than the retention,
-    /// with their trails; counts what it had to keep over the bound.
-    fn prune(&self, n: usize, now_ms: i64) -> Result<(), StoreError> {
+    /// with their trails; counts what it had to keep over the bound. Entries of the audit
+    /// chain (from `chain_start` on) are kept as pruned runs.
+    fn prune(&self, n: usize, now_ms: i64, chain_start: Option<u64>) -> Result<(), StoreError> {
         let cutoff = now_ms.saturating_sub(self.retention_ms);
         let mut batch = sled::Batch::default();
         let mut removed = 0usize;
+        let mut pruned = Vec::new();
         for k in self.tree.scan_prefix(b"c/").keys() {
             if removed == n {
                 break;
@@ -272,11 +327,21 @@ impl AlertStore {
             }
             batch.remove(k);
             batch.remove(alert_key(&id));
-            for ak in self.tree.scan_prefix(format!("u/{id}/").as_bytes()).keys() {
-                batch.remove(ak?);
+            for item in self.tree.scan_prefix(format!("u/{id}/").as_bytes()) {
+                let (ak, json) = item?;
+                let chained = chain::parse_entry_key(&ak)
+                    .filter(|(_, n)| chain_start.is_some_and(|s| *n >= s));
+                if let Some((id, n)) = chained {
+                    // A changed entry keeps its own (wrong) hash: verification still
+                    // finds the break at the next link.
+                    let prev = chain::recorded_prev(&json).unwrap_or(chain::ZERO);
+                    pruned.push((n, prev, chain::entry_hash(n, &id, &json, &prev)));
+                }
+                batch.remove(ak);
             }
             removed += 1;
         }
+        chain::record_pruned(&self.tree, &mut batch, pruned)?;
         self.tree.apply_batch(batch)?;
         self.closed.fetch_sub(removed, Ordering::AcqRel);
         let short = n - removed;
@@ -384,6 +449,11 @@ fn build_index(tree: &sled::Tree) -> Result<(), StoreError> {
                 next_audit = next_audit.max(n + 1);
             }
         }
+    }
+    // Pruned entries (up to the head) are not in `u/` any more; their `n` are not
+    // given out again.
+    if let Some(h) = tree.get(chain::HEAD)?.as_deref().and_then(Head::decode) {
+        next_audit = next_audit.max(h.n + 1);
     }
     batch.insert(NEXT_AUDIT, &next_audit.to_be_bytes());
     batch.insert(INDEXED, tree.get(LAST_SEQ)?.unwrap_or_default());

@@ -13,7 +13,7 @@ use super::*;
 use crate::store::{self, StoreOptions};
 use crate::telemetry::Metrics;
 
-fn config() -> Config {
+pub(super) fn config() -> Config {
     Config::from_toml_str(
         r#"
 [gateway]
@@ -30,7 +30,7 @@ location = { building = "1" }
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn smoke_alarm() -> Event {
+pub(super) fn smoke_alarm() -> Event {
     let mut e = crate::events::gateway_event(
         "gw-1",
         "e1",

@@ -1,6 +1,7 @@
 //! The `GatewayStatus` the link publishes: taken from what the stages already keep
 //! (store counters, the alert engine's devices and open alerts, `/healthz`'s registry,
-//! the metrics), plus one store read for the age of the oldest unforwarded event.
+//! the metrics, the audit chain's head), plus one store read for the age of the oldest
+//! unforwarded event.
 //! Blocking (sled, statvfs, a walk of the store's folder): call from the blocking pool.
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ impl Sources {
         let lanes = self.lanes(now)?;
         let devices = self.device_counts();
         let open_alerts = self.open_alert_counts()?;
+        let head = self.alerts.store().audit_head();
         let dir = &self.store_dir;
         let total = fs2::total_space(dir).unwrap_or(0);
         let disk_free_bytes = crate::store::free_bytes(dir).ok().flatten().unwrap_or(0);
@@ -76,7 +78,10 @@ impl Sources {
             modbus_buses_failing,
             health,
             reasons,
-            audit_head: String::new(),
+            audit_head: head
+                .map(|h| crate::alerts::chain::hex(&h.hash))
+                .unwrap_or_default(),
+            audit_head_n: head.map_or(0, |h| h.n),
             command_id: command_id.to_owned(),
         })
     }

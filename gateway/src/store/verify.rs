@@ -31,16 +31,7 @@ struct LaneReport {
 /// Returns the report and whether the store is sound (opens, every record decodes, not
 /// behind its high-water mark).
 pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
-    let store = if dir.join("db").is_file() {
-        dir.to_path_buf()
-    } else if dir.join("store").join("db").is_file() {
-        dir.join("store")
-    } else {
-        return Err(format!(
-            "{}: no store here (neither {0}/db nor {0}/store/db exists)",
-            dir.display()
-        ));
-    };
+    let store = locate(dir)?;
     let mut out = String::new();
     let _ = writeln!(out, "store: {}", store.display());
     match super::dir_disk_bytes(&store) {
@@ -114,6 +105,20 @@ pub fn verify(dir: &Path, copy: bool) -> Result<(String, bool), String> {
     Ok((out, sound))
 }
 
+/// The store folder of `dir`: `dir` itself or its `store/` (a data folder).
+pub(crate) fn locate(dir: &Path) -> Result<PathBuf, String> {
+    if dir.join("db").is_file() {
+        Ok(dir.to_path_buf())
+    } else if dir.join("store").join("db").is_file() {
+        Ok(dir.join("store"))
+    } else {
+        Err(format!(
+            "{}: no store here (neither {0}/db nor {0}/store/db exists)",
+            dir.display()
+        ))
+    }
+}
+
 /// One lane's records as they decode; `cursor` is the lane's forwarded-up-to seq.
 fn lane_report(db: &sled::Db, lane: Lane, cursor: u64) -> LaneReport {
     let mut r = LaneReport {
@@ -175,7 +180,8 @@ fn high_water(store: &Path, epoch: u64, next_seq: u64, out: &mut String) -> bool
     true
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies the folder `from` to `to`, recursively.
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
