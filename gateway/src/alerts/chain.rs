@@ -491,8 +491,13 @@ fn walk(chain: &[Item], report: &mut Report, head_stored: bool) -> Option<Broken
         }
         expected = item.end() + 1;
     }
-    let last = chain.last();
-    match (report.head, last) {
+    check_head(report.head, chain.last(), running)
+}
+
+/// The chain's end against `m/audit_head`: `last` is its last item, `running` the hash
+/// it ends on.
+fn check_head(head: Option<Head>, last: Option<&Item>, running: Hash) -> Option<Broken> {
+    match (head, last) {
         (None, None) => None,
         (Some(h), None) => Some(Broken {
             n: h.n,
