@@ -20,6 +20,7 @@
 //!   city's commands (seen-set, audit, resend).
 //! - [`duty`] — the duty desk: what those commands ask of the people on duty and the
 //!   outputs (roll calls, the city's alarm handling, broadcasts).
+//! - [`auth`] — accounts with roles, console sessions, named API tokens, lockout.
 //! - [`api`] — local HTTP: alerts, devices, status, roll calls, server-sent events, the
 //!   console, health and Prometheus metrics.
 //! - `broker` — embedded rumqttd for the demo and tests; `demo` — the whole estate on one
@@ -63,6 +64,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod auth;
 #[cfg(any(test, feature = "demo"))]
 pub mod broker;
 #[cfg(feature = "demo")]

@@ -75,6 +75,10 @@ enum Command {
     /// Store tools: `verify DIR` says whether a store opens and what it holds.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Accounts that sign in to the console and named API tokens: `add NAME --role ROLE`,
+    /// `passwd NAME`, `remove NAME`, `list`, `token add NAME --role ROLE`, `token remove
+    /// NAME` (in the data folder's users.json; works while the gateway runs).
+    Users(estate_gateway::auth::cli::UsersArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +148,12 @@ fn execute(command: Command, malloc_tuned: bool) -> anyhow::Result<ExitCode> {
         Command::Close(args) => runtime()?
             .block_on(estate_gateway::alerts::cli::close(args))
             .map_err(anyhow::Error::msg)?,
+        Command::Users(args) => {
+            print!(
+                "{}",
+                estate_gateway::auth::cli::run(args).map_err(anyhow::Error::msg)?
+            );
+        }
         Command::Store(StoreCommand::Verify { dir, copy }) => {
             let (report, sound) =
                 estate_gateway::store::verify::verify(&dir, copy).map_err(anyhow::Error::msg)?;
