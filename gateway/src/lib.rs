@@ -237,7 +237,15 @@ pub async fn run(
     let api = tokio::spawn(guard("API", "stage.api").run(
         api::run(
             api_listener,
-            api_state(&cfg, &metrics, &reader, &alerts_handle, &duty, stream_stop),
+            api_state(
+                &cfg,
+                &opts.data_dir,
+                &metrics,
+                &reader,
+                &alerts_handle,
+                &duty,
+                stream_stop,
+            ),
             api_stop.clone(),
         ),
         result_cause,
@@ -503,6 +511,7 @@ fn bind_camera_push(
 /// What the API serves from; live streams end when `stream_stop` is cancelled.
 fn api_state(
     cfg: &Config,
+    data_dir: &std::path::Path,
     metrics: &Arc<Metrics>,
     reader: &StoreReader,
     alerts: &alerts::AlertsHandle,
@@ -516,7 +525,7 @@ fn api_state(
         estate_id: cfg.gateway.estate_id.clone(),
         alerts: alerts.clone(),
         duty: duty.clone(),
-        token: cfg.api.token.clone(),
+        auth: Arc::new(auth::Auth::new(data_dir.to_path_buf(), &cfg.api)),
         stop: stream_stop,
         limits: api::server::Limits::from_config(&cfg.api),
         sse_clients: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_sse_clients.max(1))),

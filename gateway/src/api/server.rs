@@ -115,12 +115,13 @@ pub async fn serve(
             r = listener.accept() => r,
         };
         let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+            Ok(accepted) => accepted,
             Err(err) => {
                 accept_failed(&err).await;
                 continue;
             }
         };
+        let (stream, peer) = stream;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics
                 .api_closed
@@ -139,7 +140,7 @@ pub async fn serve(
             // Released (and the gauge lowered) however the connection ends, a panic in a
             // handler included.
             let _open = Open::new(metrics.clone(), permit);
-            serve_connection(stream, router, limits, &metrics, stop).await;
+            serve_connection(stream, peer, router, limits, &metrics, stop).await;
         });
     }
     drop(listener);
@@ -243,6 +244,7 @@ fn refuse(stream: TcpStream) {
 /// stops.
 async fn serve_connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: Limits,
     metrics: &Metrics,
@@ -256,6 +258,7 @@ async fn serve_connection(
     let service = ConnService {
         router,
         state: state.clone(),
+        peer,
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -441,6 +444,9 @@ impl AsyncWrite for Watched {
 struct ConnService {
     router: Router,
     state: Arc<ConnState>,
+    /// The client's address, handed to the handlers as `ConnectInfo` (anonymous reads
+    /// from loopback, lockout per address).
+    peer: std::net::SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -448,7 +454,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let busy = InFlight::begin(self.state.clone());
         // A Router is always ready (its `poll_ready` returns `Ready(Ok)`), so it is
         // called without polling readiness first.

@@ -247,15 +247,16 @@ impl UsersFile {
 
 fn check_name(name: &str) -> Result<(), UsersError> {
     let ok = !name.is_empty()
+        && name.trim() == name
         && name.chars().count() <= MAX_NAME_CHARS
         && name
             .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ' '));
     if ok {
         Ok(())
     } else {
         Err(UsersError::Refused(format!(
-            "{name:?} is not a valid name: 1 to {MAX_NAME_CHARS} letters, digits, `-`, `_`, `.` or `@`"
+            "{name:?} is not a valid name: 1 to {MAX_NAME_CHARS} letters, digits, spaces (not at either end), `-`, `_`, `.` or `@`"
         )))
     }
 }
@@ -338,7 +339,10 @@ mod tests {
         f.add_user("wang", Role::Operator, "password-1")
             .expect("add");
         assert!(f.add_user("wang", Role::Admin, "password-2").is_err());
-        assert!(f.add_user("bad name", Role::Viewer, "password-2").is_err());
+        assert!(f.add_user(" padded", Role::Viewer, "password-2").is_err());
+        assert!(f.add_user("a/b", Role::Viewer, "password-2").is_err());
+        f.add_user("值班员 Li Wei", Role::Viewer, "password-2")
+            .expect("a Chinese name");
         let token = f.add_token("bms", Role::Viewer).expect("token");
         f.save(dir.path()).expect("save");
         use std::os::unix::fs::PermissionsExt as _;
