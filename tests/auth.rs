@@ -322,3 +322,110 @@ async fn named_tokens_act_under_their_name_and_the_shared_token_still_works() {
     let (s, me) = viewer.get(gw.api, "/api/session").await;
     assert_eq!((s, me["signed_in"].as_bool()), (200, Some(false)), "{me}");
 }
+
+/// `GET path` over HTTPS, trusting only `ca_pem`, for the name `localhost`: status,
+/// headers (lower-cased names), body.
+async fn https_request(
+    addr: SocketAddr,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+    use http_body_util::{BodyExt, Full};
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = connector.connect(name, tcp).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("localhost:{}", addr.port()))
+        .header("content-type", "application/json")
+        .body(Full::new(hyper::body::Bytes::from(body.to_owned())))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_api_serves_https_only_and_the_cookie_is_secure() {
+    let env = env();
+    add_user(&env.data_dir(), "wang", "operator", PASSWORD);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let cert_file = env.dir().join("api.crt");
+    let key_file = env.dir().join("api.key");
+    std::fs::write(&cert_file, &cert_pem).expect("write cert");
+    std::fs::write(&key_file, &key_pem).expect("write key");
+    let gw = start(
+        &env,
+        &format!("tls_cert = {cert_file:?}\ntls_key = {key_file:?}"),
+    );
+
+    let (s, _, body) = https_request(gw.api, &cert_pem, "GET", "/healthz", "")
+        .await
+        .expect("HTTPS /healthz");
+    assert_eq!(s, 200, "{body}");
+    let (s, _, page) = https_request(gw.api, &cert_pem, "GET", "/", "")
+        .await
+        .expect("HTTPS console");
+    assert_eq!(s, 200);
+    assert!(page.contains("值班台"), "the console page over HTTPS");
+    let body = serde_json::json!({"name": "wang", "password": PASSWORD}).to_string();
+    let (s, headers, v) = https_request(gw.api, &cert_pem, "POST", "/api/session", &body)
+        .await
+        .expect("HTTPS sign-in");
+    assert_eq!(s, 200, "{v}");
+    let cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.clone())
+        .expect("Set-Cookie");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    // Plain HTTP on the same port gets no answer (the handshake fails, the connection
+    // closes), and it is counted.
+    assert!(
+        common::http_get(gw.api, "/healthz").await.is_err(),
+        "plain HTTP answered on the HTTPS port"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, m) = https_request(gw.api, &cert_pem, "GET", "/metrics", "")
+            .await
+            .expect("HTTPS /metrics");
+        if m.contains("estate_api_closed_total{reason=\"tls\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed handshake is not counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -214,6 +214,14 @@ pub async fn run(
     let modbus = ingest::modbus::Modbus::new(&cfg)?;
     let modbus_handle = modbus.handle();
     let (api_listener, api_addr) = bind_api(opts.api_listener, &cfg)?;
+    // HTTPS: the certificate and key are read once, before any stage starts.
+    let api_tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            api::tls::server_config(cert, key)
+                .map_err(|e| GatewayError::Api(std::io::Error::other(e)))?,
+        ),
+        _ => None,
+    };
     let camera_push = bind_camera_push(&cfg)?;
 
     let Core {
@@ -237,15 +245,18 @@ pub async fn run(
     let api = tokio::spawn(guard("API", "stage.api").run(
         api::run(
             api_listener,
-            api_state(
-                &cfg,
-                &opts.data_dir,
-                &metrics,
-                &reader,
-                &alerts_handle,
-                &duty,
-                stream_stop,
-            ),
+            api::ApiState {
+                tls: api_tls,
+                ..api_state(
+                    &cfg,
+                    &opts.data_dir,
+                    &metrics,
+                    &reader,
+                    &alerts_handle,
+                    &duty,
+                    stream_stop,
+                )
+            },
             api_stop.clone(),
         ),
         result_cause,
@@ -530,6 +541,7 @@ fn api_state(
         limits: api::server::Limits::from_config(&cfg.api),
         sse_clients: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_sse_clients.max(1))),
         max_sse_clients: cfg.api.max_sse_clients,
+        tls: None,
     }
 }
 

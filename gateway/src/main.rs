@@ -298,11 +298,16 @@ async fn run(
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<estate_gateway::Running>();
     let shown_dir = data_dir.display().to_string();
+    let scheme = if cfg.api.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tokio::spawn(async move {
         if let Ok(r) = ready_rx.await {
             // One machine-readable line on stdout for supervisors and tests.
             println!(
-                "estate-gateway ready api=http://{} data_dir={} store_epoch={} boot_id={}",
+                "estate-gateway ready api={scheme}://{} data_dir={} store_epoch={} boot_id={}",
                 r.api_addr,
                 shown_dir,
                 r.reader.epoch(),

@@ -61,6 +61,7 @@ use crate::telemetry::Metrics;
 pub mod console;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 /// Largest request body of a write action (acknowledge, close): a JSON object of `by`,
 /// `note` and `disposition` at their caps takes at most about 12 KiB even with every
@@ -97,6 +98,8 @@ pub struct ApiState {
     pub duty: crate::duty::DutyDesk,
     /// Accounts, sessions, tokens and lockout: who may read and write ([`guard`]).
     pub auth: Arc<Auth>,
+    /// HTTPS (`api.tls_cert`, `api.tls_key`): every connection is TLS; `None`: HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Cancelled when the API stops: open event streams end then, so that graceful
     /// shutdown does not wait for a console that never disconnects.
     pub stop: CancellationToken,
@@ -266,7 +269,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let limits = state.limits;
     let metrics = state.metrics.clone();
-    server::serve(listener, router(state), limits, metrics, shutdown).await
+    let tls = state.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    server::serve(listener, router(state), limits, metrics, tls, shutdown).await
 }
 
 async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
