@@ -5,10 +5,12 @@
 //   script → test:  READY            page loaded, status and devices rendered, live
 //   test → script:  (publishes a SMOKE.ALARM on the broker)
 //   script → test:  ALERT <id>       the alert appeared without a reload
-//   operator mode:
+//   operator mode (no buttons before a sign-in; a viewer signs in and is refused a
+//   write, the operator's write without the CSRF token is refused, then):
 //   script → test:  ACKED <id>       acknowledged by clicking the button
 //   test → script:  NEXT             (after checking the alert on the API)
 //   script → test:  CLOSED <id>      closed through the dialog
+//   script → test:  SIGNEDOUT        signed out on the page: the form is back
 //   readonly mode:
 //   test → script:  (publishes the alarm again, then its end: `cleared`)
 //   script → test:  FOLDED           the row shows ×2 and the cleared badge, live
@@ -19,7 +21,7 @@
 //   rollcall mode (issue 14; the test calls the gateway's duty desk in its process):
 //   test → script:  (starts a roll call with a 2-minute deadline)
 //   script → test:  ROLLCALL <id>    shown at once, loud, at the top, counting down
-//   script → test:  ANSWERED <id>    answered on the page (name typed, button pressed)
+//   script → test:  ANSWERED <id>    answered on the page (signed in, button pressed)
 //   test → script:  (checks the desk's result, starts a roll call with a short deadline)
 //   script → test:  MISSED <id>      shown as missed once its deadline passed
 //   phone mode (390×844, touch; signed in on the page before READY):
@@ -37,8 +39,9 @@
 //
 // Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly |
 // restart | rollcall | phone), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
-// CONSOLE_ANSWER_BY (rollcall mode: the name typed to answer; CONSOLE_TOKEN too),
-// CONSOLE_TOKEN and CONSOLE_OPERATOR (operator and phone modes), CONSOLE_GATEWAY_ID,
+// CONSOLE_OPERATOR and CONSOLE_PASSWORD (operator, phone and rollcall modes: the account
+// that signs in on the page), CONSOLE_VIEWER (operator mode: a viewer account, same
+// password), CONSOLE_GATEWAY_ID,
 // CONSOLE_DEVICE (the device that will raise the alarm; silent until READY),
 // CONSOLE_OFFLINE_DEVICE (optional: a device that goes offline; it must end up on top),
 // CONSOLE_EXPECT_WHERE (location text the alert row must show), CONSOLE_SCREENSHOT
@@ -106,6 +109,10 @@ async function main() {
   page.on('console', (m) => {
     // While the gateway restarts, the browser logs its refused connections: expected.
     const refused = mode === 'restart' && /Failed to load resource|ERR_CONNECTION|EventSource/.test(m.text());
+    // Operator mode makes the gateway refuse two writes on purpose (403), which the
+    // browser logs.
+    const forbidden = mode === 'operator' && /status of 403/.test(m.text());
+    if (m.type() === 'error' && forbidden) return;
     if (m.type() === 'error' && !refused) pageErrors.push(m.text());
   });
   const outside = [];
@@ -153,9 +160,9 @@ async function main() {
   // Mode-specific chrome.
   if (mode === 'readonly') {
     await page.waitForSelector('#readonly-banner', { state: 'visible', timeout: STEP });
-    check(await page.isHidden('#login'), 'read-only: the token form is shown');
+    check(await page.isHidden('#login'), 'read-only: the sign-in form is shown');
   } else {
-    check(await page.isHidden('#readonly-banner'), 'the read-only banner shows although a token is configured');
+    check(await page.isHidden('#readonly-banner'), 'the read-only banner shows although an account may act');
     await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
   }
 
@@ -180,6 +187,7 @@ async function main() {
   say('READY');
 
   if (mode === 'rollcall') {
+    await signIn(page, env('CONSOLE_OPERATOR'), 'operator');
     await rollCalls(page);
     check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
     check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
@@ -238,14 +246,21 @@ async function main() {
     check((await page.locator('button.ack:visible').count()) === 0, 'read-only page shows an acknowledge button');
     await screenshot(page);
   } else {
-    // Acknowledging without a token asks for it instead of sending anything.
-    await row.locator('button.ack').click();
-    await page.waitForSelector('#message:not([hidden])', { timeout: STEP });
-    check((await row.getAttribute('data-status')) === 'active', 'acknowledged without a token');
-    await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
-    await page.fill('#token-input', env('CONSOLE_TOKEN'));
-    await page.click('#login-btn');
-    await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+    // Nobody signed in: no buttons. A viewer signs in: still none, and a write sent from
+    // the page with the viewer's session (and its CSRF token) is refused.
+    check(await row.locator('button.ack').isHidden(), 'an acknowledge button shows before anyone signed in');
+    await signIn(page, env('CONSOLE_VIEWER'), 'viewer');
+    check(await row.locator('button.ack').isHidden(), 'a viewer is offered the acknowledge button');
+    const asViewer = await write(page, `/api/alerts/${id}/ack`, true);
+    check(asViewer === 403, `a viewer's write answered ${asViewer}, want 403`);
+    await signOut(page);
+    // The operator: a write without the CSRF token (what a page of another site could
+    // make the browser send with the cookie) is refused too.
+    await signIn(page, env('CONSOLE_OPERATOR'), 'operator');
+    const noCsrf = await write(page, `/api/alerts/${id}/ack`, false);
+    check(noCsrf === 403, `a write without the CSRF token answered ${noCsrf}, want 403`);
+    check((await row.getAttribute('data-status')) === 'active', 'a refused write changed the alert');
+    await row.locator('button.ack').waitFor({ state: 'visible', timeout: STEP });
     await row.locator('button.ack').click();
     await page.waitForSelector(`li.alert[data-alert-id="${id}"][data-status="acknowledged"]`, { timeout: STEP });
     const handled = await row.locator('.handled').innerText();
@@ -265,12 +280,50 @@ async function main() {
     await page.waitForSelector(`li.alert[data-alert-id="${id}"]`, { state: 'detached', timeout: STEP });
     check(await page.isHidden('#close-dialog'), 'close dialog still open');
     say(`CLOSED ${id}`);
+    await signOut(page);
+    say('SIGNEDOUT');
   }
 
   check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
   check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
   say('DONE');
+}
+
+/** Signs in with the page's form as `name` (CONSOLE_PASSWORD); waits until the page
+ * shows who is signed in, with `role`. */
+async function signIn(page, name, role) {
+  await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
+  await page.fill('#operator-input', name);
+  await page.fill('#password-input', env('CONSOLE_PASSWORD'));
+  await page.click('#login-btn');
+  await page.waitForSelector(`body[data-role="${role}"]`, { timeout: STEP });
+  await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+  const shown = await page.textContent('#operator-name');
+  check(shown === name, `signed in as ${JSON.stringify(shown)}, want ${JSON.stringify(name)}`);
+  check(await page.isHidden('#login'), 'the sign-in form stays after signing in');
+}
+
+/** Signs out with the header's button: the form is back and the gateway agrees. */
+async function signOut(page) {
+  await page.click('#logout-btn');
+  await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
+  await page.waitForSelector('body[data-signed-in=""]', { timeout: STEP });
+  const s = await page.evaluate(async () => (await fetch('/api/session')).json());
+  check(s.signed_in === false, `still signed in after signing out: ${JSON.stringify(s)}`);
+  // The rows redraw within a quarter second (batched): then no row offers an action.
+  await page.waitForFunction(() => [...document.querySelectorAll('#alerts .ops')].every((o) => o.hidden), null, { timeout: STEP });
+}
+
+/** An acknowledge POSTed from the page with its session cookie, with or without the
+ * session's CSRF token: the status. */
+async function write(page, path, withCsrf) {
+  return page.evaluate(async ([p, csrf]) => {
+    const s = await (await fetch('/api/session')).json();
+    const headers = { 'Content-Type': 'application/json' };
+    if (csrf) headers['X-CSRF-Token'] = s.csrf_token;
+    return (await fetch(p, { method: 'POST', headers, body: '{"note":""}' })).status;
+  }, [path, withCsrf]);
 }
 
 /** The sound banner shows, fully on screen, while the page's AudioContext is suspended. */
@@ -321,9 +374,9 @@ async function noSideways(page, when) {
 async function phone(page) {
   // Signing in on the phone (the form fits on one line).
   await noSideways(page, 'before signing in');
-  await onScreen(page, page.locator('#login-btn'), 'the save button of the sign-in form');
+  await onScreen(page, page.locator('#login-btn'), 'the sign-in button of the form');
   await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
-  await page.fill('#token-input', env('CONSOLE_TOKEN'));
+  await page.fill('#password-input', env('CONSOLE_PASSWORD'));
   await page.tap('#login-btn');
   await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
   say('READY');
@@ -438,15 +491,12 @@ async function rollCalls(page) {
   await screenshot(page);
   say(`ROLLCALL ${id}`);
 
-  // The person on duty types their name (and the token this tablet does not have yet)
-  // and presses answer.
-  await banner.locator('.rc-by').fill(env('CONSOLE_ANSWER_BY'));
-  await banner.locator('.rc-token').fill(env('CONSOLE_TOKEN'));
+  // The person on duty (signed in) presses answer.
   await banner.locator('.rc-btn').click();
   const answered = page.locator(`.roll-call[data-roll-call-id="${id}"][data-status="answered"]`);
   await answered.waitFor({ state: 'visible', timeout: STEP });
   const result = await answered.locator('.rc-result').innerText();
-  check(result.includes(env('CONSOLE_ANSWER_BY')), `the answer does not name who answered: ${result}`);
+  check(result.includes(env('CONSOLE_OPERATOR')), `the answer does not name who answered: ${result}`);
   say(`ANSWERED ${id}`);
 
   // The next one is left alone until its deadline passes.
