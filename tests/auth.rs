@@ -131,6 +131,49 @@ async fn raise_sos(env: &TestEnv, gw: &Gateway, reader: &Console) -> String {
     }
 }
 
+/// `GET /api/stream` with `cookie`, read until its first `status` event.
+async fn open_stream(addr: SocketAddr, cookie: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET /api/stream HTTP/1.1\r\nhost: {addr}\r\ncookie: {cookie}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains("event: status") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "no status event: {other:?}: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    tcp
+}
+
+/// Reads `tcp` until the gateway ends the stream (10 s at most).
+async fn stream_ends(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
+                // The chunked body's last chunk ends the response.
+                if buf[..n].ends_with(b"0\r\n\r\n") {
+                    return;
+                }
+            }
+            Err(_) => panic!("the live stream of a signed-out session is still open"),
+        }
+    }
+}
+
 fn start(env: &TestEnv, api: &str) -> Gateway {
     common::start_gateway_with(env, &format!("\n[api]\n{api}\n"))
 }
@@ -198,7 +241,9 @@ async fn an_operator_signs_in_acts_under_their_name_and_signs_out_a_viewer_and_c
     assert!(audit.iter().any(|e| e["by"] == "wang"), "{audit:?}");
     assert!(!audit.iter().any(|e| e["by"] == "mallory"), "{audit:?}");
 
-    // Who is signed in; then sign out: the old cookie reads nothing.
+    // Who is signed in; then sign out: the old cookie reads nothing, and the live stream
+    // opened with it ends.
+    let mut live = open_stream(gw.api, wang.cookie.as_deref().expect("cookie")).await;
     let (_, me) = wang.get(gw.api, "/api/session").await;
     assert_eq!(
         (me["signed_in"].as_bool(), me["name"].as_str()),
@@ -214,6 +259,7 @@ async fn an_operator_signs_in_acts_under_their_name_and_signs_out_a_viewer_and_c
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(wang.get(gw.api, "/api/alerts").await.0, 401);
+    stream_ends(&mut live).await;
     let (_, me) = wang.get(gw.api, "/api/session").await;
     assert_eq!(me["signed_in"], false, "{me}");
 

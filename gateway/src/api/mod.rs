@@ -781,9 +781,14 @@ enum Next {
 /// when it arrives, is answered or is missed), `status` every second (the /api/status
 /// JSON), and keep-alive comments. A client that falls behind gets a `resync` event and
 /// should re-read the lists. The stream ends when the gateway stops (the client
-/// reconnects to the next one). At most `api.max_sse_clients` streams at once: beyond,
-/// 503.
-async fn stream(State(s): State<ApiState>) -> Response {
+/// reconnects to the next one), and when the console session it was opened with ends
+/// (sign-out, expiry, the account removed; checked every second). At most
+/// `api.max_sse_clients` streams at once: beyond, 503.
+async fn stream(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
     let Ok(permit) = s.sse_clients.clone().try_acquire_owned() else {
         s.metrics
             .api_closed
@@ -797,19 +802,24 @@ async fn stream(State(s): State<ApiState>) -> Response {
             ),
         );
     };
-    live_stream(s, permit).into_response()
+    let session = match &caller.0 {
+        Some(p) if p.via == Via::Session => session::cookie(&headers).map(str::to_owned),
+        _ => None,
+    };
+    live_stream(s, permit, session).into_response()
 }
 
 fn live_stream(
     s: ApiState,
     permit: tokio::sync::OwnedSemaphorePermit,
+    session: Option<String>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = (s.alerts.subscribe(), s.duty.subscribe());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The permit lives in the stream's state: released when the stream is dropped.
-    let state = (s, rx, tick, permit);
-    let stream = futures_util::stream::unfold(state, |(s, mut rx, mut tick, permit)| async move {
+    let state = (s, rx, tick, (permit, session));
+    let stream = futures_util::stream::unfold(state, |(s, mut rx, mut tick, held)| async move {
         let stop = s.stop.clone();
         let next = tokio::select! {
             biased;
@@ -835,11 +845,20 @@ fn live_stream(
             Next::Update(Err(broadcast::error::RecvError::Closed))
             | Next::RollCall(Err(broadcast::error::RecvError::Closed))
             | Next::Stop => return None,
-            Next::Status => SseEvent::default()
-                .event("status")
-                .data(status_json(&s).to_string()),
+            Next::Status => {
+                if held
+                    .1
+                    .as_deref()
+                    .is_some_and(|id| s.auth.session(id).is_none())
+                {
+                    return None;
+                }
+                SseEvent::default()
+                    .event("status")
+                    .data(status_json(&s).to_string())
+            }
         };
-        Some((Ok(ev), (s, rx, tick, permit)))
+        Some((Ok(ev), (s, rx, tick, held)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
