@@ -4,7 +4,7 @@
 //! A small JSON file rather than a sled tree: the `users` CLI must work while the gateway
 //! runs, and the store's sled database is locked by the running gateway. The CLI writes
 //! the file whole (a temporary file, fsync, rename, fsync of the folder: never half a
-//! file), mode `0600`; the gateway re-reads it when its modification time or length
+//! file), mode `0600`, owned like the data folder; the gateway re-reads it when its modification time or length
 //! changes, so a new account, a new password or a removed one counts on the next
 //! request without a restart.
 
@@ -150,6 +150,18 @@ impl UsersFile {
         f.write_all(&body).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);
+        // Owned like the data folder: `users add` run as root must leave a file the
+        // gateway's own user (who owns /var/lib/estate-gateway) can read.
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let dir = std::fs::metadata(data_dir).map_err(io)?;
+            let file = std::fs::metadata(&tmp).map_err(io)?;
+            if (dir.uid(), dir.gid()) != (file.uid(), file.gid()) {
+                if let Err(e) = std::os::unix::fs::chown(&tmp, Some(dir.uid()), Some(dir.gid())) {
+                    tracing::warn!(error = %e, "Cannot give the accounts file the data folder's owner; the gateway may not read it.");
+                }
+            }
+        }
         std::fs::rename(&tmp, &path).map_err(io)?;
         std::fs::File::open(data_dir)
             .and_then(|d| d.sync_all())
