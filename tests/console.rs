@@ -462,6 +462,35 @@ async fn on_a_phone_the_alert_and_its_buttons_fit_the_screen_and_the_language_is
     assert_png(&artifact("console-phone.png"));
 }
 
+/// Issue 16: with `api.anonymous_read = "none"` the page shows only the sign-in form (no
+/// lists, no live stream) until an operator signs in on it; then it loads and goes live,
+/// and signing out empties it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_reading_needs_a_sign_in_the_page_shows_only_the_form_until_one() {
+    if !browser_available("console sign-in-first test") {
+        return;
+    }
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    common::add_user(&env.data_dir(), OPERATOR, "operator", PASSWORD);
+    let gw = start(&env, "[api]\nanonymous_read = \"none\"\n").await;
+    let (status, body) = http_get(gw.api, "/api/devices").await.expect("GET");
+    assert_eq!(status, 401, "reading without a sign-in: {body}");
+    let mut browser = Browser::open(
+        gw.api,
+        &env,
+        "signin",
+        "console-signin.png",
+        &[
+            ("CONSOLE_PASSWORD", PASSWORD.into()),
+            ("CONSOLE_OPERATOR", OPERATOR.into()),
+        ],
+    );
+    browser.expect("DONE", STEP, &gw);
+    browser.finish();
+    assert_png(&artifact("console-signin.png"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_console_is_read_only_and_the_api_refuses_writes() {
     if !browser_available("console read-only test") {

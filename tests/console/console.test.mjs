@@ -29,6 +29,8 @@
 //   script → test:  ALERT <id>       the row and both its buttons fit the screen
 //   script → test:  ACKED <id>       acknowledged by tapping the button
 //   (then the language switch, kept over a reload)
+//   signin mode (api.anonymous_read = "none"): only the form until a sign-in, then the
+//   lists and the live stream; signing out empties them again; then DONE
 //   script → test:  SCREENSHOT <path>
 //   script → test:  DONE
 //
@@ -38,7 +40,7 @@
 // own policy, named in the launch flags), so the page must say so, and one tap ends it.
 //
 // Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly |
-// restart | rollcall | phone), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
+// restart | rollcall | phone | signin), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
 // CONSOLE_OPERATOR and CONSOLE_PASSWORD (operator, phone and rollcall modes: the account
 // that signs in on the page), CONSOLE_VIEWER (operator mode: a viewer account, same
 // password), CONSOLE_GATEWAY_ID,
@@ -121,6 +123,13 @@ async function main() {
   });
 
   await page.goto(url);
+  if (mode === 'signin') {
+    await signInFirst(page);
+    check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
+    check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+    say('DONE');
+    return;
+  }
   await page.waitForSelector('body[data-ready="1"]', { timeout: STEP });
   // Marks this document: if the page reloaded, the mark is gone.
   await page.evaluate(() => { window.__sameDocument = 'console-test'; });
@@ -302,6 +311,24 @@ async function signIn(page, name, role) {
   const shown = await page.textContent('#operator-name');
   check(shown === name, `signed in as ${JSON.stringify(shown)}, want ${JSON.stringify(name)}`);
   check(await page.isHidden('#login'), 'the sign-in form stays after signing in');
+}
+
+/** Signin mode: reading needs a sign-in, so the page shows only the form (no data, no
+ * stream) until the operator signs in; then it loads and goes live; signing out empties
+ * it again. */
+async function signInFirst(page) {
+  await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
+  check(await page.evaluate(() => document.body.dataset.ready !== '1'), 'the page loaded before a sign-in');
+  check((await page.locator('#devices li.device').count()) === 0, 'devices shown before a sign-in');
+  check((await page.getAttribute('#live', 'data-state')) !== 'up', 'a live stream before a sign-in');
+  await signIn(page, env('CONSOLE_OPERATOR'), 'operator');
+  await page.waitForSelector('body[data-ready="1"]', { timeout: STEP });
+  await page.waitForSelector('#live[data-state="up"]', { timeout: STEP });
+  await page.waitForFunction(() => document.querySelectorAll('#devices li.device').length > 0, null, { timeout: STEP });
+  await screenshot(page);
+  await signOut(page);
+  await page.waitForFunction(() => document.querySelectorAll('#devices li.device').length === 0, null, { timeout: STEP });
+  check((await page.getAttribute('#live', 'data-state')) !== 'up', 'still live after signing out');
 }
 
 /** Signs out with the header's button: the form is back and the gateway agrees. */

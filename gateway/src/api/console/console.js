@@ -1081,6 +1081,7 @@ function setLive(up) {
   liveUp = up;
   const el = $('live');
   if (up === null) {
+    setAttr(el, 'data-state', 'connecting');
     setText(el, tr('连接中', 'Connecting…'));
     return;
   }
