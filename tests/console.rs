@@ -1,9 +1,11 @@
 //! The web console in a real headless Chromium (Debian's `/usr/bin/chromium`, driven by
 //! playwright-core from `tests/console/`): against the real gateway binary and a real
 //! broker, a new smoke alarm appears on the open page without a reload (with its location
-//! spelled out and the audible cue), the operator acknowledges and closes it from the page
-//! and the API shows it; without `api.token` the page is read-only and the API refuses
-//! writes; when the gateway restarts, the open page reconnects by itself and shows the
+//! spelled out and the audible cue), the operator signs in on the page (issue 16: a
+//! viewer sees no buttons and is refused a write, a write without the CSRF token is
+//! refused), acknowledges and closes it, the API and its audit name the signed-in
+//! account, and signing out brings the form back; without any account or token the page
+//! is read-only and the API refuses writes; when the gateway restarts, the open page reconnects by itself and shows the
 //! alarm raised meanwhile. On a phone (390×844) nothing is wider than the screen, the
 //! alert and both its buttons are in reach, and the language switch is kept over a
 //! reload; every page says sound is off until a tap turns it on. Screenshots land in
@@ -39,7 +41,12 @@ const TOKEN: &str = "console-e2e-token-7f3a";
 const QUIET: &str = "smoke-9-1-corridor";
 /// The second alarm of the restart test: an elderly resident's SOS button.
 const DEVICE2: &str = "sos-0307";
+/// The operator's account (issue 16: signed in on the page; the audit names it).
 const OPERATOR: &str = "值班员 Li Wei";
+/// A viewer's account: signed in, it sees no buttons and its writes are refused.
+const VIEWER: &str = "查看员 Zhao";
+/// Both accounts' password.
+const PASSWORD: &str = "console-e2e-pass-7f3a";
 /// The door of the phone test's alarm (`config/gateway.toml`'s demo devices).
 const PHONE_DOOR: &str = "door-1-main";
 
@@ -319,8 +326,10 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
     let broker = Broker::shared();
     let env = TestEnv::new(broker.clone(), broker);
     // One more detector, with heartbeats: it reports once and then falls silent.
+    common::add_user(&env.data_dir(), OPERATOR, "operator", PASSWORD);
+    common::add_user(&env.data_dir(), VIEWER, "viewer", PASSWORD);
     let extra = format!(
-        "[api]\ntoken = \"{TOKEN}\"\n\n[[devices]]\nid = \"{QUIET}\"\nkind = \"smoke\"\n\
+        "[[devices]]\nid = \"{QUIET}\"\nkind = \"smoke\"\n\
          name = \"9号楼走廊烟感\"\nlocation = {{ building = \"9\", floor = \"1\" }}\n\
          heartbeat_interval = \"1s\"\n"
     );
@@ -342,8 +351,9 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
         "console.png",
         &[
             ("CONSOLE_OFFLINE_DEVICE", QUIET.into()),
-            ("CONSOLE_TOKEN", TOKEN.into()),
+            ("CONSOLE_PASSWORD", PASSWORD.into()),
             ("CONSOLE_OPERATOR", OPERATOR.into()),
+            ("CONSOLE_VIEWER", VIEWER.into()),
         ],
     );
     browser.expect("READY", STEP, &gw);
@@ -362,7 +372,8 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
         "{a}"
     );
 
-    // Acknowledged by clicking the page's button (after entering the token there).
+    // Acknowledged by clicking the page's button, signed in as the operator (after the
+    // viewer's write and one without the CSRF token were refused on the page).
     assert_eq!(browser.expect("ACKED", STEP, &gw), id);
     let a = get_alert(&gw, &id).await;
     assert_eq!(a["status"], "acknowledged", "{a}");
@@ -373,11 +384,11 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
         "the audit trail names the operator: {a}"
     );
 
-    // Writes without the right token are refused and change nothing.
+    // Writes without a sign-in or with a wrong token are refused and change nothing.
     let close = serde_json::json!({"by": "intruder", "disposition": "false_alarm", "note": ""});
     let path = format!("/api/alerts/{id}/close");
     let (s, body) = http_post(gw.api, &path, None, &close).await.expect("POST");
-    assert_eq!(s, 401, "close without a token: {body}");
+    assert_eq!(s, 401, "close without a sign-in: {body}");
     let (s, body) = http_post(gw.api, &path, Some("wrong-token"), &close)
         .await
         .expect("POST");
@@ -393,6 +404,8 @@ async fn operator_sees_a_new_alarm_live_and_acknowledges_and_closes_it_from_the_
     assert_eq!(a["closed"]["disposition"], "test", "{a}");
     assert_eq!(a["closed"]["note"], "console e2e: detector test", "{a}");
 
+    // Signed out on the page: the form is back and the gateway has no session for it.
+    browser.expect("SIGNEDOUT", STEP, &gw);
     browser.expect("DONE", STEP, &gw);
     browser.finish();
     assert_png(&artifact("console.png"));
@@ -410,14 +423,15 @@ async fn on_a_phone_the_alert_and_its_buttons_fit_the_screen_and_the_language_is
     }
     let broker = Broker::shared();
     let env = TestEnv::new(broker.clone(), broker);
-    let gw = start(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n")).await;
+    common::add_user(&env.data_dir(), OPERATOR, "operator", PASSWORD);
+    let gw = start(&env, "").await;
     let mut browser = Browser::open(
         gw.api,
         &env,
         "phone",
         "console-phone.png",
         &[
-            ("CONSOLE_TOKEN", TOKEN.into()),
+            ("CONSOLE_PASSWORD", PASSWORD.into()),
             ("CONSOLE_OPERATOR", OPERATOR.into()),
         ],
     );
@@ -448,6 +462,35 @@ async fn on_a_phone_the_alert_and_its_buttons_fit_the_screen_and_the_language_is
     assert_png(&artifact("console-phone.png"));
 }
 
+/// Issue 16: with `api.anonymous_read = "none"` the page shows only the sign-in form (no
+/// lists, no live stream) until an operator signs in on it; then it loads and goes live,
+/// and signing out empties it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_reading_needs_a_sign_in_the_page_shows_only_the_form_until_one() {
+    if !browser_available("console sign-in-first test") {
+        return;
+    }
+    let broker = Broker::shared();
+    let env = TestEnv::new(broker.clone(), broker);
+    common::add_user(&env.data_dir(), OPERATOR, "operator", PASSWORD);
+    let gw = start(&env, "[api]\nanonymous_read = \"none\"\n").await;
+    let (status, body) = http_get(gw.api, "/api/devices").await.expect("GET");
+    assert_eq!(status, 401, "reading without a sign-in: {body}");
+    let mut browser = Browser::open(
+        gw.api,
+        &env,
+        "signin",
+        "console-signin.png",
+        &[
+            ("CONSOLE_PASSWORD", PASSWORD.into()),
+            ("CONSOLE_OPERATOR", OPERATOR.into()),
+        ],
+    );
+    browser.expect("DONE", STEP, &gw);
+    browser.finish();
+    assert_png(&artifact("console-signin.png"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chattering_door_is_one_row_with_its_count_and_is_shelved_and_unshelved_from_the_page() {
     if !browser_available("console manage test") {
@@ -457,14 +500,15 @@ async fn a_chattering_door_is_one_row_with_its_count_and_is_shelved_and_unshelve
     const REASON: &str = "门磁松动 loose door contact, repair booked";
     let broker = Broker::shared();
     let env = TestEnv::new(broker.clone(), broker);
-    let gw = start(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n")).await;
+    common::add_user(&env.data_dir(), OPERATOR, "operator", PASSWORD);
+    let gw = start(&env, "").await;
     let mut browser = Browser::open(
         gw.api,
         &env,
         "manage",
         "console-chattering.png",
         &[
-            ("CONSOLE_TOKEN", TOKEN.into()),
+            ("CONSOLE_PASSWORD", PASSWORD.into()),
             ("CONSOLE_OPERATOR", OPERATOR.into()),
             ("CONSOLE_ACTIVATIONS", CYCLES.to_string()),
             ("CONSOLE_SHELVE_REASON", REASON.into()),
@@ -869,6 +913,7 @@ impl Logs for InProcessLog {
     }
 }
 
+/// The roll-call test's operator account (signed in on the page).
 const ANSWER_BY: &str = "值班员 王芳";
 
 fn roll_call_request(id: &str, within: Duration) -> estate_gateway::duty::RollCallRequest {
@@ -890,7 +935,8 @@ async fn a_roll_call_shows_at_once_is_answered_on_the_page_and_one_left_alone_sh
     }
     let broker = Broker::shared();
     let env = TestEnv::new(broker.clone(), broker);
-    let path = write_config_with(&env, &format!("[api]\ntoken = \"{TOKEN}\"\n"));
+    common::add_user(&env.data_dir(), ANSWER_BY, "operator", PASSWORD);
+    let path = write_config_with(&env, "");
     let cfg = estate_config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -912,14 +958,14 @@ async fn a_roll_call_shows_at_once_is_answered_on_the_page_and_one_left_alone_sh
         "rollcall",
         "console-rollcall.png",
         &[
-            ("CONSOLE_TOKEN", TOKEN.into()),
-            ("CONSOLE_ANSWER_BY", ANSWER_BY.into()),
+            ("CONSOLE_PASSWORD", PASSWORD.into()),
+            ("CONSOLE_OPERATOR", ANSWER_BY.into()),
         ],
     );
     browser.expect("READY", STEP, &InProcessLog);
 
-    // The city calls; the open page must show it by itself, and the answer typed there
-    // is what the desk returns (to the city).
+    // The city calls; the open page must show it by itself, and the account signed in
+    // there is who the desk returns (to the city) as having answered.
     let id = common::unique_id("rc-");
     let req = roll_call_request(&id, Duration::from_secs(120));
     let received = req.received;

@@ -107,8 +107,8 @@ pub use modbus::{
     Point, Profile, Report, Table, Threshold, MAX_READ_BITS, MAX_READ_REGISTERS,
 };
 pub use schema::{
-    parse_host_port, ApiConfig, BrokerConfig, Config, DeviceConfig, GatewayConfig, IngestConfig,
-    StoreConfig, TlsConfig, UplinkConfig,
+    parse_host_port, AnonymousRead, ApiConfig, BrokerConfig, Config, DeviceConfig, GatewayConfig,
+    IngestConfig, StoreConfig, TlsConfig, UplinkConfig,
 };
 pub use sources::{
     filters_overlap, topic_filter_problem, topic_matches, DeviceSource, JsonMap, SourceConfig,

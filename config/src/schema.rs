@@ -452,17 +452,16 @@ impl Default for UplinkConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Address and port to listen on. Reading (alerts, devices, the live stream,
-    /// metrics) needs no authentication: keep it on loopback (or the property-management
-    /// LAN behind a firewall). Port 0 picks a free port. Default: `"127.0.0.1:8080"`.
+    /// Address and port to listen on. Reading needs a sign-in except from this machine
+    /// (see `anonymous_read`); `/healthz` and `/metrics` are open, so keep it on loopback
+    /// or the property-management LAN behind a firewall. Port 0 picks a free port.
+    /// Default: `"127.0.0.1:8080"`.
     pub listen: SocketAddr,
-    /// Bearer token that write actions of the API need (acknowledging and closing
-    /// alerts, from the console, the CLI or `curl -H "Authorization: Bearer …"`).
-    /// Without a token the API is read-only: it serves alerts, devices and the live
-    /// stream, and refuses every write with 403. Reading never needs the token, so keep
-    /// `listen` on loopback or a trusted LAN. `check-config` warns when `listen` is
-    /// beyond loopback and no token is set. At most one of `token`, `token_file`,
-    /// `token_env`. Never printed. Default: none (read-only).
+    /// Deprecated shared bearer token (before accounts, issue 16): an integration token
+    /// with the operator role whose writes record the `by` the request names. Prefer
+    /// named tokens (`estate-gateway users token add`). Without it, accounts or named
+    /// tokens, the API is read-only (every write refused with 403). At most one of
+    /// `token`, `token_file`, `token_env`. Never printed. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
     /// Read `token` from this file when the config is loaded (without the trailing
@@ -495,6 +494,44 @@ pub struct ApiConfig {
     /// over the cap is answered `503`. Each also counts against `max_connections`. At
     /// least 1, at most `max_connections`. Default: `32`.
     pub max_sse_clients: usize,
+    /// Who may read (alerts, devices, status, roll calls, the live stream) without signing
+    /// in: `"loopback"` (clients on 127.0.0.1 or ::1, i.e. this machine; everyone else signs
+    /// in) or `"none"` (everyone signs in or sends a token). `/healthz`, `/metrics`, the
+    /// console's page and `/api/codes` are always open. Default: `"loopback"`.
+    pub anonymous_read: AnonymousRead,
+    /// How long a console sign-in lasts (the cookie's expiry; a duty shift). 1 min–7 days.
+    /// Default: `"12h"`.
+    #[serde(with = "crate::units::duration")]
+    pub session_ttl: Duration,
+    /// Failed sign-ins of one account within `lockout_window` that lock it for
+    /// `lockout_for`; a source address is locked after four times as many (any accounts).
+    /// 1–100. Default: `5`.
+    pub lockout_after: u32,
+    /// The window failed sign-ins are counted in. More than 0 s. Default: `"15m"`.
+    #[serde(with = "crate::units::duration")]
+    pub lockout_window: Duration,
+    /// How long a locked account (or address) is refused, even with the right password.
+    /// More than 0 s, at most 24 h. Default: `"15m"`.
+    #[serde(with = "crate::units::duration")]
+    pub lockout_for: Duration,
+    /// PEM certificate chain: with `tls_key`, the API and console are served over HTTPS
+    /// only (and the session cookie is `Secure`). Both or neither. Default: none (HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`. Keep it `0600`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `api.anonymous_read`: who may read the API without signing in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AnonymousRead {
+    /// Clients on this machine (a loopback source address) read without signing in.
+    #[default]
+    Loopback,
+    /// Every reader signs in (or sends a token).
+    None,
 }
 
 impl Default for ApiConfig {
@@ -508,6 +545,13 @@ impl Default for ApiConfig {
             idle_timeout: Duration::from_secs(30),
             max_connections: 256,
             max_sse_clients: 32,
+            anonymous_read: AnonymousRead::Loopback,
+            session_ttl: Duration::from_secs(12 * 3600),
+            lockout_after: 5,
+            lockout_window: Duration::from_secs(15 * 60),
+            lockout_for: Duration::from_secs(15 * 60),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -646,6 +646,41 @@ fn api_limits() {
         .contains("between 1 and 1024"));
 }
 
+/// Issue 16: sign-in defaults, and every bad sign-in, lockout or HTTPS key named.
+#[test]
+fn api_sign_in_keys() {
+    let c = Config::from_toml_str(MINIMAL, "test.toml").expect("minimal config loads");
+    assert_eq!(c.api.anonymous_read, crate::AnonymousRead::Loopback);
+    assert_eq!(c.api.session_ttl, Duration::from_secs(12 * 3600));
+    assert_eq!(c.api.lockout_after, 5);
+    assert_eq!(c.api.lockout_window, Duration::from_secs(900));
+    assert_eq!(c.api.lockout_for, Duration::from_secs(900));
+    let not_pem = std::env::temp_dir().join(format!("not-pem-{}.txt", std::process::id()));
+    std::fs::write(&not_pem, "hello").expect("write");
+    let errs = errors(&format!(
+        "{MINIMAL}\n[api]\nanonymous_read = \"none\"\nsession_ttl = \"10s\"\nlockout_after = 0\nlockout_window = \"0s\"\nlockout_for = \"2d\"\ntls_cert = {not_pem:?}\n"
+    ));
+    assert!(problem_at(&errs, "api.session_ttl")
+        .message
+        .contains("between 1m and 7d"));
+    problem_at(&errs, "api.lockout_after");
+    problem_at(&errs, "api.lockout_window");
+    assert!(problem_at(&errs, "api.lockout_for").message.contains("24h"));
+    assert!(errs
+        .0
+        .iter()
+        .any(|p| p.path == "api.tls_cert" && p.message.contains("`api.tls_key` is not")));
+    assert!(errs
+        .0
+        .iter()
+        .any(|p| p.path == "api.tls_cert" && p.message.contains("no PEM block")));
+    let _ = std::fs::remove_file(&not_pem);
+    let errs = errors(&format!(
+        "{MINIMAL}\n[api]\nanonymous_read = \"everyone\"\n"
+    ));
+    problem_at(&errs, "api.anonymous_read");
+}
+
 #[test]
 fn disk_low_free_defaults_to_64_mib_and_rejects_less_than_the_write_floor() {
     let c = Config::from_toml_str(MINIMAL, "t.toml").unwrap_or_else(|e| panic!("{e}"));

@@ -44,6 +44,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let broker = tokio::task::spawn_blocking(|| crate::broker::start(0)).await??;
     let (cfg, token) = demo_config(broker.addr)?;
     let data = tempfile::Builder::new().prefix("estate-demo-").tempdir()?;
+    // An operator account for the console (issue 16), made for this run.
+    let password = format!("demo-{:012x}", rand::random::<u64>() >> 16);
+    let mut users = crate::auth::users::UsersFile::default();
+    users.add_user("demo", crate::auth::Role::Operator, &password)?;
+    users.save(data.path())?;
     let estate = cfg.gateway.estate_id.clone();
 
     let city = CityRecorder::start(CityOptions {
@@ -80,7 +85,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stop_publishing = CancellationToken::new();
     let publisher = spawn_sensors(&args, broker.addr, &estate, stop_publishing.clone());
     let formats = spawn_formats(broker.addr, stop_publishing.clone());
-    print_banner(broker.addr, &running, &token, &data, &estate);
+    print_banner(broker.addr, &running, (&token, &password), &data, &estate);
     print_progress(&args, &running, &city).await;
 
     stop_publishing.cancel();
@@ -98,7 +103,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// The shipped config pointed at the embedded broker (ingest and uplink), with an API
-/// token so the console can acknowledge and close alerts; the token too.
+/// token for the terminal (`ack`, `close`, `alerts --follow`); the token too.
 fn demo_config(broker: SocketAddr) -> anyhow::Result<(Config, String)> {
     let mut cfg = Config::from_toml_str(SHIPPED_CONFIG, "config/gateway.toml")
         .map_err(|e| anyhow::anyhow!("shipped config: {e}"))?;
@@ -163,7 +168,7 @@ fn spawn_formats(broker: SocketAddr, stop: CancellationToken) -> JoinHandle<anyh
 fn print_banner(
     broker: SocketAddr,
     running: &crate::Running,
-    token: &str,
+    (token, password): (&str, &str),
     data: &tempfile::TempDir,
     estate: &str,
 ) {
@@ -173,7 +178,8 @@ fn print_banner(
         "  console             http://{}/   (open it in a browser)",
         running.api_addr
     );
-    println!("  API token           {token}   (to acknowledge and close alerts)");
+    println!("  console sign-in     demo / {password}   (an operator: acknowledge, close, shelve)");
+    println!("  API token           {token}   (for the terminal and scripts)");
     println!(
         "  on a terminal       ESTATE_API_TOKEN={token} estate-gateway alerts --follow --api http://{}",
         running.api_addr

@@ -20,6 +20,7 @@
 //!   city's commands (seen-set, audit, resend).
 //! - [`duty`] — the duty desk: what those commands ask of the people on duty and the
 //!   outputs (roll calls, the city's alarm handling, broadcasts).
+//! - [`auth`] — accounts with roles, console sessions, named API tokens, lockout.
 //! - [`api`] — local HTTP: alerts, devices, status, roll calls, server-sent events, the
 //!   console, health and Prometheus metrics.
 //! - `broker` — embedded rumqttd for the demo and tests; `demo` — the whole estate on one
@@ -63,6 +64,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod auth;
 #[cfg(any(test, feature = "demo"))]
 pub mod broker;
 #[cfg(feature = "demo")]
@@ -212,6 +214,14 @@ pub async fn run(
     let modbus = ingest::modbus::Modbus::new(&cfg)?;
     let modbus_handle = modbus.handle();
     let (api_listener, api_addr) = bind_api(opts.api_listener, &cfg)?;
+    // HTTPS: the certificate and key are read once, before any stage starts.
+    let api_tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            api::tls::server_config(cert, key)
+                .map_err(|e| GatewayError::Api(std::io::Error::other(e)))?,
+        ),
+        _ => None,
+    };
     let camera_push = bind_camera_push(&cfg)?;
 
     let Core {
@@ -235,7 +245,18 @@ pub async fn run(
     let api = tokio::spawn(guard("API", "stage.api").run(
         api::run(
             api_listener,
-            api_state(&cfg, &metrics, &reader, &alerts_handle, &duty, stream_stop),
+            api::ApiState {
+                tls: api_tls,
+                ..api_state(
+                    &cfg,
+                    &opts.data_dir,
+                    &metrics,
+                    &reader,
+                    &alerts_handle,
+                    &duty,
+                    stream_stop,
+                )
+            },
             api_stop.clone(),
         ),
         result_cause,
@@ -501,6 +522,7 @@ fn bind_camera_push(
 /// What the API serves from; live streams end when `stream_stop` is cancelled.
 fn api_state(
     cfg: &Config,
+    data_dir: &std::path::Path,
     metrics: &Arc<Metrics>,
     reader: &StoreReader,
     alerts: &alerts::AlertsHandle,
@@ -514,11 +536,12 @@ fn api_state(
         estate_id: cfg.gateway.estate_id.clone(),
         alerts: alerts.clone(),
         duty: duty.clone(),
-        token: cfg.api.token.clone(),
+        auth: Arc::new(auth::Auth::new(data_dir.to_path_buf(), &cfg.api)),
         stop: stream_stop,
         limits: api::server::Limits::from_config(&cfg.api),
         sse_clients: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_sse_clients.max(1))),
         max_sse_clients: cfg.api.max_sse_clients,
+        tls: None,
     }
 }
 

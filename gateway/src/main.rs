@@ -78,6 +78,10 @@ enum Command {
     /// Audit tools: `verify` checks the audit trail's hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Accounts that sign in to the console and named API tokens: `add NAME --role ROLE`,
+    /// `passwd NAME`, `remove NAME`, `list`, `token add NAME --role ROLE`, `token remove
+    /// NAME` (in the data folder's users.json; works while the gateway runs).
+    Users(estate_gateway::auth::cli::UsersArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +174,12 @@ fn execute(command: Command, malloc_tuned: bool) -> anyhow::Result<ExitCode> {
             if !intact {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Users(args) => {
+            print!(
+                "{}",
+                estate_gateway::auth::cli::run(args).map_err(anyhow::Error::msg)?
+            );
         }
         Command::Store(StoreCommand::Verify { dir, copy }) => {
             let (report, sound) =
@@ -315,11 +325,16 @@ async fn run(
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<estate_gateway::Running>();
     let shown_dir = data_dir.display().to_string();
+    let scheme = if cfg.api.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tokio::spawn(async move {
         if let Ok(r) = ready_rx.await {
             // One machine-readable line on stdout for supervisors and tests.
             println!(
-                "estate-gateway ready api=http://{} data_dir={} store_epoch={} boot_id={}",
+                "estate-gateway ready api={scheme}://{} data_dir={} store_epoch={} boot_id={}",
                 r.api_addr,
                 shown_dir,
                 r.reader.epoch(),

@@ -201,6 +201,11 @@ pub struct Metrics {
     /// API connections or live streams refused over their cap (`reason`: `connections`,
     /// `streams`), and connections closed by a timeout (`header_timeout`, `idle_timeout`).
     pub api_closed: Family<ReasonLabel, Counter>,
+    /// Console sign-ins by result (`reason`: `ok`, `refused` for a wrong name or password,
+    /// `locked` for an attempt while the account or address is locked; issue 16).
+    pub api_sign_ins: Family<ReasonLabel, Counter>,
+    /// Lockouts begun after repeated failed sign-ins (`reason`: `account`, `address`).
+    pub api_lockouts: Family<ReasonLabel, Counter>,
     /// Camera push requests by result (see [`PushResultLabel`]).
     pub camera_push_requests: Family<PushResultLabel, Counter>,
     /// Snapshots of pushed camera alarms, kept in the event's raw bytes or dropped for
@@ -263,6 +268,8 @@ impl Metrics {
             stage_restarts: Family::default(),
             api_connections: Gauge::default(),
             api_closed: Family::default(),
+            api_sign_ins: Family::default(),
+            api_lockouts: Family::default(),
             camera_push_requests: Family::default(),
             camera_push_images: Family::default(),
             health: crate::health::Health::default(),
@@ -517,6 +524,16 @@ impl Metrics {
             "api_closed",
             "API connections refused or closed by a limit (connections, streams over their cap; header_timeout, idle_timeout)",
             self.api_closed.clone(),
+        );
+        r.register(
+            "api_sign_ins",
+            "Console sign-ins by result (ok, refused, locked)",
+            self.api_sign_ins.clone(),
+        );
+        r.register(
+            "api_lockouts",
+            "Lockouts begun after repeated failed sign-ins (account, address)",
+            self.api_lockouts.clone(),
         );
     }
 

@@ -114,7 +114,11 @@ impl Gateway {
                 .find_map(|w| w.strip_prefix(key))
                 .ok_or_else(|| anyhow!("no {key} in ready line {line:?}"))
         };
-        let api: SocketAddr = field("api=http://")?.parse().context("api address")?;
+        // `api=https://…` when the API serves HTTPS (api.tls_cert).
+        let api: SocketAddr = field("api=http://")
+            .or_else(|_| field("api=https://"))?
+            .parse()
+            .context("api address")?;
         let store_epoch = field("store_epoch=")?.parse().context("store_epoch")?;
         let boot_id = field("boot_id=")?.to_owned();
         Ok(Gateway {

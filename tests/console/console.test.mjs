@@ -5,10 +5,12 @@
 //   script → test:  READY            page loaded, status and devices rendered, live
 //   test → script:  (publishes a SMOKE.ALARM on the broker)
 //   script → test:  ALERT <id>       the alert appeared without a reload
-//   operator mode:
+//   operator mode (no buttons before a sign-in; a viewer signs in and is refused a
+//   write, the operator's write without the CSRF token is refused, then):
 //   script → test:  ACKED <id>       acknowledged by clicking the button
 //   test → script:  NEXT             (after checking the alert on the API)
 //   script → test:  CLOSED <id>      closed through the dialog
+//   script → test:  SIGNEDOUT        signed out on the page: the form is back
 //   readonly mode:
 //   test → script:  (publishes the alarm again, then its end: `cleared`)
 //   script → test:  FOLDED           the row shows ×2 and the cleared badge, live
@@ -19,7 +21,7 @@
 //   rollcall mode (issue 14; the test calls the gateway's duty desk in its process):
 //   test → script:  (starts a roll call with a 2-minute deadline)
 //   script → test:  ROLLCALL <id>    shown at once, loud, at the top, counting down
-//   script → test:  ANSWERED <id>    answered on the page (name typed, button pressed)
+//   script → test:  ANSWERED <id>    answered on the page (signed in, button pressed)
 //   test → script:  (checks the desk's result, starts a roll call with a short deadline)
 //   script → test:  MISSED <id>      shown as missed once its deadline passed
 //   manage mode (issue 16, alarm management):
@@ -32,6 +34,8 @@
 //   script → test:  ALERT <id>       the row and both its buttons fit the screen
 //   script → test:  ACKED <id>       acknowledged by tapping the button
 //   (then the language switch, kept over a reload)
+//   signin mode (api.anonymous_read = "none"): only the form until a sign-in, then the
+//   lists and the live stream; signing out empties them again; then DONE
 //   script → test:  SCREENSHOT <path>
 //   script → test:  DONE
 //
@@ -41,10 +45,11 @@
 // own policy, named in the launch flags), so the page must say so, and one tap ends it.
 //
 // Environment: CONSOLE_URL (http://127.0.0.1:PORT/), CONSOLE_MODE (operator | readonly |
-// restart | rollcall | manage | phone), CONSOLE_ACTIVATIONS and CONSOLE_SHELVE_REASON
-// (manage mode), CONSOLE_DEVICE2 (restart mode: the second alarm's device),
-// CONSOLE_ANSWER_BY (rollcall mode: the name typed to answer; CONSOLE_TOKEN too),
-// CONSOLE_TOKEN and CONSOLE_OPERATOR (operator and phone modes), CONSOLE_GATEWAY_ID,
+// restart | rollcall | manage | phone | signin), CONSOLE_ACTIVATIONS and
+// CONSOLE_SHELVE_REASON (manage mode), CONSOLE_DEVICE2 (restart mode: the second alarm's
+// device), CONSOLE_OPERATOR and CONSOLE_PASSWORD (operator, phone, rollcall and manage
+// modes: the account that signs in on the page), CONSOLE_VIEWER (operator mode: a viewer
+// account, same password), CONSOLE_GATEWAY_ID,
 // CONSOLE_DEVICE (the device that will raise the alarm; silent until READY),
 // CONSOLE_OFFLINE_DEVICE (optional: a device that goes offline; it must end up on top),
 // CONSOLE_EXPECT_WHERE (location text the alert row must show), CONSOLE_SCREENSHOT
@@ -112,6 +117,10 @@ async function main() {
   page.on('console', (m) => {
     // While the gateway restarts, the browser logs its refused connections: expected.
     const refused = mode === 'restart' && /Failed to load resource|ERR_CONNECTION|EventSource/.test(m.text());
+    // Operator mode makes the gateway refuse two writes on purpose (403), which the
+    // browser logs.
+    const forbidden = mode === 'operator' && /status of 403/.test(m.text());
+    if (m.type() === 'error' && forbidden) return;
     if (m.type() === 'error' && !refused) pageErrors.push(m.text());
   });
   const outside = [];
@@ -120,6 +129,13 @@ async function main() {
   });
 
   await page.goto(url);
+  if (mode === 'signin') {
+    await signInFirst(page);
+    check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
+    check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+    say('DONE');
+    return;
+  }
   await page.waitForSelector('body[data-ready="1"]', { timeout: STEP });
   // Marks this document: if the page reloaded, the mark is gone.
   await page.evaluate(() => { window.__sameDocument = 'console-test'; });
@@ -159,9 +175,9 @@ async function main() {
   // Mode-specific chrome.
   if (mode === 'readonly') {
     await page.waitForSelector('#readonly-banner', { state: 'visible', timeout: STEP });
-    check(await page.isHidden('#login'), 'read-only: the token form is shown');
+    check(await page.isHidden('#login'), 'read-only: the sign-in form is shown');
   } else {
-    check(await page.isHidden('#readonly-banner'), 'the read-only banner shows although a token is configured');
+    check(await page.isHidden('#readonly-banner'), 'the read-only banner shows although an account may act');
     await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
   }
 
@@ -195,6 +211,7 @@ async function main() {
   }
 
   if (mode === 'rollcall') {
+    await signIn(page, env('CONSOLE_OPERATOR'), 'operator');
     await rollCalls(page);
     check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
     check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
@@ -253,14 +270,21 @@ async function main() {
     check((await page.locator('button.ack:visible').count()) === 0, 'read-only page shows an acknowledge button');
     await screenshot(page);
   } else {
-    // Acknowledging without a token asks for it instead of sending anything.
-    await row.locator('button.ack').click();
-    await page.waitForSelector('#message:not([hidden])', { timeout: STEP });
-    check((await row.getAttribute('data-status')) === 'active', 'acknowledged without a token');
-    await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
-    await page.fill('#token-input', env('CONSOLE_TOKEN'));
-    await page.click('#login-btn');
-    await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+    // Nobody signed in: no buttons. A viewer signs in: still none, and a write sent from
+    // the page with the viewer's session (and its CSRF token) is refused.
+    check(await row.locator('button.ack').isHidden(), 'an acknowledge button shows before anyone signed in');
+    await signIn(page, env('CONSOLE_VIEWER'), 'viewer');
+    check(await row.locator('button.ack').isHidden(), 'a viewer is offered the acknowledge button');
+    const asViewer = await write(page, `/api/alerts/${id}/ack`, true);
+    check(asViewer === 403, `a viewer's write answered ${asViewer}, want 403`);
+    await signOut(page);
+    // The operator: a write without the CSRF token (what a page of another site could
+    // make the browser send with the cookie) is refused too.
+    await signIn(page, env('CONSOLE_OPERATOR'), 'operator');
+    const noCsrf = await write(page, `/api/alerts/${id}/ack`, false);
+    check(noCsrf === 403, `a write without the CSRF token answered ${noCsrf}, want 403`);
+    check((await row.getAttribute('data-status')) === 'active', 'a refused write changed the alert');
+    await row.locator('button.ack').waitFor({ state: 'visible', timeout: STEP });
     await row.locator('button.ack').click();
     await page.waitForSelector(`li.alert[data-alert-id="${id}"][data-status="acknowledged"]`, { timeout: STEP });
     const handled = await row.locator('.handled').innerText();
@@ -280,12 +304,68 @@ async function main() {
     await page.waitForSelector(`li.alert[data-alert-id="${id}"]`, { state: 'detached', timeout: STEP });
     check(await page.isHidden('#close-dialog'), 'close dialog still open');
     say(`CLOSED ${id}`);
+    await signOut(page);
+    say('SIGNEDOUT');
   }
 
   check(await page.evaluate(() => window.__sameDocument === 'console-test'), 'the page reloaded');
   check(outside.length === 0, `requests beyond the gateway: ${outside.join(', ')}`);
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
   say('DONE');
+}
+
+/** Signs in with the page's form as `name` (CONSOLE_PASSWORD); waits until the page
+ * shows who is signed in, with `role`. */
+async function signIn(page, name, role) {
+  await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
+  await page.fill('#operator-input', name);
+  await page.fill('#password-input', env('CONSOLE_PASSWORD'));
+  await page.click('#login-btn');
+  await page.waitForSelector(`body[data-role="${role}"]`, { timeout: STEP });
+  await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+  const shown = await page.textContent('#operator-name');
+  check(shown === name, `signed in as ${JSON.stringify(shown)}, want ${JSON.stringify(name)}`);
+  check(await page.isHidden('#login'), 'the sign-in form stays after signing in');
+}
+
+/** Signin mode: reading needs a sign-in, so the page shows only the form (no data, no
+ * stream) until the operator signs in; then it loads and goes live; signing out empties
+ * it again. */
+async function signInFirst(page) {
+  await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
+  check(await page.evaluate(() => document.body.dataset.ready !== '1'), 'the page loaded before a sign-in');
+  check((await page.locator('#devices li.device').count()) === 0, 'devices shown before a sign-in');
+  check((await page.getAttribute('#live', 'data-state')) !== 'up', 'a live stream before a sign-in');
+  await signIn(page, env('CONSOLE_OPERATOR'), 'operator');
+  await page.waitForSelector('body[data-ready="1"]', { timeout: STEP });
+  await page.waitForSelector('#live[data-state="up"]', { timeout: STEP });
+  await page.waitForFunction(() => document.querySelectorAll('#devices li.device').length > 0, null, { timeout: STEP });
+  await screenshot(page);
+  await signOut(page);
+  await page.waitForFunction(() => document.querySelectorAll('#devices li.device').length === 0, null, { timeout: STEP });
+  check((await page.getAttribute('#live', 'data-state')) !== 'up', 'still live after signing out');
+}
+
+/** Signs out with the header's button: the form is back and the gateway agrees. */
+async function signOut(page) {
+  await page.click('#logout-btn');
+  await page.waitForSelector('#login', { state: 'visible', timeout: STEP });
+  await page.waitForSelector('body[data-signed-in=""]', { timeout: STEP });
+  const s = await page.evaluate(async () => (await fetch('/api/session')).json());
+  check(s.signed_in === false, `still signed in after signing out: ${JSON.stringify(s)}`);
+  // The rows redraw within a quarter second (batched): then no row offers an action.
+  await page.waitForFunction(() => [...document.querySelectorAll('#alerts .ops')].every((o) => o.hidden), null, { timeout: STEP });
+}
+
+/** An acknowledge POSTed from the page with its session cookie, with or without the
+ * session's CSRF token: the status. */
+async function write(page, path, withCsrf) {
+  return page.evaluate(async ([p, csrf]) => {
+    const s = await (await fetch('/api/session')).json();
+    const headers = { 'Content-Type': 'application/json' };
+    if (csrf) headers['X-CSRF-Token'] = s.csrf_token;
+    return (await fetch(p, { method: 'POST', headers, body: '{"note":""}' })).status;
+  }, [path, withCsrf]);
 }
 
 /** The sound banner shows, fully on screen, while the page's AudioContext is suspended. */
@@ -352,11 +432,8 @@ async function manage(page) {
   await screenshot(page);
   say(`CHATTERING ${id}`);
 
-  // Signed in as in operator mode, then shelved through the dialog.
-  await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
-  await page.fill('#token-input', env('CONSOLE_TOKEN'));
-  await page.click('#login-btn');
-  await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
+  // Signed in with the operator's account, then shelved through the dialog.
+  await signIn(page, env('CONSOLE_OPERATOR'), 'operator');
   await row.locator('button.shelve').click();
   await page.waitForSelector('#shelve-dialog[open]', { timeout: STEP });
   // The dialog offers 15 minutes and more; the test adds a 3-second choice to its list.
@@ -387,9 +464,9 @@ async function manage(page) {
 async function phone(page) {
   // Signing in on the phone (the form fits on one line).
   await noSideways(page, 'before signing in');
-  await onScreen(page, page.locator('#login-btn'), 'the save button of the sign-in form');
+  await onScreen(page, page.locator('#login-btn'), 'the sign-in button of the form');
   await page.fill('#operator-input', env('CONSOLE_OPERATOR'));
-  await page.fill('#token-input', env('CONSOLE_TOKEN'));
+  await page.fill('#password-input', env('CONSOLE_PASSWORD'));
   await page.tap('#login-btn');
   await page.waitForSelector('#session', { state: 'visible', timeout: STEP });
   say('READY');
@@ -504,15 +581,12 @@ async function rollCalls(page) {
   await screenshot(page);
   say(`ROLLCALL ${id}`);
 
-  // The person on duty types their name (and the token this tablet does not have yet)
-  // and presses answer.
-  await banner.locator('.rc-by').fill(env('CONSOLE_ANSWER_BY'));
-  await banner.locator('.rc-token').fill(env('CONSOLE_TOKEN'));
+  // The person on duty (signed in) presses answer.
   await banner.locator('.rc-btn').click();
   const answered = page.locator(`.roll-call[data-roll-call-id="${id}"][data-status="answered"]`);
   await answered.waitFor({ state: 'visible', timeout: STEP });
   const result = await answered.locator('.rc-result').innerText();
-  check(result.includes(env('CONSOLE_ANSWER_BY')), `the answer does not name who answered: ${result}`);
+  check(result.includes(env('CONSOLE_OPERATOR')), `the answer does not name who answered: ${result}`);
   say(`ANSWERED ${id}`);
 
   // The next one is left alone until its deadline passes.

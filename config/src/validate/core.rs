@@ -579,6 +579,7 @@ fn check_api(a: &ApiConfig, f: &mut Findings) {
             ),
         );
     }
+    check_api_auth(a, f);
     if a.max_sse_clients == 0 {
         f.at("api.max_sse_clients", "must be at least 1");
     } else if a.max_sse_clients > a.max_connections {
@@ -590,6 +591,67 @@ fn check_api(a: &ApiConfig, f: &mut Findings) {
                 a.max_sse_clients, a.max_connections
             ),
         );
+    }
+}
+
+/// Sign-in, lockout and HTTPS keys of `[api]` (issue 16).
+fn check_api_auth(a: &ApiConfig, f: &mut Findings) {
+    const MINUTE: Duration = Duration::from_secs(60);
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    if a.session_ttl < MINUTE || a.session_ttl > 7 * DAY {
+        f.at(
+            "api.session_ttl",
+            format!(
+                "must be between 1m and 7d, found {}",
+                humantime::format_duration(a.session_ttl)
+            ),
+        );
+    }
+    if !(1..=100).contains(&a.lockout_after) {
+        f.at(
+            "api.lockout_after",
+            format!(
+                "must be between 1 and 100 failed sign-ins, found {}",
+                a.lockout_after
+            ),
+        );
+    }
+    if a.lockout_window.is_zero() {
+        f.at("api.lockout_window", "must be more than 0s");
+    }
+    if a.lockout_for.is_zero() || a.lockout_for > DAY {
+        f.at(
+            "api.lockout_for",
+            format!(
+                "must be more than 0s and at most 24h, found {}",
+                humantime::format_duration(a.lockout_for)
+            ),
+        );
+    }
+    match (&a.tls_cert, &a.tls_key) {
+        (Some(_), None) => f.across(
+            "api.tls_cert",
+            &["api.tls_key".into()],
+            "is set but `api.tls_key` is not: HTTPS needs both the certificate and its key",
+        ),
+        (None, Some(_)) => f.across(
+            "api.tls_key",
+            &["api.tls_cert".into()],
+            "is set but `api.tls_cert` is not: HTTPS needs both the certificate and its key",
+        ),
+        _ => {}
+    }
+    for (key, file) in [("api.tls_cert", &a.tls_cert), ("api.tls_key", &a.tls_key)] {
+        if let Some(file) = file {
+            match std::fs::read(file) {
+                Ok(bytes) if !bytes.windows(11).any(|w| w == b"-----BEGIN ") => f.at(
+                    key,
+                    format!("{} holds no PEM block (-----BEGIN …)", file.display()),
+                ),
+                Ok(_) => {}
+                Err(e) => f.at(key, format!("cannot read {}: {e}", file.display())),
+            }
+        }
     }
 }
 

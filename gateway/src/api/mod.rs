@@ -1,13 +1,27 @@
 //! The local HTTP API: health, metrics, the event-code list, alerts (list, get, acknowledge, close,
 //! shelve, unshelve), devices,
 //! gateway status, the city's roll calls (list, answer), a server-sent-event stream of
-//! live changes, and the web console.
+//! live changes, sign-in ([`session`]), and the web console.
 //!
 //! Bound to loopback by default (`api.listen`). `run` takes an already-bound listener so
-//! tests and the demo can bind port 0. Reading needs no authentication; write actions
-//! need `Authorization: Bearer <api.token>` (the scheme in any case), and without a
-//! configured token the API is read-only (writes get 403). The contract is documented in
-//! docs/alerts-and-api.md ("HTTP API").
+//! tests and the demo can bind port 0. Who may do what (issue 16; [`guard`] checks it
+//! before any handler runs, with [`crate::auth`]):
+//!
+//! | routes | need |
+//! |---|---|
+//! | `/healthz`, `/metrics`, the console's page and assets, `/api/codes`, `/api/session` | nothing |
+//! | every other `GET` (`/api/status`, `/api/alerts…`, `/api/devices`, `/api/roll-calls`, `/api/stream`) | a viewer, or a client on loopback with `api.anonymous_read = "loopback"` (the default) |
+//! | `POST` (acknowledge, close, shelve, unshelve, answer a roll call) | an operator |
+//! | `GET /api/users` | an admin |
+//!
+//! A caller is a console session (cookie; its writes also need the session's CSRF token
+//! in `X-CSRF-Token` and, when the browser sends one, an `Origin` of this gateway), a
+//! named token, or the deprecated shared `api.token` (operator), both as `Authorization:
+//! Bearer <token>` (the scheme in any case). A wrong token is 401, a missing sign-in 401,
+//! a role too low or a missing CSRF token 403; with no credential that could write at all
+//! the API is read-only (writes get 403). Every action records the caller's name; only
+//! the shared token records the `by` its request names. The contract is documented in
+//! docs/alerts-and-api.md ("HTTP API", "Sign-in").
 //!
 //! Limits (issue 13; docs/alerts-and-api.md, "HTTP limits"): [`server`] keeps the connection cap and the
 //! header-read and idle timeouts; live streams have their own cap
@@ -22,29 +36,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::Deserialize;
 use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use estate_config::Secret;
 use estate_protocols::model::Lane;
 
 use crate::alerts::model::Disposition;
 use crate::alerts::state::Filter;
 use crate::alerts::{AlertsHandle, OpError, Update};
+use crate::auth::{Auth, Principal, Role, Via};
 use crate::duty::{AnswerError, RollCallView};
 use crate::store::StoreReader;
 use crate::telemetry::Metrics;
 
 pub mod console;
 pub mod server;
+pub mod session;
+pub mod tls;
 
 /// Largest request body of a write action (acknowledge, close): a JSON object of `by`,
 /// `note` and `disposition` at their caps takes at most about 12 KiB even with every
@@ -79,8 +96,10 @@ pub struct ApiState {
     pub alerts: AlertsHandle,
     /// Roll calls from the city (issue 14).
     pub duty: crate::duty::DutyDesk,
-    /// `api.token`: required for write actions; `None` makes the API read-only.
-    pub token: Option<Secret>,
+    /// Accounts, sessions, tokens and lockout: who may read and write ([`guard`]).
+    pub auth: Arc<Auth>,
+    /// HTTPS (`api.tls_cert`, `api.tls_key`): every connection is TLS; `None`: HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Cancelled when the API stops: open event streams end then, so that graceful
     /// shutdown does not wait for a console that never disconnects.
     pub stop: CancellationToken,
@@ -111,8 +130,135 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/roll-calls", get(roll_calls))
         .route("/api/roll-calls/{id}/answer", post(answer_roll_call))
         .route("/api/stream", get(stream))
+        .route(
+            "/api/session",
+            get(session::get_session)
+                .post(session::sign_in)
+                .delete(session::sign_out),
+        )
+        .route("/api/users", get(session::users))
         .merge(console::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// What a route needs (the table in the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Nothing,
+    Read,
+    Role(Role),
+}
+
+fn need(method: &Method, path: &str) -> Need {
+    let open = matches!(
+        path,
+        "/healthz"
+            | "/metrics"
+            | "/"
+            | "/console.js"
+            | "/console.css"
+            | "/api/codes"
+            | "/api/session"
+    );
+    if open {
+        Need::Nothing
+    } else if path == "/api/users" {
+        Need::Role(Role::Admin)
+    } else if method == Method::GET || method == Method::HEAD {
+        Need::Read
+    } else {
+        Need::Role(Role::Operator)
+    }
+}
+
+/// Who called, as [`guard`] found it (`None`: nobody signed in, reading anonymously).
+#[derive(Debug, Clone)]
+pub struct Caller(pub Option<Principal>);
+
+/// The peer's IP address, which [`server`] puts in every request's extensions.
+fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Finds the caller (bearer token first, then the session cookie) and lets the request
+/// through only with what its route needs (module doc); the caller goes into the
+/// request's extensions as [`Caller`].
+async fn guard(
+    State(s): State<ApiState>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let need = need(req.method(), req.uri().path());
+    if need == Need::Nothing {
+        return next.run(req).await;
+    }
+    if matches!(need, Need::Role(r) if r <= Role::Operator) && !s.auth.can_write() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "read-only: no api.token is configured",
+        );
+    }
+    let caller = match caller(&s, req.headers()) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match (need, &caller) {
+        (Need::Read, None) if s.auth.anonymous_read(peer_ip(&req)) => {}
+        (_, None) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "sign in first (POST /api/session, or the console's sign-in), or send Authorization: Bearer <token>",
+            )
+        }
+        (Need::Role(r), Some(p)) if p.role < r => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} is a {}: this needs the {} role",
+                    p.name,
+                    p.role.as_str(),
+                    r.as_str()
+                ),
+            )
+        }
+        (Need::Role(_), Some(p)) if p.via == Via::Session => {
+            let h = req.headers();
+            let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+            if let Err(why) = crate::auth::session::check_csrf(
+                p.csrf.as_deref().unwrap_or_default(),
+                text("x-csrf-token"),
+                text("origin"),
+                text("host"),
+                s.auth.https(),
+            ) {
+                return error(StatusCode::FORBIDDEN, format!("refused: {why}"));
+            }
+        }
+        _ => {}
+    }
+    req.extensions_mut().insert(Caller(caller));
+    next.run(req).await
+}
+
+/// The caller: a bearer token (the shared `api.token` or a named one; wrong: 401) or a
+/// live session cookie; `None` when neither.
+#[allow(clippy::result_large_err)]
+fn caller(s: &ApiState, headers: &HeaderMap) -> Result<Option<Principal>, Response> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let token = value.to_str().ok().and_then(bearer_token);
+        return match token.map(|t| s.auth.bearer(t)) {
+            Some(Some(p)) => Ok(Some(p)),
+            Some(None) => Err(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
+            None => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "the Authorization header must be Bearer <token>",
+            )),
+        };
+    }
+    Ok(session::cookie(headers).and_then(|id| s.auth.session(id)))
 }
 
 /// Serves until `shutdown`, within the limits of `state.limits` (see [`server`]).
@@ -123,7 +269,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let limits = state.limits;
     let metrics = state.metrics.clone();
-    server::serve(listener, router(state), limits, metrics, shutdown).await
+    let tls = state.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    server::serve(listener, router(state), limits, metrics, tls, shutdown).await
 }
 
 async fn healthz(State(s): State<ApiState>) -> impl IntoResponse {
@@ -207,7 +354,7 @@ fn status_json(s: &ApiState) -> serde_json::Value {
         },
         "events_per_sec": s.alerts.events_per_sec(),
         "flood": s.alerts.flood(),
-        "read_only": s.token.is_none(),
+        "read_only": !s.auth.can_write(),
     })
 }
 
@@ -288,29 +435,6 @@ async fn get_alert(State(s): State<ApiState>, Path(id): Path<String>) -> Respons
     }
 }
 
-/// Checks `Authorization: Bearer <token>` for a write action.
-#[allow(clippy::result_large_err)]
-fn authorize(s: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &s.token else {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "read-only: no api.token is configured",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "write actions need the header Authorization: Bearer <api.token>",
-        )),
-    }
-}
-
 /// The token of an `Authorization` value with the `Bearer` scheme, which is
 /// case-insensitive (RFC 9110, 11.1): `Bearer x`, `bearer x` and `BEARER  x` give `x`.
 fn bearer_token(value: &str) -> Option<&str> {
@@ -319,21 +443,10 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Compares without stopping at the first difference, so the time taken does not tell
-/// how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0xff);
-        diff |= x ^ y;
-    }
-    diff == 0
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AckBody {
+    #[serde(default)]
     by: String,
     #[serde(default)]
     note: String,
@@ -342,6 +455,7 @@ struct AckBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CloseBody {
+    #[serde(default)]
     by: String,
     disposition: String,
     #[serde(default)]
@@ -352,6 +466,7 @@ struct CloseBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShelveBody {
+    #[serde(default)]
     by: String,
     minutes: f64,
     reason: String,
@@ -361,6 +476,7 @@ struct ShelveBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UnshelveBody {
+    #[serde(default)]
     by: String,
 }
 
@@ -368,6 +484,7 @@ struct UnshelveBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AnswerBody {
+    #[serde(default)]
     by: String,
 }
 
@@ -433,16 +550,20 @@ impl OperatorFields for CloseBody {
     }
 }
 
-/// An operator's write request: authorized by the bearer token (before its body is
-/// read), with a JSON body of at most [`MAX_BODY_BYTES`] that arrives within
-/// `api.header_read_timeout` (parsed by hand so that a bad body is a 400 with our error
-/// shape), whose free-text fields are within their caps and whose `by` names who acts.
+/// An operator's write request (already let through by [`guard`]): a JSON body of at
+/// most [`MAX_BODY_BYTES`] that arrives within `api.header_read_timeout` (parsed by hand
+/// so that a bad body is a 400 with our error shape), whose free-text fields are within
+/// their caps; with who acts: the signed-in account or named token, or, for the shared
+/// `api.token` only, the `by` the request names (then required).
 async fn operator_request<T: serde::de::DeserializeOwned + OperatorFields>(
     s: &ApiState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Body,
-) -> Result<T, Response> {
-    authorize(s, headers)?;
+) -> Result<(T, String), Response> {
+    let Some(p) = &caller.0 else {
+        return Err(error(StatusCode::UNAUTHORIZED, "sign in first"));
+    };
     let body = read_body(body, headers, s.limits.header_read_timeout).await?;
     let request: T = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?;
@@ -455,13 +576,17 @@ async fn operator_request<T: serde::de::DeserializeOwned + OperatorFields>(
             ));
         }
     }
-    if request.by().trim().is_empty() {
+    let who = match p.via {
+        Via::SharedToken => request.by().trim().to_owned(),
+        Via::Session | Via::Token => p.name.clone(),
+    };
+    if who.is_empty() {
         return Err(error(
             StatusCode::BAD_REQUEST,
             format!("`by` must name who acts (1 to {MAX_BY_CHARS} characters)"),
         ));
     }
-    Ok(request)
+    Ok((request, who))
 }
 
 /// The whole body, at most [`MAX_BODY_BYTES`] (413 beyond), within `within` (408
@@ -534,23 +659,25 @@ fn op_response(r: Result<crate::alerts::model::Alert, OpError>) -> Response {
 async fn ack_alert(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let b: AckBody = match operator_request(&s, &headers, body).await {
+    let (b, by): (AckBody, String) = match operator_request(&s, &caller, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    op_response(s.alerts.acknowledge(&id, b.by.trim(), &b.note).await)
+    op_response(s.alerts.acknowledge(&id, &by, &b.note).await)
 }
 
 async fn close_alert(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let b: CloseBody = match operator_request(&s, &headers, body).await {
+    let (b, by): (CloseBody, String) = match operator_request(&s, &caller, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -563,7 +690,7 @@ async fn close_alert(
             ),
         );
     };
-    op_response(s.alerts.close(&id, b.by.trim(), disposition, &b.note).await)
+    op_response(s.alerts.close(&id, &by, disposition, &b.note).await)
 }
 
 /// `POST /api/alerts/{id}/shelve` `{"by","minutes","reason"}` (issue 16): the token like
@@ -572,10 +699,11 @@ async fn close_alert(
 async fn shelve_alert(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let b: ShelveBody = match operator_request(&s, &headers, body).await {
+    let (b, by): (ShelveBody, String) = match operator_request(&s, &caller, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -590,25 +718,23 @@ async fn shelve_alert(
     }
     // Saturates for absurd values; the engine refuses anything over the maximum.
     let for_ms = (b.minutes * 60_000.0).round() as i64;
-    op_response(
-        s.alerts
-            .shelve(&id, b.by.trim(), for_ms, b.reason.trim())
-            .await,
-    )
+    op_response(s.alerts.shelve(&id, &by, for_ms, b.reason.trim()).await)
 }
 
 /// `POST /api/alerts/{id}/unshelve` `{"by"}`: 409 when it is not shelved.
 async fn unshelve_alert(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let b: UnshelveBody = match operator_request(&s, &headers, body).await {
+    let (_, by): (UnshelveBody, String) = match operator_request(&s, &caller, &headers, body).await
+    {
         Ok(b) => b,
         Err(r) => return r,
     };
-    op_response(s.alerts.unshelve(&id, b.by.trim()).await)
+    op_response(s.alerts.unshelve(&id, &by).await)
 }
 
 /// `GET /api/roll-calls`: the pending roll calls (oldest first), then the last finished
@@ -623,14 +749,15 @@ async fn roll_calls(State(s): State<ApiState>) -> impl IntoResponse {
 async fn answer_roll_call(
     State(s): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let b: AnswerBody = match operator_request(&s, &headers, body).await {
+    let (_, by): (AnswerBody, String) = match operator_request(&s, &caller, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    match s.duty.answer(&id, b.by.trim()) {
+    match s.duty.answer(&id, &by) {
         Ok(view) => Json(view).into_response(),
         Err(e @ AnswerError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ AnswerError::Finished { .. }) => error(StatusCode::CONFLICT, e.to_string()),
@@ -654,9 +781,14 @@ enum Next {
 /// when it arrives, is answered or is missed), `status` every second (the /api/status
 /// JSON), and keep-alive comments. A client that falls behind gets a `resync` event and
 /// should re-read the lists. The stream ends when the gateway stops (the client
-/// reconnects to the next one). At most `api.max_sse_clients` streams at once: beyond,
-/// 503.
-async fn stream(State(s): State<ApiState>) -> Response {
+/// reconnects to the next one), and when the console session it was opened with ends
+/// (sign-out, expiry, the account removed; checked every second). At most
+/// `api.max_sse_clients` streams at once: beyond, 503.
+async fn stream(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
     let Ok(permit) = s.sse_clients.clone().try_acquire_owned() else {
         s.metrics
             .api_closed
@@ -670,19 +802,24 @@ async fn stream(State(s): State<ApiState>) -> Response {
             ),
         );
     };
-    live_stream(s, permit).into_response()
+    let session = match &caller.0 {
+        Some(p) if p.via == Via::Session => session::cookie(&headers).map(str::to_owned),
+        _ => None,
+    };
+    live_stream(s, permit, session).into_response()
 }
 
 fn live_stream(
     s: ApiState,
     permit: tokio::sync::OwnedSemaphorePermit,
+    session: Option<String>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = (s.alerts.subscribe(), s.duty.subscribe());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The permit lives in the stream's state: released when the stream is dropped.
-    let state = (s, rx, tick, permit);
-    let stream = futures_util::stream::unfold(state, |(s, mut rx, mut tick, permit)| async move {
+    let state = (s, rx, tick, (permit, session));
+    let stream = futures_util::stream::unfold(state, |(s, mut rx, mut tick, held)| async move {
         let stop = s.stop.clone();
         let next = tokio::select! {
             biased;
@@ -708,18 +845,48 @@ fn live_stream(
             Next::Update(Err(broadcast::error::RecvError::Closed))
             | Next::RollCall(Err(broadcast::error::RecvError::Closed))
             | Next::Stop => return None,
-            Next::Status => SseEvent::default()
-                .event("status")
-                .data(status_json(&s).to_string()),
+            Next::Status => {
+                if held
+                    .1
+                    .as_deref()
+                    .is_some_and(|id| s.auth.session(id).is_none())
+                {
+                    return None;
+                }
+                SseEvent::default()
+                    .event("status")
+                    .data(status_json(&s).to_string())
+            }
         };
-        Some((Ok(ev), (s, rx, tick, permit)))
+        Some((Ok(ev), (s, rx, tick, held)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, constant_time_eq};
+    use super::{bearer_token, need, Need, Role};
+    use axum::http::Method;
+
+    #[test]
+    fn routes_need_what_the_table_says() {
+        assert_eq!(need(&Method::GET, "/healthz"), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/metrics"), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/"), Need::Nothing);
+        assert_eq!(need(&Method::POST, "/api/session"), Need::Nothing);
+        assert_eq!(need(&Method::DELETE, "/api/session"), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/api/alerts"), Need::Read);
+        assert_eq!(need(&Method::GET, "/api/stream"), Need::Read);
+        assert_eq!(
+            need(&Method::POST, "/api/alerts/x/ack"),
+            Need::Role(Role::Operator)
+        );
+        assert_eq!(
+            need(&Method::POST, "/api/roll-calls/x/answer"),
+            Need::Role(Role::Operator)
+        );
+        assert_eq!(need(&Method::GET, "/api/users"), Need::Role(Role::Admin));
+    }
 
     /// Issue 13: the scheme is case-insensitive.
     #[test]
@@ -731,14 +898,5 @@ mod tests {
         assert_eq!(bearer_token("Bearer"), None);
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearerabc"), None);
-    }
-
-    #[test]
-    fn token_compare_is_exact() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-        assert!(!constant_time_eq(b"", b"a"));
-        assert!(constant_time_eq(b"", b""));
     }
 }

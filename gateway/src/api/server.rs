@@ -100,6 +100,7 @@ pub async fn serve(
     router: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     // One permit per open connection; a connection's task holds its permit until the
@@ -115,12 +116,13 @@ pub async fn serve(
             r = listener.accept() => r,
         };
         let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+            Ok(accepted) => accepted,
             Err(err) => {
                 accept_failed(&err).await;
                 continue;
             }
         };
+        let (stream, peer) = stream;
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics
                 .api_closed
@@ -135,11 +137,36 @@ pub async fn serve(
         let metrics = metrics.clone();
         let router = router.clone();
         let stop = connections_stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // Released (and the gauge lowered) however the connection ends, a panic in a
             // handler included.
             let _open = Open::new(metrics.clone(), permit);
-            serve_connection(stream, router, limits, &metrics, stop).await;
+            let Some(tls) = tls else {
+                serve_connection(stream, peer, router, limits, &metrics, stop).await;
+                return;
+            };
+            // The handshake counts against the header deadline, like a slow request head.
+            match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, peer, router, limits, &metrics, stop).await;
+                }
+                Ok(Err(err)) => {
+                    metrics
+                        .api_closed
+                        .get_or_create(&ReasonLabel { reason: "tls" })
+                        .inc();
+                    debug!(error = %err, %peer, "API TLS handshake failed.");
+                }
+                Err(_) => {
+                    metrics
+                        .api_closed
+                        .get_or_create(&ReasonLabel {
+                            reason: "header_timeout",
+                        })
+                        .inc();
+                }
+            }
         });
     }
     drop(listener);
@@ -241,13 +268,16 @@ fn refuse(stream: TcpStream) {
 
 /// Serves one connection until it closes, misses a deadline (module doc) or the API
 /// stops.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: Limits,
     metrics: &Metrics,
     stop: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(Watched {
         io: stream,
@@ -256,6 +286,7 @@ async fn serve_connection(
     let service = ConnService {
         router,
         state: state.clone(),
+        peer,
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -384,13 +415,13 @@ impl ConnState {
     }
 }
 
-/// The TCP stream, telling [`ConnState`] when bytes arrive.
-struct Watched {
-    io: TcpStream,
+/// The connection's stream (TCP, or TLS over it), telling [`ConnState`] when bytes arrive.
+struct Watched<S> {
+    io: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -405,7 +436,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -441,6 +472,9 @@ impl AsyncWrite for Watched {
 struct ConnService {
     router: Router,
     state: Arc<ConnState>,
+    /// The client's address, handed to the handlers as `ConnectInfo` (anonymous reads
+    /// from loopback, lockout per address).
+    peer: std::net::SocketAddr,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -448,7 +482,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let busy = InFlight::begin(self.state.clone());
         // A Router is always ready (its `poll_ready` returns `Ready(Ok)`), so it is
         // called without polling readiness first.

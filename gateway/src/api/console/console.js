@@ -12,7 +12,13 @@
 // and kept in localStorage; `tr()` gives a label in it, and static text in index.html is
 // marked lang="zh-CN" / lang="en" for console.css to show. Sound: see "Sound" below.
 //
+// Sign-in (issue 16): GET /api/session says who is signed in (a cookie the page never
+// sees) and the CSRF token every write sends in X-CSRF-Token; the header's form signs in
+// with an account (POST /api/session), 退出 Sign out ends it (DELETE). Action buttons show
+// only for an operator or admin; when reading needs a sign-in the page shows only the form.
+//
 // Test hooks (read by tests/console): <body data-ready="1"> once loaded and live,
+// data-signed-in (the account's name, empty when nobody), data-role,
 // data-sound (the AudioContext's state: suspended, running, …), data-read-only,
 // data-alert-beeps (sounds played for new critical alerts),
 // data-roll-call-beeps (sounds played for waiting roll calls), data-flood (1 in a
@@ -20,8 +26,8 @@
 // data-alert-id, data-status and data-severity; each roll call data-roll-call-id and
 // data-status (pending, answered, missed).
 
-const TOKEN_KEY = 'estate.console.token';
-const OPERATOR_KEY = 'estate.console.operator';
+/** What the page kept before accounts (a shared token and a typed name): removed at start. */
+const OLD_KEYS = ['estate.console.token', 'estate.console.operator'];
 const LANG_KEY = 'estate.console.lang';
 const STALE_STREAM_MS = 10000; // status arrives every second; silence this long = dead link
 const REMINDER_MS = 30000; // repeat the cue while a critical alert is unacknowledged
@@ -89,7 +95,8 @@ const ATTR_LABELS = [
   ['#backlog', 'title', '待上传（告警 / 事件）', 'Backlog (alarms / events)'],
   ['.rate', 'title', '事件速率，最近 60 秒', 'Event rate, last 60 s'],
   ['#rate-chart', 'aria-label', '事件速率', 'Event rate'],
-  ['#operator-input', 'placeholder', '姓名', 'name'],
+  ['#operator-input', 'placeholder', '账号', 'account'],
+  ['#password-input', 'placeholder', '密码', 'password'],
 ];
 
 /** Applies a language choice (both, zh, en): the page's own text, then every row. */
@@ -231,8 +238,16 @@ function setAttr(el, name, value) {
 // State
 // ---------------------------------------------------------------------------------------
 
+const ROLE = {
+  viewer: ['查看员', 'viewer'],
+  operator: ['值班员', 'operator'],
+  admin: ['管理员', 'admin'],
+};
+
 const state = {
   readOnly: true, // until /api/status says otherwise: never offer actions we cannot do
+  /** GET /api/session: {signed_in, name, role, csrf_token, can_read, read_only} */
+  session: { signed_in: false },
   status: null,
   /** id → Alert (open ones only: closed alerts leave the list) */
   alerts: new Map(),
@@ -260,12 +275,17 @@ const state = {
   lastRollCallCue: 0,
 };
 
-function token() {
-  return localStorage.getItem(TOKEN_KEY) || '';
+function signedIn() {
+  return Boolean(state.session && state.session.signed_in);
 }
 
-function operator() {
-  return localStorage.getItem(OPERATOR_KEY) || '';
+function userName() {
+  return signedIn() ? state.session.name : '';
+}
+
+/** Signed in with a role that may act, on a gateway that is not read-only. */
+function canAct() {
+  return !state.readOnly && signedIn() && (state.session.role === 'operator' || state.session.role === 'admin');
 }
 
 // ---------------------------------------------------------------------------------------
@@ -502,7 +522,7 @@ function renderAlertRow(row, a, now) {
       return item;
     }));
   }
-  el.ops.hidden = state.readOnly;
+  el.ops.hidden = !canAct();
   el.ack.hidden = a.status !== 'active';
 }
 
@@ -585,10 +605,9 @@ function makeRollCallRow(id) {
   const q = (sel) => div.querySelector(sel);
   const el = {
     from: q('.rc-from'), countdown: q('.rc-countdown'), message: q('.rc-message'),
-    form: q('.rc-answer'), by: q('.rc-by'), token: q('.rc-token'), tokenLabel: q('.rc-token-label'),
+    form: q('.rc-answer'), as: q('.rc-as'),
     btn: q('.rc-btn'), result: q('.rc-result'), dismiss: q('.rc-dismiss'),
   };
-  el.by.value = operator();
   el.form.addEventListener('submit', (ev) => {
     ev.preventDefault();
     answerRollCall(id);
@@ -623,7 +642,6 @@ function renderRollCalls() {
     const { div, el } = entry.row;
     setAttr(div, 'data-status', rc.status);
     setText(el.from, `${tr('来自', 'from')} ${rc.issuer} · ${clockText(rc.received_ms)}`);
-    setAttr(el.by, 'placeholder', tr('姓名', 'name'));
     setText(el.message, rc.message || tr('请值班人员应答', 'The person on duty, please answer', '请值班人员应答 · The person on duty, please answer'));
     const waiting = rc.status === 'pending';
     if (waiting) pending += 1;
@@ -631,8 +649,8 @@ function renderRollCalls() {
     el.dismiss.hidden = rc.status !== 'missed';
     el.countdown.hidden = !waiting;
     if (waiting) setText(el.countdown, countdownText(entry.deadline - now));
-    el.tokenLabel.hidden = state.readOnly || Boolean(token());
-    el.btn.disabled = state.readOnly;
+    el.btn.disabled = !canAct();
+    setText(el.as, canAct() ? `${tr('应答人', 'as')} ${userName()}` : '');
     if (rc.status === 'answered') {
       const after = Math.round((rc.answer_after_ms || 0) / 1000);
       setText(el.result, `${tr('已应答', 'Answered')}: ${rc.answered_by} · ${tr(`用时 ${after} 秒`, `after ${after} s`, `用时 after ${after} s`)}`);
@@ -644,7 +662,11 @@ function renderRollCalls() {
         `未应答 Missed — 截止 deadline ${at}；市级平台已收到“无人应答” · the city was told nobody answered`,
       ));
     } else {
-      setText(el.result, state.readOnly ? tr('只读：此处无法应答', 'Read-only: cannot answer here', '只读：此处无法应答 · read-only: cannot answer here') : '');
+      let why = '';
+      if (state.readOnly) why = tr('只读：此处无法应答', 'Read-only: cannot answer here', '只读：此处无法应答 · read-only: cannot answer here');
+      else if (!signedIn()) why = tr('请先登录再应答', 'Sign in to answer', '请先登录再应答 · sign in to answer');
+      else if (!canAct()) why = tr('此账号不能应答', 'This account may not answer', '此账号不能应答 · this account may not answer');
+      setText(el.result, why);
     }
   }
   box.hidden = shown === 0;
@@ -663,24 +685,12 @@ async function answerRollCall(id) {
   const entry = state.rollCalls.get(id);
   if (!entry || !entry.row) return;
   const { el } = entry.row;
-  const by = el.by.value.trim();
-  if (!by) {
-    el.by.focus();
-    return;
-  }
-  const t = el.token.value.trim();
-  if (t) {
-    localStorage.setItem(TOKEN_KEY, t);
-    el.token.value = '';
-    showSession();
-  }
   el.btn.disabled = true;
-  const r = await post(`/api/roll-calls/${encodeURIComponent(id)}/answer`, { by }, {
-    needOperator: false,
+  const r = await post(`/api/roll-calls/${encodeURIComponent(id)}/answer`, {}, {
     notFound: tr('查岗不存在', 'Roll call not found'),
     conflict: tr('查岗已结束', 'The roll call has already ended'),
   });
-  el.btn.disabled = false;
+  el.btn.disabled = !canAct();
   if (r) upsertRollCall(r, { live: true });
 }
 
@@ -798,11 +808,84 @@ function setReadOnly(ro) {
 }
 
 function showSession() {
-  const signedIn = Boolean(token() && operator());
-  $('login').hidden = state.readOnly || signedIn;
-  $('session').hidden = state.readOnly || !signedIn;
-  setText($('operator-name'), operator());
-  if (!$('login').hidden && !$('operator-input').value) $('operator-input').value = operator();
+  const s = state.session || {};
+  const signed = signedIn();
+  // The form while nobody is signed in, unless the gateway is read-only and reading is
+  // open anyway (signing in would change nothing).
+  $('login').hidden = signed || (state.readOnly && s.can_read !== false);
+  $('session').hidden = !signed;
+  setText($('operator-name'), userName());
+  setText($('operator-role'), signed ? `(${label(ROLE[s.role], s.role)})` : '');
+  document.body.dataset.signedIn = userName();
+  document.body.dataset.role = signed ? s.role : '';
+}
+
+/** Asks the gateway who is signed in; redraws what depends on it. */
+async function loadSession() {
+  try {
+    state.session = await getJson('/api/session');
+  } catch {
+    state.session = { signed_in: false };
+  }
+  if (typeof state.session.read_only === 'boolean') setReadOnly(state.session.read_only);
+  showSession();
+  renderRollCalls();
+  scheduleRender();
+  return state.session;
+}
+
+async function signIn(ev) {
+  ev.preventDefault();
+  const name = $('operator-input').value.trim();
+  const password = $('password-input').value;
+  if (!name || !password) return;
+  $('login-btn').disabled = true;
+  let r;
+  try {
+    r = await fetch('/api/session', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name, password }),
+    });
+  } catch (e) {
+    $('login-btn').disabled = false;
+    showMessage(`${tr('网络错误', 'Network error')}: ${e.message}`);
+    return;
+  }
+  $('login-btn').disabled = false;
+  $('password-input').value = '';
+  let j = null;
+  try { j = await r.json(); } catch { /* an error body may be empty */ }
+  if (!r.ok) {
+    const detail = j && j.error ? ` (${j.error})` : '';
+    showMessage(r.status === 429
+      ? `${tr('登录已锁定', 'Sign-in locked')}${detail}`
+      : `${tr('账号或密码错误', 'Wrong account or password')}${detail}`);
+    $('password-input').focus();
+    return;
+  }
+  clearMessage();
+  await loadSession();
+  if (!stream) connect();
+}
+
+async function signOut() {
+  try {
+    await fetch('/api/session', { method: 'DELETE', headers: { 'X-CSRF-Token': state.session.csrf_token || '' } });
+  } catch { /* the session ends at its expiry anyway */ }
+  const s = await loadSession();
+  if (!s.can_read) stopReading();
+}
+
+/** Reading needs a sign-in again: the stream closes and the lists empty. */
+function stopReading() {
+  clearTimeout(retryTimer);
+  if (stream) stream.close();
+  stream = null;
+  setLive(null);
+  state.alerts.clear();
+  state.devices.clear();
+  scheduleRender();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -833,22 +916,19 @@ async function getJson(path) {
   return r.json();
 }
 
+/** A write with the session's CSRF token: the answer's JSON, or null (the reason shown). */
 async function post(path, body, opts = {}) {
-  const t = token();
-  const needOperator = opts.needOperator !== false;
-  if (!t || (needOperator && !operator())) {
-    showMessage(needOperator
-      ? tr('请先输入值班员与令牌', 'Enter your name and the API token first', '请先输入值班员与令牌 · Enter your name and the API token first')
-      : tr('请先输入令牌', 'Enter the API token first', '请先输入令牌 · Enter the API token first'));
+  if (!signedIn()) {
+    showMessage(tr('请先登录', 'Sign in first', '请先登录 · Sign in first'));
     showSession();
-    if (needOperator) $(operator() ? 'token-input' : 'operator-input').focus();
+    $('operator-input').focus();
     return null;
   }
   let r;
   try {
     r = await fetch(path, {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${t}` },
+      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': state.session.csrf_token || '' },
       body: JSON.stringify(body),
     });
   } catch (e) {
@@ -863,12 +943,11 @@ async function post(path, body, opts = {}) {
   }
   const detail = j && j.error ? ` (${j.error})` : '';
   if (r.status === 401) {
-    localStorage.removeItem(TOKEN_KEY);
-    showSession();
-    showMessage(`${tr('令牌无效', 'Token rejected')}${detail}`);
+    await loadSession();
+    showMessage(`${tr('登录已失效，请重新登录', 'Signed out: sign in again')}${detail}`);
   } else if (r.status === 403) {
-    setReadOnly(true);
-    showMessage(`${tr('只读', 'Read-only')}${detail}`);
+    await loadSession();
+    showMessage(`${tr('拒绝', 'Refused')}${detail}`);
   } else if (r.status === 404) {
     showMessage(`${opts.notFound || tr('告警不存在', 'Alert not found')}${detail}`);
   } else if (r.status === 409) {
@@ -888,7 +967,7 @@ async function refreshAlert(id) {
 async function acknowledge(id) {
   const row = state.alertRows.get(id);
   if (row) row.el.ack.disabled = true;
-  const a = await post(`/api/alerts/${encodeURIComponent(id)}/ack`, { by: operator(), note: '' });
+  const a = await post(`/api/alerts/${encodeURIComponent(id)}/ack`, { note: '' });
   if (row) row.el.ack.disabled = false;
   if (a) upsertAlert(a, { live: false });
   else await refreshAlert(id);
@@ -914,14 +993,14 @@ async function submitClose(ev) {
   if (!id || !disposition) return;
   const note = form.elements.note.value.trim();
   $('close-confirm').disabled = true;
-  const a = await post(`/api/alerts/${encodeURIComponent(id)}/close`, { by: operator(), disposition, note });
+  const a = await post(`/api/alerts/${encodeURIComponent(id)}/close`, { disposition, note });
   $('close-confirm').disabled = false;
   if (a) {
     $('close-dialog').close();
     state.closing = null;
     upsertAlert(a, { live: false });
     showMessage(`${tr('已关闭', 'Closed')}: ${label(DISPOSITION[disposition], disposition)}`, 'info');
-  } else if (!state.readOnly && token()) {
+  } else if (canAct()) {
     await refreshAlert(id);
   } else {
     $('close-dialog').close();
@@ -933,7 +1012,7 @@ async function toggleShelf(id) {
   const a = state.alerts.get(id);
   if (!a) return;
   if (a.shelved) {
-    const r = await post(`/api/alerts/${encodeURIComponent(id)}/unshelve`, { by: operator() });
+    const r = await post(`/api/alerts/${encodeURIComponent(id)}/unshelve`, {});
     if (r) upsertAlert(r, { live: false }); else await refreshAlert(id);
     return;
   }
@@ -949,7 +1028,7 @@ async function submitShelve(ev) {
   const form = $('shelve-form');
   const reason = form.elements.reason.value.trim();
   if (!id || !reason) return;
-  const a = await post(`/api/alerts/${encodeURIComponent(id)}/shelve`, { by: operator(), minutes: Number(form.elements.minutes.value), reason });
+  const a = await post(`/api/alerts/${encodeURIComponent(id)}/shelve`, { minutes: Number(form.elements.minutes.value), reason });
   $('shelve-dialog').close();
   state.shelving = null;
   if (a) upsertAlert(a, { live: false }); else await refreshAlert(id);
@@ -1002,6 +1081,7 @@ function setLive(up) {
   liveUp = up;
   const el = $('live');
   if (up === null) {
+    setAttr(el, 'data-state', 'connecting');
     setText(el, tr('连接中', 'Connecting…'));
     return;
   }
@@ -1063,8 +1143,11 @@ function connect() {
   es.addEventListener('error', () => {
     setLive(false);
     needResync = true;
-    // The browser retries by itself unless the stream was refused outright.
-    if (es.readyState === EventSource.CLOSED) reconnectLater();
+    // The browser retries by itself unless the stream was refused outright (a restart,
+    // or a session that ended: then the form comes back).
+    if (es.readyState === EventSource.CLOSED) {
+      loadSession().then((s) => (s.can_read ? reconnectLater() : stopReading()));
+    }
   });
 }
 
@@ -1086,21 +1169,9 @@ function start() {
   setLanguage(localStorage.getItem(LANG_KEY) || 'both');
   $('lang').addEventListener('change', (ev) => chooseLanguage(ev.target.value));
   startSound();
-  $('login').addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    const name = $('operator-input').value.trim();
-    const t = $('token-input').value.trim();
-    if (!name || !t) return;
-    localStorage.setItem(OPERATOR_KEY, name);
-    localStorage.setItem(TOKEN_KEY, t);
-    $('token-input').value = '';
-    clearMessage();
-    showSession();
-  });
-  $('logout-btn').addEventListener('click', () => {
-    localStorage.removeItem(TOKEN_KEY);
-    showSession();
-  });
+  for (const k of OLD_KEYS) localStorage.removeItem(k);
+  $('login').addEventListener('submit', signIn);
+  $('logout-btn').addEventListener('click', signOut);
   $('close-form').addEventListener('submit', submitClose);
   $('shelve-form').addEventListener('submit', submitShelve);
   $('shelve-cancel').addEventListener('click', () => $('shelve-dialog').close());
@@ -1109,7 +1180,10 @@ function start() {
     $('close-dialog').close();
   });
   setReadOnly(true);
-  connect();
+  loadSession().then((s) => {
+    if (s.can_read) connect();
+    else $('operator-input').focus();
+  });
   setInterval(tickRollCalls, 1000);
   setInterval(() => {
     // Ages move on; a stream that went silent is replaced.
