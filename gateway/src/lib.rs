@@ -214,59 +214,42 @@ pub async fn run(
     let modbus = ingest::modbus::Modbus::new(&cfg)?;
     let modbus_handle = modbus.handle();
     let (api_listener, api_addr) = bind_api(opts.api_listener, &cfg)?;
-    // HTTPS: the certificate and key are read once, before any stage starts.
-    let api_tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            api::tls::server_config(cert, key)
-                .map_err(|e| GatewayError::Api(std::io::Error::other(e)))?,
-        ),
-        _ => None,
-    };
+    let api_tls = load_api_tls(&cfg)?;
     let camera_push = bind_camera_push(&cfg)?;
-
-    let Core {
-        handle,
-        reader,
-        writer,
-        alerts_stage,
-        alerts_handle,
-        duty,
-    } = open_core(&cfg, &opts.data_dir, &metrics, &modbus_handle).await?;
+    let core = open_core(&cfg, &opts.data_dir, &metrics, &modbus_handle).await?;
+    let (handle, reader, duty) = (core.handle, core.reader, core.duty);
     // The first stage that ended while the gateway was running (see `guarded`).
     let ended: Ended = Arc::new(std::sync::OnceLock::new());
     let guard = Guarded::maker(&shutdown, &metrics, &ended);
-    let writer = spawn_writer(guard("store writer", "stage.store"), writer);
-
+    let writer = spawn_writer(guard("store writer", "stage.store"), core.writer);
     // The API outlives the stages so health stays visible while draining.
     let api_stop = CancellationToken::new();
-    // Live streams end as soon as the gateway begins to stop: a console reconnects (and
-    // gets refused or a fresh stream) instead of holding the API open.
-    let stream_stop = shutdown.child_token();
-    let api = tokio::spawn(guard("API", "stage.api").run(
-        api::run(
-            api_listener,
-            api::ApiState {
-                tls: api_tls,
-                ..api_state(
-                    &cfg,
-                    &opts.data_dir,
-                    &metrics,
-                    &reader,
-                    &alerts_handle,
-                    &duty,
-                    stream_stop,
-                )
-            },
-            api_stop.clone(),
-        ),
-        result_cause,
-    ));
+    let api = spawn_api(
+        guard("API", "stage.api"),
+        api_listener,
+        api::ApiState {
+            tls: api_tls,
+            // Live streams end as soon as the gateway begins to stop: a console
+            // reconnects (and gets refused or a fresh stream) instead of holding the
+            // API open.
+            stop: shutdown.child_token(),
+            ..api_state(
+                &cfg,
+                &opts.data_dir,
+                &metrics,
+                &reader,
+                &core.alerts_handle,
+                &duty,
+            )
+        },
+        api_stop.clone(),
+    );
     // Alerts stop after ingest and Modbus (so they see every committed event) and before
     // the writer drains (they hold a StoreHandle for the events they raise).
     // On its own thread, restarted in place after a failure (alerts::supervisor).
     let alerts_stop = CancellationToken::new();
     let alerts_task = alerts::supervisor::spawn(
-        alerts_stage,
+        core.alerts_stage,
         cfg.clone(),
         handle.clone(),
         Arc::new(modbus_handle.clone()),
@@ -278,7 +261,7 @@ pub async fn run(
         reader: reader.clone(),
         store: handle.clone(),
         metrics: metrics.clone(),
-        alerts: alerts_handle.clone(),
+        alerts: core.alerts_handle.clone(),
         duty: duty.clone(),
         store_dir: opts.data_dir.join("store"),
     };
@@ -289,8 +272,8 @@ pub async fn run(
         spawn_camera_push(guard, stage, listener, &handle, &metrics, &shutdown)
     });
     drop(handle);
-    info!(gateway_id = %cfg.gateway.id, estate_id = %cfg.gateway.estate_id, %api_addr, epoch = reader.epoch(), %boot_id, "Gateway running.");
     announce_ready(
+        &cfg,
         &shutdown,
         opts.on_ready,
         Running {
@@ -299,7 +282,7 @@ pub async fn run(
             modbus: modbus_handle,
             reader: reader.clone(),
             boot_id,
-            alerts: alerts_handle,
+            alerts: core.alerts_handle,
             duty: duty.clone(),
         },
     );
@@ -413,6 +396,17 @@ fn spawn_camera_push(
     ))
 }
 
+/// The API task; it serves until `stop`, which comes after the stages have stopped, so
+/// that health stays visible while they drain.
+fn spawn_api(
+    guard: Guarded,
+    listener: tokio::net::TcpListener,
+    state: api::ApiState,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), std::io::Error>> {
+    tokio::spawn(guard.run(api::run(listener, state, stop), result_cause))
+}
+
 /// Runs the store writer on the blocking pool under `guard`.
 fn spawn_writer(
     guard: Guarded,
@@ -520,6 +514,18 @@ fn bind_camera_push(
 }
 
 /// What the API serves from; live streams end when `stream_stop` is cancelled.
+/// `api.tls_cert` and `api.tls_key` loaded for HTTPS, once, before any stage starts;
+/// `None` without them (HTTP).
+fn load_api_tls(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, GatewayError> {
+    let (Some(cert), Some(key)) = (&cfg.api.tls_cert, &cfg.api.tls_key) else {
+        return Ok(None);
+    };
+    api::tls::server_config(cert, key)
+        .map(Some)
+        .map_err(|e| GatewayError::Api(std::io::Error::other(e)))
+}
+
+/// The API's state; its stream stop and TLS are the caller's to set.
 fn api_state(
     cfg: &Config,
     data_dir: &std::path::Path,
@@ -527,7 +533,6 @@ fn api_state(
     reader: &StoreReader,
     alerts: &alerts::AlertsHandle,
     duty: &duty::DutyDesk,
-    stream_stop: CancellationToken,
 ) -> api::ApiState {
     api::ApiState {
         metrics: metrics.clone(),
@@ -537,7 +542,7 @@ fn api_state(
         alerts: alerts.clone(),
         duty: duty.clone(),
         auth: Arc::new(auth::Auth::new(data_dir.to_path_buf(), &cfg.api)),
-        stop: stream_stop,
+        stop: CancellationToken::new(),
         limits: api::server::Limits::from_config(&cfg.api),
         sse_clients: Arc::new(tokio::sync::Semaphore::new(cfg.api.max_sse_clients.max(1))),
         max_sse_clients: cfg.api.max_sse_clients,
@@ -550,10 +555,12 @@ fn api_state(
 /// runs; brokers connect (and reconnect) on their own, and an uplink that is down at
 /// boot is exactly what the store is for.
 fn announce_ready(
+    cfg: &Config,
     shutdown: &CancellationToken,
     on_ready: Option<oneshot::Sender<Running>>,
     running: Running,
 ) {
+    info!(gateway_id = %cfg.gateway.id, estate_id = %cfg.gateway.estate_id, api_addr = %running.api_addr, epoch = running.reader.epoch(), boot_id = %running.boot_id, "Gateway running.");
     systemd::notify_or_log("READY=1");
     tokio::spawn({
         let shutdown = shutdown.clone();
