@@ -7,6 +7,7 @@
 //!   (403); after signing out the cookie reads nothing;
 //! - five wrong passwords lock the account: the right one is then refused (429), and
 //!   the lockout is counted and logged;
+//! - the `alerts` CLI reads with a viewer's named token where reading needs a sign-in;
 //! - a named token (`users token add`, made while the gateway runs) acts under its name,
 //!   a viewer token cannot write, the deprecated `api.token` still works, and removing an
 //!   account ends its session;
@@ -367,6 +368,43 @@ async fn named_tokens_act_under_their_name_and_the_shared_token_still_works() {
     assert!(status.success(), "{out}{err}");
     let (s, me) = viewer.get(gw.api, "/api/session").await;
     assert_eq!((s, me["signed_in"].as_bool()), (200, Some(false)), "{me}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_cli_reads_with_a_viewer_token_where_reading_needs_a_sign_in() {
+    let env = env();
+    add_user(&env.data_dir(), "zhao", "viewer", PASSWORD);
+    let mut gw = start(&env, "anonymous_read = \"none\"");
+    gw.wait_subscribed().await;
+    let dir = env.data_dir().display().to_string();
+    let (status, out, err) = run_gateway_cli(&[
+        "users",
+        "--data-dir",
+        &dir,
+        "token",
+        "add",
+        "duty-terminal",
+        "--role",
+        "viewer",
+    ]);
+    assert!(status.success(), "{out}{err}");
+    let token = out.lines().next().expect("the token").to_owned();
+    let (_, _, viewer) = Console::sign_in(gw.api, "zhao", PASSWORD).await;
+    raise_sos(&env, &gw, &viewer).await;
+
+    let api = format!("http://{}", gw.api);
+    let (status, out, err) = run_gateway_cli(&["alerts", "--api", &api]);
+    assert!(!status.success(), "read signed out: {out}{err}");
+    assert!(
+        err.contains("(401)") && err.contains("ESTATE_API_TOKEN"),
+        "the refusal says how to pass a token: {err}"
+    );
+    let (status, out, err) = run_gateway_cli(&["alerts", "--api", &api, "--token", &token]);
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains("SOS.PRESSED"),
+        "the open alert is listed: {out}"
+    );
 }
 
 /// `GET path` over HTTPS, trusting only `ca_pem`, for the name `localhost`: status,

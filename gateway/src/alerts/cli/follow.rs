@@ -4,27 +4,26 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::alerts::model::Alert;
 use crate::events::now_ms;
 
-use super::http::{fetch_alert, fetch_alerts, LiveStream};
+use super::http::{fetch_alert, fetch_alerts, LiveStream, Target};
 use super::lines::{by_whom, change_line, gone_line, place, status_text};
 use super::sse::SseParser;
 
 /// Follows the stream for good: prints changes, reconnects when it is lost, resyncs.
 /// Ends only with the task (Ctrl-C in [`list`]).
 pub(super) async fn follow(
-    addr: SocketAddr,
+    api: &Target,
     all: bool,
     mut stream: LiveStream,
     mut shown: Follow,
 ) -> Infallible {
     let mut backoff = Backoff::default();
     loop {
-        let mut cause = read_stream(addr, all, &mut stream, &mut shown).await;
+        let mut cause = read_stream(api, all, &mut stream, &mut shown).await;
         // One line for the loss, another only when the cause changes (the gateway's
         // stream ended, then its port refuses while it restarts).
         let mut told: Option<String> = None;
@@ -32,16 +31,17 @@ pub(super) async fn follow(
             let delay = backoff.next_delay();
             if told.as_deref() != Some(cause.as_str()) {
                 eprintln!(
-                    "lost the gateway at http://{addr}: {cause}; retrying in {}",
+                    "lost the gateway at http://{}: {cause}; retrying in {}",
+                    api.addr,
                     seconds(delay)
                 );
                 told = Some(cause.clone());
             }
             tokio::time::sleep(delay).await;
-            match LiveStream::open(addr).await {
+            match LiveStream::open(api).await {
                 Ok(s) => {
                     eprintln!("-- reconnected --");
-                    match resync(addr, all, &mut shown).await {
+                    match resync(api, all, &mut shown).await {
                         Ok(()) => break s,
                         Err(e) => cause = e,
                     }
@@ -55,7 +55,7 @@ pub(super) async fn follow(
 
 /// Reads events until the stream fails: the cause.
 pub(super) async fn read_stream(
-    addr: SocketAddr,
+    api: &Target,
     all: bool,
     stream: &mut LiveStream,
     shown: &mut Follow,
@@ -77,7 +77,7 @@ pub(super) async fn read_stream(
                     Err(e) => eprintln!("ignored an alert event this client cannot read: {e}"),
                 },
                 "resync" => {
-                    if let Err(cause) = resync(addr, all, shown).await {
+                    if let Err(cause) = resync(api, all, shown).await {
                         return cause;
                     }
                 }
@@ -88,14 +88,14 @@ pub(super) async fn read_stream(
 }
 
 /// Re-reads the alerts and prints what differs from what was shown.
-pub(super) async fn resync(addr: SocketAddr, all: bool, shown: &mut Follow) -> Result<(), String> {
-    let list = fetch_alerts(addr, all).await?;
+pub(super) async fn resync(api: &Target, all: bool, shown: &mut Follow) -> Result<(), String> {
+    let list = fetch_alerts(api, all).await?;
     let (lines, missing) = shown.resync(list, now_ms());
     for line in lines {
         println!("{line}");
     }
     for id in missing {
-        let found = fetch_alert(addr, &id).await?;
+        let found = fetch_alert(api, &id).await?;
         if let Some(line) = shown.looked_up(&id, found, now_ms()) {
             println!("{line}");
         }

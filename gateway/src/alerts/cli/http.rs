@@ -41,20 +41,35 @@ pub(super) async fn send(
     Ok((resp, sender))
 }
 
+/// Where the API is, and the bearer token sent with every request: `--token` /
+/// `ESTATE_API_TOKEN`, a named token (`estate-gateway users token add`) or `api.token`.
+/// Reading needs it where `api.anonymous_read` does not let this client read signed out.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub(super) addr: SocketAddr,
+    pub(super) token: Option<String>,
+}
+
+impl Target {
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
 /// A request to the API (JSON `body` unless GET): its status and body. `Err` is the
 /// transport's cause (refused, reset, no answer within [`REQUEST_TIMEOUT`]).
 pub(super) async fn request(
-    addr: SocketAddr,
+    api: &Target,
     method: Method,
     path: &str,
-    token: Option<&str>,
     body: &str,
 ) -> Result<(u16, String), String> {
+    let addr = api.addr;
     let mut req = Request::builder()
         .method(method.clone())
         .uri(path)
         .header(header::HOST, addr.to_string());
-    if let Some(t) = token {
+    if let Some(t) = api.token() {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
     if method != Method::GET {
@@ -90,13 +105,13 @@ pub(super) fn api_error(status: u16, body: &str) -> String {
 
 /// `GET /api/alerts` (the open ones; with `all` the history too). `Err` without the
 /// address, as [`request`].
-pub(super) async fn fetch_alerts(addr: SocketAddr, all: bool) -> Result<Vec<Alert>, String> {
+pub(super) async fn fetch_alerts(api: &Target, all: bool) -> Result<Vec<Alert>, String> {
     let path = if all {
         "/api/alerts?status=all"
     } else {
         "/api/alerts"
     };
-    let (status, body) = request(addr, Method::GET, path, None, "").await?;
+    let (status, body) = request(api, Method::GET, path, "").await?;
     if status != 200 {
         return Err(api_error(status, &body));
     }
@@ -110,8 +125,8 @@ pub(super) async fn fetch_alerts(addr: SocketAddr, all: bool) -> Result<Vec<Aler
 }
 
 /// `GET /api/alerts/{id}`: the alert, or `None` when the gateway no longer has it.
-pub(super) async fn fetch_alert(addr: SocketAddr, id: &str) -> Result<Option<Alert>, String> {
-    let (status, body) = request(addr, Method::GET, &format!("/api/alerts/{id}"), None, "").await?;
+pub(super) async fn fetch_alert(api: &Target, id: &str) -> Result<Option<Alert>, String> {
+    let (status, body) = request(api, Method::GET, &format!("/api/alerts/{id}"), "").await?;
     match status {
         200 => serde_json::from_str(&body)
             .map(Some)
@@ -133,11 +148,16 @@ impl LiveStream {
     /// Opens the stream (`Err`: the transport's cause or the API's refusal, e.g. 503
     /// when `api.max_sse_clients` streams are open). Once the answer is 200 the gateway
     /// has subscribed this stream to every change.
-    pub(super) async fn open(addr: SocketAddr) -> Result<LiveStream, String> {
-        let req = Request::builder()
+    pub(super) async fn open(api: &Target) -> Result<LiveStream, String> {
+        let addr = api.addr;
+        let mut req = Request::builder()
             .uri("/api/stream")
             .header(header::HOST, addr.to_string())
-            .header(header::ACCEPT, "text/event-stream")
+            .header(header::ACCEPT, "text/event-stream");
+        if let Some(t) = api.token() {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
         let (resp, sender) = tokio::time::timeout(REQUEST_TIMEOUT, send(addr, req))

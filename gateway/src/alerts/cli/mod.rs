@@ -36,7 +36,7 @@ use estate_config::Config;
 use super::model::Alert;
 use crate::events::now_ms;
 use follow::{follow, Follow};
-use http::{api_error, fetch_alerts, request, LiveStream};
+use http::{api_error, fetch_alerts, request, LiveStream, Target};
 pub use lines::{change_line, table};
 
 /// Where the API is and who acts.
@@ -49,7 +49,9 @@ pub struct ApiArgs {
     /// Read `api.listen` from this config file.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// Bearer token for write actions (`api.token`).
+    /// Bearer token sent with every request: a named token (`estate-gateway users token
+    /// add`) or `api.token`. Writes need one of an operator; reads need one where
+    /// `api.anonymous_read` does not let this client read signed out.
     #[arg(long, env = "ESTATE_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -119,6 +121,14 @@ pub struct CloseArgs {
     pub note: String,
 }
 
+/// The API's address and token from the flags.
+fn target(a: &ApiArgs) -> Result<Target, String> {
+    Ok(Target {
+        addr: api_addr(a)?,
+        token: a.token.clone(),
+    })
+}
+
 /// The API's address from the flags.
 fn api_addr(a: &ApiArgs) -> Result<SocketAddr, String> {
     if let Some(url) = &a.api {
@@ -145,6 +155,14 @@ fn api_addr(a: &ApiArgs) -> Result<SocketAddr, String> {
 }
 
 /// A transport failure of a one-shot command, naming the API.
+/// `msg`, and how to pass a token when the API refused this client for the lack of one.
+fn token_hint(mut msg: String, api: &Target) -> String {
+    if msg.contains("the API refused (401)") && api.token.as_deref().is_none_or(str::is_empty) {
+        msg.push_str(" (pass --token or set ESTATE_API_TOKEN)");
+    }
+    msg
+}
+
 fn cannot_reach(addr: SocketAddr, cause: String) -> String {
     format!("cannot reach the gateway API at http://{addr}: {cause}")
 }
@@ -158,15 +176,16 @@ fn who(by: &Option<String>) -> String {
 
 /// `estate-gateway alerts`: prints the table; with `--follow` then prints every change.
 pub async fn list(args: ListArgs) -> Result<(), String> {
-    let addr = api_addr(&args.api)?;
-    let reach = |e| cannot_reach(addr, e);
+    let api = target(&args.api)?;
+    let addr = api.addr;
+    let reach = |e| token_hint(cannot_reach(addr, e), &api);
     // With --follow the stream opens before the list is read, so no change between the
     // table and the first streamed event is lost (one seen twice folds away).
     let stream = match args.follow {
-        true => Some(LiveStream::open(addr).await.map_err(reach)?),
+        true => Some(LiveStream::open(&api).await.map_err(reach)?),
         false => None,
     };
-    let alerts = fetch_alerts(addr, args.all).await.map_err(reach)?;
+    let alerts = fetch_alerts(&api, args.all).await.map_err(reach)?;
     let now = now_ms();
     print!("{}", table(&alerts, now));
     let Some(stream) = stream else {
@@ -175,7 +194,7 @@ pub async fn list(args: ListArgs) -> Result<(), String> {
     println!("-- following changes (Ctrl-C to stop) --");
     let shown = Follow::new(args.all, alerts, now);
     tokio::select! {
-        never = follow(addr, args.all, stream, shown) => match never {},
+        never = follow(&api, args.all, stream, shown) => match never {},
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
@@ -198,17 +217,12 @@ pub async fn close(args: CloseArgs) -> Result<(), String> {
 }
 
 async fn act(api: &ApiArgs, path: &str, body: &str) -> Result<(), String> {
-    let addr = api_addr(api)?;
-    let token = api.token.as_deref().filter(|t| !t.is_empty());
-    let (status, resp) = request(addr, Method::POST, path, token, body)
+    let target = target(api)?;
+    let (status, resp) = request(&target, Method::POST, path, body)
         .await
-        .map_err(|e| cannot_reach(addr, e))?;
+        .map_err(|e| cannot_reach(target.addr, e))?;
     if status != 200 {
-        let mut msg = api_error(status, &resp);
-        if status == 401 && token.is_none() {
-            msg.push_str(" (pass --token or set ESTATE_API_TOKEN)");
-        }
-        return Err(msg);
+        return Err(token_hint(api_error(status, &resp), &target));
     }
     let a: Alert =
         serde_json::from_str(&resp).map_err(|e| format!("unexpected API answer: {e}"))?;
