@@ -10,6 +10,7 @@
 
 use md5::{Digest as _, Md5};
 
+use crate::auth::constant_time_eq;
 use estate_config::{PushAuth, PushUser};
 
 /// How long a nonce is accepted after it was issued.
@@ -216,10 +217,6 @@ pub fn md5_hex(s: &str) -> String {
     hex(&Md5::digest(s.as_bytes()))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `name=value, name="quoted \" value", …` (RFC 7235 auth-params); `None` when it does
 /// not parse.
 fn parse_params(s: &str) -> Option<Vec<(String, String)>> {
@@ -274,32 +271,11 @@ fn parse_params(s: &str) -> Option<Vec<(String, String)>> {
 
 /// Standard base64 (with or without padding); `None` on any other character.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        match chunk.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
+    use base64ct::{Base64, Base64Unpadded, Encoding};
+    // RFC 7617 pads; a camera that leaves the padding off is taken as well.
+    Base64::decode_vec(s)
+        .or_else(|_| Base64Unpadded::decode_vec(s))
+        .ok()
 }
 
 #[cfg(test)]
