@@ -183,7 +183,7 @@ async fn secrets_never_appear_in_check_config_output_or_debug_logs() {
 }
 
 #[test]
-fn check_config_warns_about_readable_keys_plain_uplink_and_an_open_api() {
+fn check_config_warns_about_readable_keys_plain_uplink_and_a_plain_http_api_off_loopback() {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     for f in ["ca.pem", "gw.crt", "gw.key", "uplink.pass"] {
@@ -234,8 +234,8 @@ fn check_config_warns_about_readable_keys_plain_uplink_and_an_open_api() {
     assert!(
         w.iter().any(|l| l.contains("api.listen")
             && l.contains("0.0.0.0:8080")
-            && l.contains("api.token")),
-        "a warning about the open API: {w:#?}"
+            && l.contains("api.tls_cert")),
+        "a warning about passwords and tokens over plain HTTP: {w:#?}"
     );
     assert!(
         !w.iter().any(|l| l.contains("not TLS")),
@@ -243,16 +243,21 @@ fn check_config_warns_about_readable_keys_plain_uplink_and_an_open_api() {
     );
     assert!(output.contains("3 warning(s)"), "{output}");
 
-    // The same with the files locked down and a token: no warning at all.
+    // The same with the files locked down, a token and HTTPS: no warning at all.
     chmod(&d.join("gw.key"), 0o600);
     chmod(&d.join("uplink.pass"), 0o600);
     let token = d.join("api.token");
     std::fs::write(&token, "t0ken\n").expect("write token");
     chmod(&token, 0o600);
+    let cert = rcgen::generate_simple_self_signed(vec!["gw-1.local".to_owned()]).expect("cert");
+    let (api_cert, api_key) = (d.join("api.crt"), d.join("api.key"));
+    std::fs::write(&api_cert, cert.cert.pem()).expect("write cert");
+    std::fs::write(&api_key, cert.signing_key.serialize_pem()).expect("write key");
+    chmod(&api_key, 0o600);
     let tight = write(
         "tight.toml",
         &format!(
-            "[api]\nlisten = \"0.0.0.0:8080\"\ntoken_file = {token:?}\n\n[uplink.mqtt]\nhost = \"mqtt.city.example\"\nport = 8883\nusername = \"gw-1\"\npassword_file = {:?}\n{tls}",
+            "[api]\nlisten = \"0.0.0.0:8080\"\ntoken_file = {token:?}\ntls_cert = {api_cert:?}\ntls_key = {api_key:?}\n\n[uplink.mqtt]\nhost = \"mqtt.city.example\"\nport = 8883\nusername = \"gw-1\"\npassword_file = {:?}\n{tls}",
             d.join("uplink.pass")
         ),
     );
