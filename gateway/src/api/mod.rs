@@ -225,16 +225,8 @@ async fn guard(
             )
         }
         (Need::Role(_), Some(p)) if p.via == Via::Session => {
-            let h = req.headers();
-            let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-            if let Err(why) = crate::auth::session::check_csrf(
-                p.csrf.as_deref().unwrap_or_default(),
-                text("x-csrf-token"),
-                text("origin"),
-                text("host"),
-                s.auth.https(),
-            ) {
-                return error(StatusCode::FORBIDDEN, format!("refused: {why}"));
+            if let Some(refused) = session::csrf_refusal(&s, p, req.headers()) {
+                return refused;
             }
         }
         _ => {}

@@ -46,6 +46,21 @@ fn set_cookie(value: &str, max_age: Duration, secure: bool) -> Option<HeaderValu
     .ok()
 }
 
+/// 403 for a session's write without its CSRF token (`X-CSRF-Token`) or from a foreign
+/// `Origin`; `None` when the write may go on.
+pub(super) fn csrf_refusal(s: &ApiState, p: &Principal, headers: &HeaderMap) -> Option<Response> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    crate::auth::session::check_csrf(
+        p.csrf.as_deref().unwrap_or_default(),
+        text("x-csrf-token"),
+        text("origin"),
+        text("host"),
+        s.auth.https(),
+    )
+    .err()
+    .map(|why| error(StatusCode::FORBIDDEN, format!("refused: {why}")))
+}
+
 fn ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -167,15 +182,8 @@ pub(super) async fn sign_in(
 pub(super) async fn sign_out(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie(&headers) {
         if let Some(p) = s.auth.session(id) {
-            let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-            if let Err(why) = crate::auth::session::check_csrf(
-                p.csrf.as_deref().unwrap_or_default(),
-                text("x-csrf-token"),
-                text("origin"),
-                text("host"),
-                s.auth.https(),
-            ) {
-                return error(StatusCode::FORBIDDEN, format!("refused: {why}"));
+            if let Some(refused) = csrf_refusal(&s, &p, &headers) {
+                return refused;
             }
             s.auth.sign_out(id);
         }
