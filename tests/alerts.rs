@@ -589,7 +589,7 @@ async fn without_a_token_the_api_is_read_only() {
             let (status, body) =
                 post_json(gw.api, &format!("/api/alerts/{id}/{action}"), token, body).await;
             assert_eq!(status, 403, "{action} with {token:?}: {body}");
-            assert_eq!(body["error"], "read-only: no api.token is configured");
+            assert_eq!(body["error"], "read-only: no operator account, named token or api.token is configured (estate-gateway users add NAME --role operator)");
         }
     }
     let a = get_json(gw.api, &format!("/api/alerts/{id}")).await;

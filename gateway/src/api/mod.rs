@@ -198,7 +198,7 @@ async fn guard(
     if matches!(need, Need::Role(r) if r <= Role::Operator) && !s.auth.can_write() {
         return error(
             StatusCode::FORBIDDEN,
-            "read-only: no api.token is configured",
+            "read-only: no operator account, named token or api.token is configured (estate-gateway users add NAME --role operator)",
         );
     }
     let caller = match caller(&s, req.headers()) {

@@ -64,8 +64,8 @@ fn the_table_spells_out_severity_age_status_and_location() {
 #[test]
 fn api_errors_carry_the_apis_message() {
     assert_eq!(
-        api_error(403, r#"{"error":"read-only: no api.token is configured"}"#),
-        "the API refused (403): read-only: no api.token is configured"
+        api_error(403, r#"{"error":"read-only: no operator account, named token or api.token is configured (estate-gateway users add NAME --role operator)"}"#),
+        "the API refused (403): read-only: no operator account, named token or api.token is configured (estate-gateway users add NAME --role operator)"
     );
     assert_eq!(
         api_error(502, "bad gateway\n"),
