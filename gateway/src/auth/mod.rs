@@ -14,7 +14,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -123,7 +123,7 @@ pub struct Auth {
 struct Cached {
     /// (modified, length) of the file as last read.
     stamp: Option<(SystemTime, u64)>,
-    users: UsersFile,
+    users: Arc<UsersFile>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -169,8 +169,9 @@ impl Auth {
     }
 
     /// The accounts file as it is now (re-read when it changed; the last good copy, with
-    /// a logged error, when it cannot be read).
-    pub fn users(&self) -> UsersFile {
+    /// an error logged once per change, when it cannot be read). Shared, not copied:
+    /// every request looks at it.
+    pub fn users(&self) -> Arc<UsersFile> {
         let path = users::path(&self.data_dir);
         let stamp = std::fs::metadata(&path)
             .ok()
@@ -178,16 +179,14 @@ impl Auth {
         let mut c = lock(&self.file);
         if c.stamp != stamp {
             match UsersFile::load(&self.data_dir) {
-                Ok(u) => {
-                    c.users = u;
-                    c.stamp = stamp;
-                }
+                Ok(u) => c.users = Arc::new(u),
                 Err(e) => {
                     tracing::error!(error = %e, "Cannot read the accounts file; keeping the last one read.");
                 }
             }
+            c.stamp = stamp;
         }
-        c.users.clone()
+        Arc::clone(&c.users)
     }
 
     /// Whether any credential could write: the shared token, or an operator or admin

@@ -15,6 +15,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 
 use super::Role;
+use crate::events::now_ms;
 
 /// The file's name in the data folder.
 pub const FILE_NAME: &str = "users.json";
@@ -271,12 +272,6 @@ fn check_name(name: &str) -> Result<(), UsersError> {
             "{name:?} is not a valid name: 1 to {MAX_NAME_CHARS} letters, digits, spaces (not at either end), `-`, `_`, `.` or `@`"
         )))
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The password hasher: Argon2id with [`PASSWORD_M_KIB`], [`PASSWORD_T`], [`PASSWORD_P`].
