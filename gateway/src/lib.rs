@@ -513,7 +513,6 @@ fn bind_camera_push(
     Ok(Some((stage, listener)))
 }
 
-/// What the API serves from; live streams end when `stream_stop` is cancelled.
 /// `api.tls_cert` and `api.tls_key` loaded for HTTPS, once, before any stage starts;
 /// `None` without them (HTTP).
 fn load_api_tls(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, GatewayError> {
@@ -525,7 +524,8 @@ fn load_api_tls(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Gatew
         .map_err(|e| GatewayError::Api(std::io::Error::other(e)))
 }
 
-/// The API's state; its stream stop and TLS are the caller's to set.
+/// What the API serves from; its live streams' stop and its TLS are the caller's to
+/// set (`run`: the shutdown's child token, [`load_api_tls`]).
 fn api_state(
     cfg: &Config,
     data_dir: &std::path::Path,
