@@ -2,10 +2,10 @@
 //! `auth` needs, the realm, the silence and body bounds, and a port of its own.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use super::core::check_id;
 use super::findings::{Finding, Findings, Parts};
+use super::sources::check_clear_after;
 use crate::camera_push::{CameraIdFrom, CameraPushConfig, PushAuth};
 use crate::units::ByteSize;
 
@@ -47,15 +47,7 @@ pub(super) fn check(parts: &Parts, f: &mut Findings) {
             ),
         );
     }
-    if push.clear_after < Duration::from_secs(1) || push.clear_after > Duration::from_secs(3600) {
-        f.at(
-            key("clear_after"),
-            format!(
-                "must be between 1s and 1h (cameras repeat about once a second), found {}",
-                humantime::format_duration(push.clear_after)
-            ),
-        );
-    }
+    check_clear_after(key("clear_after"), push.clear_after, f);
     if push.max_body < MIN_BODY || push.max_body > MAX_BODY {
         f.at(
             key("max_body"),

@@ -121,15 +121,7 @@ fn check_source(
         f.at(format!("{base}.{key}"), why);
     }
     if let (SourceFormat::CameraIsapiJson, Some(after)) = (s.format, s.clear_after) {
-        if after < Duration::from_secs(1) || after > Duration::from_secs(3600) {
-            f.at(
-                format!("{base}.clear_after"),
-                format!(
-                    "must be between 1s and 1h (cameras repeat about once a second), found {}",
-                    humantime::format_duration(after)
-                ),
-            );
-        }
+        check_clear_after(format!("{base}.clear_after"), after, f);
     }
     if let (SourceFormat::JsonMap, Some(map)) = (s.format, &s.map) {
         check_map(&base, s, map, f);
@@ -137,6 +129,19 @@ fn check_source(
 }
 
 /// Two sources whose filters share a topic would both receive (or fight over) it.
+/// A camera alarm's `clear_after` (a source's, or camera push's): 1 s to 1 h.
+pub(super) fn check_clear_after(path: String, after: Duration, f: &mut Findings) {
+    if after < Duration::from_secs(1) || after > Duration::from_secs(3600) {
+        f.at(
+            path,
+            format!(
+                "must be between 1s and 1h (cameras repeat about once a second), found {}",
+                humantime::format_duration(after)
+            ),
+        );
+    }
+}
+
 fn check_overlaps(all_filters: &[Filter], f: &mut Findings) {
     for (n, (i, path, a)) in all_filters.iter().enumerate() {
         if let Some((j, other, b)) = all_filters[..n]
