@@ -993,7 +993,6 @@ impl StoreWriter {
     }
 }
 
-/// Splits one lane's events of a group into records of at most `max_bytes` encoded.
 /// How large a record a group's events are split into (an event larger than this is a
 /// record of its own, up to `record_max_bytes`). sled splits a leaf above 16 keys
 /// (vendor/sled/src/node.rs `should_split`) and writes a leaf larger than a quarter of its
@@ -1002,6 +1001,7 @@ impl StoreWriter {
 /// which the page cache holds longer than their size says (docs/footprint.md).
 pub(super) const RECORD_TARGET_BYTES: usize = 6 * 1024;
 
+/// Splits one lane's events of a group into records of at most `max_bytes` encoded.
 fn split_records(lane: Lane, events: Vec<pb::Event>, max_bytes: usize) -> Vec<pb::EventBatch> {
     let mut out = Vec::new();
     let mut cur: Vec<pb::Event> = Vec::new();

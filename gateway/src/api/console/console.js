@@ -973,15 +973,20 @@ async function acknowledge(id) {
   else await refreshAlert(id);
 }
 
+/** What a dialog acts on: the alert's label in the chosen language, and where it is. */
+function alertWhat(a) {
+  const zh = codeZh.get(a.code);
+  const what = zh && lang !== 'en' ? tr(zh, a.title || a.code) : (a.title || a.code);
+  return `${what} — ${placeText(a.location)}`;
+}
+
 function openCloseDialog(id) {
   const a = state.alerts.get(id);
   if (!a) return;
   state.closing = id;
   const form = $('close-form');
   form.reset();
-  const zh = codeZh.get(a.code);
-  const what = zh && lang !== 'en' ? tr(zh, a.title || a.code) : (a.title || a.code);
-  setText($('close-what'), `${what} — ${placeText(a.location)}`);
+  setText($('close-what'), alertWhat(a));
   $('close-dialog').showModal();
 }
 
@@ -1018,7 +1023,7 @@ async function toggleShelf(id) {
   }
   state.shelving = id;
   $('shelve-form').reset();
-  setText($('shelve-what'), `${codeZh.get(a.code) || ''} ${a.title || a.code} — ${placeText(a.location)}`);
+  setText($('shelve-what'), alertWhat(a));
   $('shelve-dialog').showModal();
 }
 

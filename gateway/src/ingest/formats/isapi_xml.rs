@@ -74,7 +74,6 @@ fn line_col(text: &str, pos: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Reads the root's direct children (their text) from `xml`.
 /// A root element (`name`) is the first one and an `<EventNotificationAlert>`.
 fn check_root(name: &[u8], root_seen: bool) -> Result<(), DecodeError> {
     if root_seen {
@@ -95,6 +94,7 @@ fn check_root(name: &[u8], root_seen: bool) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Reads the root's direct children (their text) from `xml`.
 fn read_fields(xml: &[u8]) -> Result<Fields, DecodeError> {
     let text = std::str::from_utf8(xml).map_err(|e| {
         err(
