@@ -54,6 +54,24 @@ impl Target {
     fn token(&self) -> Option<&str> {
         self.token.as_deref().filter(|t| !t.is_empty())
     }
+
+    /// `req` with the token as `Authorization: Bearer`, when there is one.
+    fn authorize(&self, req: hyper::http::request::Builder) -> hyper::http::request::Builder {
+        match self.token() {
+            Some(t) => req.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    /// The API's refusal (`status`, `body`) as a message; a 401 without a token says how
+    /// to pass one.
+    pub(super) fn refusal(&self, status: u16, body: &str) -> String {
+        let mut msg = api_error(status, body);
+        if status == 401 && self.token().is_none() {
+            msg.push_str(" (pass --token or set ESTATE_API_TOKEN)");
+        }
+        msg
+    }
 }
 
 /// A request to the API (JSON `body` unless GET): its status and body. `Err` is the
@@ -69,9 +87,7 @@ pub(super) async fn request(
         .method(method.clone())
         .uri(path)
         .header(header::HOST, addr.to_string());
-    if let Some(t) = api.token() {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
+    req = api.authorize(req);
     if method != Method::GET {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }
@@ -113,7 +129,7 @@ pub(super) async fn fetch_alerts(api: &Target, all: bool) -> Result<Vec<Alert>, 
     };
     let (status, body) = request(api, Method::GET, path, "").await?;
     if status != 200 {
-        return Err(api_error(status, &body));
+        return Err(api.refusal(status, &body));
     }
     #[derive(serde::Deserialize)]
     struct List {
@@ -132,7 +148,7 @@ pub(super) async fn fetch_alert(api: &Target, id: &str) -> Result<Option<Alert>,
             .map(Some)
             .map_err(|e| format!("unexpected API answer: {e}")),
         404 => Ok(None),
-        _ => Err(api_error(status, &body)),
+        _ => Err(api.refusal(status, &body)),
     }
 }
 
@@ -154,9 +170,7 @@ impl LiveStream {
             .uri("/api/stream")
             .header(header::HOST, addr.to_string())
             .header(header::ACCEPT, "text/event-stream");
-        if let Some(t) = api.token() {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
+        req = api.authorize(req);
         let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
@@ -171,7 +185,7 @@ impl LiveStream {
                 .and_then(Result::ok)
                 .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
                 .unwrap_or_default();
-            return Err(api_error(status, &body));
+            return Err(api.refusal(status, &body));
         }
         Ok(LiveStream {
             body: resp.into_body(),

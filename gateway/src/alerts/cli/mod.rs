@@ -36,7 +36,7 @@ use estate_config::Config;
 use super::model::Alert;
 use crate::events::now_ms;
 use follow::{follow, Follow};
-use http::{api_error, fetch_alerts, request, LiveStream, Target};
+use http::{fetch_alerts, request, LiveStream, Target};
 pub use lines::{change_line, table};
 
 /// Where the API is and who acts.
@@ -155,14 +155,6 @@ fn api_addr(a: &ApiArgs) -> Result<SocketAddr, String> {
 }
 
 /// A transport failure of a one-shot command, naming the API.
-/// `msg`, and how to pass a token when the API refused this client for the lack of one.
-fn token_hint(mut msg: String, api: &Target) -> String {
-    if msg.contains("the API refused (401)") && api.token.as_deref().is_none_or(str::is_empty) {
-        msg.push_str(" (pass --token or set ESTATE_API_TOKEN)");
-    }
-    msg
-}
-
 fn cannot_reach(addr: SocketAddr, cause: String) -> String {
     format!("cannot reach the gateway API at http://{addr}: {cause}")
 }
@@ -178,7 +170,7 @@ fn who(by: &Option<String>) -> String {
 pub async fn list(args: ListArgs) -> Result<(), String> {
     let api = target(&args.api)?;
     let addr = api.addr;
-    let reach = |e| token_hint(cannot_reach(addr, e), &api);
+    let reach = |e| cannot_reach(addr, e);
     // With --follow the stream opens before the list is read, so no change between the
     // table and the first streamed event is lost (one seen twice folds away).
     let stream = match args.follow {
@@ -222,7 +214,7 @@ async fn act(api: &ApiArgs, path: &str, body: &str) -> Result<(), String> {
         .await
         .map_err(|e| cannot_reach(target.addr, e))?;
     if status != 200 {
-        return Err(token_hint(api_error(status, &resp), &target));
+        return Err(target.refusal(status, &resp));
     }
     let a: Alert =
         serde_json::from_str(&resp).map_err(|e| format!("unexpected API answer: {e}"))?;
